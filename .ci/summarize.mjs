@@ -1,0 +1,35 @@
+// Counts leaf assertions in tap's saved TAP streams (one file per test file) and
+// prints 'N passed, N failed' as the last line. Exits 1 when anything failed or
+// when there were no results at all, so an empty run never looks green.
+import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { Parser } from 'tap-parser';
+
+const dir = process.argv[2] ?? '.tap/test-results';
+const files = [];
+const walk = (d) => {
+  let entries = [];
+  try { entries = readdirSync(d); } catch { return; }
+  for (const name of entries) {
+    const path = join(d, name);
+    if (statSync(path).isDirectory()) walk(path);
+    else if (name.endsWith('.tap')) files.push(path);
+  }
+};
+walk(dir);
+
+let passed = 0;
+let failed = 0;
+for (const file of files) {
+  const parser = new Parser({ flat: true });
+  parser.on('assert', (a) => {
+    if (a.skip || a.todo) return;
+    if (a.ok) passed += 1;
+    else failed += 1;
+  });
+  parser.end(readFileSync(file, 'utf8'));
+  // A file whose plan was never completed (crash, timeout) counts as one failure.
+  if (!parser.ok && !parser.failures.some((f) => f.ok === false)) failed += 1;
+}
+console.log(`${passed} passed, ${failed} failed`);
+process.exit(failed > 0 || passed === 0 ? 1 : 0);

@@ -1,0 +1,187 @@
+import { z } from 'zod';
+import type { WorkerLoad, WorkerRole, WorkerView } from './strategies/strategy.js';
+
+/**
+ * KV event endpoints of a worker. Left open on purpose: the indexer owns the
+ * meaning of these fields; the gateway only carries them through.
+ */
+export const kvEventsConfigSchema = z.looseObject({
+  endpoint: z.string().min(1),
+  replayEndpoint: z.string().min(1).optional(),
+  topic: z.string().optional(),
+});
+
+export const workerConfigSchema = z.strictObject({
+  id: z.string().regex(/^[A-Za-z0-9._:-]+$/, 'worker id may use letters, digits and . _ : - only'),
+  url: z.url({ protocol: /^https?$/, error: 'must be an http(s) URL such as http://127.0.0.1:8000' }),
+  models: z.array(z.string().min(1)).min(1),
+  kvEvents: kvEventsConfigSchema.optional(),
+  role: z.enum(['both', 'prefill', 'decode']).default('both'),
+  labels: z.record(z.string(), z.string()).default({}),
+});
+export type WorkerConfig = z.infer<typeof workerConfigSchema>;
+
+export const healthConfigSchema = z.strictObject({
+  /** How often each worker's `GET /health` is polled. */
+  intervalMs: z.number().int().min(50).default(2000),
+  timeoutMs: z.number().int().min(10).default(1000),
+  /** Consecutive failures before a healthy worker is taken out. */
+  unhealthyThreshold: z.number().int().min(1).default(2),
+  /** Consecutive successes before an unhealthy worker is put back. */
+  healthyThreshold: z.number().int().min(1).default(1),
+});
+
+export const fleetConfigSchema = z.strictObject({
+  health: healthConfigSchema.default({ intervalMs: 2000, timeoutMs: 1000, unhealthyThreshold: 2, healthyThreshold: 1 }),
+  workers: z.array(workerConfigSchema).min(1).superRefine((workers, ctx) => {
+    const seen = new Set<string>();
+    workers.forEach((w, i) => {
+      if (seen.has(w.id)) ctx.addIssue({ code: 'custom', path: [i, 'id'], message: `duplicate worker id '${w.id}'` });
+      seen.add(w.id);
+    });
+  }),
+});
+export type FleetConfig = z.infer<typeof fleetConfigSchema>;
+
+/** One upstream engine. Implements `WorkerView`, so strategies see it directly (no copy per request). */
+export class Worker implements WorkerView {
+  readonly id: string;
+  readonly url: string;
+  readonly models: readonly string[];
+  readonly role: WorkerRole;
+  readonly labels: Readonly<Record<string, string>>;
+  readonly kvEvents: WorkerConfig['kvEvents'];
+  readonly load: WorkerLoad = { inflightRequests: 0, prefillRequests: 0, prefillTokens: 0, decodeRequests: 0, decodeBlocks: 0 };
+  healthy = false;
+  lastCheckAt: number | undefined;
+  lastError: string | undefined;
+
+  constructor(config: WorkerConfig) {
+    this.id = config.id;
+    this.url = config.url.replace(/\/+$/, '');
+    this.models = config.models;
+    this.role = config.role;
+    this.labels = config.labels;
+    this.kvEvents = config.kvEvents;
+  }
+}
+
+/** What one request holds on a worker, so finishing releases exactly what starting took. */
+export interface LoadTicket {
+  readonly worker: Worker;
+  readonly promptTokens: number;
+  readonly blocks: number;
+  phase: 'prefill' | 'decode' | 'done';
+}
+
+/**
+ * The fleet: workers, their health and the gateway's own view of their load.
+ * Availability is decided here and only here (`candidates`), before any strategy runs.
+ */
+export class Fleet {
+  readonly workers: readonly Worker[];
+  readonly #byId = new Map<string, Worker>();
+  readonly #models = new Set<string>();
+  /** Healthy workers per model; rebuilt only when health changes, so routing allocates nothing. */
+  #available = new Map<string, readonly Worker[]>();
+  #healthy: readonly Worker[] = [];
+  #passthroughCursor = 0;
+
+  constructor(configs: readonly WorkerConfig[]) {
+    this.workers = configs.map((c) => new Worker(c));
+    for (const w of this.workers) {
+      this.#byId.set(w.id, w);
+      for (const m of w.models) this.#models.add(m);
+    }
+    this.#rebuild();
+  }
+
+  get(id: string): Worker | undefined {
+    return this.#byId.get(id);
+  }
+
+  /** Every model some worker serves, healthy or not. */
+  get models(): ReadonlySet<string> {
+    return this.#models;
+  }
+
+  servesModel(model: string): boolean {
+    return this.#models.has(model);
+  }
+
+  /** Healthy workers serving `model`. The same array object is returned until health changes. */
+  candidates(model: string): readonly Worker[] {
+    return this.#available.get(model) ?? EMPTY;
+  }
+
+  /** Healthy workers of any model. */
+  get healthy(): readonly Worker[] {
+    return this.#healthy;
+  }
+
+  /** A healthy worker for plain pass-through requests, rotating. */
+  anyHealthy(): Worker | undefined {
+    const h = this.#healthy;
+    if (h.length === 0) return undefined;
+    return h[this.#passthroughCursor++ % h.length];
+  }
+
+  setHealthy(worker: Worker, healthy: boolean, error?: string): boolean {
+    worker.lastError = error;
+    if (worker.healthy === healthy) return false;
+    worker.healthy = healthy;
+    this.#rebuild();
+    return true;
+  }
+
+  /** Counts a routed request as prefill on its worker. */
+  start(worker: Worker, promptTokens: number, blocks: number): LoadTicket {
+    const l = worker.load;
+    l.inflightRequests++;
+    l.prefillRequests++;
+    l.prefillTokens += promptTokens;
+    return { worker, promptTokens, blocks, phase: 'prefill' };
+  }
+
+  /** The first token arrived: the request moves from prefill to decode. */
+  firstToken(t: LoadTicket): void {
+    if (t.phase !== 'prefill') return;
+    const l = t.worker.load;
+    l.prefillRequests--;
+    l.prefillTokens -= t.promptTokens;
+    l.decodeRequests++;
+    l.decodeBlocks += t.blocks;
+    t.phase = 'decode';
+  }
+
+  /** The request finished, failed or was aborted. Idempotent. */
+  finish(t: LoadTicket): void {
+    if (t.phase === 'done') return;
+    const l = t.worker.load;
+    if (t.phase === 'prefill') {
+      l.prefillRequests--;
+      l.prefillTokens -= t.promptTokens;
+    } else {
+      l.decodeRequests--;
+      l.decodeBlocks -= t.blocks;
+    }
+    l.inflightRequests--;
+    t.phase = 'done';
+  }
+
+  #rebuild(): void {
+    const available = new Map<string, Worker[]>();
+    for (const w of this.workers) {
+      if (!w.healthy) continue;
+      for (const m of w.models) {
+        let list = available.get(m);
+        if (!list) available.set(m, (list = []));
+        list.push(w);
+      }
+    }
+    this.#available = available;
+    this.#healthy = this.workers.filter((w) => w.healthy);
+  }
+}
+
+const EMPTY: readonly Worker[] = Object.freeze([]);

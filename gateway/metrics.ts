@@ -1,0 +1,72 @@
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { Fleet } from './fleet.js';
+
+/** Latency buckets from 5 ms to 5 min: TTFT and generation times of LLM requests. */
+const LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300];
+const DECISION_BUCKETS = [0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25];
+
+type Child<T> = T extends Counter<string> ? ReturnType<T['labels']> : T extends Histogram<string> ? ReturnType<T['labels']> : never;
+
+/**
+ * The gateway's metrics, on one registry per gateway (so several gateways can
+ * share a process in tests). Labelled children are cached, because prom-client
+ * hashes label sets on every `labels()` call and this runs per request.
+ */
+export class GatewayMetrics {
+  readonly registry = new Registry();
+  readonly #requests: Counter<'route' | 'worker' | 'strategy' | 'status'>;
+  readonly #ttft: Histogram<'strategy' | 'worker'>;
+  readonly #duration: Histogram<'strategy' | 'worker'>;
+  readonly #upstreamErrors: Counter<'worker' | 'kind'>;
+  readonly decisionSeconds: Histogram<'strategy'>;
+  readonly #cache = new Map<string, unknown>();
+
+  constructor(fleet: Fleet, options: { defaultMetrics?: boolean } = {}) {
+    const registers = [this.registry];
+    this.#requests = new Counter({ name: 'kvgate_requests_total', help: 'Requests answered, by route, worker, strategy and HTTP status', labelNames: ['route', 'worker', 'strategy', 'status'], registers });
+    this.#ttft = new Histogram({ name: 'kvgate_time_to_first_token_seconds', help: 'Time from request received to first upstream body chunk', labelNames: ['strategy', 'worker'], buckets: LATENCY_BUCKETS, registers });
+    this.#duration = new Histogram({ name: 'kvgate_request_duration_seconds', help: 'Time from request received to response end', labelNames: ['strategy', 'worker'], buckets: LATENCY_BUCKETS, registers });
+    this.#upstreamErrors = new Counter({ name: 'kvgate_upstream_errors_total', help: 'Upstream failures, by worker and kind (connect, timeout, reset, client_abort)', labelNames: ['worker', 'kind'], registers });
+    this.decisionSeconds = new Histogram({ name: 'kvgate_routing_decision_seconds', help: 'Time to route a request (policy, tokenization if needed, strategy)', labelNames: ['strategy'], buckets: DECISION_BUCKETS, registers });
+    // Load gauges read the fleet at scrape time: nothing to update per request.
+    new Gauge({
+      name: 'kvgate_inflight_requests', help: 'Requests in flight per worker', labelNames: ['worker'], registers,
+      collect() { for (const w of fleet.workers) this.set({ worker: w.id }, w.load.inflightRequests); },
+    });
+    new Gauge({
+      name: 'kvgate_inflight_prefill_tokens', help: 'Prompt tokens of requests waiting for their first token, per worker', labelNames: ['worker'], registers,
+      collect() { for (const w of fleet.workers) this.set({ worker: w.id }, w.load.prefillTokens); },
+    });
+    new Gauge({
+      name: 'kvgate_worker_healthy', help: '1 when the worker passes its health check', labelNames: ['worker'], registers,
+      collect() { for (const w of fleet.workers) this.set({ worker: w.id }, w.healthy ? 1 : 0); },
+    });
+    if (options.defaultMetrics !== false) collectDefaultMetrics({ register: this.registry, prefix: 'kvgate_' });
+  }
+
+  request(route: string, worker: string, strategy: string, status: number): void {
+    this.#child(this.#requests, `r\0${route}\0${worker}\0${strategy}\0${status}`, [route, worker, strategy, String(status)]).inc();
+  }
+
+  ttft(strategy: string, worker: string, seconds: number): void {
+    this.#child(this.#ttft, `t\0${strategy}\0${worker}`, [strategy, worker]).observe(seconds);
+  }
+
+  duration(strategy: string, worker: string, seconds: number): void {
+    this.#child(this.#duration, `d\0${strategy}\0${worker}`, [strategy, worker]).observe(seconds);
+  }
+
+  upstreamError(worker: string, kind: string): void {
+    this.#child(this.#upstreamErrors, `e\0${worker}\0${kind}`, [worker, kind]).inc();
+  }
+
+  decision(strategy: string, seconds: number): void {
+    this.#child(this.decisionSeconds, `s\0${strategy}`, [strategy]).observe(seconds);
+  }
+
+  #child<M extends Counter<string> | Histogram<string>>(metric: M, key: string, values: string[]): Child<M> {
+    let c = this.#cache.get(key);
+    if (c === undefined) this.#cache.set(key, (c = metric.labels(...values)));
+    return c as Child<M>;
+  }
+}

@@ -1,0 +1,127 @@
+import { randomUUID } from 'node:crypto';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { performance } from 'node:perf_hooks';
+import type { Logger } from 'pino';
+import { z } from 'zod';
+import { GatewayError, sendError } from './errors.js';
+import type { Fleet } from './fleet.js';
+import { forward, type Transport } from './forward.js';
+import { upstreamRequestHeaders } from './headers.js';
+import type { GatewayMetrics } from './metrics.js';
+import { fleetModels } from './models.js';
+import type { Passthrough } from './passthrough.js';
+import type { RoutingPipeline } from './pipeline.js';
+import { parseInference, readBody, type InferenceKind } from './request.js';
+
+/** The public listener. */
+export const serverConfigSchema = z.strictObject({
+  host: z.string().min(1).default('0.0.0.0'),
+  port: z.number().int().min(0).max(65535).default(8080),
+  /** Largest accepted inference body; long prompts and base64 images are big. */
+  maxBodyBytes: z.number().int().min(1024).default(32 * 1024 * 1024),
+  /** Idle keep-alive of client connections. */
+  keepAliveTimeoutMs: z.number().int().min(0).default(65_000),
+});
+export type ServerConfig = z.infer<typeof serverConfigSchema>;
+
+export interface FrontDeps {
+  readonly config: ServerConfig;
+  readonly fleet: Fleet;
+  readonly pipeline: RoutingPipeline;
+  readonly transport: Transport;
+  readonly passthrough: Passthrough;
+  readonly metrics: GatewayMetrics;
+  readonly log: Logger;
+  readonly blockSize: number;
+}
+
+/** Output tokens assumed for decode-block accounting when the request sets no limit. */
+const DEFAULT_OUTPUT_TOKENS = 256;
+
+/**
+ * The OpenAI-compatible front: routes inference requests, answers health,
+ * readiness, models and metrics itself, and passes other `/v1/*` paths through.
+ */
+export function createFrontHandler(d: FrontDeps): (req: IncomingMessage, res: ServerResponse) => void {
+  const inference = async (req: IncomingMessage, res: ServerResponse, kind: InferenceKind, route: string, path: string): Promise<void> => {
+    const started = performance.now();
+    const given = req.headers['x-request-id'];
+    const requestId = typeof given === 'string' && given !== '' ? given : randomUUID();
+    let strategy = 'none';
+    try {
+      const raw = await readBody(req, d.config.maxBodyBytes);
+      const request = parseInference(raw, kind);
+      let routed = d.pipeline.route(request, path, req.headers, requestId);
+      if (routed instanceof Promise) routed = await routed;
+      strategy = routed.strategy.name;
+      if (res.destroyed) return;
+      const { ctx, decision, worker } = routed;
+      const blocks = Math.ceil((ctx.promptTokens + (request.maxTokens ?? DEFAULT_OUTPUT_TOKENS)) / d.blockSize);
+      const ticket = d.fleet.start(worker, ctx.promptTokens, blocks);
+      routed.strategy.onRouted?.(ctx, decision);
+      forward(d, { worker, strategy, route, path, headers: req.headers, body: raw, requestId, ticket, started },
+        upstreamRequestHeaders(req.headers, requestId, raw.length), res);
+    } catch (err) {
+      const e = err instanceof GatewayError ? err : internal(err, d.log, requestId);
+      d.metrics.request(route, 'none', strategy, e.status);
+      sendError(res, e, e.status === 413 ? { 'x-request-id': requestId, connection: 'close' } : { 'x-request-id': requestId });
+    }
+  };
+
+  return (req, res) => {
+    const url = req.url ?? '/';
+    const q = url.indexOf('?');
+    const path = q === -1 ? url : url.slice(0, q);
+    const method = req.method;
+    switch (path) {
+      case '/v1/chat/completions':
+        if (method !== 'POST') return methodNotAllowed(res, 'POST');
+        void inference(req, res, 'chat', 'chat', url);
+        return;
+      case '/v1/completions':
+        if (method !== 'POST') return methodNotAllowed(res, 'POST');
+        void inference(req, res, 'completion', 'completions', url);
+        return;
+      case '/health':
+        return json(res, 200, { status: 'ok' });
+      case '/ready': {
+        const healthy = d.fleet.healthy.length;
+        return json(res, healthy > 0 ? 200 : 503, { ready: healthy > 0, healthyWorkers: healthy, workers: d.fleet.workers.length });
+      }
+      case '/metrics':
+        d.metrics.registry.metrics().then(
+          (text) => {
+            res.writeHead(200, { 'content-type': d.metrics.registry.contentType });
+            res.end(text);
+          },
+          (err: unknown) => sendError(res, internal(err, d.log, '')),
+        );
+        return;
+      case '/v1/models':
+        if (method === 'GET') {
+          fleetModels(d.fleet, d.transport).then((body) => json(res, 200, body), (err: unknown) => sendError(res, internal(err, d.log, '')));
+          return;
+        }
+    }
+    if (path.startsWith('/v1/') || path === '/tokenize' || path === '/detokenize') {
+      d.passthrough.handle(req, res);
+      return;
+    }
+    sendError(res, new GatewayError(404, `no route for ${method} ${path}`, 'not_found_error', 'unknown_url'));
+  };
+}
+
+function json(res: ServerResponse, status: number, body: unknown): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
+  res.end(text);
+}
+
+function methodNotAllowed(res: ServerResponse, allow: string): void {
+  sendError(res, new GatewayError(405, `method not allowed; use ${allow}`, 'invalid_request_error', 'method_not_allowed'), { allow });
+}
+
+function internal(err: unknown, log: Logger, requestId: string): GatewayError {
+  log.error({ err, requestId }, 'internal error');
+  return new GatewayError(500, 'internal gateway error', 'upstream_error', 'internal_error');
+}

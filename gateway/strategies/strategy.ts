@@ -1,0 +1,86 @@
+import type { IncomingHttpHeaders } from 'node:http';
+
+/**
+ * The gateway's own live view of one worker's load, updated as requests are
+ * routed, reach their first token and finish. A request counts as prefill from
+ * routing until its first token, and as decode from then until it ends.
+ */
+export interface WorkerLoad {
+  /** Requests routed to this worker and not yet finished. */
+  inflightRequests: number;
+  /** Requests still waiting for their first token. */
+  prefillRequests: number;
+  /** Prompt tokens of requests still waiting for their first token. */
+  prefillTokens: number;
+  /** Requests past their first token and not yet finished. */
+  decodeRequests: number;
+  /** KV blocks held by requests in decode (prompt plus expected output, in blocks). */
+  decodeBlocks: number;
+}
+
+export type WorkerRole = 'both' | 'prefill' | 'decode';
+
+/** What a strategy may know about a candidate worker. Availability is filtered before any strategy runs. */
+export interface WorkerView {
+  readonly id: string;
+  readonly url: string;
+  readonly models: readonly string[];
+  readonly role: WorkerRole;
+  readonly labels: Readonly<Record<string, string>>;
+  readonly load: Readonly<WorkerLoad>;
+}
+
+/** A prompt cut into full KV blocks and hashed, as the index sees it. */
+export interface PromptBlocks {
+  readonly tokenCount: number;
+  readonly blockSize: number;
+  /** Chained block hashes, one per full block, in prompt order. */
+  readonly hashes: readonly bigint[];
+}
+
+/** One request's routing view, built once per request and shared by every strategy that looks at it. */
+export interface RouteContext {
+  readonly requestId: string;
+  readonly model: string;
+  readonly path: string;
+  readonly headers: IncomingHttpHeaders;
+  /** Value of the configured session header, when present. */
+  readonly sessionKey: string | undefined;
+  /** Exact prompt tokens when the prompt was tokenized, else an estimate. */
+  readonly promptTokens: number;
+  /** Present when the strategy asked for it (`needsPromptBlocks`) and the prompt could be tokenized. */
+  readonly blocks: PromptBlocks | undefined;
+  readonly random: () => number;
+  readonly now: () => number;
+}
+
+/** One candidate's score, for `/debug/route` and logs. */
+export interface CandidateScore {
+  worker: string;
+  /** Terms that made up the score (overlap, load terms, cost), by name. */
+  terms: Record<string, number>;
+}
+
+export interface Decision {
+  worker: WorkerView;
+  /** JSON-serialisable reasons: why this worker, in the strategy's own terms. */
+  explain: Record<string, unknown>;
+  /** Blocks of the prompt the strategy expects the chosen worker to hold already. */
+  predictedCachedBlocks?: number;
+  /** Data-parallel rank to target inside the worker, when the index tracks ranks. */
+  dataParallelRank?: number;
+  candidates?: CandidateScore[];
+}
+
+/**
+ * A routing strategy: one per file in this folder, registered by name in
+ * `registry.ts`. `choose` is synchronous and gets a non-empty candidate list.
+ */
+export interface Strategy {
+  readonly name: string;
+  /** Ask the pipeline to tokenize and hash the prompt before `choose`. */
+  readonly needsPromptBlocks?: boolean;
+  choose(ctx: RouteContext, candidates: readonly WorkerView[]): Decision;
+  /** Called after the request was sent to the chosen worker (approximate indexes learn here). */
+  onRouted?(ctx: RouteContext, decision: Decision): void;
+}
