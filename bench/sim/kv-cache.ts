@@ -1,0 +1,218 @@
+import type { KvEvent } from '../../indexer/events/types.js';
+import type { BlockHasher } from './block-hash.js';
+
+/** What the cache needs to know about a sequence holding blocks. */
+export interface CacheSeq {
+  /** Every token of the sequence so far: prompt, then generated tokens. */
+  readonly tokens: number[];
+  /** Physical blocks held, in token order. */
+  blockIds: number[];
+  /** Chained hashes of the full blocks of `tokens`, filled on demand. */
+  blockHashes: bigint[];
+  /** Leading blocks already registered in (or taken from) the prefix cache. */
+  committedBlocks: number;
+}
+
+export interface KvCacheOptions {
+  blockSize: number;
+  numBlocks: number;
+  hasher: BlockHasher;
+}
+
+export interface KvCacheStats {
+  totalBlocks: number;
+  /** Blocks referenced by at least one sequence. */
+  usedBlocks: number;
+  /** Blocks findable by hash (in use or free). */
+  cachedBlocks: number;
+  /** Free blocks that still hold a cached prefix (evictable, LRU). */
+  freeCachedBlocks: number;
+  evictions: number;
+}
+
+/**
+ * A paged KV block pool with prefix caching, after vLLM v1's KVCacheManager:
+ * only full blocks are cached, by a hash chained over their token ids; blocks
+ * in use are reference counted and never evicted; freed blocks keep their
+ * contents and go to an LRU list, evicted (with a `removed` event) only when a
+ * fresh block is needed. Blocks that never filled carry nothing worth keeping
+ * and are reused before any cached block.
+ */
+export class KvCache {
+  readonly blockSize: number;
+  readonly numBlocks: number;
+  readonly #hasher: BlockHasher;
+  readonly #refs: Int32Array;
+  readonly #hashOf: (bigint | undefined)[];
+  readonly #byHash = new Map<bigint, number>();
+  /** Free blocks holding no cached prefix; a stack, order is irrelevant. */
+  readonly #freeEmpty: number[] = [];
+  /** Free cached blocks in LRU order (Map keeps insertion order: first = least recent). */
+  readonly #freeCached = new Map<number, true>();
+  #events: KvEvent[] = [];
+  #evictions = 0;
+
+  constructor(options: KvCacheOptions) {
+    if (!(options.blockSize >= 1) || !(options.numBlocks >= 1)) throw new RangeError('blockSize and numBlocks must be >= 1');
+    this.blockSize = options.blockSize;
+    this.numBlocks = options.numBlocks;
+    this.#hasher = options.hasher;
+    this.#refs = new Int32Array(options.numBlocks);
+    this.#hashOf = new Array<bigint | undefined>(options.numBlocks).fill(undefined);
+    for (let b = options.numBlocks - 1; b >= 0; b--) this.#freeEmpty.push(b);
+  }
+
+  get freeBlocks(): number {
+    return this.#freeEmpty.length + this.#freeCached.size;
+  }
+
+  get usage(): number {
+    return (this.numBlocks - this.freeBlocks) / this.numBlocks;
+  }
+
+  stats(): KvCacheStats {
+    return {
+      totalBlocks: this.numBlocks,
+      usedBlocks: this.numBlocks - this.freeBlocks,
+      cachedBlocks: this.#byHash.size,
+      freeCachedBlocks: this.#freeCached.size,
+      evictions: this.#evictions,
+    };
+  }
+
+  /** Extends `seq.blockHashes` to cover the first `count` full blocks. */
+  hashBlocks(seq: CacheSeq, count: number): void {
+    const bs = this.blockSize;
+    for (let b = seq.blockHashes.length; b < count; b++) {
+      const parent = b === 0 ? null : seq.blockHashes[b - 1]!;
+      seq.blockHashes.push(this.#hasher(parent, seq.tokens, b * bs, (b + 1) * bs));
+    }
+  }
+
+  /**
+   * Cached blocks for the longest prefix of `seq`. As in vLLM, the last token
+   * is always recomputed (the engine needs its logits), so a fully cached
+   * prompt still leaves its final block to compute.
+   */
+  findPrefix(seq: CacheSeq): number[] {
+    const maxBlocks = Math.floor((seq.tokens.length - 1) / this.blockSize);
+    const found: number[] = [];
+    for (let b = 0; b < maxBlocks; b++) {
+      this.hashBlocks(seq, b + 1);
+      const block = this.#byHash.get(seq.blockHashes[b]!);
+      if (block === undefined) break;
+      found.push(block);
+    }
+    return found;
+  }
+
+  /**
+   * Makes `seq` hold enough blocks for its first `numTokens` tokens, taking
+   * `prefix` (from findPrefix, on admission) first. All or nothing: returns
+   * false and changes nothing when the free pool cannot cover it.
+   */
+  allocate(seq: CacheSeq, numTokens: number, prefix: readonly number[] = []): boolean {
+    const needed = Math.ceil(numTokens / this.blockSize) - seq.blockIds.length - prefix.length;
+    let revived = 0; // prefix blocks sitting in the free pool stop being free once touched
+    for (const b of prefix) if (this.#refs[b] === 0) revived++;
+    if (Math.max(needed, 0) + revived > this.freeBlocks) return false;
+    for (const b of prefix) {
+      if (this.#refs[b]++ === 0) this.#freeCached.delete(b);
+      seq.blockIds.push(b);
+    }
+    if (prefix.length > 0) seq.committedBlocks = seq.blockIds.length;
+    for (let i = 0; i < needed; i++) seq.blockIds.push(this.#takeFree());
+    return true;
+  }
+
+  /**
+   * Registers the blocks that `numComputed` tokens have filled: they become
+   * findable by hash and are announced in one `stored` event per run. A block
+   * whose hash is already cached elsewhere (two requests computed the same
+   * prefix at once) stays anonymous, so one hash never names two blocks.
+   */
+  commit(seq: CacheSeq, numComputed: number): void {
+    const full = Math.min(Math.floor(numComputed / this.blockSize), seq.blockIds.length);
+    if (full <= seq.committedBlocks) return;
+    this.hashBlocks(seq, full);
+    let runStart = -1;
+    const flush = (end: number) => {
+      if (runStart < 0) return;
+      this.#events.push({
+        kind: 'stored',
+        engineHashes: seq.blockHashes.slice(runStart, end),
+        parentEngineHash: runStart === 0 ? null : seq.blockHashes[runStart - 1]!,
+        tokenIds: seq.tokens.slice(runStart * this.blockSize, end * this.blockSize),
+        blockSize: this.blockSize,
+        tier: 'gpu',
+        loraName: null,
+      });
+      runStart = -1;
+    };
+    for (let b = seq.committedBlocks; b < full; b++) {
+      const hash = seq.blockHashes[b]!;
+      const block = seq.blockIds[b]!;
+      if (this.#byHash.has(hash) || this.#hashOf[block] !== undefined) {
+        flush(b);
+        continue;
+      }
+      this.#hashOf[block] = hash;
+      this.#byHash.set(hash, block);
+      if (runStart < 0) runStart = b;
+    }
+    flush(full);
+    seq.committedBlocks = full;
+  }
+
+  /**
+   * Releases the sequence's blocks. Freed in reverse so a sequence's tail is
+   * evicted before its head, which other requests are likelier to share.
+   */
+  free(seq: CacheSeq): void {
+    for (let i = seq.blockIds.length - 1; i >= 0; i--) {
+      const b = seq.blockIds[i]!;
+      if (--this.#refs[b]! > 0) continue;
+      if (this.#hashOf[b] !== undefined) this.#freeCached.set(b, true);
+      else this.#freeEmpty.push(b);
+    }
+    seq.blockIds = [];
+    seq.committedBlocks = 0;
+  }
+
+  /** Forgets every cached prefix (vLLM's reset_prefix_cache); blocks in use stay allocated, now anonymous. */
+  reset(): void {
+    this.#byHash.clear();
+    this.#hashOf.fill(undefined);
+    for (const b of this.#freeCached.keys()) this.#freeEmpty.push(b);
+    this.#freeCached.clear();
+    this.#events.push({ kind: 'cleared' });
+  }
+
+  /** Events since the last drain, in the order they happened: one scheduler step's batch. */
+  drainEvents(): KvEvent[] {
+    const events = this.#events;
+    this.#events = [];
+    return events;
+  }
+
+  #takeFree(): number {
+    const empty = this.#freeEmpty.pop();
+    if (empty !== undefined) {
+      this.#refs[empty] = 1;
+      return empty;
+    }
+    const { value: victim, done } = this.#freeCached.keys().next();
+    if (done) throw new Error('KV cache: no free block (allocate checks capacity first)');
+    this.#freeCached.delete(victim);
+    const hash = this.#hashOf[victim]!;
+    this.#hashOf[victim] = undefined;
+    this.#byHash.delete(hash);
+    this.#evictions++;
+    // Evictions of one step coalesce into one event, as vLLM's BlockRemoved lists.
+    const last = this.#events[this.#events.length - 1];
+    if (last?.kind === 'removed') (last.engineHashes as bigint[]).push(hash);
+    else this.#events.push({ kind: 'removed', engineHashes: [hash], tier: 'gpu' });
+    this.#refs[victim] = 1;
+    return victim;
+  }
+}

@@ -1,0 +1,252 @@
+import type { KvEvent } from '../../indexer/events/types.js';
+import type { CacheSeq, KvCache } from './kv-cache.js';
+import { stepMs, type TimingModel } from './timing.js';
+
+export type FinishReason = 'length' | 'stop' | 'abort' | 'error';
+
+export interface SimRequestInit {
+  id: string;
+  promptTokens: number[];
+  /** Tokens to generate; the request finishes after the last one. */
+  maxTokens: number;
+  /** Reported when `maxTokens` is reached: 'length' for a max_tokens cap, 'stop' for a simulated EOS. */
+  finishReason: 'length' | 'stop';
+  /** Token id of the k-th generated token (filler). */
+  outputToken(index: number): number;
+  onToken(tokenId: number, index: number): void;
+  onFinish(reason: FinishReason, message?: string): void;
+}
+
+/** One request's life in the engine; also its hold on KV blocks. */
+export class SimRequest implements CacheSeq {
+  readonly tokens: number[];
+  blockIds: number[] = [];
+  blockHashes: bigint[] = [];
+  committedBlocks = 0;
+  numComputed = 0;
+  outputCount = 0;
+  /** Prefix tokens found in the cache at first admission; -1 until admitted. */
+  cachedTokens = -1;
+  preemptions = 0;
+  state: 'waiting' | 'running' | 'finished' = 'waiting';
+  readonly promptLength: number;
+  readonly arrivalMs: number;
+  firstTokenMs: number | undefined;
+
+  constructor(
+    readonly init: SimRequestInit,
+    now: number,
+  ) {
+    this.tokens = [...init.promptTokens];
+    this.promptLength = init.promptTokens.length;
+    this.arrivalMs = now;
+  }
+}
+
+export interface SchedulerOptions {
+  cache: KvCache;
+  timing: TimingModel;
+  maxNumBatchedTokens: number;
+  maxNumSeqs: number;
+  /** One call per step with that step's KV events (possibly empty). */
+  publish(events: KvEvent[]): void;
+  now?: () => number;
+}
+
+export interface SchedulerCounters {
+  steps: number;
+  prefillTokensComputed: number;
+  decodeTokens: number;
+  prefixQueryTokens: number;
+  prefixHitTokens: number;
+  preemptions: number;
+}
+
+interface Scheduled {
+  req: SimRequest;
+  tokens: number;
+  decode: boolean;
+}
+
+/** A step may run this far behind real time and still be caught up back to back; beyond, the clock restarts. */
+const MAX_LAG_MS = 50;
+
+/**
+ * The engine loop, after vLLM v1's scheduler: each step first gives running
+ * sequences their next tokens (a decode token, or the next chunk of a long
+ * prefill), then admits waiting requests in FIFO order while the token budget,
+ * the sequence cap and free blocks allow. A running sequence that cannot grow
+ * preempts the most recently admitted one, which goes back to the head of the
+ * queue and recomputes later. The step's effects (tokens out, blocks stored)
+ * land when its simulated duration has elapsed. Idle = no timer at all.
+ */
+export class Scheduler {
+  readonly waiting: SimRequest[] = [];
+  readonly running: SimRequest[] = [];
+  readonly counters: SchedulerCounters = { steps: 0, prefillTokensComputed: 0, decodeTokens: 0, prefixQueryTokens: 0, prefixHitTokens: 0, preemptions: 0 };
+  readonly #o: SchedulerOptions;
+  readonly #now: () => number;
+  #busy = false;
+  #clock = 0;
+  #timer: NodeJS.Timeout | NodeJS.Immediate | undefined;
+  #closed = false;
+
+  constructor(options: SchedulerOptions) {
+    this.#o = options;
+    this.#now = options.now ?? (() => performance.now());
+  }
+
+  add(init: SimRequestInit): SimRequest {
+    const req = new SimRequest(init, this.#now());
+    this.waiting.push(req);
+    this.#kick();
+    return req;
+  }
+
+  /** Drops a request at once (client gone); its blocks are freed and stay cached. */
+  abort(req: SimRequest): void {
+    if (req.state === 'finished') return;
+    const w = this.waiting.indexOf(req);
+    if (w >= 0) this.waiting.splice(w, 1);
+    const r = this.running.indexOf(req);
+    if (r >= 0) this.running.splice(r, 1);
+    this.#o.cache.free(req);
+    req.state = 'finished';
+    req.init.onFinish('abort');
+  }
+
+  /** Stops stepping; pending requests are aborted. */
+  close(): void {
+    this.#closed = true;
+    if (this.#timer) clearTimeout(this.#timer as NodeJS.Timeout), clearImmediate(this.#timer as NodeJS.Immediate);
+    this.#timer = undefined;
+    for (const req of [...this.running, ...this.waiting]) this.abort(req);
+  }
+
+  /** Publishes events produced outside a step (a prefix-cache reset) right away, as vLLM does on its next step. */
+  flushEvents(): void {
+    if (!this.#busy) this.#o.publish(this.#o.cache.drainEvents());
+  }
+
+  #kick(): void {
+    if (this.#busy || this.#closed) return;
+    this.#busy = true;
+    this.#clock = this.#now();
+    this.#timer = setImmediate(() => this.#step());
+  }
+
+  #step(): void {
+    this.#timer = undefined;
+    if (this.#closed) return;
+    const usage = this.#o.cache.usage;
+    const plan = this.#schedule();
+    if (plan.length === 0) {
+      this.#busy = false;
+      this.#o.publish(this.#o.cache.drainEvents());
+      return;
+    }
+    let prefill = 0;
+    let decodes = 0;
+    for (const s of plan) {
+      if (s.decode) decodes++;
+      else prefill += s.tokens;
+    }
+    const now = this.#now();
+    const start = Math.max(this.#clock, now - MAX_LAG_MS);
+    const end = start + stepMs(this.#o.timing, prefill, decodes, usage);
+    this.#clock = end;
+    const delay = end - now;
+    const finish = () => this.#finishStep(plan, prefill, decodes);
+    this.#timer = delay >= 1 ? setTimeout(finish, delay) : setImmediate(finish);
+  }
+
+  #schedule(): Scheduled[] {
+    const { cache, maxNumBatchedTokens, maxNumSeqs } = this.#o;
+    let budget = maxNumBatchedTokens;
+    const plan: Scheduled[] = [];
+    let preempted = false;
+    for (let i = 0; i < this.running.length && budget > 0; i++) {
+      const req = this.running[i]!;
+      const n = Math.min(req.tokens.length - req.numComputed, budget);
+      let ok = cache.allocate(req, req.numComputed + n);
+      while (!ok) {
+        const victim = this.running.pop()!;
+        this.#preempt(victim);
+        preempted = true;
+        if (victim === req) break;
+        ok = cache.allocate(req, req.numComputed + n);
+      }
+      if (!ok) break;
+      plan.push({ req, tokens: n, decode: req.outputCount > 0 && req.numComputed === req.tokens.length - 1 });
+      budget -= n;
+    }
+    // vLLM admits nothing new in a step that had to preempt: memory is short.
+    while (!preempted && this.waiting.length > 0 && this.running.length < maxNumSeqs && budget > 0) {
+      const req = this.waiting[0]!;
+      const prefix = cache.findPrefix(req);
+      const cached = prefix.length * cache.blockSize;
+      const n = Math.min(req.tokens.length - cached, budget);
+      if (!cache.allocate(req, cached + n, prefix)) {
+        if (this.running.length === 0) this.#fail(req, 'request does not fit in the KV cache');
+        break;
+      }
+      this.waiting.shift();
+      this.running.push(req);
+      req.state = 'running';
+      req.numComputed = cached;
+      if (req.cachedTokens < 0) {
+        req.cachedTokens = cached;
+        this.counters.prefixQueryTokens += req.tokens.length;
+        this.counters.prefixHitTokens += cached;
+      }
+      plan.push({ req, tokens: n, decode: false });
+      budget -= n;
+    }
+    return plan;
+  }
+
+  #finishStep(plan: Scheduled[], prefill: number, decodes: number): void {
+    this.#timer = undefined;
+    if (this.#closed) return;
+    const { cache } = this.#o;
+    this.counters.steps++;
+    this.counters.prefillTokensComputed += prefill;
+    this.counters.decodeTokens += decodes;
+    for (const { req, tokens } of plan) {
+      if (req.state !== 'running') continue; // aborted while the step ran
+      req.numComputed += tokens;
+      cache.commit(req, req.numComputed);
+      if (req.numComputed < req.tokens.length) continue; // more prefill chunks to go
+      const index = req.outputCount++;
+      const token = req.init.outputToken(index);
+      req.tokens.push(token);
+      if (req.firstTokenMs === undefined) req.firstTokenMs = this.#now();
+      req.init.onToken(token, index);
+      if (req.outputCount >= req.init.maxTokens && req.state === 'running') this.#complete(req, req.init.finishReason);
+    }
+    this.#o.publish(cache.drainEvents());
+    this.#step();
+  }
+
+  #preempt(req: SimRequest): void {
+    this.#o.cache.free(req);
+    req.numComputed = 0;
+    req.state = 'waiting';
+    req.preemptions++;
+    this.counters.preemptions++;
+    this.waiting.unshift(req);
+  }
+
+  #complete(req: SimRequest, reason: FinishReason, message?: string): void {
+    const r = this.running.indexOf(req);
+    if (r >= 0) this.running.splice(r, 1);
+    this.#o.cache.free(req);
+    req.state = 'finished';
+    req.init.onFinish(reason, message);
+  }
+
+  #fail(req: SimRequest, message: string): void {
+    this.waiting.shift();
+    this.#complete(req, 'error', message);
+  }
+}

@@ -1,0 +1,98 @@
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { Logger } from 'pino';
+import type { GatewayConfig } from '../config/schema.js';
+import { createAdminHandler } from './admin.js';
+import { Fleet } from './fleet.js';
+import { Transport } from './forward.js';
+import { HealthChecker, type HealthProbe } from './health.js';
+import { GatewayMetrics } from './metrics.js';
+import { Passthrough } from './passthrough.js';
+import { RoutingPipeline, type PromptBlocksProvider } from './pipeline.js';
+import { createDefaultPolicy } from './policy.js';
+import { createFrontHandler } from './server.js';
+import { createStrategy } from './strategies/registry.js';
+
+export interface GatewayOptions {
+  log: Logger;
+  /** Services for strategies, by name (e.g. `kvIndexer`); see `StrategyDeps.services`. */
+  services?: Record<string, unknown>;
+  promptBlocks?: PromptBlocksProvider;
+  /** Extra admin stats, e.g. the KV index's, shown in `/debug/workers`. */
+  indexStats?: () => unknown;
+  healthProbe?: HealthProbe;
+  random?: () => number;
+  now?: () => number;
+  /** Registers prom-client's process metrics (off in tests that start many gateways). */
+  defaultMetrics?: boolean;
+}
+
+export interface Gateway {
+  /** `http://host:port` of the OpenAI-compatible front. */
+  readonly url: string;
+  readonly adminUrl: string;
+  readonly fleet: Fleet;
+  readonly metrics: GatewayMetrics;
+  close(): Promise<void>;
+}
+
+/**
+ * The composition root: builds every part from the config, wires them
+ * request -> policy -> strategy -> fleet/index -> proxy, and starts listening.
+ */
+export async function startGateway(config: GatewayConfig, options: GatewayOptions): Promise<Gateway> {
+  const { log } = options;
+  const random = options.random ?? Math.random;
+  const now = options.now ?? Date.now;
+  const fleet = new Fleet(config.fleet.workers);
+  const metrics = new GatewayMetrics(fleet, { defaultMetrics: options.defaultMetrics });
+  const transport = new Transport(fleet.workers, config.upstream);
+  const health = new HealthChecker(fleet, config.fleet.health, log, options.healthProbe);
+  const blockSize = Object.values(config.models)[0]?.blockSize ?? 16;
+  const strategy = createStrategy(config.routing.strategy, config.routing.params, {
+    random, now, log, workers: fleet.workers, blockSize, services: options.services ?? {},
+  });
+  const pipeline = new RoutingPipeline({
+    fleet, policy: createDefaultPolicy(strategy), metrics, log, sessionHeader: config.routing.sessionHeader,
+    promptBlocks: options.promptBlocks, random, now,
+  });
+  const passthrough = new Passthrough(fleet, metrics);
+
+  await health.start();
+  const front = createServer({ keepAliveTimeout: config.server.keepAliveTimeoutMs, headersTimeout: 60_000, requestTimeout: 0 },
+    createFrontHandler({ config: config.server, fleet, pipeline, transport, passthrough, metrics, log, blockSize }));
+  const admin = createServer(createAdminHandler({ fleet, pipeline, token: config.admin.token, indexStats: options.indexStats }));
+  const url = await listen(front, config.server.host, config.server.port);
+  const adminUrl = await listen(admin, config.admin.host, config.admin.port);
+  log.info({ url, adminUrl, strategy: strategy.name, workers: fleet.workers.length, healthy: fleet.healthy.length }, 'gateway ready');
+
+  return {
+    url, adminUrl, fleet, metrics,
+    async close() {
+      await Promise.all([closeServer(front), closeServer(admin)]);
+      await health.stop();
+      passthrough.close();
+      await transport.close();
+    },
+  };
+}
+
+function listen(server: Server, host: string, port: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => {
+      server.off('error', reject);
+      const a = server.address() as AddressInfo;
+      const shown = a.family === 'IPv6' ? `[${a.address}]` : a.address;
+      resolve(`http://${shown === '0.0.0.0' ? '127.0.0.1' : shown === '[::]' ? '[::1]' : shown}:${a.port}`);
+    });
+  });
+}
+
+function closeServer(server: Server): Promise<void> {
+  return new Promise((resolve) => {
+    server.close(() => resolve());
+    // Draining in-flight streams is the lifecycle's job (SIGTERM); close() itself never waits on a client.
+    server.closeAllConnections();
+  });
+}

@@ -1,0 +1,52 @@
+import { loadConfigFile } from '../config/load.js';
+import { parseFlags, UsageError } from './cli-args.js';
+import { startKvGateway } from './kv-gateway.js';
+import { createLogger } from './log.js';
+
+const spec = {
+  name: 'serve',
+  summary: 'run the gateway in front of a fleet described by a config file',
+  help: `usage: kvgate serve --config FILE [flags]
+
+Runs the OpenAI-compatible gateway in front of the workers listed in FILE
+(YAML; see config/examples/). Flags override the file and the environment.
+
+flags:
+  --config FILE       config file (or KVGATE_CONFIG)
+  --host HOST         listen address (KVGATE_HOST; default 0.0.0.0)
+  --port PORT         listen port, 0 = any free port (KVGATE_PORT; default 8080)
+  --admin-port PORT   admin listener port on 127.0.0.1 (KVGATE_ADMIN_PORT; default 8081)
+  --strategy NAME     routing strategy (KVGATE_STRATEGY), e.g. least-load, kv
+  -h, --help          this help
+
+Logs are JSON lines on stdout; KVGATE_LOG_LEVEL sets the level (default info).
+SIGTERM or SIGINT stops the gateway.`,
+  options: {
+    config: { type: 'string' },
+    host: { type: 'string' },
+    port: { type: 'string' },
+    'admin-port': { type: 'string' },
+    strategy: { type: 'string' },
+  },
+} as const;
+
+export async function serveCommand(argv: string[]): Promise<void> {
+  const flags = parseFlags(spec, argv);
+  if (!flags) return;
+  const file = flags.config ?? process.env.KVGATE_CONFIG;
+  if (!file) throw new UsageError('kvgate serve: --config FILE is required (or set KVGATE_CONFIG)');
+  const env = { ...process.env };
+  if (flags.host !== undefined) env.KVGATE_HOST = flags.host;
+  if (flags.port !== undefined) env.KVGATE_PORT = flags.port;
+  if (flags['admin-port'] !== undefined) env.KVGATE_ADMIN_PORT = flags['admin-port'];
+  if (flags.strategy !== undefined) env.KVGATE_STRATEGY = flags.strategy;
+  const config = loadConfigFile(file, env);
+  const log = createLogger('kvgate');
+  const gateway = await startKvGateway(config, { log });
+  const stop = (signal: string) => {
+    log.info({ signal }, 'gateway stopping');
+    gateway.close().then(() => process.exit(0), () => process.exit(1));
+  };
+  process.once('SIGTERM', () => stop('SIGTERM'));
+  process.once('SIGINT', () => stop('SIGINT'));
+}

@@ -1,0 +1,122 @@
+import { z } from 'zod';
+import { compareLoad } from './least-load.js';
+import { asPrefixMatcher, matchWorkers, overlapSource, round, sameCost, softmaxSample, type PrefixMatcher } from './overlap.js';
+import type { StrategyDeps } from './registry.js';
+import type { CandidateScore, Decision, RouteContext, Strategy, WorkerView } from './strategy.js';
+
+export const kvParamsSchema = z.strictObject({
+  /**
+   * Blocks to prefill (this prompt's uncached part plus what is already queued)
+   * against blocks in decode. 1.0 treats a prefill block and a decode block as
+   * equal cost; the benchmark tunes it.
+   */
+  prefillWeight: z.number().min(0).max(1000).default(1),
+  /** 0 = always the lowest cost; > 0 samples from a softmax over normalised costs. */
+  temperature: z.number().min(0).max(100).default(0),
+  /** Worth of a CPU-offloaded block relative to a GPU one (it must be copied back first). */
+  cpuTierWeight: z.number().min(0).max(1).default(0.75),
+});
+export type KvParams = z.infer<typeof kvParamsSchema>;
+
+/** Name of the `StrategyDeps.services` entry holding the events-fed index. */
+export const KV_INDEXER_SERVICE = 'kvIndexer';
+
+const RULE = 'lowest prefillWeight*(promptBlocks-overlap+queuedPrefillBlocks)+decodeBlocks';
+
+/**
+ * The `kv` cost, shared with `approx-prefix` (which differs only in its matcher).
+ * Per candidate: overlap = best DP rank's `gpu + cpuTierWeight × cpu` blocks;
+ * cost = prefillWeight × (promptBlocks − overlap + prefillTokens/blockSize) + decodeBlocks.
+ * Lowest wins; exact ties go to less load (in-flight requests, then prefill
+ * tokens), then at random. With temperature > 0 the winner is sampled instead.
+ * The index is matched once; without prompt blocks every overlap is 0, which
+ * leaves a pure load comparison.
+ */
+export function chooseByKvCost(
+  ctx: RouteContext, candidates: readonly WorkerView[], matcher: PrefixMatcher | undefined,
+  params: KvParams, defaultBlockSize: number, indexName: string,
+): Decision {
+  const blockSize = ctx.blocks?.blockSize ?? defaultBlockSize;
+  const matches = matchWorkers(ctx, matcher, params.cpuTierWeight);
+  // Fractional, so the partial last block (always prefilled) counts too.
+  const promptBlocks = ctx.promptTokens / blockSize;
+  const n = candidates.length;
+  const costs = new Float64Array(n);
+  const scores: CandidateScore[] = new Array(n);
+  let best = 0;
+  let ties = 1;
+  for (let i = 0; i < n; i++) {
+    const w = candidates[i]!;
+    const overlap = matches?.get(w.id)?.weighted ?? 0;
+    const prefillBlocks = Math.max(0, promptBlocks - overlap);
+    const queuedPrefillBlocks = w.load.prefillTokens / blockSize;
+    const decodeBlocks = w.load.decodeBlocks;
+    const cost = params.prefillWeight * (prefillBlocks + queuedPrefillBlocks) + decodeBlocks;
+    costs[i] = cost;
+    scores[i] = {
+      worker: w.id,
+      terms: {
+        overlapBlocks: round(overlap), promptBlocks: round(promptBlocks), prefillBlocks: round(prefillBlocks),
+        queuedPrefillBlocks: round(queuedPrefillBlocks), decodeBlocks, cost: round(cost),
+      },
+    };
+    if (i === 0 || params.temperature > 0) continue;
+    const b = costs[best]!;
+    if (cost < b && !sameCost(cost, b)) {
+      best = i;
+      ties = 1;
+    } else if (sameCost(cost, b)) {
+      const c = compareLoad(w, candidates[best]!);
+      if (c < 0) {
+        best = i;
+        ties = 1;
+      } else if (c === 0 && ctx.random() * ++ties < 1) {
+        best = i;
+      }
+    }
+  }
+  if (params.temperature > 0) {
+    best = softmaxSample(costs, params.temperature, ctx.random);
+    ties = 1;
+  }
+  const worker = candidates[best]!;
+  const m = matches?.get(worker.id);
+  const decision: Decision = {
+    worker,
+    explain: {
+      rule: params.temperature > 0 ? `softmax(T=${params.temperature}) over ${RULE}` : RULE,
+      index: overlapSource(ctx, matcher, indexName),
+      prefillWeight: params.prefillWeight,
+      ...scores[best]!.terms,
+      ...(m && m.blocks !== m.gpuBlocks ? { cpuTierBlocks: m.blocks - m.gpuBlocks } : {}),
+      ties,
+    },
+    predictedCachedBlocks: m?.blocks ?? 0,
+    candidates: scores,
+  };
+  if (m?.rank != null) decision.dataParallelRank = m.rank;
+  return decision;
+}
+
+/**
+ * KV-cache-aware routing over the events-fed index (`services.kvIndexer`):
+ * sends a request where its prefix is cached unless the queue there costs more
+ * than the reuse saves. Without the index it still routes, by load alone, and
+ * says so in `explain`.
+ * @example createKvStrategy({ prefillWeight: 1, temperature: 0, cpuTierWeight: 0.75 }, deps).choose(ctx, workers)
+ */
+export function createKvStrategy(params: KvParams, deps: Pick<StrategyDeps, 'services' | 'blockSize' | 'log'>): Strategy {
+  const p = kvParamsSchema.parse(params);
+  if (!asPrefixMatcher(deps.services[KV_INDEXER_SERVICE])) {
+    deps.log.warn({ strategy: 'kv' }, 'kv strategy has no KV index (services.kvIndexer); it will route by load only until one is provided');
+  }
+  return {
+    name: 'kv',
+    needsPromptBlocks: true,
+    choose(ctx: RouteContext, candidates: readonly WorkerView[]): Decision {
+      // Looked up per request (one property read) so an index wired after start-up is picked up.
+      const matcher = asPrefixMatcher(deps.services[KV_INDEXER_SERVICE]);
+      return chooseByKvCost(ctx, candidates, matcher, p, deps.blockSize, 'kv events index');
+    },
+  };
+}
