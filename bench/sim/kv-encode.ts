@@ -37,9 +37,16 @@ class MsgpackWriter {
   }
 
   int(x: number | bigint): void {
-    const v = BigInt(x);
     this.ensure(9);
     const b = this.buf;
+    // Fast path for token ids and small numbers; BigInt for the rest (hashes).
+    if (typeof x === 'number' && x >= 0 && x < 0x10000 && Number.isInteger(x)) {
+      if (x < 128) b[this.pos++] = x;
+      else if (x < 0x100) { b[this.pos++] = 0xcc; b[this.pos++] = x; }
+      else { b[this.pos] = 0xcd; b.writeUInt16BE(x, this.pos + 1); this.pos += 3; }
+      return;
+    }
+    const v = BigInt(x);
     if (v >= 0n) {
       if (v < 128n) b[this.pos++] = Number(v);
       else if (v < 0x100n) { b[this.pos++] = 0xcc; b[this.pos++] = Number(v); }

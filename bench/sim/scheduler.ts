@@ -57,6 +57,8 @@ export interface SchedulerCounters {
   steps: number;
   prefillTokensComputed: number;
   decodeTokens: number;
+  /** Tokens handed to clients (first tokens included). */
+  generatedTokens: number;
   prefixQueryTokens: number;
   prefixHitTokens: number;
   preemptions: number;
@@ -83,7 +85,7 @@ const MAX_LAG_MS = 50;
 export class Scheduler {
   readonly waiting: SimRequest[] = [];
   readonly running: SimRequest[] = [];
-  readonly counters: SchedulerCounters = { steps: 0, prefillTokensComputed: 0, decodeTokens: 0, prefixQueryTokens: 0, prefixHitTokens: 0, preemptions: 0 };
+  readonly counters: SchedulerCounters = { steps: 0, prefillTokensComputed: 0, decodeTokens: 0, generatedTokens: 0, prefixQueryTokens: 0, prefixHitTokens: 0, preemptions: 0 };
   readonly #o: SchedulerOptions;
   readonly #now: () => number;
   #busy = false;
@@ -218,6 +220,7 @@ export class Scheduler {
       cache.commit(req, req.numComputed);
       if (req.numComputed < req.tokens.length) continue; // more prefill chunks to go
       const index = req.outputCount++;
+      this.counters.generatedTokens++;
       const token = req.init.outputToken(index);
       req.tokens.push(token);
       if (req.firstTokenMs === undefined) req.firstTokenMs = this.#now();

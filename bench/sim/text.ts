@@ -15,12 +15,16 @@ const FILLER =
 /**
  * The simulator's view of a model's tokenizer: the gateway's PromptTokenizer
  * for prompts (so both sides agree on token ids) plus decoding, which that
- * class does not need and so does not offer.
+ * class does not offer. The decoder parses tokenizer.json a second time, which
+ * costs as much as the first load, so it is only loaded when /detokenize or
+ * token_strs first need it.
  */
 export class SimTokenizer {
+  #decoder: Promise<Tokenizer> | undefined;
+
   private constructor(
     readonly prompt: PromptTokenizer,
-    private readonly decoder: Tokenizer,
+    private readonly dir: string,
     readonly vocabSize: number,
     readonly fillerIds: readonly number[],
     readonly fillerTexts: readonly string[],
@@ -28,10 +32,21 @@ export class SimTokenizer {
 
   static async load(dir: string): Promise<SimTokenizer> {
     const prompt = await PromptTokenizer.load(dir);
-    const decoder = Tokenizer.fromString(await readFile(join(dir, 'tokenizer.json'), 'utf8'));
-    const fillerIds = await prompt.encode(FILLER, false);
-    const fillerTexts = await Promise.all(fillerIds.map((id) => decoder.decode([id], false)));
-    return new SimTokenizer(prompt, decoder, decoder.getVocabSize(true), fillerIds, fillerTexts);
+    // Words that are one token each, so the text of a token is the word itself, no decoder needed.
+    const fillerIds: number[] = [];
+    const fillerTexts: string[] = [];
+    for (const word of FILLER.split(/(?= )/)) {
+      const ids = await prompt.encode(word, false);
+      if (ids.length !== 1) continue;
+      fillerIds.push(ids[0]!);
+      fillerTexts.push(word);
+    }
+    if (fillerIds.length === 0) throw new Error(`tokenizer in ${dir} encodes no filler word as a single token`);
+    const vocab = JSON.parse(await readFile(join(dir, 'tokenizer.json'), 'utf8').catch(() => '{}')) as { model?: { vocab?: Record<string, number> }; added_tokens?: { id: number }[] };
+    let maxId = -1;
+    for (const id of Object.values(vocab.model?.vocab ?? {})) if (id > maxId) maxId = id;
+    for (const t of vocab.added_tokens ?? []) if (t.id > maxId) maxId = t.id;
+    return new SimTokenizer(prompt, dir, maxId + 1, fillerIds, fillerTexts);
   }
 
   /** The k-th generated token: the filler sentence, over and over. */
@@ -43,13 +58,19 @@ export class SimTokenizer {
     return this.fillerTexts[index % this.fillerTexts.length]!;
   }
 
-  decode(ids: number[]): Promise<string> {
-    return this.decoder.decode(ids, false);
+  async decode(ids: number[]): Promise<string> {
+    return (await this.#loadDecoder()).decode(ids, false);
   }
 
   /** Vocabulary strings as vLLM's `token_strs` (`convert_ids_to_tokens`). */
-  tokenStrs(ids: readonly number[]): string[] {
-    return ids.map((id) => this.decoder.idToToken(id) ?? '');
+  async tokenStrs(ids: readonly number[]): Promise<string[]> {
+    const decoder = await this.#loadDecoder();
+    return ids.map((id) => decoder.idToToken(id) ?? '');
+  }
+
+  #loadDecoder(): Promise<Tokenizer> {
+    this.#decoder ??= readFile(join(this.dir, 'tokenizer.json'), 'utf8').then((json) => Tokenizer.fromString(json));
+    return this.#decoder;
   }
 }
 

@@ -1,4 +1,7 @@
+import type { MatchCounts } from '../../indexer/radix-index.js';
 import type { RouteContext, WorkerView } from './strategy.js';
+
+export type { MatchCounts };
 
 /**
  * What the KV strategies share: the matcher interface they read the index
@@ -7,21 +10,27 @@ import type { RouteContext, WorkerView } from './strategy.js';
  * pass a fake matcher.
  */
 
-/** Leading blocks of the prompt a target holds (any tier), and how many of those are on GPU. */
-export interface MatchCounts {
-  readonly blocks: number;
-  readonly gpuBlocks: number;
-}
-
 /**
  * The slice of the KV index (events-fed `KvIndexer` or the routing-fed
- * `ApproxIndex`) a strategy needs. Keys are target keys: `workerId`, or
- * `workerId#rank` for data-parallel rank `rank`.
+ * `ApproxIndex`) a strategy needs. Keys are target keys (`targetKey` in
+ * indexer/radix-index.ts): `workerId`, or `workerId#rank` for data-parallel rank `rank`.
  */
 export interface PrefixMatcher {
+  /** Per target, leading blocks of the prompt held (any tier) and how many of those are on GPU. */
   match(hashes: readonly bigint[]): Map<string, MatchCounts>;
-  /** Blocks indexed for a target, for Dynamo's smaller-tree tie-break. Optional. */
+  /**
+   * Blocks indexed for a target (its tree size), for Dynamo's smaller-tree
+   * tie-break. Optional; `KvIndexer` calls it `blocksOf`, `ApproxIndex` `treeSize`.
+   */
+  blocksOf?(target: string): number;
   treeSize?(target: string): number;
+}
+
+/** The matcher's tree-size function under either name, bound; undefined when it has none. */
+export function treeSizeOf(matcher: PrefixMatcher | undefined): ((target: string) => number) | undefined {
+  if (matcher?.blocksOf) return (target) => matcher.blocksOf!(target);
+  if (matcher?.treeSize) return (target) => matcher.treeSize!(target);
+  return undefined;
 }
 
 /** Narrows a `StrategyDeps.services` entry to a matcher; anything else counts as absent. */
@@ -41,9 +50,8 @@ export interface WorkerMatch {
 }
 
 /**
- * Splits a target key into worker id and rank without allocating an object.
- * Worker ids cannot contain `#` (the fleet config forbids it), so the last `#`
- * followed by digits is always the rank separator.
+ * Where `parseTargetKey` (indexer/radix-index.ts) would split a target key, without
+ * allocating: the last `#` followed only by digits; -1 when the key has no rank.
  */
 function rankSeparator(key: string): number {
   const i = key.lastIndexOf('#');

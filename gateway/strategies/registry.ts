@@ -5,6 +5,11 @@ import { createPowerOfTwoStrategy, powerOfTwoParamsSchema } from './power-of-two
 import { createRandomStrategy, randomParamsSchema } from './random.js';
 import { createRoundRobinStrategy, roundRobinParamsSchema } from './round-robin.js';
 import { createSessionStrategy, sessionParamsSchema } from './session.js';
+import { approxPrefixParamsSchema, createApproxPrefixStrategy } from './approx-prefix.js';
+import { createDynamoStrategy, dynamoParamsSchema } from './dynamo.js';
+import { createKvStrategy, kvParamsSchema } from './kv.js';
+import { createLlmdPreciseStrategy, llmdPreciseParamsSchema } from './llmd-precise.js';
+import { createSglangCacheAwareStrategy, sglangCacheAwareParamsSchema } from './sglang-cache-aware.js';
 import type { Strategy, WorkerView } from './strategy.js';
 
 /** What a strategy factory may use. Built once by the composition root (`startGateway`). */
@@ -35,6 +40,11 @@ const entries = new Map<string, StrategyEntry<any>>([
   ['least-load', { params: leastLoadParamsSchema, create: (p) => createLeastLoadStrategy(p) }],
   ['power-of-two', { params: powerOfTwoParamsSchema, create: (p) => createPowerOfTwoStrategy(p) }],
   ['session', { params: sessionParamsSchema, create: (p) => createSessionStrategy(p) }],
+  ['kv', { params: kvParamsSchema, create: (p, d) => createKvStrategy(p, d) }],
+  ['approx-prefix', { params: approxPrefixParamsSchema, create: (p, d) => createApproxPrefixStrategy(p, d) }],
+  ['dynamo', { params: dynamoParamsSchema, create: (p, d) => createDynamoStrategy(p, d) }],
+  ['sglang-cache-aware', { params: sglangCacheAwareParamsSchema, create: (p, d) => createSglangCacheAwareStrategy(p, d) }],
+  ['llmd-precise', { params: llmdPreciseParamsSchema, create: (p, d) => createLlmdPreciseStrategy(p, d) }],
 ]);
 
 /**

@@ -200,7 +200,8 @@ export class ZmqEventSource implements EventSource {
     this.lastSeq = item.seq;
     if (!item.batch) return;
     this.counters.batchesApplied++;
-    if (replayed) this.counters.batchesReplayed++;
+    // Only batches we never received live count as replayed; the replay also resends the held ones.
+    if (replayed && !(this.held.length > 0 && item.seq >= this.held[0].seq)) this.counters.batchesReplayed++;
     try {
       this.sink?.apply(item.batch);
     } catch (err) {

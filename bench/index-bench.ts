@@ -1,0 +1,305 @@
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { cpus, totalmem } from 'node:os';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { createBlockHasher, type BlockHasher } from '../indexer/block-hash.js';
+import type { KvEvent, KvEventBatch } from '../indexer/events/types.js';
+import { KvIndexer } from '../indexer/kv-indexer.js';
+import { RadixIndex } from '../indexer/radix-index.js';
+
+/**
+ * Index benchmark (not a test): replays the Mooncake conversation trace as KV
+ * events into a KvIndexer for N workers, then matches every request.
+ *
+ *   node --expose-gc dist/bench/index-bench.js [--trace PATH] [--workers 8,64]
+ *     [--block-size 16] [--worker-blocks 65536] [--limit N] [--out DIR]
+ *
+ * Each trace `hash_id` is a 512-token chunk (chained, as in the trace); its
+ * tokens come from a PRNG seeded by the id, so equal ids give equal tokens.
+ * Requests go to a worker by the hash of their second chunk (the first after
+ * the shared system prompt), so a conversation's turns land together. Every
+ * worker is an LRU cache of chunks holding `--worker-blocks` gateway blocks:
+ * missing chunks become one `stored` event per contiguous run (the last chunk
+ * cut to input_length, full blocks only), evicted chunks a `removed` event.
+ */
+const { values } = parseArgs({
+  options: {
+    trace: { type: 'string' },
+    workers: { type: 'string', default: '8,64' },
+    'block-size': { type: 'string', default: '16' },
+    'worker-blocks': { type: 'string', default: '65536' },
+    limit: { type: 'string' },
+    out: { type: 'string', default: fileURLToPath(new URL('../../bench/results/', import.meta.url)) },
+  },
+});
+const repoRoot = fileURLToPath(new URL('../../', import.meta.url));
+const tracePath = values.trace ?? resolve(repoRoot, '../shared/traces/mooncake/conversation_trace.jsonl');
+const workerCounts = values.workers!.split(',').map(Number);
+const BS = Number(values['block-size']);
+const WORKER_BLOCKS = Number(values['worker-blocks']);
+const CHUNK = 512;
+if (CHUNK % BS !== 0 || workerCounts.some((n) => !(n > 0))) throw new Error('bad --block-size or --workers');
+const PER_CHUNK = CHUNK / BS;
+const MODEL = 'bench/model';
+
+interface Request { input_length: number; hash_ids: number[] }
+const lines = readFileSync(tracePath, 'utf8').split('\n').filter((l) => l.trim() !== '');
+const requests: Request[] = lines.slice(0, values.limit ? Number(values.limit) : undefined).map((l) => JSON.parse(l) as Request);
+
+/** Gateway blocks of chunk `k` of a request: 512/BS, the last cut to input_length. */
+function blocksOfChunk(r: Request, k: number): number {
+  if (k < r.hash_ids.length - 1) return PER_CHUNK;
+  return Math.min(PER_CHUNK, Math.floor((r.input_length - CHUNK * k) / BS));
+}
+
+/** Deterministic tokens of a chunk (mulberry32 seeded by the hash id). */
+const chunkTokens = new Uint32Array(CHUNK);
+function fillChunk(hashId: number): Uint32Array {
+  let s = (hashId * 2654435761) ^ 0x5eed;
+  for (let i = 0; i < CHUNK; i++) {
+    s = (s + 0x6d2b79f5) | 0;
+    let x = Math.imul(s ^ (s >>> 15), 1 | s);
+    x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x;
+    chunkTokens[i] = ((x ^ (x >>> 14)) >>> 0) % 151_643;
+  }
+  return chunkTokens;
+}
+const engineHash = (hashId: number, j: number) => BigInt.asUintN(64, BigInt(hashId * PER_CHUNK + j + 1) * 0x9e3779b97f4a7c15n);
+
+function assign(r: Request, workers: number): number {
+  const key = r.hash_ids[Math.min(1, r.hash_ids.length - 1)]!;
+  return (Math.imul(key, 0x9e3779b1) >>> 0) % workers;
+}
+
+/** One worker's cache of chunks (Map order = LRU order), in gateway blocks. */
+interface SimWorker { chunks: Map<number, number>; used: number }
+
+/** The events one request causes on its worker. */
+function eventsFor(r: Request, w: SimWorker): { events: KvEvent[]; stored: number; removed: number } {
+  const events: KvEvent[] = [];
+  let stored = 0;
+  let removed = 0;
+  let parent: bigint | null = null;
+  let run: { hashes: bigint[]; tokens: number[]; parent: bigint | null } | null = null;
+  const flush = () => {
+    if (run && run.hashes.length > 0) {
+      events.push({ kind: 'stored', engineHashes: run.hashes, parentEngineHash: run.parent, tokenIds: run.tokens, blockSize: BS, tier: 'gpu', loraName: null });
+    }
+    run = null;
+  };
+  const current = new Set(r.hash_ids);
+  for (let k = 0; k < r.hash_ids.length; k++) {
+    const id = r.hash_ids[k]!;
+    const need = blocksOfChunk(r, k);
+    if (need <= 0) break;
+    const have = w.chunks.get(id) ?? 0;
+    w.chunks.delete(id);
+    w.chunks.set(id, Math.max(have, need)); // touch: most recently used
+    if (have >= need) {
+      flush();
+      parent = engineHash(id, need - 1);
+      continue;
+    }
+    if (!run) run = { hashes: [], tokens: [], parent: have > 0 ? engineHash(id, have - 1) : parent };
+    const toks = fillChunk(id);
+    for (let j = have; j < need; j++) {
+      run.hashes.push(engineHash(id, j));
+      for (let i = j * BS; i < (j + 1) * BS; i++) run.tokens.push(toks[i]!);
+    }
+    stored += need - have;
+    w.used += need - have;
+    parent = engineHash(id, need - 1);
+  }
+  flush();
+  for (const [id, n] of w.chunks) {
+    if (w.used <= WORKER_BLOCKS) break;
+    if (current.has(id)) continue;
+    w.chunks.delete(id);
+    w.used -= n;
+    removed += n;
+    events.push({ kind: 'removed', engineHashes: Array.from({ length: n }, (_, j) => engineHash(id, j)), tier: 'gpu' });
+  }
+  return { events, stored, removed };
+}
+
+/** The request's prompt tokens (full blocks only). */
+function promptTokens(r: Request): number[] {
+  const tokens: number[] = [];
+  for (let k = 0; k < r.hash_ids.length; k++) {
+    const n = blocksOfChunk(r, k);
+    if (n <= 0) break;
+    const toks = fillChunk(r.hash_ids[k]!);
+    for (let i = 0; i < n * BS; i++) tokens.push(toks[i]!);
+  }
+  return tokens;
+}
+
+/** Full-block hashes of a request's prompt, as the gateway would compute them. */
+const promptHashes = (hasher: BlockHasher, seed: bigint, r: Request) => hasher.hashBlocks(promptTokens(r), BS, seed);
+
+const gc = (globalThis as { gc?: () => void }).gc;
+function memNow(): number {
+  gc?.();
+  gc?.();
+  const m = process.memoryUsage();
+  return m.heapUsed + m.arrayBuffers;
+}
+const pct = (xs: number[], p: number) => xs[Math.min(xs.length - 1, Math.floor((p / 100) * xs.length))]!;
+const fmt = (n: number, d = 1) => n.toLocaleString('en-US', { maximumFractionDigits: d });
+
+interface RunResult {
+  workers: number;
+  batches: number;
+  events: number;
+  stored: number;
+  removed: number;
+  applySec: number;
+  nodes: number;
+  heldBlocks: number;
+  memBytes: number;
+  rejected: number;
+  unknownParent: number;
+  matchAll: number[];
+  match2000: number[];
+  matched2000: number;
+  hashPerSec: number;
+}
+
+async function run(hasher: BlockHasher, workers: number): Promise<RunResult> {
+  const sims: SimWorker[] = Array.from({ length: workers }, () => ({ chunks: new Map(), used: 0 }));
+  const memBefore = memNow();
+  const indexer = new KvIndexer({ hasher, model: MODEL, blockSize: BS, maxNodes: workers * WORKER_BLOCKS + 1024 });
+  const sinks = sims.map((_, i) => indexer.sinkFor(`w${i}`));
+  let seq = 0n;
+  let applyNs = 0n;
+  let stored = 0;
+  let removed = 0;
+  let events = 0;
+  const WINDOW = 256;
+  for (let start = 0; start < requests.length; start += WINDOW) {
+    // Build a window of batches first, so that only applying them is timed.
+    const pending: { w: number; batch: KvEventBatch }[] = [];
+    for (const r of requests.slice(start, start + WINDOW)) {
+      const w = assign(r, workers);
+      const ev = eventsFor(r, sims[w]!);
+      stored += ev.stored;
+      removed += ev.removed;
+      events += ev.events.length;
+      pending.push({ w, batch: { seq: ++seq, ts: 0, dataParallelRank: null, events: ev.events } });
+    }
+    const t0 = process.hrtime.bigint();
+    for (const p of pending) sinks[p.w]!.apply(p.batch);
+    applyNs += process.hrtime.bigint() - t0;
+    if ((start / WINDOW) % 8 === 0) process.stderr.write(`\r[${workers} workers] replay ${start + pending.length}/${requests.length} requests, ${fmt(stored, 0)} blocks stored`);
+  }
+  process.stderr.write('\n');
+  const st = indexer.stats();
+  const memBytes = memNow() - memBefore;
+  const heldBlocks = Object.values(st.perTarget).reduce((a, b) => a + b, 0);
+
+  const seed = indexer.seedFor(null);
+  const matchAll: number[] = [];
+  const match2000: number[] = [];
+  let matched2000 = 0;
+  let hashedBlocks = 0;
+  let hashNs = 0n;
+  for (let i = 0; i < requests.length; i++) {
+    const r = requests[i]!;
+    const tokens = promptTokens(r);
+    const h0 = process.hrtime.bigint();
+    const hashes = hasher.hashBlocks(tokens, BS, seed);
+    hashNs += process.hrtime.bigint() - h0;
+    hashedBlocks += hashes.length;
+    const t0 = process.hrtime.bigint();
+    indexer.match(hashes);
+    matchAll.push(Number(process.hrtime.bigint() - t0) / 1000);
+    if (hashes.length >= 2000) {
+      const head = hashes.slice(0, 2000);
+      const t1 = process.hrtime.bigint();
+      const m = indexer.match(head);
+      match2000.push(Number(process.hrtime.bigint() - t1) / 1000);
+      let best = 0;
+      for (const c of m.values()) best = Math.max(best, c.blocks);
+      matched2000 += best;
+    }
+    if (i % 2000 === 0) process.stderr.write(`\r[${workers} workers] match ${i}/${requests.length}`);
+  }
+  process.stderr.write('\n');
+  matchAll.sort((a, b) => a - b);
+  match2000.sort((a, b) => a - b);
+  return {
+    workers, batches: Number(seq), events, stored, removed, applySec: Number(applyNs) / 1e9,
+    nodes: st.nodes, heldBlocks, memBytes, rejected: st.rejectedInserts,
+    unknownParent: Object.values(st.perWorker).reduce((a, w) => a + w.unknownParent, 0),
+    matchAll, match2000, matched2000: match2000.length ? matched2000 / match2000.length : 0,
+    hashPerSec: hashedBlocks / (Number(hashNs) / 1e9),
+  };
+}
+
+/** RadixIndex alone (pre-hashed chains, no engine-hash maps): the tree's own insert rate. */
+async function rawInsert(hasher: BlockHasher): Promise<{ blocks: number; perSec: number }> {
+  const seed = hasher.seedFor(MODEL);
+  const chains = requests.slice(0, 3000).map((r) => promptHashes(hasher, seed, r));
+  const ix = new RadixIndex({ maxNodes: 20_000_000 });
+  let blocks = 0;
+  const t0 = process.hrtime.bigint();
+  for (let i = 0; i < chains.length; i++) blocks += ix.insert(`w${i % 8}`, undefined, chains[i]!, 'gpu');
+  return { blocks, perSec: blocks / (Number(process.hrtime.bigint() - t0) / 1e9) };
+}
+
+function table(header: string[], rows: (string | number)[][]): string {
+  const line = (cells: (string | number)[]) => `| ${cells.join(' | ')} |`;
+  return [line(header), line(header.map(() => '---')), ...rows.map(line)].join('\n');
+}
+
+async function main(): Promise<void> {
+  const hasher = await createBlockHasher();
+  process.stderr.write(`${requests.length} requests from ${tracePath}; block size ${BS}, ${WORKER_BLOCKS} blocks per worker${gc ? '' : ' (no --expose-gc: memory figures are rough)'}\n`);
+  const raw = await rawInsert(hasher);
+  const results: RunResult[] = [];
+  for (const w of workerCounts) results.push(await run(hasher, w));
+  const rows = results.map((r) => [
+    r.workers,
+    fmt(r.events, 0),
+    fmt(r.stored, 0),
+    fmt(r.removed, 0),
+    fmt(r.events / r.applySec / 1e3, 0),
+    fmt(r.stored / r.applySec / 1e6, 2),
+    fmt((r.stored + r.removed) / r.applySec / 1e6, 2),
+    `${fmt(pct(r.matchAll, 50), 1)} / ${fmt(pct(r.matchAll, 99), 1)}`,
+    `${fmt(pct(r.match2000, 50), 1)} / ${fmt(pct(r.match2000, 99), 1)} (n=${r.match2000.length}, ${fmt(r.matched2000, 0)} matched)`,
+    fmt(r.nodes, 0),
+    fmt(r.heldBlocks, 0),
+    fmt(r.memBytes / (r.heldBlocks / 1e6) / 2 ** 20, 0),
+    r.rejected,
+    r.unknownParent,
+    fmt(r.hashPerSec / 1e6, 2),
+  ]);
+  const header = ['workers', 'events', 'blocks stored', 'blocks removed', 'k events/s', 'M stored blocks/s', 'M block ops/s',
+    'match µs p50/p99 (all prompts)', 'match µs p50/p99, 2,000-block prompts', 'nodes at end', 'blocks held at end',
+    'MiB per M held blocks', 'rejected', 'unknown parent', 'M hashes/s'];
+  const cmd = `node ${gc ? '--expose-gc ' : ''}dist/bench/index-bench.js ${process.argv.slice(2).join(' ')}`.trim();
+  const text = `# Index benchmark
+
+Command: \`${cmd}\`
+Date: ${new Date().toISOString()}; machine: ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, ${fmt(totalmem() / 2 ** 30, 0)} GiB, Node ${process.version}; one thread.
+Trace: ${tracePath} (${requests.length} requests), 512-token chunks split into ${BS}-token blocks; each worker an LRU cache of ${WORKER_BLOCKS} blocks; requests assigned by their second chunk.
+
+- Applying events = \`KvIndexer\` sink \`apply\` of pre-built batches: re-hashing every stored block (xxh64), the radix insert, the per-target engine-hash map, and removals. "M stored blocks/s" divides stored blocks by the whole apply time (removals included).
+- Match = \`KvIndexer.match\` of the prompt's precomputed block hashes after the whole replay (prompts whose blocks were evicted match short). 2,000-block rows: the first 2,000 blocks of every prompt that long; "matched" = mean best-target match length.
+- Memory = heapUsed + arrayBuffers after GC, minus before the index was built, divided by target-blocks held at the end (typed arrays grow by doubling, so this includes slack).
+- RadixIndex alone (pre-hashed chains, 8 targets, no engine maps): ${fmt(raw.perSec / 1e6, 2)} M block inserts/s over ${fmt(raw.blocks, 0)} blocks.
+- Hashing (\`hashBlocks\`, ${BS}-token blocks): see the last column (the trace's prompts, timed around \`hashBlocks\` only).
+
+${table(header, rows)}
+`;
+  mkdirSync(values.out!, { recursive: true });
+  writeFileSync(join(values.out!, 'index-bench.md'), text);
+  process.stdout.write(text);
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`${(err as Error).stack ?? String(err)}\n`);
+  process.exit(1);
+});

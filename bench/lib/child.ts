@@ -1,0 +1,62 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createInterface } from 'node:readline';
+
+export interface ReadyChild {
+  child: ChildProcess;
+  /** The JSON log line that announced readiness. */
+  ready: Record<string, unknown>;
+  stop(): Promise<void>;
+}
+
+/** Spawns `node ...args` and resolves with its first JSON log line whose `msg` equals `readyMsg`. */
+export function spawnUntilReady(args: string[], readyMsg: string, env: NodeJS.ProcessEnv = {}, timeoutMs = 30_000): Promise<ReadyChild> {
+  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
+  const tail: string[] = [];
+  const exited = new Promise<void>((r) => child.once('exit', () => r()));
+  const stop = async () => {
+    if (child.exitCode !== null || child.signalCode !== null) return;
+    child.kill('SIGTERM');
+    const t = setTimeout(() => child.kill('SIGKILL'), 3000);
+    await exited;
+    clearTimeout(t);
+  };
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      void stop();
+      reject(new Error(`${args.join(' ')}: not ready after ${timeoutMs} ms\n${tail.join('\n')}`));
+    }, timeoutMs);
+    const onLine = (line: string) => {
+      tail.push(line);
+      if (tail.length > 20) tail.shift();
+      if (!line.startsWith('{')) return;
+      try {
+        const parsed = JSON.parse(line) as Record<string, unknown>;
+        if (parsed.msg === readyMsg) {
+          clearTimeout(timer);
+          resolve({ child, ready: parsed, stop });
+        }
+      } catch {
+        /* not a log line */
+      }
+    };
+    createInterface({ input: child.stdout! }).on('line', onLine);
+    createInterface({ input: child.stderr! }).on('line', onLine);
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`${args.join(' ')} exited (${code}) before ready\n${tail.join('\n')}`));
+    });
+  });
+}
+
+/** Median of a non-empty list. */
+export function median(values: readonly number[]): number {
+  const s = [...values].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
+/** Markdown table from a header and rows. */
+export function markdownTable(header: readonly string[], rows: readonly (readonly (string | number)[])[]): string {
+  const line = (cells: readonly (string | number)[]) => `| ${cells.join(' | ')} |`;
+  return [line(header), line(header.map(() => '---')), ...rows.map(line)].join('\n');
+}

@@ -1,0 +1,113 @@
+import autocannon, { type Result } from 'autocannon';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { cpus, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { stringify } from 'yaml';
+import { markdownTable, median, spawnUntilReady } from './lib/child.js';
+import { spawnSimFleet } from './sim/spawn.js';
+
+/**
+ * Proxy overhead: the same load against (a) a simulated worker directly,
+ * (b) kvgate (round-robin) in front of it, (c) a bare undici pass-through
+ * (the floor of what a Node proxy can do). Targets are interleaved round by
+ * round so that noise on this shared machine hits all three alike.
+ *
+ *   npm run bench:proxy -- [--duration 8] [--rounds 3] [--connections 32]
+ */
+const { values } = parseArgs({
+  options: {
+    duration: { type: 'string', default: '8' },
+    rounds: { type: 'string', default: '3' },
+    connections: { type: 'string', default: '32' },
+    speedup: { type: 'string', default: '1000' },
+    out: { type: 'string', default: fileURLToPath(new URL('../../bench/results/', import.meta.url)) },
+  },
+});
+const duration = Number(values.duration);
+const rounds = Number(values.rounds);
+const connections = Number(values.connections);
+const dist = (p: string) => fileURLToPath(new URL(p, import.meta.url));
+const MODEL = 'Qwen/Qwen3-0.6B';
+
+const scenarios = [
+  { name: 'completion, non-streaming (8 tokens)', body: { model: MODEL, prompt: 'The quick brown fox jumps over the lazy dog', max_tokens: 8 } },
+  { name: 'completion, streaming (8 tokens)', body: { model: MODEL, prompt: 'The quick brown fox jumps over the lazy dog', max_tokens: 8, stream: true } },
+];
+
+async function main(): Promise<void> {
+  const sim = await spawnSimFleet(1, ['--port', '0', '--speedup', values.speedup!, '--max-num-seqs', '1024']);
+  const worker = sim.workers[0]!;
+  const tmp = mkdtempSync(join(tmpdir(), 'kvgate-bench-'));
+  const config = join(tmp, 'kvgate.yaml');
+  writeFileSync(config, stringify({
+    server: { host: '127.0.0.1', port: 0 },
+    admin: { port: 0 },
+    fleet: { workers: [{ id: worker.worker, url: worker.url, models: [MODEL] }] },
+    routing: { strategy: 'round-robin' },
+  }));
+  const gateway = await spawnUntilReady([dist('../gateway/cli.js'), 'serve', '--config', config], 'gateway ready', { KVGATE_LOG_LEVEL: 'warn' });
+  const floor = await spawnUntilReady([dist('./proxy-floor.js'), worker.url], 'floor ready');
+  const targets = { direct: worker.url, kvgate: gateway.ready.url as string, floor: floor.ready.url as string };
+  const results: Record<string, Record<string, Result[]>> = {};
+  try {
+    for (const s of scenarios) {
+      results[s.name] = { direct: [], kvgate: [], floor: [] };
+      for (let r = 0; r < rounds; r++) {
+        for (const [target, base] of Object.entries(targets)) {
+          process.stderr.write(`[${s.name}] round ${r + 1}/${rounds}: ${target} ...`);
+          const res = await autocannon({
+            url: `${base}/v1/completions`, method: 'POST', connections, duration,
+            headers: { 'content-type': 'application/json' }, body: JSON.stringify(s.body),
+          });
+          if (res.errors > 0 || res.non2xx > 0) throw new Error(`${target}: ${res.errors} errors, ${res.non2xx} non-2xx`);
+          results[s.name]![target]!.push(res);
+          process.stderr.write(` ${Math.round(res.requests.average)} req/s, p50 ${res.latency.p50} ms\n`);
+        }
+      }
+    }
+  } finally {
+    await Promise.all([gateway.stop(), floor.stop(), sim.stop()]);
+    rmSync(tmp, { recursive: true, force: true });
+  }
+  report(results);
+}
+
+function report(results: Record<string, Record<string, Result[]>>): void {
+  const rows: (string | number)[][] = [];
+  const summary: Record<string, unknown> = {};
+  for (const [scenario, byTarget] of Object.entries(results)) {
+    const stat = (target: string) => ({
+      rps: median(byTarget[target]!.map((r) => r.requests.average)),
+      p50: median(byTarget[target]!.map((r) => r.latency.p50)),
+      p99: median(byTarget[target]!.map((r) => r.latency.p99)),
+    });
+    const a = stat('direct');
+    const b = stat('kvgate');
+    const c = stat('floor');
+    summary[scenario] = { direct: a, kvgate: b, floor: c };
+    for (const [name, s] of [['(a) worker direct', a], ['(b) kvgate round-robin', b], ['(c) bare undici proxy', c]] as const) {
+      rows.push([scenario, name, Math.round(s.rps), s.p50.toFixed(1), s.p99.toFixed(1)]);
+    }
+    rows.push([scenario, '**b/a, b/c (throughput)**', `${(b.rps / a.rps).toFixed(2)}, ${(b.rps / c.rps).toFixed(2)}`, `+${(b.p50 - c.p50).toFixed(1)} vs c`, `+${(b.p99 - c.p99).toFixed(1)} vs c`]);
+  }
+  const table = markdownTable(['scenario', 'target', 'req/s (median)', 'p50 ms', 'p99 ms'], rows);
+  const text = `# Proxy overhead
+
+Command: \`npm run bench:proxy -- --duration ${duration} --rounds ${rounds} --connections ${connections} --speedup ${values.speedup}\`
+Date: ${new Date().toISOString()}; machine: ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, Node ${process.version}.
+Load: autocannon, ${connections} connections, ${duration} s per target per round, ${rounds} rounds interleaved (a, b, c, a, b, c, ...); medians over rounds.
+One simulated worker (\`kvgate sim --speedup ${values.speedup}\`), the gateway and the floor proxy each in their own process; all share the machine's cores with autocannon, so absolute numbers are low and only the ratios measured side by side mean anything.
+
+${table}
+`;
+  writeFileSync(join(values.out!, 'proxy-overhead.md'), text);
+  writeFileSync(join(values.out!, 'proxy-overhead.json'), JSON.stringify({ date: new Date().toISOString(), duration, rounds, connections, summary }, null, 2));
+  process.stdout.write(text);
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`${(err as Error).stack ?? String(err)}\n`);
+  process.exit(1);
+});

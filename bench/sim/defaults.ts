@@ -1,0 +1,14 @@
+/**
+ * Simulator defaults, as vLLM's for a small model (Qwen3-0.6B's context length).
+ * A module of its own so `kvgate sim --help` and flag errors load no native modules.
+ */
+export const SIM_DEFAULTS = {
+  host: '127.0.0.1',
+  model: 'Qwen/Qwen3-0.6B',
+  blockSize: 16,
+  kvBlocks: 8192,
+  maxNumBatchedTokens: 8192,
+  maxNumSeqs: 256,
+  maxModelLen: 40960,
+  defaultChatTokens: 128,
+} as const;

@@ -1,0 +1,223 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Logger } from 'pino';
+import type { KvCache } from './kv-cache.js';
+import type { KvEventPublisher } from './kv-publisher.js';
+import type { SimMetrics } from './metrics.js';
+import {
+  asObject, chatBody, chatChunk, chatInput, checkModel, completionBody, completionChunk, modelCard, parseChat, parseCompletion,
+  randomHex, SimHttpError, tokenizeChatInput, usage, usageChunk, type OpenAiContext, type ResponseHead,
+} from './openai.js';
+import type { FinishReason, Scheduler } from './scheduler.js';
+
+export interface SimStats {
+  id: string;
+  running: number;
+  waiting: number;
+  kvBlocksUsed: number;
+  kvBlocksTotal: number;
+  kvBlocksCached: number;
+  kvUsage: number;
+  evictions: number;
+  prefixQueryTokens: number;
+  prefixHitTokens: number;
+  prefillTokensComputed: number;
+  decodeTokens: number;
+  generatedTokens: number;
+  steps: number;
+  preemptions: number;
+  /** Next KV event batch sequence number (string: it is a u64); null without --kv-events. */
+  kvEventsNextSeq: string | null;
+}
+
+export interface SimServerDeps {
+  ctx: OpenAiContext;
+  scheduler: Scheduler;
+  cache: KvCache;
+  metrics: SimMetrics;
+  publisher: KvEventPublisher | undefined;
+  logger: Logger;
+  stats(): SimStats;
+}
+
+const MAX_BODY_BYTES = 64 * 1024 * 1024;
+
+type Handler = (deps: SimServerDeps, req: IncomingMessage, res: ServerResponse, headers: Record<string, string>) => Promise<void>;
+
+/**
+ * vLLM's OpenAI-compatible surface on node:http, plus sim-only controls under
+ * `/sim/` (not part of vLLM's API: test and benchmark hooks).
+ */
+const routes: Record<string, Record<string, Handler>> = {
+  '/health': { GET: async (_d, _q, res, h) => void res.writeHead(200, { ...h, 'content-length': '0' }).end() },
+  '/version': { GET: async (_d, _q, res, h) => sendJson(res, 200, { version: 'kvgate-sim' }, h) },
+  '/v1/models': { GET: async (d, _q, res, h) => sendJson(res, 200, modelCard(d.ctx, Math.floor(Date.now() / 1000)), h) },
+  '/v1/completions': { POST: (d, q, res, h) => generate('completion', d, q, res, h) },
+  '/v1/chat/completions': { POST: (d, q, res, h) => generate('chat', d, q, res, h) },
+  '/tokenize': { POST: tokenize },
+  '/detokenize': { POST: detokenize },
+  '/metrics': {
+    GET: async (d, _q, res, h) => {
+      const text = await d.metrics.text();
+      res.writeHead(200, { ...h, 'content-type': d.metrics.contentType }).end(text);
+    },
+  },
+  '/sim/stats': { GET: async (d, _q, res, h) => sendJson(res, 200, d.stats(), h) },
+  '/sim/drop-kv-events': { POST: dropKvEvents },
+  '/sim/reset-prefix-cache': {
+    POST: async (d, _q, res, h) => {
+      resetPrefixCache(d);
+      sendJson(res, 200, { reset: true }, h);
+    },
+  },
+  // vLLM's own (dev-mode) endpoint: 200, empty body.
+  '/reset_prefix_cache': {
+    POST: async (d, _q, res, h) => {
+      resetPrefixCache(d);
+      res.writeHead(200, { ...h, 'content-length': '0' }).end();
+    },
+  },
+};
+
+export function createSimHandler(deps: SimServerDeps): (req: IncomingMessage, res: ServerResponse) => void {
+  return (req, res) => {
+    const headers: Record<string, string> = {};
+    const requestId = req.headers['x-request-id'];
+    if (typeof requestId === 'string') headers['x-request-id'] = requestId;
+    const path = (req.url ?? '/').split('?')[0]!;
+    const route = routes[path];
+    const handler = route?.[req.method ?? 'GET'];
+    if (!route) return sendJson(res, 404, { detail: 'Not Found' }, headers);
+    if (!handler) return sendJson(res, 405, { detail: 'Method Not Allowed' }, headers);
+    handler(deps, req, res, headers).catch((err: unknown) => {
+      if (err instanceof SimHttpError) return sendJson(res, err.status, err.body(), headers);
+      deps.logger.error({ err, path }, 'sim request failed');
+      sendJson(res, 500, new SimHttpError(500, (err as Error).message ?? String(err), 'InternalServerError').body(), headers);
+    });
+  };
+}
+
+function sendJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string>): void {
+  if (res.headersSent) {
+    res.destroy();
+    return;
+  }
+  const text = JSON.stringify(body);
+  res.writeHead(status, { ...headers, 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) }).end(text);
+}
+
+async function readJson(req: IncomingMessage): Promise<unknown> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > MAX_BODY_BYTES) throw new SimHttpError(413, `request body larger than ${MAX_BODY_BYTES} bytes`);
+    chunks.push(chunk);
+  }
+  const text = Buffer.concat(chunks).toString('utf8');
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    throw new SimHttpError(400, `JSON decode error: ${(err as Error).message}`);
+  }
+}
+
+async function generate(kind: 'completion' | 'chat', d: SimServerDeps, req: IncomingMessage, res: ServerResponse, headers: Record<string, string>): Promise<void> {
+  const body = await readJson(req);
+  const parsed = kind === 'chat' ? await parseChat(body, d.ctx) : await parseCompletion(body, d.ctx);
+  if (res.destroyed) return; // client left while we tokenized
+  const head: ResponseHead = { id: `${kind === 'chat' ? 'chatcmpl' : 'cmpl'}-${randomHex(16)}`, created: Math.floor(Date.now() / 1000), model: d.ctx.model };
+  const started = performance.now();
+  const tok = d.ctx.tokenizer;
+  const pieces: string[] = [];
+  const sse = (data: unknown) => res.write(`data: ${JSON.stringify(data)}\n\n`);
+  if (parsed.stream) {
+    res.writeHead(200, { ...headers, 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache' });
+    res.flushHeaders();
+  }
+  const last = parsed.maxTokens - 1;
+  const simReq = d.scheduler.add({
+    id: head.id,
+    promptTokens: parsed.promptTokens,
+    maxTokens: parsed.maxTokens,
+    finishReason: parsed.finishReason,
+    outputToken: (i) => tok.outputToken(i),
+    onToken(_token, index) {
+      if (index === 0) d.metrics.observeFirstToken((performance.now() - started) / 1000);
+      const text = tok.outputText(index);
+      if (!parsed.stream) return void pieces.push(text);
+      const finish = index === last ? parsed.finishReason : null;
+      if (kind === 'completion') return void sse(completionChunk(head, text, finish));
+      if (index === 0) sse(chatChunk(head, { role: 'assistant', content: '' }, null));
+      sse(chatChunk(head, { content: text }, finish));
+    },
+    onFinish(reason: FinishReason, message?: string) {
+      if (reason === 'abort') {
+        if (!res.writableEnded) res.destroy();
+        return;
+      }
+      const seconds = (performance.now() - started) / 1000;
+      d.metrics.observeFinished(seconds, reason);
+      d.logger.debug({ id: head.id, promptTokens: simReq.promptLength, cachedTokens: simReq.cachedTokens, outputTokens: simReq.outputCount, seconds }, 'sim request finished');
+      if (reason === 'error') {
+        const err = new SimHttpError(400, message ?? 'request failed');
+        if (!parsed.stream) return sendJson(res, 400, err.body(), headers);
+        sse(err.body());
+        return void res.end('data: [DONE]\n\n');
+      }
+      const u = usage(simReq.promptLength, simReq.outputCount, simReq.cachedTokens);
+      if (!parsed.stream) {
+        const text = pieces.join('');
+        return sendJson(res, 200, kind === 'chat' ? chatBody(head, text, reason, u) : completionBody(head, text, reason, u), headers);
+      }
+      if (parsed.includeUsage) sse(usageChunk(kind, head, u));
+      res.end('data: [DONE]\n\n');
+    },
+  });
+  // A client that goes away mid-request frees its slot and blocks at once, as vLLM aborts on disconnect.
+  res.on('close', () => {
+    if (!res.writableFinished) d.scheduler.abort(simReq);
+  });
+}
+
+async function tokenize(d: SimServerDeps, req: IncomingMessage, res: ServerResponse, headers: Record<string, string>): Promise<void> {
+  const body = asObject(await readJson(req));
+  checkModel(body, d.ctx);
+  const tok = d.ctx.tokenizer;
+  let tokens: number[];
+  if (body.messages !== undefined) {
+    tokens = await tokenizeChatInput(chatInput(body), d.ctx);
+  } else if (typeof body.prompt === 'string') {
+    const special = body.add_special_tokens === undefined ? true : body.add_special_tokens === true;
+    tokens = special ? await tok.prompt.tokenizeCompletion(body.prompt) : await tok.prompt.encode(body.prompt, false);
+  } else {
+    throw new SimHttpError(400, 'either prompt (a string) or messages is required', 'BadRequestError', 'prompt');
+  }
+  const strs = body.return_token_strs === true ? await tok.tokenStrs(tokens) : null;
+  sendJson(res, 200, { count: tokens.length, max_model_len: d.ctx.maxModelLen, tokens, token_strs: strs }, headers);
+}
+
+async function detokenize(d: SimServerDeps, req: IncomingMessage, res: ServerResponse, headers: Record<string, string>): Promise<void> {
+  const body = asObject(await readJson(req));
+  checkModel(body, d.ctx);
+  const tokens = body.tokens;
+  const vocab = d.ctx.tokenizer.vocabSize;
+  if (!Array.isArray(tokens) || tokens.some((t) => typeof t !== 'number' || !Number.isInteger(t) || t < 0 || t >= vocab)) {
+    throw new SimHttpError(400, `tokens must be a list of token ids in 0..${vocab - 1}`, 'BadRequestError', 'tokens');
+  }
+  sendJson(res, 200, { prompt: await d.ctx.tokenizer.decode(tokens as number[]) }, headers);
+}
+
+async function dropKvEvents(d: SimServerDeps, req: IncomingMessage, res: ServerResponse, headers: Record<string, string>): Promise<void> {
+  const body = asObject(await readJson(req));
+  const count = body.count;
+  if (typeof count !== 'number' || !Number.isInteger(count) || count < 0) throw new SimHttpError(400, 'count must be an integer >= 0', 'BadRequestError', 'count');
+  if (!d.publisher) throw new SimHttpError(400, 'KV events are not enabled on this worker (start it with --kv-events)');
+  d.publisher.dropNext(count);
+  sendJson(res, 200, { dropping: count, nextSeq: String(d.publisher.nextSeq) }, headers);
+}
+
+function resetPrefixCache(d: SimServerDeps): void {
+  d.cache.reset();
+  d.scheduler.flushEvents();
+  d.logger.info('prefix cache reset');
+}

@@ -1,0 +1,165 @@
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { Logger } from 'pino';
+import { createLogger } from '../../gateway/log.js';
+import { createBlockHasher } from './block-hash.js';
+import { KvCache } from './kv-cache.js';
+import { KvEventPublisher } from './kv-publisher.js';
+import { SimMetrics } from './metrics.js';
+import { Scheduler } from './scheduler.js';
+import { createSimHandler, type SimStats } from './server.js';
+import { SimTokenizer, defaultTokenizerDir } from './text.js';
+import { SIM_DEFAULTS } from './defaults.js';
+import { DEFAULT_TIMING, type TimingModel } from './timing.js';
+
+export interface SimKvEventsOptions {
+  /** vLLM semantics: binds when it contains `*` (all interfaces), connects otherwise. `tcp://127.0.0.1:*` = a free port. */
+  endpoint: string;
+  replayEndpoint?: string;
+  format?: 'current' | 'legacy';
+  topic?: string;
+}
+
+export interface SimWorkerOptions {
+  id?: string;
+  host?: string;
+  /** 0 = a free port. */
+  port?: number;
+  model?: string;
+  /** A loaded tokenizer (shared by the workers of one process), or a directory to load one from. */
+  tokenizer?: SimTokenizer;
+  tokenizerDir?: string;
+  blockSize?: number;
+  kvBlocks?: number;
+  maxNumBatchedTokens?: number;
+  maxNumSeqs?: number;
+  maxModelLen?: number;
+  /** Tokens a chat request without max_tokens generates before "EOS". */
+  defaultChatTokens?: number;
+  timing?: Partial<TimingModel>;
+  kvEvents?: SimKvEventsOptions;
+  /** Fixes the block-hash root seed (default random per worker, as vLLM without PYTHONHASHSEED). */
+  hashSeed?: bigint;
+  logger?: Logger;
+}
+
+export interface SimWorker {
+  readonly id: string;
+  /** `http://host:port`, the real port. */
+  readonly url: string;
+  /** Connectable PUB endpoint, or undefined without KV events. */
+  readonly kvEvents: string | undefined;
+  readonly kvReplay: string | undefined;
+  readonly blockSize: number;
+  readonly kvBlocks: number;
+  readonly model: string;
+  readonly scheduler: Scheduler;
+  readonly cache: KvCache;
+  stats(): SimStats;
+  close(): Promise<void>;
+}
+
+export { SIM_DEFAULTS };
+
+/** Starts one simulated vLLM worker: HTTP server, KV cache, scheduler and (optionally) KV event publisher. */
+export async function startSimWorker(options: SimWorkerOptions = {}): Promise<SimWorker> {
+  const id = options.id ?? 'sim-0';
+  const host = options.host ?? SIM_DEFAULTS.host;
+  const model = options.model ?? SIM_DEFAULTS.model;
+  const blockSize = options.blockSize ?? SIM_DEFAULTS.blockSize;
+  const kvBlocks = options.kvBlocks ?? SIM_DEFAULTS.kvBlocks;
+  const maxModelLen = options.maxModelLen ?? SIM_DEFAULTS.maxModelLen;
+  const logger = (options.logger ?? createLogger('kvgate-sim')).child({ worker: id });
+  const tokenizer = options.tokenizer ?? (await SimTokenizer.load(options.tokenizerDir ?? defaultTokenizerDir()));
+
+  const cache = new KvCache({ blockSize, numBlocks: kvBlocks, hasher: await createBlockHasher(options.hashSeed) });
+  let publisher: KvEventPublisher | undefined;
+  if (options.kvEvents) {
+    publisher = await KvEventPublisher.open({
+      endpoint: options.kvEvents.endpoint,
+      replayEndpoint: options.kvEvents.replayEndpoint,
+      format: options.kvEvents.format,
+      topic: options.kvEvents.topic,
+    });
+  }
+  const scheduler = new Scheduler({
+    cache,
+    timing: { ...DEFAULT_TIMING, ...options.timing },
+    maxNumBatchedTokens: options.maxNumBatchedTokens ?? SIM_DEFAULTS.maxNumBatchedTokens,
+    maxNumSeqs: options.maxNumSeqs ?? SIM_DEFAULTS.maxNumSeqs,
+    publish: (events) => publisher?.publish(events),
+  });
+  const metrics = new SimMetrics(model, scheduler, cache);
+  const stats = (): SimStats => {
+    const k = cache.stats();
+    const c = scheduler.counters;
+    return {
+      id,
+      running: scheduler.running.length,
+      waiting: scheduler.waiting.length,
+      kvBlocksUsed: k.usedBlocks,
+      kvBlocksTotal: k.totalBlocks,
+      kvBlocksCached: k.cachedBlocks,
+      kvUsage: cache.usage,
+      evictions: k.evictions,
+      prefixQueryTokens: c.prefixQueryTokens,
+      prefixHitTokens: c.prefixHitTokens,
+      prefillTokensComputed: c.prefillTokensComputed,
+      decodeTokens: c.decodeTokens,
+      generatedTokens: c.generatedTokens,
+      steps: c.steps,
+      preemptions: c.preemptions,
+      kvEventsNextSeq: publisher ? String(publisher.nextSeq) : null,
+    };
+  };
+  const ctx = {
+    model,
+    maxModelLen,
+    kvCapacityTokens: kvBlocks * blockSize,
+    defaultChatTokens: options.defaultChatTokens ?? SIM_DEFAULTS.defaultChatTokens,
+    tokenizer,
+  };
+  const server = createServer({ keepAliveTimeout: 65_000 }, createSimHandler({ ctx, scheduler, cache, metrics, publisher, logger, stats }));
+  try {
+    await listen(server, options.port ?? 0, host);
+  } catch (err) {
+    scheduler.close();
+    await publisher?.close();
+    throw err;
+  }
+  const { port } = server.address() as AddressInfo;
+  const url = `http://${host.includes(':') ? `[${host}]` : host}:${port}`;
+
+  let closing: Promise<void> | undefined;
+  return {
+    id,
+    url,
+    kvEvents: publisher?.endpoint,
+    kvReplay: publisher?.replayEndpoint,
+    blockSize,
+    kvBlocks,
+    model,
+    scheduler,
+    cache,
+    stats,
+    close() {
+      closing ??= (async () => {
+        scheduler.close();
+        server.closeAllConnections();
+        await new Promise<void>((resolve) => server.close(() => resolve()));
+        await publisher?.close();
+      })();
+      return closing;
+    },
+  };
+}
+
+function listen(server: Server, port: number, host: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+}

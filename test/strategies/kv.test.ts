@@ -1,0 +1,117 @@
+import t from 'tap';
+import { createKvStrategy, kvParamsSchema } from '../../gateway/strategies/kv.js';
+import { BLOCK, ctx, deps, fakeMatcher, hashes, seeded, shares, worker } from '../fixtures/strategy-fleet.js';
+
+const kv = (matcher?: object, params: Record<string, unknown> = {}) =>
+  createKvStrategy(kvParamsSchema.parse(params), deps({ services: matcher ? { kvIndexer: matcher } : {} }));
+
+const fleet = () => [worker('w1'), worker('w2'), worker('w3')];
+
+t.test('prefers the idle worker that holds the prefix, and reports its terms', async (t) => {
+  const m = fakeMatcher({ w2: 40 });
+  const d = kv(m).choose(ctx({ hashes: hashes(64) }), fleet());
+  t.equal(d.worker.id, 'w2');
+  t.equal(d.predictedCachedBlocks, 40);
+  t.equal(m.calls, 1, 'index matched once per request');
+  t.same(d.candidates!.find((c) => c.worker === 'w2')!.terms, {
+    overlapBlocks: 40, promptBlocks: 64, prefillBlocks: 24, queuedPrefillBlocks: 0, decodeBlocks: 0, cost: 24,
+  });
+  t.equal(d.candidates!.find((c) => c.worker === 'w1')!.terms['cost'], 64);
+  t.equal(d.explain['cost'], 24);
+  t.match(d.explain['rule'], /prefillWeight/);
+  t.equal(d.dataParallelRank, undefined);
+});
+
+t.test('a heavily loaded worker with a modest overlap loses to an idle one', async (t) => {
+  // w2: 64 − 10 + 100 queued = 154; w1 idle: 64.
+  const workers = [worker('w1'), worker('w2', { prefillTokens: 100 * BLOCK, prefillRequests: 5, inflightRequests: 5 })];
+  const d = kv(fakeMatcher({ w2: 10 })).choose(ctx({ hashes: hashes(64) }), workers);
+  t.equal(d.worker.id, 'w1');
+  t.equal(d.candidates![1]!.terms['cost'], 154);
+  // Decode blocks weigh in too: 64 − 60 + 0 + 70 decode = 74 > 64.
+  const busyDecode = [worker('w1'), worker('w2', { decodeBlocks: 70, decodeRequests: 3, inflightRequests: 3 })];
+  t.equal(kv(fakeMatcher({ w2: 60 })).choose(ctx({ hashes: hashes(64) }), busyDecode).worker.id, 'w1');
+  // ...but a long enough overlap still wins over the load: 64 − 60 + 50 = 54 < 64.
+  const lighter = [worker('w1'), worker('w2', { decodeBlocks: 50, inflightRequests: 2 })];
+  t.equal(kv(fakeMatcher({ w2: 60 })).choose(ctx({ hashes: hashes(64) }), lighter).worker.id, 'w2');
+});
+
+t.test('prefillWeight scales the prefill terms against decode blocks', async (t) => {
+  // w1: overlap 32 of 64, decode 40 -> cost(pw) = pw*32 + 40; w2: no overlap, idle -> pw*64.
+  const workers = [worker('w1', { decodeBlocks: 40 }), worker('w2')];
+  const m = fakeMatcher({ w1: 32 });
+  t.equal(kv(m, { prefillWeight: 1 }).choose(ctx({ hashes: hashes(64) }), workers).worker.id, 'w2', '72 vs 64');
+  t.equal(kv(m, { prefillWeight: 2 }).choose(ctx({ hashes: hashes(64) }), workers).worker.id, 'w1', '104 vs 128');
+});
+
+t.test('equal costs go to the less loaded worker, then at random', async (t) => {
+  const byInflight = [worker('w1', { inflightRequests: 3 }), worker('w2', { inflightRequests: 1 }), worker('w3', { inflightRequests: 2 })];
+  t.equal(kv(fakeMatcher({})).choose(ctx({ hashes: hashes(8) }), byInflight).worker.id, 'w2');
+
+  const s = kv(fakeMatcher({}));
+  const random = seeded(42);
+  const share = shares(3000, () => s.choose(ctx({ hashes: hashes(8), random }), fleet()).worker.id);
+  for (const id of ['w1', 'w2', 'w3']) t.ok(Math.abs(share[id]! - 1 / 3) < 0.05, `${id} share ${share[id]}`);
+});
+
+t.test('temperature samples in proportion to the normalised softmax', async (t) => {
+  // Costs 0, 10, 20 (decode blocks only): p ∝ exp(0), exp(−0.5), exp(−1) at T = 1.
+  const workers = [worker('w1'), worker('w2', { decodeBlocks: 10 }), worker('w3', { decodeBlocks: 20 })];
+  const s = kv(fakeMatcher({}), { temperature: 1 });
+  const random = seeded(3);
+  const share = shares(20_000, () => s.choose(ctx({ promptTokens: 0, hashes: [], random }), workers).worker.id);
+  const z = 1 + Math.exp(-0.5) + Math.exp(-1);
+  const expected = { w1: 1 / z, w2: Math.exp(-0.5) / z, w3: Math.exp(-1) / z };
+  for (const [id, p] of Object.entries(expected)) t.ok(Math.abs(share[id]! - p) < 0.015, `${id}: ${share[id]} vs ${p.toFixed(3)}`);
+  const d = s.choose(ctx({ hashes: hashes(4), random }), workers);
+  t.match(d.explain['rule'], /softmax\(T=1\)/);
+});
+
+t.test('CPU-tier blocks count 0.75 by default, never more than 1', async (t) => {
+  const workers = [worker('w1'), worker('w2')];
+  // w1: 40 blocks, all offloaded -> 30; w2: 32 on GPU -> 32.
+  let d = kv(fakeMatcher({ w1: [40, 0], w2: 32 })).choose(ctx({ hashes: hashes(64) }), workers);
+  t.equal(d.worker.id, 'w2');
+  t.equal(d.candidates![0]!.terms['overlapBlocks'], 30);
+  // 10 GPU + 30 CPU -> 10 + 22.5 = 32.5 > 32.
+  d = kv(fakeMatcher({ w1: [40, 10], w2: 32 })).choose(ctx({ hashes: hashes(64) }), workers);
+  t.equal(d.worker.id, 'w1');
+  t.equal(d.explain['cpuTierBlocks'], 30);
+  t.equal(d.predictedCachedBlocks, 40);
+  d = kv(fakeMatcher({ w1: [40, 0], w2: 32 }), { cpuTierWeight: 1 }).choose(ctx({ hashes: hashes(64) }), workers);
+  t.equal(d.worker.id, 'w1');
+  t.throws(() => kvParamsSchema.parse({ cpuTierWeight: 1.5 }));
+  t.throws(() => kvParamsSchema.parse({ prefillWieght: 1 }), 'strict schema');
+  t.same(kvParamsSchema.parse({}), { prefillWeight: 1, temperature: 0, cpuTierWeight: 0.75 });
+});
+
+t.test('the best data-parallel rank is chosen and reported', async (t) => {
+  const m = fakeMatcher({ 'w1#0': 5, 'w1#1': 30, 'w2#0': 20 });
+  const d = kv(m).choose(ctx({ hashes: hashes(64) }), [worker('w1'), worker('w2')]);
+  t.equal(d.worker.id, 'w1');
+  t.equal(d.dataParallelRank, 1);
+  t.equal(d.predictedCachedBlocks, 30);
+  const other = kv(fakeMatcher({ 'w1#0': 5, 'w2#3': 20 })).choose(ctx({ hashes: hashes(64) }), [worker('w1'), worker('w2')]);
+  t.equal(other.worker.id, 'w2');
+  t.equal(other.dataParallelRank, 3);
+});
+
+t.test('without prompt blocks: overlap 0, least cost by load, and explain says why', async (t) => {
+  const m = fakeMatcher({ w1: 50 });
+  const workers = [worker('w1', { prefillTokens: 64 }), worker('w2', { decodeBlocks: 2 }), worker('w3', { prefillTokens: 16, decodeBlocks: 2 })];
+  const d = kv(m).choose(ctx({ promptTokens: 500 }), workers);
+  t.equal(d.worker.id, 'w2', 'costs 500/16 + 4, + 2, + 3');
+  t.equal(m.calls, 0, 'no index lookup without blocks');
+  t.equal(d.predictedCachedBlocks, 0);
+  t.match(d.explain['index'], /no prompt blocks/);
+  const none = kv(undefined).choose(ctx({ hashes: hashes(8) }), workers);
+  t.equal(none.worker.id, 'w2');
+  t.match(none.explain['index'], /no kv events index configured/);
+});
+
+t.test('an index wired after creation is picked up', async (t) => {
+  const services: Record<string, unknown> = {};
+  const s = createKvStrategy(kvParamsSchema.parse({}), deps({ services }));
+  services['kvIndexer'] = fakeMatcher({ w3: 8 });
+  t.equal(s.choose(ctx({ hashes: hashes(8) }), fleet()).worker.id, 'w3');
+});
