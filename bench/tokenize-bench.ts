@@ -1,4 +1,5 @@
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
@@ -121,7 +122,7 @@ await run(tok, 2000, 3); // JIT warm-up
 
 out('# Tokenization benchmark (Qwen3 tokenizer, native `tokenizers` binding)');
 out();
-out(`Node ${process.version}, ${new Date().toISOString()}, tokenizer load ${loadMs.toFixed(0)} ms. Times in ms per request; block size ${BLOCK_SIZE}.`);
+out(`Node ${process.version}, ${new Date().toISOString()}, tokenizer load ${loadMs.toFixed(0)} ms, load average ${loadavg()[0]!.toFixed(1)} at start. Times in ms per request; block size ${BLOCK_SIZE}.`);
 out();
 out('| prompt | n | tokens | render p50/p99 | warm encode p50/p99 | warm render+encode p99 | repeat (all cached, incl. render) p50/p99 | cold whole encode p50/p99 | cold cached path p50/p99 | hash p50 | warm segment hit rate |');
 out('|---|---|---|---|---|---|---|---|---|---|---|');
@@ -148,6 +149,10 @@ out(`| 100k chars, cached path (cold) | ${f(cached.ms)} | ${f(cached.maxMs)} | $
 out(`| 4 × 100k chars concurrently | ${f(parallel.ms)} | ${f(parallel.maxMs)} | ${f(parallel.p99Ms)} | ${parallel.ticks} |`);
 out();
 const pureJs = existsSync(fileURLToPath(new URL('../../node_modules/@huggingface/tokenizers', import.meta.url)));
+out('Columns: *warm* = the request after the previous turn went through the same tokenizer (only the new user turn and the');
+out('generation-prompt tail miss the cache); *repeat* = the same request again, render included; *cold whole encode* = one native');
+out('encode of the rendered text, no cache; *cold cached path* = our segmented path on an empty cache; *hash* = xxh64 block hashes.');
+out();
 out(`@huggingface/tokenizers (pure JS): ${pureJs ? 'installed, not compared by this script' : 'not installed; no comparison (not added as a dependency)'}.`);
 
 mkdirSync(values.out!, { recursive: true });

@@ -1,21 +1,14 @@
 import { z } from 'zod';
+import { eventSourceConfigSchema } from '../indexer/events/create-source.js';
 import type { WorkerLoad, WorkerRole, WorkerView } from './strategies/strategy.js';
 
-/**
- * KV event endpoints of a worker. Left open on purpose: the indexer owns the
- * meaning of these fields; the gateway only carries them through.
- */
-export const kvEventsConfigSchema = z.looseObject({
-  endpoint: z.string().min(1),
-  replayEndpoint: z.string().min(1).optional(),
-  topic: z.string().optional(),
-});
 
 export const workerConfigSchema = z.strictObject({
   id: z.string().regex(/^[A-Za-z0-9._:-]+$/, 'worker id may use letters, digits and . _ : - only'),
   url: z.url({ protocol: /^https?$/, error: 'must be an http(s) URL such as http://127.0.0.1:8000' }),
   models: z.array(z.string().min(1)).min(1),
-  kvEvents: kvEventsConfigSchema.optional(),
+  /** The worker's KV event stream (ZeroMQ for vLLM/SGLang, HTTP polling for trtllm-serve); the indexer owns its schema. */
+  kvEvents: eventSourceConfigSchema.optional(),
   role: z.enum(['both', 'prefill', 'decode']).default('both'),
   labels: z.record(z.string(), z.string()).default({}),
 });

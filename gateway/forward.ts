@@ -60,6 +60,8 @@ export interface ForwardJob {
   readonly body: Buffer;
   readonly requestId: string;
   readonly ticket: LoadTicket;
+  /** The gateway's own response headers (`x-kvgate-*`, `x-request-id`), on success and on error alike. */
+  readonly responseHeaders: Record<string, string>;
   /** `performance.now()` when the request arrived. */
   readonly started: number;
 }
@@ -123,11 +125,7 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
   onResponseStart(_c: Dispatcher.DispatchController, statusCode: number, headers: IncomingHttpHeaders): void {
     this.#status = statusCode;
     const job = this.#job;
-    this.#res.writeHead(statusCode, clientResponseHeaders(headers, {
-      'x-kvgate-worker': job.worker.id,
-      'x-kvgate-strategy': job.strategy,
-      'x-request-id': job.requestId,
-    }));
+    this.#res.writeHead(statusCode, clientResponseHeaders(headers, job.responseHeaders));
   }
 
   onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
@@ -155,8 +153,7 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
     this.#deps.metrics.upstreamError(job.worker.id, kind);
     if (kind === 'connect') this.#deps.fleet.setHealthy(job.worker, false, err.message);
     const status = kind === 'timeout' ? 504 : 502;
-    const headers = { 'x-kvgate-worker': job.worker.id, 'x-kvgate-strategy': job.strategy, 'x-request-id': job.requestId };
-    sendError(this.#res, new GatewayError(status, `upstream worker '${job.worker.id}' failed: ${err.message}`, 'upstream_error', `upstream_${kind}`, null, true), headers);
+    sendError(this.#res, new GatewayError(status, `upstream worker '${job.worker.id}' failed: ${err.message}`, 'upstream_error', `upstream_${kind}`, null, true), job.responseHeaders);
     this.#finish(status);
   }
 

@@ -1,6 +1,7 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
+import type { Registry } from 'prom-client';
 import type { GatewayConfig } from '../config/schema.js';
 import { createAdminHandler } from './admin.js';
 import { Fleet } from './fleet.js';
@@ -23,6 +24,8 @@ export interface GatewayOptions {
   healthProbe?: HealthProbe;
   random?: () => number;
   now?: () => number;
+  /** Adds metrics of the services (e.g. the KV index) to the gateway's registry. */
+  onMetrics?: (registry: Registry) => void;
   /** Registers prom-client's process metrics (off in tests that start many gateways). */
   defaultMetrics?: boolean;
 }
@@ -46,6 +49,7 @@ export async function startGateway(config: GatewayConfig, options: GatewayOption
   const now = options.now ?? Date.now;
   const fleet = new Fleet(config.fleet.workers);
   const metrics = new GatewayMetrics(fleet, { defaultMetrics: options.defaultMetrics });
+  options.onMetrics?.(metrics.registry);
   const transport = new Transport(fleet.workers, config.upstream);
   const health = new HealthChecker(fleet, config.fleet.health, log, options.healthProbe);
   const blockSize = Object.values(config.models)[0]?.blockSize ?? 16;

@@ -3,6 +3,7 @@ import type { Fleet } from './fleet.js';
 
 /** Latency buckets from 5 ms to 5 min: TTFT and generation times of LLM requests. */
 const LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300];
+const TOKEN_BUCKETS = [0, 16, 64, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072];
 const DECISION_BUCKETS = [0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25];
 
 type Child<T> = T extends Counter<string> ? ReturnType<T['labels']> : T extends Histogram<string> ? ReturnType<T['labels']> : never;
@@ -19,6 +20,8 @@ export class GatewayMetrics {
   readonly #duration: Histogram<'strategy' | 'worker'>;
   readonly #upstreamErrors: Counter<'worker' | 'kind'>;
   readonly decisionSeconds: Histogram<'strategy'>;
+  readonly #promptTokens: Histogram<'strategy'>;
+  readonly #predictedCached: Histogram<'strategy'>;
   readonly #cache = new Map<string, unknown>();
 
   constructor(fleet: Fleet, options: { defaultMetrics?: boolean } = {}) {
@@ -28,6 +31,8 @@ export class GatewayMetrics {
     this.#duration = new Histogram({ name: 'kvgate_request_duration_seconds', help: 'Time from request received to response end', labelNames: ['strategy', 'worker'], buckets: LATENCY_BUCKETS, registers });
     this.#upstreamErrors = new Counter({ name: 'kvgate_upstream_errors_total', help: 'Upstream failures, by worker and kind (connect, timeout, reset, client_abort)', labelNames: ['worker', 'kind'], registers });
     this.decisionSeconds = new Histogram({ name: 'kvgate_routing_decision_seconds', help: 'Time to route a request (policy, tokenization if needed, strategy)', labelNames: ['strategy'], buckets: DECISION_BUCKETS, registers });
+    this.#promptTokens = new Histogram({ name: 'kvgate_prompt_tokens', help: 'Prompt tokens per routed request (exact when tokenized, else estimated)', labelNames: ['strategy'], buckets: TOKEN_BUCKETS, registers });
+    this.#predictedCached = new Histogram({ name: 'kvgate_predicted_cached_tokens', help: 'Prompt tokens the strategy expected the chosen worker to hold in its KV cache', labelNames: ['strategy'], buckets: TOKEN_BUCKETS, registers });
     // Load gauges read the fleet at scrape time: nothing to update per request.
     new Gauge({
       name: 'kvgate_inflight_requests', help: 'Requests in flight per worker', labelNames: ['worker'], registers,
@@ -58,6 +63,12 @@ export class GatewayMetrics {
 
   upstreamError(worker: string, kind: string): void {
     this.#child(this.#upstreamErrors, `e\0${worker}\0${kind}`, [worker, kind]).inc();
+  }
+
+  /** A request was routed: its prompt size and, when the prompt was hashed, the predicted cache hit. */
+  routed(strategy: string, promptTokens: number, predictedCachedTokens: number | undefined): void {
+    this.#child(this.#promptTokens, `p\0${strategy}`, [strategy]).observe(promptTokens);
+    if (predictedCachedTokens !== undefined) this.#child(this.#predictedCached, `c\0${strategy}`, [strategy]).observe(predictedCachedTokens);
   }
 
   decision(strategy: string, seconds: number): void {

@@ -5,7 +5,7 @@ import { GatewayError } from './errors.js';
 import type { Fleet, Worker } from './fleet.js';
 import type { GatewayMetrics } from './metrics.js';
 import type { Policy } from './policy.js';
-import type { InferenceRequest } from './request.js';
+import type { InferenceKind, InferenceRequest } from './request.js';
 import type { Decision, PromptBlocks, RouteContext, Strategy } from './strategies/strategy.js';
 
 /**
@@ -13,7 +13,7 @@ import type { Decision, PromptBlocks, RouteContext, Strategy } from './strategie
  * `needsPromptBlocks`. Resolves undefined when the prompt cannot be tokenized
  * (unknown model, no tokenizer); the strategy then routes without blocks.
  */
-export type PromptBlocksProvider = (body: Record<string, unknown>, model: string) => Promise<PromptBlocks | undefined>;
+export type PromptBlocksProvider = (body: Record<string, unknown>, model: string, kind: InferenceKind) => Promise<PromptBlocks | undefined>;
 
 export interface Routed {
   readonly ctx: RouteContext;
@@ -54,7 +54,7 @@ export class RoutingPipeline {
     if (strategy.needsPromptBlocks) {
       const provider = this.#d.promptBlocks;
       if (provider) {
-        return provider(request.body, request.model).then(
+        return provider(request.body, request.model, request.kind).then(
           (blocks) => this.#choose(strategy, request, path, headers, requestId, candidates, blocks, started),
           (err: unknown) => {
             this.#d.log.warn({ err, requestId }, 'prompt tokenization failed; routing without blocks');

@@ -59,8 +59,13 @@ export function createFrontHandler(d: FrontDeps): (req: IncomingMessage, res: Se
       const blocks = Math.ceil((ctx.promptTokens + (request.maxTokens ?? DEFAULT_OUTPUT_TOKENS)) / d.blockSize);
       const ticket = d.fleet.start(worker, ctx.promptTokens, blocks);
       routed.strategy.onRouted?.(ctx, decision);
-      forward(d, { worker, strategy, route, path, headers: req.headers, body: raw, requestId, ticket, started },
-        upstreamRequestHeaders(req.headers, requestId, raw.length), res);
+      const responseHeaders: Record<string, string> = { 'x-kvgate-worker': worker.id, 'x-kvgate-strategy': strategy, 'x-request-id': requestId };
+      if (decision.predictedCachedBlocks !== undefined) responseHeaders['x-kvgate-cached-blocks'] = String(decision.predictedCachedBlocks);
+      d.metrics.routed(strategy, ctx.promptTokens, ctx.blocks ? (decision.predictedCachedBlocks ?? 0) * ctx.blocks.blockSize : undefined);
+      const upstreamHeaders = upstreamRequestHeaders(req.headers, requestId, raw.length);
+      // vLLM's API server pins a request to a data-parallel rank with this header.
+      if (decision.dataParallelRank !== undefined) upstreamHeaders['x-data-parallel-rank'] = String(decision.dataParallelRank);
+      forward(d, { worker, strategy, route, path, headers: req.headers, body: raw, requestId, ticket, responseHeaders, started }, upstreamHeaders, res);
     } catch (err) {
       const e = err instanceof GatewayError ? err : internal(err, d.log, requestId);
       d.metrics.request(route, 'none', strategy, e.status);

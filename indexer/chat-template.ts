@@ -46,6 +46,7 @@ export class ChatTemplate {
   /** `specials`: special-token variables as transformers exposes them; absent tokens are left out, not null, so `{{ bos_token }}` renders "" as in Python. */
   constructor(source: string, specials: Record<string, unknown>) {
     this.#template = new Template(source);
+    usePythonStrip(this.#template.parsed);
     this.#specials = specials;
   }
 
@@ -62,7 +63,7 @@ export class ChatTemplate {
     if (vars.add_generation_prompt === true && vars.continue_final_message === true) {
       throw new UnsupportedPromptError('add_generation_prompt and continue_final_message cannot both be true');
     }
-    const rendered = this.#template.render({ ...vars, messages: conversation });
+    const rendered = this.#template.render({ ...vars, ...PY_STRIP_FUNCTIONS, messages: conversation });
     return vars.continue_final_message === true ? trimAfterFinalMessage(rendered, conversation) : rendered;
   }
 }
@@ -179,6 +180,53 @@ function trimAfterFinalMessage(rendered: string, conversation: ChatMessage[]): s
   if (rendered.slice(at, at + lstrippedLength) === finalMessage) return rendered.slice(0, at + lstrippedLength);
   return rendered.slice(0, at + stripped.length);
 }
+
+/**
+ * @huggingface/jinja 0.5's string methods `strip`/`lstrip`/`rstrip` ignore their
+ * argument and trim all whitespace, so Qwen3's `content.lstrip('\n')` would also
+ * eat spaces and tabs that Python keeps. We rewrite those calls in the parsed
+ * template into calls of our own Python-exact functions (this template only).
+ */
+function usePythonStrip(node: unknown): void {
+  if (!node || typeof node !== 'object') return;
+  if (Array.isArray(node)) {
+    for (const child of node) usePythonStrip(child);
+    return;
+  }
+  const n = node as { type?: unknown; callee?: { type?: unknown; computed?: unknown; object?: unknown; property?: { type?: unknown; value?: unknown } }; args?: unknown[] };
+  if (n.type === 'CallExpression' && n.callee?.type === 'MemberExpression' && !n.callee.computed && n.callee.property?.type === 'Identifier') {
+    const method = n.callee.property.value;
+    if (method === 'strip' || method === 'lstrip' || method === 'rstrip') {
+      const Identifier = n.callee.property.constructor as new (value: string) => unknown;
+      n.args = [n.callee.object, ...(n.args ?? [])];
+      n.callee = new Identifier(`__kvgate_py_${method}`) as typeof n.callee;
+    }
+  }
+  for (const value of Object.values(node)) if (value && typeof value === 'object') usePythonStrip(value);
+}
+
+function pyStripChars(value: unknown, chars: unknown, left: boolean, right: boolean): string {
+  if (typeof value !== 'string') throw new Error('strip() called on a value that is not a string');
+  if (chars === undefined || chars === null) {
+    let out = left ? value.replace(PY_LEADING, '') : value;
+    if (right) out = out.replace(PY_TRAILING, '');
+    return out;
+  }
+  if (typeof chars !== 'string') throw new Error('strip() argument must be a string');
+  const set = new Set(chars);
+  const cps = Array.from(value);
+  let start = 0;
+  let end = cps.length;
+  if (left) while (start < end && set.has(cps[start]!)) start++;
+  if (right) while (end > start && set.has(cps[end - 1]!)) end--;
+  return cps.slice(start, end).join('');
+}
+
+const PY_STRIP_FUNCTIONS = {
+  __kvgate_py_strip: (value: unknown, chars?: unknown) => pyStripChars(value, chars, true, true),
+  __kvgate_py_lstrip: (value: unknown, chars?: unknown) => pyStripChars(value, chars, true, false),
+  __kvgate_py_rstrip: (value: unknown, chars?: unknown) => pyStripChars(value, chars, false, true),
+};
 
 // Python's str.isspace() set, which differs from JS trim() (\x1c-\x1f and \x85 yes, \ufeff no).
 const PY_SPACE = '[\\t\\n\\x0b\\x0c\\r\\x1c-\\x1f \\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]';

@@ -47,6 +47,28 @@ export class EngineHashMap {
     return Math.floor(packed / CHECK_SPAN);
   }
 
+  /** Maps `h` to (node, check) and returns the node it mapped to before, or -1 (`lastCheck` = its check). One probe. */
+  put(h: EngineBlockHash, node: number, check: number): number {
+    if (this.split(h)) {
+      const lo = this.w32[0]!;
+      const hi = this.w32[1]!;
+      const slot = this.table.probe(lo, hi);
+      let prev = -1;
+      if (slot >= 0) {
+        prev = this.table.valueAt(slot);
+        this.lastCheck = this.table.checkAt(slot);
+      }
+      this.table.fill(slot < 0 ? ~slot : slot, lo, hi, node, check);
+      return prev;
+    }
+    const other = (this.other ??= new Map());
+    const packed = other.get(h);
+    other.set(h, node * CHECK_SPAN + check);
+    if (packed === undefined) return -1;
+    this.lastCheck = packed % CHECK_SPAN;
+    return Math.floor(packed / CHECK_SPAN);
+  }
+
   set(h: EngineBlockHash, node: number, check: number): void {
     if (this.split(h)) this.table.set(this.w32[0]!, this.w32[1]!, node, check);
     else (this.other ??= new Map()).set(h, node * CHECK_SPAN + check);

@@ -3,7 +3,7 @@ import type { EventSink } from './events/source.js';
 import type { BlocksRemoved, BlocksStored, EngineBlockHash, KvEventBatch } from './events/types.js';
 import { EngineHashMap } from './engine-hash-map.js';
 import { ALL_TIERS, RadixIndex, targetKey, tierFlag, type MatchCounts, type TargetKey } from './radix-index.js';
-import { splitU64 } from './u64-table.js';
+import { SCRATCH32, SCRATCH64 } from './u64-table.js';
 
 export interface KvIndexerOptions {
   hasher: BlockHasher;
@@ -84,7 +84,6 @@ export class KvIndexer {
   private readonly seeds = new Map<string, bigint>();
   private readonly baseSeed: bigint;
   private blockSizeMismatches = 0;
-  private readonly hl = new Uint32Array(2);
 
   constructor(options: KvIndexerOptions) {
     if (!Number.isInteger(options.blockSize) || options.blockSize <= 0) {
@@ -244,21 +243,25 @@ export class KvIndexer {
     const ours = this.hasher.hashBlocks(ev.tokenIds, bs, this.seedFor(ev.loraName), parentHash);
     const full = Math.min(n, ours.length);
     const flags = tierFlag(ev.tier);
-    const hl = this.hl;
-    for (let i = 0; i < full; i++) {
-      splitU64(ours[i]!, hl);
-      const node = this.index.insertOne(t.id, parent, hl[0]!, hl[1]!, flags);
+    const index = this.index;
+    const engine = t.engine;
+    let i = 0;
+    for (; i < full; i++) {
+      SCRATCH64[0] = ours[i]!;
+      const lo = SCRATCH32[0]!;
+      const node = index.insertOne(t.id, parent, lo, SCRATCH32[1]!, flags);
       if (node < 0) {
         w.stats.rejectedBlocks += full - i;
         break;
       }
-      const prev = this.resolve(t, ev.engineHashes[i]!);
-      // An engine hash re-stored with other content: release the old block.
-      if (prev >= 0 && prev !== node) this.index.dropFromNode(prev, t.id, ALL_TIERS);
-      t.engine.set(ev.engineHashes[i]!, node, EngineHashMap.checkOf(this.index.nodeLo(node)));
-      w.stats.blocksStored++;
+      const prev = engine.put(ev.engineHashes[i]!, node, EngineHashMap.checkOf(lo));
+      // An engine hash re-stored with other content: release the old block (if still the one mapped).
+      if (prev >= 0 && prev !== node && index.isLive(prev) && EngineHashMap.checkOf(index.nodeLo(prev)) === engine.lastCheck) {
+        index.dropFromNode(prev, t.id, ALL_TIERS);
+      }
       parent = node;
     }
+    w.stats.blocksStored += i;
   }
 
   private applyRemoved(w: WorkerState, t: TargetState, ev: BlocksRemoved): void {

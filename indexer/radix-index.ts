@@ -1,5 +1,5 @@
 import type { KvTier } from './events/types.js';
-import { U64Table, joinU64, splitU64 } from './u64-table.js';
+import { SCRATCH32, SCRATCH64, U64Table, joinU64, splitU64 } from './u64-table.js';
 
 /** A routing target: `workerId`, or `workerId#rank` for data-parallel rank `rank`. */
 export type TargetKey = string;
@@ -55,12 +55,13 @@ export const DEFAULT_MAX_NODES = 4_000_000;
 const STRIDE = 8;
 const F_LO = 0; // our hash, low u32
 const F_HI = 1; // our hash, high u32
-const F_PARENT = 2; // parent node, -1 at the root
+const F_PARENT = 2; // parent node, -1 at the root, FREE when the node is free
 const F_CHILDREN = 3; // number of live children
 const F_T0 = 4; // first holder entry (id << 2 | tier flags), -1 when none
-const F_HINT = 5; // most recently inserted child, -1: lets `match` follow a chain without a table lookup
-const F_EXTRA = 6; // number of further holders, kept in `extra`
-const F_LIVE = 7; // 1 while in use
+const F_T1 = 5; // second holder entry, -1 when none (holders are packed: T0, T1, then extras)
+const F_HINT = 6; // most recently inserted child, -1: lets `match` follow a chain without a table lookup
+const F_EXTRA = 7; // number of further holders, kept in `extra`
+const FREE = -2;
 
 /**
  * Prefix tree of KV blocks keyed by our chained block hash (see block-hash.ts).
@@ -68,8 +69,8 @@ const F_LIVE = 7; // 1 while in use
  * table lookup) and the tree needs only parent links and child counts. A node
  * with no holders and no children is freed at once, cascading up.
  *
- * Holders are small target ids with tier flags; the first is stored inline,
- * so the common case (one holder per block) costs no JS object.
+ * Holders are small target ids with tier flags; the first two are stored
+ * inline, so the common cases (one or two holders per block) cost no JS object.
  *
  * Bounded: at `maxNodes` new nodes are refused (counted), existing nodes still
  * gain holders. Engines report their own evictions, so the index shrinks by
@@ -135,9 +136,9 @@ export class RadixIndex {
     const id = this.idOf(target, true);
     const flags = tierFlag(tier);
     let done = 0;
-    for (const h of hashes) {
-      splitU64(h, hl);
-      p = this.insertOne(id, p, hl[0]!, hl[1]!, flags);
+    for (let i = 0; i < hashes.length; i++) {
+      SCRATCH64[0] = hashes[i]!;
+      p = this.insertOne(id, p, SCRATCH32[0]!, SCRATCH32[1]!, flags);
       if (p < 0) break;
       done++;
     }
@@ -166,7 +167,7 @@ export class RadixIndex {
     if (this.blocks[id]! > 0) {
       const nd = this.nd;
       for (let n = 0; n < this.bump; n++) {
-        if (nd[n * STRIDE + F_LIVE] === 1) this.dropFromNode(n, id, ALL_TIERS);
+        if (nd[n * STRIDE + F_PARENT] !== FREE) this.dropFromNode(n, id, ALL_TIERS);
       }
     }
     this.ids.delete(target);
@@ -192,24 +193,23 @@ export class RadixIndex {
     const actId = this.actId;
     const actGpu = this.actGpu;
     let na = 0;
-    const t0 = nd[cur * STRIDE + F_T0]!;
-    if (t0 !== -1) {
-      actId[0] = t0 >>> 2;
-      actGpu[0] = t0 & TIER_GPU;
-      na = 1;
-      if (nd[cur * STRIDE + F_EXTRA]! > 0) {
-        for (const e of this.extra.get(cur)!) {
-          actId[na] = e >>> 2;
-          actGpu[na] = e & TIER_GPU;
-          na++;
-        }
+    for (let f = F_T0; f <= F_T1; f++) {
+      const e = nd[cur * STRIDE + f]!;
+      if (e === -1) break;
+      actId[na] = e >>> 2;
+      actGpu[na++] = e & TIER_GPU;
+    }
+    if (nd[cur * STRIDE + F_EXTRA]! > 0) {
+      for (const e of this.extra.get(cur)!) {
+        actId[na] = e >>> 2;
+        actGpu[na++] = e & TIER_GPU;
       }
     }
     let i = 1;
     for (; i < n && na > 0; i++) {
-      splitU64(hashes[i]!, hl);
-      const lo = hl[0]! | 0;
-      const hi = hl[1]! | 0;
+      SCRATCH64[0] = hashes[i]!;
+      const lo = SCRATCH32[0]! | 0;
+      const hi = SCRATCH32[1]! | 0;
       let next = nd[cur * STRIDE + F_HINT]!;
       if (next < 0 || nd[next * STRIDE + F_LO] !== lo || nd[next * STRIDE + F_HI] !== hi) {
         next = this.table.get(lo, hi);
@@ -217,15 +217,20 @@ export class RadixIndex {
       }
       const b = next * STRIDE;
       const h0 = nd[b + F_T0]!;
+      const h1 = nd[b + F_T1]!;
       let k = 0;
       if (nd[b + F_EXTRA] === 0) {
-        // At most one holder: no stamping needed.
-        const hid = h0 === -1 ? -1 : h0 >>> 2;
+        // At most two holders, inline: no stamping needed.
+        const id0 = h0 === -1 ? -1 : h0 >>> 2;
+        const id1 = h1 === -1 ? -1 : h1 >>> 2;
         for (let a = 0; a < na; a++) {
           const id = actId[a]!;
-          if (id === hid) {
+          if (id === id0) {
             actId[k] = id;
             actGpu[k++] = actGpu[a]! + (h0 & TIER_GPU);
+          } else if (id === id1) {
+            actId[k] = id;
+            actGpu[k++] = actGpu[a]! + (h1 & TIER_GPU);
           } else this.finish(out, id, i, actGpu[a]!);
         }
       } else {
@@ -234,6 +239,8 @@ export class RadixIndex {
         const sf = this.stampFlags;
         stamp[h0 >>> 2] = ep;
         sf[h0 >>> 2] = h0 & 3;
+        stamp[h1 >>> 2] = ep;
+        sf[h1 >>> 2] = h1 & 3;
         for (const e of this.extra.get(next)!) {
           stamp[e >>> 2] = ep;
           sf[e >>> 2] = e & 3;
@@ -300,22 +307,27 @@ export class RadixIndex {
   }
 
   isLive(node: number): boolean {
-    return node >= 0 && node < this.bump && this.nd[node * STRIDE + F_LIVE] === 1;
+    return node >= 0 && node < this.bump && this.nd[node * STRIDE + F_PARENT] !== FREE;
   }
 
   nodeHash(node: number): bigint {
     return joinU64(this.nd[node * STRIDE + F_LO]!, this.nd[node * STRIDE + F_HI]!);
   }
 
-  /** Adds holder `id` with `flags` to the block (lo, hi) under `parentNode` (-1 root). Returns the node, or -1 when the cap refused it. */
+  /** Adds holder `id` with `flags` to the block (lo, hi) under `parentNode` (-1 root). Returns the node, or -1 when the cap refused it. One table probe. */
   insertOne(id: number, parentNode: number, lo: number, hi: number, flags: number): number {
-    let n = this.table.get(lo, hi);
-    if (n < 0) {
+    const table = this.table;
+    const slot = table.probe(lo, hi);
+    let n: number;
+    if (slot < 0) {
       if (this.count >= this.maxNodes) {
         this.rejected++;
         return -1;
       }
       n = this.allocNode(lo, hi, parentNode);
+      table.fill(~slot, lo, hi, n);
+    } else if ((n = table.valueAt(slot)) < 0) {
+      return -1; // unreachable: stored values are node indices
     } else if (parentNode >= 0 && this.nd[n * STRIDE + F_PARENT] === parentNode) {
       // Point the parent's hint at the most recently stored path.
       this.nd[parentNode * STRIDE + F_HINT] = n;
@@ -331,30 +343,29 @@ export class RadixIndex {
   dropFromNode(node: number, id: number, mask: number): number {
     const nd = this.nd;
     const b = node * STRIDE;
-    const t0 = nd[b + F_T0]!;
-    let rest: number;
-    if (t0 !== -1 && t0 >>> 2 === id) {
-      rest = t0 & 3 & ~mask;
+    let at: number; // F_T0, F_T1, or -1 for the extras
+    if (nd[b + F_T0] !== -1 && nd[b + F_T0]! >>> 2 === id) at = F_T0;
+    else if (nd[b + F_T1] !== -1 && nd[b + F_T1]! >>> 2 === id) at = F_T1;
+    else at = -1;
+    if (at >= 0) {
+      const rest = nd[b + at]! & 3 & ~mask;
       if (rest !== 0) {
-        nd[b + F_T0] = (id << 2) | rest;
+        nd[b + at] = (id << 2) | rest;
         return rest;
       }
-      if (nd[b + F_EXTRA]! > 0) {
-        const list = this.extra.get(node)!;
-        nd[b + F_T0] = list.pop()!;
-        if (--nd[b + F_EXTRA]! === 0) this.extra.delete(node);
-      } else nd[b + F_T0] = -1;
+      if (at === F_T0) nd[b + F_T0] = nd[b + F_T1]!;
+      nd[b + F_T1] = this.takeExtra(node);
     } else {
       if (nd[b + F_EXTRA] === 0) return -1;
       const list = this.extra.get(node)!;
-      const at = list.findIndex((e) => e >>> 2 === id);
-      if (at < 0) return -1;
-      rest = list[at]! & 3 & ~mask;
+      const k = list.findIndex((e) => e >>> 2 === id);
+      if (k < 0) return -1;
+      const rest = list[k]! & 3 & ~mask;
       if (rest !== 0) {
-        list[at] = (id << 2) | rest;
+        list[k] = (id << 2) | rest;
         return rest;
       }
-      list[at] = list[list.length - 1]!;
+      list[k] = list[list.length - 1]!;
       list.pop();
       if (--nd[b + F_EXTRA]! === 0) this.extra.delete(node);
     }
@@ -377,17 +388,29 @@ export class RadixIndex {
     return ++this.epoch;
   }
 
+  /** Removes and returns one extra holder of `n`, or -1 when it has none. */
+  private takeExtra(n: number): number {
+    const b = n * STRIDE;
+    if (this.nd[b + F_EXTRA] === 0) return -1;
+    const list = this.extra.get(n)!;
+    const e = list.pop()!;
+    if (--this.nd[b + F_EXTRA]! === 0) this.extra.delete(n);
+    return e;
+  }
+
   private addHolder(n: number, id: number, flags: number): boolean {
     const nd = this.nd;
     const b = n * STRIDE;
-    const t0 = nd[b + F_T0]!;
-    if (t0 === -1) {
-      nd[b + F_T0] = (id << 2) | flags;
-      return true;
-    }
-    if (t0 >>> 2 === id) {
-      nd[b + F_T0] = t0 | flags;
-      return false;
+    for (let f = F_T0; f <= F_T1; f++) {
+      const e = nd[b + f]!;
+      if (e === -1) {
+        nd[b + f] = (id << 2) | flags;
+        return true;
+      }
+      if (e >>> 2 === id) {
+        nd[b + f] = e | flags;
+        return false;
+      }
     }
     if (nd[b + F_EXTRA]! > 0) {
       const list = this.extra.get(n)!;
@@ -416,10 +439,9 @@ export class RadixIndex {
     nd[b + F_PARENT] = parent;
     nd[b + F_CHILDREN] = 0;
     nd[b + F_T0] = -1;
+    nd[b + F_T1] = -1;
     nd[b + F_HINT] = -1;
     nd[b + F_EXTRA] = 0;
-    nd[b + F_LIVE] = 1;
-    this.table.set(lo, hi, n);
     this.count++;
     if (parent >= 0) {
       nd[parent * STRIDE + F_CHILDREN]!++;
@@ -434,10 +456,10 @@ export class RadixIndex {
     for (;;) {
       const b = n * STRIDE;
       this.table.delete(nd[b + F_LO]!, nd[b + F_HI]!);
-      nd[b + F_LIVE] = 0;
+      const p = nd[b + F_PARENT]!;
+      nd[b + F_PARENT] = FREE;
       this.freeList.push(n);
       this.count--;
-      const p = nd[b + F_PARENT]!;
       if (p < 0) return;
       const pb = p * STRIDE;
       nd[pb + F_CHILDREN]!--;

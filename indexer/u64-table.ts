@@ -10,14 +10,21 @@
  *
  * Linear probing with backward-shift deletion (no tombstones), so lookups of
  * absent keys stay short under churn. Grows at 60 % load, shrinks at 1/8.
+ * Values are stored plus one, so a freshly allocated (zeroed) array is empty.
  */
 
 const MIN_BITS = 4;
-const EMPTY = -1;
+const EMPTY = 0;
 
-/** Scratch view that splits a bigint into u32 halves without allocating. */
-const scratch64 = new BigUint64Array(1);
-const scratch32 = new Uint32Array(scratch64.buffer);
+/**
+ * Scratch views that split a bigint into u32 halves without allocating: write
+ * `SCRATCH64[0] = h`, read `SCRATCH32[0]` (low) and `SCRATCH32[1]` (high).
+ * Synchronous use only.
+ */
+export const SCRATCH64 = new BigUint64Array(1);
+export const SCRATCH32 = new Uint32Array(SCRATCH64.buffer);
+const scratch64 = SCRATCH64;
+const scratch32 = SCRATCH32;
 
 /** Little-endian hosts only: the u32 halves are read from a u64's bytes. */
 if (new Uint8Array(new Uint16Array([1]).buffer)[0] !== 1) {
@@ -42,7 +49,7 @@ export function joinU64(lo: number, hi: number): bigint {
 }
 
 export class U64Table {
-  /** Stride 4: key lo, key hi, value (-1 = empty slot), check word. */
+  /** Stride 4: key lo, key hi, value + 1 (0 = empty slot), check word. */
   private slots: Int32Array;
   private bits: number;
   private mask: number;
@@ -68,9 +75,7 @@ export class U64Table {
   }
 
   private static emptySlots(n: number): Int32Array {
-    const s = new Int32Array(n * 4);
-    for (let i = 2; i < s.length; i += 4) s[i] = EMPTY;
-    return s;
+    return new Int32Array(n * 4);
   }
 
   private home(lo: number, hi: number): number {
@@ -94,11 +99,39 @@ export class U64Table {
   /** Value stored for the key, or -1. */
   get(lo: number, hi: number): number {
     const p = this.find(lo, hi);
-    return p < 0 ? -1 : this.slots[(p << 2) + 2]!;
+    return p < 0 ? -1 : this.slots[(p << 2) + 2]! - 1;
   }
 
   valueAt(slot: number): number {
-    return this.slots[(slot << 2) + 2]!;
+    return this.slots[(slot << 2) + 2]! - 1;
+  }
+
+  /**
+   * One probe for get-or-insert: the slot holding the key (>= 0), or, when
+   * absent, `~slot` of the empty slot where `fill` may put it. Makes room
+   * first, so the returned empty slot stays valid until the next mutation.
+   */
+  probe(lo: number, hi: number): number {
+    if ((this.count + 1) * 5 > (this.mask + 1) * 3) this.resize(this.bits + 1);
+    const s = this.slots;
+    const mask = this.mask;
+    let p = this.home(lo, hi);
+    for (;;) {
+      const b = p << 2;
+      if (s[b + 2] === EMPTY) return ~p;
+      if (s[b] === (lo | 0) && s[b + 1] === (hi | 0)) return p;
+      p = (p + 1) & mask;
+    }
+  }
+
+  /** Writes an entry into a slot from `probe` (an empty one: pass `~result`). */
+  fill(slot: number, lo: number, hi: number, value: number, check = 0): void {
+    const b = slot << 2;
+    if (this.slots[b + 2] === EMPTY) this.count++;
+    this.slots[b] = lo;
+    this.slots[b + 1] = hi;
+    this.slots[b + 2] = value + 1;
+    this.slots[b + 3] = check;
   }
 
   checkAt(slot: number): number {
@@ -107,27 +140,8 @@ export class U64Table {
 
   /** Inserts or overwrites. `value` must be >= 0. */
   set(lo: number, hi: number, value: number, check = 0): void {
-    if ((this.count + 1) * 5 > (this.mask + 1) * 3) this.resize(this.bits + 1);
-    const s = this.slots;
-    const mask = this.mask;
-    let p = this.home(lo, hi);
-    for (;;) {
-      const b = p << 2;
-      if (s[b + 2] === EMPTY) {
-        s[b] = lo;
-        s[b + 1] = hi;
-        s[b + 2] = value;
-        s[b + 3] = check;
-        this.count++;
-        return;
-      }
-      if (s[b] === (lo | 0) && s[b + 1] === (hi | 0)) {
-        s[b + 2] = value;
-        s[b + 3] = check;
-        return;
-      }
-      p = (p + 1) & mask;
-    }
+    const p = this.probe(lo, hi);
+    this.fill(p < 0 ? ~p : p, lo, hi, value, check);
   }
 
   delete(lo: number, hi: number): boolean {
@@ -167,7 +181,7 @@ export class U64Table {
   forEach(fn: (value: number, check: number, lo: number, hi: number) => void): void {
     const s = this.slots;
     for (let b = 0; b < s.length; b += 4) {
-      if (s[b + 2] !== EMPTY) fn(s[b + 2]!, s[b + 3]!, s[b]! >>> 0, s[b + 1]! >>> 0);
+      if (s[b + 2] !== EMPTY) fn(s[b + 2]! - 1, s[b + 3]!, s[b]! >>> 0, s[b + 1]! >>> 0);
     }
   }
 
@@ -180,12 +194,22 @@ export class U64Table {
 
   private resize(bits: number): void {
     const old = this.slots;
+    const count = this.count;
     this.bits = bits;
     this.mask = (1 << bits) - 1;
     this.slots = U64Table.emptySlots(1 << bits);
-    this.count = 0;
+    const s = this.slots;
+    const mask = this.mask;
     for (let b = 0; b < old.length; b += 4) {
-      if (old[b + 2] !== EMPTY) this.set(old[b]!, old[b + 1]!, old[b + 2]!, old[b + 3]!);
+      if (old[b + 2] === EMPTY) continue;
+      let p = this.home(old[b]!, old[b + 1]!);
+      while (s[(p << 2) + 2] !== EMPTY) p = (p + 1) & mask;
+      const d = p << 2;
+      s[d] = old[b]!;
+      s[d + 1] = old[b + 1]!;
+      s[d + 2] = old[b + 2]!;
+      s[d + 3] = old[b + 3]!;
     }
+    this.count = count;
   }
 }

@@ -105,7 +105,7 @@ export function chooseByKvCost(
  * says so in `explain`.
  * @example createKvStrategy({ prefillWeight: 1, temperature: 0, cpuTierWeight: 0.75 }, deps).choose(ctx, workers)
  */
-export function createKvStrategy(params: KvParams, deps: Pick<StrategyDeps, 'services' | 'blockSize' | 'log'>): Strategy {
+export function createKvStrategy(params: Partial<KvParams>, deps: Pick<StrategyDeps, 'services' | 'blockSize' | 'log'>): Strategy {
   const p = kvParamsSchema.parse(params);
   if (!asPrefixMatcher(deps.services[KV_INDEXER_SERVICE])) {
     deps.log.warn({ strategy: 'kv' }, 'kv strategy has no KV index (services.kvIndexer); it will route by load only until one is provided');

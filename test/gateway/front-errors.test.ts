@@ -33,8 +33,8 @@ async function fakeWorker(teardown: (fn: () => unknown) => void): Promise<FakeWo
     let body = '';
     req.on('data', (c: Buffer) => (body += c));
     req.on('end', () => {
-      res.writeHead(200, { 'content-type': 'application/json', 'x-upstream-echo': req.headers['x-request-id'] as string });
-      res.end(JSON.stringify({ ok: true, echo: body.length, hop: req.headers['keep-alive'] ?? null }));
+      res.writeHead(200, { 'content-type': 'application/json', 'x-upstream-echo': String(req.headers['x-request-id']) });
+      res.end(JSON.stringify({ ok: true, echo: body.length, hop: req.headers['x-hop-secret'] ?? null }));
     });
   });
   await new Promise<void>((r) => w.server.listen(0, '127.0.0.1', () => r()));
@@ -109,13 +109,22 @@ t.test('front: errors, passthrough and headers', async (t) => {
   });
 
   t.test('a routed request carries the gateway headers; hop-by-hop headers are dropped; request id kept', async (t) => {
-    const r = await post(`${url}/v1/completions`, JSON.stringify({ model: 'm', prompt: 'hi' }), { 'x-request-id': 'req-123', 'keep-alive': 'timeout=5' });
-    t.equal(r.statusCode, 200);
+    // Headers named in Connection are hop-by-hop too (RFC 9110 §7.6.1); undici refuses to send them, so use node:http.
+    const r = await new Promise<{ status: number; headers: Record<string, unknown>; body: string }>((resolve, reject) => {
+      const req = httpRequest(`${url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json', 'x-request-id': 'req-123', connection: 'keep-alive, x-hop-secret', 'x-hop-secret': 'do-not-forward' } }, (res) => {
+        let body = '';
+        res.on('data', (c: Buffer) => (body += c));
+        res.on('end', () => resolve({ status: res.statusCode!, headers: res.headers, body }));
+      });
+      req.on('error', reject);
+      req.end(JSON.stringify({ model: 'm', prompt: 'hi' }));
+    });
+    t.equal(r.status, 200);
     t.equal(r.headers['x-kvgate-worker'], 'a');
     t.equal(r.headers['x-kvgate-strategy'], 'least-load');
     t.equal(r.headers['x-request-id'], 'req-123');
     t.equal(r.headers['x-upstream-echo'], 'req-123', 'the worker saw the same request id');
-    t.match(await r.body.json(), { ok: true, hop: null });
+    t.match(JSON.parse(r.body), { ok: true, hop: null });
     const fresh = await post(`${url}/v1/completions`, JSON.stringify({ model: 'm', prompt: 'hi' }));
     t.match(fresh.headers['x-request-id'], /^[0-9a-f-]{36}$/, 'an id is created when the client sends none');
     await fresh.body.dump();
@@ -143,7 +152,7 @@ t.test('front: errors, passthrough and headers', async (t) => {
     const req = httpRequest(`${url}/v1/slow-passthrough`, { method: 'POST' });
     req.on('error', () => {});
     req.end('{}');
-    await eventually(() => a.seen.includes('POST /v1/slow-passthrough'));
+    await eventually(() => a.seen.includes('POST /v1/slow-passthrough'), 5000);
     req.destroy();
     await eventually(() => a.aborted.includes('/v1/slow-passthrough'), 5000);
     t.pass('the worker saw its request closed');

@@ -65,6 +65,9 @@ t.test('segment cache is bounded by bytes', async (t) => {
   }
   const stats = tokenizer.stats();
   t.ok(stats.cacheEntries < 40 * 2, `evicted: ${stats.cacheEntries} entries left`);
+  const huge = [{ role: 'user', content: longText(100_000, 3) }];
+  t.same(await tokenizer.tokenizeChat(huge), await tokenizer.encode(tokenizer.renderChat(huge), false), 'a segment larger than the whole cache is encoded, not cached');
+  t.ok(tokenizer.stats().cacheBytes <= 64 * 1024);
   // Evicted segments are re-encoded correctly.
   const again = await tokenizer.tokenizeChat([{ role: 'user', content: longText(2000, 1) }]);
   t.same(again, await tokenizer.encode(tokenizer.renderChat([{ role: 'user', content: longText(2000, 1) }]), false));

@@ -10,7 +10,7 @@ import { chatCases } from '../fixtures/tokenizer/corpus.js';
 type Handler = (body: Record<string, unknown>, res: ServerResponse) => void | Promise<void>;
 
 /** A stand-in for vLLM's /tokenize; `handler` decides the answer, `bodies` records what arrived. */
-async function fakeWorker(t: Tap.Test, handler: Handler): Promise<{ url: string; bodies: Record<string, unknown>[] }> {
+async function fakeWorker(t: { teardown(fn: () => void): void }, handler: Handler): Promise<{ url: string; bodies: Record<string, unknown>[] }> {
   const bodies: Record<string, unknown>[] = [];
   const server = createServer((req: IncomingMessage, res) => {
     const chunks: Buffer[] = [];
@@ -33,7 +33,7 @@ async function fakeWorker(t: Tap.Test, handler: Handler): Promise<{ url: string;
   return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, bodies };
 }
 
-const json = (res: ServerResponse, status: number, body: unknown) => res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body));
+const json = (res: ServerResponse, status: number, body: unknown): void => void res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body));
 
 t.test('remote source equals the local source on the corpus, and caches whole requests', async (t) => {
   const engine = await PromptTokenizer.load(QWEN3_TOKENIZER_DIR);

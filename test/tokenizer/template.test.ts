@@ -80,6 +80,18 @@ t.test('Qwen3 rendering pins', async (t) => {
     'text parts joined with "\\n", empty parts dropped',
   );
   t.equal(
+    tok.renderChat([
+      { role: 'user', content: 'q' },
+      { role: 'assistant', content: '<think>\n  spaced reasoning \t\n</think>\n\n  answer with spaces' },
+      { role: 'assistant', content: 'b', reasoning_content: '\n\n  r  \n' },
+      { role: 'user', content: '<tool_response>x</tool_response>' },
+    ]),
+    '<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\n<think>\n  spaced reasoning \t\n</think>\n\n  answer with spaces<|im_end|>\n' +
+      '<|im_start|>assistant\n<think>\n  r  \n</think>\n\nb<|im_end|>\n' +
+      '<|im_start|>user\n<tool_response>x</tool_response><|im_end|>\n<|im_start|>assistant\n',
+    "lstrip('\\n') / strip('\\n') remove newlines only, as in Python (the JS jinja library would trim all whitespace)",
+  );
+  t.equal(
     tok.renderChat([{ role: 'user', content: null }]),
     '<|im_start|>user\n<|im_end|>\n<|im_start|>assistant\n',
     'null content renders as empty text',

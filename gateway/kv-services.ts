@@ -1,0 +1,140 @@
+import { resolve } from 'node:path';
+import type { Logger } from 'pino';
+import type { GatewayConfig } from '../config/schema.js';
+import { createBlockHasher, type BlockHasher } from '../indexer/block-hash.js';
+import { createEventSource } from '../indexer/events/create-source.js';
+import type { EventSource } from '../indexer/events/source.js';
+import { KvIndexer } from '../indexer/kv-indexer.js';
+import { createPromptBlocksProvider, localTokenSource, remoteTokenSource, type PromptBlocksFn, type PromptTokenSource } from '../indexer/prompt-tokens.js';
+import type { MatchCounts } from '../indexer/radix-index.js';
+import { RemoteTokenizer } from '../indexer/remote-tokenizer.js';
+import { PromptTokenizer } from '../indexer/tokenizer.js';
+import type { PromptBlocksProvider } from './pipeline.js';
+
+/** What the KV-aware parts of the gateway share: one index per model, its event sources, and prompt hashing. */
+export interface KvServices {
+  /** `services.kvIndexer` for the strategies: matches a prompt's blocks against every model's index. */
+  readonly matcher: { match(hashes: readonly bigint[]): Map<string, MatchCounts>; blocksOf(target: string): number };
+  promptBlocks: PromptBlocksProvider | undefined;
+  readonly indexers: ReadonlyMap<string, KvIndexer>;
+  readonly sources: ReadonlyMap<string, EventSource>;
+  readonly tokenizers: ReadonlyMap<string, PromptTokenizer | RemoteTokenizer>;
+  /** Seconds and tokens of each tokenization, for the metrics. */
+  onTokenized?: (seconds: number, tokens: number) => void;
+  /** `/debug/workers` view: per worker, indexed blocks, last sequence number, event lag. */
+  stats(): Record<string, unknown>;
+  start(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+export interface KvServicesOptions {
+  log: Logger;
+  /** A healthy worker's base URL serving `model`, for the remote tokenizer. */
+  workerUrlFor: (model: string) => string | undefined;
+}
+
+const EMPTY_MATCH: Map<string, MatchCounts> = new Map();
+
+/**
+ * Builds tokenizers, block hasher, per-model KV indexes and one event source per
+ * worker with `kvEvents`, as the config says. The model of a worker's events is
+ * the first of its models that has a `models` entry (a LoRA name maps to its base).
+ */
+export async function buildKvServices(config: GatewayConfig, options: KvServicesOptions): Promise<KvServices> {
+  const { log } = options;
+  const hasher = await createBlockHasher();
+  const baseOf = new Map<string, string>();
+  for (const [model, mc] of Object.entries(config.models)) {
+    baseOf.set(model, model);
+    for (const lora of mc.loras) baseOf.set(lora, model);
+  }
+  const indexers = new Map<string, KvIndexer>();
+  const sources = new Map<string, EventSource>();
+  for (const w of config.fleet.workers) {
+    if (!w.kvEvents) continue;
+    const model = w.models.map((m) => baseOf.get(m)).find((m) => m !== undefined);
+    if (model === undefined) {
+      log.warn({ worker: w.id, models: w.models }, 'worker publishes kv events but none of its models has a models: entry (block size, tokenizer); its events are ignored');
+      continue;
+    }
+    sources.set(w.id, createEventSource(w.kvEvents, w.id, log, { workerUrl: w.url }));
+    if (!indexers.has(model)) indexers.set(model, new KvIndexer({ hasher, model, blockSize: config.models[model]!.blockSize, log }));
+  }
+  const sinkOf = new Map([...sources.keys()].map((id) => {
+    const w = config.fleet.workers.find((x) => x.id === id)!;
+    const model = w.models.map((m) => baseOf.get(m)).find((m) => m !== undefined)!;
+    return [id, indexers.get(model)!.sinkFor(id)] as const;
+  }));
+
+  const tokenizers = new Map<string, PromptTokenizer | RemoteTokenizer>();
+  const providers = new Map<string, PromptBlocksFn>();
+  const services: KvServices = {
+    matcher: indexers.size === 1 ? singleMatcher(indexers.values().next().value!) : multiMatcher([...indexers.values()]),
+    promptBlocks: undefined,
+    indexers, sources, tokenizers,
+    stats: () => workerStats(indexers, sources),
+    async start() {
+      for (const [id, source] of sources) await source.start(sinkOf.get(id)!);
+    },
+    async stop() {
+      await Promise.all([...sources.values()].map((s) => s.stop()));
+    },
+  };
+  for (const [model, mc] of Object.entries(config.models)) {
+    let source: PromptTokenSource | undefined;
+    if (mc.tokenizer.type === 'local') {
+      const tokenizer = await PromptTokenizer.load(resolve(mc.tokenizer.dir), { cacheBytes: mc.tokenCacheMiB * 1024 * 1024 });
+      tokenizers.set(model, tokenizer);
+      source = localTokenSource(tokenizer);
+    } else if (mc.tokenizer.type === 'remote') {
+      const remote = await RemoteTokenizer.create({ baseUrl: () => options.workerUrlFor(model), timeoutMs: mc.tokenizer.timeoutMs });
+      tokenizers.set(model, remote);
+      source = remoteTokenSource(remote);
+    }
+    if (!source) continue;
+    providers.set(model, createPromptBlocksProvider({
+      source, hasher: hasher as BlockHasher, blockSize: mc.blockSize,
+      seedFor: (lora) => hasher.seedFor(model, lora),
+      loraOf: (name) => (name !== model && baseOf.get(name) === model ? name : null),
+      observe: (seconds, tokens) => services.onTokenized?.(seconds, tokens),
+    }));
+  }
+  for (const [name, base] of baseOf) if (providers.has(base) && name !== base) providers.set(name, providers.get(base)!);
+  if (providers.size > 0) {
+    services.promptBlocks = (body, model, kind) => providers.get(model)?.(body, model, kind) ?? Promise.resolve(undefined);
+  }
+  return services;
+}
+
+function singleMatcher(index: KvIndexer): KvServices['matcher'] {
+  return { match: (h) => index.match(h), blocksOf: (t) => index.blocksOf(t) };
+}
+
+/** Hashes are seeded per model, so a prompt can only match in its own model's index: the first non-empty answer is the answer. */
+function multiMatcher(indexes: KvIndexer[]): KvServices['matcher'] {
+  return {
+    match(hashes) {
+      for (const index of indexes) {
+        const m = index.match(hashes);
+        if (m.size > 0) return m;
+      }
+      return EMPTY_MATCH;
+    },
+    blocksOf: (t) => indexes.reduce((sum, i) => sum + i.blocksOf(t), 0),
+  };
+}
+
+function workerStats(indexers: ReadonlyMap<string, KvIndexer>, sources: ReadonlyMap<string, EventSource>): Record<string, unknown> {
+  const perWorker: Record<string, unknown> = {};
+  const models: Record<string, unknown> = {};
+  for (const [model, indexer] of indexers) {
+    const s = indexer.stats();
+    models[model] = { nodes: s.nodes, maxNodes: s.maxNodes, rejectedInserts: s.rejectedInserts, blockSizeMismatches: s.blockSizeMismatches };
+    for (const [id, w] of Object.entries(s.perWorker)) perWorker[id] = { model, index: w };
+  }
+  for (const [id, source] of sources) {
+    const entry = (perWorker[id] ??= {}) as Record<string, unknown>;
+    entry.events = source.stats();
+  }
+  return { models, workers: perWorker };
+}
