@@ -19,7 +19,6 @@ const CHECK_SPAN = CHECK_MASK + 1;
 export class EngineHashMap {
   private readonly table = new U64Table(64);
   private other: Map<EngineBlockHash, number> | null = null;
-  private readonly hl = new Uint32Array(2);
   private readonly b64 = new BigUint64Array(1);
   private readonly w32 = new Uint32Array(this.b64.buffer);
   /** Check word of the last successful `get`. */
