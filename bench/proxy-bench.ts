@@ -47,7 +47,7 @@ async function main(): Promise<void> {
     fleet: { workers: [{ id: worker.worker, url: worker.url, models: [MODEL] }] },
     routing: { strategy: 'round-robin' },
   }));
-  const gateway = await spawnUntilReady([dist('../gateway/cli.js'), 'serve', '--config', config], 'gateway ready', { KVGATE_LOG_LEVEL: 'warn' });
+  const gateway = await spawnUntilReady([dist('../gateway/cli.js'), 'serve', '--config', config], 'gateway ready', { KVGATE_LOG_LEVEL: 'info' });
   const floor = await spawnUntilReady([dist('./proxy-floor.js'), worker.url], 'floor ready');
   const targets = { direct: worker.url, kvgate: gateway.ready.url as string, floor: floor.ready.url as string };
   const results: Record<string, Record<string, Result[]>> = {};

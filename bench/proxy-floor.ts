@@ -32,3 +32,6 @@ server.listen(0, '127.0.0.1', () => {
   process.stdout.write(JSON.stringify({ msg: 'floor ready', url: `http://127.0.0.1:${(server.address() as AddressInfo).port}` }) + '\n');
 });
 process.once('SIGTERM', () => process.exit(0));
+// Spawned by the benchmark with our stdin piped: exit when the benchmark dies.
+process.stdin.on('end', () => process.exit(0));
+process.stdin.resume();

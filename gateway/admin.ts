@@ -51,6 +51,7 @@ export function createAdminHandler(d: AdminDeps): (req: IncomingMessage, res: Se
     }
     const path = (req.url ?? '/').split('?')[0];
     if (path === '/debug/workers' && req.method === 'GET') return json(res, 200, workers(d));
+    if (path === '/debug/experiments' && req.method === 'GET') return json(res, 200, d.pipeline.summary());
     if (path === '/debug/route' && req.method === 'POST') {
       debugRoute(d, req).then((body) => json(res, 200, body), (err: unknown) => {
         sendError(res, err instanceof GatewayError ? err : new GatewayError(500, String((err as Error)?.message ?? err), 'upstream_error', 'internal_error'));
@@ -66,6 +67,7 @@ function workers(d: AdminDeps): unknown {
     workers: d.fleet.workers.map((w) => ({
       id: w.id, url: w.url, models: w.models, role: w.role, labels: w.labels,
       healthy: w.healthy, lastCheckAt: w.lastCheckAt, lastError: w.lastError, load: w.load,
+      available: w.available, breaker: w.breaker.snapshot(),
     })),
     index: d.indexStats?.(),
   };
@@ -101,6 +103,9 @@ async function debugRoute(d: AdminDeps, req: IncomingMessage): Promise<unknown> 
     worker: decision.worker.id,
     url: decision.worker.url,
     strategy: routed.strategy.name,
+    arm: routed.selection.arm,
+    rule: routed.selection.rule,
+    pool: routed.selection.pool?.name ?? null,
     explain: decision.explain,
     predictedCachedBlocks: decision.predictedCachedBlocks,
     dataParallelRank: decision.dataParallelRank,

@@ -42,6 +42,14 @@ async function main(argv: string[]): Promise<void> {
   await command.run(rest);
 }
 
+// Test and benchmark harnesses set this and keep our stdin open: when they die,
+// even by SIGKILL, the pipe closes and we stop instead of lingering as an orphan.
+if (process.env.KVGATE_EXIT_WITH_PARENT === '1') {
+  process.stdin.on('end', () => process.kill(process.pid, 'SIGTERM'));
+  process.stdin.on('error', () => process.kill(process.pid, 'SIGTERM'));
+  process.stdin.resume();
+}
+
 main(process.argv.slice(2)).catch((err: unknown) => {
   if (err instanceof UsageError) {
     process.stderr.write(err.message + '\n');

@@ -1,7 +1,8 @@
+import type { Logger } from 'pino';
 import { z } from 'zod';
 import { eventSourceConfigSchema } from '../indexer/events/create-source.js';
+import { DEFAULT_BREAKER, WorkerBreaker, type BreakerConfig } from './breaker.js';
 import type { WorkerLoad, WorkerRole, WorkerView } from './strategies/strategy.js';
-
 
 export const workerConfigSchema = z.strictObject({
   id: z.string().regex(/^[A-Za-z0-9._:-]+$/, 'worker id may use letters, digits and . _ : - only'),
@@ -36,7 +37,11 @@ export const fleetConfigSchema = z.strictObject({
 });
 export type FleetConfig = z.infer<typeof fleetConfigSchema>;
 
-/** One upstream engine. Implements `WorkerView`, so strategies see it directly (no copy per request). */
+/**
+ * One upstream engine. Implements `WorkerView`, so strategies see it directly (no copy per request).
+ * `healthy` is the active health check's verdict, `breaker` the passive one from real traffic;
+ * `available` folds both, and is the only thing routing looks at.
+ */
 export class Worker implements WorkerView {
   readonly id: string;
   readonly url: string;
@@ -48,15 +53,36 @@ export class Worker implements WorkerView {
   healthy = false;
   lastCheckAt: number | undefined;
   lastError: string | undefined;
+  readonly breaker: WorkerBreaker;
 
-  constructor(config: WorkerConfig) {
+  constructor(config: WorkerConfig, breaker: BreakerConfig = DEFAULT_BREAKER, onBreakerChange: () => void = () => {}) {
     this.id = config.id;
     this.url = config.url.replace(/\/+$/, '');
     this.models = config.models;
     this.role = config.role;
     this.labels = config.labels;
     this.kvEvents = config.kvEvents;
+    this.breaker = new WorkerBreaker(this.id, breaker, onBreakerChange);
   }
+
+  /** May a new request be sent here now? Health passes and the breaker admits traffic. */
+  get available(): boolean {
+    return this.healthy && this.breaker.allowsTraffic;
+  }
+
+  /** Gone for routing and for the KV index: health failed or the breaker is open (a half-open probe slot in use is not "down"). */
+  get down(): boolean {
+    return !this.healthy || this.breaker.state === 'open';
+  }
+}
+
+/** Told when a worker goes down (health failed, breaker opened) or comes back up. */
+export type WorkerStatusListener = (worker: Worker, up: boolean, reason: string | undefined) => void;
+
+export interface FleetOptions {
+  breaker?: BreakerConfig | undefined;
+  /** Logs breaker transitions and workers going down or up. */
+  log?: Logger | undefined;
 }
 
 /** What one request holds on a worker, so finishing releases exactly what starting took. */
@@ -68,20 +94,29 @@ export interface LoadTicket {
 }
 
 /**
- * The fleet: workers, their health and the gateway's own view of their load.
- * Availability is decided here and only here (`candidates`), before any strategy runs.
+ * The fleet: workers, their availability and the gateway's own view of their load.
+ * Availability (health AND breaker) is decided here and only here (`candidates`),
+ * before any strategy runs, so strategies never see an unavailable worker.
  */
 export class Fleet {
   readonly workers: readonly Worker[];
   readonly #byId = new Map<string, Worker>();
   readonly #models = new Set<string>();
-  /** Healthy workers per model; rebuilt only when health changes, so routing allocates nothing. */
+  /** Available workers per model; rebuilt only when availability changes, so routing allocates nothing. */
   #available = new Map<string, readonly Worker[]>();
   #healthy: readonly Worker[] = [];
   #passthroughCursor = 0;
+  readonly #listeners: WorkerStatusListener[] = [];
+  readonly #wasDown = new Map<Worker, boolean>();
+  readonly #breakerState = new Map<Worker, string>();
+  readonly #log: Logger | undefined;
 
-  constructor(configs: readonly WorkerConfig[]) {
-    this.workers = configs.map((c) => new Worker(c));
+  constructor(configs: readonly WorkerConfig[], options: FleetOptions = {}) {
+    this.#log = options.log;
+    this.workers = configs.map((c) => {
+      const w: Worker = new Worker(c, options.breaker, () => this.#changed(w, w.breaker.snapshot().lastFailure));
+      return w;
+    });
     for (const w of this.workers) {
       this.#byId.set(w.id, w);
       for (const m of w.models) this.#models.add(m);
@@ -102,17 +137,27 @@ export class Fleet {
     return this.#models.has(model);
   }
 
-  /** Healthy workers serving `model`. The same array object is returned until health changes. */
+  /** Available workers serving `model`. The same array object is returned until availability changes. */
   candidates(model: string): readonly Worker[] {
     return this.#available.get(model) ?? EMPTY;
   }
 
-  /** Healthy workers of any model. */
+  /** Available workers of any model (health passing, breaker admitting traffic). */
   get healthy(): readonly Worker[] {
     return this.#healthy;
   }
 
-  /** A healthy worker for plain pass-through requests, rotating. */
+  /** Registers a listener for workers going down and coming back (see `Worker.down`). */
+  onStatus(listener: WorkerStatusListener): void {
+    this.#listeners.push(listener);
+  }
+
+  /** Stops the breakers' timers. */
+  close(): void {
+    for (const w of this.workers) w.breaker.shutdown();
+  }
+
+  /** An available worker for plain pass-through requests, rotating. */
   anyHealthy(): Worker | undefined {
     const h = this.#healthy;
     if (h.length === 0) return undefined;
@@ -123,7 +168,7 @@ export class Fleet {
     worker.lastError = error;
     if (worker.healthy === healthy) return false;
     worker.healthy = healthy;
-    this.#rebuild();
+    this.#changed(worker, error);
     return true;
   }
 
@@ -162,10 +207,25 @@ export class Fleet {
     t.phase = 'done';
   }
 
+  /** Health or breaker changed: rebuild the candidate lists, then tell listeners if the worker went down or up. */
+  #changed(worker: Worker, reason: string | undefined): void {
+    this.#rebuild();
+    const state = worker.breaker.state;
+    if ((this.#breakerState.get(worker) ?? 'closed') !== state) {
+      this.#breakerState.set(worker, state);
+      this.#log?.[state === 'open' ? 'warn' : 'info']({ worker: worker.id, state, reason }, 'worker breaker state');
+    }
+    const down = worker.down;
+    if (down === (this.#wasDown.get(worker) ?? true)) return;
+    this.#wasDown.set(worker, down);
+    this.#log?.[down ? 'warn' : 'info']({ worker: worker.id, healthy: worker.healthy, breaker: state, reason }, down ? 'worker down' : 'worker up');
+    for (const l of this.#listeners) l(worker, !down, reason);
+  }
+
   #rebuild(): void {
     const available = new Map<string, Worker[]>();
     for (const w of this.workers) {
-      if (!w.healthy) continue;
+      if (!w.available) continue;
       for (const m of w.models) {
         let list = available.get(m);
         if (!list) available.set(m, (list = []));
@@ -173,7 +233,7 @@ export class Fleet {
       }
     }
     this.#available = available;
-    this.#healthy = this.workers.filter((w) => w.healthy);
+    this.#healthy = this.workers.filter((w) => w.available);
   }
 }
 

@@ -2,32 +2,43 @@ import type { IncomingHttpHeaders, ServerResponse } from 'node:http';
 import { performance } from 'node:perf_hooks';
 import { Pool, type Dispatcher } from 'undici';
 import { z } from 'zod';
+import { breakerConfigSchema, type BreakerPass } from './breaker.js';
 import { GatewayError, sendError } from './errors.js';
 import type { Fleet, LoadTicket, Worker } from './fleet.js';
 import { clientResponseHeaders } from './headers.js';
 import type { GatewayMetrics } from './metrics.js';
+import type { ResponseObserver } from './usage-sniffer.js';
+import { backoffDelay, failureKind, retryableStatus, retryConfigSchema, type FailureKind, type Reroute } from './retry.js';
+import { SseFramer } from './sse-framer.js';
 
 /**
  * Upstream connection settings. Generations can take minutes before the first
  * byte (long prompts, queues) and between chunks, so the defaults never cut a
- * healthy generation short: 10 min to first header, no body idle limit.
+ * healthy generation short: 5 s to connect, 10 min to the response head,
+ * 5 min of silence inside a body (0 disables it), and a retry/breaker policy
+ * that acts only on failures the client has not seen yet.
  */
 export const upstreamConfigSchema = z.strictObject({
+  connectTimeoutMs: z.number().int().min(1).default(5_000),
+  /** Time from sending the request to the worker's response head. */
   headersTimeoutMs: z.number().int().min(0).default(600_000),
-  /** Longest silence between two body chunks; 0 disables it. */
-  bodyTimeoutMs: z.number().int().min(0).default(0),
-  connectTimeoutMs: z.number().int().min(1).default(10_000),
+  /** Longest silence between two body chunks (the first included); 0 disables it. */
+  bodyTimeoutMs: z.number().int().min(0).default(300_000),
   keepAliveTimeoutMs: z.number().int().min(1).default(60_000),
   /** Connections per worker; unset means unlimited. */
   connections: z.number().int().min(1).optional(),
+  retry: retryConfigSchema.prefault({}),
+  breaker: breakerConfigSchema.prefault({}),
 });
 export type UpstreamConfig = z.infer<typeof upstreamConfigSchema>;
 
 /** One keep-alive undici `Pool` per worker. */
 export class Transport {
   readonly #pools = new Map<string, { pool: Pool; basePath: string }>();
+  readonly config: UpstreamConfig;
 
   constructor(workers: readonly Worker[], config: UpstreamConfig) {
+    this.config = config;
     for (const w of workers) {
       const url = new URL(w.url);
       const pool = new Pool(url.origin, {
@@ -64,24 +75,31 @@ export interface ForwardJob {
   readonly responseHeaders: Record<string, string>;
   /** `performance.now()` when the request arrived. */
   readonly started: number;
+  /** Chooses the next-best worker for a retry; without it a failure is final. */
+  readonly reroute?: Reroute | undefined;
+  /** The A/B experiment arm (`arm` metric label); `none` outside experiments. */
+  readonly arm?: string | undefined;
+  /** Sees every upstream body chunk and the final status (engine usage, experiment counters). */
+  readonly observer?: ResponseObserver | undefined;
 }
 
 export interface ForwardDeps {
   readonly fleet: Fleet;
   readonly metrics: GatewayMetrics;
   readonly transport: Transport;
+  readonly random?: (() => number) | undefined;
 }
 
 /**
  * Sends the request body unchanged to the worker and streams the response back
- * chunk by chunk, honouring back-pressure both ways. Moves the request from
- * prefill to decode on the first body chunk, and releases its load on end,
- * error or client disconnect (which aborts the upstream request at once).
+ * chunk by chunk, honouring back-pressure both ways. Until the first body byte
+ * goes to the client, a failure (connect, reset, 502/503, timeout) is retried
+ * on the next-best worker; after it, a broken SSE stream ends with an OpenAI
+ * error event and any other body is cut. Load follows the request: released
+ * on the failed worker, taken on the next, released on end or client abort.
  */
 export function forward(deps: ForwardDeps, job: ForwardJob, upstreamHeaders: Record<string, string | string[]>, res: ServerResponse): void {
-  const { pool, basePath } = deps.transport.get(job.worker);
-  const handler = new ForwardHandler(deps, job, res);
-  pool.dispatch({ path: basePath + job.path, method: 'POST', headers: upstreamHeaders, body: job.body }, handler);
+  new Forwarding(deps, job, upstreamHeaders, res).send(job.worker, job.ticket);
 }
 
 class ClientGoneError extends Error {
@@ -89,89 +107,237 @@ class ClientGoneError extends Error {
   code = 'KVGATE_CLIENT_GONE';
 }
 
-class ForwardHandler implements Dispatcher.DispatchHandler {
-  readonly #deps: ForwardDeps;
+/** One request across its attempts; owns the client response. */
+class Forwarding {
+  readonly #d: ForwardDeps;
   readonly #job: ForwardJob;
   readonly #res: ServerResponse;
-  #controller: Dispatcher.DispatchController | undefined;
-  #status = 0;
-  #firstChunk = true;
+  readonly #upstreamHeaders: Record<string, string | string[]>;
+  readonly #responseHeaders: Record<string, string>;
+  readonly #tried = new Set<Worker>();
+  #worker: Worker;
+  #ticket: LoadTicket;
+  #attempt: Attempt | undefined;
+  #retryTimer: NodeJS.Timeout | undefined;
+  #retries = 0;
+  #last: { kind: FailureKind; message: string } | undefined;
+  #committed = false;
+  #sse: SseFramer | undefined;
   #done = false;
-  #clientGone = false;
 
-  constructor(deps: ForwardDeps, job: ForwardJob, res: ServerResponse) {
-    this.#deps = deps;
+  constructor(d: ForwardDeps, job: ForwardJob, upstreamHeaders: Record<string, string | string[]>, res: ServerResponse) {
+    this.#d = d;
     this.#job = job;
     this.#res = res;
+    this.#upstreamHeaders = { ...upstreamHeaders };
+    this.#responseHeaders = { ...job.responseHeaders };
+    this.#worker = job.worker;
+    this.#ticket = job.ticket;
     res.on('close', this.#onClose);
     res.on('drain', this.#onDrain);
   }
 
+  get committed(): boolean {
+    return this.#committed;
+  }
+
   #onClose = (): void => {
     if (this.#done) return;
-    this.#clientGone = true;
-    this.#controller?.abort(new ClientGoneError('client disconnected'));
-  };
-
-  #onDrain = (): void => {
-    this.#controller?.resume();
-  };
-
-  onRequestStart(controller: Dispatcher.DispatchController): void {
-    this.#controller = controller;
-    if (this.#clientGone) controller.abort(new ClientGoneError('client disconnected'));
-  }
-
-  onResponseStart(_c: Dispatcher.DispatchController, statusCode: number, headers: IncomingHttpHeaders): void {
-    this.#status = statusCode;
-    const job = this.#job;
-    this.#res.writeHead(statusCode, clientResponseHeaders(headers, job.responseHeaders));
-  }
-
-  onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
-    if (this.#firstChunk) {
-      this.#firstChunk = false;
-      this.#deps.fleet.firstToken(this.#job.ticket);
-      this.#deps.metrics.ttft(this.#job.strategy, this.#job.worker.id, (performance.now() - this.#job.started) / 1000);
-    }
-    if (!this.#res.write(chunk)) controller.pause();
-  }
-
-  onResponseEnd(): void {
-    this.#res.end();
-    this.#finish(this.#status);
-  }
-
-  onResponseError(_c: Dispatcher.DispatchController, err: Error): void {
-    const job = this.#job;
-    if (this.#clientGone || err instanceof ClientGoneError) {
-      this.#deps.metrics.upstreamError(job.worker.id, 'client_abort');
-      this.#finish(499);
+    if (this.#retryTimer) {
+      clearTimeout(this.#retryTimer);
+      this.clientAborted();
       return;
     }
-    const kind = errorKind(err);
-    this.#deps.metrics.upstreamError(job.worker.id, kind);
-    if (kind === 'connect') this.#deps.fleet.setHealthy(job.worker, false, err.message);
-    const status = kind === 'timeout' ? 504 : 502;
-    sendError(this.#res, new GatewayError(status, `upstream worker '${job.worker.id}' failed: ${err.message}`, 'upstream_error', `upstream_${kind}`, null, true), job.responseHeaders);
-    this.#finish(status);
+    this.#attempt?.abort(new ClientGoneError('client disconnected'));
+  };
+
+  #onDrain = (): void => this.#attempt?.resume();
+
+  /** Dispatches one attempt, or moves on at once when the worker's breaker refuses it (its probe slot was taken since routing). */
+  send(worker: Worker, ticket: LoadTicket): void {
+    this.#tried.add(worker);
+    this.#worker = worker;
+    this.#ticket = ticket;
+    const pass = worker.breaker.pass();
+    if (!pass) {
+      this.#d.fleet.finish(ticket);
+      this.#next(false);
+      return;
+    }
+    this.#responseHeaders['x-kvgate-worker'] = worker.id;
+    const { pool, basePath } = this.#d.transport.get(worker);
+    this.#attempt = new Attempt(this, worker, pass);
+    pool.dispatch({ path: basePath + this.#job.path, method: 'POST', headers: this.#upstreamHeaders, body: this.#job.body }, this.#attempt);
   }
 
-  #finish(status: number): void {
+  /** True when a retry is allowed and some untried worker can take it. */
+  retryPossible(): boolean {
+    return this.#job.reroute !== undefined && this.#retries < this.#d.transport.config.retry.attempts && this.#d.fleet.workers.some((w) => w.available && !this.#tried.has(w));
+  }
+
+  /** The attempt failed before any byte reached the client. */
+  failed(kind: FailureKind, message: string): void {
+    this.#d.metrics.upstreamError(this.#worker.id, kind);
+    this.#d.fleet.finish(this.#ticket);
+    this.#last = { kind, message };
+    this.#next(true);
+  }
+
+  /** Tries the next-best worker (after a backoff when `counted`), or answers the last failure. */
+  #next(counted: boolean): void {
+    const retry = this.#d.transport.config.retry;
+    const canRetry = !counted || this.#retries < retry.attempts;
+    if (this.#res.destroyed) return this.clientAborted();
+    const next = canRetry ? this.#job.reroute?.(this.#tried) : undefined;
+    if (!next) {
+      const last = this.#last;
+      const err = last
+        ? new GatewayError(last.kind === 'timeout' ? 504 : 502, `upstream worker '${this.#worker.id}' failed: ${last.message}`, 'upstream_error', `upstream_${last.kind}`, null, true)
+        : new GatewayError(503, 'no available worker could take the request', 'service_unavailable', 'no_healthy_worker', null, true);
+      if (this.#retries > 0) this.#responseHeaders['x-kvgate-retries'] = String(this.#retries);
+      sendError(this.#res, err, this.#responseHeaders);
+      this.finish(err.status);
+      return;
+    }
+    const { worker, decision } = next;
+    if (decision.dataParallelRank !== undefined) this.#upstreamHeaders['x-data-parallel-rank'] = String(decision.dataParallelRank);
+    else delete this.#upstreamHeaders['x-data-parallel-rank'];
+    if (decision.predictedCachedBlocks !== undefined) this.#responseHeaders['x-kvgate-cached-blocks'] = String(decision.predictedCachedBlocks);
+    else delete this.#responseHeaders['x-kvgate-cached-blocks'];
+    const go = () => {
+      this.#retryTimer = undefined;
+      this.send(worker, this.#d.fleet.start(worker, this.#ticket.promptTokens, this.#ticket.blocks));
+    };
+    if (!counted) return go();
+    this.#d.metrics.retry(this.#worker.id, this.#last?.kind ?? 'other');
+    this.#retries++;
+    this.#responseHeaders['x-kvgate-retries'] = String(this.#retries);
+    this.#attempt = undefined;
+    this.#retryTimer = setTimeout(go, backoffDelay(retry, this.#retries, this.#d.random ?? Math.random));
+  }
+
+  /** First body byte (or the end of an empty body): the response head goes to the client; no retry from here on. */
+  commit(status: number, headers: IncomingHttpHeaders): void {
+    this.#committed = true;
+    if (String(headers['content-type'] ?? '').startsWith('text/event-stream')) this.#sse = new SseFramer();
+    this.#res.writeHead(status, clientResponseHeaders(headers, this.#responseHeaders));
+  }
+
+  /** Writes a body chunk; false asks for a pause until the client drains. */
+  write(chunk: Buffer, first: boolean): boolean {
+    if (first) {
+      this.#d.fleet.firstToken(this.#ticket);
+      this.#d.metrics.ttft(this.#job.strategy, this.#worker.id, (performance.now() - this.#job.started) / 1000, this.#job.arm);
+    }
+    this.#job.observer?.data(chunk);
+    const out = this.#sse ? this.#sse.push(chunk) : chunk;
+    return out.length === 0 || this.#res.write(out);
+  }
+
+  end(status: number): void {
+    const rest = this.#sse?.flush();
+    if (rest && rest.length > 0) this.#res.write(rest);
+    this.#res.end();
+    this.finish(status);
+  }
+
+  /** The upstream broke after the client got bytes: a final SSE error event, or a cut connection. */
+  broken(kind: FailureKind, message: string): void {
+    this.#d.metrics.upstreamError(this.#worker.id, kind);
+    const err = new GatewayError(502, `upstream worker '${this.#worker.id}' failed mid-response: ${message}`, 'upstream_error', `upstream_${kind}`, null, true);
+    if (this.#sse && !this.#res.destroyed) {
+      // No `data: [DONE]` after it: a stream without [DONE] is visibly incomplete to any SSE reader.
+      this.#res.end(this.#sse.errorEvent(JSON.stringify(err.toJSON())));
+    } else {
+      this.#res.destroy(err);
+    }
+    this.finish(502);
+  }
+
+  /** The client went away; the upstream request was aborted (or never sent). */
+  clientAborted(): void {
+    if (this.#done) return;
+    this.#d.metrics.upstreamError(this.#worker.id, 'client_abort');
+    this.finish(499);
+  }
+
+  finish(status: number): void {
     if (this.#done) return;
     this.#done = true;
     const job = this.#job;
     this.#res.off('drain', this.#onDrain);
-    this.#deps.fleet.finish(job.ticket);
-    this.#deps.metrics.request(job.route, job.worker.id, job.strategy, status);
-    this.#deps.metrics.duration(job.strategy, job.worker.id, (performance.now() - job.started) / 1000);
+    this.#d.fleet.finish(this.#ticket);
+    this.#d.metrics.request(job.route, this.#worker.id, job.strategy, status, job.arm);
+    this.#d.metrics.duration(job.strategy, this.#worker.id, (performance.now() - job.started) / 1000, job.arm);
+    job.observer?.end(status);
   }
 }
 
-function errorKind(err: Error): string {
-  const code = (err as { code?: string }).code ?? '';
-  if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') return 'timeout';
-  if (code === 'ECONNREFUSED' || code === 'UND_ERR_CONNECT_TIMEOUT' || code === 'ENOTFOUND' || code === 'EHOSTUNREACH') return 'connect';
-  if (code === 'ECONNRESET' || code === 'UND_ERR_SOCKET' || code === 'EPIPE') return 'reset';
-  return 'other';
+/** One dispatch to one worker. The response head is held back until the first body byte, so a failure before it can still be retried. */
+class Attempt implements Dispatcher.DispatchHandler {
+  readonly #f: Forwarding;
+  readonly #worker: Worker;
+  readonly #pass: BreakerPass;
+  #controller: Dispatcher.DispatchController | undefined;
+  #abortReason: Error | undefined;
+  #status = 0;
+  #headers: IncomingHttpHeaders = {};
+  /** A retryable status whose body is read and dropped before the retry. */
+  #discard = false;
+  #first = true;
+
+  constructor(f: Forwarding, worker: Worker, pass: BreakerPass) {
+    this.#f = f;
+    this.#worker = worker;
+    this.#pass = pass;
+  }
+
+  abort(reason: Error): void {
+    this.#abortReason = reason;
+    this.#controller?.abort(reason);
+  }
+
+  resume(): void {
+    this.#controller?.resume();
+  }
+
+  onRequestStart(controller: Dispatcher.DispatchController): void {
+    this.#controller = controller;
+    if (this.#abortReason) controller.abort(this.#abortReason);
+  }
+
+  onResponseStart(_c: Dispatcher.DispatchController, statusCode: number, headers: IncomingHttpHeaders): void {
+    this.#status = statusCode;
+    this.#headers = headers;
+    if (statusCode >= 500) this.#worker.breaker.failed(this.#pass, `status ${statusCode}`);
+    else this.#worker.breaker.succeeded(this.#pass);
+    this.#discard = retryableStatus(statusCode) && this.#f.retryPossible();
+  }
+
+  onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    if (this.#discard) return;
+    if (!this.#f.committed) this.#f.commit(this.#status, this.#headers);
+    const first = this.#first;
+    this.#first = false;
+    if (!this.#f.write(chunk, first)) controller.pause();
+  }
+
+  onResponseEnd(): void {
+    if (this.#discard) return this.#f.failed('status', `status ${this.#status}`);
+    if (!this.#f.committed) this.#f.commit(this.#status, this.#headers);
+    this.#f.end(this.#status);
+  }
+
+  onResponseError(_c: Dispatcher.DispatchController, err: Error): void {
+    if (err instanceof ClientGoneError || this.#abortReason) {
+      this.#worker.breaker.released(this.#pass);
+      this.#f.clientAborted();
+      return;
+    }
+    if (this.#discard) return this.#f.failed('status', `status ${this.#status}`);
+    const kind = failureKind(err);
+    this.#worker.breaker.failed(this.#pass, `${kind}: ${err.message}`);
+    if (this.#f.committed) this.#f.broken(kind, err.message);
+    else this.#f.failed(kind, err.message);
+  }
 }

@@ -10,7 +10,7 @@ import { HealthChecker, type HealthProbe } from './health.js';
 import { GatewayMetrics } from './metrics.js';
 import { Passthrough } from './passthrough.js';
 import { RoutingPipeline, type PromptBlocksProvider } from './pipeline.js';
-import { createDefaultPolicy } from './policy.js';
+import { createRoutingPolicy } from './policy.js';
 import { createFrontHandler } from './server.js';
 import { createStrategy } from './strategies/registry.js';
 
@@ -47,17 +47,17 @@ export async function startGateway(config: GatewayConfig, options: GatewayOption
   const { log } = options;
   const random = options.random ?? Math.random;
   const now = options.now ?? Date.now;
-  const fleet = new Fleet(config.fleet.workers);
+  const fleet = new Fleet(config.fleet.workers, { breaker: config.upstream.breaker, log });
   const metrics = new GatewayMetrics(fleet, { defaultMetrics: options.defaultMetrics });
   options.onMetrics?.(metrics.registry);
   const transport = new Transport(fleet.workers, config.upstream);
   const health = new HealthChecker(fleet, config.fleet.health, log, options.healthProbe);
   const blockSize = Object.values(config.models)[0]?.blockSize ?? 16;
-  const strategy = createStrategy(config.routing.strategy, config.routing.params, {
-    random, now, log, workers: fleet.workers, blockSize, services: options.services ?? {},
-  });
+  const strategyDeps = { random, now, log, workers: fleet.workers, blockSize, services: options.services ?? {} };
+  const strategy = createStrategy(config.routing.strategy, config.routing.params, strategyDeps);
+  const policy = createRoutingPolicy({ routing: config.routing, strategyDeps, workerById: (id) => fleet.get(id), adminToken: config.admin.token, defaultStrategy: strategy });
   const pipeline = new RoutingPipeline({
-    fleet, policy: createDefaultPolicy(strategy), metrics, log, sessionHeader: config.routing.sessionHeader,
+    fleet, policy, metrics, log, sessionHeader: config.routing.sessionHeader, honourSession: config.routing.overrides.session,
     promptBlocks: options.promptBlocks, random, now,
   });
   const passthrough = new Passthrough(fleet, metrics);
@@ -75,6 +75,7 @@ export async function startGateway(config: GatewayConfig, options: GatewayOption
     async close() {
       await Promise.all([closeServer(front), closeServer(admin)]);
       await health.stop();
+      fleet.close();
       passthrough.close();
       await transport.close();
     },

@@ -28,6 +28,14 @@ export const httpHealthProbe: HealthProbe = async (worker, timeoutMs) => {
 /**
  * Active health checking: polls every worker on an interval and flips its
  * health after `unhealthyThreshold` failures or `healthyThreshold` successes.
+ *
+ * Health and the circuit breaker are two independent inputs that the fleet
+ * folds into `Worker.available`: a failing check takes the worker out whatever
+ * its breaker says, and a passing check never closes or half-opens a breaker.
+ * `GET /health` answering says little about whether inference works (a vLLM
+ * whose engine loop is wedged may still answer it), so only a real request,
+ * the half-open probe, may close a breaker; the probe goes out with the first
+ * request after the breaker's `openMs`, as soon as the worker is also healthy.
  */
 export class HealthChecker {
   readonly #fleet: Fleet;

@@ -21,6 +21,12 @@ export async function startKvGateway(config: GatewayConfig, options: { log: Logg
     indexStats: () => kv.stats(),
     onMetrics: (registry) => registerKvMetrics(registry, kv),
   });
+  // A worker that went down (health failed, breaker opened) takes its cache with it, as far as
+  // routing can tell: drop its blocks now. Its event source reconnects by itself and rebuilds them;
+  // an engine restart also restarts its sequence numbers, which resets the worker again.
+  gateway.fleet.onStatus((worker, up) => {
+    if (!up) for (const indexer of kv.indexers.values()) indexer.clearWorker(worker.id);
+  });
   await kv.start();
   const close = gateway.close.bind(gateway);
   return Object.assign(gateway, {

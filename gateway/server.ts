@@ -9,9 +9,13 @@ import { forward, type Transport } from './forward.js';
 import { upstreamRequestHeaders } from './headers.js';
 import type { GatewayMetrics } from './metrics.js';
 import { fleetModels } from './models.js';
+import { Admission, overloadConfigSchema } from './overload.js';
 import type { Passthrough } from './passthrough.js';
 import type { RoutingPipeline } from './pipeline.js';
+import { ADMIN_TOKEN_HEADER } from './policies/overrides.js';
+import { RequestOutcome } from './usage-sniffer.js';
 import { parseInference, readBody, type InferenceKind } from './request.js';
+import { rerouter } from './retry.js';
 
 /** The public listener. */
 export const serverConfigSchema = z.strictObject({
@@ -21,6 +25,8 @@ export const serverConfigSchema = z.strictObject({
   maxBodyBytes: z.number().int().min(1024).default(32 * 1024 * 1024),
   /** Idle keep-alive of client connections. */
   keepAliveTimeoutMs: z.number().int().min(0).default(65_000),
+  /** Concurrency bound and wait queue for inference requests; 429 beyond them. */
+  overload: overloadConfigSchema.prefault({}),
 });
 export type ServerConfig = z.infer<typeof serverConfigSchema>;
 
@@ -43,15 +49,20 @@ const DEFAULT_OUTPUT_TOKENS = 256;
  * readiness, models and metrics itself, and passes other `/v1/*` paths through.
  */
 export function createFrontHandler(d: FrontDeps): (req: IncomingMessage, res: ServerResponse) => void {
+  const admission = new Admission(d.config.overload, d.metrics.registry);
   const inference = async (req: IncomingMessage, res: ServerResponse, kind: InferenceKind, route: string, path: string): Promise<void> => {
     const started = performance.now();
     const given = req.headers['x-request-id'];
     const requestId = typeof given === 'string' && given !== '' ? given : randomUUID();
+    // Admission comes before the body is read, so a refused request costs no memory.
+    let admitted = admission.acquire(res, { 'x-request-id': requestId });
+    if (admitted instanceof Promise) admitted = await admitted;
+    if (!admitted) return;
     let strategy = 'none';
     try {
       const raw = await readBody(req, d.config.maxBodyBytes);
       const request = parseInference(raw, kind);
-      let routed = d.pipeline.route(request, path, req.headers, requestId);
+      let routed = d.pipeline.route(request, path, req.headers, requestId, req.socket.remoteAddress);
       if (routed instanceof Promise) routed = await routed;
       strategy = routed.strategy.name;
       if (res.destroyed) return;
@@ -59,13 +70,16 @@ export function createFrontHandler(d: FrontDeps): (req: IncomingMessage, res: Se
       const blocks = Math.ceil((ctx.promptTokens + (request.maxTokens ?? DEFAULT_OUTPUT_TOKENS)) / d.blockSize);
       const ticket = d.fleet.start(worker, ctx.promptTokens, blocks);
       routed.strategy.onRouted?.(ctx, decision);
-      const responseHeaders: Record<string, string> = { 'x-kvgate-worker': worker.id, 'x-kvgate-strategy': strategy, 'x-request-id': requestId };
+      const { arm, armStats } = routed.selection;
+      const responseHeaders: Record<string, string> = { 'x-kvgate-worker': worker.id, 'x-kvgate-strategy': strategy, 'x-kvgate-arm': arm, 'x-request-id': requestId };
       if (decision.predictedCachedBlocks !== undefined) responseHeaders['x-kvgate-cached-blocks'] = String(decision.predictedCachedBlocks);
-      d.metrics.routed(strategy, ctx.promptTokens, ctx.blocks ? (decision.predictedCachedBlocks ?? 0) * ctx.blocks.blockSize : undefined);
+      d.metrics.routed(strategy, ctx.promptTokens, ctx.blocks ? (decision.predictedCachedBlocks ?? 0) * ctx.blocks.blockSize : undefined, arm);
       const upstreamHeaders = upstreamRequestHeaders(req.headers, requestId, raw.length);
+      delete upstreamHeaders[ADMIN_TOKEN_HEADER];
       // vLLM's API server pins a request to a data-parallel rank with this header.
       if (decision.dataParallelRank !== undefined) upstreamHeaders['x-data-parallel-rank'] = String(decision.dataParallelRank);
-      forward(d, { worker, strategy, route, path, headers: req.headers, body: raw, requestId, ticket, responseHeaders, started }, upstreamHeaders, res);
+      forward(d, { worker, strategy, route, path, headers: req.headers, body: raw, requestId, ticket, responseHeaders, started, reroute: rerouter(d.fleet, routed), arm, observer: new RequestOutcome(d.metrics, strategy, arm, armStats, started) }, upstreamHeaders, res);
+      d.pipeline.shadow(routed, ticket);
     } catch (err) {
       const e = err instanceof GatewayError ? err : internal(err, d.log, requestId);
       d.metrics.request(route, 'none', strategy, e.status);

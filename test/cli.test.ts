@@ -28,3 +28,23 @@ for (const command of ['sim', 'serve', 'demo']) {
     t.match(bad.stderr, new RegExp(`^kvgate ${command}: `));
   });
 }
+
+t.test('with KVGATE_EXIT_WITH_PARENT, a child dies with its harness, even a SIGKILLed one', async (t) => {
+  const { spawn } = await import('node:child_process');
+  // The harness spawns `kvgate sim`, prints its pid once ready, then waits to be killed.
+  const harness = spawn(process.execPath, ['-e', `
+    const { spawn } = require('node:child_process');
+    const c = spawn(process.execPath, [${JSON.stringify(CLI)}, 'sim', '--port', '0'], { stdio: ['pipe', 'pipe', 'inherit'], env: { ...process.env, KVGATE_EXIT_WITH_PARENT: '1' } });
+    c.stdout.on('data', (d) => { if (String(d).includes('sim worker ready')) console.log('CHILD ' + c.pid); });
+  `], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const pid = await new Promise<number>((resolve) => harness.stdout!.on('data', (d: Buffer) => {
+    const m = /CHILD (\d+)/.exec(String(d));
+    if (m) resolve(Number(m[1]));
+  }));
+  const alive = (p: number) => { try { process.kill(p, 0); return true; } catch { return false; } };
+  t.ok(alive(pid), 'the simulator runs');
+  harness.kill('SIGKILL');
+  const deadline = Date.now() + 10_000;
+  while (alive(pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+  t.notOk(alive(pid), 'and is gone once its harness died');
+});

@@ -10,7 +10,7 @@ export interface ReadyChild {
 
 /** Spawns `node ...args` and resolves with its first JSON log line whose `msg` equals `readyMsg`. */
 export function spawnUntilReady(args: string[], readyMsg: string, env: NodeJS.ProcessEnv = {}, timeoutMs = 30_000): Promise<ReadyChild> {
-  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
+  const child = spawn(process.execPath, args, { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, KVGATE_EXIT_WITH_PARENT: '1', ...env } });
   const tail: string[] = [];
   const exited = new Promise<void>((r) => child.once('exit', () => r()));
   const stop = async () => {

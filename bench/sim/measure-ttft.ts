@@ -19,7 +19,7 @@ async function ttft(url: string, prompt: string): Promise<{ ms: number; cached: 
   let ms = -1;
   let text = '';
   const decoder = new TextDecoder();
-  for await (const chunk of res.body as AsyncIterable<Uint8Array>) {
+  for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
     if (ms < 0) ms = performance.now() - started;
     text += decoder.decode(chunk, { stream: true });
   }

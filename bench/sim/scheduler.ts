@@ -90,7 +90,8 @@ export class Scheduler {
   readonly #now: () => number;
   #busy = false;
   #clock = 0;
-  #timer: NodeJS.Timeout | NodeJS.Immediate | undefined;
+  /** Cancels the pending step timer, if any. */
+  #cancel: (() => void) | undefined;
   #closed = false;
 
   constructor(options: SchedulerOptions) {
@@ -120,8 +121,8 @@ export class Scheduler {
   /** Stops stepping; pending requests are aborted. */
   close(): void {
     this.#closed = true;
-    if (this.#timer) clearTimeout(this.#timer as NodeJS.Timeout), clearImmediate(this.#timer as NodeJS.Immediate);
-    this.#timer = undefined;
+    this.#cancel?.();
+    this.#cancel = undefined;
     for (const req of [...this.running, ...this.waiting]) this.abort(req);
   }
 
@@ -134,11 +135,23 @@ export class Scheduler {
     if (this.#busy || this.#closed) return;
     this.#busy = true;
     this.#clock = this.#now();
-    this.#timer = setImmediate(() => this.#step());
+    this.#defer(() => this.#step(), 0);
+  }
+
+  #defer(fn: () => void, delayMs: number): void {
+    // setTimeout cannot wait less than 1 ms; shorter steps (high speedup) run on the next
+    // turn of the loop, and the clock carried in #clock keeps their average pace right.
+    if (delayMs >= 1) {
+      const handle = setTimeout(fn, delayMs);
+      this.#cancel = () => clearTimeout(handle);
+    } else {
+      const handle = setImmediate(fn);
+      this.#cancel = () => clearImmediate(handle);
+    }
   }
 
   #step(): void {
-    this.#timer = undefined;
+    this.#cancel = undefined;
     if (this.#closed) return;
     const usage = this.#o.cache.usage;
     const plan = this.#schedule();
@@ -159,7 +172,7 @@ export class Scheduler {
     this.#clock = end;
     const delay = end - now;
     const finish = () => this.#finishStep(plan, prefill, decodes);
-    this.#timer = delay >= 1 ? setTimeout(finish, delay) : setImmediate(finish);
+    this.#defer(finish, delay);
   }
 
   #schedule(): Scheduled[] {
@@ -208,7 +221,7 @@ export class Scheduler {
   }
 
   #finishStep(plan: Scheduled[], prefill: number, decodes: number): void {
-    this.#timer = undefined;
+    this.#cancel = undefined;
     if (this.#closed) return;
     const { cache } = this.#o;
     this.counters.steps++;

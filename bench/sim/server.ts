@@ -145,6 +145,7 @@ async function generate(kind: 'completion' | 'chat', d: SimServerDeps, req: Inco
       if (index === 0) d.metrics.observeFirstToken((performance.now() - started) / 1000);
       const text = tok.outputText(index);
       if (!parsed.stream) return void pieces.push(text);
+      if (res.destroyed) return; // the abort follows on 'close'
       const finish = index === last ? parsed.finishReason : null;
       if (kind === 'completion') return void sse(completionChunk(head, text, finish));
       if (index === 0) sse(chatChunk(head, { role: 'assistant', content: '' }, null));

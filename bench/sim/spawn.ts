@@ -28,7 +28,7 @@ const CLI = fileURLToPath(new URL('../../gateway/cli.js', import.meta.url));
  * The demo and the benchmarks share this, so they drive the same program the tests do.
  */
 export function spawnSimFleet(workers: number, args: readonly string[] = [], options: { timeoutMs?: number; onLog?: (line: string) => void } = {}): Promise<SimFleet> {
-  const child = spawn(process.execPath, [CLI, 'sim', '--workers', String(workers), ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [CLI, 'sim', '--workers', String(workers), ...args], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, KVGATE_EXIT_WITH_PARENT: '1' } });
   const ready: SimWorkerInfo[] = [];
   const tail: string[] = [];
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));

@@ -128,7 +128,9 @@ export async function startSimWorker(options: SimWorkerOptions = {}): Promise<Si
     throw err;
   }
   const { port } = server.address() as AddressInfo;
-  const url = `http://${host.includes(':') ? `[${host}]` : host}:${port}`;
+  // A wildcard listen address is not something a client can dial: report loopback.
+  const dial = host === '0.0.0.0' ? '127.0.0.1' : host === '::' ? '::1' : host;
+  const url = `http://${dial.includes(':') ? `[${dial}]` : dial}:${port}`;
 
   let closing: Promise<void> | undefined;
   return {

@@ -1,5 +1,6 @@
 import t from 'tap';
 import OpenAI from 'openai';
+import { offsetEndpoint } from '../../bench/sim/cli.js';
 import { startCli, QWEN3_TOKENIZER_DIR, type LogLine } from '../fixtures/processes.js';
 
 const MODEL = 'Qwen/Qwen3-0.6B';
@@ -66,8 +67,9 @@ t.test('openai client: chat, non-streaming and streaming, cached tokens on a rep
 });
 
 t.test('openai client surfaces vLLM errors', async (t) => {
-  await t.rejects(client.completions.create({ model: MODEL, prompt: 'x', n: 2 }), { status: 400 });
-  await t.rejects(client.completions.create({ model: 'other', prompt: 'x' }), { status: 404 });
+  const status = (p: Promise<unknown>) => p.then(() => 200, (err: unknown) => (err instanceof OpenAI.APIError ? err.status : -1));
+  t.equal(await status(client.completions.create({ model: MODEL, prompt: 'x', n: 2 })), 400);
+  t.equal(await status(client.completions.create({ model: 'other', prompt: 'x' })), 404);
 });
 
 t.test('--workers 2: two ready lines, two ports; SIGTERM exits 0', async (t) => {
@@ -88,4 +90,11 @@ t.test('bad flags: one line on stderr, exit 2', async (t) => {
     t.equal(p.text.length, 1, p.text.join('\n'));
     t.match(p.text[0], /^kvgate sim: /);
   }
+});
+
+t.test('worker i offsets KV event endpoints the way vLLM offsets DP ranks', async (t) => {
+  t.equal(offsetEndpoint('tcp://*:5557', 0), 'tcp://*:5557');
+  t.equal(offsetEndpoint('tcp://*:5557', 3), 'tcp://*:5560');
+  t.equal(offsetEndpoint('tcp://127.0.0.1:*', 2), 'tcp://127.0.0.1:*', 'a free port stays free');
+  t.equal(offsetEndpoint('inproc://kv', 1), 'inproc://kv_dp1');
 });

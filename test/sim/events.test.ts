@@ -1,4 +1,4 @@
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { Unpackr } from 'msgpackr';
 import { Dealer, Subscriber } from 'zeromq';
 import { SimTokenizer } from '../../bench/sim/text.js';
@@ -22,10 +22,14 @@ function decode(frames: Buffer[]): Batch {
   return { seq: seq!.readBigUInt64BE(), ts, events, rank };
 }
 
-/** Collects every batch a real SUB socket receives. */
-async function subscribe(t: Tap.Test, endpoint: string): Promise<{ batches: Batch[]; until(pred: () => boolean, ms?: number): Promise<void> }> {
+/**
+ * Collects every batch a real SUB socket receives. A PUB drops messages until
+ * the subscription has reached it (ZMQ's slow joiner), so this sends probe
+ * requests (one stored block each) until one arrives: from then on nothing is lost.
+ */
+async function subscribe(t: Test, w: SimWorker): Promise<{ batches: Batch[]; until(pred: () => boolean, ms?: number): Promise<void> }> {
   const sub = new Subscriber({ linger: 0 });
-  sub.connect(endpoint);
+  sub.connect(w.kvEvents!);
   sub.subscribe();
   const batches: Batch[] = [];
   const loop = (async () => {
@@ -39,21 +43,22 @@ async function subscribe(t: Tap.Test, endpoint: string): Promise<{ batches: Batc
     sub.close();
     await loop;
   });
-  // PUB drops messages until the subscription has propagated (ZMQ slow joiner).
-  await new Promise((r) => setTimeout(r, 300));
-  return {
-    batches,
-    async until(pred, ms = 10_000) {
-      const deadline = Date.now() + ms;
-      while (!pred()) {
-        if (Date.now() > deadline) throw new Error(`timed out; batches: ${batches.length}`);
-        await new Promise((r) => setTimeout(r, 10));
-      }
-    },
+  const until = async (pred: () => boolean, ms = 10_000) => {
+    const deadline = Date.now() + ms;
+    while (!pred()) {
+      if (Date.now() > deadline) throw new Error(`timed out; batches: ${batches.length}`);
+      await new Promise((r) => setTimeout(r, 10));
+    }
   };
+  for (let probe = 0; batches.length === 0; probe++) {
+    if (probe === 50) throw new Error('the subscriber never received a probe batch');
+    await complete(w.url, ids(90_000 + probe * 17, 17), 1);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return { batches, until };
 }
 
-async function worker(t: Tap.Test, options: SimWorkerOptions): Promise<SimWorker> {
+async function worker(t: Test, options: SimWorkerOptions): Promise<SimWorker> {
   const w = await startSimWorker({ tokenizer, kvEvents: { endpoint: 'tcp://127.0.0.1:*', replayEndpoint: 'tcp://127.0.0.1:*' }, ...options });
   t.teardown(() => w.close());
   return w;
@@ -69,11 +74,12 @@ const ids = (from: number, n: number) => Array.from({ length: n }, (_, i) => fro
 
 t.test('stored blocks arrive as vLLM tagged-map events with u64 hashes, chained parents, token ids', async (t) => {
   const w = await worker(t, {});
-  const sub = await subscribe(t, w.kvEvents!);
+  const sub = await subscribe(t, w);
   await complete(w.url, ids(1000, 40), 1); // 2 full blocks
   await complete(w.url, ids(1000, 56), 1); // shares those 2, adds 1
-  await sub.until(() => sub.batches.flatMap((b) => b.events).filter((e) => e.type === 'BlockStored').length >= 2);
-  const stored = sub.batches.flatMap((b) => b.events).filter((e) => e.type === 'BlockStored');
+  const ours = () => sub.batches.flatMap((b) => b.events).filter((e) => e.type === 'BlockStored' && (e.token_ids as number[])[0]! >= 1000 && (e.token_ids as number[])[0]! < 2000);
+  await sub.until(() => ours().length >= 2);
+  const stored = ours();
   const [first, second] = stored;
   t.equal((first!.block_hashes as bigint[]).length, 2);
   t.equal(typeof (first!.block_hashes as bigint[])[0], 'bigint', 'hashes are u64 (msgpack uint 64)');
@@ -86,19 +92,20 @@ t.test('stored blocks arrive as vLLM tagged-map events with u64 hashes, chained 
   t.equal(sub.batches[0]!.rank, 0);
   t.ok(Math.abs(sub.batches[0]!.ts - Date.now() / 1000) < 60, 'ts is epoch seconds');
   const seqs = sub.batches.map((b) => b.seq);
-  t.same(seqs, seqs.map((_, i) => BigInt(i)), 'sequence numbers count from 0 without gaps');
+  t.same(seqs, seqs.map((_, i) => seqs[0]! + BigInt(i)), 'sequence numbers count up without gaps');
 });
 
 t.test('eviction under pressure emits BlockRemoved for stored hashes; usage stays within capacity', async (t) => {
   const kvBlocks = 12;
   const w = await worker(t, { kvBlocks, timing: { speedup: 20 } });
-  const sub = await subscribe(t, w.kvEvents!);
+  const sub = await subscribe(t, w);
   let maxUsed = 0;
   const sampler = setInterval(() => (maxUsed = Math.max(maxUsed, w.stats().kvBlocksUsed)), 1);
   t.teardown(() => clearInterval(sampler));
   for (let i = 0; i < 6; i++) await complete(w.url, ids(5000 + i * 1000, 64), 8); // 4-5 blocks each
   clearInterval(sampler);
-  await sub.until(() => sub.batches.some((b) => b.events.some((e) => e.type === 'BlockRemoved')));
+  const published = BigInt(w.stats().kvEventsNextSeq!);
+  await sub.until(() => sub.batches.at(-1)?.seq === published - 1n);
   const events = sub.batches.flatMap((b) => b.events);
   const storedHashes = new Set(events.filter((e) => e.type === 'BlockStored').flatMap((e) => e.block_hashes as bigint[]));
   const removedHashes = events.filter((e) => e.type === 'BlockRemoved').flatMap((e) => e.block_hashes as bigint[]);
@@ -117,18 +124,20 @@ t.test('eviction under pressure emits BlockRemoved for stored hashes; usage stay
 
 t.test('dropped batches are withheld from PUB and come back through replay', async (t) => {
   const w = await worker(t, {});
-  const sub = await subscribe(t, w.kvEvents!);
+  const sub = await subscribe(t, w);
   const drop = await fetch(`${w.url}/sim/drop-kv-events`, { method: 'POST', body: JSON.stringify({ count: 1 }) });
   t.equal(drop.status, 200);
-  await complete(w.url, ids(1, 32), 1); // seq 0: dropped
-  await complete(w.url, ids(500, 32), 1); // seq 1: delivered
-  await sub.until(() => sub.batches.length >= 1);
-  t.equal(sub.batches[0]!.seq, 1n, 'the subscriber sees a gap');
+  const dropped = BigInt(((await drop.json()) as { nextSeq: string }).nextSeq);
+  await complete(w.url, ids(1, 32), 1); // dropped
+  await complete(w.url, ids(500, 32), 1); // delivered
+  await sub.until(() => sub.batches.some((b) => b.seq === dropped + 1n));
+  t.notOk(sub.batches.some((b) => b.seq === dropped), 'the subscriber sees a gap');
 
   const dealer = new Dealer({ linger: 0 });
   t.teardown(() => dealer.close());
   dealer.connect(w.kvReplay!);
   const start = Buffer.alloc(8);
+  start.writeBigUInt64BE(dropped);
   await dealer.send([Buffer.alloc(0), start]);
   const replies: Buffer[][] = [];
   for (;;) {
@@ -138,19 +147,20 @@ t.test('dropped batches are withheld from PUB and come back through replay', asy
   }
   t.equal(replies.length, 3, 'two batches and the end marker');
   const [, seq0, payload0] = replies[0]!;
-  t.equal(seq0!.readBigUInt64BE(), 0n);
+  t.equal(seq0!.readBigUInt64BE(), dropped);
   const [, events] = unpackr.unpack(payload0!) as [number, Event[]];
   t.same(events[0]!.token_ids, ids(1, 32), 'the withheld batch');
 });
 
 t.test('reset-prefix-cache publishes AllBlocksCleared; legacy format sends positional events', async (t) => {
   const w = await worker(t, { kvEvents: { endpoint: 'tcp://127.0.0.1:*', format: 'legacy', topic: 'kv' } });
-  const sub = await subscribe(t, w.kvEvents!);
+  const sub = await subscribe(t, w);
+  const n = sub.batches.length;
   await complete(w.url, ids(1, 32), 1);
   const res = await fetch(`${w.url}/reset_prefix_cache`, { method: 'POST' });
   t.equal(res.status, 200);
-  await sub.until(() => sub.batches.length >= 2);
-  const [stored, cleared] = sub.batches.map((b) => b.events[0] as unknown as unknown[]);
+  await sub.until(() => sub.batches.length >= n + 2);
+  const [stored, cleared] = sub.batches.slice(n).map((b) => b.events[0] as unknown as unknown[]);
   t.equal(stored![0], 'BlockStored');
   t.same(stored![3], ids(1, 32));
   t.same(cleared, ['AllBlocksCleared']);

@@ -1,4 +1,4 @@
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { request } from 'node:http';
 import { SimTokenizer } from '../../bench/sim/text.js';
 import { startSimWorker, type SimWorker } from '../../bench/sim/worker.js';
@@ -18,7 +18,7 @@ async function post(path: string, body: unknown, headers: Record<string, string>
   return { status: res.status, json: text ? JSON.parse(text) : null, headers: res.headers };
 }
 
-function isVllmError(t: Tap.Test, json: any, code: number, type: string) {
+function isVllmError(t: Test, json: any, code: number, type: string) {
   t.match(json, { error: { message: String, type, code } }, `vLLM ErrorResponse ${code} ${type}`);
   t.ok('param' in json.error);
 }

@@ -1,11 +1,11 @@
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { SimTokenizer } from '../../bench/sim/text.js';
 import { startSimWorker, type SimWorker, type SimWorkerOptions } from '../../bench/sim/worker.js';
 import { QWEN3_TOKENIZER_DIR } from '../fixtures/processes.js';
 
 const tokenizer = await SimTokenizer.load(QWEN3_TOKENIZER_DIR);
 
-async function worker(t: Tap.Test, options: SimWorkerOptions): Promise<SimWorker> {
+async function worker(t: Test, options: SimWorkerOptions): Promise<SimWorker> {
   const w = await startSimWorker({ tokenizer, ...options });
   t.teardown(() => w.close());
   return w;
@@ -40,7 +40,7 @@ async function streamCompletion(url: string, prompt: number[], maxTokens: number
   let ttftMs = -1;
   let text = '';
   const decoder = new TextDecoder();
-  for await (const chunk of res.body as AsyncIterable<Uint8Array>) {
+  for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
     if (ttftMs < 0) ttftMs = performance.now() - started;
     text += decoder.decode(chunk, { stream: true });
   }

@@ -1,0 +1,140 @@
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { basename, join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { fileURLToPath } from 'node:url';
+import type { Progress } from './client.js';
+import { renderMarkdown, type ReplayReport } from './report.js';
+import { runStrategy, type FleetShape } from './run.js';
+import { summarise, type StrategySummary } from './summary.js';
+import { replaySvg } from './svg.js';
+import { describeTrace, readTrace, upperBound } from './trace.js';
+
+/**
+ * Replays a Mooncake-format trace through the gateway, once per strategy, each
+ * on a fresh simulated fleet, and writes bench/results/replay-<trace>.{md,json,svg}.
+ *
+ *   npm run bench:replay -- [--trace FILE] [--limit N] [--strategies a,b] [--speedup X] ...
+ */
+export const ALL_STRATEGIES = ['random', 'round-robin', 'least-load', 'power-of-two', 'approx-prefix', 'kv', 'dynamo', 'sglang-cache-aware', 'llmd-precise'];
+export const DEFAULT_TRACE = '/work/shared/traces/mooncake/conversation_trace.jsonl';
+
+/**
+ * Fleet defaults. Timing: the simulator's defaults model Qwen3-0.6B, for which
+ * this trace keeps 8 workers ~6% busy and routing barely shows; prefill costs
+ * ×8 (a 7-8B-class model per worker) load the fleet the way the Mooncake
+ * paper's was. KV blocks: 8 × 131072 × 16 tokens = 16.8M tokens of cache in
+ * all, about the distinct tokens the trace touches in ~10 minutes, so a
+ * router that copies a conversation's prefix onto several workers runs out of
+ * room, while one that keeps it in one place gets close to the bound.
+ */
+export const FLEET_DEFAULTS: FleetShape = {
+  workers: 8,
+  kvBlocks: 131_072,
+  blockSize: 16,
+  maxModelLen: 131_072,
+  maxNumBatchedTokens: 8192,
+  maxNumSeqs: 256,
+  speedup: 25,
+  timing: { 'prefill-a': 4.21e-7 * 8, 'prefill-b': 0.01518 * 8, 'prefill-c': 16.5 * 2, 'decode-base-ms': 6 * 3, 'decode-kv-ms': 12 * 3 },
+};
+
+const TIMING_FLAGS = ['prefill-a', 'prefill-b', 'prefill-c', 'decode-base-ms', 'decode-kv-ms'] as const;
+
+class UsageError extends Error {}
+
+function num(values: Record<string, unknown>, name: string, fallback: number, min = 0, integer = false): number {
+  const raw = values[name];
+  if (raw === undefined) return fallback;
+  const v = Number(raw);
+  if (!Number.isFinite(v) || v < min || (integer && !Number.isInteger(v))) throw new UsageError(`--${name} must be ${integer ? 'an integer' : 'a number'} >= ${min}, got ${String(raw)}`);
+  return v;
+}
+
+export function parseReplayFlags(argv: string[]): { trace: string; limit: number; strategies: string[]; fleet: FleetShape; params: Record<string, Record<string, unknown>>; out: string; name: string } {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      trace: { type: 'string' }, limit: { type: 'string' }, strategies: { type: 'string' }, speedup: { type: 'string' },
+      workers: { type: 'string' }, 'kv-blocks': { type: 'string' }, 'block-size': { type: 'string' }, 'max-model-len': { type: 'string' },
+      'max-num-batched-tokens': { type: 'string' }, 'max-num-seqs': { type: 'string' },
+      ...Object.fromEntries(TIMING_FLAGS.map((f) => [f, { type: 'string' as const }])),
+      params: { type: 'string' }, out: { type: 'string' }, name: { type: 'string' },
+    },
+    strict: true,
+  });
+  const trace = values.trace ?? DEFAULT_TRACE;
+  if (!existsSync(trace)) throw new UsageError(`--trace ${trace}: no such file`);
+  const strategies = (values.strategies ?? ALL_STRATEGIES.join(',')).split(',').map((s) => s.trim()).filter(Boolean);
+  if (strategies.length === 0) throw new UsageError('--strategies must name at least one strategy');
+  let params: Record<string, Record<string, unknown>> = {};
+  if (values.params) {
+    try {
+      params = JSON.parse(values.params) as Record<string, Record<string, unknown>>;
+    } catch {
+      throw new UsageError(`--params must be JSON such as '{"kv":{"prefillWeight":2}}', got ${values.params}`);
+    }
+  }
+  const d = FLEET_DEFAULTS;
+  const timing: FleetShape['timing'] = {};
+  for (const f of TIMING_FLAGS) timing[f] = num(values, f, d.timing[f] ?? NaN);
+  const fleet: FleetShape = {
+    workers: num(values, 'workers', d.workers, 1, true),
+    kvBlocks: num(values, 'kv-blocks', d.kvBlocks, 1, true),
+    blockSize: num(values, 'block-size', d.blockSize, 1, true),
+    maxModelLen: num(values, 'max-model-len', d.maxModelLen, 1, true),
+    maxNumBatchedTokens: num(values, 'max-num-batched-tokens', d.maxNumBatchedTokens, 1, true),
+    maxNumSeqs: num(values, 'max-num-seqs', d.maxNumSeqs, 1, true),
+    speedup: num(values, 'speedup', d.speedup, 0.001),
+    timing,
+  };
+  const limit = num(values, 'limit', Infinity, 1, values.limit !== undefined);
+  const name = values.name ?? basename(trace).replace(/\.jsonl?$/, '').replace(/_trace$/, '');
+  return { trace, limit, strategies, fleet, params, out: values.out ?? fileURLToPath(new URL('../../../bench/results/', import.meta.url)), name };
+}
+
+export function progressLine(label: string, p: Progress): string {
+  const s = (ms: number) => `${Math.round(ms / 1000)}s`;
+  const eta = p.done > 0 && p.done < p.total ? ` ETA ${s((p.elapsedMs / p.done) * (p.total - p.done))}` : '';
+  return `[${label}] ${p.done}/${p.total} done, ${p.rate.toFixed(1)} req/s, ${p.inflight} in flight, ${p.failed} failed, late ${p.lateMs.toFixed(0)} ms, elapsed ${s(p.elapsedMs)}${eta}\n`;
+}
+
+async function main(argv: string[]): Promise<void> {
+  const o = parseReplayFlags(argv);
+  const trace = readTrace(o.trace, o.limit);
+  const bound = upperBound(trace, o.fleet.blockSize);
+  const shape = describeTrace(trace);
+  process.stderr.write(`trace ${o.trace}: ${trace.length} requests over ${shape.durationS.toFixed(0)} s (replayed in ~${(shape.durationS / o.fleet.speedup).toFixed(0)} s per strategy); upper bound ${(bound.blockRate * 100).toFixed(1)}% of blocks, ${(bound.tokenRate * 100).toFixed(1)}% of tokens\n`);
+  if (shape.maxTotal > o.fleet.kvBlocks * o.fleet.blockSize) throw new UsageError(`the longest request needs ${shape.maxTotal} tokens of KV cache; raise --kv-blocks above ${Math.ceil(shape.maxTotal / o.fleet.blockSize)}`);
+  const started = Date.now();
+  const summaries: StrategySummary[] = [];
+  for (const [i, strategy] of o.strategies.entries()) {
+    const label = `${i + 1}/${o.strategies.length} ${strategy}`;
+    const run = await runStrategy(strategy, o.params[strategy] ?? {}, trace, o.fleet, (p) => process.stderr.write(progressLine(label, p)));
+    const s = summarise(strategy, run.results, run.workers, bound, o.fleet.speedup);
+    summaries.push(s);
+    const firstError = run.results.find((r) => !r.ok)?.error;
+    process.stderr.write(`[${label}] TTFT mean ${s.ttft.mean.toFixed(2)} s, hit ${(s.hitRate * 100).toFixed(1)}% (${(s.ofUpperBound * 100).toFixed(0)}% of bound), imbalance ${s.prefillImbalance.toFixed(2)}, failed ${s.failed}${firstError ? ` (${firstError})` : ''}, late p99 ${s.lateness.p99.toFixed(0)} ms, ${(run.wallMs / 1000).toFixed(0)} s\n`);
+  }
+  const report: ReplayReport = {
+    command: `npm run bench:replay -- ${argv.join(' ')}`.trim(), date: new Date().toISOString(), trace: o.trace, traceShape: shape, bound,
+    fleet: o.fleet, params: o.params, wallS: (Date.now() - started) / 1000, summaries,
+  };
+  mkdirSync(o.out, { recursive: true });
+  const base = join(o.out, `replay-${o.name}${o.limit < Infinity ? `-limit${o.limit}` : ''}`);
+  writeFileSync(`${base}.json`, `${JSON.stringify(report, null, 2)}\n`);
+  writeFileSync(`${base}.svg`, replaySvg(report));
+  const md = renderMarkdown(report, basename(`${base}.svg`));
+  writeFileSync(`${base}.md`, md);
+  process.stdout.write(md);
+}
+
+if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
+  main(process.argv.slice(2)).catch((err: unknown) => {
+    if (err instanceof UsageError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
+      process.stderr.write(`bench:replay: ${(err as Error).message}\n`);
+      process.exit(2);
+    }
+    process.stderr.write(`${(err as Error).stack ?? String(err)}\n`);
+    process.exit(1);
+  });
+}

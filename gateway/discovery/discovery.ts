@@ -1,0 +1,126 @@
+import type { Logger } from 'pino';
+import { z } from 'zod';
+import { DnsDiscovery, dnsDiscoveryConfigSchema, type DnsResolver } from './dns.js';
+import type { KubeEnvironment } from './kube-api.js';
+import { KubernetesDiscovery, kubernetesDiscoveryConfigSchema } from './kubernetes.js';
+import { StaticDiscovery, staticDiscoveryConfigSchema, type StaticWorker } from './static.js';
+import { canonical } from './template.js';
+
+/**
+ * One worker as a discovery source sees it. The shape is that of a
+ * `fleet.workers[]` entry (`gateway/fleet.ts`), so the fleet can build a
+ * `Worker` from it with the same schema it uses for the static list.
+ */
+export interface DiscoveredWorker {
+  id: string;
+  url: string;
+  models: string[];
+  role: 'both' | 'prefill' | 'decode';
+  labels: Record<string, string>;
+  kvEvents?: { endpoint: string; replayEndpoint?: string; topic?: string };
+}
+
+/**
+ * A source of the fleet's membership. `onChange` receives the WHOLE current
+ * list (not a delta) and is called only when it differs from the last one;
+ * `diffWorkers` turns two lists into what to add, drain and replace.
+ */
+export interface Discovery {
+  readonly name: string;
+  /** Resolves after the first lookup (its result emitted if it succeeded); later changes arrive through `onChange`. */
+  start(onChange: (workers: DiscoveredWorker[]) => void): Promise<void>;
+  /** Stops timers and watches; no `onChange` call follows. */
+  stop(): Promise<void>;
+}
+
+/**
+ * `fleet.discovery` (proposed key): where the workers come from. `static` is
+ * the `fleet.workers` list; `dns` and `kubernetes` find them at runtime.
+ */
+export const discoveryConfigSchema = z.discriminatedUnion('type', [
+  staticDiscoveryConfigSchema,
+  dnsDiscoveryConfigSchema,
+  kubernetesDiscoveryConfigSchema,
+]);
+export type DiscoveryConfig = z.infer<typeof discoveryConfigSchema>;
+
+export interface DiscoveryDeps {
+  /** `fleet.workers`, for `static`. */
+  staticWorkers?: readonly StaticWorker[] | undefined;
+  log?: Logger | undefined;
+  /** Tests: a stub resolver for `dns`. */
+  resolver?: DnsResolver | undefined;
+  /** Tests: in-cluster paths and environment for `kubernetes`. */
+  kubeEnv?: KubeEnvironment | undefined;
+  random?: (() => number) | undefined;
+}
+
+export function createDiscovery(config: DiscoveryConfig, deps: DiscoveryDeps = {}): Discovery {
+  switch (config.type) {
+    case 'static':
+      return new StaticDiscovery(deps.staticWorkers ?? []);
+    case 'dns':
+      return new DnsDiscovery(config, { resolver: deps.resolver, log: deps.log });
+    case 'kubernetes':
+      return new KubernetesDiscovery(config, { env: deps.kubeEnv, log: deps.log, random: deps.random });
+  }
+}
+
+export interface WorkerDiff {
+  added: DiscoveredWorker[];
+  removed: DiscoveredWorker[];
+  /** Same id, something else changed (address, ports, role...): drain the old one and add the new. */
+  changed: DiscoveredWorker[];
+}
+
+/** What changed between two lists emitted by a discovery source. */
+export function diffWorkers(before: readonly DiscoveredWorker[], after: readonly DiscoveredWorker[]): WorkerDiff {
+  const old = new Map(before.map((w) => [w.id, w]));
+  const now = new Map(after.map((w) => [w.id, w]));
+  const diff: WorkerDiff = { added: [], removed: [], changed: [] };
+  for (const w of after) {
+    const prev = old.get(w.id);
+    if (prev === undefined) diff.added.push(w);
+    else if (canonical([prev]) !== canonical([w])) diff.changed.push(w);
+  }
+  for (const w of before) if (!now.has(w.id)) diff.removed.push(w);
+  return diff;
+}
+
+/**
+ * Calls `onChange` only when the list differs from the last one emitted; the
+ * sources share it so "emits only on change" means the same thing everywhere.
+ */
+export class ChangeEmitter {
+  #last: string | undefined;
+  #lastList: DiscoveredWorker[] = [];
+  #onChange: ((workers: DiscoveredWorker[]) => void) | undefined;
+
+  constructor(private readonly log: Logger | undefined, private readonly source: string) {}
+
+  attach(onChange: (workers: DiscoveredWorker[]) => void): void {
+    this.#onChange = onChange;
+  }
+
+  detach(): void {
+    this.#onChange = undefined;
+  }
+
+  /** True when the list was new and handed on. */
+  emit(workers: DiscoveredWorker[]): boolean {
+    const key = canonical(workers);
+    if (key === this.#last || this.#onChange === undefined) return false;
+    const previous = this.#lastList;
+    this.#last = key;
+    this.#lastList = workers;
+    if (this.log !== undefined) {
+      const d = diffWorkers(previous, workers);
+      this.log.info({
+        discovery: this.source, workers: workers.length,
+        added: d.added.map((w) => w.id), removed: d.removed.map((w) => w.id), changed: d.changed.map((w) => w.id),
+      }, 'discovery changed');
+    }
+    this.#onChange(workers);
+    return true;
+  }
+}
