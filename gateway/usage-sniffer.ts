@@ -10,79 +10,91 @@ export interface ResponseObserver {
 
 const CACHED = Buffer.from('"cached_tokens"');
 const PROMPT = Buffer.from('"prompt_tokens"');
-/** Bytes kept from the end of the stream so far, to find a field split across two chunks. */
-const CARRY = 64;
+const QUOTE = 0x22;
+/** Remaining bytes above which an idle scan hands over to the native quote search. */
+const LONG_RUN = 256;
+
+/** Scanner states: outside a name, inside a quoted name, before the colon, before the value, inside the digits. */
+const Idle = 0, Name = 1, Colon = 2, Value = 3, Digits = 4;
 
 /**
  * Finds the engine's `usage.prompt_tokens` and `usage.prompt_tokens_details.cached_tokens`
- * in a JSON body or an SSE stream without buffering it: each chunk is searched
- * natively, plus a small window over the seam with the previous chunk. The last
- * complete value of each field wins (the usage chunk comes last in a stream).
- * A quoted field name cannot occur unescaped inside a JSON string, so generated
- * text never fakes a match.
+ * in a JSON body or an SSE stream without buffering it: a byte-level state
+ * machine whose state survives chunk boundaries, so a field split across two
+ * chunks is still read and nothing is copied. The last value of each field wins
+ * (the usage chunk comes last in a stream). A quoted field name cannot occur
+ * unescaped inside a JSON string, so generated text never fakes a match.
  */
 export class UsageSniffer {
   promptTokens: number | undefined;
   cachedTokens: number | undefined;
-  readonly #seam = Buffer.allocUnsafe(CARRY * 2);
-  #carried = 0;
+  #state: number = Idle;
+  /** The name being matched (after its first letter) and how many bytes of it matched. */
+  #name: Buffer = CACHED;
+  #matched = 0;
+  #value = 0;
 
   scan(chunk: Buffer): void {
-    const carried = this.#carried;
-    if (carried > 0) {
-      const head = Math.min(chunk.length, CARRY);
-      chunk.copy(this.#seam, carried, 0, head);
-      this.#find(this.#seam.subarray(0, carried + head), carried);
+    let state = this.#state;
+    bytes: for (let i = 0; i < chunk.length; i++) {
+      const b = chunk[i]!;
+      switch (state) {
+        case Idle:
+          if (b !== QUOTE && chunk.length - i > LONG_RUN) {
+            // Long generated text has no raw quotes: let the native search skip it.
+            const next = chunk.indexOf(QUOTE, i);
+            if (next === -1) break bytes;
+            i = next;
+          }
+          if (chunk[i] === QUOTE) {
+            state = Name;
+            this.#matched = 1;
+          }
+          continue;
+        case Name:
+          if (this.#matched === 1) {
+            this.#name = b === 0x63 ? CACHED : PROMPT; // 'c' or 'p'
+            if (b !== 0x63 && b !== 0x70) {
+              state = b === QUOTE ? Name : Idle;
+              continue;
+            }
+          }
+          if (b === this.#name[this.#matched]) {
+            if (++this.#matched === this.#name.length) state = Colon;
+          } else {
+            // The names hold no quote but their ends, so a quote is the only place a new match can start.
+            state = b === QUOTE ? Name : Idle;
+            this.#matched = 1;
+          }
+          continue;
+        case Colon:
+          if (b === 0x3a) state = Value;
+          else if (!isSpace(b)) state = b === QUOTE ? this.#restart() : Idle;
+          continue;
+        case Value:
+          if (b >= 0x30 && b <= 0x39) {
+            this.#value = b - 0x30;
+            state = Digits;
+          } else if (!isSpace(b)) state = b === QUOTE ? this.#restart() : Idle;
+          continue;
+        case Digits:
+          if (b >= 0x30 && b <= 0x39) {
+            this.#value = this.#value * 10 + (b - 0x30);
+            continue;
+          }
+          if (this.#name === CACHED) this.cachedTokens = this.#value;
+          else this.promptTokens = this.#value;
+          state = b === QUOTE ? this.#restart() : Idle;
+          continue;
+      }
     }
-    this.#find(chunk, chunk.length);
-    if (chunk.length >= CARRY) {
-      chunk.copy(this.#seam, 0, chunk.length - CARRY);
-      this.#carried = CARRY;
-    } else {
-      const keep = Math.min(carried, CARRY - chunk.length);
-      this.#seam.copyWithin(0, carried - keep, carried);
-      chunk.copy(this.#seam, keep);
-      this.#carried = keep + chunk.length;
-    }
+    this.#state = state;
   }
 
-  /** Reads both fields from matches that start before `startsBefore`. */
-  #find(buf: Buffer, startsBefore: number): void {
-    const c = lastValue(buf, CACHED, startsBefore);
-    if (c !== undefined) this.cachedTokens = c;
-    const p = lastValue(buf, PROMPT, startsBefore);
-    if (p !== undefined) this.promptTokens = p;
+  #restart(): number {
+    this.#matched = 1;
+    return Name;
   }
-}
-
-/** The value of the last complete `"name": 123` in `buf` whose name starts before `startsBefore`. */
-function lastValue(buf: Buffer, name: Buffer, startsBefore: number): number | undefined {
-  let found: number | undefined;
-  let at = buf.indexOf(name);
-  while (at !== -1 && at < startsBefore) {
-    const v = numberAfter(buf, at + name.length);
-    if (v !== undefined) found = v;
-    at = buf.indexOf(name, at + name.length);
-  }
-  return found;
-}
-
-/** Parses `\s*:\s*digits` at `i`; undefined when absent or when the digits may continue past the buffer. */
-function numberAfter(buf: Buffer, i: number): number | undefined {
-  while (i < buf.length && isSpace(buf[i]!)) i++;
-  if (buf[i] !== 0x3a) return undefined;
-  i++;
-  while (i < buf.length && isSpace(buf[i]!)) i++;
-  let n = 0;
-  let digits = 0;
-  for (; i < buf.length; i++) {
-    const b = buf[i]!;
-    if (b < 0x30 || b > 0x39) break;
-    n = n * 10 + (b - 0x30);
-    digits++;
-  }
-  if (digits === 0 || i >= buf.length) return undefined;
-  return n;
 }
 
 const isSpace = (b: number) => b === 0x20 || b === 0x0a || b === 0x0d || b === 0x09;

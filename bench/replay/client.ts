@@ -1,5 +1,5 @@
 import { Pool } from 'undici';
-import { blockTokens, TRACE_BLOCK_TOKENS, type TraceRequest } from './trace.js';
+import { blockTokens, PROMPT_VOCAB, TRACE_BLOCK_TOKENS, type TraceRequest } from './trace.js';
 
 /** What the client saw of one request. Times are real milliseconds (not scaled by the speed-up). */
 export interface RequestResult {
@@ -41,67 +41,112 @@ export interface Progress {
   lateMs: number;
 }
 
+/** Token ids of recently used blocks as JSON text: conversations resend their history, so most blocks repeat. */
+const blockText = new Map<number, string>();
+const BLOCK_TEXT_CACHE = 20_000;
+
+let idText: string[] | undefined;
+
+/** `ids.join(',')` without converting numbers to text each time (most of the client's CPU otherwise). */
+function joinIds(ids: readonly number[]): string {
+  idText ??= Array.from({ length: PROMPT_VOCAB }, (_, i) => String(i));
+  const parts = new Array<string>(ids.length);
+  for (let i = 0; i < ids.length; i++) parts[i] = idText[ids[i]!]!;
+  return parts.join(',');
+}
+
+function blockJson(id: number, length: number): string {
+  if (length < TRACE_BLOCK_TOKENS) return joinIds(blockTokens(id, [], length));
+  let text = blockText.get(id);
+  if (text === undefined) {
+    text = joinIds(blockTokens(id));
+    if (blockText.size >= BLOCK_TEXT_CACHE) blockText.delete(blockText.keys().next().value!);
+    blockText.set(id, text);
+  }
+  return text;
+}
+
 /** The request body, built as a string: JSON.stringify of a 100k-element array would double the client's cost. */
 export function requestBody(req: TraceRequest, model: string): string {
   const parts: string[] = [];
-  const block: number[] = [];
   for (let j = 0; j < req.hashIds.length; j++) {
-    block.length = 0;
-    blockTokens(req.hashIds[j]!, block, Math.min(TRACE_BLOCK_TOKENS, req.inputLength - j * TRACE_BLOCK_TOKENS));
-    parts.push(block.join(','));
+    parts.push(blockJson(req.hashIds[j]!, Math.min(TRACE_BLOCK_TOKENS, req.inputLength - j * TRACE_BLOCK_TOKENS)));
   }
   return `{"model":${JSON.stringify(model)},"prompt":[${parts.join(',')}],"max_tokens":${Math.max(1, req.outputLength)},"stream":true,"stream_options":{"include_usage":true}}`;
 }
 
+/** The usage event's counts, read from the end of an SSE stream (the event just before `[DONE]`). */
+export function readStreamEnd(tail: string): { done: boolean; error?: string; usage?: { prompt_tokens: number; completion_tokens: number; prompt_tokens_details?: { cached_tokens?: number } } } {
+  const done = tail.endsWith('data: [DONE]\n\n');
+  const err = tail.indexOf('{"error":');
+  if (err >= 0) return { done, error: tail.slice(err, err + 200) };
+  const u = tail.lastIndexOf('"usage":{');
+  if (u < 0) return { done };
+  const start = tail.lastIndexOf('data: ', u) + 6;
+  const end = tail.indexOf('\n\n', u);
+  try {
+    return { done, usage: (JSON.parse(tail.slice(start, end < 0 ? undefined : end)) as { usage: NonNullable<ReturnType<typeof readStreamEnd>['usage']> }).usage };
+  } catch {
+    return { done };
+  }
+}
+
+const TOKEN_EVENT = '"choices":[{';
+const TAIL = 4096;
+
 /**
- * Streams one completion and reads the SSE events as they come: the first
- * event with a non-empty `choices` is the first token; the usage event gives
- * the token counts; `[DONE]` ends it. Anything else (an error event, a cut
- * stream, a non-200) is a failure.
+ * Streams one completion through undici's raw dispatch (no stream objects per
+ * request: the client must stay cheap next to the fleet it drives). The first
+ * chunk holding an event with a non-empty `choices` is the first token; only
+ * the last few KB are kept, to read the usage event and `[DONE]` at the end.
  */
-async function one(pool: Pool, req: TraceRequest, index: number, model: string, lateMs: number): Promise<RequestResult> {
+function one(pool: Pool, req: TraceRequest, index: number, model: string, lateMs: number): Promise<RequestResult> {
   const start = performance.now();
   const r: RequestResult = { index, ok: false, lateMs, ttftMs: NaN, e2eMs: NaN, outputTokens: 0, promptTokens: req.inputLength, cachedTokens: 0 };
-  try {
-    const res = await pool.request({ path: '/v1/completions', method: 'POST', headers: { 'content-type': 'application/json' }, body: requestBody(req, model) });
-    const worker = res.headers['x-kvgate-worker'];
-    if (typeof worker === 'string') r.worker = worker;
-    if (res.statusCode !== 200) {
-      r.error = `HTTP ${res.statusCode}: ${(await res.body.text()).slice(0, 200)}`;
-      return r;
-    }
-    res.body.setEncoding('utf8');
-    let buf = '';
-    let done = false;
-    for await (const chunk of res.body as AsyncIterable<string>) {
-      buf += chunk;
-      let cut: number;
-      while ((cut = buf.indexOf('\n\n')) >= 0) {
-        const event = buf.slice(0, cut);
-        buf = buf.slice(cut + 2);
-        if (!event.startsWith('data: ')) continue;
-        if (event === 'data: [DONE]') {
-          done = true;
-        } else if (event.includes('"error":')) {
-          r.error = event.slice(6, 206);
-        } else if (Number.isNaN(r.ttftMs) && event.includes('"choices":[{')) {
-          r.ttftMs = performance.now() - start;
-        } else if (event.includes('"usage":{')) {
-          const u = (JSON.parse(event.slice(6)) as { usage: { prompt_tokens: number; completion_tokens: number; prompt_tokens_details?: { cached_tokens?: number } } }).usage;
-          r.outputTokens = u.completion_tokens;
-          r.promptTokens = u.prompt_tokens;
-          r.cachedTokens = u.prompt_tokens_details?.cached_tokens ?? 0;
+  return new Promise((resolve) => {
+    let status = 0;
+    let tail = '';
+    const finish = (error?: string) => {
+      r.e2eMs = performance.now() - start;
+      if (!error && status === 200) {
+        const end = readStreamEnd(tail);
+        if (end.usage) {
+          r.outputTokens = end.usage.completion_tokens;
+          r.promptTokens = end.usage.prompt_tokens;
+          r.cachedTokens = end.usage.prompt_tokens_details?.cached_tokens ?? 0;
         }
+        error = end.error ?? (!end.done ? 'stream ended without [DONE]' : Number.isNaN(r.ttftMs) ? 'no token received' : undefined);
+      } else if (!error) {
+        error = `HTTP ${status}: ${tail.slice(0, 200)}`;
       }
-    }
-    r.e2eMs = performance.now() - start;
-    if (!r.error && !done) r.error = 'stream ended without [DONE]';
-    if (!r.error && Number.isNaN(r.ttftMs)) r.error = 'no token received';
-    r.ok = !r.error;
-  } catch (err) {
-    r.error = (err as Error).message;
-  }
-  return r;
+      if (error) r.error = error;
+      r.ok = !error;
+      resolve(r);
+    };
+    pool.dispatch({ path: '/v1/completions', method: 'POST', headers: { 'content-type': 'application/json' }, body: requestBody(req, model) }, {
+      onRequestStart() {},
+      onResponseStart(_c, statusCode, headers) {
+        status = statusCode;
+        const worker = headers['x-kvgate-worker'];
+        if (typeof worker === 'string') r.worker = worker;
+      },
+      onResponseData(_c, chunk) {
+        const text = chunk.toString('utf8');
+        if (Number.isNaN(r.ttftMs) && status === 200) {
+          tail += text;
+          if (tail.includes(TOKEN_EVENT)) r.ttftMs = performance.now() - start;
+        } else {
+          tail = tail.length + text.length > 2 * TAIL ? (tail + text).slice(-TAIL) : tail + text;
+        }
+      },
+      onResponseEnd() {
+        finish();
+      },
+      onResponseError(_c, err) {
+        finish(err.message);
+      },
+    });
+  });
 }
 
 /**

@@ -29,13 +29,13 @@ export const DEFAULT_TRACE = '/work/shared/traces/mooncake/conversation_trace.js
  */
 export const FLEET_DEFAULTS: FleetShape = {
   workers: 8,
-  kvBlocks: 131_072,
+  kvBlocks: 163_840,
   blockSize: 16,
   maxModelLen: 131_072,
-  maxNumBatchedTokens: 8192,
+  maxNumBatchedTokens: 2048,
   maxNumSeqs: 256,
   speedup: 25,
-  timing: { 'prefill-a': 4.21e-7 * 8, 'prefill-b': 0.01518 * 8, 'prefill-c': 16.5 * 2, 'decode-base-ms': 6 * 3, 'decode-kv-ms': 12 * 3 },
+  timing: { 'prefill-a': 3.4e-6, 'prefill-b': 0.15, 'prefill-c': 30, 'decode-base-ms': 20, 'decode-kv-ms': 20 },
 };
 
 const TIMING_FLAGS = ['prefill-a', 'prefill-b', 'prefill-c', 'decode-base-ms', 'decode-kv-ms'] as const;
@@ -113,6 +113,9 @@ async function main(argv: string[]): Promise<void> {
     const s = summarise(strategy, run.results, run.workers, bound, o.fleet.speedup);
     summaries.push(s);
     const firstError = run.results.find((r) => !r.ok)?.error;
+    s.cpuS = run.cpuS;
+    s.wallS = run.wallMs / 1000;
+    process.stderr.write(`[${label}] cpu s: client ${run.cpuS.client.toFixed(0)}, sim ${run.cpuS.sim.toFixed(0)}, gateway ${run.cpuS.gateway.toFixed(0)}\n`);
     process.stderr.write(`[${label}] TTFT mean ${s.ttft.mean.toFixed(2)} s, hit ${(s.hitRate * 100).toFixed(1)}% (${(s.ofUpperBound * 100).toFixed(0)}% of bound), imbalance ${s.prefillImbalance.toFixed(2)}, failed ${s.failed}${firstError ? ` (${firstError})` : ''}, late p99 ${s.lateness.p99.toFixed(0)} ms, ${(run.wallMs / 1000).toFixed(0)} s\n`);
   }
   const report: ReplayReport = {

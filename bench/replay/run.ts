@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -27,13 +27,15 @@ export interface FleetShape {
   timing: Partial<Record<'prefill-a' | 'prefill-b' | 'prefill-c' | 'decode-base-ms' | 'decode-kv-ms', number>>;
 }
 
-export function simArgs(f: FleetShape): string[] {
+/** Strategies that read the KV-events index; the others run their fleet without events, which saves this machine's CPU. */
+export const EVENT_STRATEGIES = new Set(['kv', 'dynamo', 'llmd-precise']);
+
+export function simArgs(f: FleetShape, events: boolean): string[] {
   const args = [
     '--port', '0', '--kv-blocks', String(f.kvBlocks), '--block-size', String(f.blockSize), '--speedup', String(f.speedup),
     '--max-model-len', String(f.maxModelLen), '--max-num-batched-tokens', String(f.maxNumBatchedTokens), '--max-num-seqs', String(f.maxNumSeqs),
-    // Events on for every strategy: the event-fed ones need them, and the others then pay the same publishing cost.
-    '--kv-events', 'tcp://127.0.0.1:*', '--kv-events-replay', 'tcp://127.0.0.1:*',
   ];
+  if (events) args.push('--kv-events', 'tcp://127.0.0.1:*', '--kv-events-replay', 'tcp://127.0.0.1:*');
   for (const [k, v] of Object.entries(f.timing)) if (v !== undefined) args.push(`--${k}`, String(v));
   return args;
 }
@@ -42,6 +44,18 @@ export interface RunResult {
   results: RequestResult[];
   workers: WorkerStats[];
   wallMs: number;
+  /** CPU seconds each process used during the run: the check that this machine kept up. */
+  cpuS: { client: number; sim: number; gateway: number };
+}
+
+/** user + system CPU seconds of a child process, from /proc (Linux); NaN elsewhere. */
+function procCpuS(pid: number | undefined): number {
+  try {
+    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / 100;
+  } catch {
+    return NaN;
+  }
 }
 
 /**
@@ -51,7 +65,8 @@ export interface RunResult {
  */
 export async function runStrategy(strategy: string, params: Record<string, unknown>, trace: readonly TraceRequest[], fleet: FleetShape, onProgress?: (p: Progress) => void): Promise<RunResult> {
   const started = performance.now();
-  const sim = await spawnSimFleet(fleet.workers, simArgs(fleet), { timeoutMs: 60_000 });
+  const sim = await spawnSimFleet(fleet.workers, simArgs(fleet, EVENT_STRATEGIES.has(strategy)), { timeoutMs: 60_000 });
+  const clientCpu = process.cpuUsage();
   const tmp = mkdtempSync(join(tmpdir(), 'kvgate-replay-'));
   let gateway: Awaited<ReturnType<typeof spawnUntilReady>> | undefined;
   try {
@@ -60,6 +75,8 @@ export async function runStrategy(strategy: string, params: Record<string, unkno
       server: { host: '127.0.0.1', port: 0 },
       admin: { port: 0 },
       fleet: {
+        // Generous: a worker busy with a long prefill on a loaded machine must not be taken for dead.
+        health: { intervalMs: 2000, timeoutMs: 10_000, unhealthyThreshold: 3 },
         workers: sim.workers.map((w) => ({
           id: w.worker, url: w.url, models: [MODEL],
           ...(w.kvEvents ? { kvEvents: { endpoint: w.kvEvents, ...(w.kvReplay ? { replayEndpoint: w.kvReplay } : {}) } } : {}),
@@ -76,7 +93,9 @@ export async function runStrategy(strategy: string, params: Record<string, unkno
       const s = (await (await request(`${w.url}/sim/stats`)).body.json()) as WorkerStats;
       return { id: w.worker, prefixQueryTokens: s.prefixQueryTokens, prefixHitTokens: s.prefixHitTokens, prefillTokensComputed: s.prefillTokensComputed, preemptions: s.preemptions, evictions: s.evictions };
     }));
-    return { results, workers, wallMs: performance.now() - started };
+    const c = process.cpuUsage(clientCpu);
+    const cpuS = { client: (c.user + c.system) / 1e6, sim: procCpuS(sim.child.pid), gateway: procCpuS(gateway.child.pid) };
+    return { results, workers, wallMs: performance.now() - started, cpuS };
   } finally {
     await Promise.all([gateway?.stop(), sim.stop()]);
     rmSync(tmp, { recursive: true, force: true });

@@ -41,6 +41,9 @@ export interface StrategySummary {
   lateness: { mean: number; p99: number; max: number };
   /** Requests per worker, as the gateway's `x-kvgate-worker` header reported. */
   perWorker: Record<string, number>;
+  /** Filled in by the runner: CPU seconds per process and wall time of the run. */
+  cpuS?: { client: number; sim: number; gateway: number };
+  wallS?: number;
 }
 
 /** Linear-interpolation percentile (NumPy's default) of an ascending array; NaN when empty. */

@@ -1,5 +1,5 @@
 import { intFlag, numberFlag, parseFlags, UsageError } from '../../gateway/cli-args.js';
-import { SIM_DEFAULTS } from './defaults.js';
+import { NIXL_DEFAULTS, SIM_DEFAULTS } from './defaults.js';
 import { DEFAULT_TIMING } from './timing.js';
 import type { SimWorker } from './worker.js';
 
@@ -37,6 +37,15 @@ timing: step_ms = (T>0 ? a*T^2 + b*T + c : 0) + (decoding ? d0 + d1*kv_usage : 0
   --prefill-c C               ms (default ${DEFAULT_TIMING.prefillC})
   --decode-base-ms D0         (default ${DEFAULT_TIMING.decodeBaseMs})
   --decode-kv-ms D1           (default ${DEFAULT_TIMING.decodeKvMs})
+prefill/decode disaggregation (vLLM NixlConnector through a proxy; always on, as kv_role kv_both)
+  --role R                    both, prefill or decode; one for all workers or a comma list per worker.
+                              Only labels the ready line: any worker serves either leg, the proxy decides
+  --kv-transfer-gbps G        KV transfer bandwidth in Gbit/s (default ${NIXL_DEFAULTS.gbps})
+  --kv-bytes-per-token N      KV bytes per token (default ${NIXL_DEFAULTS.bytesPerToken}, Qwen3-0.6B in bf16)
+  --nixl-abort-timeout S      a prefill's blocks held for a remote decode are freed after S simulated
+                              seconds without a pull (VLLM_NIXL_ABORT_REQUEST_TIMEOUT, default ${NIXL_DEFAULTS.abortTimeoutS})
+  Side channel: POST /sim/nixl/release {remote_request_id} on the prefill worker's HTTP port (its
+  remote_host/remote_port); the decode worker calls it when its simulated transfer ends.
 KV events (vLLM's ZeroMQ publisher; off by default)
   --kv-events ENDPOINT        PUB endpoint, e.g. tcp://*:5557 (binds; without * it connects);
                               worker i uses port+i; tcp://127.0.0.1:* = a free port
@@ -76,6 +85,10 @@ const spec = {
     'kv-events-replay': { type: 'string' },
     'kv-events-format': { type: 'string' },
     'kv-events-topic': { type: 'string' },
+    role: { type: 'string' },
+    'kv-transfer-gbps': { type: 'string' },
+    'kv-bytes-per-token': { type: 'string' },
+    'nixl-abort-timeout': { type: 'string' },
   },
 } as const;
 
@@ -136,6 +149,12 @@ export async function simCommand(argv: string[]): Promise<void> {
       decodeKvMs: num('decode-kv-ms', DEFAULT_TIMING.decodeKvMs, 0),
     },
   };
+  const roles = (f.role ?? 'both').split(',').map((r) => r.trim());
+  for (const r of roles) if (r !== 'both' && r !== 'prefill' && r !== 'decode') throw new UsageError(`kvgate sim: --role must be both, prefill or decode (or a comma list of them), got '${r}'`);
+  if (roles.length !== 1 && roles.length !== workers) throw new UsageError(`kvgate sim: --role lists ${roles.length} roles for ${workers} workers; give one, or one per worker`);
+  const gbps = num('kv-transfer-gbps', NIXL_DEFAULTS.gbps, 0);
+  if (gbps === 0) throw new UsageError('kvgate sim: --kv-transfer-gbps must be > 0');
+  const nixl = { gbps, bytesPerToken: int('kv-bytes-per-token', NIXL_DEFAULTS.bytesPerToken, 0), abortTimeoutS: num('nixl-abort-timeout', NIXL_DEFAULTS.abortTimeoutS, 0) };
   const prefix = f['id-prefix'] ?? 'sim-';
   const [{ createLogger }, { SimTokenizer, defaultTokenizerDir }, { startSimWorker }] = await Promise.all([
     import('../../gateway/log.js'),
@@ -158,13 +177,15 @@ export async function simCommand(argv: string[]): Promise<void> {
         port: basePort > 0 ? basePort + i : 0,
         tokenizer,
         logger,
+        role: (roles.length === 1 ? roles[0] : roles[i]) as 'both' | 'prefill' | 'decode',
+        nixl,
         kvEvents: kvEndpoint
           ? { endpoint: offsetEndpoint(kvEndpoint, i), replayEndpoint: replayEndpoint && offsetEndpoint(replayEndpoint, i), format, topic: f['kv-events-topic'] }
           : undefined,
       });
       running.push(worker);
       logger.info(
-        { worker: worker.id, url: worker.url, kvEvents: worker.kvEvents ?? null, kvReplay: worker.kvReplay ?? null, blockSize: worker.blockSize, kvBlocks: worker.kvBlocks, model: worker.model },
+        { worker: worker.id, url: worker.url, kvEvents: worker.kvEvents ?? null, kvReplay: worker.kvReplay ?? null, blockSize: worker.blockSize, kvBlocks: worker.kvBlocks, model: worker.model, role: worker.role, engineId: worker.engineId },
         'sim worker ready',
       );
     }

@@ -12,3 +12,6 @@ export const SIM_DEFAULTS = {
   maxModelLen: 40960,
   defaultChatTokens: 128,
 } as const;
+
+/** The simulated NixlConnector's KV transfer model (see nixl.ts): 100 Gbit/s, Qwen3-0.6B's bf16 KV (2 × 28 layers × 8 heads × 128 × 2 bytes), vLLM's 480 s abort timeout. */
+export const NIXL_DEFAULTS = { gbps: 100, bytesPerToken: 114_688, abortTimeoutS: 480 } as const;

@@ -215,7 +215,8 @@ export function usageChunk(kind: 'completion' | 'chat', h: ResponseHead, u: Usag
   return { id: h.id, object: kind === 'chat' ? 'chat.completion.chunk' : 'text_completion', created: h.created, model: h.model, choices: [], usage: u };
 }
 
-export function completionBody(h: ResponseHead, text: string, finish: string, u: Usage): unknown {
+/** `kvTransferParams`: set by a prefill run for a remote decode (NixlConnector), else null as vLLM sends. */
+export function completionBody(h: ResponseHead, text: string, finish: string, u: Usage, kvTransferParams: Record<string, unknown> | null = null): unknown {
   return {
     id: h.id,
     object: 'text_completion',
@@ -224,11 +225,11 @@ export function completionBody(h: ResponseHead, text: string, finish: string, u:
     choices: [{ index: 0, text, logprobs: null, finish_reason: finish, stop_reason: null, prompt_logprobs: null }],
     usage: u,
     system_fingerprint: null,
-    kv_transfer_params: null,
+    kv_transfer_params: kvTransferParams,
   };
 }
 
-export function chatBody(h: ResponseHead, text: string, finish: string, u: Usage): unknown {
+export function chatBody(h: ResponseHead, text: string, finish: string, u: Usage, kvTransferParams: Record<string, unknown> | null = null): unknown {
   return {
     id: h.id,
     object: 'chat.completion',
@@ -239,7 +240,7 @@ export function chatBody(h: ResponseHead, text: string, finish: string, u: Usage
     system_fingerprint: null,
     usage: u,
     prompt_logprobs: null,
-    kv_transfer_params: null,
+    kv_transfer_params: kvTransferParams,
   };
 }
 

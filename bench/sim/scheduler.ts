@@ -1,47 +1,9 @@
 import type { KvEvent } from '../../indexer/events/types.js';
-import type { CacheSeq, KvCache } from './kv-cache.js';
+import type { KvCache } from './kv-cache.js';
+import { SimRequest, type FinishReason, type SimRequestInit } from './sim-request.js';
 import { stepMs, type TimingModel } from './timing.js';
 
-export type FinishReason = 'length' | 'stop' | 'abort' | 'error';
-
-export interface SimRequestInit {
-  id: string;
-  promptTokens: number[];
-  /** Tokens to generate; the request finishes after the last one. */
-  maxTokens: number;
-  /** Reported when `maxTokens` is reached: 'length' for a max_tokens cap, 'stop' for a simulated EOS. */
-  finishReason: 'length' | 'stop';
-  /** Token id of the k-th generated token (filler). */
-  outputToken(index: number): number;
-  onToken(tokenId: number, index: number): void;
-  onFinish(reason: FinishReason, message?: string): void;
-}
-
-/** One request's life in the engine; also its hold on KV blocks. */
-export class SimRequest implements CacheSeq {
-  readonly tokens: number[];
-  blockIds: number[] = [];
-  blockHashes: bigint[] = [];
-  committedBlocks = 0;
-  numComputed = 0;
-  outputCount = 0;
-  /** Prefix tokens found in the cache at first admission; -1 until admitted. */
-  cachedTokens = -1;
-  preemptions = 0;
-  state: 'waiting' | 'running' | 'finished' = 'waiting';
-  readonly promptLength: number;
-  readonly arrivalMs: number;
-  firstTokenMs: number | undefined;
-
-  constructor(
-    readonly init: SimRequestInit,
-    now: number,
-  ) {
-    this.tokens = [...init.promptTokens];
-    this.promptLength = init.promptTokens.length;
-    this.arrivalMs = now;
-  }
-}
+export { SimRequest, type FinishReason, type RemotePrefill, type SimRequestInit } from './sim-request.js';
 
 export interface SchedulerOptions {
   cache: KvCache;
@@ -62,6 +24,10 @@ export interface SchedulerCounters {
   prefixQueryTokens: number;
   prefixHitTokens: number;
   preemptions: number;
+  /** Remote prefills pulled (P/D decode side), tokens they brought, and pulls that failed (then recomputed). */
+  kvLoads: number;
+  kvLoadTokens: number;
+  kvLoadFailures: number;
 }
 
 interface Scheduled {
@@ -85,7 +51,12 @@ const MAX_LAG_MS = 50;
 export class Scheduler {
   readonly waiting: SimRequest[] = [];
   readonly running: SimRequest[] = [];
-  readonly counters: SchedulerCounters = { steps: 0, prefillTokensComputed: 0, decodeTokens: 0, generatedTokens: 0, prefixQueryTokens: 0, prefixHitTokens: 0, preemptions: 0 };
+  /** Admitted, blocks allocated, remote KV being pulled; they take a sequence slot but no token budget. */
+  readonly loading: SimRequest[] = [];
+  readonly counters: SchedulerCounters = {
+    steps: 0, prefillTokensComputed: 0, decodeTokens: 0, generatedTokens: 0, prefixQueryTokens: 0, prefixHitTokens: 0, preemptions: 0,
+    kvLoads: 0, kvLoadTokens: 0, kvLoadFailures: 0,
+  };
   readonly #o: SchedulerOptions;
   readonly #now: () => number;
   #busy = false;
@@ -113,9 +84,16 @@ export class Scheduler {
     if (w >= 0) this.waiting.splice(w, 1);
     const r = this.running.indexOf(req);
     if (r >= 0) this.running.splice(r, 1);
+    const l = this.loading.indexOf(req);
+    if (l >= 0) this.loading.splice(l, 1);
     this.#o.cache.free(req);
     req.state = 'finished';
     req.init.onFinish('abort');
+  }
+
+  /** Frees the blocks a finished `keepBlocks` request still holds (they stay cached). Idempotent. */
+  release(req: SimRequest): void {
+    if (req.state === 'finished') this.#o.cache.free(req);
   }
 
   /** Stops stepping; pending requests are aborted. */
@@ -123,7 +101,7 @@ export class Scheduler {
     this.#closed = true;
     this.#cancel?.();
     this.#cancel = undefined;
-    for (const req of [...this.running, ...this.waiting]) this.abort(req);
+    for (const req of [...this.running, ...this.loading, ...this.waiting]) this.abort(req);
   }
 
   /** Publishes events produced outside a step (a prefix-cache reset) right away, as vLLM does on its next step. */
@@ -196,13 +174,16 @@ export class Scheduler {
       budget -= n;
     }
     // vLLM admits nothing new in a step that had to preempt: memory is short.
-    while (!preempted && this.waiting.length > 0 && this.running.length < maxNumSeqs && budget > 0) {
+    while (!preempted && this.waiting.length > 0 && this.running.length + this.loading.length < maxNumSeqs && budget > 0) {
       const req = this.waiting[0]!;
       const prefix = cache.findPrefix(req);
       const cached = prefix.length * cache.blockSize;
+      const load = this.#startLoad(req, prefix, cached);
+      if (load === 'started') continue;
+      if (load === 'blocked') break;
       const n = Math.min(req.tokens.length - cached, budget);
       if (!cache.allocate(req, cached + n, prefix)) {
-        if (this.running.length === 0) this.#fail(req, 'request does not fit in the KV cache');
+        if (this.running.length === 0 && this.loading.length === 0) this.#fail(req, 'request does not fit in the KV cache');
         break;
       }
       this.waiting.shift();
@@ -218,6 +199,54 @@ export class Scheduler {
       budget -= n;
     }
     return plan;
+  }
+
+  /**
+   * Admits a request whose prompt KV comes from a remote prefill: allocates
+   * blocks for everything but the last prompt token (computed here, for its
+   * logits), then pulls what is not cached locally, outside the step loop, as
+   * vLLM's NixlConnector loads asynchronously. Only on first admission: a
+   * preempted request recomputes. `local`: not a remote load, or nothing to pull;
+   * `blocked`: no room yet (or it can never fit, and failed).
+   */
+  #startLoad(req: SimRequest, prefix: number[], cached: number): 'started' | 'local' | 'blocked' {
+    const remote = req.init.remote;
+    if (!remote || req.cachedTokens >= 0) return 'local';
+    const target = Math.min(remote.tokens, req.tokens.length - 1);
+    if (target <= cached) return 'local';
+    if (!this.#o.cache.allocate(req, target, prefix)) {
+      if (this.running.length === 0 && this.loading.length === 0) this.#fail(req, 'request does not fit in the KV cache');
+      return 'blocked';
+    }
+    this.waiting.shift();
+    this.loading.push(req);
+    req.state = 'loading';
+    req.numComputed = cached;
+    req.cachedTokens = target;
+    this.counters.prefixQueryTokens += req.tokens.length;
+    this.counters.prefixHitTokens += cached;
+    this.counters.kvLoads++;
+    const done = (ok: boolean) => this.#loaded(req, ok ? target : cached);
+    remote.load(target - cached).then(done, () => done(false));
+    return 'started';
+  }
+
+  #loaded(req: SimRequest, numComputed: number): void {
+    const i = this.loading.indexOf(req);
+    if (i < 0 || this.#closed) return; // aborted meanwhile
+    this.loading.splice(i, 1);
+    if (numComputed > req.numComputed) {
+      this.counters.kvLoadTokens += numComputed - req.numComputed;
+      req.numComputed = numComputed;
+      // Pulled blocks become this engine's cached blocks: BlockStored, as vLLM emits after a NIXL load.
+      this.#o.cache.commit(req, numComputed);
+    } else {
+      this.counters.kvLoadFailures++;
+      req.cachedTokens = req.numComputed;
+    }
+    req.state = 'running';
+    this.running.push(req);
+    this.#kick();
   }
 
   #finishStep(plan: Scheduled[], prefill: number, decodes: number): void {
@@ -256,7 +285,7 @@ export class Scheduler {
   #complete(req: SimRequest, reason: FinishReason, message?: string): void {
     const r = this.running.indexOf(req);
     if (r >= 0) this.running.splice(r, 1);
-    this.#o.cache.free(req);
+    if (!req.init.keepBlocks || reason === 'error') this.#o.cache.free(req);
     req.state = 'finished';
     req.init.onFinish(reason, message);
   }

@@ -3,6 +3,7 @@ import type { Logger } from 'pino';
 import type { KvCache } from './kv-cache.js';
 import type { KvEventPublisher } from './kv-publisher.js';
 import type { SimMetrics } from './metrics.js';
+import type { KvTransferParams, NixlAgent } from './nixl.js';
 import {
   asObject, chatBody, chatChunk, chatInput, checkModel, completionBody, completionChunk, modelCard, parseChat, parseCompletion,
   randomHex, SimHttpError, tokenizeChatInput, usage, usageChunk, type OpenAiContext, type ResponseHead,
@@ -27,6 +28,13 @@ export interface SimStats {
   preemptions: number;
   /** Next KV event batch sequence number (string: it is a u64); null without --kv-events. */
   kvEventsNextSeq: string | null;
+  /** P/D: remote prefills pulled here, their tokens, failed pulls; prefills held here for a remote decode. */
+  kvLoads: number;
+  kvLoadTokens: number;
+  kvLoadFailures: number;
+  nixlHeld: number;
+  nixlPulled: number;
+  nixlExpired: number;
 }
 
 export interface SimServerDeps {
@@ -36,6 +44,7 @@ export interface SimServerDeps {
   metrics: SimMetrics;
   publisher: KvEventPublisher | undefined;
   logger: Logger;
+  nixl: NixlAgent;
   stats(): SimStats;
 }
 
@@ -63,6 +72,16 @@ const routes: Record<string, Record<string, Handler>> = {
   },
   '/sim/stats': { GET: async (d, _q, res, h) => sendJson(res, 200, d.stats(), h) },
   '/sim/drop-kv-events': { POST: dropKvEvents },
+  // The simulated NIXL side channel: a decode worker that pulled a remote prefill's blocks frees them here.
+  '/sim/nixl/release': {
+    POST: async (d, q, res, h) => {
+      const body = asObject(await readJson(q));
+      const id = body.remote_request_id;
+      if (typeof id !== 'string') throw new SimHttpError(400, 'remote_request_id must be a string', 'BadRequestError', 'remote_request_id');
+      if (!d.nixl.release(id, body.remote_engine_id)) throw new SimHttpError(404, `no remote prefill '${id}' is held here (unknown, expired or already pulled)`);
+      sendJson(res, 200, { released: id }, h);
+    },
+  },
   '/sim/reset-prefix-cache': {
     POST: async (d, _q, res, h) => {
       resetPrefixCache(d);
@@ -125,6 +144,9 @@ async function generate(kind: 'completion' | 'chat', d: SimServerDeps, req: Inco
   const body = await readJson(req);
   const parsed = kind === 'chat' ? await parseChat(body, d.ctx) : await parseCompletion(body, d.ctx);
   if (res.destroyed) return; // client left while we tokenized
+  const transfer = d.nixl.classify(body);
+  // A streamed prefill could not report kv_transfer_params, so nothing would ever pull its blocks.
+  const keepBlocks = transfer.kind === 'prefill-for-remote' && !parsed.stream;
   const head: ResponseHead = { id: `${kind === 'chat' ? 'chatcmpl' : 'cmpl'}-${randomHex(16)}`, created: Math.floor(Date.now() / 1000), model: d.ctx.model };
   const started = performance.now();
   const tok = d.ctx.tokenizer;
@@ -140,6 +162,8 @@ async function generate(kind: 'completion' | 'chat', d: SimServerDeps, req: Inco
     promptTokens: parsed.promptTokens,
     maxTokens: parsed.maxTokens,
     finishReason: parsed.finishReason,
+    keepBlocks,
+    remote: transfer.kind === 'decode-from-remote' ? d.nixl.remote(transfer.params, parsed.promptTokens.length) : undefined,
     outputToken: (i) => tok.outputToken(i),
     onToken(_token, index) {
       if (index === 0) d.metrics.observeFirstToken((performance.now() - started) / 1000);
@@ -168,7 +192,13 @@ async function generate(kind: 'completion' | 'chat', d: SimServerDeps, req: Inco
       const u = usage(simReq.promptLength, simReq.outputCount, simReq.cachedTokens);
       if (!parsed.stream) {
         const text = pieces.join('');
-        return sendJson(res, 200, kind === 'chat' ? chatBody(head, text, reason, u) : completionBody(head, text, reason, u), headers);
+        let kv: KvTransferParams | null = null;
+        if (keepBlocks && res.destroyed) d.scheduler.release(simReq); // nobody will learn the params to pull them
+        else if (keepBlocks) {
+          const promptBlocks = simReq.blockIds.slice(0, Math.ceil(simReq.promptLength / d.cache.blockSize));
+          kv = d.nixl.hold(head.id, promptBlocks, simReq.promptLength, () => d.scheduler.release(simReq));
+        }
+        return sendJson(res, 200, kind === 'chat' ? chatBody(head, text, reason, u, kv) : completionBody(head, text, reason, u, kv), headers);
       }
       if (parsed.includeUsage) sse(usageChunk(kind, head, u));
       res.end('data: [DONE]\n\n');

@@ -6,10 +6,11 @@ import { createBlockHasher } from './block-hash.js';
 import { KvCache } from './kv-cache.js';
 import { KvEventPublisher } from './kv-publisher.js';
 import { SimMetrics } from './metrics.js';
+import { NixlAgent, type NixlOptions } from './nixl.js';
 import { Scheduler } from './scheduler.js';
 import { createSimHandler, type SimStats } from './server.js';
 import { SimTokenizer, defaultTokenizerDir } from './text.js';
-import { SIM_DEFAULTS } from './defaults.js';
+import { NIXL_DEFAULTS, SIM_DEFAULTS } from './defaults.js';
 import { DEFAULT_TIMING, type TimingModel } from './timing.js';
 
 export interface SimKvEventsOptions {
@@ -41,7 +42,16 @@ export interface SimWorkerOptions {
   /** Fixes the block-hash root seed (default random per worker, as vLLM without PYTHONHASHSEED). */
   hashSeed?: bigint;
   logger?: Logger;
+  /**
+   * P/D role, for labels and the ready line only: like vLLM with NixlConnector
+   * (kv_role kv_both), every worker can serve either leg; the proxy decides.
+   */
+  role?: SimRole;
+  /** KV transfer model of the NixlConnector simulation (see nixl.ts). */
+  nixl?: Partial<Omit<NixlOptions, 'speedup'>>;
 }
+
+export type SimRole = 'both' | 'prefill' | 'decode';
 
 export interface SimWorker {
   readonly id: string;
@@ -53,6 +63,9 @@ export interface SimWorker {
   readonly blockSize: number;
   readonly kvBlocks: number;
   readonly model: string;
+  readonly role: SimRole;
+  /** The NIXL engine id this worker puts in `kv_transfer_params.remote_engine_id`. */
+  readonly engineId: string;
   readonly scheduler: Scheduler;
   readonly cache: KvCache;
   stats(): SimStats;
@@ -82,9 +95,11 @@ export async function startSimWorker(options: SimWorkerOptions = {}): Promise<Si
       topic: options.kvEvents.topic,
     });
   }
+  const timing = { ...DEFAULT_TIMING, ...options.timing };
+  const nixl = new NixlAgent({ ...NIXL_DEFAULTS, ...options.nixl, speedup: timing.speedup }, logger);
   const scheduler = new Scheduler({
     cache,
-    timing: { ...DEFAULT_TIMING, ...options.timing },
+    timing,
     maxNumBatchedTokens: options.maxNumBatchedTokens ?? SIM_DEFAULTS.maxNumBatchedTokens,
     maxNumSeqs: options.maxNumSeqs ?? SIM_DEFAULTS.maxNumSeqs,
     publish: (events) => publisher?.publish(events),
@@ -110,6 +125,12 @@ export async function startSimWorker(options: SimWorkerOptions = {}): Promise<Si
       steps: c.steps,
       preemptions: c.preemptions,
       kvEventsNextSeq: publisher ? String(publisher.nextSeq) : null,
+      kvLoads: c.kvLoads,
+      kvLoadTokens: c.kvLoadTokens,
+      kvLoadFailures: c.kvLoadFailures,
+      nixlHeld: nixl.heldRequests,
+      nixlPulled: nixl.counters.pulled,
+      nixlExpired: nixl.counters.expired,
     };
   };
   const ctx = {
@@ -119,11 +140,12 @@ export async function startSimWorker(options: SimWorkerOptions = {}): Promise<Si
     defaultChatTokens: options.defaultChatTokens ?? SIM_DEFAULTS.defaultChatTokens,
     tokenizer,
   };
-  const server = createServer({ keepAliveTimeout: 65_000 }, createSimHandler({ ctx, scheduler, cache, metrics, publisher, logger, stats }));
+  const server = createServer({ keepAliveTimeout: 65_000 }, createSimHandler({ ctx, scheduler, cache, metrics, publisher, logger, nixl, stats }));
   try {
     await listen(server, options.port ?? 0, host);
   } catch (err) {
     scheduler.close();
+    nixl.close();
     await publisher?.close();
     throw err;
   }
@@ -131,6 +153,8 @@ export async function startSimWorker(options: SimWorkerOptions = {}): Promise<Si
   // A wildcard listen address is not something a client can dial: report loopback.
   const dial = host === '0.0.0.0' ? '127.0.0.1' : host === '::' ? '::1' : host;
   const url = `http://${dial.includes(':') ? `[${dial}]` : dial}:${port}`;
+  nixl.host = dial;
+  nixl.port = port;
 
   let closing: Promise<void> | undefined;
   return {
@@ -141,12 +165,15 @@ export async function startSimWorker(options: SimWorkerOptions = {}): Promise<Si
     blockSize,
     kvBlocks,
     model,
+    role: options.role ?? 'both',
+    engineId: nixl.engineId,
     scheduler,
     cache,
     stats,
     close() {
       closing ??= (async () => {
         scheduler.close();
+        nixl.close();
         server.closeAllConnections();
         await new Promise<void>((resolve) => server.close(() => resolve()));
         await publisher?.close();

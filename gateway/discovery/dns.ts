@@ -1,7 +1,8 @@
 import { Resolver } from 'node:dns/promises';
 import type { Logger } from 'pino';
 import { z } from 'zod';
-import { ChangeEmitter, type DiscoveredWorker, type Discovery } from './discovery.js';
+import { ChangeEmitter } from './changes.js';
+import type { DiscoveredWorker, Discovery } from './discovery.js';
 import { hostPort, kvEventsAt, workerId, workerTemplateSchema } from './template.js';
 
 export const dnsDiscoveryConfigSchema = z.strictObject({
@@ -75,7 +76,7 @@ export class DnsDiscovery implements Discovery {
       if (!this.#failing) this.#log?.warn({ name: this.#config.name, err: (err as Error).message }, 'dns discovery lookup failed; keeping the last known workers');
       this.#failing = true;
     }
-    if (!this.#stopped) this.#timer = setTimeout(() => void this.#poll(), this.#config.intervalMs).unref();
+    if (!this.#stopped) this.#timer = setTimeout(() => void this.#poll(), this.#config.intervalMs);
   }
 
   async #resolve(): Promise<string[]> {

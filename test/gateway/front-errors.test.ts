@@ -139,8 +139,8 @@ t.test('front: errors, passthrough and headers', async (t) => {
     t.same(models.data.map((m) => m.id).sort(), ['m', 'only-on-dead-worker']);
     t.equal(models.data.find((m) => m.id === 'm')!.max_model_len, 4096, "the worker's own card is kept");
     const metrics = await (await request(`${url}/metrics`)).body.text();
-    t.match(metrics, /kvgate_requests_total\{route="completions",worker="a",strategy="least-load",status="200"\} \d+/);
-    t.match(metrics, /kvgate_requests_total\{route="completions",worker="none",strategy="none",status="400"\}/);
+    t.match(metrics, /kvgate_requests_total\{route="completions",worker="a",strategy="least-load",status="200",arm="none"\} \d+/);
+    t.match(metrics, /kvgate_requests_total\{route="completions",worker="none",strategy="none",status="400",arm="none"\}/);
     t.match(metrics, /kvgate_worker_healthy\{worker="gone"\} 0/);
   });
 

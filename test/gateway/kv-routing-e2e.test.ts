@@ -57,7 +57,7 @@ t.test('a request sharing a long prefix goes to the worker that cached it', asyn
   const metrics = await (await request(`${url}/metrics`)).body.text();
   t.match(metrics, /kvgate_kv_indexed_blocks\{worker="sim-\d"\} [1-9]/);
   t.match(metrics, /kvgate_kv_event_batches_applied_total\{worker="sim-\d"\} [1-9]/);
-  t.match(metrics, /kvgate_predicted_cached_tokens_count\{strategy="kv"\} [1-9]/);
+  t.match(metrics, /kvgate_predicted_cached_tokens_count\{strategy="kv",arm="none"\} [1-9]/);
   t.match(metrics, /kvgate_tokenize_seconds_count [1-9]/);
 });
 

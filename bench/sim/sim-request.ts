@@ -1,0 +1,64 @@
+import type { CacheSeq } from './kv-cache.js';
+
+export type FinishReason = 'length' | 'stop' | 'abort' | 'error';
+
+/**
+ * The decode side of prefill/decode disaggregation: the prompt's KV was
+ * computed by another engine and is pulled rather than recomputed.
+ */
+export interface RemotePrefill {
+  /** Prompt tokens the remote engine computed (its `remote_num_tokens`). */
+  readonly tokens: number;
+  /**
+   * Pulls `tokens` tokens' worth of KV (the part not cached locally) into
+   * blocks already allocated; resolves false when the remote side no longer
+   * has them, and the engine then recomputes, as vLLM does.
+   */
+  load(tokens: number): Promise<boolean>;
+}
+
+export interface SimRequestInit {
+  id: string;
+  promptTokens: number[];
+  /** Tokens to generate; the request finishes after the last one. */
+  maxTokens: number;
+  /** Reported when `maxTokens` is reached: 'length' for a max_tokens cap, 'stop' for a simulated EOS. */
+  finishReason: 'length' | 'stop';
+  /** Token id of the k-th generated token (filler). */
+  outputToken(index: number): number;
+  onToken(tokenId: number, index: number): void;
+  onFinish(reason: FinishReason, message?: string): void;
+  remote?: RemotePrefill | undefined;
+  /**
+   * The prefill side of disaggregation: the blocks stay referenced after the
+   * request finishes, until `Scheduler.release` (the decode side pulled them, or they expired).
+   */
+  keepBlocks?: boolean | undefined;
+}
+
+/** One request's life in the engine; also its hold on KV blocks. */
+export class SimRequest implements CacheSeq {
+  readonly tokens: number[];
+  blockIds: number[] = [];
+  blockHashes: bigint[] = [];
+  committedBlocks = 0;
+  numComputed = 0;
+  outputCount = 0;
+  /** Prefix tokens found in the cache (or loaded from a remote prefill) at first admission; -1 until admitted. */
+  cachedTokens = -1;
+  preemptions = 0;
+  /** `loading`: blocks allocated, remote KV being pulled (vLLM's WAITING_FOR_REMOTE_KVS). */
+  state: 'waiting' | 'loading' | 'running' | 'finished' = 'waiting';
+  readonly promptLength: number;
+  readonly arrivalMs: number;
+  firstTokenMs: number | undefined;
+
+  constructor(
+    readonly init: SimRequestInit,
+    now: number,
+  ) {
+    this.tokens = [...init.promptTokens];
+    this.promptLength = init.promptTokens.length;
+    this.arrivalMs = now;
+  }
+}
