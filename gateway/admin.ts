@@ -4,6 +4,7 @@ import { z } from 'zod';
 import { badRequest, GatewayError, sendError } from './errors.js';
 import type { Fleet } from './fleet.js';
 import type { RoutingPipeline } from './pipeline.js';
+import type { DisaggAdmin } from './disagg/two-leg.js';
 import { parseInference, readBody } from './request.js';
 
 /** The admin listener: loopback only by default; with a token, anyone holding it. */
@@ -21,6 +22,8 @@ export interface AdminDeps {
   readonly token: string | undefined;
   /** Hook for the KV index's stats in `/debug/workers` (blocks per worker, events seen...). */
   readonly indexStats?: (() => unknown) | undefined;
+  /** Prefill/decode disaggregation: its section of `/debug/route`, and `/debug/planner`. */
+  readonly disagg?: DisaggAdmin | undefined;
 }
 
 /** True for 127.0.0.0/8 and ::1, in plain or IPv4-mapped form. */
@@ -52,6 +55,7 @@ export function createAdminHandler(d: AdminDeps): (req: IncomingMessage, res: Se
     const path = (req.url ?? '/').split('?')[0];
     if (path === '/debug/workers' && req.method === 'GET') return json(res, 200, workers(d));
     if (path === '/debug/experiments' && req.method === 'GET') return json(res, 200, d.pipeline.summary());
+    if (path === '/debug/planner' && req.method === 'GET') return json(res, 200, d.disagg?.plannerReport() ?? { pools: [] });
     if (path === '/debug/route' && req.method === 'POST') {
       debugRoute(d, req).then((body) => json(res, 200, body), (err: unknown) => {
         sendError(res, err instanceof GatewayError ? err : new GatewayError(500, String((err as Error)?.message ?? err), 'upstream_error', 'internal_error'));
@@ -111,6 +115,7 @@ async function debugRoute(d: AdminDeps, req: IncomingMessage): Promise<unknown> 
     dataParallelRank: decision.dataParallelRank,
     candidates: decision.candidates ?? routed.candidates.map((c) => ({ worker: c.id, terms: { ...c.load } })),
     context: { requestId, model: ctx.model, sessionKey: ctx.sessionKey, promptTokens: ctx.promptTokens, promptBlocks: ctx.blocks?.hashes.length },
+    disaggregation: d.disagg?.handles(routed) ? await d.disagg.explain(routed) : undefined,
   };
 }
 

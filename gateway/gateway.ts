@@ -13,6 +13,7 @@ import { RoutingPipeline, type PromptBlocksProvider } from './pipeline.js';
 import { createRoutingPolicy } from './policy.js';
 import { createFrontHandler } from './server.js';
 import { createStrategy } from './strategies/registry.js';
+import { Disaggregation } from './disagg/two-leg.js';
 
 export interface GatewayOptions {
   log: Logger;
@@ -61,11 +62,16 @@ export async function startGateway(config: GatewayConfig, options: GatewayOption
     promptBlocks: options.promptBlocks, random, now,
   });
   const passthrough = new Passthrough(fleet, metrics);
+  // --- disaggregation (gateway/disagg/): two-leg P/D flow and the P/D balance planner ---
+  const disagg = new Disaggregation({
+    config: config.disaggregation, fleet, transport, metrics, log, services: options.services ?? {}, promptBlocks: options.promptBlocks, blockSize, now,
+  });
+  // --- end disaggregation ---
 
   await health.start();
   const front = createServer({ keepAliveTimeout: config.server.keepAliveTimeoutMs, headersTimeout: 60_000, requestTimeout: 0 },
-    createFrontHandler({ config: config.server, fleet, pipeline, transport, passthrough, metrics, log, blockSize }));
-  const admin = createServer(createAdminHandler({ fleet, pipeline, token: config.admin.token, indexStats: options.indexStats }));
+    createFrontHandler({ config: config.server, fleet, pipeline, transport, passthrough, metrics, log, blockSize, disagg }));
+  const admin = createServer(createAdminHandler({ fleet, pipeline, token: config.admin.token, indexStats: options.indexStats, disagg }));
   const url = await listen(front, config.server.host, config.server.port);
   const adminUrl = await listen(admin, config.admin.host, config.admin.port);
   log.info({ url, adminUrl, strategy: strategy.name, workers: fleet.workers.length, healthy: fleet.healthy.length }, 'gateway ready');

@@ -1,6 +1,7 @@
 import { loadConfigFile } from '../config/load.js';
 import { parseFlags, UsageError } from './cli-args.js';
 import { startKvGateway } from './kv-gateway.js';
+import { RoutingSetupError } from './policy.js';
 import { createLogger } from './log.js';
 
 const spec = {
@@ -42,7 +43,14 @@ export async function serveCommand(argv: string[]): Promise<void> {
   if (flags.strategy !== undefined) env.KVGATE_STRATEGY = flags.strategy;
   const config = loadConfigFile(file, env);
   const log = createLogger('kvgate');
-  const gateway = await startKvGateway(config, { log });
+  let gateway;
+  try {
+    gateway = await startKvGateway(config, { log });
+  } catch (err) {
+    // Rules that need the fleet (pools, pinned workers) are checked at start-up: name the file as config errors do.
+    if (err instanceof RoutingSetupError) throw new RoutingSetupError(err.message.replace(/^kvgate: /, `kvgate: ${file}: `));
+    throw err;
+  }
   const stop = (signal: string) => {
     log.info({ signal }, 'gateway stopping');
     gateway.close().then(() => process.exit(0), () => process.exit(1));

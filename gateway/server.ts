@@ -16,6 +16,7 @@ import { ADMIN_TOKEN_HEADER } from './policies/overrides.js';
 import { RequestOutcome } from './usage-sniffer.js';
 import { parseInference, readBody, type InferenceKind } from './request.js';
 import { rerouter } from './retry.js';
+import type { DisaggHook } from './disagg/two-leg.js';
 
 /** The public listener. */
 export const serverConfigSchema = z.strictObject({
@@ -39,6 +40,8 @@ export interface FrontDeps {
   readonly metrics: GatewayMetrics;
   readonly log: Logger;
   readonly blockSize: number;
+  /** Prefill/decode disaggregation (gateway/disagg/): takes the requests of pools that have prefill workers. */
+  readonly disagg?: DisaggHook | undefined;
 }
 
 /** Output tokens assumed for decode-block accounting when the request sets no limit. */
@@ -66,6 +69,9 @@ export function createFrontHandler(d: FrontDeps): (req: IncomingMessage, res: Se
       if (routed instanceof Promise) routed = await routed;
       strategy = routed.strategy.name;
       if (res.destroyed) return;
+      // --- disaggregation hook (gateway/disagg/): pools with prefill workers take the two-leg path ---
+      if (d.disagg?.handles(routed)) return void d.disagg.serve({ req, res, routed, requestId, started, route, path });
+      // --- end disaggregation hook ---
       const { ctx, decision, worker } = routed;
       const blocks = Math.ceil((ctx.promptTokens + (request.maxTokens ?? DEFAULT_OUTPUT_TOKENS)) / d.blockSize);
       const ticket = d.fleet.start(worker, ctx.promptTokens, blocks);

@@ -87,3 +87,32 @@ export function replaySvg(r: ReplayReport): string {
   const height = 440 + s.length * 20 + 50;
   return svgDocument(900, height, `<text x="20" y="22" font-size="15" font-weight="bold">${esc(`Replay of ${r.trace.split('/').pop()}: ${r.traceShape.requests} requests, ${r.fleet.workers} workers, speed-up ${r.fleet.speedup}`)}</text>\n${cdf}\n${bars}`);
 }
+
+export interface Line {
+  name: string;
+  points: readonly (readonly [number, number])[];
+}
+
+/** Lines over a categorical x axis (the grid's values, evenly spaced), y from 0. */
+export function linePanel(lines: readonly Line[], xs: readonly number[], x: number, y: number, w: number, h: number, title: string, xLabel: string, yFormat: (v: number) => string): string {
+  const all = lines.flatMap((l) => l.points.map((p) => p[1])).filter(Number.isFinite);
+  const max = Math.max(...all, 0) * 1.1 || 1;
+  const px = (v: number) => x + (xs.length > 1 ? (xs.indexOf(v) / (xs.length - 1)) * w : w / 2);
+  const py = (v: number) => y + h - (v / max) * h;
+  const out: string[] = [`<text x="${x + w / 2}" y="${y - 10}" text-anchor="middle" font-weight="bold">${esc(title)}</text>`];
+  out.push(`<rect x="${x}" y="${y}" width="${w}" height="${h}" fill="none" stroke="#999"/>`);
+  for (let k = 0; k <= 4; k++) {
+    const v = (max * k) / 4;
+    out.push(`<line x1="${x}" y1="${f1(py(v))}" x2="${x + w}" y2="${f1(py(v))}" stroke="#eee"/><text x="${x - 6}" y="${f1(py(v) + 4)}" text-anchor="end" font-size="11">${esc(yFormat(v))}</text>`);
+  }
+  for (const v of xs) out.push(`<text x="${f1(px(v))}" y="${y + h + 16}" text-anchor="middle" font-size="11">${v}</text>`);
+  out.push(`<text x="${x + w / 2}" y="${y + h + 34}" text-anchor="middle" font-size="12">${esc(xLabel)}</text>`);
+  lines.forEach((l, i) => {
+    const c = COLOURS[i % COLOURS.length];
+    const pts = l.points.filter((p) => Number.isFinite(p[1]));
+    out.push(`<polyline points="${pts.map((p) => `${f1(px(p[0]))},${f1(py(p[1]))}`).join(' ')}" fill="none" stroke="${c}" stroke-width="2"/>`);
+    for (const p of pts) out.push(`<circle cx="${f1(px(p[0]))}" cy="${f1(py(p[1]))}" r="3" fill="${c}"/>`);
+    out.push(`<rect x="${x + w + 14}" y="${y + i * 18}" width="12" height="12" fill="${c}"/><text x="${x + w + 32}" y="${y + i * 18 + 10}" font-size="12">${esc(l.name)}</text>`);
+  });
+  return out.join('\n');
+}

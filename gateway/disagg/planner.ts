@@ -88,7 +88,7 @@ const MAX_EVENTS = 200_000;
 
 function prune<T>(list: Timed<T>[], from: number): void {
   let i = 0;
-  while (i < list.length && list[i]!.t < from) i++;
+  while (i < list.length && list[i]!.t <= from) i++; // the window is (now − W, now]
   if (i > 0) list.splice(0, i);
   if (list.length > MAX_EVENTS) list.splice(0, list.length - MAX_EVENTS);
 }

@@ -307,3 +307,16 @@ export class Disaggregation {
     }
   }
 }
+
+/** What the front (gateway/server.ts) needs: does this routed request take the two-leg path, and serve it. */
+export interface DisaggHook {
+  handles(routed: Routed): boolean;
+  serve(job: DisaggJob): Promise<void>;
+}
+
+/** What the admin listener needs: `/debug/route`'s disaggregation section and `/debug/planner`. */
+export interface DisaggAdmin {
+  handles(routed: Routed): boolean;
+  explain(routed: Routed): Promise<Record<string, unknown>>;
+  plannerReport(): unknown;
+}

@@ -1,7 +1,7 @@
 import t from 'tap';
 import { createDiscovery, diffWorkers, discoveryConfigSchema, type DiscoveredWorker } from '../../gateway/discovery/discovery.js';
 import { DnsDiscovery, dnsDiscoveryConfigSchema, type DnsResolver } from '../../gateway/discovery/dns.js';
-import { StaticDiscovery } from '../../gateway/discovery/static.js';
+import { StaticDiscovery, type StaticWorker } from '../../gateway/discovery/static.js';
 
 /** A resolver whose answers the test sets; every call is counted. */
 class StubResolver implements DnsResolver {
@@ -125,9 +125,9 @@ t.test('the discovery config schema: dns, kubernetes and static, with clear erro
 });
 
 t.test('static discovery emits the configured list once, through the factory too', async (t) => {
-  const workers = [
-    { id: 'a', url: 'http://10.0.0.1:8000', models: ['m'], role: 'both' as const, labels: { pool: 'x' }, kvEvents: { type: 'zmq', endpoint: 'tcp://10.0.0.1:5557', topic: '', mode: 'connect' } },
-    { id: 'b', url: 'http://10.0.0.2:8000', models: ['m'], role: 'decode' as const, labels: {}, kvEvents: { type: 'trtllm-http', intervalMs: 100 } },
+  const workers: StaticWorker[] = [
+    { id: 'a', url: 'http://10.0.0.1:8000', models: ['m'], role: 'both', labels: { pool: 'x' }, kvEvents: { type: 'zmq', endpoint: 'tcp://10.0.0.1:5557', topic: '', mode: 'connect' } },
+    { id: 'b', url: 'http://10.0.0.2:8000', models: ['m'], role: 'decode', labels: {}, kvEvents: { type: 'trtllm-http', intervalMs: 100 } },
   ];
   const d = createDiscovery({ type: 'static' }, { staticWorkers: workers });
   t.type(d, StaticDiscovery);

@@ -1,5 +1,5 @@
 import t from 'tap';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -11,7 +11,7 @@ import { FakeKubeApi, slice } from '../fixtures/fake-kube-api.js';
 const NS = 'inference';
 const TOKEN = 'test-token-0123456789';
 
-function tempDir(t: Tap.Test): string {
+function tempDir(t: { teardown(fn: () => void): void }): string {
   const dir = mkdtempSync(join(tmpdir(), 'kvgate-kube-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   return dir;
@@ -169,15 +169,11 @@ t.test('a wrong token is retried with backoff and start still resolves; bad cred
   await t.rejects(new KubernetesDiscovery(config({ kubeconfig: execUser })).start(() => {}), /exec and auth-provider credentials are not supported/);
 });
 
-t.test('in-cluster: service-account token, CA and namespace from their files, over TLS', async (t) => {
+const haveOpenssl = spawnSync('openssl', ['version']).status === 0;
+t.test('in-cluster: service-account token, CA and namespace from their files, over TLS', { skip: haveOpenssl ? false : 'openssl is not available to make a test certificate' }, async (t) => {
   const dir = tempDir(t);
-  try {
-    execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'ca.crt'),
-      '-days', '1', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1'], { stdio: 'ignore' });
-  } catch {
-    t.skip('openssl is not available to make a test certificate');
-    return;
-  }
+  execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'ca.crt'),
+    '-days', '1', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1'], { stdio: 'ignore' });
   const api = new FakeKubeApi('team-a', 'sa-token-abcdef', { key: readFileSync(join(dir, 'key.pem'), 'utf8'), cert: readFileSync(join(dir, 'ca.crt'), 'utf8') });
   const port = await api.listen();
   t.teardown(() => api.close());

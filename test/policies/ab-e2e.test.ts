@@ -45,9 +45,12 @@ const simRequests = async (workers: readonly SimWorkerLine[]) => {
 interface ArmSummary { name: string; strategy: string; requests: number; errors: number; ttftMs: { count: number; mean: number; p50: number; p90: number }; cacheHitRatio: number; promptTokens: number; cachedTokens: number }
 interface Summary { experiments: { name: string; arms: ArmSummary[]; leader: Record<string, string | null> }[]; shadow: { strategy: string; shadow: string; decisions: number; agreement: number }[] }
 
+// One simulated fleet for the whole file (starting one is the slow part); each test runs its own gateway.
+const fleet = startSim(t.teardown.bind(t), 4, ['--speedup', '50', ...EVENTS]);
+
 t.test('a 50/50 kv vs round-robin experiment: sticky arms, labelled metrics, shadows, and a winner', async (t) => {
   const teardown = t.teardown.bind(t);
-  const { workers } = await startSim(teardown, 4, ['--speedup', '50', ...EVENTS]);
+  const { workers } = await fleet;
   const { url, adminUrl } = await startGateway(teardown, fleetConfig(workers, AB));
   const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: 'unused', maxRetries: 0 });
 
@@ -116,7 +119,7 @@ t.test('a 50/50 kv vs round-robin experiment: sticky arms, labelled metrics, sha
 
 t.test('overrides over HTTP: OpenAI-style 400s, a worker pin with the admin token', async (t) => {
   const teardown = t.teardown.bind(t);
-  const { workers } = await startSim(teardown, 2, ['--speedup', '50']);
+  const { workers } = await fleet;
   const token = 'test-admin-token-0123456789';
   const { url } = await startGateway(teardown, fleetConfig(workers, { strategy: 'round-robin', overrides: { strategyHeader: true, workerHeader: true } }, { admin: { host: '127.0.0.1', token } }));
   const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: 'unused', maxRetries: 0 });

@@ -1,0 +1,46 @@
+import t from 'tap';
+import OpenAI from 'openai';
+import { request } from 'undici';
+import { eventually, metricValue, MODEL, startGateway, startSim } from '../fixtures/gateway.js';
+import { longText, pdConfig } from './fixtures.js';
+
+/**
+ * A client that leaves mid-way. The prefill and decode workers run in separate sim
+ * processes so either can be killed; the health check polls rarely, so the
+ * gateway still believes in a dead worker and the leg itself must cope.
+ */
+const SLOW_HEALTH = { intervalMs: 60_000, timeoutMs: 500 };
+
+async function pd(t: Tap.Test, prefillArgs: string[] = [], decodeArgs: string[] = []) {
+  const teardown = t.teardown.bind(t);
+  const [p, d] = await Promise.all([
+    startSim(teardown, 1, ['--id-prefix', 'p-', '--role', 'prefill', '--speedup', '10', ...prefillArgs]),
+    startSim(teardown, 1, ['--id-prefix', 'd-', '--role', 'decode', '--speedup', '10', ...decodeArgs]),
+  ]);
+  const workers = [p.workers[0]!, d.workers[0]!];
+  const g = await startGateway(teardown, pdConfig(workers, ['prefill', 'decode'], { minUncachedTokens: 128 }, { strategy: 'kv' }, SLOW_HEALTH));
+  const client = new OpenAI({ baseURL: `${g.url}/v1`, apiKey: 'unused', maxRetries: 0, timeout: 20_000 });
+  const stats = async (w: { url: string }) => (await (await request(`${w.url}/sim/stats`)).body.json()) as Record<string, number>;
+  return { ...g, p, d, workers, client, stats };
+}
+
+t.test('a client that disconnects aborts the running leg', async (t) => {
+  // A slow prefill worker (speed-up 0.05: ~1.5 s for this prompt) so the client can leave during the prefill leg.
+  const f = await pd(t, ['--speedup', '0.05']);
+  const abort = new AbortController();
+  const pending = f.client.completions.create({ model: MODEL, prompt: longText('leave-early', 900), max_tokens: 50 }, { signal: abort.signal }).catch((e: unknown) => e);
+  await eventually(async () => (await f.stats(f.workers[0]!)).running === 1);
+  abort.abort();
+  await pending;
+  await eventually(async () => (await f.stats(f.workers[0]!)).running === 0, 5000);
+  const p = await f.stats(f.workers[0]!);
+  t.equal(p.generatedTokens, 0, 'the prefill leg was aborted before it finished');
+  t.equal(p.kvBlocksUsed, 0, 'and its blocks were freed');
+  t.equal((await f.stats(f.workers[1]!)).kvLoads, 0, 'no decode leg was sent');
+
+  // Mid-stream on the decode leg (fast prefill this time: a short prompt above the threshold).
+  const stream = await f.client.completions.create({ model: MODEL, prompt: longText('leave-late', 150), max_tokens: 5000, stream: true });
+  for await (const c of stream) if (c.choices[0]) break; // leaves after the first token
+  await eventually(async () => { const d = await f.stats(f.workers[1]!); return d.kvLoads === 1 && d.running === 0; }, 5000);
+  t.pass('the decode worker stopped generating once the client left');
+});
