@@ -9,7 +9,7 @@ import { markdownTable, spawnUntilReady } from './lib/child.js';
 import { replay, type RequestResult } from './replay/client.js';
 import { DEFAULT_TRACE, FLEET_DEFAULTS } from './replay/replay.js';
 import { MODEL, simArgs } from './replay/run.js';
-import { distribution, percentile } from './replay/summary.js';
+import { distribution } from './replay/summary.js';
 import { describeTrace, readTrace, type TraceRequest } from './replay/trace.js';
 import { spawnSimFleet } from './sim/spawn.js';
 
@@ -44,6 +44,8 @@ interface Row {
   paths: Record<string, number>;
   hitRate: number;
   kvLoadTokens: number;
+  /** The planner's advice at the end of the run (P/D shapes only): recommended prefill:decode workers. */
+  advice: string;
 }
 
 async function runShape(shape: Shape, trace: readonly TraceRequest[], gbps: number): Promise<Row> {
@@ -66,12 +68,14 @@ async function runShape(shape: Shape, trace: readonly TraceRequest[], gbps: numb
       routing: { strategy: 'kv' },
       disaggregation: shape.disaggregation,
     }));
-    gateway = await spawnUntilReady([CLI, 'serve', '--config', config], 'gateway ready', { KVGATE_LOG_LEVEL: 'warn' }, 60_000);
+    gateway = await spawnUntilReady([CLI, 'serve', '--config', config], 'gateway ready', { KVGATE_LOG_LEVEL: 'info' }, 60_000);
     await new Promise((r) => setTimeout(r, 1000));
     const started = performance.now();
     const results = await replay({ url: gateway.ready.url as string, model: MODEL, trace, speedup: fleet.speedup, onProgress: (p) => process.stderr.write(`[${shape.name}] ${p.done}/${p.total} done, ${p.inflight} in flight, ${p.failed} failed\n`) });
     const wallS = ((performance.now() - started) / 1000) * fleet.speedup;
     const metrics = await (await request(`${gateway.ready.url as string}/metrics`)).body.text();
+    const planner = (await (await request(`${gateway.ready.adminUrl as string}/debug/planner`)).body.json()) as { pools: { prefill: { recommended: number }; decode: { recommended: number } }[] };
+    const advice = planner.pools[0] ? `${planner.pools[0].prefill.recommended}:${planner.pools[0].decode.recommended}` : '–';
     const paths: Record<string, number> = {};
     for (const m of metrics.matchAll(/^kvgate_disagg_requests_total\{path="(\w+)"\} (\d+)/gm)) paths[m[1]!] = Number(m[2]);
     let hits = 0, queries = 0, loaded = 0;
@@ -81,14 +85,14 @@ async function runShape(shape: Shape, trace: readonly TraceRequest[], gbps: numb
       queries += s.prefixQueryTokens!;
       loaded += s.kvLoadTokens!;
     }
-    return summarise(shape, results, wallS, paths, queries ? (hits + loaded) / queries : 0, loaded);
+    return { ...summarise(shape, results, wallS, paths, queries ? (hits + loaded) / queries : 0, loaded), advice };
   } finally {
     await Promise.all([gateway?.stop(), sim.stop()]);
     rmSync(tmp, { recursive: true, force: true });
   }
 }
 
-function summarise(shape: Shape, results: readonly RequestResult[], wallS: number, paths: Record<string, number>, hitRate: number, kvLoadTokens: number): Row {
+function summarise(shape: Shape, results: readonly RequestResult[], wallS: number, paths: Record<string, number>, hitRate: number, kvLoadTokens: number): Omit<Row, 'advice'> {
   const ok = results.filter((r) => r.ok);
   const sim = (ms: number) => (ms * speedup) / 1000;
   const itls = ok.filter((r) => r.outputTokens >= 2).map((r) => (sim(r.e2eMs - r.ttftMs) * 1000) / (r.outputTokens - 1));
@@ -127,10 +131,10 @@ async function main(): Promise<void> {
   for (const s of shapes) rows.push(await runShape(s, trace, gbps));
   const f = (x: number, d = 2) => (Number.isFinite(x) ? x.toFixed(d) : '–');
   const table = markdownTable(
-    ['shape', 'ok / failed', 'TTFT mean s', 'TTFT p50', 'TTFT p90', 'TTFT p99', 'ITL mean ms', 'ITL p90 ms', 'output tok/s', 'tok/s per worker', 'paths (disagg / agg / fallback)', 'prefix hit (incl. transferred)'],
+    ['shape', 'ok / failed', 'TTFT mean s', 'TTFT p50', 'TTFT p90', 'TTFT p99', 'ITL mean ms', 'ITL p90 ms', 'output tok/s', 'tok/s per worker', 'paths (disagg / agg / fallback)', 'prefix hit (incl. transferred)', 'planner P:D'],
     rows.map((r) => [
       r.shape, `${r.ok} / ${r.failed}`, f(r.ttft.mean), f(r.ttft.p50), f(r.ttft.p90), f(r.ttft.p99), f(r.itl.mean, 1), f(r.itl.p90, 1),
-      f(r.tokPerS, 0), f(r.tokPerSPerWorker, 0), `${r.paths.disaggregated ?? 0} / ${r.paths.aggregated ?? 0} / ${r.paths.prefill_fallback ?? 0}`, `${f(r.hitRate * 100, 1)}%`,
+      f(r.tokPerS, 0), f(r.tokPerSPerWorker, 0), `${r.paths.disaggregated ?? 0} / ${r.paths.aggregated ?? 0} / ${r.paths.prefill_fallback ?? 0}`, `${f(r.hitRate * 100, 1)}%`, r.advice,
     ]),
   );
   const md = `# Disaggregation benchmark (simulator)
@@ -152,7 +156,6 @@ ${process.env.DISAGG_NOTES ?? ''}
   mkdirSync(out, { recursive: true });
   writeFileSync(join(out, 'disagg.md'), md);
   process.stdout.write(md);
-  void percentile;
 }
 
 main().catch((err: unknown) => {

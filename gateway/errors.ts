@@ -18,12 +18,21 @@ export class GatewayError extends Error {
     readonly param: string | null = null,
     readonly retryable = false,
   ) {
-    super(message);
+    super(clip(message));
   }
 
   toJSON(): { error: { message: string; type: ErrorType; param: string | null; code: string | null } } {
     return { error: { message: this.message, type: this.type, param: this.param, code: this.code } };
   }
+}
+
+/**
+ * Messages may quote client input (a path, a JSON parser's excerpt): clipped, so an
+ * error never mirrors a 16 KiB header or a megabyte of body back at the client or the logs.
+ */
+const MAX_MESSAGE_CHARS = 512;
+function clip(message: string): string {
+  return message.length > MAX_MESSAGE_CHARS ? `${message.slice(0, MAX_MESSAGE_CHARS)}...` : message;
 }
 
 export const badRequest = (message: string, param: string | null = null, code: string | null = null) =>

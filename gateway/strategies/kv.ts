@@ -13,6 +13,13 @@ export const kvParamsSchema = z.strictObject({
   prefillWeight: z.number().min(0).max(1000).default(1),
   /** 0 = always the lowest cost; > 0 samples from a softmax over normalised costs. */
   temperature: z.number().min(0).max(100).default(0),
+  /**
+   * Extra worth of each cached block beyond the prefill it saves this request:
+   * the later turns of a conversation reuse it only if this one stays with it.
+   * 0 = only the immediate saving (a greedy choice that moves conversations
+   * away from their cache at the first queue, and copies their prefix around).
+   */
+  reuseCredit: z.number().min(0).max(100).default(0),
   /** Worth of a CPU-offloaded block relative to a GPU one (it must be copied back first). */
   cpuTierWeight: z.number().min(0).max(1).default(0.75),
 });
@@ -21,12 +28,12 @@ export type KvParams = z.infer<typeof kvParamsSchema>;
 /** Name of the `StrategyDeps.services` entry holding the events-fed index. */
 export const KV_INDEXER_SERVICE = 'kvIndexer';
 
-const RULE = 'lowest prefillWeight*(promptBlocks-overlap+queuedPrefillBlocks)+decodeBlocks';
+const RULE = 'lowest prefillWeight*(promptBlocks-overlap+queuedPrefillBlocks-reuseCredit*overlap)+decodeBlocks';
 
 /**
  * The `kv` cost, shared with `approx-prefix` (which differs only in its matcher).
  * Per candidate: overlap = best DP rank's `gpu + cpuTierWeight × cpu` blocks;
- * cost = prefillWeight × (promptBlocks − overlap + prefillTokens/blockSize) + decodeBlocks.
+ * cost = prefillWeight × (promptBlocks − overlap + prefillTokens/blockSize − reuseCredit × overlap) + decodeBlocks.
  * Lowest wins; exact ties go to less load (in-flight requests, then prefill
  * tokens), then at random. With temperature > 0 the winner is sampled instead.
  * The index is matched once; without prompt blocks every overlap is 0, which
@@ -51,7 +58,7 @@ export function chooseByKvCost(
     const prefillBlocks = Math.max(0, promptBlocks - overlap);
     const queuedPrefillBlocks = w.load.prefillTokens / blockSize;
     const decodeBlocks = w.load.decodeBlocks;
-    const cost = params.prefillWeight * (prefillBlocks + queuedPrefillBlocks) + decodeBlocks;
+    const cost = params.prefillWeight * (prefillBlocks + queuedPrefillBlocks - params.reuseCredit * overlap) + decodeBlocks;
     costs[i] = cost;
     scores[i] = {
       worker: w.id,
