@@ -84,6 +84,7 @@ async function runShape(shape: Shape, trace: readonly TraceRequest[], gbps: numb
       hits += s.prefixHitTokens!;
       queries += s.prefixQueryTokens!;
       loaded += s.kvLoadTokens!;
+      process.stderr.write(`[${shape.name}] ${w.worker} (${shape.roles[sim.workers.indexOf(w)]}): prefill computed ${s.prefillTokensComputed}, loaded ${s.kvLoadTokens} (failures ${s.kvLoadFailures}), preemptions ${s.preemptions}, steps ${s.steps}, generated ${s.generatedTokens}\n`);
     }
     return { ...summarise(shape, results, wallS, paths, queries ? (hits + loaded) / queries : 0, loaded), advice };
   } finally {

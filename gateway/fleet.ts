@@ -3,6 +3,7 @@ import { z } from 'zod';
 import { eventSourceConfigSchema } from '../indexer/events/create-source.js';
 import { DEFAULT_BREAKER, WorkerBreaker, type BreakerConfig } from './breaker.js';
 import type { WorkerLoad, WorkerRole, WorkerView } from './strategies/strategy.js';
+import { workerAuthShape } from './upstream-auth.js';
 
 export const workerConfigSchema = z.strictObject({
   id: z.string().regex(/^[A-Za-z0-9._:-]+$/, 'worker id may use letters, digits and . _ : - only'),
@@ -12,6 +13,8 @@ export const workerConfigSchema = z.strictObject({
   kvEvents: eventSourceConfigSchema.optional(),
   role: z.enum(['both', 'prefill', 'decode']).default('both'),
   labels: z.record(z.string(), z.string()).default({}),
+  /** Upstream bearer token: `apiKey` or `apiKeyEnv` (gateway/upstream-auth.ts). */
+  ...workerAuthShape,
 });
 export type WorkerConfig = z.infer<typeof workerConfigSchema>;
 

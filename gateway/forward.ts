@@ -10,6 +10,7 @@ import type { GatewayMetrics } from './metrics.js';
 import type { ResponseObserver } from './usage-sniffer.js';
 import { backoffDelay, failureKind, retryableStatus, retryConfigSchema, type FailureKind, type Reroute } from './retry.js';
 import { SseFramer } from './sse-framer.js';
+import { withWorkerAuth } from './upstream-auth.js';
 
 /**
  * Upstream connection settings. Generations can take minutes before the first
@@ -29,6 +30,8 @@ export const upstreamConfigSchema = z.strictObject({
   connections: z.number().int().min(1).optional(),
   retry: retryConfigSchema.prefault({}),
   breaker: breakerConfigSchema.prefault({}),
+  /** Forward the client's `Authorization` to workers without an `apiKey` (gateway/upstream-auth.ts); off: the gateway holds the keys. */
+  passClientAuthorization: z.boolean().default(false),
 });
 export type UpstreamConfig = z.infer<typeof upstreamConfigSchema>;
 
@@ -167,7 +170,7 @@ class Forwarding {
     this.#responseHeaders['x-kvgate-worker'] = worker.id;
     const { pool, basePath } = this.#d.transport.get(worker);
     this.#attempt = new Attempt(this, worker, pass);
-    pool.dispatch({ path: basePath + this.#job.path, method: 'POST', headers: this.#upstreamHeaders, body: this.#job.body }, this.#attempt);
+    pool.dispatch({ path: basePath + this.#job.path, method: 'POST', headers: withWorkerAuth(worker, this.#upstreamHeaders), body: this.#job.body }, this.#attempt);
   }
 
   /** True when a retry is allowed and some untried worker can take it. */
@@ -221,6 +224,25 @@ class Forwarding {
     this.#committed = true;
     if (String(headers['content-type'] ?? '').startsWith('text/event-stream')) this.#sse = new SseFramer();
     this.#res.writeHead(status, clientResponseHeaders(headers, this.#responseHeaders));
+    this.#corkThisTick();
+  }
+
+  #corked = false;
+  #uncork = (): void => {
+    this.#corked = false;
+    this.#res.uncork();
+  };
+
+  /**
+   * Everything written in this tick (the head, the chunks of one upstream read,
+   * often the end of a small body) leaves in one syscall instead of one each;
+   * the next tick flushes, so a stream is never held back.
+   */
+  #corkThisTick(): void {
+    if (this.#corked) return;
+    this.#corked = true;
+    this.#res.cork();
+    process.nextTick(this.#uncork);
   }
 
   /** Writes a body chunk; false asks for a pause until the client drains. */
@@ -231,7 +253,9 @@ class Forwarding {
     }
     this.#job.observer?.data(chunk);
     const out = this.#sse ? this.#sse.push(chunk) : chunk;
-    return out.length === 0 || this.#res.write(out);
+    if (out.length === 0) return true;
+    this.#corkThisTick();
+    return this.#res.write(out);
   }
 
   end(status: number): void {

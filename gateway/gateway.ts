@@ -12,6 +12,8 @@ import { Passthrough } from './passthrough.js';
 import { RoutingPipeline, type PromptBlocksProvider } from './pipeline.js';
 import { createRoutingPolicy } from './policy.js';
 import { createFrontHandler } from './server.js';
+import { answerClientError, frontServerOptions } from './client-limits.js';
+import { configureUpstreamAuth } from './upstream-auth.js';
 import { createStrategy } from './strategies/registry.js';
 import { Disaggregation } from './disagg/two-leg.js';
 
@@ -49,6 +51,7 @@ export async function startGateway(config: GatewayConfig, options: GatewayOption
   const random = options.random ?? Math.random;
   const now = options.now ?? Date.now;
   const fleet = new Fleet(config.fleet.workers, { breaker: config.upstream.breaker, log });
+  configureUpstreamAuth(fleet.workers, config.fleet.workers);
   const metrics = new GatewayMetrics(fleet, { defaultMetrics: options.defaultMetrics });
   options.onMetrics?.(metrics.registry);
   const transport = new Transport(fleet.workers, config.upstream);
@@ -61,7 +64,7 @@ export async function startGateway(config: GatewayConfig, options: GatewayOption
     fleet, policy, metrics, log, sessionHeader: config.routing.sessionHeader, honourSession: config.routing.overrides.session,
     promptBlocks: options.promptBlocks, random, now,
   });
-  const passthrough = new Passthrough(fleet, metrics);
+  const passthrough = new Passthrough(fleet, metrics, { passClientAuthorization: config.upstream.passClientAuthorization });
   // --- disaggregation (gateway/disagg/): two-leg P/D flow and the P/D balance planner ---
   const disagg = new Disaggregation({
     config: config.disaggregation, fleet, transport, metrics, log, services: options.services ?? {}, promptBlocks: options.promptBlocks, blockSize, now,
@@ -69,8 +72,9 @@ export async function startGateway(config: GatewayConfig, options: GatewayOption
   // --- end disaggregation ---
 
   await health.start();
-  const front = createServer({ keepAliveTimeout: config.server.keepAliveTimeoutMs, headersTimeout: 60_000, requestTimeout: 0 },
+  const front = createServer(frontServerOptions(config.server),
     createFrontHandler({ config: config.server, fleet, pipeline, transport, passthrough, metrics, log, blockSize, disagg }));
+  front.on('clientError', answerClientError);
   const admin = createServer(createAdminHandler({ fleet, pipeline, token: config.admin.token, indexStats: options.indexStats, disagg }));
   const url = await listen(front, config.server.host, config.server.port);
   const adminUrl = await listen(admin, config.admin.host, config.admin.port);

@@ -26,6 +26,12 @@ export const serverConfigSchema = z.strictObject({
   maxBodyBytes: z.number().int().min(1024).default(32 * 1024 * 1024),
   /** Idle keep-alive of client connections. */
   keepAliveTimeoutMs: z.number().int().min(0).default(65_000),
+  /** Slow clients (slowloris): the request head must arrive within this (gateway/client-limits.ts). */
+  headersTimeoutMs: z.number().int().min(1).default(30_000),
+  /** The whole request, body included, must arrive within this; 0 disables it. Responses (long streams) are not limited. */
+  requestTimeoutMs: z.number().int().min(0).default(60_000),
+  /** Largest request line plus headers; beyond it 431. */
+  maxHeaderBytes: z.number().int().min(1024).default(16 * 1024),
   /** Concurrency bound and wait queue for inference requests; 429 beyond them. */
   overload: overloadConfigSchema.prefault({}),
 });
@@ -80,7 +86,7 @@ export function createFrontHandler(d: FrontDeps): (req: IncomingMessage, res: Se
       const responseHeaders: Record<string, string> = { 'x-kvgate-worker': worker.id, 'x-kvgate-strategy': strategy, 'x-kvgate-arm': arm, 'x-request-id': requestId };
       if (decision.predictedCachedBlocks !== undefined) responseHeaders['x-kvgate-cached-blocks'] = String(decision.predictedCachedBlocks);
       d.metrics.routed(strategy, ctx.promptTokens, ctx.blocks ? (decision.predictedCachedBlocks ?? 0) * ctx.blocks.blockSize : undefined, arm);
-      const upstreamHeaders = upstreamRequestHeaders(req.headers, requestId, raw.length);
+      const upstreamHeaders = upstreamRequestHeaders(req.headers, requestId, raw.length, { clientAddress: req.socket.remoteAddress, passAuthorization: d.transport.config.passClientAuthorization });
       delete upstreamHeaders[ADMIN_TOKEN_HEADER];
       // vLLM's API server pins a request to a data-parallel rank with this header.
       if (decision.dataParallelRank !== undefined) upstreamHeaders['x-data-parallel-rank'] = String(decision.dataParallelRank);
