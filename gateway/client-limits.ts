@@ -25,7 +25,8 @@ export function frontServerOptions(limits: ClientLimits): ServerOptions {
   const check = Math.min(30_000, Math.max(50, Math.floor(Math.min(...timeouts, 120_000) / 4)));
   return {
     keepAliveTimeout: limits.keepAliveTimeoutMs,
-    headersTimeout: limits.headersTimeoutMs,
+    // Node refuses a header timeout longer than the request timeout.
+    headersTimeout: limits.requestTimeoutMs > 0 ? Math.min(limits.headersTimeoutMs, limits.requestTimeoutMs) : limits.headersTimeoutMs,
     requestTimeout: limits.requestTimeoutMs,
     maxHeaderSize: limits.maxHeaderBytes,
     connectionsCheckingInterval: check,

@@ -4,6 +4,7 @@ import { eventSourceConfigSchema } from '../indexer/events/create-source.js';
 import { DEFAULT_BREAKER, WorkerBreaker, type BreakerConfig } from './breaker.js';
 import type { WorkerLoad, WorkerRole, WorkerView } from './strategies/strategy.js';
 import { workerAuthShape } from './upstream-auth.js';
+import { discoveryConfigSchema } from './discovery/discovery.js';
 
 export const workerConfigSchema = z.strictObject({
   id: z.string().regex(/^[A-Za-z0-9._:-]+$/, 'worker id may use letters, digits and . _ : - only'),
@@ -30,20 +31,27 @@ export const healthConfigSchema = z.strictObject({
 
 export const fleetConfigSchema = z.strictObject({
   health: healthConfigSchema.default({ intervalMs: 2000, timeoutMs: 1000, unhealthyThreshold: 2, healthyThreshold: 1 }),
-  workers: z.array(workerConfigSchema).min(1).superRefine((workers, ctx) => {
+  /** The static list; optional when `discovery` finds the workers (both may be given: the fleet is their union). */
+  workers: z.array(workerConfigSchema).default([]).superRefine((workers, ctx) => {
     const seen = new Set<string>();
     workers.forEach((w, i) => {
       if (seen.has(w.id)) ctx.addIssue({ code: 'custom', path: [i, 'id'], message: `duplicate worker id '${w.id}'` });
       seen.add(w.id);
     });
   }),
+  /** Where workers come from at runtime (`dns`, `kubernetes`; `static` = `workers` only). See gateway/discovery/. */
+  discovery: discoveryConfigSchema.optional(),
+}).superRefine((fleet, ctx) => {
+  if (fleet.workers.length === 0 && (fleet.discovery === undefined || fleet.discovery.type === 'static')) {
+    ctx.addIssue({ code: 'custom', path: ['workers'], message: 'needs at least one worker (or set fleet.discovery to find them at runtime)' });
+  }
 });
 export type FleetConfig = z.infer<typeof fleetConfigSchema>;
 
 /**
  * One upstream engine. Implements `WorkerView`, so strategies see it directly (no copy per request).
  * `healthy` is the active health check's verdict, `breaker` the passive one from real traffic;
- * `available` folds both, and is the only thing routing looks at.
+ * `available` folds both (and leaves out a worker being drained), and is the only thing routing looks at.
  */
 export class Worker implements WorkerView {
   readonly id: string;
@@ -54,6 +62,8 @@ export class Worker implements WorkerView {
   readonly kvEvents: WorkerConfig['kvEvents'];
   readonly load: WorkerLoad = { inflightRequests: 0, prefillRequests: 0, prefillTokens: 0, decodeRequests: 0, decodeBlocks: 0 };
   healthy = false;
+  /** Removed from the fleet: takes no new request; in-flight ones finish. */
+  draining = false;
   lastCheckAt: number | undefined;
   lastError: string | undefined;
   readonly breaker: WorkerBreaker;
@@ -68,9 +78,9 @@ export class Worker implements WorkerView {
     this.breaker = new WorkerBreaker(this.id, breaker, onBreakerChange);
   }
 
-  /** May a new request be sent here now? Health passes and the breaker admits traffic. */
+  /** May a new request be sent here now? Health passes, the breaker admits traffic, and it is not being drained. */
   get available(): boolean {
-    return this.healthy && this.breaker.allowsTraffic;
+    return this.healthy && !this.draining && this.breaker.allowsTraffic;
   }
 
   /** Gone for routing and for the KV index: health failed or the breaker is open (a half-open probe slot in use is not "down"). */
@@ -100,12 +110,22 @@ export interface LoadTicket {
  * The fleet: workers, their availability and the gateway's own view of their load.
  * Availability (health AND breaker) is decided here and only here (`candidates`),
  * before any strategy runs, so strategies never see an unavailable worker.
+ *
+ * Membership changes at runtime (`add`, `remove`: discovery, config reload). A
+ * removed worker leaves `workers` and every candidate list at once but stays
+ * known (`draining`) until `forget`, so requests already routed to it finish
+ * and release their load on the same object. Every change builds new arrays,
+ * never mutates old ones: a strategy holding the previous candidate list keeps
+ * a consistent view, and strategies that cache per list (the session ring) see
+ * a new identity and rebuild.
  */
 export class Fleet {
-  readonly workers: readonly Worker[];
+  #workers: readonly Worker[] = [];
   readonly #byId = new Map<string, Worker>();
-  readonly #models = new Set<string>();
-  /** Available workers per model; rebuilt only when availability changes, so routing allocates nothing. */
+  /** Removed workers still finishing requests, by id (one per id: a re-added id drains the old object first). */
+  readonly #draining = new Map<string, Worker>();
+  #models = new Set<string>();
+  /** Available workers per model; rebuilt only when availability or membership changes, so routing allocates nothing. */
   #available = new Map<string, readonly Worker[]>();
   #healthy: readonly Worker[] = [];
   #passthroughCursor = 0;
@@ -113,22 +133,39 @@ export class Fleet {
   readonly #wasDown = new Map<Worker, boolean>();
   readonly #breakerState = new Map<Worker, string>();
   readonly #log: Logger | undefined;
+  readonly #breakerConfig: BreakerConfig | undefined;
 
   constructor(configs: readonly WorkerConfig[], options: FleetOptions = {}) {
     this.#log = options.log;
-    this.workers = configs.map((c) => {
-      const w: Worker = new Worker(c, options.breaker, () => this.#changed(w, w.breaker.snapshot().lastFailure));
-      return w;
-    });
-    for (const w of this.workers) {
-      this.#byId.set(w.id, w);
-      for (const m of w.models) this.#models.add(m);
-    }
-    this.#rebuild();
+    this.#breakerConfig = options.breaker;
+    const workers: Worker[] = [];
+    for (const c of configs) workers.push(this.#create(c));
+    this.#setMembers(workers);
   }
 
+  /** The current members, healthy or not; a new array after each membership change. */
+  get workers(): readonly Worker[] {
+    return this.#workers;
+  }
+
+  /** Removed workers whose in-flight requests have not all finished yet. */
+  get draining(): readonly Worker[] {
+    return [...this.#draining.values()];
+  }
+
+  /**
+   * A member by id; a removed worker still draining when there is no usable member
+   * of that id (a request routed just before the removal still finds its worker).
+   */
   get(id: string): Worker | undefined {
-    return this.#byId.get(id);
+    const w = this.#byId.get(id);
+    if (w !== undefined && w.healthy) return w;
+    return this.#draining.get(id) ?? w;
+  }
+
+  /** Is this object a current member (not removed)? */
+  has(worker: Worker): boolean {
+    return this.#byId.get(worker.id) === worker;
   }
 
   /** Every model some worker serves, healthy or not. */
@@ -150,14 +187,46 @@ export class Fleet {
     return this.#healthy;
   }
 
-  /** Registers a listener for workers going down and coming back (see `Worker.down`). */
+  /** Registers a listener for workers going down and coming back (see `Worker.down`). Members only. */
   onStatus(listener: WorkerStatusListener): void {
     this.#listeners.push(listener);
   }
 
+  /** Adds a worker (not yet healthy: it takes traffic once a health check passes). Throws on a duplicate id. */
+  add(config: WorkerConfig): Worker {
+    if (this.#byId.has(config.id)) throw new Error(`worker '${config.id}' is already in the fleet`);
+    const w = this.#create(config);
+    this.#setMembers([...this.#workers, w]);
+    return w;
+  }
+
+  /**
+   * Takes a worker out: no new requests from now on. It stays `draining` (its
+   * in-flight requests finish, its load is released on it) until `forget`.
+   */
+  remove(id: string): Worker | undefined {
+    const w = this.#byId.get(id);
+    if (w === undefined) return undefined;
+    w.draining = true;
+    const previous = this.#draining.get(id);
+    if (previous) this.forget(previous);
+    this.#draining.set(id, w);
+    this.#setMembers(this.#workers.filter((x) => x !== w));
+    return w;
+  }
+
+  /** A drained worker is gone for good: stops its breaker's timers. */
+  forget(worker: Worker): void {
+    if (this.#draining.get(worker.id) === worker) this.#draining.delete(worker.id);
+    this.#wasDown.delete(worker);
+    this.#breakerState.delete(worker);
+    worker.breaker.shutdown();
+  }
+
   /** Stops the breakers' timers. */
   close(): void {
-    for (const w of this.workers) w.breaker.shutdown();
+    for (const w of this.#workers) w.breaker.shutdown();
+    for (const w of this.#draining.values()) w.breaker.shutdown();
   }
 
   /** An available worker for plain pass-through requests, rotating. */
@@ -167,9 +236,10 @@ export class Fleet {
     return h[this.#passthroughCursor++ % h.length];
   }
 
+  /** Records a health verdict; ignored for workers no longer in the fleet. */
   setHealthy(worker: Worker, healthy: boolean, error?: string): boolean {
     worker.lastError = error;
-    if (worker.healthy === healthy) return false;
+    if (worker.healthy === healthy || !this.has(worker)) return false;
     worker.healthy = healthy;
     this.#changed(worker, error);
     return true;
@@ -210,8 +280,27 @@ export class Fleet {
     t.phase = 'done';
   }
 
+  #create(config: WorkerConfig): Worker {
+    const w: Worker = new Worker(config, this.#breakerConfig, () => this.#changed(w, w.breaker.snapshot().lastFailure));
+    return w;
+  }
+
+  #setMembers(workers: readonly Worker[]): void {
+    this.#workers = workers;
+    this.#byId.clear();
+    const models = new Set<string>();
+    for (const w of workers) {
+      this.#byId.set(w.id, w);
+      for (const m of w.models) models.add(m);
+    }
+    this.#models = models;
+    this.#rebuild();
+  }
+
   /** Health or breaker changed: rebuild the candidate lists, then tell listeners if the worker went down or up. */
   #changed(worker: Worker, reason: string | undefined): void {
+    // A removed worker's breaker may still move (its last requests); it is no one's business any more.
+    if (!this.has(worker)) return;
     this.#rebuild();
     const state = worker.breaker.state;
     if ((this.#breakerState.get(worker) ?? 'closed') !== state) {
@@ -227,7 +316,7 @@ export class Fleet {
 
   #rebuild(): void {
     const available = new Map<string, Worker[]>();
-    for (const w of this.workers) {
+    for (const w of this.#workers) {
       if (!w.available) continue;
       for (const m of w.models) {
         let list = available.get(m);
@@ -236,7 +325,7 @@ export class Fleet {
       }
     }
     this.#available = available;
-    this.#healthy = this.workers.filter((w) => w.available);
+    this.#healthy = this.#workers.filter((w) => w.available);
   }
 }
 

@@ -35,32 +35,57 @@ export const upstreamConfigSchema = z.strictObject({
 });
 export type UpstreamConfig = z.infer<typeof upstreamConfigSchema>;
 
-/** One keep-alive undici `Pool` per worker. */
+/** One keep-alive undici `Pool` per worker object (a worker re-added under the same id gets a new one). */
 export class Transport {
-  readonly #pools = new Map<string, { pool: Pool; basePath: string }>();
+  readonly #pools = new Map<Worker, { pool: Pool; basePath: string }>();
   readonly config: UpstreamConfig;
 
   constructor(workers: readonly Worker[], config: UpstreamConfig) {
     this.config = config;
-    for (const w of workers) {
-      const url = new URL(w.url);
-      const pool = new Pool(url.origin, {
-        connections: config.connections ?? null,
-        headersTimeout: config.headersTimeoutMs,
-        bodyTimeout: config.bodyTimeoutMs,
-        keepAliveTimeout: config.keepAliveTimeoutMs,
-        connect: { timeout: config.connectTimeoutMs },
-      });
-      this.#pools.set(w.id, { pool, basePath: url.pathname.replace(/\/+$/, '') });
-    }
+    for (const w of workers) this.add(w);
+  }
+
+  /** Opens the worker's pool (idempotent). */
+  add(worker: Worker): void {
+    if (this.#pools.has(worker)) return;
+    const c = this.config;
+    const url = new URL(worker.url);
+    const pool = new Pool(url.origin, {
+      connections: c.connections ?? null,
+      headersTimeout: c.headersTimeoutMs,
+      bodyTimeout: c.bodyTimeoutMs,
+      keepAliveTimeout: c.keepAliveTimeoutMs,
+      connect: { timeout: c.connectTimeoutMs },
+    });
+    this.#pools.set(worker, { pool, basePath: url.pathname.replace(/\/+$/, '') });
   }
 
   get(worker: Worker): { pool: Pool; basePath: string } {
-    return this.#pools.get(worker.id)!;
+    let p = this.#pools.get(worker);
+    // Only a request routed in the instant its worker was drained can miss: give it a pool rather than crash; close() ends it.
+    if (p === undefined) {
+      this.add(worker);
+      p = this.#pools.get(worker)!;
+    }
+    return p;
+  }
+
+  /** Closes a drained worker's pool: waits for its requests up to `graceMs`, then cuts them. */
+  async remove(worker: Worker, graceMs = 5_000): Promise<void> {
+    const p = this.#pools.get(worker);
+    if (p === undefined) return;
+    this.#pools.delete(worker);
+    let timer: NodeJS.Timeout | undefined;
+    const cut = new Promise<'cut'>((resolve) => (timer = setTimeout(() => resolve('cut'), graceMs)));
+    const outcome = await Promise.race([p.pool.close().then(() => 'closed' as const, () => 'closed' as const), cut]);
+    clearTimeout(timer);
+    if (outcome === 'cut') await p.pool.destroy().catch(() => undefined);
   }
 
   async close(): Promise<void> {
-    await Promise.all([...this.#pools.values()].map(({ pool }) => pool.destroy()));
+    const pools = [...this.#pools.values()];
+    this.#pools.clear();
+    await Promise.all(pools.map(({ pool }) => pool.destroy()));
   }
 }
 

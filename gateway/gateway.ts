@@ -9,12 +9,14 @@ import { Transport } from './forward.js';
 import { HealthChecker, type HealthProbe } from './health.js';
 import { GatewayMetrics } from './metrics.js';
 import { Passthrough } from './passthrough.js';
-import { RoutingPipeline, type PromptBlocksProvider } from './pipeline.js';
-import { createRoutingPolicy } from './policy.js';
+import type { PromptBlocksProvider } from './pipeline.js';
 import { createFrontHandler } from './server.js';
 import { answerClientError, frontServerOptions } from './client-limits.js';
 import { configureUpstreamAuth } from './upstream-auth.js';
-import { createStrategy } from './strategies/registry.js';
+import { diffWorkers, type DiscoveredWorker } from './discovery/discovery.js';
+import { FleetSync, type FleetChange, type WorkerHooks } from './fleet-sync.js';
+import { FrontTracker, registerLifecycleMetrics } from './lifecycle.js';
+import { buildRouting, LivePipeline, poolSignature, restartOnlyChanges, type RoutingDeps } from './reload.js';
 import { Disaggregation } from './disagg/two-leg.js';
 
 export interface GatewayOptions {
@@ -31,6 +33,17 @@ export interface GatewayOptions {
   onMetrics?: (registry: Registry) => void;
   /** Registers prom-client's process metrics (off in tests that start many gateways). */
   defaultMetrics?: boolean;
+  /** Told when workers join or leave at runtime (the KV event sources). */
+  workerHooks?: WorkerHooks;
+}
+
+/** What a reload changed, for its log line. */
+export interface ReloadSummary extends FleetChange {
+  strategy: string;
+  policies: number;
+  experiments: number;
+  /** Changed keys that only a restart applies (listen ports, models...). */
+  needsRestart: string[];
 }
 
 export interface Gateway {
@@ -39,6 +52,23 @@ export interface Gateway {
   readonly adminUrl: string;
   readonly fleet: Fleet;
   readonly metrics: GatewayMetrics;
+  /** The config in force (the last one `reload` accepted). */
+  readonly config: GatewayConfig;
+  readonly draining: boolean;
+  /** A discovery source's whole current list of workers, applied through the dynamic fleet. */
+  setDiscovered(workers: readonly DiscoveredWorker[]): FleetChange;
+  /**
+   * Applies a new config: its workers (diff by id) and its routing (swapped for
+   * new requests; in-flight ones keep theirs). Throws, with nothing applied, when
+   * the routing cannot be built. Keys that need a restart are reported, not applied.
+   */
+  reload(config: GatewayConfig): ReloadSummary;
+  /**
+   * Stops taking requests and lets in-flight ones finish: `/ready` answers 503,
+   * the front listener closes, responses carry `connection: close`; after
+   * `timeoutMs` the rest are cut. Resolves with how many were cut.
+   */
+  drain(timeoutMs: number): Promise<{ cut: number }>;
   close(): Promise<void>;
 }
 
@@ -46,8 +76,9 @@ export interface Gateway {
  * The composition root: builds every part from the config, wires them
  * request -> policy -> strategy -> fleet/index -> proxy, and starts listening.
  */
-export async function startGateway(config: GatewayConfig, options: GatewayOptions): Promise<Gateway> {
+export async function startGateway(initialConfig: GatewayConfig, options: GatewayOptions): Promise<Gateway> {
   const { log } = options;
+  let config = initialConfig;
   const random = options.random ?? Math.random;
   const now = options.now ?? Date.now;
   const fleet = new Fleet(config.fleet.workers, { breaker: config.upstream.breaker, log });
@@ -57,13 +88,32 @@ export async function startGateway(config: GatewayConfig, options: GatewayOption
   const transport = new Transport(fleet.workers, config.upstream);
   const health = new HealthChecker(fleet, config.fleet.health, log, options.healthProbe);
   const blockSize = Object.values(config.models)[0]?.blockSize ?? 16;
-  const strategyDeps = { random, now, log, workers: fleet.workers, blockSize, services: options.services ?? {} };
-  const strategy = createStrategy(config.routing.strategy, config.routing.params, strategyDeps);
-  const policy = createRoutingPolicy({ routing: config.routing, strategyDeps, workerById: (id) => fleet.get(id), adminToken: config.admin.token, defaultStrategy: strategy });
-  const pipeline = new RoutingPipeline({
-    fleet, policy, metrics, log, sessionHeader: config.routing.sessionHeader, honourSession: config.routing.overrides.session,
-    promptBlocks: options.promptBlocks, random, now,
-  });
+  const lenientPools = config.fleet.discovery !== undefined && config.fleet.discovery.type !== 'static';
+  const routingDeps: RoutingDeps = {
+    fleet, metrics, log, services: options.services ?? {}, promptBlocks: options.promptBlocks, random, now, blockSize, adminToken: config.admin.token,
+  };
+  const first = buildRouting(config, routingDeps, fleet.workers, lenientPools);
+  const pipeline = new LivePipeline(first.pipeline, routingDeps, first.strategy);
+  let pending = first.pending;
+  let pools = poolSignature(config.routing, fleet.workers);
+  // Pools are resolved when routing is built: a fleet change that moves a worker in or out of one rebuilds it.
+  const onFleetChanged = () => {
+    const next = poolSignature(config.routing, fleet.workers);
+    if (!pending && next === pools) return;
+    try {
+      const built = buildRouting(config, routingDeps, fleet.workers, lenientPools);
+      pipeline.swap(built.pipeline, built.strategy);
+      pending = built.pending;
+      pools = next;
+      log.info({ strategy: built.strategy, pending }, 'routing rebuilt for the new fleet');
+    } catch (err) {
+      log.warn({ error: (err as Error).message }, 'routing not rebuilt for the new fleet; the previous routing stays');
+    }
+  };
+  const sync = new FleetSync({
+    fleet, transport, log, healthTimeoutMs: config.fleet.health.timeoutMs, healthProbe: options.healthProbe,
+    drainTimeoutMs: config.server.drainTimeoutMs, hooks: options.workerHooks, onChanged: onFleetChanged,
+  }, config.fleet.workers);
   const passthrough = new Passthrough(fleet, metrics, { passClientAuthorization: config.upstream.passClientAuthorization });
   // --- disaggregation (gateway/disagg/): two-leg P/D flow and the P/D balance planner ---
   const disagg = new Disaggregation({
@@ -72,22 +122,60 @@ export async function startGateway(config: GatewayConfig, options: GatewayOption
   // --- end disaggregation ---
 
   await health.start();
-  const front = createServer(frontServerOptions(config.server),
-    createFrontHandler({ config: config.server, fleet, pipeline, transport, passthrough, metrics, log, blockSize, disagg }));
-  front.on('clientError', answerClientError);
+  const front = new FrontTracker(createFrontHandler({ config: config.server, fleet, pipeline, transport, passthrough, metrics, log, blockSize, disagg }));
+  const frontServer = createServer(frontServerOptions(config.server), front.handler);
+  frontServer.on('clientError', answerClientError);
   const admin = createServer(createAdminHandler({ fleet, pipeline, token: config.admin.token, indexStats: options.indexStats, disagg }));
-  const url = await listen(front, config.server.host, config.server.port);
+  const url = await listen(frontServer, config.server.host, config.server.port);
   const adminUrl = await listen(admin, config.admin.host, config.admin.port);
-  log.info({ url, adminUrl, strategy: strategy.name, workers: fleet.workers.length, healthy: fleet.healthy.length }, 'gateway ready');
+  const lifecycle = registerLifecycleMetrics(metrics.registry, { fleet, draining: () => front.draining, drainingWorkers: () => sync.draining, discovered: () => sync.discoveredCount });
+  log.info({ url, adminUrl, strategy: first.strategy, workers: fleet.workers.length, healthy: fleet.healthy.length }, 'gateway ready');
 
+  let discoveredBefore: readonly DiscoveredWorker[] = [];
+  let closing: Promise<void> | undefined;
   return {
     url, adminUrl, fleet, metrics,
-    async close() {
-      await Promise.all([closeServer(front), closeServer(admin)]);
-      await health.stop();
-      fleet.close();
-      passthrough.close();
-      await transport.close();
+    get config() { return config; },
+    get draining() { return front.draining; },
+    setDiscovered(workers) {
+      const d = diffWorkers(discoveredBefore, workers);
+      discoveredBefore = workers;
+      lifecycle.discoveryChange(d.added.length, d.removed.length, d.changed.length);
+      return sync.setDiscovered(workers);
+    },
+    reload(next) {
+      const needsRestart = restartOnlyChanges(config, next);
+      try {
+        // Everything that can fail is tried before anything changes: the new routing over the fleet-to-be.
+        const members = sync.prospective(next.fleet.workers);
+        configureUpstreamAuth(members.map((w) => ({ id: w.id })), members);
+        const built = buildRouting(next, routingDeps, members, lenientPools);
+        config = { ...next, server: config.server, admin: config.admin, upstream: config.upstream, models: config.models, disaggregation: config.disaggregation,
+          fleet: { ...next.fleet, health: config.fleet.health, discovery: config.fleet.discovery } };
+        pipeline.swap(built.pipeline, built.strategy);
+        pending = built.pending;
+        const change = sync.setStatic(next.fleet.workers);
+        pools = poolSignature(config.routing, fleet.workers);
+        lifecycle.reload('ok');
+        return { ...change, strategy: built.strategy, policies: next.routing.policies.length, experiments: next.routing.experiments.length, needsRestart };
+      } catch (err) {
+        lifecycle.reload('rejected');
+        throw err;
+      }
+    },
+    async drain(timeoutMs) {
+      return front.drain(frontServer, timeoutMs, log);
+    },
+    close() {
+      closing ??= (async () => {
+        sync.close();
+        await Promise.all([closeServer(frontServer), closeServer(admin)]);
+        await health.stop();
+        fleet.close();
+        passthrough.close();
+        await transport.close();
+      })();
+      return closing;
     },
   };
 }

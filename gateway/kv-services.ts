@@ -3,12 +3,13 @@ import type { Logger } from 'pino';
 import type { GatewayConfig } from '../config/schema.js';
 import { createBlockHasher, type BlockHasher } from '../indexer/block-hash.js';
 import { createEventSource } from '../indexer/events/create-source.js';
-import type { EventSource } from '../indexer/events/source.js';
+import type { EventSink, EventSource } from '../indexer/events/source.js';
 import { KvIndexer } from '../indexer/kv-indexer.js';
 import { createPromptBlocksProvider, localTokenSource, remoteTokenSource, type PromptBlocksFn, type PromptTokenSource } from '../indexer/prompt-tokens.js';
 import type { MatchCounts } from '../indexer/radix-index.js';
 import { RemoteTokenizer } from '../indexer/remote-tokenizer.js';
 import { PromptTokenizer } from '../indexer/tokenizer.js';
+import type { WorkerConfig } from './fleet.js';
 import type { PromptBlocksProvider } from './pipeline.js';
 
 /** What the KV-aware parts of the gateway share: one index per model, its event sources, and prompt hashing. */
@@ -23,6 +24,10 @@ export interface KvServices {
   onTokenized?: (seconds: number, tokens: number) => void;
   /** `/debug/workers` view: per worker, indexed blocks, last sequence number, event lag. */
   stats(): Record<string, unknown>;
+  /** A worker joined the fleet: subscribes to its KV events (if any) and feeds its model's index. */
+  addWorker(worker: WorkerConfig): Promise<void>;
+  /** A worker left: stops its event source, then drops its index entries. */
+  removeWorker(id: string): Promise<void>;
   start(): Promise<void>;
   stop(): Promise<void>;
 }
@@ -37,8 +42,9 @@ const EMPTY_MATCH: Map<string, MatchCounts> = new Map();
 
 /**
  * Builds tokenizers, block hasher, per-model KV indexes and one event source per
- * worker with `kvEvents`, as the config says. The model of a worker's events is
- * the first of its models that has a `models` entry (a LoRA name maps to its base).
+ * worker with `kvEvents`, as the config says; workers added later (discovery,
+ * reload) get theirs through `addWorker`. The model of a worker's events is the
+ * first of its models that has a `models` entry (a LoRA name maps to its base).
  */
 export async function buildKvServices(config: GatewayConfig, options: KvServicesOptions): Promise<KvServices> {
   const { log } = options;
@@ -50,33 +56,64 @@ export async function buildKvServices(config: GatewayConfig, options: KvServices
   }
   const indexers = new Map<string, KvIndexer>();
   const sources = new Map<string, EventSource>();
-  for (const w of config.fleet.workers) {
-    if (!w.kvEvents) continue;
+  const sinkOf = new Map<string, EventSink>();
+  let current: KvServices['matcher'] = multiMatcher([]);
+  const indexerFor = (model: string): KvIndexer => {
+    let indexer = indexers.get(model);
+    if (!indexer) {
+      indexers.set(model, (indexer = new KvIndexer({ hasher, model, blockSize: config.models[model]!.blockSize, log })));
+      current = indexers.size === 1 ? singleMatcher(indexer) : multiMatcher([...indexers.values()]);
+    }
+    return indexer;
+  };
+  /** Registers the worker's source; false when it publishes nothing we can index. */
+  const register = (w: WorkerConfig): boolean => {
+    if (!w.kvEvents) return false;
     const model = w.models.map((m) => baseOf.get(m)).find((m) => m !== undefined);
     if (model === undefined) {
       log.warn({ worker: w.id, models: w.models }, 'worker publishes kv events but none of its models has a models: entry (block size, tokenizer); its events are ignored');
-      continue;
+      return false;
     }
     sources.set(w.id, createEventSource(w.kvEvents, w.id, log, { workerUrl: w.url }));
-    if (!indexers.has(model)) indexers.set(model, new KvIndexer({ hasher, model, blockSize: config.models[model]!.blockSize, log }));
-  }
-  const sinkOf = new Map([...sources.keys()].map((id) => {
-    const w = config.fleet.workers.find((x) => x.id === id)!;
-    const model = w.models.map((m) => baseOf.get(m)).find((m) => m !== undefined)!;
-    return [id, indexers.get(model)!.sinkFor(id)] as const;
-  }));
+    sinkOf.set(w.id, indexerFor(model).sinkFor(w.id));
+    return true;
+  };
+  for (const w of config.fleet.workers) register(w);
 
+  // Adds and removes of one id run in order, so a replaced worker's old source is stopped before its new one starts.
+  const queues = new Map<string, Promise<void>>();
+  const serial = (id: string, step: () => Promise<void>): Promise<void> => {
+    const next = (queues.get(id) ?? Promise.resolve()).then(step).catch((err: unknown) => log.warn({ err, worker: id }, 'kv event source change failed'));
+    queues.set(id, next);
+    void next.then(() => { if (queues.get(id) === next) queues.delete(id); });
+    return next;
+  };
+  let started = false;
+  let stopped = false;
   const tokenizers = new Map<string, PromptTokenizer | RemoteTokenizer>();
   const providers = new Map<string, PromptBlocksFn>();
   const services: KvServices = {
-    matcher: indexers.size === 1 ? singleMatcher(indexers.values().next().value!) : multiMatcher([...indexers.values()]),
+    matcher: { match: (h) => current.match(h), blocksOf: (t) => current.blocksOf(t) },
     promptBlocks: undefined,
     indexers, sources, tokenizers,
     stats: () => workerStats(indexers, sources),
+    addWorker: (w) => serial(w.id, async () => {
+      if (stopped || sources.has(w.id) || !register(w)) return;
+      if (started) await sources.get(w.id)!.start(sinkOf.get(w.id)!);
+    }),
+    removeWorker: (id) => serial(id, async () => {
+      const source = sources.get(id);
+      sources.delete(id);
+      sinkOf.delete(id);
+      await source?.stop();
+      for (const indexer of indexers.values()) indexer.clearWorker(id);
+    }),
     async start() {
-      for (const [id, source] of sources) await source.start(sinkOf.get(id)!);
+      started = true;
+      for (const [id, source] of [...sources]) await source.start(sinkOf.get(id)!);
     },
     async stop() {
+      stopped = true;
       await Promise.all([...sources.values()].map((s) => s.stop()));
     },
   };

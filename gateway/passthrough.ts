@@ -76,7 +76,8 @@ export class Passthrough {
     (res as PassthroughResponse).kvgateTarget = worker;
     this.#proxy.web(req, res, { target: worker.url, changeOrigin: true }, (err: Error) => {
       if (res.writableEnded) return;
-      const gone = req.destroyed || res.destroyed;
+      // Not req.destroyed: a fully read request is auto-destroyed while its client still waits for the answer.
+      const gone = res.destroyed || !res.socket || res.socket.destroyed;
       this.#metrics.upstreamError(worker.id, gone ? 'client_abort' : 'passthrough');
       if (!gone) sendError(res, new GatewayError(502, `upstream worker '${worker.id}' failed: ${err.message}`, 'upstream_error', 'upstream_error', null, true));
     });

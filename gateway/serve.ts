@@ -3,6 +3,8 @@ import { parseFlags, UsageError } from './cli-args.js';
 import { startKvGateway } from './kv-gateway.js';
 import { RoutingSetupError } from './policy.js';
 import { createLogger } from './log.js';
+import { manageLifecycle } from './lifecycle.js';
+import { KubeConfigError } from './discovery/kube-api.js';
 
 const spec = {
   name: 'serve',
@@ -18,16 +20,21 @@ flags:
   --port PORT         listen port, 0 = any free port (KVGATE_PORT; default 8080)
   --admin-port PORT   admin listener port on 127.0.0.1 (KVGATE_ADMIN_PORT; default 8081)
   --strategy NAME     routing strategy (KVGATE_STRATEGY), e.g. least-load, kv
+  --watch-config      reload when FILE changes (as on SIGHUP)
   -h, --help          this help
 
 Logs are JSON lines on stdout; KVGATE_LOG_LEVEL sets the level (default info).
-SIGTERM or SIGINT stops the gateway.`,
+SIGHUP reloads the fleet and the routing from FILE without dropping requests
+(an invalid file is rejected and the running config stays; listen ports,
+models and upstream settings need a restart). SIGTERM or SIGINT drains:
+in-flight requests finish (up to server.drainTimeoutMs), then the process exits 0.`,
   options: {
     config: { type: 'string' },
     host: { type: 'string' },
     port: { type: 'string' },
     'admin-port': { type: 'string' },
     strategy: { type: 'string' },
+    'watch-config': { type: 'boolean' },
   },
 } as const;
 
@@ -49,12 +56,8 @@ export async function serveCommand(argv: string[]): Promise<void> {
   } catch (err) {
     // Rules that need the fleet (pools, pinned workers) are checked at start-up: name the file as config errors do.
     if (err instanceof RoutingSetupError) throw new RoutingSetupError(err.message.replace(/^kvgate: /, `kvgate: ${file}: `));
+    if (err instanceof KubeConfigError) throw new UsageError(`kvgate: ${file}: fleet.discovery: ${err.message}`);
     throw err;
   }
-  const stop = (signal: string) => {
-    log.info({ signal }, 'gateway stopping');
-    gateway.close().then(() => process.exit(0), () => process.exit(1));
-  };
-  process.once('SIGTERM', () => stop('SIGTERM'));
-  process.once('SIGINT', () => stop('SIGINT'));
+  manageLifecycle({ gateway, log, configFile: file, env, watch: flags['watch-config'] === true, exit: (code) => process.exit(code) });
 }

@@ -34,6 +34,8 @@ export const serverConfigSchema = z.strictObject({
   maxHeaderBytes: z.number().int().min(1024).default(16 * 1024),
   /** Concurrency bound and wait queue for inference requests; 429 beyond them. */
   overload: overloadConfigSchema.prefault({}),
+  /** On SIGTERM, how long in-flight requests (streams included) may run before they are cut (gateway/lifecycle.ts). */
+  drainTimeoutMs: z.number().int().min(0).default(30_000),
 });
 export type ServerConfig = z.infer<typeof serverConfigSchema>;
 

@@ -15,6 +15,8 @@ export interface RequestResult {
   promptTokens: number;
   cachedTokens: number;
   worker?: string;
+  /** Prompt blocks the gateway expected the worker to hold (`x-kvgate-cached-blocks`), when it said. */
+  predictedCachedBlocks?: number;
 }
 
 export interface LoadOptions {
@@ -129,6 +131,8 @@ function one(pool: Pool, req: TraceRequest, index: number, model: string, lateMs
         status = statusCode;
         const worker = headers['x-kvgate-worker'];
         if (typeof worker === 'string') r.worker = worker;
+        const predicted = headers['x-kvgate-cached-blocks'];
+        if (typeof predicted === 'string') r.predictedCachedBlocks = Number(predicted);
       },
       onResponseData(_c, chunk) {
         const text = chunk.toString('utf8');

@@ -98,6 +98,9 @@ export function progressLine(label: string, p: Progress): string {
   return `[${label}] ${p.done}/${p.total} done, ${p.rate.toFixed(1)} req/s, ${p.inflight} in flight, ${p.failed} failed, late ${p.lateMs.toFixed(0)} ms, elapsed ${s(p.elapsedMs)}${eta}\n`;
 }
 
+/** Per-request results of the last strategy run, dumped for diagnosis when KVGATE_REPLAY_DUMP names a file. */
+let lastResults: unknown[] = [];
+
 async function main(argv: string[]): Promise<void> {
   const o = parseReplayFlags(argv);
   const trace = readTrace(o.trace, o.limit);
@@ -110,6 +113,7 @@ async function main(argv: string[]): Promise<void> {
   for (const [i, strategy] of o.strategies.entries()) {
     const label = `${i + 1}/${o.strategies.length} ${strategy}`;
     const run = await runStrategy(strategy, o.params[strategy] ?? {}, trace, o.fleet, (p) => process.stderr.write(progressLine(label, p)));
+    lastResults = run.results;
     const s = summarise(strategy, run.results, run.workers, bound, o.fleet.speedup);
     summaries.push(s);
     const firstError = run.results.find((r) => !r.ok)?.error;
@@ -125,6 +129,7 @@ async function main(argv: string[]): Promise<void> {
   mkdirSync(o.out, { recursive: true });
   const base = join(o.out, `replay-${o.name}${o.limit < Infinity ? `-limit${o.limit}` : ''}`);
   writeFileSync(`${base}.json`, `${JSON.stringify(report, null, 2)}\n`);
+  if (process.env.KVGATE_REPLAY_DUMP) writeFileSync(process.env.KVGATE_REPLAY_DUMP, JSON.stringify(lastResults));
   writeFileSync(`${base}.svg`, replaySvg(report));
   const md = renderMarkdown(report, basename(`${base}.svg`));
   writeFileSync(`${base}.md`, md);

@@ -1,4 +1,4 @@
-import { chooseByKvCost } from '../strategies/kv.js';
+import { chooseByKvCost, kvParamsSchema, type KvParams } from '../strategies/kv.js';
 import { matchWorkers, type PrefixMatcher } from '../strategies/overlap.js';
 import type { Decision, RouteContext, Strategy, WorkerView } from '../strategies/strategy.js';
 import type { DisaggConfig } from './config.js';
@@ -37,6 +37,14 @@ export interface DecideInput<W extends WorkerView> {
   config: DisaggConfig;
   matcher: PrefixMatcher | undefined;
   blockSize: number;
+}
+
+const decodeParamsCache = new Map<number, KvParams>();
+/** The `kv` cost's params with `prefillWeight` = transferWeight; parsed, so every other param keeps the strategy's default. */
+function decodeParams(transferWeight: number): KvParams {
+  let p = decodeParamsCache.get(transferWeight);
+  if (!p) decodeParamsCache.set(transferWeight, (p = kvParamsSchema.parse({ prefillWeight: transferWeight, temperature: 0 })));
+  return p;
 }
 
 const byId = <W extends WorkerView>(list: readonly W[], d: Decision): W => list.find((w) => w.id === d.worker.id) ?? list[0]!;
@@ -80,7 +88,7 @@ export function decide<W extends WorkerView>(input: DecideInput<W>): DisaggPlan<
     }
   }
   const prefillDecision = strategy.choose(ctx, prefillSide);
-  const decodeDecision = chooseByKvCost(ctx, decodeSide, matcher, { prefillWeight: config.transferWeight, temperature: 0, cpuTierWeight: 0.75 }, input.blockSize, 'kv events index');
+  const decodeDecision = chooseByKvCost(ctx, decodeSide, matcher, decodeParams(config.transferWeight), input.blockSize, 'kv events index');
   return {
     ...plan, path: 'disaggregated',
     reason: config.mode === 'always' ? 'mode always' : `uncached prefill ${uncachedTokens} tokens >= minUncachedTokens ${config.minUncachedTokens}`,

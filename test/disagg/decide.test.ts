@@ -57,7 +57,7 @@ t.test('saturated or missing prefill workers keep requests aggregated', async (t
 });
 
 t.test('the decode worker is chosen by decode load, with transfer size as a lesser term', async (t) => {
-  const loaded = [worker('p0', 'prefill'), worker('d0', 'decode', 0, 10), worker('d1', 'decode', 0, 5000)];
+  const loaded = [worker('p0', 'prefill'), worker('d1', 'decode', 0, 5000), worker('d0', 'decode', 0, 10)];
   const p = plan(8000, {}, loaded);
   t.equal(p.path, 'disaggregated');
   t.equal(p.decode?.id, 'd0', 'd1 caches more of the prompt but is far busier decoding');

@@ -2,7 +2,7 @@ import t from 'tap';
 import OpenAI from 'openai';
 import { request } from 'undici';
 import { eventually, metricValue, MODEL, startGateway, startSim } from '../fixtures/gateway.js';
-import { longText, pdConfig } from './fixtures.js';
+import { longText, pdConfig } from '../fixtures/disagg.js';
 
 /**
  * A client that leaves mid-way. The prefill and decode workers run in separate sim

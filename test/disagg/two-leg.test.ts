@@ -2,7 +2,7 @@ import t from 'tap';
 import OpenAI from 'openai';
 import { request } from 'undici';
 import { eventually, metricValue, MODEL, startGateway, startSim } from '../fixtures/gateway.js';
-import { longText, pdConfig } from './fixtures.js';
+import { longText, pdConfig } from '../fixtures/disagg.js';
 
 /**
  * The two-leg flow end to end: simulated workers speak vLLM's NixlConnector

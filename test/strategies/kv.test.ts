@@ -2,8 +2,9 @@ import t from 'tap';
 import { createKvStrategy, kvParamsSchema } from '../../gateway/strategies/kv.js';
 import { BLOCK, ctx, deps, fakeMatcher, hashes, seeded, shares, worker } from '../fixtures/strategy-fleet.js';
 
+// Most cases check the cost arithmetic at prefillWeight 1 without the reuse credit; the defaults have their own test.
 const kv = (matcher?: object, params: Record<string, unknown> = {}) =>
-  createKvStrategy(kvParamsSchema.parse(params), deps({ services: matcher ? { kvIndexer: matcher } : {} }));
+  createKvStrategy(kvParamsSchema.parse({ prefillWeight: 1, reuseCredit: 0, ...params }), deps({ services: matcher ? { kvIndexer: matcher } : {} }));
 
 const fleet = () => [worker('w1'), worker('w2'), worker('w3')];
 
@@ -82,7 +83,28 @@ t.test('CPU-tier blocks count 0.75 by default, never more than 1', async (t) => 
   t.equal(d.worker.id, 'w1');
   t.throws(() => kvParamsSchema.parse({ cpuTierWeight: 1.5 }));
   t.throws(() => kvParamsSchema.parse({ prefillWieght: 1 }), 'strict schema');
-  t.same(kvParamsSchema.parse({}), { prefillWeight: 1, temperature: 0, cpuTierWeight: 0.75 });
+  t.same(kvParamsSchema.parse({}), { prefillWeight: 16, reuseCredit: 3, temperature: 0, cpuTierWeight: 0.75 });
+});
+
+t.test('reuseCredit keeps a conversation with its cache through a queue that the immediate saving alone would not', async (t) => {
+  // Prompt 64 blocks, w1 holds 40 of them but has 50 blocks of prefill queued; w2 is idle.
+  // Without credit: w1 = 24 + 50 = 74 > w2 = 64. With credit 1: 74 − 40 = 34 < 64.
+  const workers = [worker('w1', { prefillTokens: 50 * BLOCK, prefillRequests: 1, inflightRequests: 1 }), worker('w2')];
+  const m = fakeMatcher({ w1: 40 });
+  t.equal(kv(m).choose(ctx({ hashes: hashes(64) }), workers).worker.id, 'w2', 'greedy: the queue costs more than the saving');
+  const d = kv(m, { reuseCredit: 1 }).choose(ctx({ hashes: hashes(64) }), workers);
+  t.equal(d.worker.id, 'w1', 'credited: the cache is worth keeping');
+  t.equal(d.candidates![0]!.terms['cost'], 34);
+  t.match(d.explain['rule'], /reuseCredit/);
+  // The credit is bounded: a deep enough queue still sends the request elsewhere (24 + 120 − 40 = 104 > 64).
+  const swamped = [worker('w1', { prefillTokens: 120 * BLOCK }), worker('w2')];
+  t.equal(kv(m, { reuseCredit: 1 }).choose(ctx({ hashes: hashes(64) }), swamped).worker.id, 'w2');
+  // At the defaults (weight 16, credit 3) the same 40 blocks hold through 50 queued blocks but not 160:
+  // 16 × (24 + 50 − 120) = −736 < 1024; 16 × (24 + 160 − 120) = 1024 ... ties go to less load, so 161.
+  const defaults = createKvStrategy(kvParamsSchema.parse({}), deps({ services: { kvIndexer: m } }));
+  t.equal(defaults.choose(ctx({ hashes: hashes(64) }), workers).worker.id, 'w1');
+  t.equal(defaults.choose(ctx({ hashes: hashes(64) }), [worker('w1', { prefillTokens: 161 * BLOCK }), worker('w2')]).worker.id, 'w2');
+  t.throws(() => kvParamsSchema.parse({ reuseCredit: -1 }));
 });
 
 t.test('the best data-parallel rank is chosen and reported', async (t) => {
