@@ -1,6 +1,6 @@
-import type { ServerOptions } from 'node:http';
+import type { IncomingMessage, ServerOptions, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
-import { GatewayError } from './errors.js';
+import { GatewayError, sendError } from './errors.js';
 
 /** The front listener's limits on what a client may send and how slowly (fields of `server` in the config). */
 export interface ClientLimits {
@@ -30,6 +30,7 @@ export function frontServerOptions(limits: ClientLimits): ServerOptions {
     requestTimeout: limits.requestTimeoutMs,
     maxHeaderSize: limits.maxHeaderBytes,
     connectionsCheckingInterval: check,
+    requireHostHeader: false,
   };
 }
 
@@ -73,3 +74,23 @@ export function answerClientError(err: Error, socket: Duplex): void {
 }
 
 const STATUS_TEXT: Record<number, string> = { 400: 'Bad Request', 408: 'Request Timeout', 413: 'Payload Too Large', 431: 'Request Header Fields Too Large' };
+
+/**
+ * Node answers a hostless HTTP/1.1 request (RFC 9112 §3.2) with a bodiless 400
+ * unless `requireHostHeader` is off; the front turns it off and answers here
+ * instead, with an OpenAI-style body like every other refusal.
+ */
+export function requireHost(handler: (req: IncomingMessage, res: ServerResponse) => void): (req: IncomingMessage, res: ServerResponse) => void {
+  return (req, res) => {
+    if (req.httpVersion === '1.1' && req.headers.host === undefined) {
+      sendError(res, new GatewayError(400, 'HTTP/1.1 request without a Host header', 'invalid_request_error', 'malformed_request'), { connection: 'close' });
+      return;
+    }
+    handler(req, res);
+  };
+}
+
+/** `checkExpectation`: an `Expect` other than 100-continue is 417, with a body (Node's own answer has none). */
+export function answerExpectation(_req: IncomingMessage, res: ServerResponse): void {
+  sendError(res, new GatewayError(417, 'only Expect: 100-continue is supported', 'invalid_request_error', 'expectation_failed'), { connection: 'close' });
+}

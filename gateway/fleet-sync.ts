@@ -22,6 +22,8 @@ export interface FleetSyncDeps {
   readonly hooks?: WorkerHooks | undefined;
   /** Called after every applied membership change (routing pools may need rebuilding). */
   readonly onChanged?: (() => void) | undefined;
+  /** A removed worker finished draining and is gone. */
+  readonly onForgotten?: ((id: string) => void) | undefined;
 }
 
 export interface FleetChange {
@@ -170,6 +172,7 @@ export class FleetSync {
     if (left > 0) this.#d.log.warn({ worker: worker.id, inflight: left }, 'drain timeout: cutting the worker\'s requests');
     await this.#d.transport.remove(worker, left > 0 ? 0 : 1000);
     this.#d.fleet.forget(worker);
+    this.#d.onForgotten?.(worker.id);
     this.#d.log.info({ worker: worker.id, ms: Date.now() - started }, 'worker drained');
   }
 }

@@ -11,11 +11,11 @@ import { GatewayMetrics } from './metrics.js';
 import { Passthrough } from './passthrough.js';
 import type { PromptBlocksProvider } from './pipeline.js';
 import { createFrontHandler } from './server.js';
-import { answerClientError, frontServerOptions } from './client-limits.js';
+import { answerClientError, answerExpectation, frontServerOptions, requireHost } from './client-limits.js';
 import { configureUpstreamAuth } from './upstream-auth.js';
 import { diffWorkers, type DiscoveredWorker } from './discovery/discovery.js';
 import { FleetSync, type FleetChange, type WorkerHooks } from './fleet-sync.js';
-import { FrontTracker, registerLifecycleMetrics } from './lifecycle.js';
+import { dropWorkerSeries, FrontTracker, registerLifecycleMetrics } from './lifecycle.js';
 import { buildRouting, LivePipeline, poolSignature, restartOnlyChanges, type RoutingDeps } from './reload.js';
 import { Disaggregation } from './disagg/two-leg.js';
 
@@ -63,6 +63,8 @@ export interface Gateway {
    * the routing cannot be built. Keys that need a restart are reported, not applied.
    */
   reload(config: GatewayConfig): ReloadSummary;
+  /** Counts a reload attempt (`kvgate_config_reloads_total{result}`); a file that fails to load never reaches `reload`. */
+  countReload(result: 'ok' | 'rejected'): void;
   /**
    * Stops taking requests and lets in-flight ones finish: `/ready` answers 503,
    * the front listener closes, responses carry `connection: close`; after
@@ -113,6 +115,8 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
   const sync = new FleetSync({
     fleet, transport, log, healthTimeoutMs: config.fleet.health.timeoutMs, healthProbe: options.healthProbe,
     drainTimeoutMs: config.server.drainTimeoutMs, hooks: options.workerHooks, onChanged: onFleetChanged,
+    // Gauges are set at scrape time for current workers only: a departed worker's last values would linger.
+    onForgotten: (id) => { if (!fleet.workers.some((w) => w.id === id)) dropWorkerSeries(metrics.registry, id); },
   }, config.fleet.workers);
   const passthrough = new Passthrough(fleet, metrics, { passClientAuthorization: config.upstream.passClientAuthorization });
   // --- disaggregation (gateway/disagg/): two-leg P/D flow and the P/D balance planner ---
@@ -123,8 +127,8 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
 
   await health.start();
   const front = new FrontTracker(createFrontHandler({ config: config.server, fleet, pipeline, transport, passthrough, metrics, log, blockSize, disagg }));
-  const frontServer = createServer(frontServerOptions(config.server), front.handler);
-  frontServer.on('clientError', answerClientError);
+  const frontServer = createServer(frontServerOptions(config.server), requireHost(front.handler));
+  frontServer.on('clientError', answerClientError).on('checkExpectation', answerExpectation);
   const admin = createServer(createAdminHandler({ fleet, pipeline, token: config.admin.token, indexStats: options.indexStats, disagg }));
   const url = await listen(frontServer, config.server.host, config.server.port);
   const adminUrl = await listen(admin, config.admin.host, config.admin.port);
@@ -145,24 +149,19 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
     },
     reload(next) {
       const needsRestart = restartOnlyChanges(config, next);
-      try {
-        // Everything that can fail is tried before anything changes: the new routing over the fleet-to-be.
-        const members = sync.prospective(next.fleet.workers);
-        configureUpstreamAuth(members.map((w) => ({ id: w.id })), members);
-        const built = buildRouting(next, routingDeps, members, lenientPools);
-        config = { ...next, server: config.server, admin: config.admin, upstream: config.upstream, models: config.models, disaggregation: config.disaggregation,
-          fleet: { ...next.fleet, health: config.fleet.health, discovery: config.fleet.discovery } };
-        pipeline.swap(built.pipeline, built.strategy);
-        pending = built.pending;
-        const change = sync.setStatic(next.fleet.workers);
-        pools = poolSignature(config.routing, fleet.workers);
-        lifecycle.reload('ok');
-        return { ...change, strategy: built.strategy, policies: next.routing.policies.length, experiments: next.routing.experiments.length, needsRestart };
-      } catch (err) {
-        lifecycle.reload('rejected');
-        throw err;
-      }
+      // Everything that can fail is tried before anything changes: the new routing over the fleet-to-be.
+      const members = sync.prospective(next.fleet.workers);
+      configureUpstreamAuth(members.map((w) => ({ id: w.id })), members);
+      const built = buildRouting(next, routingDeps, members, lenientPools);
+      config = { ...next, server: config.server, admin: config.admin, upstream: config.upstream, models: config.models, disaggregation: config.disaggregation,
+        fleet: { ...next.fleet, health: config.fleet.health, discovery: config.fleet.discovery } };
+      pipeline.swap(built.pipeline, built.strategy);
+      pending = built.pending;
+      const change = sync.setStatic(next.fleet.workers);
+      pools = poolSignature(config.routing, fleet.workers);
+      return { ...change, strategy: built.strategy, policies: next.routing.policies.length, experiments: next.routing.experiments.length, needsRestart };
     },
+    countReload: (result) => lifecycle.reload(result),
     async drain(timeoutMs) {
       return front.drain(frontServer, timeoutMs, log);
     },

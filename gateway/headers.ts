@@ -89,3 +89,16 @@ export function clientResponseHeaders(
   for (const name in extra) out[name] = extra[name];
   return out;
 }
+
+/** Visible ASCII, no spaces, at most 128 characters: enough for UUIDs, trace ids and vLLM's request ids. */
+const REQUEST_ID = /^[\x21-\x7e]{1,128}$/;
+
+/**
+ * The client's `x-request-id`, when it is a sane token; otherwise undefined and
+ * the gateway makes one. It is echoed in headers and written to every log line
+ * of the request, so a 16 KiB or odd value is not taken over.
+ */
+export function clientRequestId(headers: IncomingHttpHeaders): string | undefined {
+  const given = headers['x-request-id'];
+  return typeof given === 'string' && REQUEST_ID.test(given) ? given : undefined;
+}

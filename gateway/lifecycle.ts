@@ -106,6 +106,14 @@ export function registerLifecycleMetrics(registry: Registry, s: LifecycleMetrics
   };
 }
 
+/** Removes a departed worker's series from every per-worker gauge (counters keep their history). */
+export function dropWorkerSeries(registry: Registry, id: string): void {
+  for (const m of registry.getMetricsAsArray()) {
+    const labels = (m as unknown as { labelNames?: readonly string[] }).labelNames;
+    if (m instanceof Gauge && labels?.length === 1 && labels[0] === 'worker') m.remove({ worker: id });
+  }
+}
+
 /** Sizes of the bounded caches that are not shown elsewhere: the tokenizers' (byte-bounded LRUs). */
 export function registerMemoryMetrics(registry: Registry, tokenizers: ReadonlyMap<string, { stats(): { cacheBytes: number; cacheEntries: number } }>): void {
   const registers = [registry];
@@ -145,10 +153,12 @@ export function manageLifecycle(o: LifecycleOptions): { reload(): boolean; stop(
       const config = loadConfigFile(o.configFile, o.env);
       const s = gateway.reload(config);
       lastHash = hashOf(o.configFile);
+      gateway.countReload('ok');
       log.info({ strategy: s.strategy, policies: s.policies, experiments: s.experiments, added: s.added, removed: s.removed, changed: s.changed, workers: gateway.fleet.workers.length }, 'config reloaded');
       if (s.needsRestart.length > 0) log.warn({ keys: s.needsRestart }, 'config change needs a restart to take effect');
       return true;
     } catch (err) {
+      gateway.countReload('rejected');
       log.error({ error: (err as Error).message }, 'config reload rejected');
       return false;
     }

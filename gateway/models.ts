@@ -1,5 +1,6 @@
 import type { Fleet } from './fleet.js';
 import type { Transport } from './forward.js';
+import { withWorkerAuth } from './upstream-auth.js';
 
 interface ModelCard {
   id: string;
@@ -17,7 +18,7 @@ export async function fleetModels(fleet: Fleet, transport: Transport, timeoutMs 
   const answers = await Promise.all(fleet.healthy.map(async (w) => {
     try {
       const { pool, basePath } = transport.get(w);
-      const res = await pool.request({ path: `${basePath}/v1/models`, method: 'GET', signal: AbortSignal.timeout(timeoutMs) });
+      const res = await pool.request({ path: `${basePath}/v1/models`, method: 'GET', headers: withWorkerAuth(w, {}), signal: AbortSignal.timeout(timeoutMs) });
       if (res.statusCode !== 200) {
         await res.body.dump();
         return [];

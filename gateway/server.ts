@@ -6,7 +6,7 @@ import { z } from 'zod';
 import { GatewayError, sendError } from './errors.js';
 import type { Fleet } from './fleet.js';
 import { forward, type Transport } from './forward.js';
-import { upstreamRequestHeaders } from './headers.js';
+import { clientRequestId, upstreamRequestHeaders } from './headers.js';
 import type { GatewayMetrics } from './metrics.js';
 import { fleetModels } from './models.js';
 import { Admission, overloadConfigSchema } from './overload.js';
@@ -63,8 +63,7 @@ export function createFrontHandler(d: FrontDeps): (req: IncomingMessage, res: Se
   const admission = new Admission(d.config.overload, d.metrics.registry);
   const inference = async (req: IncomingMessage, res: ServerResponse, kind: InferenceKind, route: string, path: string): Promise<void> => {
     const started = performance.now();
-    const given = req.headers['x-request-id'];
-    const requestId = typeof given === 'string' && given !== '' ? given : randomUUID();
+    const requestId = clientRequestId(req.headers) ?? randomUUID();
     // Admission comes before the body is read, so a refused request costs no memory.
     let admitted = admission.acquire(res, { 'x-request-id': requestId });
     if (admitted instanceof Promise) admitted = await admitted;

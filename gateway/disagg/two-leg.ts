@@ -5,6 +5,7 @@ import { GatewayError, sendError } from '../errors.js';
 import type { Fleet, Worker } from '../fleet.js';
 import type { Transport } from '../forward.js';
 import { clientResponseHeaders, upstreamRequestHeaders } from '../headers.js';
+import { withWorkerAuth } from '../upstream-auth.js';
 import type { GatewayMetrics } from '../metrics.js';
 import type { PromptBlocksProvider, Routed } from '../pipeline.js';
 import { ADMIN_TOKEN_HEADER } from '../policies/overrides.js';
@@ -162,7 +163,7 @@ export class Disaggregation {
     const plan = this.#plan(routed, ctx);
     const blockSize = ctx.blocks?.blockSize ?? d.blockSize;
     const blocks = Math.ceil((plan.promptTokens + (request.maxTokens ?? DEFAULT_OUTPUT_TOKENS)) / blockSize);
-    const headers = upstreamRequestHeaders(job.req.headers, job.requestId, 0);
+    const headers = upstreamRequestHeaders(job.req.headers, job.requestId, 0, { clientAddress: job.req.socket.remoteAddress, passAuthorization: d.transport.config.passClientAuthorization });
     delete headers[ADMIN_TOKEN_HEADER];
     const predicted = plan.aggregatedDecision.predictedCachedBlocks;
     d.metrics.routed(strategy, plan.promptTokens, ctx.blocks && predicted !== undefined ? predicted * blockSize : undefined, arm);
@@ -201,7 +202,7 @@ export class Disaggregation {
       this.planner.prefillStarted(pool, worker.id);
       const t0 = performance.now();
       const { pool: upstream, basePath } = d.transport.get(worker);
-      const r = await sendPrefill(upstream, basePath + job.path, headers, body, signal);
+      const r = await sendPrefill(upstream, basePath + job.path, withWorkerAuth(worker, headers), body, signal);
       d.fleet.finish(ticket);
       this.planner.prefillEnded(pool, worker.id, r.ok ? plan.uncachedTokens : 0);
       if (r.ok) {
@@ -258,7 +259,7 @@ export class Disaggregation {
       const remaining = () => plan.decodeCandidates.filter((x) => !tried.has(x) && x.available);
       const canRetry = attempt < d.transport.config.retry.attempts && remaining().length > 0;
       const { pool: upstream, basePath } = d.transport.get(w);
-      const r = await streamLeg(upstream, basePath + job.path, headers, body, res, responseHeaders, signal, canRetry, {
+      const r = await streamLeg(upstream, basePath + job.path, withWorkerAuth(w, headers), body, res, responseHeaders, signal, canRetry, {
         first: () => {
           firstAt = performance.now();
           d.fleet.firstToken(ticket);

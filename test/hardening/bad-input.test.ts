@@ -139,6 +139,17 @@ t.test('bad input', async (t) => {
     t.match(text, /t9[\s\S]*\[DONE\]/, 'all chunks and the end marker arrived');
   });
 
+  t.test('an odd x-request-id is replaced, a sane one kept', async (t) => {
+    const body = JSON.stringify({ model: 'm', prompt: 'hi' });
+    for (const [given, kept] of [['req-42.a:b_c', true], ['has space', false], ['x'.repeat(129), false], ['caf\u00e9', false]] as const) {
+      const r = await post(`${url}/v1/completions`, body, { 'x-request-id': given });
+      const echo = (await r.body.json()) as { headers: Record<string, string> };
+      if (kept) t.equal(r.headers['x-request-id'], given);
+      else t.match(r.headers['x-request-id'], /^[0-9a-f-]{36}$/, `${given.slice(0, 20)} replaced`);
+      t.equal(echo.headers['x-request-id'], r.headers['x-request-id'], 'the worker saw the same id');
+    }
+  });
+
   t.test('still serving', async (t) => {
     const r = await post(`${url}/v1/chat/completions`, JSON.stringify({ model: 'm', messages: [{ role: 'user', content: 'hi' }], n: null, tools: null }));
     t.equal(r.statusCode, 200);

@@ -54,8 +54,8 @@ t.test('kvgate serve: invalid rules exit 2 with one line', async (t) => {
   const cases: [unknown, RegExp][] = [
     [config({ policies: [{ match: { headers: { 'x-user': { regex: '(' } } }, strategy: 'random' }] }), /^kvgate: .*kvgate\.yaml: routing\.policies\[0\]\.match\.headers\.x-user\.regex: invalid regular expression/],
     [config({ experiments: [{ name: 'ab', arms: [{ name: 'a', strategy: 'warp' }] }] }), /^kvgate: .*: routing\.experiments\[0\]\.arms\[0\]\.strategy: unknown strategy 'warp'/],
-    [config({ pools: { big: { labels: { gpu: 'b200' } } } }), /^kvgate: routing\.pools\.big\.labels: no worker has labels gpu=b200/],
-    [config({ overrides: { workerHeader: true } }), /^kvgate: routing\.overrides\.workerHeader: needs admin\.token/],
+    [config({ pools: { big: { labels: { gpu: 'b200' } } } }), /^kvgate: .*kvgate\.yaml: routing\.pools\.big\.labels: no worker has labels gpu=b200/],
+    [config({ overrides: { workerHeader: true } }), /^kvgate: .*kvgate\.yaml: routing\.overrides\.workerHeader: needs admin\.token/],
   ];
   for (const [c, message] of cases) {
     const r = serve(writeConfig(t.teardown.bind(t), c));

