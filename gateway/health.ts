@@ -42,7 +42,7 @@ export class HealthChecker {
   readonly #config: HealthConfig;
   readonly #probe: HealthProbe;
   readonly #log: Logger;
-  readonly #streak = new Map<Worker, number>();
+  readonly #streak = new WeakMap<Worker, number>();
   #timer: NodeJS.Timeout | undefined;
   #running: Promise<void> | undefined;
 

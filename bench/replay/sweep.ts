@@ -64,6 +64,10 @@ ${o.fleet.workers} workers, speed-up ${o.fleet.speedup}, other fleet settings as
 
 ${table}
 
+How to read it: the hit rate is the steady signal (it depends on routing decisions, not on timing). The fleet runs close to
+its prefill capacity, so mean TTFT swings with any CPU stall on the machine running the replay: compare the "late p99"
+column (how far behind schedule the client sent, real ms) before trusting a TTFT difference between two cells.
+
 ![kv sensitivity](replay-sweep.svg)
 `;
   mkdirSync(o.out, { recursive: true });

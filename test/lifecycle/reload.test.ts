@@ -42,9 +42,20 @@ t.test('SIGHUP under load: strategy changes, a worker joins, another drains; no 
   await eventually(() => traffic.outcomes.filter((o) => o.ok).length >= 20, 15_000);
   t.ok(traffic.outcomes.some((o) => o.worker === w0.worker), 'w0 takes traffic before the reload');
 
+  // Long streams in flight across the reload: the ones on w0 must finish there while it drains.
+  const streams = Array.from({ length: 4 }, async () => {
+    const res = await request(`${g.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: MODEL, stream: true, max_tokens: 300, messages: [{ role: 'user', content: 'a long one' }] }) });
+    const text = await res.body.text();
+    return { worker: String(res.headers['x-kvgate-worker']), done: res.statusCode === 200 && text.includes('data: [DONE]'), endedAt: Date.now() };
+  });
+  await new Promise((r) => setTimeout(r, 200));
   writeFileSync(g.configFile, stringify(config([w1, w2], 'kv')));
   g.gateway.child.kill('SIGHUP');
   const [reloaded] = await g.gateway.waitFor('config reloaded', 1, 10_000);
+  const long = await Promise.all(streams);
+  t.ok(long.every((s) => s.done), 'every long stream ended with [DONE]');
+  t.ok(long.some((s) => s.worker === w0.worker && s.endedAt > Number(reloaded!.time)), 'a stream on the removed worker outlived the reload (drained, not cut)');
   t.same(reloaded!.added, [w2.worker]);
   t.same(reloaded!.removed, [w0.worker]);
   t.equal(reloaded!.strategy, 'kv');
