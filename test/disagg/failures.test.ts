@@ -1,28 +1,14 @@
 import t from 'tap';
-import OpenAI from 'openai';
 import { request } from 'undici';
-import { eventually, metricValue, MODEL, startGateway, startSim } from '../fixtures/gateway.js';
-import { longText, pdConfig } from '../fixtures/disagg.js';
+import { metricValue, MODEL } from '../fixtures/gateway.js';
+import { longText, startPdPair } from '../fixtures/disagg.js';
 
 /**
  * Failures of each leg. The prefill and decode workers run in separate sim
  * processes so either can be killed; the health check polls rarely, so the
  * gateway still believes in a dead worker and the leg itself must cope.
  */
-const SLOW_HEALTH = { intervalMs: 60_000, timeoutMs: 500 };
-
-async function pd(t: Tap.Test, prefillArgs: string[] = [], decodeArgs: string[] = []) {
-  const teardown = t.teardown.bind(t);
-  const [p, d] = await Promise.all([
-    startSim(teardown, 1, ['--id-prefix', 'p-', '--role', 'prefill', '--speedup', '10', ...prefillArgs]),
-    startSim(teardown, 1, ['--id-prefix', 'd-', '--role', 'decode', '--speedup', '10', ...decodeArgs]),
-  ]);
-  const workers = [p.workers[0]!, d.workers[0]!];
-  const g = await startGateway(teardown, pdConfig(workers, ['prefill', 'decode'], { minUncachedTokens: 128 }, { strategy: 'kv' }, SLOW_HEALTH));
-  const client = new OpenAI({ baseURL: `${g.url}/v1`, apiKey: 'unused', maxRetries: 0, timeout: 20_000 });
-  const stats = async (w: { url: string }) => (await (await request(`${w.url}/sim/stats`)).body.json()) as Record<string, number>;
-  return { ...g, p, d, workers, client, stats };
-}
+const pd = startPdPair;
 
 t.test('a dead prefill worker: the request is served whole on the decode worker', async (t) => {
   const f = await pd(t);
