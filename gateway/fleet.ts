@@ -60,7 +60,14 @@ export class Worker implements WorkerView {
   readonly role: WorkerRole;
   readonly labels: Readonly<Record<string, string>>;
   readonly kvEvents: WorkerConfig['kvEvents'];
-  readonly load: WorkerLoad = { inflightRequests: 0, prefillRequests: 0, prefillTokens: 0, decodeRequests: 0, decodeBlocks: 0 };
+  /** This replica's own requests on the worker: what load tickets take and release. */
+  readonly localLoad: WorkerLoad = zeroLoad();
+  /**
+   * What strategies read: `localLoad` itself, or with load sharing on (gateway/load-sharing.ts)
+   * a second object kept at local + the other replicas' load, updated on each local change and
+   * each snapshot, so reading it costs nothing per request.
+   */
+  readonly load: WorkerLoad;
   healthy = false;
   /** Removed from the fleet: takes no new request; in-flight ones finish. */
   draining = false;
@@ -68,7 +75,8 @@ export class Worker implements WorkerView {
   lastError: string | undefined;
   readonly breaker: WorkerBreaker;
 
-  constructor(config: WorkerConfig, breaker: BreakerConfig = DEFAULT_BREAKER, onBreakerChange: () => void = () => {}) {
+  constructor(config: WorkerConfig, breaker: BreakerConfig = DEFAULT_BREAKER, onBreakerChange: () => void = () => {}, sharedLoad = false) {
+    this.load = sharedLoad ? zeroLoad() : this.localLoad;
     this.id = config.id;
     this.url = config.url.replace(/\/+$/, '');
     this.models = config.models;
@@ -87,6 +95,31 @@ export class Worker implements WorkerView {
   get down(): boolean {
     return !this.healthy || this.breaker.state === 'open';
   }
+
+  /** Sets `load` to local + `remote` (other replicas' sum; undefined = none). No-op without load sharing. */
+  setRemoteLoad(remote: Readonly<WorkerLoad> | undefined): void {
+    const l = this.load;
+    if (l === this.localLoad) return;
+    const o = this.localLoad;
+    l.inflightRequests = o.inflightRequests + (remote?.inflightRequests ?? 0);
+    l.prefillRequests = o.prefillRequests + (remote?.prefillRequests ?? 0);
+    l.prefillTokens = o.prefillTokens + (remote?.prefillTokens ?? 0);
+    l.decodeRequests = o.decodeRequests + (remote?.decodeRequests ?? 0);
+    l.decodeBlocks = o.decodeBlocks + (remote?.decodeBlocks ?? 0);
+  }
+}
+
+function zeroLoad(): WorkerLoad {
+  return { inflightRequests: 0, prefillRequests: 0, prefillTokens: 0, decodeRequests: 0, decodeBlocks: 0 };
+}
+
+/** Adds a ticket's deltas to one load object. */
+function bump(l: WorkerLoad, inflight: number, prefillRequests: number, prefillTokens: number, decodeRequests: number, decodeBlocks: number): void {
+  l.inflightRequests += inflight;
+  l.prefillRequests += prefillRequests;
+  l.prefillTokens += prefillTokens;
+  l.decodeRequests += decodeRequests;
+  l.decodeBlocks += decodeBlocks;
 }
 
 /** Told when a worker goes down (health failed, breaker opened) or comes back up. */
@@ -96,6 +129,8 @@ export interface FleetOptions {
   breaker?: BreakerConfig | undefined;
   /** Logs breaker transitions and workers going down or up. */
   log?: Logger | undefined;
+  /** Keep `Worker.load` separate from `localLoad`, for other replicas' load to be added (gateway/load-sharing.ts). */
+  sharedLoad?: boolean | undefined;
 }
 
 /** What one request holds on a worker, so finishing releases exactly what starting took. */
@@ -134,9 +169,11 @@ export class Fleet {
   readonly #breakerState = new Map<Worker, string>();
   readonly #log: Logger | undefined;
   readonly #breakerConfig: BreakerConfig | undefined;
+  readonly #sharedLoad: boolean;
 
   constructor(configs: readonly WorkerConfig[], options: FleetOptions = {}) {
     this.#log = options.log;
+    this.#sharedLoad = options.sharedLoad === true;
     this.#breakerConfig = options.breaker;
     const workers: Worker[] = [];
     for (const c of configs) workers.push(this.#create(c));
@@ -208,6 +245,8 @@ export class Fleet {
     const w = this.#byId.get(id);
     if (w === undefined) return undefined;
     w.draining = true;
+    // Only this replica's requests are ours to wait for when draining it.
+    w.setRemoteLoad(undefined);
     const previous = this.#draining.get(id);
     if (previous) this.forget(previous);
     this.#draining.set(id, w);
@@ -247,41 +286,42 @@ export class Fleet {
 
   /** Counts a routed request as prefill on its worker. */
   start(worker: Worker, promptTokens: number, blocks: number): LoadTicket {
-    const l = worker.load;
-    l.inflightRequests++;
-    l.prefillRequests++;
-    l.prefillTokens += promptTokens;
+    this.#bump(worker, 1, 1, promptTokens, 0, 0);
     return { worker, promptTokens, blocks, phase: 'prefill' };
   }
 
   /** The first token arrived: the request moves from prefill to decode. */
   firstToken(t: LoadTicket): void {
     if (t.phase !== 'prefill') return;
-    const l = t.worker.load;
-    l.prefillRequests--;
-    l.prefillTokens -= t.promptTokens;
-    l.decodeRequests++;
-    l.decodeBlocks += t.blocks;
+    this.#bump(t.worker, 0, -1, -t.promptTokens, 1, t.blocks);
     t.phase = 'decode';
   }
 
   /** The request finished, failed or was aborted. Idempotent. */
   finish(t: LoadTicket): void {
     if (t.phase === 'done') return;
-    const l = t.worker.load;
-    if (t.phase === 'prefill') {
-      l.prefillRequests--;
-      l.prefillTokens -= t.promptTokens;
-    } else {
-      l.decodeRequests--;
-      l.decodeBlocks -= t.blocks;
-    }
-    l.inflightRequests--;
+    if (t.phase === 'prefill') this.#bump(t.worker, -1, -1, -t.promptTokens, 0, 0);
+    else this.#bump(t.worker, -1, 0, 0, -1, -t.blocks);
     t.phase = 'done';
   }
 
+  /** The members' own load by worker id: what this replica publishes to the others. */
+  *localLoads(): Iterable<[string, Readonly<WorkerLoad>]> {
+    for (const w of this.#workers) yield [w.id, w.localLoad];
+  }
+
+  /** Other replicas' load on a member (undefined = none); ignored for ids not (or no longer) in the fleet. */
+  setRemoteLoad(id: string, remote: Readonly<WorkerLoad> | undefined): void {
+    this.#byId.get(id)?.setRemoteLoad(remote);
+  }
+
+  #bump(w: Worker, inflight: number, prefillRequests: number, prefillTokens: number, decodeRequests: number, decodeBlocks: number): void {
+    bump(w.localLoad, inflight, prefillRequests, prefillTokens, decodeRequests, decodeBlocks);
+    if (w.load !== w.localLoad) bump(w.load, inflight, prefillRequests, prefillTokens, decodeRequests, decodeBlocks);
+  }
+
   #create(config: WorkerConfig): Worker {
-    const w: Worker = new Worker(config, this.#breakerConfig, () => this.#changed(w, w.breaker.snapshot().lastFailure));
+    const w: Worker = new Worker(config, this.#breakerConfig, () => this.#changed(w, w.breaker.snapshot().lastFailure), this.#sharedLoad);
     return w;
   }
 

@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
@@ -18,6 +19,7 @@ import { FleetSync, type FleetChange, type WorkerHooks } from './fleet-sync.js';
 import { dropWorkerSeries, FrontTracker, registerLifecycleMetrics } from './lifecycle.js';
 import { buildRouting, LivePipeline, poolSignature, restartOnlyChanges, type RoutingDeps } from './reload.js';
 import { Disaggregation } from './disagg/two-leg.js';
+import { LoadSharing, natsTransport } from './load-sharing.js';
 
 export interface GatewayOptions {
   log: Logger;
@@ -83,10 +85,18 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
   let config = initialConfig;
   const random = options.random ?? Math.random;
   const now = options.now ?? Date.now;
-  const fleet = new Fleet(config.fleet.workers, { breaker: config.upstream.breaker, log });
+  const fleet = new Fleet(config.fleet.workers, { breaker: config.upstream.breaker, log, sharedLoad: config.loadSharing !== undefined });
   configureUpstreamAuth(fleet.workers, config.fleet.workers);
   const metrics = new GatewayMetrics(fleet, { defaultMetrics: options.defaultMetrics });
   options.onMetrics?.(metrics.registry);
+  let sharing: LoadSharing | undefined;
+  if (config.loadSharing) {
+    // Not from the injected `random`: two replicas seeded alike would take each other's snapshots for their own.
+    const replicaId = randomUUID().slice(0, 13);
+    const transport = natsTransport(config.loadSharing, log, `kvgate-${replicaId}`);
+    sharing = new LoadSharing({ fleet, transport, config: config.loadSharing, log, replicaId, now, registry: metrics.registry });
+    sharing.start();
+  }
   const transport = new Transport(fleet.workers, config.upstream);
   const health = new HealthChecker(fleet, config.fleet.health, log, options.healthProbe);
   const blockSize = Object.values(config.models)[0]?.blockSize ?? 16;
@@ -133,7 +143,7 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
   const url = await listen(frontServer, config.server.host, config.server.port);
   const adminUrl = await listen(admin, config.admin.host, config.admin.port);
   const lifecycle = registerLifecycleMetrics(metrics.registry, { fleet, draining: () => front.draining, drainingWorkers: () => sync.draining, discovered: () => sync.discoveredCount });
-  log.info({ url, adminUrl, strategy: first.strategy, workers: fleet.workers.length, healthy: fleet.healthy.length }, 'gateway ready');
+  log.info({ url, adminUrl, strategy: first.strategy, workers: fleet.workers.length, healthy: fleet.healthy.length, loadSharing: sharing?.replicaId }, 'gateway ready');
 
   let discoveredBefore: readonly DiscoveredWorker[] = [];
   let closing: Promise<void> | undefined;
@@ -153,7 +163,7 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
       const members = sync.prospective(next.fleet.workers);
       configureUpstreamAuth(members.map((w) => ({ id: w.id })), members);
       const built = buildRouting(next, routingDeps, members, lenientPools);
-      config = { ...next, server: config.server, admin: config.admin, upstream: config.upstream, models: config.models, disaggregation: config.disaggregation,
+      config = { ...next, server: config.server, admin: config.admin, upstream: config.upstream, models: config.models, disaggregation: config.disaggregation, loadSharing: config.loadSharing,
         fleet: { ...next.fleet, health: config.fleet.health, discovery: config.fleet.discovery } };
       pipeline.swap(built.pipeline, built.strategy);
       pending = built.pending;
@@ -170,6 +180,7 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
         sync.close();
         await Promise.all([closeServer(frontServer), closeServer(admin)]);
         await health.stop();
+        await sharing?.close();
         fleet.close();
         passthrough.close();
         await transport.close();
