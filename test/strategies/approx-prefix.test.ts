@@ -6,7 +6,8 @@ const approx = (now: () => number, params: Record<string, unknown> = {}) =>
   createApproxPrefixStrategy(approxPrefixParamsSchema.parse(params), deps({ now }));
 
 t.test('a second request with the same prefix follows the first', async (t) => {
-  const s = approx(() => 0);
+  // The plain cost (no reuse credit, prefill weighed as decode), so the hand arithmetic below stays readable.
+  const s = approx(() => 0, { prefillWeight: 1, reuseCredit: 0 });
   const workers = [worker('w1'), worker('w2'), worker('w3')];
   const random = seeded(5);
   const system = hashes(30, 3n);
@@ -60,5 +61,5 @@ t.test('without blocks nothing is learned and routing is by load', async (t) => 
   s.onRouted!(ctx({ promptTokens: 400 }), d);
   t.match(d.explain['index'], /no prompt blocks/);
   t.throws(() => approxPrefixParamsSchema.parse({ ttlSeconds: 0 }));
-  t.same(approxPrefixParamsSchema.parse({}), { prefillWeight: 1, temperature: 0, cpuTierWeight: 0.75, ttlSeconds: 120, maxBlocks: 1_000_000 });
+  t.same(approxPrefixParamsSchema.parse({}), { prefillWeight: 16, temperature: 0, reuseCredit: 3, cpuTierWeight: 0.75, ttlSeconds: 120, maxBlocks: 1_000_000 }, 'the kv defaults tuned on the replay');
 });

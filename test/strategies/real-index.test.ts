@@ -48,7 +48,7 @@ t.test('kv, dynamo, llmd-precise and sglang (events) route to the worker whose e
 
   // Only rank 1 of w3 holds a prefix: it is the target reported when w3 wins.
   const busyW2 = [worker('w1', { decodeBlocks: 50 }), worker('w2', { decodeBlocks: 50 }), worker('w3')];
-  const rank = createStrategy('kv', {}, deps({ services })).choose(c, busyW2);
+  const rank = createStrategy('kv', { prefillWeight: 1, reuseCredit: 0 }, deps({ services })).choose(c, busyW2);
   t.equal(rank.worker.id, 'w3');
   t.equal(rank.dataParallelRank, 1);
 
