@@ -21,12 +21,26 @@ walk(dir);
 let passed = 0;
 let failed = 0;
 for (const file of files) {
-  const parser = new Parser({ flat: true });
-  parser.on('assert', (a) => {
-    if (a.skip || a.todo) return;
-    if (a.ok) passed += 1;
-    else failed += 1;
-  });
+  const parser = new Parser();
+  // Every subtest is a child parser whose summary line is also an assert of its
+  // parent: count asserts at every depth, then take the subtests' summary lines
+  // back out, which leaves the leaf assertions.
+  const watch = (p) => {
+    p.on('assert', (a) => {
+      if (a.skip || a.todo) return;
+      if (a.ok) passed += 1;
+      else failed += 1;
+    });
+    p.on('child', (child) => {
+      watch(child);
+      child.on('complete', (r) => {
+        // The summary line reports the child's own verdict; undo it so only leaves count.
+        if (r.ok) passed -= 1;
+        else if (r.fail > 0) failed -= 1;
+      });
+    });
+  };
+  watch(parser);
   parser.end(readFileSync(file, 'utf8'));
   // A file whose plan was never completed (crash, timeout) counts as one failure.
   if (!parser.ok && !parser.failures.some((f) => f.ok === false)) failed += 1;

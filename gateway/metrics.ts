@@ -48,12 +48,12 @@ export class GatewayMetrics {
     this.#shadowPredicted = new Histogram({ name: 'kvgate_shadow_predicted_cached_tokens', help: 'Prompt tokens a shadow strategy expected its chosen worker to hold', labelNames: ['strategy', 'shadow'], buckets: TOKEN_BUCKETS, registers });
     // Load gauges read the fleet at scrape time: nothing to update per request.
     new Gauge({
-      name: 'kvgate_inflight_requests', help: 'Requests in flight per worker', labelNames: ['worker'], registers,
-      collect() { for (const w of fleet.workers) this.set({ worker: w.id }, w.load.inflightRequests); },
+      name: 'kvgate_inflight_requests', help: 'Requests this gateway has in flight per worker (other replicas not included)', labelNames: ['worker'], registers,
+      collect() { for (const w of fleet.workers) this.set({ worker: w.id }, w.localLoad.inflightRequests); },
     });
     new Gauge({
       name: 'kvgate_inflight_prefill_tokens', help: 'Prompt tokens of requests waiting for their first token, per worker', labelNames: ['worker'], registers,
-      collect() { for (const w of fleet.workers) this.set({ worker: w.id }, w.load.prefillTokens); },
+      collect() { for (const w of fleet.workers) this.set({ worker: w.id }, w.localLoad.prefillTokens); },
     });
     new Gauge({
       name: 'kvgate_worker_healthy', help: '1 when the worker passes its health check', labelNames: ['worker'], registers,

@@ -126,7 +126,7 @@ export function poolSignature(routing: RoutingConfig, members: readonly PoolMemb
 
 /** Config sections a running gateway cannot take over: a change there is logged as needing a restart. */
 const RESTART_KEYS: readonly (readonly string[])[] = [
-  ['server'], ['admin'], ['upstream'], ['models'], ['disaggregation'], ['fleet', 'health'], ['fleet', 'discovery'],
+  ['server'], ['admin'], ['upstream'], ['models'], ['disaggregation'], ['loadSharing'], ['fleet', 'health'], ['fleet', 'discovery'],
 ];
 
 /** The keys among `RESTART_KEYS` whose values differ between the two configs, as `fleet.health` style paths. */
