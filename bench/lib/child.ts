@@ -8,9 +8,17 @@ export interface ReadyChild {
   stop(): Promise<void>;
 }
 
+/**
+ * Extra node flags for benchmark children, e.g. `KVGATE_BENCH_NODE_ARGS=--cpu-prof`
+ * to profile the gateway and simulators of a run (NODE_OPTIONS refuses --cpu-prof).
+ */
+export function benchNodeArgs(): string[] {
+  return (process.env.KVGATE_BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean);
+}
+
 /** Spawns `node ...args` and resolves with its first JSON log line whose `msg` equals `readyMsg`. */
 export function spawnUntilReady(args: string[], readyMsg: string, env: NodeJS.ProcessEnv = {}, timeoutMs = 30_000): Promise<ReadyChild> {
-  const child = spawn(process.execPath, args, { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, KVGATE_EXIT_WITH_PARENT: '1', ...env } });
+  const child = spawn(process.execPath, [...benchNodeArgs(), ...args], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, KVGATE_EXIT_WITH_PARENT: '1', ...env } });
   const tail: string[] = [];
   const exited = new Promise<void>((r) => child.once('exit', () => r()));
   const stop = async () => {

@@ -1,3 +1,4 @@
+import { LRUCache } from 'lru-cache';
 import { Pool } from 'undici';
 import { blockTokens, PROMPT_VOCAB, TRACE_BLOCK_TOKENS, type TraceRequest } from './trace.js';
 
@@ -44,8 +45,7 @@ export interface Progress {
 }
 
 /** Token ids of recently used blocks as JSON text: conversations resend their history, so most blocks repeat. */
-const blockText = new Map<number, string>();
-const BLOCK_TEXT_CACHE = 20_000;
+const blockText = new LRUCache<number, string>({ max: 20_000 });
 
 let idText: string[] | undefined;
 
@@ -62,7 +62,6 @@ function blockJson(id: number, length: number): string {
   let text = blockText.get(id);
   if (text === undefined) {
     text = joinIds(blockTokens(id));
-    if (blockText.size >= BLOCK_TEXT_CACHE) blockText.delete(blockText.keys().next().value!);
     blockText.set(id, text);
   }
   return text;

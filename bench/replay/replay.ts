@@ -44,6 +44,7 @@ export const FLEET_DEFAULTS: FleetShape = {
   maxNumBatchedTokens: 2048,
   maxNumSeqs: 256,
   speedup: 10,
+  streamInterval: 16,
   timing: { 'prefill-a': 3.4e-6, 'prefill-b': 0.15, 'prefill-c': 30, 'decode-base-ms': 20, 'decode-kv-ms': 20 },
 };
 
@@ -65,7 +66,7 @@ export function parseReplayFlags(argv: string[]): { trace: string; limit: number
     options: {
       trace: { type: 'string' }, limit: { type: 'string' }, strategies: { type: 'string' }, speedup: { type: 'string' },
       workers: { type: 'string' }, 'kv-blocks': { type: 'string' }, 'block-size': { type: 'string' }, 'max-model-len': { type: 'string' },
-      'max-num-batched-tokens': { type: 'string' }, 'max-num-seqs': { type: 'string' },
+      'max-num-batched-tokens': { type: 'string' }, 'max-num-seqs': { type: 'string' }, 'stream-interval': { type: 'string' },
       ...Object.fromEntries(TIMING_FLAGS.map((f) => [f, { type: 'string' as const }])),
       params: { type: 'string' }, out: { type: 'string' }, name: { type: 'string' },
     },
@@ -94,6 +95,7 @@ export function parseReplayFlags(argv: string[]): { trace: string; limit: number
     maxNumBatchedTokens: num(values, 'max-num-batched-tokens', d.maxNumBatchedTokens, 1, true),
     maxNumSeqs: num(values, 'max-num-seqs', d.maxNumSeqs, 1, true),
     speedup: num(values, 'speedup', d.speedup, 0.001),
+    streamInterval: num(values, 'stream-interval', d.streamInterval ?? 1, 1, true),
     timing,
   };
   const limit = num(values, 'limit', Infinity, 1, values.limit !== undefined);

@@ -24,12 +24,12 @@ export function resultRows(summaries: readonly StrategySummary[]): (string | num
   return summaries.map((s) => [
     s.strategy, sec(s.ttft.mean), sec(s.ttft.p50), sec(s.ttft.p90), sec(s.ttft.p99), sec(s.e2e.mean),
     Number.isFinite(s.outputTokPerS) ? s.outputTokPerS.toFixed(1) : 'n/a', s.failed, pct(s.hitRate), pct(s.ofUpperBound),
-    (s.prefillTokens / 1e6).toFixed(1), s.prefillImbalance.toFixed(2), s.lateness.p99.toFixed(0),
+    (s.prefillTokens / 1e6).toFixed(1), s.prefillImbalance.toFixed(2), s.lateness.p99.toFixed(0), (s.simLostMs ?? 0).toFixed(0),
   ]);
 }
 
 export const RESULT_HEADER = [
-  'strategy', 'TTFT mean s', 'p50', 'p90', 'p99', 'e2e mean s', 'out tok/s', 'failed', 'hit rate', '% of bound', 'prefill Mtok', 'max/mean prefill', 'late p99 ms',
+  'strategy', 'TTFT mean s', 'p50', 'p90', 'p99', 'e2e mean s', 'out tok/s', 'failed', 'hit rate', '% of bound', 'prefill Mtok', 'max/mean prefill', 'late p99 ms', 'sim lag ms',
 ];
 
 export function renderMarkdown(r: ReplayReport, svgFile: string): string {
@@ -48,13 +48,14 @@ Upper bound (an infinite prefix cache shared by all workers): ${pct(r.bound.bloc
 
 Fleet: ${f.workers} simulated vLLM workers (\`kvgate sim\`), ${f.kvBlocks} KV blocks × ${f.blockSize} tokens each
 (${((f.kvBlocks * f.blockSize) / 1e6).toFixed(2)}M tokens per worker), max-num-batched-tokens ${f.maxNumBatchedTokens}, max-num-seqs ${f.maxNumSeqs},
-timing \`${timing}\`, speed-up ${f.speedup} (arrivals and engine steps both run ${f.speedup}× faster).
+stream interval ${f.streamInterval ?? 1}, timing \`${timing}\`, speed-up ${f.speedup} (arrivals and engine steps both run ${f.speedup}× faster).
 Parameters: ${Object.keys(r.params).length ? `\`${JSON.stringify(r.params)}\`` : 'every strategy at its defaults'}.
 
 Latencies are in simulated seconds (measured on the client, multiplied by the speed-up). "out tok/s" is the decode speed a user
 sees, Σ(output tokens − 1) / Σ(e2e − TTFT) over requests. Hit rate and prefill tokens come from the workers' \`/sim/stats\`;
 "max/mean prefill" is the busiest worker's prefill tokens over the mean. "late p99" is how far behind the trace's schedule
-the client sent its requests (real ms): large values mean this machine could not keep up and the queueing is partly an artefact.
+the client sent its requests (real ms) and "sim lag" the most any simulated engine fell behind its own clock (real ms, in all):
+large values of either mean this machine could not keep up and part of the queueing is an artefact.
 
 ${markdownTable(RESULT_HEADER, resultRows(r.summaries))}
 

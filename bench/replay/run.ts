@@ -23,6 +23,8 @@ export interface FleetShape {
   maxNumBatchedTokens: number;
   maxNumSeqs: number;
   speedup: number;
+  /** vLLM's --stream-interval on every worker (tokens per SSE chunk after the first); 1 when absent. */
+  streamInterval?: number;
   /** Timing knobs, passed through as `--prefill-a` etc. when set. */
   timing: Partial<Record<'prefill-a' | 'prefill-b' | 'prefill-c' | 'decode-base-ms' | 'decode-kv-ms', number>>;
 }
@@ -35,6 +37,7 @@ export function simArgs(f: FleetShape, events: boolean): string[] {
     '--port', '0', '--kv-blocks', String(f.kvBlocks), '--block-size', String(f.blockSize), '--speedup', String(f.speedup),
     '--max-model-len', String(f.maxModelLen), '--max-num-batched-tokens', String(f.maxNumBatchedTokens), '--max-num-seqs', String(f.maxNumSeqs),
   ];
+  if (f.streamInterval !== undefined) args.push('--stream-interval', String(f.streamInterval));
   if (events) args.push('--kv-events', 'tcp://127.0.0.1:*', '--kv-events-replay', 'tcp://127.0.0.1:*');
   for (const [k, v] of Object.entries(f.timing)) if (v !== undefined) args.push(`--${k}`, String(v));
   return args;
@@ -91,7 +94,7 @@ export async function runStrategy(strategy: string, params: Record<string, unkno
     const results = await replay({ url: gateway.ready.url as string, model: MODEL, trace, speedup: fleet.speedup, onProgress });
     const workers = await Promise.all(sim.workers.map(async (w) => {
       const s = (await (await request(`${w.url}/sim/stats`)).body.json()) as WorkerStats;
-      return { id: w.worker, prefixQueryTokens: s.prefixQueryTokens, prefixHitTokens: s.prefixHitTokens, prefillTokensComputed: s.prefillTokensComputed, preemptions: s.preemptions, evictions: s.evictions };
+      return { id: w.worker, prefixQueryTokens: s.prefixQueryTokens, prefixHitTokens: s.prefixHitTokens, prefillTokensComputed: s.prefillTokensComputed, preemptions: s.preemptions, evictions: s.evictions, lostMs: s.lostMs };
     }));
     const c = process.cpuUsage(clientCpu);
     const cpuS = { client: (c.user + c.system) / 1e6, sim: procCpuS(sim.child.pid), gateway: procCpuS(gateway.child.pid) };

@@ -9,6 +9,8 @@ export interface WorkerStats {
   prefillTokensComputed: number;
   preemptions: number;
   evictions: number;
+  /** Real ms the engine fell behind its own clock (absent from older workers: 0). */
+  lostMs?: number;
 }
 
 export interface Dist {
@@ -37,6 +39,8 @@ export interface StrategySummary {
   /** max / mean of per-worker prefill tokens computed (1 = perfectly even). */
   prefillImbalance: number;
   preemptions: number;
+  /** The most real ms any one simulated engine fell behind its clock: 0 when the machine kept up. */
+  simLostMs: number;
   /** How far behind schedule the client sent, real ms. */
   lateness: { mean: number; p99: number; max: number };
   /** Requests per worker, as the gateway's `x-kvgate-worker` header reported. */
@@ -102,6 +106,7 @@ export function summarise(strategy: string, results: readonly RequestResult[], w
     prefillTokens: workers.reduce((a, w) => a + w.prefillTokensComputed, 0),
     prefillImbalance: imbalance(workers.map((w) => w.prefillTokensComputed)),
     preemptions: workers.reduce((a, w) => a + w.preemptions, 0),
+    simLostMs: Math.max(0, ...workers.map((w) => w.lostMs ?? 0)),
     lateness: { mean: mean(late), p99: percentile(late, 0.99), max: late.at(-1) ?? 0 },
     perWorker,
   };

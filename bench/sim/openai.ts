@@ -28,6 +28,11 @@ export interface OpenAiContext {
   kvCapacityTokens: number;
   /** Tokens a chat request without max_tokens generates before its simulated EOS. */
   defaultChatTokens: number;
+  /**
+   * vLLM's `--stream-interval`: a streamed response sends the first token at
+   * once, then one chunk per this many tokens, and the rest when it finishes.
+   */
+  streamInterval: number;
   tokenizer: SimTokenizer;
 }
 

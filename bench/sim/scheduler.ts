@@ -28,6 +28,12 @@ export interface SchedulerCounters {
   kvLoads: number;
   kvLoadTokens: number;
   kvLoadFailures: number;
+  /**
+   * Real milliseconds the engine fell behind its own clock beyond what it can
+   * catch up (the process was too busy to step on time). Non-zero means the
+   * machine, not the simulated GPU, set part of the timing.
+   */
+  lostMs: number;
 }
 
 interface Scheduled {
@@ -55,7 +61,7 @@ export class Scheduler {
   readonly loading: SimRequest[] = [];
   readonly counters: SchedulerCounters = {
     steps: 0, prefillTokensComputed: 0, decodeTokens: 0, generatedTokens: 0, prefixQueryTokens: 0, prefixHitTokens: 0, preemptions: 0,
-    kvLoads: 0, kvLoadTokens: 0, kvLoadFailures: 0,
+    kvLoads: 0, kvLoadTokens: 0, kvLoadFailures: 0, lostMs: 0,
   };
   readonly #o: SchedulerOptions;
   readonly #now: () => number;
@@ -145,6 +151,7 @@ export class Scheduler {
       else prefill += s.tokens;
     }
     const now = this.#now();
+    if (now - MAX_LAG_MS > this.#clock) this.counters.lostMs += now - MAX_LAG_MS - this.#clock;
     const start = Math.max(this.#clock, now - MAX_LAG_MS);
     const end = start + stepMs(this.#o.timing, prefill, decodes, usage);
     this.#clock = end;

@@ -26,6 +26,8 @@ export interface SimStats {
   generatedTokens: number;
   steps: number;
   preemptions: number;
+  /** Real ms the engine loop fell behind its clock (see SchedulerCounters.lostMs). */
+  lostMs: number;
   /** Next KV event batch sequence number (string: it is a u64); null without --kv-events. */
   kvEventsNextSeq: string | null;
   /** P/D: remote prefills pulled here, their tokens, failed pulls; prefills held here for a remote decode. */
@@ -157,6 +159,7 @@ async function generate(kind: 'completion' | 'chat', d: SimServerDeps, req: Inco
     res.flushHeaders();
   }
   const last = parsed.maxTokens - 1;
+  const interval = d.ctx.streamInterval;
   const simReq = d.scheduler.add({
     id: head.id,
     promptTokens: parsed.promptTokens,
@@ -167,9 +170,13 @@ async function generate(kind: 'completion' | 'chat', d: SimServerDeps, req: Inco
     outputToken: (i) => tok.outputToken(i),
     onToken(_token, index) {
       if (index === 0) d.metrics.observeFirstToken((performance.now() - started) / 1000);
-      const text = tok.outputText(index);
-      if (!parsed.stream) return void pieces.push(text);
+      pieces.push(tok.outputText(index));
+      if (!parsed.stream) return;
       if (res.destroyed) return; // the abort follows on 'close'
+      // vLLM's stream interval: the first token goes at once, then every `interval` tokens, and the rest at the end.
+      if (index !== 0 && index !== last && pieces.length < interval) return;
+      const text = pieces.join('');
+      pieces.length = 0;
       const finish = index === last ? parsed.finishReason : null;
       if (kind === 'completion') return void sse(completionChunk(head, text, finish));
       if (index === 0) sse(chatChunk(head, { role: 'assistant', content: '' }, null));

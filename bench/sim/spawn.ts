@@ -1,6 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
+import { benchNodeArgs } from '../lib/child.js';
 
 /** What a simulated worker announces in its `sim worker ready` log line. */
 export interface SimWorkerInfo {
@@ -28,7 +29,7 @@ const CLI = fileURLToPath(new URL('../../gateway/cli.js', import.meta.url));
  * The demo and the benchmarks share this, so they drive the same program the tests do.
  */
 export function spawnSimFleet(workers: number, args: readonly string[] = [], options: { timeoutMs?: number; onLog?: (line: string) => void } = {}): Promise<SimFleet> {
-  const child = spawn(process.execPath, [CLI, 'sim', '--workers', String(workers), ...args], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, KVGATE_EXIT_WITH_PARENT: '1' } });
+  const child = spawn(process.execPath, [...benchNodeArgs(), CLI, 'sim', '--workers', String(workers), ...args], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, KVGATE_EXIT_WITH_PARENT: '1' } });
   const ready: SimWorkerInfo[] = [];
   const tail: string[] = [];
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));

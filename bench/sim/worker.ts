@@ -37,6 +37,8 @@ export interface SimWorkerOptions {
   maxModelLen?: number;
   /** Tokens a chat request without max_tokens generates before "EOS". */
   defaultChatTokens?: number;
+  /** vLLM's --stream-interval (default 1: one SSE chunk per token). */
+  streamInterval?: number;
   timing?: Partial<TimingModel>;
   kvEvents?: SimKvEventsOptions;
   /** Fixes the block-hash root seed (default random per worker, as vLLM without PYTHONHASHSEED). */
@@ -123,6 +125,7 @@ export async function startSimWorker(options: SimWorkerOptions = {}): Promise<Si
       decodeTokens: c.decodeTokens,
       generatedTokens: c.generatedTokens,
       steps: c.steps,
+      lostMs: Math.round(c.lostMs),
       preemptions: c.preemptions,
       kvEventsNextSeq: publisher ? String(publisher.nextSeq) : null,
       kvLoads: c.kvLoads,
@@ -138,6 +141,7 @@ export async function startSimWorker(options: SimWorkerOptions = {}): Promise<Si
     maxModelLen,
     kvCapacityTokens: kvBlocks * blockSize,
     defaultChatTokens: options.defaultChatTokens ?? SIM_DEFAULTS.defaultChatTokens,
+    streamInterval: options.streamInterval ?? SIM_DEFAULTS.streamInterval,
     tokenizer,
   };
   const server = createServer({ keepAliveTimeout: 65_000 }, createSimHandler({ ctx, scheduler, cache, metrics, publisher, logger, nixl, stats }));
