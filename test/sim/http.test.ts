@@ -122,3 +122,22 @@ t.test('a client that disconnects mid-stream is aborted and its blocks freed', a
   const metrics = await (await fetch(`${w.url}/metrics`)).text();
   t.match(metrics, /^vllm:num_requests_running\{[^}]*\} 0$/m);
 });
+
+t.test('--stream-interval: the first token alone, then a chunk per N tokens, the rest with the finish reason', async (t) => {
+  const chunked = await startSimWorker({ tokenizer, maxModelLen: 2048, streamInterval: 16, timing: { speedup: 10 } });
+  t.teardown(() => chunked.close());
+  for (const [worker, sizes] of [[chunked, [1, 16, 16, 7]], [w, Array.from({ length: 40 }, () => 1)]] as const) {
+    const res = await fetch(`${worker.url}/v1/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ prompt: [1, 2, 3, 4], max_tokens: 40, stream: true, stream_options: { include_usage: true } }),
+    });
+    const events = (await res.text()).split('\n\n').filter((e) => e.startsWith('data: {')).map((e) => JSON.parse(e.slice(6)));
+    const tokenEvents = events.filter((e) => e.choices.length > 0);
+    let next = 0;
+    const expectedTexts = sizes.map((n) => Array.from({ length: n }, () => tokenizer.outputText(next++)).join(''));
+    t.same(tokenEvents.map((e) => e.choices[0].text), expectedTexts, `chunks of ${sizes.join(', ')} tokens`);
+    t.same(tokenEvents.map((e) => e.choices[0].finish_reason), [...sizes.slice(1).map(() => null), 'length']);
+    t.equal(events.at(-1).usage.completion_tokens, 40);
+  }
+});

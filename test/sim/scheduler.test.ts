@@ -111,3 +111,16 @@ t.test('max-num-seqs caps the running set', async (t) => {
   clearInterval(sampler);
   t.ok(maxRunning <= 2 && maxRunning > 0, `max running ${maxRunning}`);
 });
+
+t.test('an engine loop held up by its process counts the lost time in /sim/stats', async (t) => {
+  const w = await worker(t, { maxModelLen: 4096 });
+  const done = streamCompletion(w.url, promptIds(64, 9), 400);
+  while (w.stats().generatedTokens < 5) await new Promise((r) => setTimeout(r, 2));
+  const before = w.stats().lostMs;
+  const blockedUntil = performance.now() + 400;
+  while (performance.now() < blockedUntil); // the process is busy: the engine cannot step on time
+  await done;
+  const lost = w.stats().lostMs - before;
+  t.ok(lost >= 300, `lost ${lost} ms of a 400 ms stall (50 ms are caught up)`);
+  t.ok(lost < 2000, 'and not much more');
+});
