@@ -9,8 +9,8 @@ const result = (index: number, ttftMs: number, e2eMs: number, outputTokens: numb
   index, ok: true, lateMs: index, ttftMs, e2eMs, outputTokens, promptTokens: 100, cachedTokens: 0, worker: index % 2 ? 'w1' : 'w0', ...extra,
 });
 
-const worker = (id: string, queries: number, hits: number, prefill: number): WorkerStats => ({
-  id, prefixQueryTokens: queries, prefixHitTokens: hits, prefillTokensComputed: prefill, preemptions: 1, evictions: 0,
+const worker = (id: string, queries: number, hits: number, prefill: number, lostMs?: number): WorkerStats => ({
+  id, prefixQueryTokens: queries, prefixHitTokens: hits, prefillTokensComputed: prefill, preemptions: 1, evictions: 0, ...(lostMs === undefined ? {} : { lostMs }),
 });
 
 t.test('percentiles interpolate linearly between ranks (NumPy default)', async (t) => {
@@ -35,7 +35,7 @@ t.test('summarise: simulated seconds, hit rate over the bound, prefill balance, 
     result(2, 200, 200, 1), // one token: no decode time
     result(3, NaN, 50, 0, { ok: false, error: 'HTTP 503' }),
   ];
-  const s = summarise('kv', results, [worker('w0', 1000, 300, 700), worker('w1', 1000, 100, 900)], bound, 10);
+  const s = summarise('kv', results, [worker('w0', 1000, 300, 700, 120), worker('w1', 1000, 100, 900)], bound, 10);
   t.equal(s.requests, 4);
   t.equal(s.failed, 1);
   t.equal(s.ttft.mean, 2);
@@ -49,6 +49,7 @@ t.test('summarise: simulated seconds, hit rate over the bound, prefill balance, 
   t.equal(s.preemptions, 2);
   t.same(s.perWorker, { w0: 2, w1: 2 });
   t.equal(s.lateness.max, 3);
+  t.equal(s.simLostMs, 120, 'the worst engine lag; a worker without the counter counts 0');
   t.equal(s.ttftQuantiles.length, 101);
   t.equal(s.ttftQuantiles[0], 1);
   t.equal(s.ttftQuantiles[100], 3);
@@ -56,12 +57,13 @@ t.test('summarise: simulated seconds, hit rate over the bound, prefill balance, 
   const report: ReplayReport = {
     command: 'npm run bench:replay -- --limit 4', date: '2026-01-01T00:00:00Z', trace: '/x/tiny_trace.jsonl',
     traceShape: { requests: 4, durationS: 1, meanInput: 100, meanOutput: 8, maxTotal: 120 }, bound,
-    fleet: { workers: 2, kvBlocks: 100, blockSize: 16, maxModelLen: 1000, maxNumBatchedTokens: 64, maxNumSeqs: 8, speedup: 10, timing: { 'prefill-b': 0.1 } },
+    fleet: { workers: 2, kvBlocks: 100, blockSize: 16, maxModelLen: 1000, maxNumBatchedTokens: 64, maxNumSeqs: 8, speedup: 10, streamInterval: 16, timing: { 'prefill-b': 0.1 } },
     params: {}, wallS: 60, summaries: [s],
   };
   const md = renderMarkdown(report, 'replay-tiny.svg');
   t.match(md, /\| kv \| 2\.00 \| 2\.00 \|/);
-  t.match(md, /20\.0% \| 50\.0% \| 0\.0 \| 1\.13 \|/);
+  t.match(md, /20\.0% \| 50\.0% \| 0\.0 \| 1\.13 \| \d+ \| 120 \|/, 'late p99 and sim lag columns');
+  t.match(md, /stream interval 16/);
   t.match(md, /--prefill-b 0\.1/);
   const svg = replaySvg(report);
   t.match(svg, /^<svg /);
