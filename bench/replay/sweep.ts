@@ -14,7 +14,7 @@ import { readTrace, upperBound } from './trace.js';
  * (a grid), then to its reuse credit (a line at the default weight and
  * capacity): one replay per point (fresh fleet each), a prefix of the trace.
  *
- *   npm run bench:sweep -- [--prefill-weights 1,4,16] [--kv-blocks-grid 65536,163840,327680] [--reuse-credits 0,3,20,100] [--limit 2000] [replay flags]
+ *   npm run bench:sweep -- [--prefill-weights 1,4,16] [--kv-blocks-grid 65536,163840,327680] [--reuse-credits 0,3,20,50,200] [--limit 2000] [replay flags]
  * Writes bench/results/replay-sweep.{md,json,svg}.
  */
 function takeList(argv: string[], flag: string, fallback: number[]): number[] {
@@ -36,7 +36,7 @@ async function main(): Promise<void> {
   const defaults = kvParamsSchema.parse({});
   const weights = takeList(argv, '--prefill-weights', [1, 4, 16]);
   const capacities = takeList(argv, '--kv-blocks-grid', [65_536, 163_840, 327_680]);
-  const credits = takeList(argv, '--reuse-credits', [0, 3, 20, 100]);
+  const credits = takeList(argv, '--reuse-credits', [0, 3, 20, 50, 200]);
   if (!argv.includes('--limit')) argv.push('--limit', '2000');
   const o = parseReplayFlags(argv);
   const trace = readTrace(o.trace, o.limit);

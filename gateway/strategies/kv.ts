@@ -20,14 +20,16 @@ export const kvParamsSchema = z.strictObject({
    * the later turns of a conversation reuse it only if this one stays with it.
    * 0 = only the immediate saving (a greedy choice that moves conversations
    * away from their cache at the first queue, and copies their prefix around).
-   * On the Mooncake replay (bench/results/replay-sweep.md) raising it from 3 to
-   * 50 lifted the hit rate from 89% to 98% of the reachable bound and lowered
-   * mean TTFT too: a moved conversation pays its whole history again on the
-   * new worker, and every later turn adds to that worker's queue. At 50 a
-   * conversation with 600 cached blocks moves only when its worker's queue is
-   * ~30k blocks (480k tokens) longer than another's: a hot spot, not a blip.
+   * Tuned on the Mooncake replay (bench/results/replay-sweep.md): the hit rate
+   * rises with it (89% of the reachable bound at 3, 98% at 50 on the first
+   * 4,000 requests) because a moved conversation pays its whole history again
+   * and adds it to another worker's queue; on the whole trace 200 matches the
+   * stickiest baseline's hit rate (llm-d's), while 20-50 give ~5% lower mean
+   * TTFT for 0.1-0.3 points less hit rate. At 200 a conversation moves only
+   * off a hot spot: with 32 cached blocks (a 512-token shared preamble) when its
+   * worker's prefill queue is ~100k tokens longer than another's.
    */
-  reuseCredit: z.number().min(0).max(10_000).default(50),
+  reuseCredit: z.number().min(0).max(10_000).default(200),
   /** Worth of a CPU-offloaded block relative to a GPU one (it must be copied back first). */
   cpuTierWeight: z.number().min(0).max(1).default(0.75),
 });
@@ -118,7 +120,7 @@ export function chooseByKvCost(
  * sends a request where its prefix is cached unless the queue there costs more
  * than the reuse saves. Without the index it still routes, by load alone, and
  * says so in `explain`.
- * @example createKvStrategy({ prefillWeight: 16, reuseCredit: 50, temperature: 0, cpuTierWeight: 0.75 }, deps).choose(ctx, workers)
+ * @example createKvStrategy({ prefillWeight: 16, reuseCredit: 200, temperature: 0, cpuTierWeight: 0.75 }, deps).choose(ctx, workers)
  */
 export function createKvStrategy(params: Partial<KvParams>, deps: Pick<StrategyDeps, 'services' | 'blockSize' | 'log'>): Strategy {
   const p = kvParamsSchema.parse(params);

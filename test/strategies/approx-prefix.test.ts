@@ -61,5 +61,5 @@ t.test('without blocks nothing is learned and routing is by load', async (t) => 
   s.onRouted!(ctx({ promptTokens: 400 }), d);
   t.match(d.explain['index'], /no prompt blocks/);
   t.throws(() => approxPrefixParamsSchema.parse({ ttlSeconds: 0 }));
-  t.same(approxPrefixParamsSchema.parse({}), { prefillWeight: 16, temperature: 0, reuseCredit: 50, cpuTierWeight: 0.75, ttlSeconds: 120, maxBlocks: 1_000_000 }, 'the kv defaults tuned on the replay');
+  t.same(approxPrefixParamsSchema.parse({}), { prefillWeight: 16, temperature: 0, reuseCredit: 200, cpuTierWeight: 0.75, ttlSeconds: 120, maxBlocks: 1_000_000 }, 'the kv defaults tuned on the replay');
 });

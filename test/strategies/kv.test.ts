@@ -83,7 +83,7 @@ t.test('CPU-tier blocks count 0.75 by default, never more than 1', async (t) => 
   t.equal(d.worker.id, 'w1');
   t.throws(() => kvParamsSchema.parse({ cpuTierWeight: 1.5 }));
   t.throws(() => kvParamsSchema.parse({ prefillWieght: 1 }), 'strict schema');
-  t.same(kvParamsSchema.parse({}), { prefillWeight: 16, reuseCredit: 50, temperature: 0, cpuTierWeight: 0.75 });
+  t.same(kvParamsSchema.parse({}), { prefillWeight: 16, reuseCredit: 200, temperature: 0, cpuTierWeight: 0.75 });
 });
 
 t.test('reuseCredit keeps a conversation with its cache through a queue that the immediate saving alone would not', async (t) => {
@@ -99,12 +99,12 @@ t.test('reuseCredit keeps a conversation with its cache through a queue that the
   // The credit is bounded: a deep enough queue still sends the request elsewhere (24 + 120 − 40 = 104 > 64).
   const swamped = [worker('w1', { prefillTokens: 120 * BLOCK }), worker('w2')];
   t.equal(kv(m, { reuseCredit: 1 }).choose(ctx({ hashes: hashes(64) }), swamped).worker.id, 'w2');
-  // At the defaults (weight 16, credit 50) the same 40 blocks hold through 50 queued blocks, and through
-  // 2040 (16 × (24 + 2040 − 2000) = 1024, a tie that goes to less load), but not 2041.
+  // At the defaults (weight 16, credit 200) the same 40 blocks hold through 50 queued blocks, and through
+  // 8040 (16 × (24 + 8040 − 8000) = 1024, a tie that goes to less load), but not 8041.
   const defaults = createKvStrategy(kvParamsSchema.parse({}), deps({ services: { kvIndexer: m } }));
   t.equal(defaults.choose(ctx({ hashes: hashes(64) }), workers).worker.id, 'w1');
-  t.equal(defaults.choose(ctx({ hashes: hashes(64) }), [worker('w1', { prefillTokens: 2041 * BLOCK }), worker('w2')]).worker.id, 'w2');
-  t.equal(defaults.choose(ctx({ hashes: hashes(64) }), [worker('w1', { prefillTokens: 2039 * BLOCK }), worker('w2')]).worker.id, 'w1');
+  t.equal(defaults.choose(ctx({ hashes: hashes(64) }), [worker('w1', { prefillTokens: 8041 * BLOCK }), worker('w2')]).worker.id, 'w2');
+  t.equal(defaults.choose(ctx({ hashes: hashes(64) }), [worker('w1', { prefillTokens: 8039 * BLOCK }), worker('w2')]).worker.id, 'w1');
   t.throws(() => kvParamsSchema.parse({ reuseCredit: -1 }));
 });
 
