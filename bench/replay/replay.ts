@@ -134,7 +134,7 @@ async function main(argv: string[]): Promise<void> {
     process.stderr.write(`[${label}] TTFT mean ${s.ttft.mean.toFixed(2)} s, hit ${(s.hitRate * 100).toFixed(1)}% (${(s.ofUpperBound * 100).toFixed(0)}% of bound), imbalance ${s.prefillImbalance.toFixed(2)}, failed ${s.failed}${firstError ? ` (${firstError})` : ''}, late p99 ${s.lateness.p99.toFixed(0)} ms, ${(run.wallMs / 1000).toFixed(0)} s\n`);
   }
   const report: ReplayReport = {
-    command: `npm run bench:replay -- ${argv.join(' ')}`.trim(), date: new Date().toISOString(), trace: o.trace, traceShape: shape, bound,
+    command: `npm run bench:replay${argv.length ? ` -- ${argv.join(' ')}` : ''}`, date: new Date().toISOString(), trace: o.trace, traceShape: shape, bound,
     fleet: o.fleet, params: o.params, wallS: (Date.now() - started) / 1000, summaries,
   };
   mkdirSync(o.out, { recursive: true });

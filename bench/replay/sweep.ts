@@ -73,7 +73,7 @@ async function main(): Promise<void> {
   ].join('\n'));
   const md = `# kv sensitivity: prefill weight × KV capacity per worker, and reuse credit
 
-Command: \`npm run bench:sweep -- ${process.argv.slice(2).join(' ')}\`
+Command: \`npm run bench:sweep${process.argv.length > 2 ? ` -- ${process.argv.slice(2).join(' ')}` : ''}\`
 Date: ${new Date().toISOString()}. Trace ${o.trace.split('/').pop()}, first ${trace.length} requests (upper bound ${(bound.tokenRate * 100).toFixed(1)}% of tokens);
 ${o.fleet.workers} workers, speed-up ${o.fleet.speedup}, other fleet settings as in the replay defaults. One fresh fleet per cell.
 

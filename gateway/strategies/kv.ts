@@ -20,12 +20,13 @@ export const kvParamsSchema = z.strictObject({
    * the later turns of a conversation reuse it only if this one stays with it.
    * 0 = only the immediate saving (a greedy choice that moves conversations
    * away from their cache at the first queue, and copies their prefix around).
-   * Tuned on the Mooncake replay (bench/results/replay-sweep.md): the hit rate
-   * rises with it (89% of the reachable bound at 3, 98% at 50 on the first
-   * 4,000 requests) because a moved conversation pays its whole history again
-   * and adds it to another worker's queue; on the whole trace 200 matches the
-   * stickiest baseline's hit rate (llm-d's), while 20-50 give ~5% lower mean
-   * TTFT for 0.1-0.3 points less hit rate. At 200 a conversation moves only
+   * Tuned on the Mooncake replay: the hit rate rises with it (on the first
+   * 2,000 requests 75% of the reachable bound at 0, 92% at 3, 99.7% at 50;
+   * bench/results/replay-sweep.md) because a moved conversation pays its whole
+   * history again and adds it to another worker's queue. On the whole trace
+   * 200 is level with the stickiest baseline's hit rate (llm-d's, 95.8% of the
+   * bound) where 50 stays ~0.3 points of the bound below it, for ~4% lower mean
+   * TTFT (bench/results/replay-conversation.md has the run at 200). At 200 a conversation moves only
    * off a hot spot: with 32 cached blocks (a 512-token shared preamble) when its
    * worker's prefill queue is ~100k tokens longer than another's.
    */
