@@ -256,7 +256,9 @@ t.test(`fuzz: ${CASES} malformed requests`, async (t) => {
   const after = await rss(url);
   const heap = metricValue(await (await request(`${url}/metrics`)).body.text(), 'kvgate_nodejs_heap_size_used_bytes');
   t.comment(`RSS baseline ${(baseline / 2 ** 20).toFixed(1)} MiB, after ${(after / 2 ** 20).toFixed(1)} MiB; heap used ${((heap ?? 0) / 2 ** 20).toFixed(1)} MiB`);
-  t.ok(after < baseline + 64 * 2 ** 20, `memory back within bounds (${((after - baseline) / 2 ** 20).toFixed(1)} MiB over baseline)`);
+  // RSS moves by tens of MiB with GC timing alone (+44 and +80 MiB in two clean runs on a loaded
+  // 2-core machine), so the bound catches leaks of ~13 KB a case or more, such as kept bodies or sockets.
+  t.ok(after < baseline + 128 * 2 ** 20, `memory back within bounds (${((after - baseline) / 2 ** 20).toFixed(1)} MiB over baseline)`);
   const ready = await request(`${url}/ready`);
   t.equal(ready.statusCode, 200);
   await ready.body.dump();
