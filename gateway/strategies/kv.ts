@@ -18,6 +18,7 @@ export const kvParamsSchema = z.strictObject({
   /**
    * Extra worth of each cached block beyond the prefill it saves this request:
    * the later turns of a conversation reuse it only if this one stays with it.
+   * Given only for blocks no other candidate holds (see chooseByKvCost).
    * 0 = only the immediate saving (a greedy choice that moves conversations
    * away from their cache at the first queue, and copies their prefix around).
    * Tuned on the Mooncake replay: the hit rate rises with it (on the first
@@ -39,12 +40,13 @@ export type KvParams = z.infer<typeof kvParamsSchema>;
 /** Name of the `StrategyDeps.services` entry holding the events-fed index. */
 export const KV_INDEXER_SERVICE = 'kvIndexer';
 
-const RULE = 'lowest prefillWeight*(promptBlocks-overlap+queuedPrefillBlocks-reuseCredit*overlap)+decodeBlocks';
+const RULE = 'lowest prefillWeight*(promptBlocks-overlap+queuedPrefillBlocks-reuseCredit*exclusiveBlocks)+decodeBlocks';
 
 /**
  * The `kv` cost, shared with `approx-prefix` (which differs only in its matcher).
  * Per candidate: overlap = best DP rank's `gpu + cpuTierWeight × cpu` blocks;
- * cost = prefillWeight × (promptBlocks − overlap + prefillTokens/blockSize − reuseCredit × overlap) + decodeBlocks.
+ * cost = prefillWeight × (promptBlocks − overlap + prefillTokens/blockSize − reuseCredit × exclusive) + decodeBlocks,
+ * where exclusive = overlap beyond the largest overlap among the other candidates.
  * Lowest wins; exact ties go to less load (in-flight requests, then prefill
  * tokens), then at random. With temperature > 0 the winner is sampled instead.
  * The index is matched once; without prompt blocks every overlap is 0, which
@@ -59,22 +61,40 @@ export function chooseByKvCost(
   // Fractional, so the partial last block (always prefilled) counts too.
   const promptBlocks = ctx.promptTokens / blockSize;
   const n = candidates.length;
+  const overlaps = new Float64Array(n);
+  // The two largest overlaps, so each candidate can see the best of the others.
+  let top = 0, second = 0, topAt = -1;
+  for (let i = 0; i < n; i++) {
+    const o = matches?.get(candidates[i]!.id)?.weighted ?? 0;
+    overlaps[i] = o;
+    if (o > top) {
+      second = top;
+      top = o;
+      topAt = i;
+    } else if (o > second) {
+      second = o;
+    }
+  }
   const costs = new Float64Array(n);
   const scores: CandidateScore[] = new Array(n);
   let best = 0;
   let ties = 1;
   for (let i = 0; i < n; i++) {
     const w = candidates[i]!;
-    const overlap = matches?.get(w.id)?.weighted ?? 0;
+    const overlap = overlaps[i]!;
+    // Only what no other candidate holds earns the reuse credit: a prefix that other workers
+    // hold too (a shared system prompt) stays cached there whatever this request does, so
+    // crediting it would keep traffic off a worker that just joined.
+    const exclusive = Math.max(0, overlap - (i === topAt ? second : top));
     const prefillBlocks = Math.max(0, promptBlocks - overlap);
     const queuedPrefillBlocks = w.load.prefillTokens / blockSize;
     const decodeBlocks = w.load.decodeBlocks;
-    const cost = params.prefillWeight * (prefillBlocks + queuedPrefillBlocks - params.reuseCredit * overlap) + decodeBlocks;
+    const cost = params.prefillWeight * (prefillBlocks + queuedPrefillBlocks - params.reuseCredit * exclusive) + decodeBlocks;
     costs[i] = cost;
     scores[i] = {
       worker: w.id,
       terms: {
-        overlapBlocks: round(overlap), promptBlocks: round(promptBlocks), prefillBlocks: round(prefillBlocks),
+        overlapBlocks: round(overlap), exclusiveBlocks: round(exclusive), promptBlocks: round(promptBlocks), prefillBlocks: round(prefillBlocks),
         queuedPrefillBlocks: round(queuedPrefillBlocks), decodeBlocks, cost: round(cost),
       },
     };

@@ -30,8 +30,10 @@ function load(url: string, loops = 4): { outcomes: Outcome[]; stop: () => Promis
   return { outcomes, stop: async () => { running = false; await Promise.all(loopsDone); } };
 }
 
+// kv with a low reuse credit: this file checks reloads, and at the default credit the 17 short
+// prompts, cached on w1 alone once w0 is gone, would stay with w1 by design until its queue grew.
 const config = (workers: SimWorkerLine[], strategy: string, extra: Record<string, unknown> = {}) =>
-  fleetConfig(workers, { strategy }, { server: { host: '127.0.0.1', port: 0 }, admin: { port: 0 }, ...extra });
+  fleetConfig(workers, { strategy, ...(strategy === 'kv' ? { params: { reuseCredit: 3 } } : {}) }, { server: { host: '127.0.0.1', port: 0 }, admin: { port: 0 }, ...extra });
 
 t.test('SIGHUP under load: strategy changes, a worker joins, another drains; no request fails', async (t) => {
   const { workers } = await startSim(t.teardown.bind(t), 3, ['--kv-events', 'tcp://127.0.0.1:*', '--kv-events-replay', 'tcp://127.0.0.1:*']);

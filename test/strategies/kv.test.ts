@@ -15,7 +15,7 @@ t.test('prefers the idle worker that holds the prefix, and reports its terms', a
   t.equal(d.predictedCachedBlocks, 40);
   t.equal(m.calls, 1, 'index matched once per request');
   t.same(d.candidates!.find((c) => c.worker === 'w2')!.terms, {
-    overlapBlocks: 40, promptBlocks: 64, prefillBlocks: 24, queuedPrefillBlocks: 0, decodeBlocks: 0, cost: 24,
+    overlapBlocks: 40, exclusiveBlocks: 40, promptBlocks: 64, prefillBlocks: 24, queuedPrefillBlocks: 0, decodeBlocks: 0, cost: 24,
   });
   t.equal(d.candidates!.find((c) => c.worker === 'w1')!.terms['cost'], 64);
   t.equal(d.explain['cost'], 24);
@@ -137,4 +137,23 @@ t.test('an index wired after creation is picked up', async (t) => {
   const s = createKvStrategy(kvParamsSchema.parse({}), deps({ services }));
   services['kvIndexer'] = fakeMatcher({ w3: 8 });
   t.equal(s.choose(ctx({ hashes: hashes(8) }), fleet()).worker.id, 'w3');
+});
+
+t.test('the reuse credit counts only blocks no other candidate holds: a joining worker gets traffic', async (t) => {
+  // A 32-block shared preamble on w1 and w2, nothing on w3 (it just joined); w1 and w2 have 40 blocks queued.
+  const m = fakeMatcher({ w1: 32, w2: 32 });
+  const busy = { prefillTokens: 40 * BLOCK, prefillRequests: 2, inflightRequests: 2 };
+  const fleet = [worker('w1', busy), worker('w2', busy), worker('w3')];
+  const defaults = createKvStrategy(kvParamsSchema.parse({}), deps({ services: { kvIndexer: m } }));
+  const d = defaults.choose(ctx({ hashes: hashes(64) }), fleet);
+  // w1, w2: 16 × (32 + 40 − 0) = 1152; w3: 16 × 64 = 1024. Crediting the shared 32 blocks would pin it to w1/w2.
+  t.equal(d.worker.id, 'w3');
+  t.same(d.candidates!.map((c) => c.terms['exclusiveBlocks']), [0, 0, 0]);
+  const idleSharer = defaults.choose(ctx({ hashes: hashes(64) }), [worker('w1', busy), worker('w2'), worker('w3')]);
+  t.equal(idleSharer.worker.id, 'w2', 'the idle worker holding the shared prefix saves its prefill');
+  // A conversation's own history (held by w1 alone) is credited: only the part beyond w2's 32 blocks.
+  const history = createKvStrategy(kvParamsSchema.parse({}), deps({ services: { kvIndexer: fakeMatcher({ w1: 50, w2: 32 }) } }))
+    .choose(ctx({ hashes: hashes(64) }), [worker('w1', busy), worker('w2'), worker('w3')]);
+  t.equal(history.worker.id, 'w1', '18 blocks only w1 holds outweigh its 40-block queue');
+  t.same(history.candidates!.map((c) => c.terms['exclusiveBlocks']), [18, 0, 0]);
 });
