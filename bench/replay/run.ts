@@ -1,10 +1,10 @@
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { request } from 'undici';
 import { stringify } from 'yaml';
-import { spawnUntilReady } from '../lib/child.js';
+import { procCpuS, spawnUntilReady } from '../lib/child.js';
 import { spawnSimFleet } from '../sim/spawn.js';
 import { replay, type Progress, type RequestResult } from './client.js';
 import type { WorkerStats } from './summary.js';
@@ -49,16 +49,6 @@ export interface RunResult {
   wallMs: number;
   /** CPU seconds each process used during the run: the check that this machine kept up. */
   cpuS: { client: number; sim: number; gateway: number };
-}
-
-/** user + system CPU seconds of a child process, from /proc (Linux); NaN elsewhere. */
-function procCpuS(pid: number | undefined): number {
-  try {
-    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-    return (Number(fields[11]) + Number(fields[12])) / 100;
-  } catch {
-    return NaN;
-  }
 }
 
 /**

@@ -1,3 +1,4 @@
+import { LRUCache } from 'lru-cache';
 import type { KvEvent } from '../../indexer/events/types.js';
 import type { BlockHasher } from './block-hash.js';
 
@@ -48,12 +49,12 @@ export class KvCache {
   /** Free blocks holding no cached prefix; a stack, order is irrelevant. */
   readonly #freeEmpty: number[] = [];
   /**
-   * Free cached blocks in LRU order, an intrusive doubly linked list over block
-   * ids (head = least recent). Not a Map used as a queue: V8 leaves deleted
+   * Free cached blocks, least recently freed first (value = the block id, so
+   * `pop()` names its victim). Not a Map used as a queue: V8 leaves deleted
    * entries in place until a rehash, so taking the first key of a Map that is
    * drained from the front rescans every tombstone, and eviction turned quadratic.
    */
-  readonly #lru: LruList;
+  readonly #lru: LRUCache<number, number>;
   #events: KvEvent[] = [];
   #evictions = 0;
 
@@ -64,7 +65,7 @@ export class KvCache {
     this.#hasher = options.hasher;
     this.#refs = new Int32Array(options.numBlocks);
     this.#hashOf = new Array<bigint | undefined>(options.numBlocks).fill(undefined);
-    this.#lru = new LruList(options.numBlocks);
+    this.#lru = new LRUCache<number, number>({ max: options.numBlocks });
     for (let b = options.numBlocks - 1; b >= 0; b--) this.#freeEmpty.push(b);
   }
 
@@ -123,7 +124,7 @@ export class KvCache {
     for (const b of prefix) if (this.#refs[b] === 0) revived++;
     if (Math.max(needed, 0) + revived > this.freeBlocks) return false;
     for (const b of prefix) {
-      if (this.#refs[b]++ === 0) this.#lru.remove(b);
+      if (this.#refs[b]++ === 0) this.#lru.delete(b);
       seq.blockIds.push(b);
     }
     if (prefix.length > 0) seq.committedBlocks = seq.blockIds.length;
@@ -178,7 +179,7 @@ export class KvCache {
     for (let i = seq.blockIds.length - 1; i >= 0; i--) {
       const b = seq.blockIds[i]!;
       if (--this.#refs[b]! > 0) continue;
-      if (this.#hashOf[b] !== undefined) this.#lru.append(b);
+      if (this.#hashOf[b] !== undefined) this.#lru.set(b, b);
       else this.#freeEmpty.push(b);
     }
     seq.blockIds = [];
@@ -189,7 +190,8 @@ export class KvCache {
   reset(): void {
     this.#byHash.clear();
     this.#hashOf.fill(undefined);
-    for (let b = this.#lru.shift(); b >= 0; b = this.#lru.shift()) this.#freeEmpty.push(b);
+    for (const b of this.#lru.keys()) this.#freeEmpty.push(b);
+    this.#lru.clear();
     this.#events.push({ kind: 'cleared' });
   }
 
@@ -206,8 +208,8 @@ export class KvCache {
       this.#refs[empty] = 1;
       return empty;
     }
-    const victim = this.#lru.shift();
-    if (victim < 0) throw new Error('KV cache: no free block (allocate checks capacity first)');
+    const victim = this.#lru.pop();
+    if (victim === undefined) throw new Error('KV cache: no free block (allocate checks capacity first)');
     const hash = this.#hashOf[victim]!;
     this.#hashOf[victim] = undefined;
     this.#byHash.delete(hash);
@@ -221,44 +223,3 @@ export class KvCache {
   }
 }
 
-/** Block ids in a doubly linked list (prev/next arrays, -1 = none): O(1) append, remove and shift. */
-class LruList {
-  readonly #prev: Int32Array;
-  readonly #next: Int32Array;
-  #head = -1;
-  #tail = -1;
-  size = 0;
-
-  constructor(capacity: number) {
-    this.#prev = new Int32Array(capacity).fill(-1);
-    this.#next = new Int32Array(capacity).fill(-1);
-  }
-
-  append(b: number): void {
-    this.#prev[b] = this.#tail;
-    this.#next[b] = -1;
-    if (this.#tail >= 0) this.#next[this.#tail] = b;
-    else this.#head = b;
-    this.#tail = b;
-    this.size++;
-  }
-
-  /** Unlinks `b`, which must be in the list. */
-  remove(b: number): void {
-    const p = this.#prev[b]!;
-    const n = this.#next[b]!;
-    if (p >= 0) this.#next[p] = n;
-    else this.#head = n;
-    if (n >= 0) this.#prev[n] = p;
-    else this.#tail = p;
-    this.#prev[b] = this.#next[b] = -1;
-    this.size--;
-  }
-
-  /** Removes and returns the least recent block, or -1 when empty. */
-  shift(): number {
-    const b = this.#head;
-    if (b >= 0) this.remove(b);
-    return b;
-  }
-}

@@ -1,4 +1,4 @@
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { connect, type Socket } from 'node:net';
 import { request } from 'undici';
 import { fleetConfig, MODEL, startGateway, startSim } from '../fixtures/gateway.js';
@@ -20,6 +20,18 @@ const streamRequest = (maxTokens: number) => {
   return `POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`;
 };
 
+/** A gateway with a drain timeout and one streaming request in flight through it, its first event received. */
+async function gatewayWithStream(t: Test, drainTimeoutMs: number, maxTokens: number) {
+  const { workers } = await startSim(t.teardown.bind(t), 1, ['--decode-base-ms', '25']);
+  const g = await startGateway(t.teardown.bind(t), fleetConfig(workers, { strategy: 'least-load' }, { server: { host: '127.0.0.1', drainTimeoutMs } }));
+  const c = await rawClient(g.url);
+  t.teardown(() => c.socket.destroy());
+  c.socket.write(streamRequest(maxTokens));
+  const deadline = Date.now() + 15_000;
+  while (!c.text().includes('data: {') && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  return { g, c };
+}
+
 async function refused(url: string): Promise<string> {
   try {
     await request(`${url}/health`, { headersTimeout: 2000 });
@@ -30,13 +42,7 @@ async function refused(url: string): Promise<string> {
 }
 
 t.test('SIGTERM: the stream in flight completes, /ready says 503, new connections are refused, exit 0', async (t) => {
-  const { workers } = await startSim(t.teardown.bind(t), 1, ['--decode-base-ms', '25']);
-  const g = await startGateway(t.teardown.bind(t), fleetConfig(workers, { strategy: 'least-load' }, { server: { host: '127.0.0.1', drainTimeoutMs: 20_000 } }));
-  const c = await rawClient(g.url);
-  t.teardown(() => c.socket.destroy());
-  c.socket.write(streamRequest(80));
-  const deadline = Date.now() + 15_000;
-  while (!c.text().includes('data: {') && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  const { g, c } = await gatewayWithStream(t, 20_000, 80);
   t.ok(c.text().includes('data: {'), 'the stream has started');
 
   const sent = Date.now();
@@ -63,13 +69,7 @@ t.test('SIGTERM: the stream in flight completes, /ready says 503, new connection
 });
 
 t.test('the drain timeout cuts what is left, and the process still exits 0', async (t) => {
-  const { workers } = await startSim(t.teardown.bind(t), 1, ['--decode-base-ms', '25']);
-  const g = await startGateway(t.teardown.bind(t), fleetConfig(workers, { strategy: 'least-load' }, { server: { host: '127.0.0.1', drainTimeoutMs: 500 } }));
-  const c = await rawClient(g.url);
-  t.teardown(() => c.socket.destroy());
-  c.socket.write(streamRequest(2000));
-  const deadline = Date.now() + 15_000;
-  while (!c.text().includes('data: {') && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  const { g, c } = await gatewayWithStream(t, 500, 2000);
   const sent = Date.now();
   g.gateway.child.kill('SIGTERM');
   t.equal(await g.gateway.exited, 0, 'exit 0');

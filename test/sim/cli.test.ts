@@ -84,7 +84,7 @@ t.test('--workers 2: two ready lines, two ports; SIGTERM exits 0', async (t) => 
 });
 
 t.test('bad flags: one line on stderr, exit 2', async (t) => {
-  for (const args of [['--workers', 'x'], ['--nope'], ['--kv-events-format', 'old'], ['--kv-events', 'localhost:5557']]) {
+  for (const args of [['--workers', 'x'], ['--nope'], ['--kv-events-format', 'old'], ['--kv-events', 'localhost:5557'], ['--stream-interval', '0']]) {
     const p = startCli(['sim', ...args]);
     t.equal(await p.exited, 2, args.join(' '));
     t.equal(p.text.length, 1, p.text.join('\n'));
