@@ -8,6 +8,7 @@ import { stringify } from 'yaml';
 import { markdownTable, type ReadyChild } from './lib/child.js';
 import { replay, type RequestResult } from './replay/client.js';
 import { DEFAULT_TRACE, FLEET_DEFAULTS } from './replay/replay.js';
+import { describeFleet } from './replay/report.js';
 import { benchGatewayConfig, MODEL, simArgs, startBenchGateway } from './replay/run.js';
 import { distribution } from './replay/summary.js';
 import { describeTrace, readTrace, type TraceRequest } from './replay/trace.js';
@@ -21,7 +22,7 @@ import { spawnSimFleet } from './sim/spawn.js';
  *
  *   node dist/bench/disagg-bench.js [--limit 1000] [--workers 8] [--prefill 3] [--speedup 25] [--thresholds 1024,4096]
  */
-/** An 8B-class model's KV per token in bf16 (32 layers × 8 KV heads × 128 × 2 (K,V) × 2 bytes), to match the ×8 prefill timing. */
+/** An 8B-class model's KV per token in bf16 (32 layers × 8 KV heads × 128 × 2 (K,V) × 2 bytes), the size of model the replay timing stands for. */
 const BYTES_PER_TOKEN = 131_072;
 
 interface Shape {
@@ -130,8 +131,8 @@ Command: \`node dist/bench/disagg-bench.js ${process.argv.slice(2).join(' ')}\` 
 
 Trace: first ${trace.length} requests of \`${values.trace ?? DEFAULT_TRACE}\` (${shapeOf.durationS.toFixed(0)} s of arrivals,
 mean input ${shapeOf.meanInput.toFixed(0)} tokens, mean output ${shapeOf.meanOutput.toFixed(0)}), replayed open-loop at speed-up ${speedup}.
-Fleet: ${workers} simulated workers per shape, the replay tool's timing (prefill ×8, decode ×3 of the
-simulator's Qwen3-0.6B defaults: an 8B-class model), KV transfer ${gbps} Gbit/s at ${BYTES_PER_TOKEN} bytes/token.
+Fleet per shape (the replay tool's defaults): ${describeFleet({ ...FLEET_DEFAULTS, workers, speedup })}
+KV transfer between prefill and decode workers ${gbps} Gbit/s at ${BYTES_PER_TOKEN} bytes/token.
 Times are simulated (real × speed-up). ITL = (e2e − TTFT) / (output tokens − 1) per request.
 Throughput = output tokens / simulated wall time of the replay (arrival-bound: the same trace for every shape).
 

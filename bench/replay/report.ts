@@ -32,10 +32,17 @@ export const RESULT_HEADER = [
   'strategy', 'TTFT mean s', 'p50', 'p90', 'p99', 'e2e mean s', 'out tok/s', 'failed', 'hit rate', '% of bound', 'prefill Mtok', 'max/mean prefill', 'late p99 ms', 'sim lag ms',
 ];
 
+/** The fleet's shape in the words every bench report uses, so results from different benches compare. */
+export function describeFleet(f: FleetShape): string {
+  const timing = Object.entries(f.timing).map(([k, v]) => `--${k} ${v}`).join(' ');
+  return `${f.workers} simulated vLLM workers (\`kvgate sim\`), ${f.kvBlocks} KV blocks × ${f.blockSize} tokens each
+(${((f.kvBlocks * f.blockSize) / 1e6).toFixed(2)}M tokens per worker), max-num-batched-tokens ${f.maxNumBatchedTokens}, max-num-seqs ${f.maxNumSeqs},
+stream interval ${f.streamInterval ?? 1}, timing \`${timing}\`, speed-up ${f.speedup} (arrivals and engine steps both run ${f.speedup}× faster).`;
+}
+
 export function renderMarkdown(r: ReplayReport, svgFile: string): string {
   const f = r.fleet;
   const t = r.traceShape;
-  const timing = Object.entries(f.timing).map(([k, v]) => `--${k} ${v}`).join(' ');
   const rank = [...r.summaries].sort((a, b) => a.ttft.mean - b.ttft.mean).map((s) => s.strategy);
   return `# Trace replay: ${r.trace.split('/').pop()}
 
@@ -46,9 +53,7 @@ Trace: ${t.requests} requests over ${t.durationS.toFixed(0)} s, mean input ${t.m
 Upper bound (an infinite prefix cache shared by all workers): ${pct(r.bound.blockRate)} of blocks, ${pct(r.bound.tokenRate)} of tokens
 (${r.bound.distinctBlocks} distinct of ${r.bound.blocks} block references). "% of bound" is the fleet's token hit rate over the token bound.
 
-Fleet: ${f.workers} simulated vLLM workers (\`kvgate sim\`), ${f.kvBlocks} KV blocks × ${f.blockSize} tokens each
-(${((f.kvBlocks * f.blockSize) / 1e6).toFixed(2)}M tokens per worker), max-num-batched-tokens ${f.maxNumBatchedTokens}, max-num-seqs ${f.maxNumSeqs},
-stream interval ${f.streamInterval ?? 1}, timing \`${timing}\`, speed-up ${f.speedup} (arrivals and engine steps both run ${f.speedup}× faster).
+Fleet: ${describeFleet(f)}
 Parameters: ${Object.keys(r.params).length ? `\`${JSON.stringify(r.params)}\`` : 'every strategy at its defaults'}.
 
 Latencies are in simulated seconds (measured on the client, multiplied by the speed-up). "out tok/s" is the decode speed a user
