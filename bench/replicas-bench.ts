@@ -26,7 +26,7 @@ import { spawnSimFleet } from './sim/spawn.js';
  * With `--share-load` a `nats-server` (on PATH) is started per run and the
  * replicas share their in-flight load through it (gateway/load-sharing.ts).
  *
- *   node dist/bench/replicas-bench.js [--trace FILE] [--limit 1000] [--replicas 1,2,4] [--idle 4] [--workers 4] [--strategy kv] [--speedup 25] [--share-load [--share-interval 100]]
+ *   node dist/bench/replicas-bench.js [--trace FILE] [--limit 1000] [--replicas 1,2,4] [--idle 4] [--workers 4] [--strategy kv] [--speedup 25] [--share-load [--share-interval 100]] [--params '{"reuseCredit":3}']
  */
 
 interface Row { replicas: number; label: string; summary: StrategySummary; perReplica: number[]; cpuS: { sim: number; gateways: number } }
@@ -53,7 +53,7 @@ async function startNats(): Promise<{ url: string; stop: () => Promise<void> }> 
  * goes through the first: what the extra replicas cost in CPU alone, without
  * splitting the in-flight load.
  */
-async function runReplicas(n: number, strategy: string, trace: readonly TraceRequest[], fleet: FleetShape, idle = false, shareLoad?: { publishIntervalMs: number }): Promise<Row> {
+async function runReplicas(n: number, strategy: string, params: Record<string, unknown>, trace: readonly TraceRequest[], fleet: FleetShape, idle = false, shareLoad?: { publishIntervalMs: number }): Promise<Row> {
   const sim = await spawnSimFleet(fleet.workers, simArgs(fleet, true), { timeoutMs: 60_000 });
   let nats: Awaited<ReturnType<typeof startNats>> | undefined;
   const tmp = mkdtempSync(join(tmpdir(), 'kvgate-replicas-'));
@@ -61,7 +61,7 @@ async function runReplicas(n: number, strategy: string, trace: readonly TraceReq
   try {
     if (shareLoad) nats = await startNats();
     const config = join(tmp, 'kvgate.yaml');
-    writeFileSync(config, stringify(benchGatewayConfig(sim.workers, fleet.blockSize, { strategy },
+    writeFileSync(config, stringify(benchGatewayConfig(sim.workers, fleet.blockSize, { strategy, params },
       nats && shareLoad ? { loadSharing: { nats: { servers: [nats.url] }, publishIntervalMs: shareLoad.publishIntervalMs, staleAfterMs: Math.max(2000, 4 * shareLoad.publishIntervalMs) } } : {})));
     for (let i = 0; i < n; i++) gateways.push(await startBenchGateway(config));
     await new Promise((r) => setTimeout(r, 1000));
@@ -95,11 +95,17 @@ async function runReplicas(n: number, strategy: string, trace: readonly TraceReq
 async function main(argv: string[]): Promise<void> {
   const { values } = parseArgs({
     args: argv, strict: true,
-    options: { idle: { type: 'string' }, trace: { type: 'string' }, limit: { type: 'string' }, replicas: { type: 'string' }, workers: { type: 'string' }, strategy: { type: 'string' }, speedup: { type: 'string' }, out: { type: 'string' }, 'share-load': { type: 'boolean' }, 'share-interval': { type: 'string' } },
+    options: { idle: { type: 'string' }, trace: { type: 'string' }, limit: { type: 'string' }, replicas: { type: 'string' }, workers: { type: 'string' }, strategy: { type: 'string' }, speedup: { type: 'string' }, out: { type: 'string' }, 'share-load': { type: 'boolean' }, 'share-interval': { type: 'string' }, params: { type: 'string' } },
   });
   const limit = Number(values.limit ?? 1000);
   const replicas = (values.replicas ?? '1,2,4').split(',').map(Number);
   const strategy = values.strategy ?? 'kv';
+  let params: Record<string, unknown> = {};
+  try {
+    params = values.params ? (JSON.parse(values.params) as Record<string, unknown>) : {};
+  } catch {
+    throw new Error(`--params must be the strategy's parameters as JSON, such as '{"reuseCredit":3}', got ${values.params}`);
+  }
   const fleet: FleetShape = { ...FLEET_DEFAULTS, workers: Number(values.workers ?? 4), speedup: Number(values.speedup ?? FLEET_DEFAULTS.speedup) };
   if (!(limit > 0) || replicas.some((n) => !Number.isInteger(n) || n < 1) || !(fleet.workers >= 1) || !(fleet.speedup > 0)) throw new Error('bad flags: --limit N, --replicas 1,2,4, --workers N, --speedup X');
   const tracePath = values.trace ?? DEFAULT_TRACE;
@@ -112,7 +118,7 @@ async function main(argv: string[]): Promise<void> {
   const idle = values.idle === undefined ? [] : values.idle.split(',').map(Number);
   const rows: Row[] = [];
   for (const [n, control] of [...replicas.map((r) => [r, false] as const), ...idle.map((r) => [r, true] as const)]) {
-    const row = await runReplicas(n, strategy, trace, fleet, control, shareLoad);
+    const row = await runReplicas(n, strategy, params, trace, fleet, control, shareLoad);
     rows.push(row);
     const s = row.summary;
     process.stderr.write(`[${row.label} gateway(s)] cpu s sim ${row.cpuS.sim.toFixed(0)} gateways ${row.cpuS.gateways.toFixed(0)}, TTFT mean ${s.ttft.mean.toFixed(3)} s p90 ${s.ttft.p90.toFixed(3)} s, hit ${(s.hitRate * 100).toFixed(1)}%, failed ${s.failed}, imbalance ${s.prefillImbalance.toFixed(2)}, late p99 ${s.lateness.p99.toFixed(0)} ms\n`);
@@ -124,7 +130,7 @@ async function main(argv: string[]): Promise<void> {
     rows.map(({ label, summary: s, perReplica, cpuS }) => [label, `${s.requests} (${perReplica.join('/')})`, s.failed, s.ttft.mean.toFixed(3), pct(s.ttft.mean, base.ttft.mean), s.ttft.p90.toFixed(3), `${(s.hitRate * 100).toFixed(1)}%`, s.prefillImbalance.toFixed(2), s.lateness.p99.toFixed(0), `${cpuS.sim.toFixed(0)} / ${cpuS.gateways.toFixed(0)}`]),
   );
   const md = `# Gateway replicas splitting one trace\n\n\`node dist/bench/replicas-bench.js ${argv.join(' ')}\` on ${new Date().toISOString().slice(0, 10)}: ${trace.length} requests of ${tracePath.split('/').pop()}, `
-    + `${fleet.workers} simulated workers (replay fleet defaults, speed-up ${fleet.speedup}), strategy \`${strategy}\`, requests dealt round-robin to the gateways${values['share-load'] ? ', in-flight load shared between them over NATS (`loadSharing`, publishIntervalMs ${shareInterval})' : ''}. `
+    + `${fleet.workers} simulated workers (replay fleet defaults, speed-up ${fleet.speedup}), strategy \`${strategy}\`${values.params ? ` with \`${values.params}\`` : ''}, requests dealt round-robin to the gateways${values['share-load'] ? ', in-flight load shared between them over NATS (`loadSharing`, publishIntervalMs ${shareInterval})' : ''}. `
     + `Times are simulated seconds.\n\n${table}\n`;
   const out = values.out ?? fileURLToPath(new URL('../../bench/results/', import.meta.url));
   mkdirSync(out, { recursive: true });
