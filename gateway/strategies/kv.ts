@@ -18,7 +18,8 @@ export const kvParamsSchema = z.strictObject({
   /**
    * Extra worth of each cached block beyond the prefill it saves this request:
    * the later turns of a conversation reuse it only if this one stays with it.
-   * Given only for blocks no other candidate holds (see chooseByKvCost).
+   * Given only for blocks no other candidate holds and that are not a prefix
+   * several request streams share (see chooseByKvCost).
    * 0 = only the immediate saving (a greedy choice that moves conversations
    * away from their cache at the first queue, and copies their prefix around).
    * Tuned on the Mooncake replay: the hit rate rises with it (on the first
@@ -47,7 +48,9 @@ const RULE = 'lowest prefillWeight*(promptBlocks-overlap+queuedPrefillBlocks-reu
  * The `kv` cost, shared with `approx-prefix` (which differs only in its matcher).
  * Per candidate: overlap = best DP rank's `gpu + cpuTierWeight × cpu` blocks;
  * cost = prefillWeight × (promptBlocks − overlap + prefillTokens/blockSize − reuseCredit × exclusive) + decodeBlocks,
- * where exclusive = overlap beyond the largest overlap among the other candidates.
+ * where exclusive = overlap beyond both the largest overlap among the other
+ * candidates and the shared prefix (`MatchCounts.sharedBlocks`: blocks from
+ * which several different requests continue, such as a system prompt).
  * Lowest wins; exact ties go to less load (in-flight requests, then prefill
  * tokens), then at random. With temperature > 0 the winner is sampled instead.
  * The index is matched once; without prompt blocks every overlap is 0, which
@@ -65,9 +68,12 @@ export function chooseByKvCost(
   const overlaps = new Float64Array(n);
   // The two largest overlaps, so each candidate can see the best of the others.
   let top = 0, second = 0, topAt = -1;
+  const shared = new Float64Array(n);
   for (let i = 0; i < n; i++) {
-    const o = matches?.get(candidates[i]!.id)?.weighted ?? 0;
+    const m = matches?.get(candidates[i]!.id);
+    const o = m?.weighted ?? 0;
     overlaps[i] = o;
+    shared[i] = m?.sharedBlocks ?? 0;
     if (o > top) {
       second = top;
       top = o;
@@ -84,9 +90,11 @@ export function chooseByKvCost(
     const w = candidates[i]!;
     const overlap = overlaps[i]!;
     // Only what no other candidate holds earns the reuse credit: a prefix that other workers
-    // hold too (a shared system prompt) stays cached there whatever this request does, so
-    // crediting it would keep traffic off a worker that just joined.
-    const exclusive = Math.max(0, overlap - (i === topAt ? second : top));
+    // hold too stays cached there whatever this request does, so crediting it would keep
+    // traffic off a worker that just joined. Nor does a prefix that several requests branch
+    // from (a system prompt held by one worker): crediting it would pin every request that
+    // uses it to that worker, and a restarted worker would never get its share back.
+    const exclusive = Math.max(0, overlap - Math.max(i === topAt ? second : top, shared[i]!));
     const prefillBlocks = Math.max(0, promptBlocks - overlap);
     const queuedPrefillBlocks = w.load.prefillTokens / blockSize;
     const decodeBlocks = w.load.decodeBlocks;
@@ -95,7 +103,7 @@ export function chooseByKvCost(
     scores[i] = {
       worker: w.id,
       terms: {
-        overlapBlocks: round(overlap), exclusiveBlocks: round(exclusive), promptBlocks: round(promptBlocks), prefillBlocks: round(prefillBlocks),
+        overlapBlocks: round(overlap), sharedPrefixBlocks: shared[i]!, exclusiveBlocks: round(exclusive), promptBlocks: round(promptBlocks), prefillBlocks: round(prefillBlocks),
         queuedPrefillBlocks: round(queuedPrefillBlocks), decodeBlocks, cost: round(cost),
       },
     };

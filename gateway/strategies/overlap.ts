@@ -47,6 +47,8 @@ export interface WorkerMatch {
   gpuBlocks: number;
   /** `gpuBlocks + cpuWeight × (blocks − gpuBlocks)`: what the reuse is worth, in GPU blocks. */
   weighted: number;
+  /** Leading blocks that are a prefix several request streams share (`MatchCounts.sharedBlocks`). */
+  sharedBlocks: number;
 }
 
 /**
@@ -82,7 +84,7 @@ export function bestMatchPerWorker(matches: ReadonlyMap<string, MatchCounts>, cp
       prev === undefined || weighted > prev.weighted ||
       (weighted === prev.weighted && rank !== null && (prev.rank === null || rank < prev.rank))
     ) {
-      out.set(workerId, { target, rank, blocks: counts.blocks, gpuBlocks: gpu, weighted });
+      out.set(workerId, { target, rank, blocks: counts.blocks, gpuBlocks: gpu, weighted, sharedBlocks: Math.min(counts.sharedBlocks ?? 0, counts.blocks) });
     }
   }
   return out;

@@ -94,6 +94,41 @@ t.test('an overloaded home worker loses a request with only a modest prefix matc
   t.ok(homeTerms.decodeBlocks! > 1000, 'and carries the long generation as decode load');
 });
 
+t.test('a system prompt many requests share is not pinned to its worker when that worker is loaded', async (t) => {
+  const teardown = t.teardown.bind(t);
+  const { workers } = await startSim(teardown, 2, ['--speedup', '1', ...EVENTS]);
+  // Default parameters: the reuse credit (200) must not apply to a prefix several requests branch from.
+  const { url, adminUrl } = await startGateway(teardown, fleetConfig(workers, { strategy: 'kv' }));
+  const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: 'unused', maxRetries: 0 });
+  const system = 'You are a terse assistant for a help desk. '.repeat(40);
+  const ask = (q: number) => `${system} Question ${q}: ${'please explain how this product handles the case in detail. '.repeat(3)}`;
+  const first = await client.completions.create({ model: MODEL, prompt: ask(0), max_tokens: 1 }).withResponse();
+  const home = first.response.headers.get('x-kvgate-worker')!;
+  for (let q = 1; q < 4; q++) {
+    const r = await client.completions.create({ model: MODEL, prompt: ask(q), max_tokens: 1 }).withResponse();
+    t.equal(r.response.headers.get('x-kvgate-worker'), home, `question ${q} follows the cached system prompt while its worker is idle`);
+  }
+  const route = async (prompt: string) => (await (await request(`${adminUrl}/debug/route`, { method: 'POST', body: JSON.stringify({ model: MODEL, prompt, max_tokens: 1 }) })).body.json()) as {
+    worker: string; candidates: { worker: string; terms: Record<string, number> }[];
+  };
+  // Four different questions continue from the system prompt: the index calls it shared.
+  const terms = await eventually(async () => {
+    const c = (await route(ask(4))).candidates.find((x) => x.worker === home)!.terms;
+    return c.sharedPrefixBlocks! > 0 ? c : undefined;
+  });
+  t.ok(terms.overlapBlocks! >= terms.sharedPrefixBlocks! && terms.sharedPrefixBlocks! >= 20, `home holds ${terms.overlapBlocks} blocks, ${terms.sharedPrefixBlocks} of them a shared prefix`);
+  t.equal(terms.exclusiveBlocks, 0, 'no reuse credit for the shared prefix');
+
+  // A long generation on the home worker: the next question goes to the other worker and caches the prompt there too.
+  const abort = new AbortController();
+  teardown(() => abort.abort());
+  const busy = await client.completions.create({ model: MODEL, prompt: `${system} Write a very long essay.`, max_tokens: 20_000, stream: true }, { signal: abort.signal }).withResponse();
+  t.equal(busy.response.headers.get('x-kvgate-worker'), home);
+  void (async () => { try { for await (const _ of busy.data) { /* drain */ } } catch { /* aborted */ } })();
+  const next = await client.completions.create({ model: MODEL, prompt: ask(5), max_tokens: 1 }).withResponse();
+  t.not(next.response.headers.get('x-kvgate-worker'), home, 'the loaded home worker is avoided despite holding the system prompt alone');
+});
+
 t.test('multi-turn sessions: kv routing raises the fleet prefix-cache hit rate over round-robin', async (t) => {
   const teardown = t.teardown.bind(t);
   const rates: Record<string, number> = {};

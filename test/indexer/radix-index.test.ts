@@ -96,14 +96,15 @@ t.test('many targets sharing a prefix; removal while shared', async (t) => {
   }
   const m = ix.match([...base, ...chain(1000 * 8, 4)]);
   t.equal(m.size, 40);
-  t.same(m.get('w7'), { blocks: 6, gpuBlocks: 6 });
-  t.same(m.get('w8'), { blocks: 4, gpuBlocks: 4 });
-  t.same(m.get('w3'), { blocks: 4, gpuBlocks: 4 });
+  // 32 different continuations under base[3]: the base is a shared prefix.
+  t.same(m.get('w7'), { blocks: 6, gpuBlocks: 6, sharedBlocks: 4 });
+  t.same(m.get('w8'), { blocks: 4, gpuBlocks: 4, sharedBlocks: 4 });
+  t.same(m.get('w3'), { blocks: 4, gpuBlocks: 4, sharedBlocks: 4 });
   for (let w = 0; w < 40; w += 2) ix.remove(`w${w}`, [base[1]!]);
   const m2 = ix.match(base);
   t.equal(m2.size, 40);
   t.same(m2.get('w0'), { blocks: 1, gpuBlocks: 1 });
-  t.same(m2.get('w1'), { blocks: 4, gpuBlocks: 4 });
+  t.same(m2.get('w1'), { blocks: 4, gpuBlocks: 4, sharedBlocks: 4 });
 });
 
 t.test('maxNodes cap: new nodes refused and counted, existing nodes still gain holders', async (t) => {
@@ -136,4 +137,27 @@ t.test('grows past its initial capacity and stays consistent under churn', async
   t.equal(wrong.length, 0, 'every chain matches its remaining length');
   for (let w = 0; w < 7; w++) ix.clearTarget(`w${w}`);
   t.equal(ix.size, 0);
+});
+
+t.test('sharedBlocks: the prefix up to the deepest block with four or more cached continuations', async (t) => {
+  const ix = new RadixIndex();
+  const system = chain(1, 5);
+  ix.insert('a', undefined, system, 'gpu');
+  // Three continuations under the system prompt's last block: a conversation with a retry, not yet shared.
+  for (let q = 0; q < 3; q++) ix.insert('a', system[4], chain(1000 + q * 10, 3), 'gpu');
+  const prompt = [...system, ...chain(1000, 3)];
+  t.same(ix.match(prompt).get('a'), { blocks: 8, gpuBlocks: 8 }, 'three continuations: nothing shared');
+  ix.insert('b', undefined, system, 'gpu');
+  ix.insert('b', system[4], chain(1030, 3), 'gpu');
+  t.same(ix.match(prompt).get('a'), { blocks: 8, gpuBlocks: 8, sharedBlocks: 5 }, 'a fourth (any target) makes the first five blocks shared');
+  t.same(ix.match(system.slice(0, 3)).get('a'), { blocks: 3, gpuBlocks: 3 }, 'a match that ends above the branch point shares nothing');
+  // Deeper branch point: four continuations under the first question's second block.
+  for (let k = 0; k < 4; k++) ix.insert('a', chain(1000, 2)[1], chain(5000 + k * 10, 2), 'cpu');
+  const deeper = [...system, ...chain(1000, 2), ...chain(5000, 2)];
+  t.same(ix.match(deeper).get('a'), { blocks: 9, gpuBlocks: 7, sharedBlocks: 7 });
+  t.same(ix.match(deeper).get('b'), { blocks: 5, gpuBlocks: 5, sharedBlocks: 5 }, 'a target that stops earlier counts only the branch points it reached');
+  // Continuations removed: the prefix is no longer shared.
+  ix.clearTarget('b');
+  ix.remove('a', chain(1010, 3));
+  t.same(ix.match([...system, ...chain(1020, 3)]).get('a'), { blocks: 8, gpuBlocks: 8 }, 'down to two continuations');
 });

@@ -15,7 +15,7 @@ t.test('prefers the idle worker that holds the prefix, and reports its terms', a
   t.equal(d.predictedCachedBlocks, 40);
   t.equal(m.calls, 1, 'index matched once per request');
   t.same(d.candidates!.find((c) => c.worker === 'w2')!.terms, {
-    overlapBlocks: 40, exclusiveBlocks: 40, promptBlocks: 64, prefillBlocks: 24, queuedPrefillBlocks: 0, decodeBlocks: 0, cost: 24,
+    overlapBlocks: 40, sharedPrefixBlocks: 0, exclusiveBlocks: 40, promptBlocks: 64, prefillBlocks: 24, queuedPrefillBlocks: 0, decodeBlocks: 0, cost: 24,
   });
   t.equal(d.candidates!.find((c) => c.worker === 'w1')!.terms['cost'], 64);
   t.equal(d.explain['cost'], 24);
@@ -156,4 +156,25 @@ t.test('the reuse credit counts only blocks no other candidate holds: a joining 
     .choose(ctx({ hashes: hashes(64) }), [worker('w1', busy), worker('w2'), worker('w3')]);
   t.equal(history.worker.id, 'w1', '18 blocks only w1 holds outweigh its 40-block queue');
   t.same(history.candidates!.map((c) => c.terms['exclusiveBlocks']), [18, 0, 0]);
+});
+
+t.test('no reuse credit for a prefix many requests share: a restarted worker gets its share back', async (t) => {
+  // w1 alone holds a 20-block system prompt that many different questions continue from (w2 restarted empty).
+  // w1 carries 100 decode blocks; each prompt is 24 blocks.
+  const fleet = [worker('w1', { decodeBlocks: 100, decodeRequests: 5, inflightRequests: 5 }), worker('w2')];
+  const defaults = (targets: Parameters<typeof fakeMatcher>[0]) => createKvStrategy(kvParamsSchema.parse({}), deps({ services: { kvIndexer: fakeMatcher(targets) } }));
+  const shared = defaults({ w1: [20, 20, 20] }).choose(ctx({ hashes: hashes(24) }), fleet);
+  // w1: 16 × (24 − 20) + 100 = 164; w2: 16 × 24 = 384. The prefix still saves its prefill here...
+  t.equal(shared.worker.id, 'w1');
+  t.same(shared.candidates!.map((c) => [c.terms['sharedPrefixBlocks'], c.terms['exclusiveBlocks']]), [[20, 0], [0, 0]]);
+  // ...but not the reuse credit, so load moves requests once it outweighs that saving: 16 × 4 + 400 > 384.
+  const busier = [worker('w1', { decodeBlocks: 400, decodeRequests: 20, inflightRequests: 20 }), worker('w2')];
+  t.equal(defaults({ w1: [20, 20, 20] }).choose(ctx({ hashes: hashes(24) }), busier).worker.id, 'w2');
+  // A conversation's own 20 blocks (no other request branches from them) keep the credit and stay.
+  const own = defaults({ w1: 20 }).choose(ctx({ hashes: hashes(24) }), busier);
+  t.equal(own.worker.id, 'w1');
+  t.equal(own.candidates![0]!.terms['exclusiveBlocks'], 20);
+  // Only the part beyond the shared prefix is credited.
+  const partly = defaults({ w1: [20, 20, 12] }).choose(ctx({ hashes: hashes(24) }), busier);
+  t.equal(partly.candidates![0]!.terms['exclusiveBlocks'], 8);
 });
