@@ -187,6 +187,15 @@ function report(samples: Sample[], events: { at: number; what: string }[], retur
       break;
     }
   }
+  // Traffic back: the first 5 s window after the return in which w1 serves at least 80 % of a fair share (1/4).
+  let shareBack: number | undefined;
+  for (let from = returnedAt; from + 5000 <= DURATION; from += 1000) {
+    const win = samples.filter((s) => s.at >= from && s.at < from + 5000);
+    if (win.length > 0 && win.filter((s) => s.worker === 'w1').length / win.length >= 0.8 / 4) {
+      shareBack = from - returnedAt;
+      break;
+    }
+  }
   const byOutcome = new Map<string, { total: number; stream: number }>();
   for (const s of samples) {
     const e = byOutcome.get(s.outcome) ?? { total: 0, stream: 0 };
@@ -226,6 +235,7 @@ ${markdownTable(['outcome', 'requests', 'of them streamed'], [...byOutcome].sort
 ${markdownTable(['phase', 'streams', 'p99 TTFT ms'], phases.map(([name, from, to]) => [name, ttfts(from, to).length, p99(ttfts(from, to))?.toFixed(0) ?? '-']))}
 
 Baseline p99 ${baseline.toFixed(0)} ms. Back within 20 % of it (two consecutive 5 s windows) **${recovered === undefined ? 'not within the run' : `${(recovered / 1000).toFixed(0)} s after the worker's return`}** (target ≤ 10 s).
+w1 back to at least 80 % of a fair share of requests (a 5 s window): **${shareBack === undefined ? 'not within the run' : `${(shareBack / 1000).toFixed(0)} s after its return`}**.
 
 ${markdownTable(['seconds', 'requests', 'failed', 'p99 TTFT ms', 'share served by w1'], timeline)}
 

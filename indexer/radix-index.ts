@@ -32,12 +32,15 @@ export interface MatchCounts {
 /**
  * Continuations that make a block a shared prefix. A conversation's turn boundary
  * has up to two (the engine's own output and the next turn's prompt, which can
- * differ when a chat template re-renders the answer), and a third comes from a
- * retried or regenerated turn; four means at least three different requests
- * branch there. At three, the Mooncake replay's first 4,000 requests lost half a
- * point of the reachable hit rate (97.6% against 98.1% at four).
+ * differ when a chat template re-renders the answer), a retried or regenerated
+ * turn adds one, a document asked a few questions a few more: keeping those on
+ * one worker saves cache capacity. A system prompt that many users share soon has
+ * far more. On the whole Mooncake replay a threshold of 4 cost 0.15 points of hit
+ * rate (35.63% of tokens against 35.77% at 8 and 35.78% with no threshold) for 1%
+ * lower mean TTFT; at 8 a restarted worker still gets its share back at once
+ * (bench/results/fault-run.md).
  */
-export const SHARED_PREFIX_CHILDREN = 4;
+export const SHARED_PREFIX_CHILDREN = 8;
 
 export interface RadixIndexOptions {
   /** Node cap; when full, new nodes are refused and counted in `rejectedInserts`. */

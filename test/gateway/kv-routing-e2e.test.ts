@@ -1,6 +1,7 @@
 import t from 'tap';
 import OpenAI from 'openai';
 import { request } from 'undici';
+import { SHARED_PREFIX_CHILDREN } from '../../indexer/radix-index.js';
 import { eventually, fleetConfig, metricValue, MODEL, startGateway, startSim, type SimWorkerLine } from '../fixtures/gateway.js';
 
 /**
@@ -104,16 +105,16 @@ t.test('a system prompt many requests share is not pinned to its worker when tha
   const ask = (q: number) => `${system} Question ${q}: ${'please explain how this product handles the case in detail. '.repeat(3)}`;
   const first = await client.completions.create({ model: MODEL, prompt: ask(0), max_tokens: 1 }).withResponse();
   const home = first.response.headers.get('x-kvgate-worker')!;
-  for (let q = 1; q < 4; q++) {
+  for (let q = 1; q < SHARED_PREFIX_CHILDREN; q++) {
     const r = await client.completions.create({ model: MODEL, prompt: ask(q), max_tokens: 1 }).withResponse();
     t.equal(r.response.headers.get('x-kvgate-worker'), home, `question ${q} follows the cached system prompt while its worker is idle`);
   }
   const route = async (prompt: string) => (await (await request(`${adminUrl}/debug/route`, { method: 'POST', body: JSON.stringify({ model: MODEL, prompt, max_tokens: 1 }) })).body.json()) as {
     worker: string; candidates: { worker: string; terms: Record<string, number> }[];
   };
-  // Four different questions continue from the system prompt: the index calls it shared.
+  // That many different questions continue from the system prompt: the index calls it shared.
   const terms = await eventually(async () => {
-    const c = (await route(ask(4))).candidates.find((x) => x.worker === home)!.terms;
+    const c = (await route(ask(SHARED_PREFIX_CHILDREN))).candidates.find((x) => x.worker === home)!.terms;
     return c.sharedPrefixBlocks! > 0 ? c : undefined;
   });
   t.ok(terms.overlapBlocks! >= terms.sharedPrefixBlocks! && terms.sharedPrefixBlocks! >= 20, `home holds ${terms.overlapBlocks} blocks, ${terms.sharedPrefixBlocks} of them a shared prefix`);
@@ -125,7 +126,7 @@ t.test('a system prompt many requests share is not pinned to its worker when tha
   const busy = await client.completions.create({ model: MODEL, prompt: `${system} Write a very long essay.`, max_tokens: 20_000, stream: true }, { signal: abort.signal }).withResponse();
   t.equal(busy.response.headers.get('x-kvgate-worker'), home);
   void (async () => { try { for await (const _ of busy.data) { /* drain */ } } catch { /* aborted */ } })();
-  const next = await client.completions.create({ model: MODEL, prompt: ask(5), max_tokens: 1 }).withResponse();
+  const next = await client.completions.create({ model: MODEL, prompt: ask(SHARED_PREFIX_CHILDREN + 1), max_tokens: 1 }).withResponse();
   t.not(next.response.headers.get('x-kvgate-worker'), home, 'the loaded home worker is avoided despite holding the system prompt alone');
 });
 

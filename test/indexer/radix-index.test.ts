@@ -1,5 +1,5 @@
 import t from 'tap';
-import { parseTargetKey, RadixIndex, targetKey } from '../../indexer/radix-index.js';
+import { parseTargetKey, RadixIndex, SHARED_PREFIX_CHILDREN, targetKey } from '../../indexer/radix-index.js';
 
 // Distinct fake "our hashes"; chaining does not matter to the index itself.
 const chain = (start: number, n: number) => Array.from({ length: n }, (_, i) => BigInt(start + i) * 0x9e3779b97f4a7c15n % (1n << 64n));
@@ -139,25 +139,27 @@ t.test('grows past its initial capacity and stays consistent under churn', async
   t.equal(ix.size, 0);
 });
 
-t.test('sharedBlocks: the prefix up to the deepest block with four or more cached continuations', async (t) => {
+t.test('sharedBlocks: the prefix up to the deepest block with SHARED_PREFIX_CHILDREN or more cached continuations', async (t) => {
+  const K = SHARED_PREFIX_CHILDREN;
+  t.ok(K >= 3, 'a conversation turn boundary (output + next prompt) and a retry are never a shared prefix');
   const ix = new RadixIndex();
   const system = chain(1, 5);
   ix.insert('a', undefined, system, 'gpu');
-  // Three continuations under the system prompt's last block: a conversation with a retry, not yet shared.
-  for (let q = 0; q < 3; q++) ix.insert('a', system[4], chain(1000 + q * 10, 3), 'gpu');
+  // K − 1 continuations under the system prompt's last block: not yet shared.
+  for (let q = 0; q < K - 1; q++) ix.insert('a', system[4], chain(1000 + q * 10, 3), 'gpu');
   const prompt = [...system, ...chain(1000, 3)];
-  t.same(ix.match(prompt).get('a'), { blocks: 8, gpuBlocks: 8 }, 'three continuations: nothing shared');
+  t.same(ix.match(prompt).get('a'), { blocks: 8, gpuBlocks: 8 }, `${K - 1} continuations: nothing shared`);
   ix.insert('b', undefined, system, 'gpu');
-  ix.insert('b', system[4], chain(1030, 3), 'gpu');
-  t.same(ix.match(prompt).get('a'), { blocks: 8, gpuBlocks: 8, sharedBlocks: 5 }, 'a fourth (any target) makes the first five blocks shared');
+  ix.insert('b', system[4], chain(90_000, 3), 'gpu');
+  t.same(ix.match(prompt).get('a'), { blocks: 8, gpuBlocks: 8, sharedBlocks: 5 }, `a ${K}th (any target's) makes the first five blocks shared`);
   t.same(ix.match(system.slice(0, 3)).get('a'), { blocks: 3, gpuBlocks: 3 }, 'a match that ends above the branch point shares nothing');
-  // Deeper branch point: four continuations under the first question's second block.
-  for (let k = 0; k < 4; k++) ix.insert('a', chain(1000, 2)[1], chain(5000 + k * 10, 2), 'cpu');
-  const deeper = [...system, ...chain(1000, 2), ...chain(5000, 2)];
+  // Deeper branch point: K continuations under the first question's second block.
+  for (let k = 0; k < K; k++) ix.insert('a', chain(1000, 2)[1], chain(50_000 + k * 10, 2), 'cpu');
+  const deeper = [...system, ...chain(1000, 2), ...chain(50_000, 2)];
   t.same(ix.match(deeper).get('a'), { blocks: 9, gpuBlocks: 7, sharedBlocks: 7 });
   t.same(ix.match(deeper).get('b'), { blocks: 5, gpuBlocks: 5, sharedBlocks: 5 }, 'a target that stops earlier counts only the branch points it reached');
   // Continuations removed: the prefix is no longer shared.
   ix.clearTarget('b');
   ix.remove('a', chain(1010, 3));
-  t.same(ix.match([...system, ...chain(1020, 3)]).get('a'), { blocks: 8, gpuBlocks: 8 }, 'down to two continuations');
+  t.same(ix.match([...system, ...chain(1020, 3)]).get('a'), { blocks: 8, gpuBlocks: 8 }, `down to ${K - 2} continuations`);
 });
