@@ -23,7 +23,7 @@ export const kvParamsSchema = z.strictObject({
    * 0 = only the immediate saving (a greedy choice that moves conversations
    * away from their cache at the first queue, and copies their prefix around).
    * Tuned on the Mooncake replay: the hit rate rises with it (on the first
-   * 2,000 requests 75% of the reachable bound at 0, 90% at 3, 99.6% at 50;
+   * 2,000 requests 74% of the reachable bound at 0, 91% at 3, 99.6% at 50;
    * bench/results/replay-sweep.md) because a moved conversation pays its whole
    * history again and adds it to another worker's queue. On the whole trace
    * 200 is level with the stickiest baseline's hit rate (llm-d's; the two trade
