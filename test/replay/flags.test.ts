@@ -1,6 +1,9 @@
 import t from 'tap';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { jsonObjectFlag, UsageError } from '../../bench/lib/flags.js';
 import { FLEET_DEFAULTS, parseReplayFlags } from '../../bench/replay/replay.js';
 
 const trace = join(t.testdir(), 'tiny_trace.jsonl');
@@ -20,6 +23,23 @@ t.test('replay flags: defaults, overrides, one clear error per bad value', async
   t.throws(() => parseReplayFlags(['--trace', trace, '--stream-interval', '0']), /--stream-interval must be an integer >= 1, got 0/);
   t.throws(() => parseReplayFlags(['--trace', trace, '--stream-interval', '2.5']), /--stream-interval must be an integer/);
   t.throws(() => parseReplayFlags(['--trace', trace, '--speedup', '0']), /--speedup must be a number >= 0.001/);
-  t.throws(() => parseReplayFlags(['--trace', trace, '--params', '{nope']), /--params must be JSON/);
+  t.throws(() => parseReplayFlags(['--trace', trace, '--params', '{nope']), /--params must be a JSON object/);
+  t.throws(() => parseReplayFlags(['--trace', trace, '--params', '[1]']), /--params must be a JSON object/);
   t.throws(() => parseReplayFlags(['--trace', join(t.testdir(), 'missing.jsonl')]), /no such file/);
+});
+
+t.test('jsonObjectFlag: absent is {}, an object passes, anything else is one clear error', async (t) => {
+  t.same(jsonObjectFlag('params', undefined, '{}'), {});
+  t.same(jsonObjectFlag('params', '{"reuseCredit":3}', '{}'), { reuseCredit: 3 });
+  for (const bad of ['{nope', '3', 'null', '"kv"', '[]']) {
+    t.throws(() => jsonObjectFlag('params', bad, '{"reuseCredit":3}'), new UsageError(`--params must be a JSON object such as '{"reuseCredit":3}', got ${bad}`));
+  }
+});
+
+t.test('fault and replicas benches refuse bad --params in one line, before starting anything', async (t) => {
+  for (const script of ['fault-bench.js', 'replicas-bench.js']) {
+    const r = spawnSync(process.execPath, [fileURLToPath(new URL(`../../dist/bench/${script}`, import.meta.url)), '--params', '{bad'], { encoding: 'utf8', timeout: 20_000 });
+    t.equal(r.status, 2, `${script} exits 2`);
+    t.match(r.stderr, /^[\w:-]+: --params must be a JSON object such as '\{"reuseCredit":3\}', got \{bad\n$/, `${script}: one line`);
+  }
 });
