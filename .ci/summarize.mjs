@@ -9,7 +9,11 @@ const dir = process.argv[2] ?? '.tap/test-results';
 const files = [];
 const walk = (d) => {
   let entries = [];
-  try { entries = readdirSync(d); } catch { return; }
+  try {
+    entries = readdirSync(d);
+  } catch {
+    return;
+  }
   for (const name of entries) {
     const path = join(d, name);
     if (statSync(path).isDirectory()) walk(path);

@@ -49,29 +49,70 @@ interface Row {
 
 async function runShape(shape: Shape, trace: readonly TraceRequest[], gbps: number): Promise<Row> {
   const fleet = { ...FLEET_DEFAULTS, workers: shape.roles.length, speedup: speedup };
-  const sim = await spawnSimFleet(fleet.workers, [...simArgs(fleet, true), '--role', shape.roles.join(','), '--kv-bytes-per-token', String(BYTES_PER_TOKEN), '--kv-transfer-gbps', String(gbps)], { timeoutMs: 60_000 });
+  const sim = await spawnSimFleet(
+    fleet.workers,
+    [
+      ...simArgs(fleet, true),
+      '--role',
+      shape.roles.join(','),
+      '--kv-bytes-per-token',
+      String(BYTES_PER_TOKEN),
+      '--kv-transfer-gbps',
+      String(gbps),
+    ],
+    { timeoutMs: 60_000 },
+  );
   const tmp = mkdtempSync(join(tmpdir(), 'kvgate-disagg-'));
   let gateway: ReadyChild | undefined;
   try {
     const config = join(tmp, 'kvgate.yaml');
-    writeFileSync(config, stringify(benchGatewayConfig(sim.workers, fleet.blockSize, { strategy: 'kv' }, { disaggregation: shape.disaggregation }, (i) => ({ role: shape.roles[i] }))));
+    writeFileSync(
+      config,
+      stringify(
+        benchGatewayConfig(
+          sim.workers,
+          fleet.blockSize,
+          { strategy: 'kv' },
+          { disaggregation: shape.disaggregation },
+          (i) => ({ role: shape.roles[i] }),
+        ),
+      ),
+    );
     gateway = await startBenchGateway(config);
     await new Promise((r) => setTimeout(r, 1000));
     const started = performance.now();
-    const results = await replay({ url: gateway.ready.url as string, model: MODEL, trace, speedup: fleet.speedup, onProgress: (p) => process.stderr.write(`[${shape.name}] ${p.done}/${p.total} done, ${p.inflight} in flight, ${p.failed} failed\n`) });
+    const results = await replay({
+      url: gateway.ready.url as string,
+      model: MODEL,
+      trace,
+      speedup: fleet.speedup,
+      onProgress: (p) =>
+        process.stderr.write(
+          `[${shape.name}] ${p.done}/${p.total} done, ${p.inflight} in flight, ${p.failed} failed\n`,
+        ),
+    });
     const wallS = ((performance.now() - started) / 1000) * fleet.speedup;
     const metrics = await (await request(`${gateway.ready.url as string}/metrics`)).body.text();
-    const planner = (await (await request(`${gateway.ready.adminUrl as string}/debug/planner`)).body.json()) as { pools: { prefill: { recommended: number }; decode: { recommended: number } }[] };
-    const advice = planner.pools[0] ? `${planner.pools[0].prefill.recommended}:${planner.pools[0].decode.recommended}` : '–';
+    const planner = (await (await request(`${gateway.ready.adminUrl as string}/debug/planner`)).body.json()) as {
+      pools: { prefill: { recommended: number }; decode: { recommended: number } }[];
+    };
+    const advice = planner.pools[0]
+      ? `${planner.pools[0].prefill.recommended}:${planner.pools[0].decode.recommended}`
+      : '–';
     const paths: Record<string, number> = {};
-    for (const m of metrics.matchAll(/^kvgate_disagg_requests_total\{path="(\w+)"\} (\d+)/gm)) paths[m[1]!] = Number(m[2]);
-    let hits = 0, queries = 0, loaded = 0;
+    for (const m of metrics.matchAll(/^kvgate_disagg_requests_total\{path="(\w+)"\} (\d+)/gm))
+      paths[m[1]] = Number(m[2]);
+    let hits = 0,
+      queries = 0,
+      loaded = 0;
     for (const w of sim.workers) {
       const s = (await (await request(`${w.url}/sim/stats`)).body.json()) as Record<string, number>;
-      hits += s.prefixHitTokens!;
-      queries += s.prefixQueryTokens!;
-      loaded += s.kvLoadTokens!;
-      process.stderr.write(`[${shape.name}] ${w.worker} (${shape.roles[sim.workers.indexOf(w)]}): prefill computed ${s.prefillTokensComputed}, loaded ${s.kvLoadTokens} (failures ${s.kvLoadFailures}), preemptions ${s.preemptions}, steps ${s.steps}, generated ${s.generatedTokens}\n`);
+      hits += s.prefixHitTokens;
+      queries += s.prefixQueryTokens;
+      loaded += s.kvLoadTokens;
+      process.stderr.write(
+        `[${shape.name}] ${w.worker} (${shape.roles[sim.workers.indexOf(w)]}): prefill computed ${s.prefillTokensComputed}, loaded ${s.kvLoadTokens} (failures ${s.kvLoadFailures}), preemptions ${s.preemptions}, steps ${s.steps}, generated ${s.generatedTokens}\n`,
+      );
     }
     return { ...summarise(shape, results, wallS, paths, queries ? (hits + loaded) / queries : 0, loaded), advice };
   } finally {
@@ -80,15 +121,31 @@ async function runShape(shape: Shape, trace: readonly TraceRequest[], gbps: numb
   }
 }
 
-function summarise(shape: Shape, results: readonly RequestResult[], wallS: number, paths: Record<string, number>, hitRate: number, kvLoadTokens: number): Omit<Row, 'advice'> {
+function summarise(
+  shape: Shape,
+  results: readonly RequestResult[],
+  wallS: number,
+  paths: Record<string, number>,
+  hitRate: number,
+  kvLoadTokens: number,
+): Omit<Row, 'advice'> {
   const ok = results.filter((r) => r.ok);
   const sim = (ms: number) => (ms * speedup) / 1000;
-  const itls = ok.filter((r) => r.outputTokens >= 2).map((r) => (sim(r.e2eMs - r.ttftMs) * 1000) / (r.outputTokens - 1));
+  const itls = ok
+    .filter((r) => r.outputTokens >= 2)
+    .map((r) => (sim(r.e2eMs - r.ttftMs) * 1000) / (r.outputTokens - 1));
   const tokens = ok.reduce((a, r) => a + r.outputTokens, 0);
   return {
-    shape: shape.name, ok: ok.length, failed: results.length - ok.length,
-    ttft: distribution(ok.map((r) => sim(r.ttftMs))), itl: distribution(itls),
-    tokPerS: tokens / wallS, tokPerSPerWorker: tokens / wallS / shape.roles.length, paths, hitRate, kvLoadTokens,
+    shape: shape.name,
+    ok: ok.length,
+    failed: results.length - ok.length,
+    ttft: distribution(ok.map((r) => sim(r.ttftMs))),
+    itl: distribution(itls),
+    tokPerS: tokens / wallS,
+    tokPerSPerWorker: tokens / wallS / shape.roles.length,
+    paths,
+    hitRate,
+    kvLoadTokens,
   };
 }
 
@@ -97,8 +154,14 @@ let speedup = 25;
 async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
-      trace: { type: 'string' }, limit: { type: 'string' }, workers: { type: 'string' }, prefill: { type: 'string' },
-      speedup: { type: 'string' }, thresholds: { type: 'string' }, gbps: { type: 'string' }, out: { type: 'string' },
+      trace: { type: 'string' },
+      limit: { type: 'string' },
+      workers: { type: 'string' },
+      prefill: { type: 'string' },
+      speedup: { type: 'string' },
+      thresholds: { type: 'string' },
+      gbps: { type: 'string' },
+      out: { type: 'string' },
     },
   });
   const limit = Number(values.limit ?? 1000);
@@ -113,16 +176,45 @@ async function main(): Promise<void> {
   const shapes: Shape[] = [
     { name: `aggregated ×${workers} (kv)`, roles: Array(workers).fill('both'), disaggregation: {} },
     { name: `P/D ${prefill}:${workers - prefill}, always`, roles: pd, disaggregation: { mode: 'always' } },
-    ...thresholds.map((th) => ({ name: `P/D ${prefill}:${workers - prefill}, conditional ≥${th}`, roles: pd, disaggregation: { mode: 'conditional', minUncachedTokens: th } })),
+    ...thresholds.map((th) => ({
+      name: `P/D ${prefill}:${workers - prefill}, conditional ≥${th}`,
+      roles: pd,
+      disaggregation: { mode: 'conditional', minUncachedTokens: th },
+    })),
   ];
   const rows: Row[] = [];
   for (const s of shapes) rows.push(await runShape(s, trace, gbps));
   const f = (x: number, d = 2) => (Number.isFinite(x) ? x.toFixed(d) : '–');
   const table = markdownTable(
-    ['shape', 'ok / failed', 'TTFT mean s', 'TTFT p50', 'TTFT p90', 'TTFT p99', 'ITL mean ms', 'ITL p90 ms', 'output tok/s', 'tok/s per worker', 'paths (disagg / agg / fallback)', 'prefix hit (incl. transferred)', 'planner P:D'],
+    [
+      'shape',
+      'ok / failed',
+      'TTFT mean s',
+      'TTFT p50',
+      'TTFT p90',
+      'TTFT p99',
+      'ITL mean ms',
+      'ITL p90 ms',
+      'output tok/s',
+      'tok/s per worker',
+      'paths (disagg / agg / fallback)',
+      'prefix hit (incl. transferred)',
+      'planner P:D',
+    ],
     rows.map((r) => [
-      r.shape, `${r.ok} / ${r.failed}`, f(r.ttft.mean), f(r.ttft.p50), f(r.ttft.p90), f(r.ttft.p99), f(r.itl.mean, 1), f(r.itl.p90, 1),
-      f(r.tokPerS, 0), f(r.tokPerSPerWorker, 0), `${r.paths.disaggregated ?? 0} / ${r.paths.aggregated ?? 0} / ${r.paths.prefill_fallback ?? 0}`, `${f(r.hitRate * 100, 1)}%`, r.advice,
+      r.shape,
+      `${r.ok} / ${r.failed}`,
+      f(r.ttft.mean),
+      f(r.ttft.p50),
+      f(r.ttft.p90),
+      f(r.ttft.p99),
+      f(r.itl.mean, 1),
+      f(r.itl.p90, 1),
+      f(r.tokPerS, 0),
+      f(r.tokPerSPerWorker, 0),
+      `${r.paths.disaggregated ?? 0} / ${r.paths.aggregated ?? 0} / ${r.paths.prefill_fallback ?? 0}`,
+      `${f(r.hitRate * 100, 1)}%`,
+      r.advice,
     ]),
   );
   const md = `# Disaggregation benchmark (simulator)
@@ -140,7 +232,7 @@ ${table}
 
 ${process.env.DISAGG_NOTES ?? ''}
 `;
-  const out = values.out ?? fileURLToPath(new URL('../../bench/results/', import.meta.url));
+  const out = values.out ?? fileURLToPath(new URL('../../bench/results', import.meta.url));
   mkdirSync(out, { recursive: true });
   writeFileSync(join(out, 'disagg.md'), md);
   process.stdout.write(md);

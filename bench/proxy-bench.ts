@@ -22,7 +22,7 @@ const { values } = parseArgs({
     rounds: { type: 'string', default: '3' },
     connections: { type: 'string', default: '32' },
     speedup: { type: 'string', default: '1000' },
-    out: { type: 'string', default: fileURLToPath(new URL('../../bench/results/', import.meta.url)) },
+    out: { type: 'string', default: fileURLToPath(new URL('../../bench/results', import.meta.url)) },
   },
 });
 const duration = Number(values.duration);
@@ -35,22 +35,35 @@ const PROMPT = 'The quick brown fox jumps over the lazy dog';
 /** Throughput under load (all connections), and added latency with one connection (no queueing). */
 const scenarios = [
   { name: 'completion, non-streaming (8 tokens)', connections, body: { model: MODEL, prompt: PROMPT, max_tokens: 8 } },
-  { name: 'completion, streaming (8 tokens)', connections, body: { model: MODEL, prompt: PROMPT, max_tokens: 8, stream: true } },
-  { name: 'one connection, non-streaming (latency)', connections: 1, body: { model: MODEL, prompt: PROMPT, max_tokens: 8 } },
+  {
+    name: 'completion, streaming (8 tokens)',
+    connections,
+    body: { model: MODEL, prompt: PROMPT, max_tokens: 8, stream: true },
+  },
+  {
+    name: 'one connection, non-streaming (latency)',
+    connections: 1,
+    body: { model: MODEL, prompt: PROMPT, max_tokens: 8 },
+  },
 ];
 
 async function main(): Promise<void> {
-  const sim = await spawnSimFleet(1, ['--port', '0', '--speedup', values.speedup!, '--max-num-seqs', '1024']);
-  const worker = sim.workers[0]!;
+  const sim = await spawnSimFleet(1, ['--port', '0', '--speedup', values.speedup, '--max-num-seqs', '1024']);
+  const worker = sim.workers[0];
   const tmp = mkdtempSync(join(tmpdir(), 'kvgate-bench-'));
   const config = join(tmp, 'kvgate.yaml');
-  writeFileSync(config, stringify({
-    server: { host: '127.0.0.1', port: 0 },
-    admin: { port: 0 },
-    fleet: { workers: [{ id: worker.worker, url: worker.url, models: [MODEL] }] },
-    routing: { strategy: 'round-robin' },
-  }));
-  const gateway = await spawnUntilReady([dist('../gateway/cli.js'), 'serve', '--config', config], 'gateway ready', { KVGATE_LOG_LEVEL: 'info' });
+  writeFileSync(
+    config,
+    stringify({
+      server: { host: '127.0.0.1', port: 0 },
+      admin: { port: 0 },
+      fleet: { workers: [{ id: worker.worker, url: worker.url, models: [MODEL] }] },
+      routing: { strategy: 'round-robin' },
+    }),
+  );
+  const gateway = await spawnUntilReady([dist('../gateway/cli/cli.js'), 'serve', '--config', config], 'gateway ready', {
+    KVGATE_LOG_LEVEL: 'info',
+  });
   const floor = await spawnUntilReady([dist('./proxy-floor.js'), worker.url], 'floor ready');
   const targets = { direct: worker.url, kvgate: gateway.ready.url as string, floor: floor.ready.url as string };
   const results: Record<string, Record<string, Result[]>> = {};
@@ -61,12 +74,19 @@ async function main(): Promise<void> {
         for (const [target, base] of Object.entries(targets)) {
           process.stderr.write(`[${s.name}] round ${r + 1}/${rounds}: ${target} ...`);
           const res = await autocannon({
-            url: `${base}/v1/completions`, method: 'POST', connections: s.connections, duration,
-            headers: { 'content-type': 'application/json' }, body: JSON.stringify(s.body),
+            url: `${base}/v1/completions`,
+            method: 'POST',
+            connections: s.connections,
+            duration,
+            headers: { 'content-type': 'application/json' },
+            body: JSON.stringify(s.body),
           });
-          if (res.errors > 0 || res.non2xx > 0) throw new Error(`${target}: ${res.errors} errors, ${res.non2xx} non-2xx`);
-          results[s.name]![target]!.push(res);
-          process.stderr.write(` ${Math.round(res.requests.average)} req/s, p50 ${res.latency.p50} ms, mean ${res.latency.average} ms\n`);
+          if (res.errors > 0 || res.non2xx > 0)
+            throw new Error(`${target}: ${res.errors} errors, ${res.non2xx} non-2xx`);
+          results[s.name][target].push(res);
+          process.stderr.write(
+            ` ${Math.round(res.requests.average)} req/s, p50 ${res.latency.p50} ms, mean ${res.latency.average} ms\n`,
+          );
         }
       }
     }
@@ -82,10 +102,10 @@ function report(results: Record<string, Record<string, Result[]>>): void {
   const summary: Record<string, unknown> = {};
   for (const [scenario, byTarget] of Object.entries(results)) {
     const stat = (target: string) => ({
-      rps: median(byTarget[target]!.map((r) => r.requests.average)),
-      p50: median(byTarget[target]!.map((r) => r.latency.p50)),
-      p99: median(byTarget[target]!.map((r) => r.latency.p99)),
-      mean: median(byTarget[target]!.map((r) => r.latency.average)),
+      rps: median(byTarget[target].map((r) => r.requests.average)),
+      p50: median(byTarget[target].map((r) => r.latency.p50)),
+      p99: median(byTarget[target].map((r) => r.latency.p99)),
+      mean: median(byTarget[target].map((r) => r.latency.average)),
     });
     // autocannon's latencies are whole milliseconds; with one connection, 1/throughput is the exact time per request.
     const connectionsUsed = scenarios.find((x) => x.name === scenario)!.connections;
@@ -94,12 +114,26 @@ function report(results: Record<string, Record<string, Result[]>>): void {
     const b = stat('kvgate');
     const c = stat('floor');
     summary[scenario] = { direct: a, kvgate: b, floor: c };
-    for (const [name, s] of [['(a) worker direct', a], ['(b) kvgate round-robin', b], ['(c) bare undici proxy', c]] as const) {
+    for (const [name, s] of [
+      ['(a) worker direct', a],
+      ['(b) kvgate round-robin', b],
+      ['(c) bare undici proxy', c],
+    ] as const) {
       rows.push([scenario, name, Math.round(s.rps), s.p50.toFixed(1), s.p99.toFixed(1), perRequest(s).toFixed(3)]);
     }
-    rows.push([scenario, '**b/a, b/c (throughput)**', `${(b.rps / a.rps).toFixed(2)}, ${(b.rps / c.rps).toFixed(2)}`, `b−a ${(b.p50 - a.p50).toFixed(1)}`, `b−a ${(b.p99 - a.p99).toFixed(1)}`, `b−a ${(perRequest(b) - perRequest(a)).toFixed(3)}, b−c ${(perRequest(b) - perRequest(c)).toFixed(3)}`]);
+    rows.push([
+      scenario,
+      '**b/a, b/c (throughput)**',
+      `${(b.rps / a.rps).toFixed(2)}, ${(b.rps / c.rps).toFixed(2)}`,
+      `b−a ${(b.p50 - a.p50).toFixed(1)}`,
+      `b−a ${(b.p99 - a.p99).toFixed(1)}`,
+      `b−a ${(perRequest(b) - perRequest(a)).toFixed(3)}, b−c ${(perRequest(b) - perRequest(c)).toFixed(3)}`,
+    ]);
   }
-  const table = markdownTable(['scenario', 'target', 'req/s (median)', 'p50 ms', 'p99 ms', 'ms per request per connection'], rows);
+  const table = markdownTable(
+    ['scenario', 'target', 'req/s (median)', 'p50 ms', 'p99 ms', 'ms per request per connection'],
+    rows,
+  );
   const text = `# Proxy overhead
 
 Command: \`npm run bench:proxy -- --duration ${duration} --rounds ${rounds} --connections ${connections} --speedup ${values.speedup}\`
@@ -109,8 +143,11 @@ One simulated worker (\`kvgate sim --speedup ${values.speedup}\`), the gateway a
 
 ${table}
 `;
-  writeFileSync(join(values.out!, 'proxy-overhead.md'), text);
-  writeFileSync(join(values.out!, 'proxy-overhead.json'), JSON.stringify({ date: new Date().toISOString(), duration, rounds, connections, summary }, null, 2));
+  writeFileSync(join(values.out, 'proxy-overhead.md'), text);
+  writeFileSync(
+    join(values.out, 'proxy-overhead.json'),
+    JSON.stringify({ date: new Date().toISOString(), duration, rounds, connections, summary }, null, 2),
+  );
   process.stdout.write(text);
 }
 

@@ -14,22 +14,31 @@ const server = createServer((req, res) => {
   const chunks: Buffer[] = [];
   req.on('data', (c: Buffer) => chunks.push(c));
   req.on('end', () => {
-    pool.request({ path: req.url!, method: req.method as 'POST', headers: { 'content-type': 'application/json' }, body: Buffer.concat(chunks) }).then(
-      async (up) => {
-        res.writeHead(up.statusCode, { 'content-type': String(up.headers['content-type'] ?? 'application/json') });
-        for await (const chunk of up.body) res.write(chunk);
-        res.end();
-      },
-      (err: Error) => {
-        res.writeHead(502);
-        res.end(err.message);
-      },
-    );
+    pool
+      .request({
+        path: req.url!,
+        method: req.method as 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: Buffer.concat(chunks),
+      })
+      .then(
+        async (up) => {
+          res.writeHead(up.statusCode, { 'content-type': String(up.headers['content-type'] ?? 'application/json') });
+          for await (const chunk of up.body) res.write(chunk);
+          res.end();
+        },
+        (err: Error) => {
+          res.writeHead(502);
+          res.end(err.message);
+        },
+      );
   });
 });
 server.keepAliveTimeout = 65_000;
 server.listen(0, '127.0.0.1', () => {
-  process.stdout.write(JSON.stringify({ msg: 'floor ready', url: `http://127.0.0.1:${(server.address() as AddressInfo).port}` }) + '\n');
+  process.stdout.write(
+    JSON.stringify({ msg: 'floor ready', url: `http://127.0.0.1:${(server.address() as AddressInfo).port}` }) + '\n',
+  );
 });
 process.once('SIGTERM', () => process.exit(0));
 // Spawned by the benchmark with our stdin piped: exit when the benchmark dies.

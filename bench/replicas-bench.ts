@@ -25,12 +25,18 @@ import { spawnSimFleet } from './sim/spawn.js';
  * trace's own schedule), then mean TTFT and the fleet's prefix-cache hit rate.
  *
  * With `--share-load` a `nats-server` (on PATH) is started per run and the
- * replicas share their in-flight load through it (gateway/load-sharing.ts).
+ * replicas share their in-flight load through it (gateway/fleet/load-sharing.ts).
  *
  *   node dist/bench/replicas-bench.js [--trace FILE] [--limit 1000] [--replicas 1,2,4] [--idle 4] [--workers 4] [--strategy kv] [--speedup 25] [--share-load [--share-interval 100]] [--params '{"reuseCredit":3}']
  */
 
-interface Row { replicas: number; label: string; summary: StrategySummary; perReplica: number[]; cpuS: { sim: number; gateways: number } }
+interface Row {
+  replicas: number;
+  label: string;
+  summary: StrategySummary;
+  perReplica: number[];
+  cpuS: { sim: number; gateways: number };
+}
 
 /** A `nats-server` on a free loopback port, for `--share-load`. */
 async function startNats(): Promise<{ url: string; stop: () => Promise<void> }> {
@@ -39,12 +45,33 @@ async function startNats(): Promise<{ url: string; stop: () => Promise<void> }> 
   const port = (probe.address() as { port: number }).port;
   await new Promise<void>((r) => probe.close(() => r()));
   const child = spawn('nats-server', ['-a', '127.0.0.1', '-p', String(port)], { stdio: 'ignore' });
-  const failed = new Promise<never>((_, reject) => child.once('error', (err) => reject(new Error(`cannot start nats-server (install it: apt-get install nats-server): ${err.message}`))));
-  const stop = () => new Promise<void>((r) => { if (child.exitCode !== null || child.signalCode !== null) return r(); child.once('exit', () => r()); child.kill('SIGTERM'); });
+  const failed = new Promise<never>((_, reject) =>
+    child.once('error', (err) =>
+      reject(new Error(`cannot start nats-server (install it: apt-get install nats-server): ${err.message}`)),
+    ),
+  );
+  const stop = () =>
+    new Promise<void>((r) => {
+      if (child.exitCode !== null || child.signalCode !== null) return r();
+      child.once('exit', () => r());
+      child.kill('SIGTERM');
+    });
   for (let i = 0; ; i++) {
-    const up = await Promise.race([failed, new Promise<boolean>((r) => { const s = connect(port, '127.0.0.1', () => { s.destroy(); r(true); }); s.on('error', () => r(false)); })]);
+    const up = await Promise.race([
+      failed,
+      new Promise<boolean>((r) => {
+        const s = connect(port, '127.0.0.1', () => {
+          s.destroy();
+          r(true);
+        });
+        s.on('error', () => r(false));
+      }),
+    ]);
     if (up) return { url: `nats://127.0.0.1:${port}`, stop };
-    if (i > 100) { await stop(); throw new Error('nats-server did not start listening'); }
+    if (i > 100) {
+      await stop();
+      throw new Error('nats-server did not start listening');
+    }
     await new Promise((r) => setTimeout(r, 50));
   }
 }
@@ -54,7 +81,15 @@ async function startNats(): Promise<{ url: string; stop: () => Promise<void> }> 
  * goes through the first: what the extra replicas cost in CPU alone, without
  * splitting the in-flight load.
  */
-async function runReplicas(n: number, strategy: string, params: Record<string, unknown>, trace: readonly TraceRequest[], fleet: FleetShape, idle = false, shareLoad?: { publishIntervalMs: number }): Promise<Row> {
+async function runReplicas(
+  n: number,
+  strategy: string,
+  params: Record<string, unknown>,
+  trace: readonly TraceRequest[],
+  fleet: FleetShape,
+  idle = false,
+  shareLoad?: { publishIntervalMs: number },
+): Promise<Row> {
   const sim = await spawnSimFleet(fleet.workers, simArgs(fleet, true), { timeoutMs: 60_000 });
   let nats: Awaited<ReturnType<typeof startNats>> | undefined;
   const tmp = mkdtempSync(join(tmpdir(), 'kvgate-replicas-'));
@@ -62,29 +97,60 @@ async function runReplicas(n: number, strategy: string, params: Record<string, u
   try {
     if (shareLoad) nats = await startNats();
     const config = join(tmp, 'kvgate.yaml');
-    writeFileSync(config, stringify(benchGatewayConfig(sim.workers, fleet.blockSize, { strategy, params },
-      nats && shareLoad ? { loadSharing: { nats: { servers: [nats.url] }, publishIntervalMs: shareLoad.publishIntervalMs, staleAfterMs: Math.max(2000, 4 * shareLoad.publishIntervalMs) } } : {})));
+    writeFileSync(
+      config,
+      stringify(
+        benchGatewayConfig(
+          sim.workers,
+          fleet.blockSize,
+          { strategy, params },
+          nats && shareLoad
+            ? {
+                loadSharing: {
+                  nats: { servers: [nats.url] },
+                  publishIntervalMs: shareLoad.publishIntervalMs,
+                  staleAfterMs: Math.max(2000, 4 * shareLoad.publishIntervalMs),
+                },
+              }
+            : {},
+        ),
+      ),
+    );
     for (let i = 0; i < n; i++) gateways.push(await startBenchGateway(config));
     await new Promise((r) => setTimeout(r, 1000));
     // Replica k gets requests k, k+n, ...; its replay starts late by its first request's offset, so every request keeps its trace time.
-    const first = trace[0]!.timestamp;
+    const first = trace[0].timestamp;
     const ways = idle ? 1 : n;
     const parts = gateways.slice(0, ways).map((g, k) => {
       const subset = trace.filter((_, i) => i % ways === k);
-      const delay = subset.length ? (subset[0]!.timestamp - first) / fleet.speedup : 0;
-      return new Promise((r) => setTimeout(r, delay)).then(() => replay({ url: g.ready.url as string, model: MODEL, trace: subset, speedup: fleet.speedup }));
+      const delay = subset.length ? (subset[0].timestamp - first) / fleet.speedup : 0;
+      return new Promise((r) => setTimeout(r, delay)).then(() =>
+        replay({ url: g.ready.url as string, model: MODEL, trace: subset, speedup: fleet.speedup }),
+      );
     });
     const perPart = await Promise.all(parts);
     const results: RequestResult[] = [];
     perPart.forEach((rs, k) => rs.forEach((r, j) => results.push({ ...r, index: j * ways + k })));
-    const workers: WorkerStats[] = await Promise.all(sim.workers.map(async (w) => {
-      const s = (await (await request(`${w.url}/sim/stats`)).body.json()) as WorkerStats;
-      return { id: w.worker, prefixQueryTokens: s.prefixQueryTokens, prefixHitTokens: s.prefixHitTokens, prefillTokensComputed: s.prefillTokensComputed, preemptions: s.preemptions, evictions: s.evictions };
-    }));
+    const workers: WorkerStats[] = await Promise.all(
+      sim.workers.map(async (w) => {
+        const s = (await (await request(`${w.url}/sim/stats`)).body.json()) as WorkerStats;
+        return {
+          id: w.worker,
+          prefixQueryTokens: s.prefixQueryTokens,
+          prefixHitTokens: s.prefixHitTokens,
+          prefillTokensComputed: s.prefillTokensComputed,
+          preemptions: s.preemptions,
+          evictions: s.evictions,
+        };
+      }),
+    );
     const cpuS = { sim: procCpuS(sim.child.pid), gateways: gateways.reduce((a, g) => a + procCpuS(g.child.pid), 0) };
     return {
-      replicas: n, label: `${idle ? `${n}, all via one (control)` : String(n)}${shareLoad ? `, shared load (${shareLoad.publishIntervalMs} ms)` : ''}`, cpuS,
-      summary: summarise(strategy, results, workers, upperBound(trace, fleet.blockSize), fleet.speedup), perReplica: perPart.map((p) => p.length),
+      replicas: n,
+      label: `${idle ? `${n}, all via one (control)` : String(n)}${shareLoad ? `, shared load (${shareLoad.publishIntervalMs} ms)` : ''}`,
+      cpuS,
+      summary: summarise(strategy, results, workers, upperBound(trace, fleet.blockSize), fleet.speedup),
+      perReplica: perPart.map((p) => p.length),
     };
   } finally {
     await Promise.all([...gateways.map((g) => g.stop()), sim.stop()]);
@@ -95,19 +161,44 @@ async function runReplicas(n: number, strategy: string, params: Record<string, u
 
 async function main(argv: string[]): Promise<void> {
   const { values } = parseArgs({
-    args: argv, strict: true,
-    options: { idle: { type: 'string' }, trace: { type: 'string' }, limit: { type: 'string' }, replicas: { type: 'string' }, workers: { type: 'string' }, strategy: { type: 'string' }, speedup: { type: 'string' }, out: { type: 'string' }, 'share-load': { type: 'boolean' }, 'share-interval': { type: 'string' }, params: { type: 'string' } },
+    args: argv,
+    strict: true,
+    options: {
+      idle: { type: 'string' },
+      trace: { type: 'string' },
+      limit: { type: 'string' },
+      replicas: { type: 'string' },
+      workers: { type: 'string' },
+      strategy: { type: 'string' },
+      speedup: { type: 'string' },
+      out: { type: 'string' },
+      'share-load': { type: 'boolean' },
+      'share-interval': { type: 'string' },
+      params: { type: 'string' },
+    },
   });
   const limit = Number(values.limit ?? 1000);
   const replicas = (values.replicas ?? '1,2,4').split(',').map(Number);
   const strategy = values.strategy ?? 'kv';
   const params = jsonObjectFlag('params', values.params, '{"reuseCredit":3}');
-  const fleet: FleetShape = { ...FLEET_DEFAULTS, workers: Number(values.workers ?? 4), speedup: Number(values.speedup ?? FLEET_DEFAULTS.speedup) };
-  if (!(limit > 0) || replicas.some((n) => !Number.isInteger(n) || n < 1) || !(fleet.workers >= 1) || !(fleet.speedup > 0)) throw new Error('bad flags: --limit N, --replicas 1,2,4, --workers N, --speedup X');
+  const fleet: FleetShape = {
+    ...FLEET_DEFAULTS,
+    workers: Number(values.workers ?? 4),
+    speedup: Number(values.speedup ?? FLEET_DEFAULTS.speedup),
+  };
+  if (
+    !(limit > 0) ||
+    replicas.some((n) => !Number.isInteger(n) || n < 1) ||
+    !(fleet.workers >= 1) ||
+    !(fleet.speedup > 0)
+  )
+    throw new Error('bad flags: --limit N, --replicas 1,2,4, --workers N, --speedup X');
   const tracePath = values.trace ?? DEFAULT_TRACE;
   const trace = readTrace(tracePath, limit);
   const shape = describeTrace(trace);
-  process.stderr.write(`trace ${tracePath}: ${trace.length} requests over ${shape.durationS.toFixed(0)} s, replayed in ~${(shape.durationS / fleet.speedup).toFixed(0)} s per run\n`);
+  process.stderr.write(
+    `trace ${tracePath}: ${trace.length} requests over ${shape.durationS.toFixed(0)} s, replayed in ~${(shape.durationS / fleet.speedup).toFixed(0)} s per run\n`,
+  );
   const shareInterval = Number(values['share-interval'] ?? 100);
   if (!(shareInterval >= 10)) throw new Error('bad flag: --share-interval MS (>= 10)');
   const shareLoad = values['share-load'] === true ? { publishIntervalMs: shareInterval } : undefined;
@@ -117,18 +208,43 @@ async function main(argv: string[]): Promise<void> {
     const row = await runReplicas(n, strategy, params, trace, fleet, control, shareLoad);
     rows.push(row);
     const s = row.summary;
-    process.stderr.write(`[${row.label} gateway(s)] cpu s sim ${row.cpuS.sim.toFixed(0)} gateways ${row.cpuS.gateways.toFixed(0)}, TTFT mean ${s.ttft.mean.toFixed(3)} s p90 ${s.ttft.p90.toFixed(3)} s, hit ${(s.hitRate * 100).toFixed(1)}%, failed ${s.failed}, imbalance ${s.prefillImbalance.toFixed(2)}, late p99 ${s.lateness.p99.toFixed(0)} ms\n`);
+    process.stderr.write(
+      `[${row.label} gateway(s)] cpu s sim ${row.cpuS.sim.toFixed(0)} gateways ${row.cpuS.gateways.toFixed(0)}, TTFT mean ${s.ttft.mean.toFixed(3)} s p90 ${s.ttft.p90.toFixed(3)} s, hit ${(s.hitRate * 100).toFixed(1)}%, failed ${s.failed}, imbalance ${s.prefillImbalance.toFixed(2)}, late p99 ${s.lateness.p99.toFixed(0)} ms\n`,
+    );
   }
-  const base = rows[0]!.summary;
+  const base = rows[0].summary;
   const pct = (a: number, b: number) => `${a >= b ? '+' : ''}${(((a - b) / b) * 100).toFixed(1)}%`;
   const table = markdownTable(
-    ['gateways', 'requests (per gateway)', 'failed', 'TTFT mean (s)', 'vs 1', 'TTFT p90 (s)', 'hit rate', 'prefill imbalance', 'client late p99 (ms)', 'CPU s: sim / gateways'],
-    rows.map(({ label, summary: s, perReplica, cpuS }) => [label, `${s.requests} (${perReplica.join('/')})`, s.failed, s.ttft.mean.toFixed(3), pct(s.ttft.mean, base.ttft.mean), s.ttft.p90.toFixed(3), `${(s.hitRate * 100).toFixed(1)}%`, s.prefillImbalance.toFixed(2), s.lateness.p99.toFixed(0), `${cpuS.sim.toFixed(0)} / ${cpuS.gateways.toFixed(0)}`]),
+    [
+      'gateways',
+      'requests (per gateway)',
+      'failed',
+      'TTFT mean (s)',
+      'vs 1',
+      'TTFT p90 (s)',
+      'hit rate',
+      'prefill imbalance',
+      'client late p99 (ms)',
+      'CPU s: sim / gateways',
+    ],
+    rows.map(({ label, summary: s, perReplica, cpuS }) => [
+      label,
+      `${s.requests} (${perReplica.join('/')})`,
+      s.failed,
+      s.ttft.mean.toFixed(3),
+      pct(s.ttft.mean, base.ttft.mean),
+      s.ttft.p90.toFixed(3),
+      `${(s.hitRate * 100).toFixed(1)}%`,
+      s.prefillImbalance.toFixed(2),
+      s.lateness.p99.toFixed(0),
+      `${cpuS.sim.toFixed(0)} / ${cpuS.gateways.toFixed(0)}`,
+    ]),
   );
-  const md = `# Gateway replicas splitting one trace\n\n\`node dist/bench/replicas-bench.js ${argv.join(' ')}\` on ${new Date().toISOString().slice(0, 10)}: ${trace.length} requests of ${tracePath.split('/').pop()}, `
-    + `${fleet.workers} simulated workers (replay fleet defaults, speed-up ${fleet.speedup}), strategy \`${strategy}\`${values.params ? ` with \`${values.params}\`` : ''}, requests dealt round-robin to the gateways${values['share-load'] ? ', in-flight load shared between them over NATS (`loadSharing`, publishIntervalMs ${shareInterval})' : ''}. `
-    + `Times are simulated seconds.\n\n${table}\n`;
-  const out = values.out ?? fileURLToPath(new URL('../../bench/results/', import.meta.url));
+  const md =
+    `# Gateway replicas splitting one trace\n\n\`node dist/bench/replicas-bench.js ${argv.join(' ')}\` on ${new Date().toISOString().slice(0, 10)}: ${trace.length} requests of ${tracePath.split('/').pop()}, ` +
+    `${fleet.workers} simulated workers (replay fleet defaults, speed-up ${fleet.speedup}), strategy \`${strategy}\`${values.params ? ` with \`${values.params}\`` : ''}, requests dealt round-robin to the gateways${values['share-load'] ? ', in-flight load shared between them over NATS (`loadSharing`, publishIntervalMs ${shareInterval})' : ''}. ` +
+    `Times are simulated seconds.\n\n${table}\n`;
+  const out = values.out ?? fileURLToPath(new URL('../../bench/results', import.meta.url));
   mkdirSync(out, { recursive: true });
   writeFileSync(join(out, 'replicas.md'), md);
   process.stdout.write(md);

@@ -1,8 +1,8 @@
 import { readFileSync } from 'node:fs';
 import { parseDocument } from 'yaml';
 import type { z } from 'zod';
-import { UsageError } from '../gateway/cli-args.js';
-import { parseStrategyParams, StrategyConfigError } from '../gateway/strategies/registry.js';
+import { UsageError } from '../gateway/cli/cli-args.js';
+import { parseStrategyParams, StrategyConfigError } from '../gateway/routing/strategies/registry.js';
 import { gatewayConfigSchema, type GatewayConfig } from './schema.js';
 
 /** A config problem: printed as one line naming the file and the key, exit code 2. */
@@ -29,11 +29,13 @@ export function loadConfigFile(file: string, env: NodeJS.ProcessEnv = process.en
   try {
     text = readFileSync(file, 'utf8');
   } catch (err) {
-    throw new ConfigError(`kvgate: cannot read config file ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    throw new ConfigError(
+      `kvgate: cannot read config file ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
+    );
   }
   const doc = parseDocument(text, { prettyErrors: false, uniqueKeys: true });
   if (doc.errors.length > 0) {
-    const e = doc.errors[0]!;
+    const e = doc.errors[0];
     const where = e.linePos?.[0] ? ` (line ${e.linePos[0].line}, column ${e.linePos[0].col})` : '';
     throw new ConfigError(`kvgate: ${file}${where}: invalid YAML: ${e.message.split('\n')[0]}`);
   }
@@ -42,15 +44,20 @@ export function loadConfigFile(file: string, env: NodeJS.ProcessEnv = process.en
 
 /** Validates an already-parsed config object; `source` names it in errors. */
 export function parseConfig(raw: unknown, source: string, env: NodeJS.ProcessEnv = process.env): GatewayConfig {
-  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new ConfigError(`kvgate: ${source}: the config must be a mapping of sections (server, fleet, routing, ...)`);
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw))
+    throw new ConfigError(`kvgate: ${source}: the config must be a mapping of sections (server, fleet, routing, ...)`);
   const withEnv = applyEnv(structuredClone(raw) as Record<string, unknown>, env);
   const parsed = gatewayConfigSchema.safeParse(withEnv);
-  if (!parsed.success) throw new ConfigError(`kvgate: ${source}: ${describeIssue(parsed.error.issues[0]!)}`);
+  if (!parsed.success) throw new ConfigError(`kvgate: ${source}: ${describeIssue(parsed.error.issues[0])}`);
   const config = parsed.data;
   try {
-    config.routing.params = parseStrategyParams(config.routing.strategy, config.routing.params) as Record<string, unknown>;
+    config.routing.params = parseStrategyParams(config.routing.strategy, config.routing.params) as Record<
+      string,
+      unknown
+    >;
   } catch (err) {
-    if (err instanceof StrategyConfigError) throw new ConfigError(`kvgate: ${source}: ${keyPath(['routing', ...err.path])}: ${err.message}`);
+    if (err instanceof StrategyConfigError)
+      throw new ConfigError(`kvgate: ${source}: ${keyPath(['routing', ...err.path])}: ${err.message}`);
     throw err;
   }
   return config;
@@ -71,18 +78,22 @@ function applyEnv(raw: Record<string, unknown>, env: NodeJS.ProcessEnv): Record<
       if (typeof next !== 'object' || next === null) node[key] = {};
       node = node[key] as Record<string, unknown>;
     }
-    node[o.path[o.path.length - 1]!] = typed;
+    node[o.path[o.path.length - 1]] = typed;
   }
   return raw;
 }
 
 function describeIssue(issue: z.core.$ZodIssue): string {
-  const at = issue.path.length > 0 ? keyPath(issue.path as (string | number)[]) : '(top level)';
-  if (issue.code === 'unrecognized_keys') return `${at}: unknown key${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => `'${k}'`).join(', ')}`;
+  const at = issue.path.length > 0 ? keyPath(issue.path) : '(top level)';
+  if (issue.code === 'unrecognized_keys')
+    return `${at}: unknown key${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => `'${k}'`).join(', ')}`;
   return `${at}: ${issue.message}`;
 }
 
 /** `fleet.workers[1].id` style, as an operator would write it. */
 export function keyPath(path: readonly (string | number | symbol)[]): string {
-  return path.reduce<string>((acc, p) => (typeof p === 'number' ? `${acc}[${p}]` : acc ? `${acc}.${String(p)}` : String(p)), '');
+  return path.reduce<string>(
+    (acc, p) => (typeof p === 'number' ? `${acc}[${p}]` : acc ? `${acc}.${String(p)}` : String(p)),
+    '',
+  );
 }

@@ -1,12 +1,12 @@
 import { z } from 'zod';
-import { adminConfigSchema } from '../gateway/admin.js';
-import { fleetConfigSchema } from '../gateway/fleet.js';
-import { upstreamConfigSchema } from '../gateway/forward.js';
-import { routingConfigSchema } from '../gateway/routing-config.js';
-import { serverConfigSchema } from '../gateway/server.js';
-import { modelsConfigSchema } from '../gateway/models-config.js';
+import { adminConfigSchema } from '../gateway/ops/admin.js';
+import { fleetConfigSchema } from '../gateway/fleet/fleet.js';
+import { upstreamConfigSchema } from '../gateway/proxy/forward.js';
+import { routingConfigSchema } from '../gateway/routing/routing-config.js';
+import { serverConfigSchema } from '../gateway/front/server.js';
+import { modelsConfigSchema } from '../gateway/fleet/models-config.js';
 import { disaggConfigSchema } from '../gateway/disagg/config.js';
-import { loadSharingConfigSchema } from '../gateway/load-sharing.js';
+import { loadSharingConfigSchema } from '../gateway/fleet/load-sharing.js';
 
 /**
  * The whole gateway config, assembled from the sections that live beside the
@@ -21,7 +21,7 @@ export const gatewayConfigSchema = z.strictObject({
   models: modelsConfigSchema.prefault({}),
   routing: routingConfigSchema.prefault({}),
   disaggregation: disaggConfigSchema.prefault({}),
-  /** Off when absent: share in-flight load with the other gateway replicas over NATS (gateway/load-sharing.ts). */
+  /** Off when absent: share in-flight load with the other gateway replicas over NATS (gateway/fleet/load-sharing.ts). */
   loadSharing: loadSharingConfigSchema.optional(),
 });
 

@@ -4,22 +4,22 @@ import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
 import type { GatewayConfig } from '../config/schema.js';
-import { createAdminHandler } from './admin.js';
-import { Fleet } from './fleet.js';
-import { Transport } from './forward.js';
-import { HealthChecker, type HealthProbe } from './health.js';
-import { GatewayMetrics } from './metrics.js';
-import { Passthrough } from './passthrough.js';
-import type { PromptBlocksProvider } from './pipeline.js';
-import { createFrontHandler } from './server.js';
-import { answerClientError, answerExpectation, frontServerOptions, requireHost } from './client-limits.js';
-import { configureUpstreamAuth } from './upstream-auth.js';
-import { diffWorkers, type DiscoveredWorker } from './discovery/discovery.js';
-import { FleetSync, type FleetChange, type WorkerHooks } from './fleet-sync.js';
-import { dropWorkerSeries, FrontTracker, registerLifecycleMetrics } from './lifecycle.js';
-import { buildRouting, LivePipeline, poolSignature, restartOnlyChanges, type RoutingDeps } from './reload.js';
+import { createAdminHandler } from './ops/admin.js';
+import { Fleet } from './fleet/fleet.js';
+import { Transport } from './proxy/forward.js';
+import { HealthChecker, type HealthProbe } from './fleet/health.js';
+import { GatewayMetrics } from './ops/metrics.js';
+import { Passthrough } from './proxy/passthrough.js';
+import type { PromptBlocksProvider } from './routing/pipeline.js';
+import { createFrontHandler } from './front/server.js';
+import { answerClientError, answerExpectation, frontServerOptions, requireHost } from './front/client-limits.js';
+import { configureUpstreamAuth } from './proxy/upstream-auth.js';
+import { diffWorkers, type DiscoveredWorker } from './fleet/discovery/discovery.js';
+import { FleetSync, type FleetChange, type WorkerHooks } from './fleet/fleet-sync.js';
+import { dropWorkerSeries, FrontTracker, registerLifecycleMetrics } from './ops/lifecycle.js';
+import { buildRouting, LivePipeline, poolSignature, restartOnlyChanges, type RoutingDeps } from './routing/reload.js';
 import { Disaggregation } from './disagg/two-leg.js';
-import { LoadSharing, natsTransport } from './load-sharing.js';
+import { LoadSharing, natsTransport } from './fleet/load-sharing.js';
 
 export interface GatewayOptions {
   log: Logger;
@@ -85,7 +85,11 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
   let config = initialConfig;
   const random = options.random ?? Math.random;
   const now = options.now ?? Date.now;
-  const fleet = new Fleet(config.fleet.workers, { breaker: config.upstream.breaker, log, sharedLoad: config.loadSharing !== undefined });
+  const fleet = new Fleet(config.fleet.workers, {
+    breaker: config.upstream.breaker,
+    log,
+    sharedLoad: config.loadSharing !== undefined,
+  });
   configureUpstreamAuth(fleet.workers, config.fleet.workers);
   const metrics = new GatewayMetrics(fleet, { defaultMetrics: options.defaultMetrics });
   options.onMetrics?.(metrics.registry);
@@ -94,7 +98,15 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
     // Not from the injected `random`: two replicas seeded alike would take each other's snapshots for their own.
     const replicaId = randomUUID().slice(0, 13);
     const transport = natsTransport(config.loadSharing, log, `kvgate-${replicaId}`);
-    sharing = new LoadSharing({ fleet, transport, config: config.loadSharing, log, replicaId, now, registry: metrics.registry });
+    sharing = new LoadSharing({
+      fleet,
+      transport,
+      config: config.loadSharing,
+      log,
+      replicaId,
+      now,
+      registry: metrics.registry,
+    });
     sharing.start();
   }
   const transport = new Transport(fleet.workers, config.upstream);
@@ -102,7 +114,15 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
   const blockSize = Object.values(config.models)[0]?.blockSize ?? 16;
   const lenientPools = config.fleet.discovery !== undefined && config.fleet.discovery.type !== 'static';
   const routingDeps: RoutingDeps = {
-    fleet, metrics, log, services: options.services ?? {}, promptBlocks: options.promptBlocks, random, now, blockSize, adminToken: config.admin.token,
+    fleet,
+    metrics,
+    log,
+    services: options.services ?? {},
+    promptBlocks: options.promptBlocks,
+    random,
+    now,
+    blockSize,
+    adminToken: config.admin.token,
   };
   const first = buildRouting(config, routingDeps, fleet.workers, lenientPools);
   const pipeline = new LivePipeline(first.pipeline, routingDeps, first.strategy);
@@ -122,35 +142,92 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
       log.warn({ error: (err as Error).message }, 'routing not rebuilt for the new fleet; the previous routing stays');
     }
   };
-  const sync = new FleetSync({
-    fleet, transport, log, healthTimeoutMs: config.fleet.health.timeoutMs, healthProbe: options.healthProbe,
-    drainTimeoutMs: config.server.drainTimeoutMs, hooks: options.workerHooks, onChanged: onFleetChanged,
-    // Gauges are set at scrape time for current workers only: a departed worker's last values would linger.
-    onForgotten: (id) => { if (!fleet.workers.some((w) => w.id === id)) dropWorkerSeries(metrics.registry, id); },
-  }, config.fleet.workers);
-  const passthrough = new Passthrough(fleet, metrics, { passClientAuthorization: config.upstream.passClientAuthorization });
+  const sync = new FleetSync(
+    {
+      fleet,
+      transport,
+      log,
+      healthTimeoutMs: config.fleet.health.timeoutMs,
+      healthProbe: options.healthProbe,
+      drainTimeoutMs: config.server.drainTimeoutMs,
+      hooks: options.workerHooks,
+      onChanged: onFleetChanged,
+      // Gauges are set at scrape time for current workers only: a departed worker's last values would linger.
+      onForgotten: (id) => {
+        if (!fleet.workers.some((w) => w.id === id)) dropWorkerSeries(metrics.registry, id);
+      },
+    },
+    config.fleet.workers,
+  );
+  const passthrough = new Passthrough(fleet, metrics, {
+    passClientAuthorization: config.upstream.passClientAuthorization,
+  });
   // --- disaggregation (gateway/disagg/): two-leg P/D flow and the P/D balance planner ---
   const disagg = new Disaggregation({
-    config: config.disaggregation, fleet, transport, metrics, log, services: options.services ?? {}, promptBlocks: options.promptBlocks, blockSize, now,
+    config: config.disaggregation,
+    fleet,
+    transport,
+    metrics,
+    log,
+    services: options.services ?? {},
+    promptBlocks: options.promptBlocks,
+    blockSize,
+    now,
   });
   // --- end disaggregation ---
 
   await health.start();
-  const front = new FrontTracker(createFrontHandler({ config: config.server, fleet, pipeline, transport, passthrough, metrics, log, blockSize, disagg }));
+  const front = new FrontTracker(
+    createFrontHandler({
+      config: config.server,
+      fleet,
+      pipeline,
+      transport,
+      passthrough,
+      metrics,
+      log,
+      blockSize,
+      disagg,
+    }),
+  );
   const frontServer = createServer(frontServerOptions(config.server), requireHost(front.handler));
   frontServer.on('clientError', answerClientError).on('checkExpectation', answerExpectation);
-  const admin = createServer(createAdminHandler({ fleet, pipeline, token: config.admin.token, indexStats: options.indexStats, disagg }));
+  const admin = createServer(
+    createAdminHandler({ fleet, pipeline, token: config.admin.token, indexStats: options.indexStats, disagg }),
+  );
   const url = await listen(frontServer, config.server.host, config.server.port);
   const adminUrl = await listen(admin, config.admin.host, config.admin.port);
-  const lifecycle = registerLifecycleMetrics(metrics.registry, { fleet, draining: () => front.draining, drainingWorkers: () => sync.draining, discovered: () => sync.discoveredCount });
-  log.info({ url, adminUrl, strategy: first.strategy, workers: fleet.workers.length, healthy: fleet.healthy.length, loadSharing: sharing?.replicaId }, 'gateway ready');
+  const lifecycle = registerLifecycleMetrics(metrics.registry, {
+    fleet,
+    draining: () => front.draining,
+    drainingWorkers: () => sync.draining,
+    discovered: () => sync.discoveredCount,
+  });
+  log.info(
+    {
+      url,
+      adminUrl,
+      strategy: first.strategy,
+      workers: fleet.workers.length,
+      healthy: fleet.healthy.length,
+      loadSharing: sharing?.replicaId,
+    },
+    'gateway ready',
+  );
 
   let discoveredBefore: readonly DiscoveredWorker[] = [];
   let closing: Promise<void> | undefined;
   return {
-    url, adminUrl, fleet, metrics,
-    get config() { return config; },
-    get draining() { return front.draining; },
+    url,
+    adminUrl,
+    fleet,
+    metrics,
+    get config() {
+      return config;
+    },
+    get draining() {
+      return front.draining;
+    },
     setDiscovered(workers) {
       const d = diffWorkers(discoveredBefore, workers);
       discoveredBefore = workers;
@@ -161,15 +238,32 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
       const needsRestart = restartOnlyChanges(config, next);
       // Everything that can fail is tried before anything changes: the new routing over the fleet-to-be.
       const members = sync.prospective(next.fleet.workers);
-      configureUpstreamAuth(members.map((w) => ({ id: w.id })), members);
+      configureUpstreamAuth(
+        members.map((w) => ({ id: w.id })),
+        members,
+      );
       const built = buildRouting(next, routingDeps, members, lenientPools);
-      config = { ...next, server: config.server, admin: config.admin, upstream: config.upstream, models: config.models, disaggregation: config.disaggregation, loadSharing: config.loadSharing,
-        fleet: { ...next.fleet, health: config.fleet.health, discovery: config.fleet.discovery } };
+      config = {
+        ...next,
+        server: config.server,
+        admin: config.admin,
+        upstream: config.upstream,
+        models: config.models,
+        disaggregation: config.disaggregation,
+        loadSharing: config.loadSharing,
+        fleet: { ...next.fleet, health: config.fleet.health, discovery: config.fleet.discovery },
+      };
       pipeline.swap(built.pipeline, built.strategy);
       pending = built.pending;
       const change = sync.setStatic(next.fleet.workers);
       pools = poolSignature(config.routing, fleet.workers);
-      return { ...change, strategy: built.strategy, policies: next.routing.policies.length, experiments: next.routing.experiments.length, needsRestart };
+      return {
+        ...change,
+        strategy: built.strategy,
+        policies: next.routing.policies.length,
+        experiments: next.routing.experiments.length,
+        needsRestart,
+      };
     },
     countReload: (result) => lifecycle.reload(result),
     async drain(timeoutMs) {

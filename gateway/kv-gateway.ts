@@ -1,10 +1,10 @@
 import type { Logger } from 'pino';
 import type { GatewayConfig } from '../config/schema.js';
-import { createDiscovery, type Discovery, type DiscoveryDeps } from './discovery/discovery.js';
+import { createDiscovery, type Discovery, type DiscoveryDeps } from './fleet/discovery/discovery.js';
 import { startGateway, type Gateway } from './gateway.js';
-import { registerKvMetrics } from './kv-metrics.js';
+import { registerKvMetrics } from './ops/kv-metrics.js';
 import { buildKvServices } from './kv-services.js';
-import { registerMemoryMetrics } from './lifecycle.js';
+import { registerMemoryMetrics } from './ops/lifecycle.js';
 
 /** How long events a worker sent before going down may still be arriving. */
 const STALE_EVENTS_MS = 500;
@@ -46,11 +46,15 @@ export async function startKvGateway(config: GatewayConfig, options: KvGatewayOp
   // routing can tell: drop its blocks now, and once more a moment later, because events it sent just
   // before dying may still sit in our socket. Its event source reconnects by itself and rebuilds
   // them; an engine restart also restarts its sequence numbers, which resets the worker again.
-  const clear = (id: string) => { for (const indexer of kv.indexers.values()) indexer.clearWorker(id); };
+  const clear = (id: string) => {
+    for (const indexer of kv.indexers.values()) indexer.clearWorker(id);
+  };
   fleet.onStatus((worker, up) => {
     if (up) return;
     clear(worker.id);
-    setTimeout(() => { if (worker.down && fleet.has(worker)) clear(worker.id); }, STALE_EVENTS_MS).unref();
+    setTimeout(() => {
+      if (worker.down && fleet.has(worker)) clear(worker.id);
+    }, STALE_EVENTS_MS).unref();
   });
   await kv.start();
 

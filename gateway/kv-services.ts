@@ -1,16 +1,22 @@
 import { resolve } from 'node:path';
 import type { Logger } from 'pino';
 import type { GatewayConfig } from '../config/schema.js';
-import { createBlockHasher, type BlockHasher } from '../indexer/block-hash.js';
+import { createBlockHasher, type BlockHasher } from '../indexer/index/block-hash.js';
 import { createEventSource } from '../indexer/events/create-source.js';
 import type { EventSink, EventSource } from '../indexer/events/source.js';
-import { KvIndexer } from '../indexer/kv-indexer.js';
-import { createPromptBlocksProvider, localTokenSource, remoteTokenSource, type PromptBlocksFn, type PromptTokenSource } from '../indexer/prompt-tokens.js';
-import type { MatchCounts } from '../indexer/radix-index.js';
-import { RemoteTokenizer } from '../indexer/remote-tokenizer.js';
-import { PromptTokenizer } from '../indexer/tokenizer.js';
-import type { WorkerConfig } from './fleet.js';
-import type { PromptBlocksProvider } from './pipeline.js';
+import { KvIndexer } from '../indexer/index/kv-indexer.js';
+import {
+  createPromptBlocksProvider,
+  localTokenSource,
+  remoteTokenSource,
+  type PromptBlocksFn,
+  type PromptTokenSource,
+} from '../indexer/tokenize/prompt-tokens.js';
+import type { MatchCounts } from '../indexer/index/radix-index.js';
+import { RemoteTokenizer } from '../indexer/tokenize/remote-tokenizer.js';
+import { PromptTokenizer } from '../indexer/tokenize/tokenizer.js';
+import type { WorkerConfig } from './fleet/fleet.js';
+import type { PromptBlocksProvider } from './routing/pipeline.js';
 
 /** What the KV-aware parts of the gateway share: one index per model, its event sources, and prompt hashing. */
 export interface KvServices {
@@ -61,7 +67,7 @@ export async function buildKvServices(config: GatewayConfig, options: KvServices
   const indexerFor = (model: string): KvIndexer => {
     let indexer = indexers.get(model);
     if (!indexer) {
-      indexers.set(model, (indexer = new KvIndexer({ hasher, model, blockSize: config.models[model]!.blockSize, log })));
+      indexers.set(model, (indexer = new KvIndexer({ hasher, model, blockSize: config.models[model].blockSize, log })));
       current = indexers.size === 1 ? singleMatcher(indexer) : multiMatcher([...indexers.values()]);
     }
     return indexer;
@@ -71,7 +77,10 @@ export async function buildKvServices(config: GatewayConfig, options: KvServices
     if (!w.kvEvents) return false;
     const model = w.models.map((m) => baseOf.get(m)).find((m) => m !== undefined);
     if (model === undefined) {
-      log.warn({ worker: w.id, models: w.models }, 'worker publishes kv events but none of its models has a models: entry (block size, tokenizer); its events are ignored');
+      log.warn(
+        { worker: w.id, models: w.models },
+        'worker publishes kv events but none of its models has a models: entry (block size, tokenizer); its events are ignored',
+      );
       return false;
     }
     sources.set(w.id, createEventSource(w.kvEvents, w.id, log, { workerUrl: w.url }));
@@ -83,9 +92,13 @@ export async function buildKvServices(config: GatewayConfig, options: KvServices
   // Adds and removes of one id run in order, so a replaced worker's old source is stopped before its new one starts.
   const queues = new Map<string, Promise<void>>();
   const serial = (id: string, step: () => Promise<void>): Promise<void> => {
-    const next = (queues.get(id) ?? Promise.resolve()).then(step).catch((err: unknown) => log.warn({ err, worker: id }, 'kv event source change failed'));
+    const next = (queues.get(id) ?? Promise.resolve())
+      .then(step)
+      .catch((err: unknown) => log.warn({ err, worker: id }, 'kv event source change failed'));
     queues.set(id, next);
-    void next.then(() => { if (queues.get(id) === next) queues.delete(id); });
+    void next.then(() => {
+      if (queues.get(id) === next) queues.delete(id);
+    });
     return next;
   };
   let started = false;
@@ -95,19 +108,23 @@ export async function buildKvServices(config: GatewayConfig, options: KvServices
   const services: KvServices = {
     matcher: { match: (h) => current.match(h), blocksOf: (t) => current.blocksOf(t) },
     promptBlocks: undefined,
-    indexers, sources, tokenizers,
+    indexers,
+    sources,
+    tokenizers,
     stats: () => workerStats(indexers, sources),
-    addWorker: (w) => serial(w.id, async () => {
-      if (stopped || sources.has(w.id) || !register(w)) return;
-      if (started) await sources.get(w.id)!.start(sinkOf.get(w.id)!);
-    }),
-    removeWorker: (id) => serial(id, async () => {
-      const source = sources.get(id);
-      sources.delete(id);
-      sinkOf.delete(id);
-      await source?.stop();
-      for (const indexer of indexers.values()) indexer.clearWorker(id);
-    }),
+    addWorker: (w) =>
+      serial(w.id, async () => {
+        if (stopped || sources.has(w.id) || !register(w)) return;
+        if (started) await sources.get(w.id)!.start(sinkOf.get(w.id)!);
+      }),
+    removeWorker: (id) =>
+      serial(id, async () => {
+        const source = sources.get(id);
+        sources.delete(id);
+        sinkOf.delete(id);
+        await source?.stop();
+        for (const indexer of indexers.values()) indexer.clearWorker(id);
+      }),
     async start() {
       started = true;
       for (const [id, source] of [...sources]) await source.start(sinkOf.get(id)!);
@@ -120,25 +137,37 @@ export async function buildKvServices(config: GatewayConfig, options: KvServices
   for (const [model, mc] of Object.entries(config.models)) {
     let source: PromptTokenSource | undefined;
     if (mc.tokenizer.type === 'local') {
-      const tokenizer = await PromptTokenizer.load(resolve(mc.tokenizer.dir), { cacheBytes: mc.tokenCacheMiB * 1024 * 1024 });
+      const tokenizer = await PromptTokenizer.load(resolve(mc.tokenizer.dir), {
+        cacheBytes: mc.tokenCacheMiB * 1024 * 1024,
+      });
       tokenizers.set(model, tokenizer);
       source = localTokenSource(tokenizer);
     } else if (mc.tokenizer.type === 'remote') {
-      const remote = await RemoteTokenizer.create({ baseUrl: () => options.workerUrlFor(model), timeoutMs: mc.tokenizer.timeoutMs });
+      const remote = await RemoteTokenizer.create({
+        baseUrl: () => options.workerUrlFor(model),
+        timeoutMs: mc.tokenizer.timeoutMs,
+      });
       tokenizers.set(model, remote);
       source = remoteTokenSource(remote);
     }
     if (!source) continue;
-    providers.set(model, createPromptBlocksProvider({
-      source, hasher: hasher as BlockHasher, blockSize: mc.blockSize,
-      seedFor: (lora) => hasher.seedFor(model, lora),
-      loraOf: (name) => (name !== model && baseOf.get(name) === model ? name : null),
-      observe: (seconds, tokens) => services.onTokenized?.(seconds, tokens),
-    }));
+    providers.set(
+      model,
+      createPromptBlocksProvider({
+        source,
+        hasher: hasher,
+        blockSize: mc.blockSize,
+        seedFor: (lora) => hasher.seedFor(model, lora),
+        loraOf: (name) => (name !== model && baseOf.get(name) === model ? name : null),
+        observe: (seconds, tokens) => services.onTokenized?.(seconds, tokens),
+      }),
+    );
   }
-  for (const [name, base] of baseOf) if (providers.has(base) && name !== base) providers.set(name, providers.get(base)!);
+  for (const [name, base] of baseOf)
+    if (providers.has(base) && name !== base) providers.set(name, providers.get(base)!);
   if (providers.size > 0) {
-    services.promptBlocks = (body, model, kind) => providers.get(model)?.(body, model, kind) ?? Promise.resolve(undefined);
+    services.promptBlocks = (body, model, kind) =>
+      providers.get(model)?.(body, model, kind) ?? Promise.resolve(undefined);
   }
   return services;
 }
@@ -161,12 +190,20 @@ function multiMatcher(indexes: KvIndexer[]): KvServices['matcher'] {
   };
 }
 
-function workerStats(indexers: ReadonlyMap<string, KvIndexer>, sources: ReadonlyMap<string, EventSource>): Record<string, unknown> {
+function workerStats(
+  indexers: ReadonlyMap<string, KvIndexer>,
+  sources: ReadonlyMap<string, EventSource>,
+): Record<string, unknown> {
   const perWorker: Record<string, unknown> = {};
   const models: Record<string, unknown> = {};
   for (const [model, indexer] of indexers) {
     const s = indexer.stats();
-    models[model] = { nodes: s.nodes, maxNodes: s.maxNodes, rejectedInserts: s.rejectedInserts, blockSizeMismatches: s.blockSizeMismatches };
+    models[model] = {
+      nodes: s.nodes,
+      maxNodes: s.maxNodes,
+      rejectedInserts: s.rejectedInserts,
+      blockSizeMismatches: s.blockSizeMismatches,
+    };
     for (const [id, w] of Object.entries(s.perWorker)) perWorker[id] = { model, index: w };
   }
   for (const [id, source] of sources) {

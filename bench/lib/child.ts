@@ -12,7 +12,7 @@ export interface ReadyChild {
 /** user + system CPU seconds of a child process, from /proc (Linux); NaN elsewhere. */
 export function procCpuS(pid: number | undefined): number {
   try {
-    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
     return (Number(fields[11]) + Number(fields[12])) / 100;
   } catch {
     return NaN;
@@ -28,8 +28,16 @@ export function benchNodeArgs(): string[] {
 }
 
 /** Spawns `node ...args` and resolves with its first JSON log line whose `msg` equals `readyMsg`. */
-export function spawnUntilReady(args: string[], readyMsg: string, env: NodeJS.ProcessEnv = {}, timeoutMs = 30_000): Promise<ReadyChild> {
-  const child = spawn(process.execPath, [...benchNodeArgs(), ...args], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, KVGATE_EXIT_WITH_PARENT: '1', ...env } });
+export function spawnUntilReady(
+  args: string[],
+  readyMsg: string,
+  env: NodeJS.ProcessEnv = {},
+  timeoutMs = 30_000,
+): Promise<ReadyChild> {
+  const child = spawn(process.execPath, [...benchNodeArgs(), ...args], {
+    stdio: ['pipe', 'pipe', 'pipe'],
+    env: { ...process.env, KVGATE_EXIT_WITH_PARENT: '1', ...env },
+  });
   const tail: string[] = [];
   const exited = new Promise<void>((r) => child.once('exit', () => r()));
   const stop = async () => {
@@ -58,8 +66,8 @@ export function spawnUntilReady(args: string[], readyMsg: string, env: NodeJS.Pr
         /* not a log line */
       }
     };
-    createInterface({ input: child.stdout! }).on('line', onLine);
-    createInterface({ input: child.stderr! }).on('line', onLine);
+    createInterface({ input: child.stdout }).on('line', onLine);
+    createInterface({ input: child.stderr }).on('line', onLine);
     child.once('exit', (code) => {
       clearTimeout(timer);
       reject(new Error(`${args.join(' ')} exited (${code}) before ready\n${tail.join('\n')}`));
@@ -71,7 +79,7 @@ export function spawnUntilReady(args: string[], readyMsg: string, env: NodeJS.Pr
 export function median(values: readonly number[]): number {
   const s = [...values].sort((a, b) => a - b);
   const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 }
 
 /** Markdown table from a header and rows. */

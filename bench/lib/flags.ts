@@ -13,6 +13,7 @@ export function jsonObjectFlag(name: string, raw: string | undefined, example: s
   } catch {
     v = undefined;
   }
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new UsageError(`--${name} must be a JSON object such as '${example}', got ${raw}`);
+  if (typeof v !== 'object' || v === null || Array.isArray(v))
+    throw new UsageError(`--${name} must be a JSON object such as '${example}', got ${raw}`);
   return v as Record<string, unknown>;
 }

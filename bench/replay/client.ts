@@ -53,7 +53,7 @@ let idText: string[] | undefined;
 function joinIds(ids: readonly number[]): string {
   idText ??= Array.from({ length: PROMPT_VOCAB }, (_, i) => String(i));
   const parts = new Array<string>(ids.length);
-  for (let i = 0; i < ids.length; i++) parts[i] = idText[ids[i]!]!;
+  for (let i = 0; i < ids.length; i++) parts[i] = idText[ids[i]]!;
   return parts.join(',');
 }
 
@@ -71,13 +71,17 @@ function blockJson(id: number, length: number): string {
 export function requestBody(req: TraceRequest, model: string): string {
   const parts: string[] = [];
   for (let j = 0; j < req.hashIds.length; j++) {
-    parts.push(blockJson(req.hashIds[j]!, Math.min(TRACE_BLOCK_TOKENS, req.inputLength - j * TRACE_BLOCK_TOKENS)));
+    parts.push(blockJson(req.hashIds[j], Math.min(TRACE_BLOCK_TOKENS, req.inputLength - j * TRACE_BLOCK_TOKENS)));
   }
   return `{"model":${JSON.stringify(model)},"prompt":[${parts.join(',')}],"max_tokens":${Math.max(1, req.outputLength)},"stream":true,"stream_options":{"include_usage":true}}`;
 }
 
 /** The usage event's counts, read from the end of an SSE stream (the event just before `[DONE]`). */
-export function readStreamEnd(tail: string): { done: boolean; error?: string; usage?: { prompt_tokens: number; completion_tokens: number; prompt_tokens_details?: { cached_tokens?: number } } } {
+export function readStreamEnd(tail: string): {
+  done: boolean;
+  error?: string;
+  usage?: { prompt_tokens: number; completion_tokens: number; prompt_tokens_details?: { cached_tokens?: number } };
+} {
   const done = tail.endsWith('data: [DONE]\n\n');
   const err = tail.indexOf('{"error":');
   if (err >= 0) return { done, error: tail.slice(err, err + 200) };
@@ -86,7 +90,14 @@ export function readStreamEnd(tail: string): { done: boolean; error?: string; us
   const start = tail.lastIndexOf('data: ', u) + 6;
   const end = tail.indexOf('\n\n', u);
   try {
-    return { done, usage: (JSON.parse(tail.slice(start, end < 0 ? undefined : end)) as { usage: NonNullable<ReturnType<typeof readStreamEnd>['usage']> }).usage };
+    return {
+      done,
+      usage: (
+        JSON.parse(tail.slice(start, end < 0 ? undefined : end)) as {
+          usage: NonNullable<ReturnType<typeof readStreamEnd>['usage']>;
+        }
+      ).usage,
+    };
   } catch {
     return { done };
   }
@@ -103,7 +114,16 @@ const TAIL = 4096;
  */
 function one(pool: Pool, req: TraceRequest, index: number, model: string, lateMs: number): Promise<RequestResult> {
   const start = performance.now();
-  const r: RequestResult = { index, ok: false, lateMs, ttftMs: NaN, e2eMs: NaN, outputTokens: 0, promptTokens: req.inputLength, cachedTokens: 0 };
+  const r: RequestResult = {
+    index,
+    ok: false,
+    lateMs,
+    ttftMs: NaN,
+    e2eMs: NaN,
+    outputTokens: 0,
+    promptTokens: req.inputLength,
+    cachedTokens: 0,
+  };
   return new Promise((resolve) => {
     let status = 0;
     let tail = '';
@@ -116,7 +136,9 @@ function one(pool: Pool, req: TraceRequest, index: number, model: string, lateMs
           r.promptTokens = end.usage.prompt_tokens;
           r.cachedTokens = end.usage.prompt_tokens_details?.cached_tokens ?? 0;
         }
-        error = end.error ?? (!end.done ? 'stream ended without [DONE]' : Number.isNaN(r.ttftMs) ? 'no token received' : undefined);
+        error =
+          end.error ??
+          (!end.done ? 'stream ended without [DONE]' : Number.isNaN(r.ttftMs) ? 'no token received' : undefined);
       } else if (!error) {
         error = `HTTP ${status}: ${tail.slice(0, 200)}`;
       }
@@ -124,31 +146,39 @@ function one(pool: Pool, req: TraceRequest, index: number, model: string, lateMs
       r.ok = !error;
       resolve(r);
     };
-    pool.dispatch({ path: '/v1/completions', method: 'POST', headers: { 'content-type': 'application/json' }, body: requestBody(req, model) }, {
-      onRequestStart() {},
-      onResponseStart(_c, statusCode, headers) {
-        status = statusCode;
-        const worker = headers['x-kvgate-worker'];
-        if (typeof worker === 'string') r.worker = worker;
-        const predicted = headers['x-kvgate-cached-blocks'];
-        if (typeof predicted === 'string') r.predictedCachedBlocks = Number(predicted);
+    pool.dispatch(
+      {
+        path: '/v1/completions',
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: requestBody(req, model),
       },
-      onResponseData(_c, chunk) {
-        const text = chunk.toString('utf8');
-        if (Number.isNaN(r.ttftMs) && status === 200) {
-          tail += text;
-          if (tail.includes(TOKEN_EVENT)) r.ttftMs = performance.now() - start;
-        } else {
-          tail = tail.length + text.length > 2 * TAIL ? (tail + text).slice(-TAIL) : tail + text;
-        }
+      {
+        onRequestStart() {},
+        onResponseStart(_c, statusCode, headers) {
+          status = statusCode;
+          const worker = headers['x-kvgate-worker'];
+          if (typeof worker === 'string') r.worker = worker;
+          const predicted = headers['x-kvgate-cached-blocks'];
+          if (typeof predicted === 'string') r.predictedCachedBlocks = Number(predicted);
+        },
+        onResponseData(_c, chunk) {
+          const text = chunk.toString('utf8');
+          if (Number.isNaN(r.ttftMs) && status === 200) {
+            tail += text;
+            if (tail.includes(TOKEN_EVENT)) r.ttftMs = performance.now() - start;
+          } else {
+            tail = tail.length + text.length > 2 * TAIL ? (tail + text).slice(-TAIL) : tail + text;
+          }
+        },
+        onResponseEnd() {
+          finish();
+        },
+        onResponseError(_c, err) {
+          finish(err.message);
+        },
       },
-      onResponseEnd() {
-        finish();
-      },
-      onResponseError(_c, err) {
-        finish(err.message);
-      },
-    });
+    );
   });
 }
 
@@ -160,17 +190,33 @@ function one(pool: Pool, req: TraceRequest, index: number, model: string, lateMs
  */
 export async function replay(opts: LoadOptions): Promise<RequestResult[]> {
   const { trace, speedup } = opts;
-  const pool = new Pool(opts.url, { connections: opts.connections ?? 4096, pipelining: 1, headersTimeout: 0, bodyTimeout: 0, keepAliveTimeout: 60_000 });
+  const pool = new Pool(opts.url, {
+    connections: opts.connections ?? 4096,
+    pipelining: 1,
+    headersTimeout: 0,
+    bodyTimeout: 0,
+    keepAliveTimeout: 60_000,
+  });
   const results: RequestResult[] = new Array(trace.length);
   const t0 = performance.now();
   const first = trace[0]?.timestamp ?? 0;
-  let done = 0, failed = 0, sent = 0;
-  let lastDone = 0, lastAt = t0, lateSum = 0, lateCount = 0;
+  let done = 0,
+    failed = 0,
+    sent = 0;
+  let lastDone = 0,
+    lastAt = t0,
+    lateSum = 0,
+    lateCount = 0;
   const report = () => {
     const now = performance.now();
     opts.onProgress?.({
-      done, total: trace.length, inflight: sent - done, failed, elapsedMs: now - t0,
-      rate: ((done - lastDone) * 1000) / Math.max(1, now - lastAt), lateMs: lateCount ? lateSum / lateCount : 0,
+      done,
+      total: trace.length,
+      inflight: sent - done,
+      failed,
+      elapsedMs: now - t0,
+      rate: ((done - lastDone) * 1000) / Math.max(1, now - lastAt),
+      lateMs: lateCount ? lateSum / lateCount : 0,
     });
     lastDone = done;
     lastAt = now;
@@ -180,18 +226,20 @@ export async function replay(opts: LoadOptions): Promise<RequestResult[]> {
   const pending: Promise<void>[] = [];
   try {
     for (let i = 0; i < trace.length; i++) {
-      const due = t0 + (trace[i]!.timestamp - first) / speedup;
+      const due = t0 + (trace[i].timestamp - first) / speedup;
       const wait = due - performance.now();
       if (wait > 1) await new Promise((r) => setTimeout(r, wait));
       const late = Math.max(0, performance.now() - due);
       lateSum += late;
       lateCount++;
       sent++;
-      pending.push(one(pool, trace[i]!, i, opts.model, late).then((r) => {
-        results[i] = r;
-        done++;
-        if (!r.ok) failed++;
-      }));
+      pending.push(
+        one(pool, trace[i], i, opts.model, late).then((r) => {
+          results[i] = r;
+          done++;
+          if (!r.ok) failed++;
+        }),
+      );
     }
     await Promise.all(pending);
   } finally {

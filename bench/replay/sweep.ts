@@ -1,7 +1,7 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { kvParamsSchema } from '../../gateway/strategies/kv.js';
+import { kvParamsSchema } from '../../gateway/routing/strategies/kv.js';
 import { markdownTable } from '../lib/child.js';
 import { parseReplayFlags, progressLine } from './replay.js';
 import { runStrategy } from './run.js';
@@ -29,7 +29,19 @@ function takeList(argv: string[], flag: string, fallback: number[]): number[] {
   return values;
 }
 
-interface Cell { prefillWeight: number; reuseCredit: number; kvBlocks: number; ttftMean: number; ttftP90: number; hitRate: number; ofUpperBound: number; imbalance: number; failed: number; lateP99: number; simLagMs: number }
+interface Cell {
+  prefillWeight: number;
+  reuseCredit: number;
+  kvBlocks: number;
+  ttftMean: number;
+  ttftP90: number;
+  hitRate: number;
+  ofUpperBound: number;
+  imbalance: number;
+  failed: number;
+  lateP99: number;
+  simLagMs: number;
+}
 
 async function main(): Promise<void> {
   const argv = process.argv.slice(2);
@@ -43,34 +55,133 @@ async function main(): Promise<void> {
   const bound = upperBound(trace, o.fleet.blockSize);
   const base = { ...defaults, ...(o.params.kv ?? {}) };
   const points = [
-    ...capacities.flatMap((kvBlocks) => weights.map((prefillWeight) => ({ kvBlocks, prefillWeight, reuseCredit: base.reuseCredit }))),
+    ...capacities.flatMap((kvBlocks) =>
+      weights.map((prefillWeight) => ({ kvBlocks, prefillWeight, reuseCredit: base.reuseCredit })),
+    ),
     ...credits.map((reuseCredit) => ({ kvBlocks: o.fleet.kvBlocks, prefillWeight: base.prefillWeight, reuseCredit })),
   ];
   const cells: Cell[] = [];
   for (const [i, pt] of points.entries()) {
     const label = `${i + 1}/${points.length} kv pw=${pt.prefillWeight} rc=${pt.reuseCredit} blocks=${pt.kvBlocks}`;
-    const run = await runStrategy('kv', { ...base, prefillWeight: pt.prefillWeight, reuseCredit: pt.reuseCredit }, trace, { ...o.fleet, kvBlocks: pt.kvBlocks }, (p) => process.stderr.write(progressLine(label, p)));
+    const run = await runStrategy(
+      'kv',
+      { ...base, prefillWeight: pt.prefillWeight, reuseCredit: pt.reuseCredit },
+      trace,
+      { ...o.fleet, kvBlocks: pt.kvBlocks },
+      (p) => process.stderr.write(progressLine(label, p)),
+    );
     const s = summarise('kv', run.results, run.workers, bound, o.fleet.speedup);
-    cells.push({ ...pt, ttftMean: s.ttft.mean, ttftP90: s.ttft.p90, hitRate: s.hitRate, ofUpperBound: s.ofUpperBound, imbalance: s.prefillImbalance, failed: s.failed, lateP99: s.lateness.p99, simLagMs: s.simLostMs });
-    process.stderr.write(`[${label}] TTFT mean ${s.ttft.mean.toFixed(2)} s, hit ${(s.hitRate * 100).toFixed(1)}% (${(s.ofUpperBound * 100).toFixed(0)}% of bound)\n`);
+    cells.push({
+      ...pt,
+      ttftMean: s.ttft.mean,
+      ttftP90: s.ttft.p90,
+      hitRate: s.hitRate,
+      ofUpperBound: s.ofUpperBound,
+      imbalance: s.prefillImbalance,
+      failed: s.failed,
+      lateP99: s.lateness.p99,
+      simLagMs: s.simLostMs,
+    });
+    process.stderr.write(
+      `[${label}] TTFT mean ${s.ttft.mean.toFixed(2)} s, hit ${(s.hitRate * 100).toFixed(1)}% (${(s.ofUpperBound * 100).toFixed(0)}% of bound)\n`,
+    );
   }
   const grid = cells.slice(0, capacities.length * weights.length);
   const line = cells.slice(grid.length);
-  const header = ['KV blocks/worker', 'tokens/worker', 'prefillWeight', 'reuseCredit', 'TTFT mean s', 'TTFT p90 s', 'hit rate', '% of bound', 'max/mean prefill', 'failed', 'late p99 ms', 'sim lag ms'];
-  const row = (c: Cell) => [c.kvBlocks, `${((c.kvBlocks * o.fleet.blockSize) / 1e6).toFixed(2)}M`, c.prefillWeight, c.reuseCredit, c.ttftMean.toFixed(2), c.ttftP90.toFixed(2), `${(c.hitRate * 100).toFixed(1)}%`, `${(c.ofUpperBound * 100).toFixed(1)}%`, c.imbalance.toFixed(2), c.failed, c.lateP99.toFixed(0), c.simLagMs.toFixed(0)];
-  const byCapacity = (value: (c: Cell) => number) => capacities.map((kb) => ({
-    name: `${kb} blocks/worker`, points: grid.filter((c) => c.kvBlocks === kb).map((c) => [c.prefillWeight, value(c)] as const),
-  }));
-  const byCredit = (value: (c: Cell) => number) => [{ name: `prefillWeight ${base.prefillWeight}, ${o.fleet.kvBlocks} blocks`, points: line.map((c) => [c.reuseCredit, value(c)] as const) }];
+  const header = [
+    'KV blocks/worker',
+    'tokens/worker',
+    'prefillWeight',
+    'reuseCredit',
+    'TTFT mean s',
+    'TTFT p90 s',
+    'hit rate',
+    '% of bound',
+    'max/mean prefill',
+    'failed',
+    'late p99 ms',
+    'sim lag ms',
+  ];
+  const row = (c: Cell) => [
+    c.kvBlocks,
+    `${((c.kvBlocks * o.fleet.blockSize) / 1e6).toFixed(2)}M`,
+    c.prefillWeight,
+    c.reuseCredit,
+    c.ttftMean.toFixed(2),
+    c.ttftP90.toFixed(2),
+    `${(c.hitRate * 100).toFixed(1)}%`,
+    `${(c.ofUpperBound * 100).toFixed(1)}%`,
+    c.imbalance.toFixed(2),
+    c.failed,
+    c.lateP99.toFixed(0),
+    c.simLagMs.toFixed(0),
+  ];
+  const byCapacity = (value: (c: Cell) => number) =>
+    capacities.map((kb) => ({
+      name: `${kb} blocks/worker`,
+      points: grid.filter((c) => c.kvBlocks === kb).map((c) => [c.prefillWeight, value(c)] as const),
+    }));
+  const byCredit = (value: (c: Cell) => number) => [
+    {
+      name: `prefillWeight ${base.prefillWeight}, ${o.fleet.kvBlocks} blocks`,
+      points: line.map((c) => [c.reuseCredit, value(c)] as const),
+    },
+  ];
   const pctAxis = (v: number) => `${(v * 100).toFixed(0)}%`;
-  const svg = svgDocument(900, 820, [
-    linePanel(byCapacity((c) => c.ttftMean), weights, 60, 50, 260, 280, 'kv: mean TTFT (simulated s)', 'prefillWeight', (v) => v.toFixed(1)),
-    linePanel(byCapacity((c) => c.hitRate), weights, 480, 50, 240, 280, 'kv: prefix hit rate (tokens)', 'prefillWeight', pctAxis),
-    ...(line.length ? [
-      linePanel(byCredit((c) => c.ttftMean), credits, 60, 450, 260, 280, 'kv: mean TTFT (simulated s)', 'reuseCredit', (v) => v.toFixed(1)),
-      linePanel(byCredit((c) => c.hitRate), credits, 480, 450, 240, 280, 'kv: prefix hit rate (tokens)', 'reuseCredit', pctAxis),
-    ] : []),
-  ].join('\n'));
+  const svg = svgDocument(
+    900,
+    820,
+    [
+      linePanel(
+        byCapacity((c) => c.ttftMean),
+        weights,
+        60,
+        50,
+        260,
+        280,
+        'kv: mean TTFT (simulated s)',
+        'prefillWeight',
+        (v) => v.toFixed(1),
+      ),
+      linePanel(
+        byCapacity((c) => c.hitRate),
+        weights,
+        480,
+        50,
+        240,
+        280,
+        'kv: prefix hit rate (tokens)',
+        'prefillWeight',
+        pctAxis,
+      ),
+      ...(line.length
+        ? [
+            linePanel(
+              byCredit((c) => c.ttftMean),
+              credits,
+              60,
+              450,
+              260,
+              280,
+              'kv: mean TTFT (simulated s)',
+              'reuseCredit',
+              (v) => v.toFixed(1),
+            ),
+            linePanel(
+              byCredit((c) => c.hitRate),
+              credits,
+              480,
+              450,
+              240,
+              280,
+              'kv: prefix hit rate (tokens)',
+              'reuseCredit',
+              pctAxis,
+            ),
+          ]
+        : []),
+    ].join('\n'),
+  );
   const md = `# kv sensitivity: prefill weight × KV capacity per worker, and reuse credit
 
 Command: \`npm run bench:sweep${process.argv.length > 2 ? ` -- ${process.argv.slice(2).join(' ')}` : ''}\`
@@ -94,7 +205,10 @@ trusting a TTFT difference between two cells.
 `;
   mkdirSync(o.out, { recursive: true });
   writeFileSync(join(o.out, 'replay-sweep.md'), md);
-  writeFileSync(join(o.out, 'replay-sweep.json'), `${JSON.stringify({ date: new Date().toISOString(), fleet: o.fleet, limit: trace.length, bound, cells }, null, 2)}\n`);
+  writeFileSync(
+    join(o.out, 'replay-sweep.json'),
+    `${JSON.stringify({ date: new Date().toISOString(), fleet: o.fleet, limit: trace.length, bound, cells }, null, 2)}\n`,
+  );
   writeFileSync(join(o.out, 'replay-sweep.svg'), svg);
   process.stdout.write(md);
 }

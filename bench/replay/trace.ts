@@ -23,7 +23,7 @@ export function parseTrace(text: string, limit = Infinity): TraceRequest[] {
   const out: TraceRequest[] = [];
   const lines = text.split('\n');
   for (let i = 0; i < lines.length && out.length < limit; i++) {
-    const line = lines[i]!.trim();
+    const line = lines[i].trim();
     if (line === '') continue;
     let raw: Record<string, unknown>;
     try {
@@ -33,13 +33,24 @@ export function parseTrace(text: string, limit = Infinity): TraceRequest[] {
     }
     const { timestamp, input_length: inputLength, output_length: outputLength, hash_ids: hashIds } = raw;
     const isCount = (v: unknown): v is number => typeof v === 'number' && Number.isInteger(v) && v >= 0;
-    if (!isCount(timestamp) || !isCount(inputLength) || !isCount(outputLength) || inputLength < 1 || !Array.isArray(hashIds) || !hashIds.every(isCount)) {
-      throw new Error(`trace line ${i + 1}: expected {timestamp, input_length >= 1, output_length, hash_ids: [int...]} (Mooncake format)`);
+    if (
+      !isCount(timestamp) ||
+      !isCount(inputLength) ||
+      !isCount(outputLength) ||
+      inputLength < 1 ||
+      !Array.isArray(hashIds) ||
+      !hashIds.every(isCount)
+    ) {
+      throw new Error(
+        `trace line ${i + 1}: expected {timestamp, input_length >= 1, output_length, hash_ids: [int...]} (Mooncake format)`,
+      );
     }
     if (hashIds.length !== Math.ceil(inputLength / TRACE_BLOCK_TOKENS)) {
-      throw new Error(`trace line ${i + 1}: ${hashIds.length} hash_ids for ${inputLength} input tokens; expected ceil(input_length / ${TRACE_BLOCK_TOKENS})`);
+      throw new Error(
+        `trace line ${i + 1}: ${hashIds.length} hash_ids for ${inputLength} input tokens; expected ceil(input_length / ${TRACE_BLOCK_TOKENS})`,
+      );
     }
-    out.push({ timestamp, inputLength, outputLength, hashIds: hashIds as number[] });
+    out.push({ timestamp, inputLength, outputLength, hashIds: hashIds });
   }
   return out;
 }
@@ -68,7 +79,7 @@ export function blockTokens(hashId: number, out: number[] = [], length = TRACE_B
 export function promptTokens(req: TraceRequest): number[] {
   const out: number[] = [];
   for (let j = 0; j < req.hashIds.length; j++) {
-    blockTokens(req.hashIds[j]!, out, Math.min(TRACE_BLOCK_TOKENS, req.inputLength - j * TRACE_BLOCK_TOKENS));
+    blockTokens(req.hashIds[j], out, Math.min(TRACE_BLOCK_TOKENS, req.inputLength - j * TRACE_BLOCK_TOKENS));
   }
   return out;
 }
@@ -99,13 +110,17 @@ export interface UpperBound {
  */
 export function upperBound(trace: readonly TraceRequest[], engineBlockSize = 1): UpperBound {
   const seenLen = new Map<number, number>();
-  let blocks = 0, hitBlocks = 0, tokens = 0, naiveHitTokens = 0, hitTokens = 0;
+  let blocks = 0,
+    hitBlocks = 0,
+    tokens = 0,
+    naiveHitTokens = 0,
+    hitTokens = 0;
   for (const r of trace) {
     tokens += r.inputLength;
     let run = 0;
     let open = true;
     for (let j = 0; j < r.hashIds.length; j++) {
-      const id = r.hashIds[j]!;
+      const id = r.hashIds[j];
       const len = Math.min(TRACE_BLOCK_TOKENS, r.inputLength - j * TRACE_BLOCK_TOKENS);
       const seen = seenLen.get(id);
       blocks++;
@@ -123,14 +138,29 @@ export function upperBound(trace: readonly TraceRequest[], engineBlockSize = 1):
   }
   const rate = (a: number, b: number) => (b ? a / b : 0);
   return {
-    blocks, hitBlocks, blockRate: rate(hitBlocks, blocks), distinctBlocks: seenLen.size,
-    tokens, naiveHitTokens, naiveTokenRate: rate(naiveHitTokens, tokens), hitTokens, tokenRate: rate(hitTokens, tokens),
+    blocks,
+    hitBlocks,
+    blockRate: rate(hitBlocks, blocks),
+    distinctBlocks: seenLen.size,
+    tokens,
+    naiveHitTokens,
+    naiveTokenRate: rate(naiveHitTokens, tokens),
+    hitTokens,
+    tokenRate: rate(hitTokens, tokens),
   };
 }
 
 /** Shape of a trace, for the report header. */
-export function describeTrace(trace: readonly TraceRequest[]): { requests: number; durationS: number; meanInput: number; meanOutput: number; maxTotal: number } {
-  let input = 0, output = 0, maxTotal = 0;
+export function describeTrace(trace: readonly TraceRequest[]): {
+  requests: number;
+  durationS: number;
+  meanInput: number;
+  meanOutput: number;
+  maxTotal: number;
+} {
+  let input = 0,
+    output = 0,
+    maxTotal = 0;
   for (const r of trace) {
     input += r.inputLength;
     output += r.outputLength;
@@ -138,5 +168,11 @@ export function describeTrace(trace: readonly TraceRequest[]): { requests: numbe
   }
   const n = trace.length || 1;
   const first = trace[0]?.timestamp ?? 0;
-  return { requests: trace.length, durationS: ((trace.at(-1)?.timestamp ?? 0) - first) / 1000, meanInput: input / n, meanOutput: output / n, maxTotal };
+  return {
+    requests: trace.length,
+    durationS: ((trace.at(-1)?.timestamp ?? 0) - first) / 1000,
+    meanInput: input / n,
+    meanOutput: output / n,
+    maxTotal,
+  };
 }

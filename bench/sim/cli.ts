@@ -1,4 +1,4 @@
-import { intFlag, numberFlag, parseFlags, UsageError } from '../../gateway/cli-args.js';
+import { intFlag, numberFlag, parseFlags, UsageError } from '../../gateway/cli/cli-args.js';
 import { NIXL_DEFAULTS, SIM_DEFAULTS } from './defaults.js';
 import { DEFAULT_TIMING } from './timing.js';
 import type { SimWorker } from './worker.js';
@@ -110,7 +110,9 @@ export function offsetEndpoint(endpoint: string, rank: number): string {
 function checkEndpoint(flag: string, value: string | undefined): string | undefined {
   if (value === undefined) return undefined;
   if (!/^(tcp:\/\/.+:(\d+|\*)|ipc:\/\/.+|inproc:\/\/.+)$/.test(value)) {
-    throw new UsageError(`kvgate sim: --${flag} must look like tcp://*:5557, tcp://127.0.0.1:*, ipc://PATH or inproc://NAME, got '${value}'`);
+    throw new UsageError(
+      `kvgate sim: --${flag} must look like tcp://*:5557, tcp://127.0.0.1:*, ipc://PATH or inproc://NAME, got '${value}'`,
+    );
   }
   return value;
 }
@@ -118,14 +120,17 @@ function checkEndpoint(flag: string, value: string | undefined): string | undefi
 export async function simCommand(argv: string[]): Promise<void> {
   const f = parseFlags(spec, argv);
   if (!f) return;
-  const int = (flag: keyof typeof f, fallback: number, min: number) => intFlag('sim', flag, f[flag] as string | undefined, fallback, min);
-  const num = (flag: keyof typeof f, fallback: number, min: number) => numberFlag('sim', flag, f[flag] as string | undefined, fallback, min);
-  if (f.port !== undefined && f['base-port'] !== undefined) throw new UsageError('kvgate sim: give --port or --base-port, not both');
+  const int = (flag: keyof typeof f, fallback: number, min: number) => intFlag('sim', flag, f[flag], fallback, min);
+  const num = (flag: keyof typeof f, fallback: number, min: number) => numberFlag('sim', flag, f[flag], fallback, min);
+  if (f.port !== undefined && f['base-port'] !== undefined)
+    throw new UsageError('kvgate sim: give --port or --base-port, not both');
   const workers = int('workers', 1, 1);
   const basePort = f.port !== undefined ? int('port', 0, 0) : int('base-port', 0, 0);
-  if (basePort > 0 && basePort + workers - 1 > 65535) throw new UsageError(`kvgate sim: ports ${basePort}..${basePort + workers - 1} exceed 65535`);
+  if (basePort > 0 && basePort + workers - 1 > 65535)
+    throw new UsageError(`kvgate sim: ports ${basePort}..${basePort + workers - 1} exceed 65535`);
   const format = f['kv-events-format'] ?? 'current';
-  if (format !== 'current' && format !== 'legacy') throw new UsageError(`kvgate sim: --kv-events-format must be current or legacy, got '${format}'`);
+  if (format !== 'current' && format !== 'legacy')
+    throw new UsageError(`kvgate sim: --kv-events-format must be current or legacy, got '${format}'`);
   const kvEndpoint = checkEndpoint('kv-events', f['kv-events']);
   const replayEndpoint = checkEndpoint('kv-events-replay', f['kv-events-replay']);
   if (replayEndpoint && !kvEndpoint) throw new UsageError('kvgate sim: --kv-events-replay needs --kv-events');
@@ -154,14 +159,23 @@ export async function simCommand(argv: string[]): Promise<void> {
     },
   };
   const roles = (f.role ?? 'both').split(',').map((r) => r.trim());
-  for (const r of roles) if (r !== 'both' && r !== 'prefill' && r !== 'decode') throw new UsageError(`kvgate sim: --role must be both, prefill or decode (or a comma list of them), got '${r}'`);
-  if (roles.length !== 1 && roles.length !== workers) throw new UsageError(`kvgate sim: --role lists ${roles.length} roles for ${workers} workers; give one, or one per worker`);
+  for (const r of roles)
+    if (r !== 'both' && r !== 'prefill' && r !== 'decode')
+      throw new UsageError(`kvgate sim: --role must be both, prefill or decode (or a comma list of them), got '${r}'`);
+  if (roles.length !== 1 && roles.length !== workers)
+    throw new UsageError(
+      `kvgate sim: --role lists ${roles.length} roles for ${workers} workers; give one, or one per worker`,
+    );
   const gbps = num('kv-transfer-gbps', NIXL_DEFAULTS.gbps, 0);
   if (gbps === 0) throw new UsageError('kvgate sim: --kv-transfer-gbps must be > 0');
-  const nixl = { gbps, bytesPerToken: int('kv-bytes-per-token', NIXL_DEFAULTS.bytesPerToken, 0), abortTimeoutS: num('nixl-abort-timeout', NIXL_DEFAULTS.abortTimeoutS, 0) };
+  const nixl = {
+    gbps,
+    bytesPerToken: int('kv-bytes-per-token', NIXL_DEFAULTS.bytesPerToken, 0),
+    abortTimeoutS: num('nixl-abort-timeout', NIXL_DEFAULTS.abortTimeoutS, 0),
+  };
   const prefix = f['id-prefix'] ?? 'sim-';
   const [{ createLogger }, { SimTokenizer, defaultTokenizerDir }, { startSimWorker }] = await Promise.all([
-    import('../../gateway/log.js'),
+    import('../../gateway/ops/log.js'),
     import('./text.js'),
     import('./worker.js'),
   ]);
@@ -184,12 +198,27 @@ export async function simCommand(argv: string[]): Promise<void> {
         role: (roles.length === 1 ? roles[0] : roles[i]) as 'both' | 'prefill' | 'decode',
         nixl,
         kvEvents: kvEndpoint
-          ? { endpoint: offsetEndpoint(kvEndpoint, i), replayEndpoint: replayEndpoint && offsetEndpoint(replayEndpoint, i), format, topic: f['kv-events-topic'] }
+          ? {
+              endpoint: offsetEndpoint(kvEndpoint, i),
+              replayEndpoint: replayEndpoint && offsetEndpoint(replayEndpoint, i),
+              format,
+              topic: f['kv-events-topic'],
+            }
           : undefined,
       });
       running.push(worker);
       logger.info(
-        { worker: worker.id, url: worker.url, kvEvents: worker.kvEvents ?? null, kvReplay: worker.kvReplay ?? null, blockSize: worker.blockSize, kvBlocks: worker.kvBlocks, model: worker.model, role: worker.role, engineId: worker.engineId },
+        {
+          worker: worker.id,
+          url: worker.url,
+          kvEvents: worker.kvEvents ?? null,
+          kvReplay: worker.kvReplay ?? null,
+          blockSize: worker.blockSize,
+          kvBlocks: worker.kvBlocks,
+          model: worker.model,
+          role: worker.role,
+          engineId: worker.engineId,
+        },
         'sim worker ready',
       );
     }

@@ -59,7 +59,8 @@ export class KvCache {
   #evictions = 0;
 
   constructor(options: KvCacheOptions) {
-    if (!(options.blockSize >= 1) || !(options.numBlocks >= 1)) throw new RangeError('blockSize and numBlocks must be >= 1');
+    if (!(options.blockSize >= 1) || !(options.numBlocks >= 1))
+      throw new RangeError('blockSize and numBlocks must be >= 1');
     this.blockSize = options.blockSize;
     this.numBlocks = options.numBlocks;
     this.#hasher = options.hasher;
@@ -91,7 +92,7 @@ export class KvCache {
   hashBlocks(seq: CacheSeq, count: number): void {
     const bs = this.blockSize;
     for (let b = seq.blockHashes.length; b < count; b++) {
-      const parent = b === 0 ? null : seq.blockHashes[b - 1]!;
+      const parent = b === 0 ? null : seq.blockHashes[b - 1];
       seq.blockHashes.push(this.#hasher(parent, seq.tokens, b * bs, (b + 1) * bs));
     }
   }
@@ -106,7 +107,7 @@ export class KvCache {
     const found: number[] = [];
     for (let b = 0; b < maxBlocks; b++) {
       this.hashBlocks(seq, b + 1);
-      const block = this.#byHash.get(seq.blockHashes[b]!);
+      const block = this.#byHash.get(seq.blockHashes[b]);
       if (block === undefined) break;
       found.push(block);
     }
@@ -148,7 +149,7 @@ export class KvCache {
       this.#events.push({
         kind: 'stored',
         engineHashes: seq.blockHashes.slice(runStart, end),
-        parentEngineHash: runStart === 0 ? null : seq.blockHashes[runStart - 1]!,
+        parentEngineHash: runStart === 0 ? null : seq.blockHashes[runStart - 1],
         tokenIds: seq.tokens.slice(runStart * this.blockSize, end * this.blockSize),
         blockSize: this.blockSize,
         tier: 'gpu',
@@ -157,8 +158,8 @@ export class KvCache {
       runStart = -1;
     };
     for (let b = seq.committedBlocks; b < full; b++) {
-      const hash = seq.blockHashes[b]!;
-      const block = seq.blockIds[b]!;
+      const hash = seq.blockHashes[b];
+      const block = seq.blockIds[b];
       if (this.#byHash.has(hash) || this.#hashOf[block] !== undefined) {
         flush(b);
         continue;
@@ -177,8 +178,8 @@ export class KvCache {
    */
   free(seq: CacheSeq): void {
     for (let i = seq.blockIds.length - 1; i >= 0; i--) {
-      const b = seq.blockIds[i]!;
-      if (--this.#refs[b]! > 0) continue;
+      const b = seq.blockIds[i];
+      if (--this.#refs[b] > 0) continue;
       if (this.#hashOf[b] !== undefined) this.#lru.set(b, b);
       else this.#freeEmpty.push(b);
     }
@@ -222,4 +223,3 @@ export class KvCache {
     return victim;
   }
 }
-

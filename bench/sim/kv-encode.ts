@@ -42,25 +42,54 @@ class MsgpackWriter {
     // Fast path for token ids and small numbers; BigInt for the rest (hashes).
     if (typeof x === 'number' && x >= 0 && x < 0x10000 && Number.isInteger(x)) {
       if (x < 128) b[this.pos++] = x;
-      else if (x < 0x100) { b[this.pos++] = 0xcc; b[this.pos++] = x; }
-      else { b[this.pos] = 0xcd; b.writeUInt16BE(x, this.pos + 1); this.pos += 3; }
+      else if (x < 0x100) {
+        b[this.pos++] = 0xcc;
+        b[this.pos++] = x;
+      } else {
+        b[this.pos] = 0xcd;
+        b.writeUInt16BE(x, this.pos + 1);
+        this.pos += 3;
+      }
       return;
     }
     const v = BigInt(x);
     if (v >= 0n) {
       if (v < 128n) b[this.pos++] = Number(v);
-      else if (v < 0x100n) { b[this.pos++] = 0xcc; b[this.pos++] = Number(v); }
-      else if (v < 0x10000n) { b[this.pos] = 0xcd; b.writeUInt16BE(Number(v), this.pos + 1); this.pos += 3; }
-      else if (v < 0x1_0000_0000n) { b[this.pos] = 0xce; b.writeUInt32BE(Number(v), this.pos + 1); this.pos += 5; }
-      else if (v < 1n << 64n) { b[this.pos] = 0xcf; b.writeBigUInt64BE(v, this.pos + 1); this.pos += 9; }
-      else throw new RangeError(`integer ${v} does not fit in 64 bits`);
+      else if (v < 0x100n) {
+        b[this.pos++] = 0xcc;
+        b[this.pos++] = Number(v);
+      } else if (v < 0x10000n) {
+        b[this.pos] = 0xcd;
+        b.writeUInt16BE(Number(v), this.pos + 1);
+        this.pos += 3;
+      } else if (v < 0x1_0000_0000n) {
+        b[this.pos] = 0xce;
+        b.writeUInt32BE(Number(v), this.pos + 1);
+        this.pos += 5;
+      } else if (v < 1n << 64n) {
+        b[this.pos] = 0xcf;
+        b.writeBigUInt64BE(v, this.pos + 1);
+        this.pos += 9;
+      } else throw new RangeError(`integer ${v} does not fit in 64 bits`);
     } else {
       if (v >= -32n) b[this.pos++] = Number(v) & 0xff;
-      else if (v >= -0x80n) { b[this.pos] = 0xd0; b.writeInt8(Number(v), this.pos + 1); this.pos += 2; }
-      else if (v >= -0x8000n) { b[this.pos] = 0xd1; b.writeInt16BE(Number(v), this.pos + 1); this.pos += 3; }
-      else if (v >= -0x8000_0000n) { b[this.pos] = 0xd2; b.writeInt32BE(Number(v), this.pos + 1); this.pos += 5; }
-      else if (v >= -(1n << 63n)) { b[this.pos] = 0xd3; b.writeBigInt64BE(v, this.pos + 1); this.pos += 9; }
-      else throw new RangeError(`integer ${v} does not fit in 64 bits`);
+      else if (v >= -0x80n) {
+        b[this.pos] = 0xd0;
+        b.writeInt8(Number(v), this.pos + 1);
+        this.pos += 2;
+      } else if (v >= -0x8000n) {
+        b[this.pos] = 0xd1;
+        b.writeInt16BE(Number(v), this.pos + 1);
+        this.pos += 3;
+      } else if (v >= -0x8000_0000n) {
+        b[this.pos] = 0xd2;
+        b.writeInt32BE(Number(v), this.pos + 1);
+        this.pos += 5;
+      } else if (v >= -(1n << 63n)) {
+        b[this.pos] = 0xd3;
+        b.writeBigInt64BE(v, this.pos + 1);
+        this.pos += 9;
+      } else throw new RangeError(`integer ${v} does not fit in 64 bits`);
     }
   }
 
@@ -69,9 +98,18 @@ class MsgpackWriter {
     this.ensure(n + 5);
     const b = this.buf;
     if (n < 32) b[this.pos++] = 0xa0 | n;
-    else if (n < 0x100) { b[this.pos++] = 0xd9; b[this.pos++] = n; }
-    else if (n < 0x10000) { b[this.pos] = 0xda; b.writeUInt16BE(n, this.pos + 1); this.pos += 3; }
-    else { b[this.pos] = 0xdb; b.writeUInt32BE(n, this.pos + 1); this.pos += 5; }
+    else if (n < 0x100) {
+      b[this.pos++] = 0xd9;
+      b[this.pos++] = n;
+    } else if (n < 0x10000) {
+      b[this.pos] = 0xda;
+      b.writeUInt16BE(n, this.pos + 1);
+      this.pos += 3;
+    } else {
+      b[this.pos] = 0xdb;
+      b.writeUInt32BE(n, this.pos + 1);
+      this.pos += 5;
+    }
     this.pos += b.write(s, this.pos, 'utf8');
   }
 
@@ -79,9 +117,18 @@ class MsgpackWriter {
     const n = data.length;
     this.ensure(n + 5);
     const b = this.buf;
-    if (n < 0x100) { b[this.pos++] = 0xc4; b[this.pos++] = n; }
-    else if (n < 0x10000) { b[this.pos] = 0xc5; b.writeUInt16BE(n, this.pos + 1); this.pos += 3; }
-    else { b[this.pos] = 0xc6; b.writeUInt32BE(n, this.pos + 1); this.pos += 5; }
+    if (n < 0x100) {
+      b[this.pos++] = 0xc4;
+      b[this.pos++] = n;
+    } else if (n < 0x10000) {
+      b[this.pos] = 0xc5;
+      b.writeUInt16BE(n, this.pos + 1);
+      this.pos += 3;
+    } else {
+      b[this.pos] = 0xc6;
+      b.writeUInt32BE(n, this.pos + 1);
+      this.pos += 5;
+    }
     b.set(data, this.pos);
     this.pos += n;
   }
@@ -98,8 +145,15 @@ class MsgpackWriter {
     this.ensure(5);
     const b = this.buf;
     if (n < 16) b[this.pos++] = fix | n;
-    else if (n < 0x10000) { b[this.pos] = h16; b.writeUInt16BE(n, this.pos + 1); this.pos += 3; }
-    else { b[this.pos] = h32; b.writeUInt32BE(n, this.pos + 1); this.pos += 5; }
+    else if (n < 0x10000) {
+      b[this.pos] = h16;
+      b.writeUInt16BE(n, this.pos + 1);
+      this.pos += 3;
+    } else {
+      b[this.pos] = h32;
+      b.writeUInt32BE(n, this.pos + 1);
+      this.pos += 5;
+    }
   }
 
   strOrNil(s: string | null): void {
@@ -144,31 +198,46 @@ function writeCurrentEvent(w: MsgpackWriter, ev: KvEvent): void {
   switch (ev.kind) {
     case 'stored':
       w.mapHeader(11);
-      w.str('type'); w.str('BlockStored');
-      w.str('block_hashes'); writeHashes(w, ev.engineHashes);
+      w.str('type');
+      w.str('BlockStored');
+      w.str('block_hashes');
+      writeHashes(w, ev.engineHashes);
       w.str('parent_block_hash');
       if (ev.parentEngineHash === null) w.nil();
       else writeHash(w, ev.parentEngineHash);
-      w.str('token_ids'); writeTokens(w, ev.tokenIds);
-      w.str('block_size'); w.int(ev.blockSize);
-      w.str('lora_id'); w.nil();
-      w.str('medium'); w.str(medium(ev.tier));
-      w.str('lora_name'); w.strOrNil(ev.loraName);
-      w.str('extra_keys'); w.arrayHeader(ev.engineHashes.length);
+      w.str('token_ids');
+      writeTokens(w, ev.tokenIds);
+      w.str('block_size');
+      w.int(ev.blockSize);
+      w.str('lora_id');
+      w.nil();
+      w.str('medium');
+      w.str(medium(ev.tier));
+      w.str('lora_name');
+      w.strOrNil(ev.loraName);
+      w.str('extra_keys');
+      w.arrayHeader(ev.engineHashes.length);
       for (let i = 0; i < ev.engineHashes.length; i++) w.nil();
-      w.str('group_idx'); w.int(0);
-      w.str('kv_cache_spec_kind'); w.str('full_attention');
+      w.str('group_idx');
+      w.int(0);
+      w.str('kv_cache_spec_kind');
+      w.str('full_attention');
       return;
     case 'removed':
       w.mapHeader(4);
-      w.str('type'); w.str('BlockRemoved');
-      w.str('block_hashes'); writeHashes(w, ev.engineHashes);
-      w.str('medium'); w.str(medium(ev.tier));
-      w.str('group_idx'); w.int(0);
+      w.str('type');
+      w.str('BlockRemoved');
+      w.str('block_hashes');
+      writeHashes(w, ev.engineHashes);
+      w.str('medium');
+      w.str(medium(ev.tier));
+      w.str('group_idx');
+      w.int(0);
       return;
     case 'cleared':
       w.mapHeader(1);
-      w.str('type'); w.str('AllBlocksCleared');
+      w.str('type');
+      w.str('AllBlocksCleared');
       return;
   }
 }

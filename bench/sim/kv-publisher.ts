@@ -33,7 +33,12 @@ function seqBytes(seq: bigint): Buffer {
 
 /** vLLM's `ZmqEventPublisher` rule for whether the PUB socket binds or connects. */
 function pubBinds(endpoint: string): boolean {
-  return endpoint.includes('*') || endpoint.includes('::') || endpoint.startsWith('ipc://') || endpoint.startsWith('inproc://');
+  return (
+    endpoint.includes('*') ||
+    endpoint.includes('::') ||
+    endpoint.startsWith('ipc://') ||
+    endpoint.startsWith('inproc://')
+  );
 }
 
 /** `tcp://0.0.0.0:P` is where we listen, not where a subscriber can connect. */

@@ -26,7 +26,12 @@ async function ttft(url: string, prompt: string): Promise<{ ms: number; cached: 
   const usage = text
     .split('\n\n')
     .filter((e) => e.startsWith('data: {'))
-    .map((e) => JSON.parse(e.slice(6)) as { usage?: { prompt_tokens: number; prompt_tokens_details: { cached_tokens: number } } })
+    .map(
+      (e) =>
+        JSON.parse(e.slice(6)) as {
+          usage?: { prompt_tokens: number; prompt_tokens_details: { cached_tokens: number } };
+        },
+    )
     .find((e) => e.usage)!.usage!;
   return { ms, cached: usage.prompt_tokens_details.cached_tokens, promptTokens: usage.prompt_tokens };
 }
@@ -35,7 +40,7 @@ async function ttft(url: string, prompt: string): Promise<{ ms: number; cached: 
 function promptText(tokens: number, salt: number): string {
   const words = ['cache', 'block', 'token', 'engine', 'router', 'prefix', 'memory', 'request', 'worker', 'batch'];
   const out: string[] = [`Run ${salt}:`];
-  for (let i = 0; out.length < tokens - 4; i++) out.push(words[(i * 7 + salt) % words.length]!);
+  for (let i = 0; out.length < tokens - 4; i++) out.push(words[(i * 7 + salt) % words.length]);
   return out.join(' ');
 }
 
@@ -47,7 +52,9 @@ for (let run = 1; run <= 3; run++) {
   const prompt = promptText(TOKENS, run);
   const cold = await ttft(target, prompt);
   const warm = await ttft(target, prompt);
-  rows.push(`run ${run}: prompt ${cold.promptTokens} tokens; cold TTFT ${cold.ms.toFixed(1)} ms (cached ${cold.cached}); warm TTFT ${warm.ms.toFixed(1)} ms (cached ${warm.cached})`);
+  rows.push(
+    `run ${run}: prompt ${cold.promptTokens} tokens; cold TTFT ${cold.ms.toFixed(1)} ms (cached ${cold.cached}); warm TTFT ${warm.ms.toFixed(1)} ms (cached ${warm.cached})`,
+  );
 }
 process.stdout.write(rows.join('\n') + '\n');
 await worker?.close();

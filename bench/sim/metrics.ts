@@ -3,7 +3,9 @@ import type { KvCache } from './kv-cache.js';
 import type { Scheduler } from './scheduler.js';
 
 // vLLM's own bucket boundaries, so dashboards and the gateway read the same shapes.
-const TTFT_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40, 80, 160, 640, 2560];
+const TTFT_BUCKETS = [
+  0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40, 80, 160, 640, 2560,
+];
 const E2E_BUCKETS = [0.3, 0.5, 0.8, 1, 1.5, 2, 2.5, 5, 10, 15, 20, 30, 40, 50, 60, 120, 240, 480, 960, 1920, 7680];
 
 /**
@@ -25,25 +27,83 @@ export class SimMetrics {
     const labelNames = ['model_name', 'engine'] as const;
     const registers = [this.registry];
     const gauge = (name: string, help: string, read: () => number) =>
-      new Gauge({ name, help, labelNames, registers, collect() { this.set(labels, read()); } });
+      new Gauge({
+        name,
+        help,
+        labelNames,
+        registers,
+        collect() {
+          this.set(labels, read());
+        },
+      });
     // prom-client counters cannot be set; at scrape time they are rebuilt from the scheduler's totals.
     const counter = (name: string, help: string, read: () => number) =>
-      new Counter({ name, help, labelNames, registers, collect() { this.reset(); this.inc(labels, read()); } });
+      new Counter({
+        name,
+        help,
+        labelNames,
+        registers,
+        collect() {
+          this.reset();
+          this.inc(labels, read());
+        },
+      });
     const c = scheduler.counters;
-    gauge('vllm:num_requests_running', 'Number of requests in model execution batches.', () => scheduler.running.length);
-    gauge('vllm:num_requests_waiting', 'Number of requests waiting to be processed.', () => scheduler.waiting.length + scheduler.loading.length);
+    gauge(
+      'vllm:num_requests_running',
+      'Number of requests in model execution batches.',
+      () => scheduler.running.length,
+    );
+    gauge(
+      'vllm:num_requests_waiting',
+      'Number of requests waiting to be processed.',
+      () => scheduler.waiting.length + scheduler.loading.length,
+    );
     gauge('vllm:kv_cache_usage_perc', 'KV-cache usage. 1 means 100 percent usage.', () => cache.usage);
-    counter('vllm:prefix_cache_queries_total', 'Prefix cache queries, in terms of number of queried tokens.', () => c.prefixQueryTokens);
-    counter('vllm:prefix_cache_hits_total', 'Prefix cache hits, in terms of number of cached tokens.', () => c.prefixHitTokens);
+    counter(
+      'vllm:prefix_cache_queries_total',
+      'Prefix cache queries, in terms of number of queried tokens.',
+      () => c.prefixQueryTokens,
+    );
+    counter(
+      'vllm:prefix_cache_hits_total',
+      'Prefix cache hits, in terms of number of cached tokens.',
+      () => c.prefixHitTokens,
+    );
     counter('vllm:num_preemptions_total', 'Cumulative number of preemption from the engine.', () => c.preemptions);
     counter('vllm:prompt_tokens_total', 'Number of prefill tokens processed.', () => c.prefixQueryTokens);
     counter('vllm:generation_tokens_total', 'Number of generation tokens processed.', () => c.generatedTokens);
     // P/D decode side: prompt tokens whose KV a remote prefill supplied (vLLM's KV-connector prefix cache counters).
-    counter('vllm:external_prefix_cache_hits_total', 'External prefix cache hits from KV connector cross-instance cache sharing, in terms of number of cached tokens.', () => c.kvLoadTokens);
-    counter('vllm:nixl_num_failed_transfers_total', 'Number of failed NIXL KV cache transfers (the prompt was recomputed).', () => c.kvLoadFailures);
-    this.#ttft = new Histogram({ name: 'vllm:time_to_first_token_seconds', help: 'Histogram of time to first token in seconds.', labelNames, buckets: TTFT_BUCKETS, registers });
-    this.#e2e = new Histogram({ name: 'vllm:e2e_request_latency_seconds', help: 'Histogram of e2e request latency in seconds.', labelNames, buckets: E2E_BUCKETS, registers });
-    this.#success = new Counter({ name: 'vllm:request_success_total', help: 'Count of successfully processed requests.', labelNames: ['model_name', 'engine', 'finished_reason'], registers });
+    counter(
+      'vllm:external_prefix_cache_hits_total',
+      'External prefix cache hits from KV connector cross-instance cache sharing, in terms of number of cached tokens.',
+      () => c.kvLoadTokens,
+    );
+    counter(
+      'vllm:nixl_num_failed_transfers_total',
+      'Number of failed NIXL KV cache transfers (the prompt was recomputed).',
+      () => c.kvLoadFailures,
+    );
+    this.#ttft = new Histogram({
+      name: 'vllm:time_to_first_token_seconds',
+      help: 'Histogram of time to first token in seconds.',
+      labelNames,
+      buckets: TTFT_BUCKETS,
+      registers,
+    });
+    this.#e2e = new Histogram({
+      name: 'vllm:e2e_request_latency_seconds',
+      help: 'Histogram of e2e request latency in seconds.',
+      labelNames,
+      buckets: E2E_BUCKETS,
+      registers,
+    });
+    this.#success = new Counter({
+      name: 'vllm:request_success_total',
+      help: 'Count of successfully processed requests.',
+      labelNames: ['model_name', 'engine', 'finished_reason'],
+      registers,
+    });
   }
 
   observeFirstToken(seconds: number): void {

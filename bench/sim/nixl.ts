@@ -44,9 +44,7 @@ export type KvTransferParams = Record<string, unknown>;
 
 /** What a request's `kv_transfer_params` asks of this engine. */
 export type TransferRole =
-  | { kind: 'none' }
-  | { kind: 'prefill-for-remote' }
-  | { kind: 'decode-from-remote'; params: RemoteParams };
+  { kind: 'none' } | { kind: 'prefill-for-remote' } | { kind: 'decode-from-remote'; params: RemoteParams };
 
 export interface RemoteParams {
   engineId: string;
@@ -89,15 +87,29 @@ export class NixlAgent {
     if (k.do_remote_decode === true) return { kind: 'prefill-for-remote' };
     if (k.do_remote_prefill !== true) return { kind: 'none' };
     const ids = k.remote_block_ids;
-    const valid = Array.isArray(ids) && typeof k.remote_engine_id === 'string' && typeof k.remote_request_id === 'string'
-      && typeof k.remote_host === 'string' && typeof k.remote_port === 'number' && Number.isInteger(k.remote_port);
+    const valid =
+      Array.isArray(ids) &&
+      typeof k.remote_engine_id === 'string' &&
+      typeof k.remote_request_id === 'string' &&
+      typeof k.remote_host === 'string' &&
+      typeof k.remote_port === 'number' &&
+      Number.isInteger(k.remote_port);
     if (!valid) {
       this.counters.invalidParams++;
       this.#log.warn({ kvTransferParams: k }, 'Got invalid KVTransferParams; recomputing the prompt');
       return { kind: 'none' };
     }
     const numTokens = typeof k.remote_num_tokens === 'number' ? k.remote_num_tokens : undefined;
-    return { kind: 'decode-from-remote', params: { engineId: k.remote_engine_id as string, requestId: k.remote_request_id as string, host: k.remote_host as string, port: k.remote_port as number, numTokens } };
+    return {
+      kind: 'decode-from-remote',
+      params: {
+        engineId: k.remote_engine_id as string,
+        requestId: k.remote_request_id as string,
+        host: k.remote_host as string,
+        port: k.remote_port as number,
+        numTokens,
+      },
+    };
   }
 
   /** Keeps a finished prefill's blocks for the decode side; `release` frees them. Returns the response's `kv_transfer_params`. */
@@ -106,7 +118,10 @@ export class NixlAgent {
     const timer = setTimeout(() => {
       if (!this.#held.delete(requestId)) return;
       this.counters.expired++;
-      this.#log.warn({ remoteRequestId: requestId, abortTimeoutS: this.#o.abortTimeoutS }, 'remote prefill blocks expired without a pull; freeing them');
+      this.#log.warn(
+        { remoteRequestId: requestId, abortTimeoutS: this.#o.abortTimeoutS },
+        'remote prefill blocks expired without a pull; freeing them',
+      );
       release();
     }, ms);
     timer.unref();
@@ -152,15 +167,23 @@ export class NixlAgent {
         const host = params.host.includes(':') ? `[${params.host}]` : params.host;
         try {
           const res = await request(`http://${host}:${params.port}/sim/nixl/release`, {
-            method: 'POST', headers: { 'content-type': 'application/json' },
+            method: 'POST',
+            headers: { 'content-type': 'application/json' },
             body: JSON.stringify({ remote_request_id: params.requestId, remote_engine_id: params.engineId }),
-            headersTimeout: 5000, bodyTimeout: 5000,
+            headersTimeout: 5000,
+            bodyTimeout: 5000,
           });
           await res.body.dump();
           if (res.statusCode === 200) return true;
-          this.#log.warn({ remote: `${host}:${params.port}`, remoteRequestId: params.requestId, status: res.statusCode }, 'KV transfer failed: the prefill worker no longer holds the blocks; recomputing');
+          this.#log.warn(
+            { remote: `${host}:${params.port}`, remoteRequestId: params.requestId, status: res.statusCode },
+            'KV transfer failed: the prefill worker no longer holds the blocks; recomputing',
+          );
         } catch (err) {
-          this.#log.warn({ remote: `${host}:${params.port}`, remoteRequestId: params.requestId, err: (err as Error).message }, 'KV transfer failed: prefill worker unreachable; recomputing');
+          this.#log.warn(
+            { remote: `${host}:${params.port}`, remoteRequestId: params.requestId, err: (err as Error).message },
+            'KV transfer failed: prefill worker unreachable; recomputing',
+          );
         }
         return false;
       },

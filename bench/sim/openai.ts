@@ -1,4 +1,4 @@
-import type { ChatMessage } from '../../indexer/chat-template.js';
+import type { ChatMessage } from '../../indexer/tokenize/chat-template.js';
 import type { SimTokenizer } from './text.js';
 
 /**
@@ -57,13 +57,15 @@ export function asObject(body: unknown): Body {
 /** vLLM answers 404 for a model it does not serve; an absent model means the served one. */
 export function checkModel(body: Body, ctx: OpenAiContext): void {
   if (body.model === undefined || body.model === null) return;
-  if (body.model !== ctx.model) throw new SimHttpError(404, `The model \`${String(body.model)}\` does not exist.`, 'NotFoundError', 'model');
+  if (body.model !== ctx.model)
+    throw new SimHttpError(404, `The model \`${String(body.model)}\` does not exist.`, 'NotFoundError', 'model');
 }
 
 function optInt(body: Body, key: string, min: number): number | undefined {
   const v = body[key];
   if (v === undefined || v === null) return undefined;
-  if (typeof v !== 'number' || !Number.isInteger(v)) throw bad(`${key} must be an integer, got ${JSON.stringify(v)}`, key);
+  if (typeof v !== 'number' || !Number.isInteger(v))
+    throw bad(`${key} must be an integer, got ${JSON.stringify(v)}`, key);
   if (v < min) throw bad(`${key} must be at least ${min}, got ${v}.`, key);
   return v;
 }
@@ -83,7 +85,8 @@ function common(body: Body, ctx: OpenAiContext): { stream: boolean; includeUsage
   const options = body.stream_options;
   if (options !== undefined && options !== null) {
     if (!stream) throw bad('Stream options can only be defined when `stream=True`.', 'stream_options');
-    if (typeof options !== 'object' || Array.isArray(options)) throw bad('stream_options must be an object', 'stream_options');
+    if (typeof options !== 'object' || Array.isArray(options))
+      throw bad('stream_options must be an object', 'stream_options');
   }
   const includeUsage = stream && (options as { include_usage?: unknown } | null | undefined)?.include_usage === true;
   return { stream, includeUsage };
@@ -92,7 +95,9 @@ function common(body: Body, ctx: OpenAiContext): { stream: boolean; includeUsage
 function checkLength(promptLen: number, maxTokens: number, ctx: OpenAiContext): void {
   if (promptLen === 0) throw bad('the prompt is empty', 'prompt');
   if (promptLen >= ctx.maxModelLen) {
-    throw bad(`This model's maximum context length is ${ctx.maxModelLen} tokens. However, your request has ${promptLen} input tokens. Please reduce the length of the input messages.`);
+    throw bad(
+      `This model's maximum context length is ${ctx.maxModelLen} tokens. However, your request has ${promptLen} input tokens. Please reduce the length of the input messages.`,
+    );
   }
   if (promptLen + maxTokens > ctx.maxModelLen) {
     throw bad(
@@ -101,14 +106,19 @@ function checkLength(promptLen: number, maxTokens: number, ctx: OpenAiContext): 
     );
   }
   if (promptLen + maxTokens > ctx.kvCapacityTokens) {
-    throw bad(`the request needs ${promptLen + maxTokens} tokens of KV cache, more than the whole simulated cache holds (${ctx.kvCapacityTokens}); raise --kv-blocks`);
+    throw bad(
+      `the request needs ${promptLen + maxTokens} tokens of KV cache, more than the whole simulated cache holds (${ctx.kvCapacityTokens}); raise --kv-blocks`,
+    );
   }
 }
 
 function tokenIds(value: unknown[], ctx: OpenAiContext, param: string): number[] {
   for (const id of value) {
     if (typeof id !== 'number' || !Number.isInteger(id) || id < 0 || id >= ctx.tokenizer.vocabSize) {
-      throw bad(`${param}: token id ${JSON.stringify(id)} is out of vocabulary (0..${ctx.tokenizer.vocabSize - 1})`, param);
+      throw bad(
+        `${param}: token id ${JSON.stringify(id)} is out of vocabulary (0..${ctx.tokenizer.vocabSize - 1})`,
+        param,
+      );
     }
   }
   return value as number[];
@@ -119,7 +129,8 @@ async function completionPrompt(prompt: unknown, ctx: OpenAiContext): Promise<nu
   if (typeof prompt === 'string') return ctx.tokenizer.prompt.tokenizeCompletion(prompt);
   if (Array.isArray(prompt) && prompt.length > 0) {
     if (typeof prompt[0] === 'number') return tokenIds(prompt, ctx, 'prompt');
-    if (prompt.length > 1) throw bad('the simulator accepts one prompt per request (batched prompts are not supported)', 'prompt');
+    if (prompt.length > 1)
+      throw bad('the simulator accepts one prompt per request (batched prompts are not supported)', 'prompt');
     const only = prompt[0];
     if (typeof only === 'string') return ctx.tokenizer.prompt.tokenizeCompletion(only);
     if (Array.isArray(only) && only.length > 0) return tokenIds(only, ctx, 'prompt');
@@ -148,11 +159,14 @@ export function chatInput(body: Body): ChatInput {
   const messages = body.messages;
   if (!Array.isArray(messages) || messages.length === 0) throw bad('messages must be a non-empty list', 'messages');
   for (const m of messages) {
-    if (!m || typeof m !== 'object' || typeof (m as { role?: unknown }).role !== 'string') throw bad('each message must be an object with a string role', 'messages');
+    if (!m || typeof m !== 'object' || typeof (m as { role?: unknown }).role !== 'string')
+      throw bad('each message must be an object with a string role', 'messages');
   }
-  if (body.tools !== undefined && body.tools !== null && !Array.isArray(body.tools)) throw bad('tools must be a list', 'tools');
+  if (body.tools !== undefined && body.tools !== null && !Array.isArray(body.tools))
+    throw bad('tools must be a list', 'tools');
   const kwargs = body.chat_template_kwargs;
-  if (kwargs !== undefined && kwargs !== null && (typeof kwargs !== 'object' || Array.isArray(kwargs))) throw bad('chat_template_kwargs must be an object', 'chat_template_kwargs');
+  if (kwargs !== undefined && kwargs !== null && (typeof kwargs !== 'object' || Array.isArray(kwargs)))
+    throw bad('chat_template_kwargs must be an object', 'chat_template_kwargs');
   const addGenerationPrompt = optBool(body, 'add_generation_prompt') ?? true;
   if (addGenerationPrompt && optBool(body, 'continue_final_message')) {
     throw bad('Cannot set both `continue_final_message` and `add_generation_prompt` to True.');
@@ -167,7 +181,11 @@ export function chatInput(body: Body): ChatInput {
 
 export async function tokenizeChatInput(input: ChatInput, ctx: OpenAiContext): Promise<number[]> {
   try {
-    return await ctx.tokenizer.prompt.tokenizeChat(input.messages, { tools: input.tools, addGenerationPrompt: input.addGenerationPrompt, templateKwargs: input.templateKwargs });
+    return await ctx.tokenizer.prompt.tokenizeChat(input.messages, {
+      tools: input.tools,
+      addGenerationPrompt: input.addGenerationPrompt,
+      templateKwargs: input.templateKwargs,
+    });
   } catch (err) {
     throw bad(`cannot render the chat template: ${(err as Error).message}`, 'messages');
   }
@@ -182,7 +200,14 @@ export async function parseChat(raw: unknown, ctx: OpenAiContext): Promise<Gener
   // Without a cap a real model stops at EOS; the simulator "emits EOS" after a fixed count.
   const maxTokens = explicit ?? Math.max(1, Math.min(ctx.defaultChatTokens, ctx.maxModelLen - promptTokens.length));
   checkLength(promptTokens.length, maxTokens, ctx);
-  return { kind: 'chat', promptTokens, maxTokens, finishReason: explicit === undefined ? 'stop' : 'length', stream, includeUsage };
+  return {
+    kind: 'chat',
+    promptTokens,
+    maxTokens,
+    finishReason: explicit === undefined ? 'stop' : 'length',
+    stream,
+    includeUsage,
+  };
 }
 
 export interface Usage {
@@ -209,19 +234,44 @@ export interface ResponseHead {
 }
 
 export function completionChunk(h: ResponseHead, text: string, finish: string | null): unknown {
-  return { id: h.id, object: 'text_completion', created: h.created, model: h.model, choices: [{ index: 0, text, logprobs: null, finish_reason: finish, stop_reason: null }] };
+  return {
+    id: h.id,
+    object: 'text_completion',
+    created: h.created,
+    model: h.model,
+    choices: [{ index: 0, text, logprobs: null, finish_reason: finish, stop_reason: null }],
+  };
 }
 
 export function chatChunk(h: ResponseHead, delta: Record<string, unknown>, finish: string | null): unknown {
-  return { id: h.id, object: 'chat.completion.chunk', created: h.created, model: h.model, choices: [{ index: 0, delta, logprobs: null, finish_reason: finish }] };
+  return {
+    id: h.id,
+    object: 'chat.completion.chunk',
+    created: h.created,
+    model: h.model,
+    choices: [{ index: 0, delta, logprobs: null, finish_reason: finish }],
+  };
 }
 
 export function usageChunk(kind: 'completion' | 'chat', h: ResponseHead, u: Usage): unknown {
-  return { id: h.id, object: kind === 'chat' ? 'chat.completion.chunk' : 'text_completion', created: h.created, model: h.model, choices: [], usage: u };
+  return {
+    id: h.id,
+    object: kind === 'chat' ? 'chat.completion.chunk' : 'text_completion',
+    created: h.created,
+    model: h.model,
+    choices: [],
+    usage: u,
+  };
 }
 
 /** `kvTransferParams`: set by a prefill run for a remote decode (NixlConnector), else null as vLLM sends. */
-export function completionBody(h: ResponseHead, text: string, finish: string, u: Usage, kvTransferParams: Record<string, unknown> | null = null): unknown {
+export function completionBody(
+  h: ResponseHead,
+  text: string,
+  finish: string,
+  u: Usage,
+  kvTransferParams: Record<string, unknown> | null = null,
+): unknown {
   return {
     id: h.id,
     object: 'text_completion',
@@ -234,13 +284,36 @@ export function completionBody(h: ResponseHead, text: string, finish: string, u:
   };
 }
 
-export function chatBody(h: ResponseHead, text: string, finish: string, u: Usage, kvTransferParams: Record<string, unknown> | null = null): unknown {
+export function chatBody(
+  h: ResponseHead,
+  text: string,
+  finish: string,
+  u: Usage,
+  kvTransferParams: Record<string, unknown> | null = null,
+): unknown {
   return {
     id: h.id,
     object: 'chat.completion',
     created: h.created,
     model: h.model,
-    choices: [{ index: 0, message: { role: 'assistant', content: text, refusal: null, annotations: null, audio: null, function_call: null, tool_calls: [], reasoning_content: null }, logprobs: null, finish_reason: finish, stop_reason: null }],
+    choices: [
+      {
+        index: 0,
+        message: {
+          role: 'assistant',
+          content: text,
+          refusal: null,
+          annotations: null,
+          audio: null,
+          function_call: null,
+          tool_calls: [],
+          reasoning_content: null,
+        },
+        logprobs: null,
+        finish_reason: finish,
+        stop_reason: null,
+      },
+    ],
     service_tier: null,
     system_fingerprint: null,
     usage: u,

@@ -60,8 +60,17 @@ export class Scheduler {
   /** Admitted, blocks allocated, remote KV being pulled; they take a sequence slot but no token budget. */
   readonly loading: SimRequest[] = [];
   readonly counters: SchedulerCounters = {
-    steps: 0, prefillTokensComputed: 0, decodeTokens: 0, generatedTokens: 0, prefixQueryTokens: 0, prefixHitTokens: 0, preemptions: 0,
-    kvLoads: 0, kvLoadTokens: 0, kvLoadFailures: 0, lostMs: 0,
+    steps: 0,
+    prefillTokensComputed: 0,
+    decodeTokens: 0,
+    generatedTokens: 0,
+    prefixQueryTokens: 0,
+    prefixHitTokens: 0,
+    preemptions: 0,
+    kvLoads: 0,
+    kvLoadTokens: 0,
+    kvLoadFailures: 0,
+    lostMs: 0,
   };
   readonly #o: SchedulerOptions;
   readonly #now: () => number;
@@ -166,7 +175,7 @@ export class Scheduler {
     const plan: Scheduled[] = [];
     let preempted = false;
     for (let i = 0; i < this.running.length && budget > 0; i++) {
-      const req = this.running[i]!;
+      const req = this.running[i];
       const n = Math.min(req.tokens.length - req.numComputed, budget);
       let ok = cache.allocate(req, req.numComputed + n);
       while (!ok) {
@@ -181,8 +190,13 @@ export class Scheduler {
       budget -= n;
     }
     // vLLM admits nothing new in a step that had to preempt: memory is short.
-    while (!preempted && this.waiting.length > 0 && this.running.length + this.loading.length < maxNumSeqs && budget > 0) {
-      const req = this.waiting[0]!;
+    while (
+      !preempted &&
+      this.waiting.length > 0 &&
+      this.running.length + this.loading.length < maxNumSeqs &&
+      budget > 0
+    ) {
+      const req = this.waiting[0];
       const prefix = cache.findPrefix(req);
       const cached = prefix.length * cache.blockSize;
       const load = this.#startLoad(req, prefix, cached);
@@ -190,7 +204,8 @@ export class Scheduler {
       if (load === 'blocked') break;
       const n = Math.min(req.tokens.length - cached, budget);
       if (!cache.allocate(req, cached + n, prefix)) {
-        if (this.running.length === 0 && this.loading.length === 0) this.#fail(req, 'request does not fit in the KV cache');
+        if (this.running.length === 0 && this.loading.length === 0)
+          this.#fail(req, 'request does not fit in the KV cache');
         break;
       }
       this.waiting.shift();
@@ -222,7 +237,8 @@ export class Scheduler {
     const target = Math.min(remote.tokens, req.tokens.length - 1);
     if (target <= cached) return 'local';
     if (!this.#o.cache.allocate(req, target, prefix)) {
-      if (this.running.length === 0 && this.loading.length === 0) this.#fail(req, 'request does not fit in the KV cache');
+      if (this.running.length === 0 && this.loading.length === 0)
+        this.#fail(req, 'request does not fit in the KV cache');
       return 'blocked';
     }
     this.waiting.shift();

@@ -5,8 +5,23 @@ import type { KvEventPublisher } from './kv-publisher.js';
 import type { SimMetrics } from './metrics.js';
 import type { KvTransferParams, NixlAgent } from './nixl.js';
 import {
-  asObject, chatBody, chatChunk, chatInput, checkModel, completionBody, completionChunk, modelCard, parseChat, parseCompletion,
-  randomHex, SimHttpError, tokenizeChatInput, usage, usageChunk, type OpenAiContext, type ResponseHead,
+  asObject,
+  chatBody,
+  chatChunk,
+  chatInput,
+  checkModel,
+  completionBody,
+  completionChunk,
+  modelCard,
+  parseChat,
+  parseCompletion,
+  randomHex,
+  SimHttpError,
+  tokenizeChatInput,
+  usage,
+  usageChunk,
+  type OpenAiContext,
+  type ResponseHead,
 } from './openai.js';
 import type { FinishReason, Scheduler } from './scheduler.js';
 
@@ -52,7 +67,12 @@ export interface SimServerDeps {
 
 const MAX_BODY_BYTES = 64 * 1024 * 1024;
 
-type Handler = (deps: SimServerDeps, req: IncomingMessage, res: ServerResponse, headers: Record<string, string>) => Promise<void>;
+type Handler = (
+  deps: SimServerDeps,
+  req: IncomingMessage,
+  res: ServerResponse,
+  headers: Record<string, string>,
+) => Promise<void>;
 
 /**
  * vLLM's OpenAI-compatible surface on node:http, plus sim-only controls under
@@ -61,7 +81,9 @@ type Handler = (deps: SimServerDeps, req: IncomingMessage, res: ServerResponse, 
 const routes: Record<string, Record<string, Handler>> = {
   '/health': { GET: async (_d, _q, res, h) => void res.writeHead(200, { ...h, 'content-length': '0' }).end() },
   '/version': { GET: async (_d, _q, res, h) => sendJson(res, 200, { version: 'kvgate-sim' }, h) },
-  '/v1/models': { GET: async (d, _q, res, h) => sendJson(res, 200, modelCard(d.ctx, Math.floor(Date.now() / 1000)), h) },
+  '/v1/models': {
+    GET: async (d, _q, res, h) => sendJson(res, 200, modelCard(d.ctx, Math.floor(Date.now() / 1000)), h),
+  },
   '/v1/completions': { POST: (d, q, res, h) => generate('completion', d, q, res, h) },
   '/v1/chat/completions': { POST: (d, q, res, h) => generate('chat', d, q, res, h) },
   '/tokenize': { POST: tokenize },
@@ -79,8 +101,10 @@ const routes: Record<string, Record<string, Handler>> = {
     POST: async (d, q, res, h) => {
       const body = asObject(await readJson(q));
       const id = body.remote_request_id;
-      if (typeof id !== 'string') throw new SimHttpError(400, 'remote_request_id must be a string', 'BadRequestError', 'remote_request_id');
-      if (!d.nixl.release(id, body.remote_engine_id)) throw new SimHttpError(404, `no remote prefill '${id}' is held here (unknown, expired or already pulled)`);
+      if (typeof id !== 'string')
+        throw new SimHttpError(400, 'remote_request_id must be a string', 'BadRequestError', 'remote_request_id');
+      if (!d.nixl.release(id, body.remote_engine_id))
+        throw new SimHttpError(404, `no remote prefill '${id}' is held here (unknown, expired or already pulled)`);
       sendJson(res, 200, { released: id }, h);
     },
   },
@@ -104,7 +128,7 @@ export function createSimHandler(deps: SimServerDeps): (req: IncomingMessage, re
     const headers: Record<string, string> = {};
     const requestId = req.headers['x-request-id'];
     if (typeof requestId === 'string') headers['x-request-id'] = requestId;
-    const path = (req.url ?? '/').split('?')[0]!;
+    const path = (req.url ?? '/').split('?')[0];
     const route = routes[path];
     const handler = route?.[req.method ?? 'GET'];
     if (!route) return sendJson(res, 404, { detail: 'Not Found' }, headers);
@@ -112,7 +136,12 @@ export function createSimHandler(deps: SimServerDeps): (req: IncomingMessage, re
     handler(deps, req, res, headers).catch((err: unknown) => {
       if (err instanceof SimHttpError) return sendJson(res, err.status, err.body(), headers);
       deps.logger.error({ err, path }, 'sim request failed');
-      sendJson(res, 500, new SimHttpError(500, (err as Error).message ?? String(err), 'InternalServerError').body(), headers);
+      sendJson(
+        res,
+        500,
+        new SimHttpError(500, (err as Error).message ?? String(err), 'InternalServerError').body(),
+        headers,
+      );
     });
   };
 }
@@ -123,7 +152,9 @@ function sendJson(res: ServerResponse, status: number, body: unknown, headers: R
     return;
   }
   const text = JSON.stringify(body);
-  res.writeHead(status, { ...headers, 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) }).end(text);
+  res
+    .writeHead(status, { ...headers, 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) })
+    .end(text);
 }
 
 async function readJson(req: IncomingMessage): Promise<unknown> {
@@ -142,14 +173,24 @@ async function readJson(req: IncomingMessage): Promise<unknown> {
   }
 }
 
-async function generate(kind: 'completion' | 'chat', d: SimServerDeps, req: IncomingMessage, res: ServerResponse, headers: Record<string, string>): Promise<void> {
+async function generate(
+  kind: 'completion' | 'chat',
+  d: SimServerDeps,
+  req: IncomingMessage,
+  res: ServerResponse,
+  headers: Record<string, string>,
+): Promise<void> {
   const body = await readJson(req);
   const parsed = kind === 'chat' ? await parseChat(body, d.ctx) : await parseCompletion(body, d.ctx);
   if (res.destroyed) return; // client left while we tokenized
   const transfer = d.nixl.classify(body);
   // A streamed prefill could not report kv_transfer_params, so nothing would ever pull its blocks.
   const keepBlocks = transfer.kind === 'prefill-for-remote' && !parsed.stream;
-  const head: ResponseHead = { id: `${kind === 'chat' ? 'chatcmpl' : 'cmpl'}-${randomHex(16)}`, created: Math.floor(Date.now() / 1000), model: d.ctx.model };
+  const head: ResponseHead = {
+    id: `${kind === 'chat' ? 'chatcmpl' : 'cmpl'}-${randomHex(16)}`,
+    created: Math.floor(Date.now() / 1000),
+    model: d.ctx.model,
+  };
   const started = performance.now();
   const tok = d.ctx.tokenizer;
   const pieces: string[] = [];
@@ -166,7 +207,8 @@ async function generate(kind: 'completion' | 'chat', d: SimServerDeps, req: Inco
     maxTokens: parsed.maxTokens,
     finishReason: parsed.finishReason,
     keepBlocks,
-    remote: transfer.kind === 'decode-from-remote' ? d.nixl.remote(transfer.params, parsed.promptTokens.length) : undefined,
+    remote:
+      transfer.kind === 'decode-from-remote' ? d.nixl.remote(transfer.params, parsed.promptTokens.length) : undefined,
     outputToken: (i) => tok.outputToken(i),
     onToken(_token, index) {
       if (index === 0) d.metrics.observeFirstToken((performance.now() - started) / 1000);
@@ -189,7 +231,16 @@ async function generate(kind: 'completion' | 'chat', d: SimServerDeps, req: Inco
       }
       const seconds = (performance.now() - started) / 1000;
       d.metrics.observeFinished(seconds, reason);
-      d.logger.debug({ id: head.id, promptTokens: simReq.promptLength, cachedTokens: simReq.cachedTokens, outputTokens: simReq.outputCount, seconds }, 'sim request finished');
+      d.logger.debug(
+        {
+          id: head.id,
+          promptTokens: simReq.promptLength,
+          cachedTokens: simReq.cachedTokens,
+          outputTokens: simReq.outputCount,
+          seconds,
+        },
+        'sim request finished',
+      );
       if (reason === 'error') {
         const err = new SimHttpError(400, message ?? 'request failed');
         if (!parsed.stream) return sendJson(res, 400, err.body(), headers);
@@ -200,12 +251,18 @@ async function generate(kind: 'completion' | 'chat', d: SimServerDeps, req: Inco
       if (!parsed.stream) {
         const text = pieces.join('');
         let kv: KvTransferParams | null = null;
-        if (keepBlocks && res.destroyed) d.scheduler.release(simReq); // nobody will learn the params to pull them
+        if (keepBlocks && res.destroyed)
+          d.scheduler.release(simReq); // nobody will learn the params to pull them
         else if (keepBlocks) {
           const promptBlocks = simReq.blockIds.slice(0, Math.ceil(simReq.promptLength / d.cache.blockSize));
           kv = d.nixl.hold(head.id, promptBlocks, simReq.promptLength, () => d.scheduler.release(simReq));
         }
-        return sendJson(res, 200, kind === 'chat' ? chatBody(head, text, reason, u, kv) : completionBody(head, text, reason, u, kv), headers);
+        return sendJson(
+          res,
+          200,
+          kind === 'chat' ? chatBody(head, text, reason, u, kv) : completionBody(head, text, reason, u, kv),
+          headers,
+        );
       }
       if (parsed.includeUsage) sse(usageChunk(kind, head, u));
       res.end('data: [DONE]\n\n');
@@ -217,7 +274,12 @@ async function generate(kind: 'completion' | 'chat', d: SimServerDeps, req: Inco
   });
 }
 
-async function tokenize(d: SimServerDeps, req: IncomingMessage, res: ServerResponse, headers: Record<string, string>): Promise<void> {
+async function tokenize(
+  d: SimServerDeps,
+  req: IncomingMessage,
+  res: ServerResponse,
+  headers: Record<string, string>,
+): Promise<void> {
   const body = asObject(await readJson(req));
   checkModel(body, d.ctx);
   const tok = d.ctx.tokenizer;
@@ -234,21 +296,35 @@ async function tokenize(d: SimServerDeps, req: IncomingMessage, res: ServerRespo
   sendJson(res, 200, { count: tokens.length, max_model_len: d.ctx.maxModelLen, tokens, token_strs: strs }, headers);
 }
 
-async function detokenize(d: SimServerDeps, req: IncomingMessage, res: ServerResponse, headers: Record<string, string>): Promise<void> {
+async function detokenize(
+  d: SimServerDeps,
+  req: IncomingMessage,
+  res: ServerResponse,
+  headers: Record<string, string>,
+): Promise<void> {
   const body = asObject(await readJson(req));
   checkModel(body, d.ctx);
   const tokens = body.tokens;
   const vocab = d.ctx.tokenizer.vocabSize;
-  if (!Array.isArray(tokens) || tokens.some((t) => typeof t !== 'number' || !Number.isInteger(t) || t < 0 || t >= vocab)) {
+  if (
+    !Array.isArray(tokens) ||
+    tokens.some((t) => typeof t !== 'number' || !Number.isInteger(t) || t < 0 || t >= vocab)
+  ) {
     throw new SimHttpError(400, `tokens must be a list of token ids in 0..${vocab - 1}`, 'BadRequestError', 'tokens');
   }
   sendJson(res, 200, { prompt: await d.ctx.tokenizer.decode(tokens as number[]) }, headers);
 }
 
-async function dropKvEvents(d: SimServerDeps, req: IncomingMessage, res: ServerResponse, headers: Record<string, string>): Promise<void> {
+async function dropKvEvents(
+  d: SimServerDeps,
+  req: IncomingMessage,
+  res: ServerResponse,
+  headers: Record<string, string>,
+): Promise<void> {
   const body = asObject(await readJson(req));
   const count = body.count;
-  if (typeof count !== 'number' || !Number.isInteger(count) || count < 0) throw new SimHttpError(400, 'count must be an integer >= 0', 'BadRequestError', 'count');
+  if (typeof count !== 'number' || !Number.isInteger(count) || count < 0)
+    throw new SimHttpError(400, 'count must be an integer >= 0', 'BadRequestError', 'count');
   if (!d.publisher) throw new SimHttpError(400, 'KV events are not enabled on this worker (start it with --kv-events)');
   d.publisher.dropNext(count);
   sendJson(res, 200, { dropping: count, nextSeq: String(d.publisher.nextSeq) }, headers);

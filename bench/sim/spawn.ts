@@ -21,15 +21,22 @@ export interface SimFleet {
   stop(graceMs?: number): Promise<void>;
 }
 
-const CLI = fileURLToPath(new URL('../../gateway/cli.js', import.meta.url));
+const CLI = fileURLToPath(new URL('../../gateway/cli/cli.js', import.meta.url));
 
 /**
  * Runs `kvgate sim --workers N ...` as a child process (its own event loop, as a
  * real engine would be) and resolves once every worker has announced itself.
  * The demo and the benchmarks share this, so they drive the same program the tests do.
  */
-export function spawnSimFleet(workers: number, args: readonly string[] = [], options: { timeoutMs?: number; onLog?: (line: string) => void } = {}): Promise<SimFleet> {
-  const child = spawn(process.execPath, [...benchNodeArgs(), CLI, 'sim', '--workers', String(workers), ...args], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, KVGATE_EXIT_WITH_PARENT: '1' } });
+export function spawnSimFleet(
+  workers: number,
+  args: readonly string[] = [],
+  options: { timeoutMs?: number; onLog?: (line: string) => void } = {},
+): Promise<SimFleet> {
+  const child = spawn(process.execPath, [...benchNodeArgs(), CLI, 'sim', '--workers', String(workers), ...args], {
+    stdio: ['pipe', 'pipe', 'pipe'],
+    env: { ...process.env, KVGATE_EXIT_WITH_PARENT: '1' },
+  });
   const ready: SimWorkerInfo[] = [];
   const tail: string[] = [];
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
@@ -54,11 +61,15 @@ export function spawnSimFleet(workers: number, args: readonly string[] = [], opt
       ready.push(JSON.parse(line) as SimWorkerInfo);
       if (ready.length === workers) {
         clearTimeout(timer);
-        resolve({ workers: ready.sort((a, b) => a.worker.localeCompare(b.worker, 'en', { numeric: true })), child, stop });
+        resolve({
+          workers: ready.sort((a, b) => a.worker.localeCompare(b.worker, 'en', { numeric: true })),
+          child,
+          stop,
+        });
       }
     };
-    createInterface({ input: child.stdout! }).on('line', onLine);
-    createInterface({ input: child.stderr! }).on('line', onLine);
+    createInterface({ input: child.stdout }).on('line', onLine);
+    createInterface({ input: child.stderr }).on('line', onLine);
     child.once('exit', (code) => {
       clearTimeout(timer);
       reject(new Error(`kvgate sim exited (${code}) before it was ready:\n${tail.join('\n')}`));

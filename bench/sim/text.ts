@@ -2,7 +2,7 @@ import { readFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { Tokenizer } from 'tokenizers';
-import { PromptTokenizer } from '../../indexer/tokenizer.js';
+import { PromptTokenizer } from '../../indexer/tokenize/tokenizer.js';
 
 /**
  * Generated text is filler, but made of real tokens of the model's vocabulary
@@ -38,11 +38,14 @@ export class SimTokenizer {
     for (const word of FILLER.split(/(?= )/)) {
       const ids = await prompt.encode(word, false);
       if (ids.length !== 1) continue;
-      fillerIds.push(ids[0]!);
+      fillerIds.push(ids[0]);
       fillerTexts.push(word);
     }
     if (fillerIds.length === 0) throw new Error(`tokenizer in ${dir} encodes no filler word as a single token`);
-    const vocab = JSON.parse(await readFile(join(dir, 'tokenizer.json'), 'utf8').catch(() => '{}')) as { model?: { vocab?: Record<string, number> }; added_tokens?: { id: number }[] };
+    const vocab = JSON.parse(await readFile(join(dir, 'tokenizer.json'), 'utf8').catch(() => '{}')) as {
+      model?: { vocab?: Record<string, number> };
+      added_tokens?: { id: number }[];
+    };
     let maxId = -1;
     for (const id of Object.values(vocab.model?.vocab ?? {})) if (id > maxId) maxId = id;
     for (const t of vocab.added_tokens ?? []) if (t.id > maxId) maxId = t.id;
@@ -51,11 +54,11 @@ export class SimTokenizer {
 
   /** The k-th generated token: the filler sentence, over and over. */
   outputToken(index: number): number {
-    return this.fillerIds[index % this.fillerIds.length]!;
+    return this.fillerIds[index % this.fillerIds.length];
   }
 
   outputText(index: number): string {
-    return this.fillerTexts[index % this.fillerTexts.length]!;
+    return this.fillerTexts[index % this.fillerTexts.length];
   }
 
   async decode(ids: number[]): Promise<string> {

@@ -36,7 +36,8 @@ export const DEFAULT_TIMING: TimingModel = {
 /** Step duration in (real) milliseconds. */
 export function stepMs(model: TimingModel, prefillTokens: number, decodeSeqs: number, kvUsage: number): number {
   let ms = 0;
-  if (prefillTokens > 0) ms += model.prefillA * prefillTokens * prefillTokens + model.prefillB * prefillTokens + model.prefillC;
+  if (prefillTokens > 0)
+    ms += model.prefillA * prefillTokens * prefillTokens + model.prefillB * prefillTokens + model.prefillC;
   if (decodeSeqs > 0) ms += model.decodeBaseMs + model.decodeKvMs * kvUsage;
   return ms / model.speedup;
 }

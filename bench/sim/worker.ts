@@ -1,7 +1,7 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
-import { createLogger } from '../../gateway/log.js';
+import { createLogger } from '../../gateway/ops/log.js';
 import { createBlockHasher } from './block-hash.js';
 import { KvCache } from './kv-cache.js';
 import { KvEventPublisher } from './kv-publisher.js';
@@ -144,7 +144,10 @@ export async function startSimWorker(options: SimWorkerOptions = {}): Promise<Si
     streamInterval: options.streamInterval ?? SIM_DEFAULTS.streamInterval,
     tokenizer,
   };
-  const server = createServer({ keepAliveTimeout: 65_000 }, createSimHandler({ ctx, scheduler, cache, metrics, publisher, logger, nixl, stats }));
+  const server = createServer(
+    { keepAliveTimeout: 65_000 },
+    createSimHandler({ ctx, scheduler, cache, metrics, publisher, logger, nixl, stats }),
+  );
   try {
     await listen(server, options.port ?? 0, host);
   } catch (err) {

@@ -1,6 +1,6 @@
-import { chooseByKvCost, kvParamsSchema, type KvParams } from '../strategies/kv.js';
-import { matchWorkers, type PrefixMatcher } from '../strategies/overlap.js';
-import type { Decision, RouteContext, Strategy, WorkerView } from '../strategies/strategy.js';
+import { chooseByKvCost, kvParamsSchema, type KvParams } from '../routing/strategies/kv.js';
+import { matchWorkers, type PrefixMatcher } from '../routing/strategies/overlap.js';
+import type { Decision, RouteContext, Strategy, WorkerView } from '../routing/strategies/strategy.js';
 import type { DisaggConfig } from './config.js';
 
 export type DisaggPath = 'disaggregated' | 'aggregated';
@@ -43,11 +43,16 @@ const decodeParamsCache = new Map<number, KvParams>();
 /** The `kv` cost's params with `prefillWeight` = transferWeight; parsed, so every other param keeps the strategy's default. */
 function decodeParams(transferWeight: number): KvParams {
   let p = decodeParamsCache.get(transferWeight);
-  if (!p) decodeParamsCache.set(transferWeight, (p = kvParamsSchema.parse({ prefillWeight: transferWeight, temperature: 0 })));
+  if (!p)
+    decodeParamsCache.set(
+      transferWeight,
+      (p = kvParamsSchema.parse({ prefillWeight: transferWeight, temperature: 0 })),
+    );
   return p;
 }
 
-const byId = <W extends WorkerView>(list: readonly W[], d: Decision): W => list.find((w) => w.id === d.worker.id) ?? list[0]!;
+const byId = <W extends WorkerView>(list: readonly W[], d: Decision): W =>
+  list.find((w) => w.id === d.worker.id) ?? list[0];
 
 /**
  * Conditional disaggregation. The decode side is every `decode` or `both`
@@ -70,29 +75,56 @@ export function decide<W extends WorkerView>(input: DecideInput<W>): DisaggPlan<
   if (decodeSide.length === 0) decodeSide = prefillSide;
   const aggregatedDecision = strategy.choose(ctx, decodeSide);
   const aggregated = byId(decodeSide, aggregatedDecision);
-  const overlapBlocks = aggregatedDecision.predictedCachedBlocks ?? matchWorkers(ctx, matcher, 0)?.get(aggregated.id)?.blocks ?? 0;
+  const overlapBlocks =
+    aggregatedDecision.predictedCachedBlocks ?? matchWorkers(ctx, matcher, 0)?.get(aggregated.id)?.blocks ?? 0;
   const blockSize = ctx.blocks?.blockSize ?? input.blockSize;
   const uncachedTokens = Math.max(0, ctx.promptTokens - overlapBlocks * blockSize);
   const prefillQueueTokens = prefillSide.length === 0 ? 0 : Math.min(...prefillSide.map((w) => w.load.prefillTokens));
   const plan: DisaggPlan<W> = {
-    path: 'aggregated', reason: '', aggregated, aggregatedDecision, prefillCandidates: prefillSide, decodeCandidates: decodeSide,
-    promptTokens: ctx.promptTokens, uncachedTokens, prefillQueueTokens,
+    path: 'aggregated',
+    reason: '',
+    aggregated,
+    aggregatedDecision,
+    prefillCandidates: prefillSide,
+    decodeCandidates: decodeSide,
+    promptTokens: ctx.promptTokens,
+    uncachedTokens,
+    prefillQueueTokens,
   };
   if (prefillSide.length === 0) return { ...plan, reason: 'no prefill worker available' };
   if (config.mode === 'conditional') {
     if (uncachedTokens < config.minUncachedTokens) {
-      return { ...plan, reason: `uncached prefill ${uncachedTokens} tokens < minUncachedTokens ${config.minUncachedTokens}` };
+      return {
+        ...plan,
+        reason: `uncached prefill ${uncachedTokens} tokens < minUncachedTokens ${config.minUncachedTokens}`,
+      };
     }
     if (prefillQueueTokens >= config.maxPrefillQueueTokens) {
-      return { ...plan, reason: `prefill pool saturated: ${prefillQueueTokens} tokens queued on its least-loaded worker >= maxPrefillQueueTokens ${config.maxPrefillQueueTokens}` };
+      return {
+        ...plan,
+        reason: `prefill pool saturated: ${prefillQueueTokens} tokens queued on its least-loaded worker >= maxPrefillQueueTokens ${config.maxPrefillQueueTokens}`,
+      };
     }
   }
   const prefillDecision = strategy.choose(ctx, prefillSide);
-  const decodeDecision = chooseByKvCost(ctx, decodeSide, matcher, decodeParams(config.transferWeight), input.blockSize, 'kv events index');
+  const decodeDecision = chooseByKvCost(
+    ctx,
+    decodeSide,
+    matcher,
+    decodeParams(config.transferWeight),
+    input.blockSize,
+    'kv events index',
+  );
   return {
-    ...plan, path: 'disaggregated',
-    reason: config.mode === 'always' ? 'mode always' : `uncached prefill ${uncachedTokens} tokens >= minUncachedTokens ${config.minUncachedTokens}`,
-    prefill: byId(prefillSide, prefillDecision), prefillDecision,
-    decode: byId(decodeSide, decodeDecision), decodeDecision,
+    ...plan,
+    path: 'disaggregated',
+    reason:
+      config.mode === 'always'
+        ? 'mode always'
+        : `uncached prefill ${uncachedTokens} tokens >= minUncachedTokens ${config.minUncachedTokens}`,
+    prefill: byId(prefillSide, prefillDecision),
+    prefillDecision,
+    decode: byId(decodeSide, decodeDecision),
+    decodeDecision,
   };
 }

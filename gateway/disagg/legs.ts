@@ -1,21 +1,31 @@
 import type { IncomingHttpHeaders, ServerResponse } from 'node:http';
 import type { Pool } from 'undici';
-import { GatewayError } from '../errors.js';
-import { clientResponseHeaders } from '../headers.js';
-import { failureKind, retryableStatus, type FailureKind } from '../retry.js';
-import { SseFramer } from '../sse-framer.js';
+import { GatewayError } from '../front/errors.js';
+import { clientResponseHeaders } from '../proxy/headers.js';
+import { failureKind, retryableStatus, type FailureKind } from '../proxy/retry.js';
+import { SseFramer } from '../proxy/sse-framer.js';
 
 /** Fields a prefill leg must not carry: it returns one token, as one JSON body. */
 const PREFILL_DROP = ['stream_options', 'min_tokens', 'min_completion_tokens'];
 
 /** What the proxy asks of the prefill engine (vLLM's toy_proxy_server.py): prefill, keep the KV, tell us where it is. */
 export const PREFILL_KV_TRANSFER_PARAMS = Object.freeze({
-  do_remote_decode: true, do_remote_prefill: false, remote_engine_id: null, remote_block_ids: null, remote_host: null, remote_port: null,
+  do_remote_decode: true,
+  do_remote_prefill: false,
+  remote_engine_id: null,
+  remote_block_ids: null,
+  remote_host: null,
+  remote_port: null,
 });
 
 /** The prefill leg's body: the request with stream off, one output token, and the transfer request. */
 export function prefillBody(body: Record<string, unknown>): Buffer {
-  const out: Record<string, unknown> = { ...body, stream: false, max_tokens: 1, kv_transfer_params: PREFILL_KV_TRANSFER_PARAMS };
+  const out: Record<string, unknown> = {
+    ...body,
+    stream: false,
+    max_tokens: 1,
+    kv_transfer_params: PREFILL_KV_TRANSFER_PARAMS,
+  };
   if ('max_completion_tokens' in body) out.max_completion_tokens = 1;
   for (const k of PREFILL_DROP) delete out[k];
   return Buffer.from(JSON.stringify(out));
@@ -33,10 +43,22 @@ export type PrefillResult =
   | { ok: false; final: false; kind: FailureKind | 'no_params' | 'client_abort'; message: string };
 
 /** Sends the prefill leg and reads `kv_transfer_params` from its JSON answer. */
-export async function sendPrefill(pool: Pool, path: string, headers: Record<string, string | string[]>, body: Buffer, signal: AbortSignal): Promise<PrefillResult> {
+export async function sendPrefill(
+  pool: Pool,
+  path: string,
+  headers: Record<string, string | string[]>,
+  body: Buffer,
+  signal: AbortSignal,
+): Promise<PrefillResult> {
   let res;
   try {
-    res = await pool.request({ path, method: 'POST', headers: { ...headers, 'content-length': String(body.length) }, body, signal });
+    res = await pool.request({
+      path,
+      method: 'POST',
+      headers: { ...headers, 'content-length': String(body.length) },
+      body,
+      signal,
+    });
   } catch (err) {
     if (signal.aborted) return { ok: false, final: false, kind: 'client_abort', message: 'client disconnected' };
     return { ok: false, final: false, kind: failureKind(err as Error), message: (err as Error).message };
@@ -48,7 +70,8 @@ export async function sendPrefill(pool: Pool, path: string, headers: Record<stri
     if (signal.aborted) return { ok: false, final: false, kind: 'client_abort', message: 'client disconnected' };
     return { ok: false, final: false, kind: failureKind(err as Error), message: (err as Error).message };
   }
-  if (res.statusCode >= 400 && res.statusCode < 500) return { ok: false, final: true, status: res.statusCode, headers: res.headers, body: text };
+  if (res.statusCode >= 400 && res.statusCode < 500)
+    return { ok: false, final: true, status: res.statusCode, headers: res.headers, body: text };
   if (res.statusCode !== 200) return { ok: false, final: false, kind: 'status', message: `status ${res.statusCode}` };
   let params: unknown;
   try {
@@ -57,7 +80,13 @@ export async function sendPrefill(pool: Pool, path: string, headers: Record<stri
     return { ok: false, final: false, kind: 'other', message: 'prefill response is not JSON' };
   }
   if (params === null || typeof params !== 'object' || Array.isArray(params)) {
-    return { ok: false, final: false, kind: 'no_params', message: 'prefill response has no kv_transfer_params (is the engine started with a KV connector such as NixlConnector?)' };
+    return {
+      ok: false,
+      final: false,
+      kind: 'no_params',
+      message:
+        'prefill response has no kv_transfer_params (is the engine started with a KV connector such as NixlConnector?)',
+    };
   }
   return { ok: true, params: params as Record<string, unknown> };
 }
@@ -81,14 +110,28 @@ export type StreamResult =
  * OpenAI-style error event (no `[DONE]`), and cuts any other body.
  */
 export async function streamLeg(
-  pool: Pool, path: string, headers: Record<string, string | string[]>, body: Buffer,
-  res: ServerResponse, extraHeaders: Record<string, string>, signal: AbortSignal, canRetry: boolean, hooks: StreamHooks,
+  pool: Pool,
+  path: string,
+  headers: Record<string, string | string[]>,
+  body: Buffer,
+  res: ServerResponse,
+  extraHeaders: Record<string, string>,
+  signal: AbortSignal,
+  canRetry: boolean,
+  hooks: StreamHooks,
 ): Promise<StreamResult> {
   let up;
   try {
-    up = await pool.request({ path, method: 'POST', headers: { ...headers, 'content-length': String(body.length) }, body, signal });
+    up = await pool.request({
+      path,
+      method: 'POST',
+      headers: { ...headers, 'content-length': String(body.length) },
+      body,
+      signal,
+    });
   } catch (err) {
-    if (signal.aborted) return { committed: false, retryable: false, kind: 'client_abort', message: 'client disconnected' };
+    if (signal.aborted)
+      return { committed: false, retryable: false, kind: 'client_abort', message: 'client disconnected' };
     return { committed: false, retryable: true, kind: failureKind(err as Error), message: (err as Error).message };
   }
   if (canRetry && retryableStatus(up.statusCode)) {
@@ -118,7 +161,14 @@ export async function streamLeg(
   } catch (err) {
     if (signal.aborted || res.destroyed) return { committed: true, status: 499, kind: 'client_abort' };
     const kind = failureKind(err as Error);
-    const e = new GatewayError(502, `upstream worker failed mid-response: ${(err as Error).message}`, 'upstream_error', `upstream_${kind}`, null, true);
+    const e = new GatewayError(
+      502,
+      `upstream worker failed mid-response: ${(err as Error).message}`,
+      'upstream_error',
+      `upstream_${kind}`,
+      null,
+      true,
+    );
     if (sse) res.end(sse.errorEvent(JSON.stringify(e.toJSON())));
     else res.destroy(e);
     return { committed: true, status: 502, kind };

@@ -11,11 +11,24 @@ export class DisaggMetrics {
   constructor(registry: Registry) {
     const registers = [registry];
     this.#requests = new Counter({
-      name: 'kvgate_disagg_requests_total', labelNames: ['path'], registers,
+      name: 'kvgate_disagg_requests_total',
+      labelNames: ['path'],
+      registers,
       help: 'Requests in pools with prefill workers, by path: disaggregated (prefill leg + decode leg), aggregated (whole on one worker, by decision), prefill_fallback (the prefill leg failed; served whole)',
     });
-    this.#prefillSeconds = new Histogram({ name: 'kvgate_disagg_prefill_seconds', help: 'Duration of successful prefill legs (request sent to kv_transfer_params received), by prefill worker', labelNames: ['worker'], buckets: PREFILL_BUCKETS, registers });
-    this.#prefillFailures = new Counter({ name: 'kvgate_disagg_prefill_failures_total', help: 'Prefill legs that failed, by prefill worker and kind (connect, timeout, reset, status, no_params, other)', labelNames: ['worker', 'kind'], registers });
+    this.#prefillSeconds = new Histogram({
+      name: 'kvgate_disagg_prefill_seconds',
+      help: 'Duration of successful prefill legs (request sent to kv_transfer_params received), by prefill worker',
+      labelNames: ['worker'],
+      buckets: PREFILL_BUCKETS,
+      registers,
+    });
+    this.#prefillFailures = new Counter({
+      name: 'kvgate_disagg_prefill_failures_total',
+      help: 'Prefill legs that failed, by prefill worker and kind (connect, timeout, reset, status, no_params, other)',
+      labelNames: ['worker', 'kind'],
+      registers,
+    });
   }
 
   path(path: 'disaggregated' | 'aggregated' | 'prefill_fallback'): void {

@@ -66,7 +66,7 @@ class Busy {
   }
 
   ms(from: number, now: number): number {
-    while (this.#intervals.length > 0 && this.#intervals[0]![1] < from) this.#intervals.shift();
+    while (this.#intervals.length > 0 && this.#intervals[0][1] < from) this.#intervals.shift();
     let sum = 0;
     for (const [s, e] of this.#intervals) sum += e - Math.max(s, from);
     if (this.#inflight > 0) sum += now - Math.max(this.#since, from);
@@ -88,14 +88,15 @@ const MAX_EVENTS = 200_000;
 
 function prune<T>(list: Timed<T>[], from: number): void {
   let i = 0;
-  while (i < list.length && list[i]!.t <= from) i++; // the window is (now − W, now]
+  while (i < list.length && list[i].t <= from) i++; // the window is (now − W, now]
   if (i > 0) list.splice(0, i);
   if (list.length > MAX_EVENTS) list.splice(0, list.length - MAX_EVENTS);
 }
 
 const sum = (xs: readonly number[]) => xs.reduce((a, b) => a + b, 0);
 const mean = (xs: readonly number[]) => (xs.length ? sum(xs) / xs.length : null);
-const p90 = (xs: readonly number[]) => (xs.length ? [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(xs.length * 0.9))]! : null);
+const p90 = (xs: readonly number[]) =>
+  xs.length ? [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(xs.length * 0.9))] : null;
 const round = (x: number | null) => (x === null || !Number.isFinite(x) ? null : Math.round(x * 1000) / 1000);
 
 export class Planner {
@@ -157,12 +158,18 @@ export class Planner {
     const now = this.#now();
     const p = this.#pool(pool);
     const from = now - c.windowSeconds * 1000;
-    for (const list of [p.arrivals, p.prefillTokens, p.decodeTokens, p.finished] as Timed<unknown>[][]) prune(list, from);
+    for (const list of [p.arrivals, p.prefillTokens, p.decodeTokens, p.finished] as Timed<unknown>[][])
+      prune(list, from);
     const windowS = Math.max(1, Math.min(c.windowSeconds, (now - p.since) / 1000));
     const workers = this.#workers(pool);
     const targets = { ttftMs: c.targetTtftMs, itlMs: c.targetItlMs, maxUtilisation: c.maxUtilisation };
     const hold: PoolSnapshot = {
-      pool, windowSeconds: round(windowS)!, requests: p.arrivals.length, basis: 'no traffic in window', inputs: {}, targets,
+      pool,
+      windowSeconds: round(windowS)!,
+      requests: p.arrivals.length,
+      basis: 'no traffic in window',
+      inputs: {},
+      targets,
       prefill: { recommended: workers.prefill, utilisationTarget: null, ttftReachable: null, current: workers.prefill },
       decode: { recommended: workers.decode, capacityTokensPerS: null, current: workers.decode },
       aggregatedWorkers: workers.both,
@@ -181,11 +188,20 @@ export class Planner {
     const muD = decodeBusyS > 0 ? sum(p.decodeTokens.map((e) => e.v)) / decodeBusyS : null;
     const itl = mean(itls);
     const inputs: Record<string, number | null> = {
-      arrivalRatePerS: round(lambda), meanPromptTokens: round(mean(prompts)), p90PromptTokens: p90(prompts),
-      meanUncachedPromptTokens: round(U), meanOutputTokens: round(O), p90OutputTokens: p90(outputs),
-      prefillTokensPerSPerWorker: round(muP), prefillServiceMs: muP ? round((U / muP) * 1000) : null,
-      meanTtftMs: round(mean(ttfts)), p90TtftMs: p90(ttfts), meanItlMs: round(itl),
-      decodeTokensPerSPerWorker: round(muD), meanPrefillConcurrency: round(prefillBusyS / windowS), decodeDemandTokensPerS: O === null ? null : round(lambda * O),
+      arrivalRatePerS: round(lambda),
+      meanPromptTokens: round(mean(prompts)),
+      p90PromptTokens: p90(prompts),
+      meanUncachedPromptTokens: round(U),
+      meanOutputTokens: round(O),
+      p90OutputTokens: p90(outputs),
+      prefillTokensPerSPerWorker: round(muP),
+      prefillServiceMs: muP ? round((U / muP) * 1000) : null,
+      meanTtftMs: round(mean(ttfts)),
+      p90TtftMs: p90(ttfts),
+      meanItlMs: round(itl),
+      decodeTokensPerSPerWorker: round(muD),
+      meanPrefillConcurrency: round(prefillBusyS / windowS),
+      decodeDemandTokensPerS: O === null ? null : round(lambda * O),
     };
     if (p.arrivals.length === 0) return { ...hold, inputs };
     if (!muP || !muD || O === null) return { ...hold, basis: 'no completed prefill or decode yet', inputs };
@@ -197,8 +213,15 @@ export class Planner {
     const capacity = muD * Math.min(1, itl ? c.targetItlMs / itl : 1);
     const decodeWorkers = Math.max(1, Math.ceil((lambda * O) / capacity));
     return {
-      ...hold, basis: 'measured', inputs,
-      prefill: { recommended: prefillWorkers, utilisationTarget: round(rho), ttftReachable: k > 0, current: workers.prefill },
+      ...hold,
+      basis: 'measured',
+      inputs,
+      prefill: {
+        recommended: prefillWorkers,
+        utilisationTarget: round(rho),
+        ttftReachable: k > 0,
+        current: workers.prefill,
+      },
       decode: { recommended: decodeWorkers, capacityTokensPerS: round(capacity), current: workers.decode },
     };
   }
@@ -207,12 +230,22 @@ export class Planner {
   register(registry: Registry): void {
     const self = this;
     new Gauge({
-      name: 'kvgate_recommended_prefill_workers', help: 'Prefill workers the pool\'s current traffic needs to meet the TTFT target (see /debug/planner)', labelNames: ['pool'], registers: [registry],
-      collect() { for (const pool of self.pools()) this.set({ pool }, self.snapshot(pool).prefill.recommended); },
+      name: 'kvgate_recommended_prefill_workers',
+      help: "Prefill workers the pool's current traffic needs to meet the TTFT target (see /debug/planner)",
+      labelNames: ['pool'],
+      registers: [registry],
+      collect() {
+        for (const pool of self.pools()) this.set({ pool }, self.snapshot(pool).prefill.recommended);
+      },
     });
     new Gauge({
-      name: 'kvgate_recommended_decode_workers', help: 'Decode workers the pool\'s current traffic needs to meet the inter-token latency target (see /debug/planner)', labelNames: ['pool'], registers: [registry],
-      collect() { for (const pool of self.pools()) this.set({ pool }, self.snapshot(pool).decode.recommended); },
+      name: 'kvgate_recommended_decode_workers',
+      help: "Decode workers the pool's current traffic needs to meet the inter-token latency target (see /debug/planner)",
+      labelNames: ['pool'],
+      registers: [registry],
+      collect() {
+        for (const pool of self.pools()) this.set({ pool }, self.snapshot(pool).decode.recommended);
+      },
     });
   }
 }

@@ -1,18 +1,18 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { performance } from 'node:perf_hooks';
 import type { Logger } from 'pino';
-import { GatewayError, sendError } from '../errors.js';
-import type { Fleet, Worker } from '../fleet.js';
-import type { Transport } from '../forward.js';
-import { clientResponseHeaders, upstreamRequestHeaders } from '../headers.js';
-import { withWorkerAuth } from '../upstream-auth.js';
-import type { GatewayMetrics } from '../metrics.js';
-import type { PromptBlocksProvider, Routed } from '../pipeline.js';
-import { ADMIN_TOKEN_HEADER } from '../policies/overrides.js';
-import { KV_INDEXER_SERVICE } from '../strategies/kv.js';
-import { asPrefixMatcher } from '../strategies/overlap.js';
-import type { RouteContext } from '../strategies/strategy.js';
-import { RequestOutcome } from '../usage-sniffer.js';
+import { GatewayError, sendError } from '../front/errors.js';
+import type { Fleet, Worker } from '../fleet/fleet.js';
+import type { Transport } from '../proxy/forward.js';
+import { clientResponseHeaders, upstreamRequestHeaders } from '../proxy/headers.js';
+import { withWorkerAuth } from '../proxy/upstream-auth.js';
+import type { GatewayMetrics } from '../ops/metrics.js';
+import type { PromptBlocksProvider, Routed } from '../routing/pipeline.js';
+import { ADMIN_TOKEN_HEADER } from '../routing/policies/overrides.js';
+import { KV_INDEXER_SERVICE } from '../routing/strategies/kv.js';
+import { asPrefixMatcher } from '../routing/strategies/overlap.js';
+import type { RouteContext } from '../routing/strategies/strategy.js';
+import { RequestOutcome } from '../proxy/usage-sniffer.js';
 import type { DisaggConfig } from './config.js';
 import { decide, type DisaggPlan } from './decide.js';
 import { decodeBody, prefillBody, sendPrefill, streamLeg } from './legs.js';
@@ -33,7 +33,7 @@ export interface DisaggDeps {
   readonly now?: (() => number) | undefined;
 }
 
-/** One request handed over by the front (gateway/server.ts) after routing. */
+/** One request handed over by the front (gateway/front/server.ts) after routing. */
 export interface DisaggJob {
   readonly req: IncomingMessage;
   readonly res: ServerResponse;
@@ -88,10 +88,16 @@ export class Disaggregation {
     const key = `${routed.ctx.model}\0${pool?.name ?? ''}`;
     let yes = this.#handles.get(key);
     if (yes === undefined) {
-      const members = this.#d.fleet.workers.filter((w) => w.models.includes(routed.ctx.model) && (!pool || pool.members.has(w.id)));
+      const members = this.#d.fleet.workers.filter(
+        (w) => w.models.includes(routed.ctx.model) && (!pool || pool.members.has(w.id)),
+      );
       yes = members.some((w) => w.role === 'prefill') && members.some((w) => w.role !== 'prefill');
       this.#handles.set(key, yes);
-      if (yes) this.#poolMembers.set(pool?.name ?? 'default', [...(this.#poolMembers.get(pool?.name ?? 'default') ?? []), ...members]);
+      if (yes)
+        this.#poolMembers.set(pool?.name ?? 'default', [
+          ...(this.#poolMembers.get(pool?.name ?? 'default') ?? []),
+          ...members,
+        ]);
     }
     return yes;
   }
@@ -102,7 +108,9 @@ export class Disaggregation {
       await this.#serve(job);
     } catch (err) {
       this.#d.log.error({ err, requestId: job.requestId }, 'disaggregated request failed');
-      sendError(job.res, new GatewayError(500, 'internal gateway error', 'upstream_error', 'internal_error'), { 'x-request-id': job.requestId });
+      sendError(job.res, new GatewayError(500, 'internal gateway error', 'upstream_error', 'internal_error'), {
+        'x-request-id': job.requestId,
+      });
     }
   }
 
@@ -113,9 +121,15 @@ export class Disaggregation {
     const leg = (w: Worker | undefined, d: { explain: unknown; predictedCachedBlocks?: number } | undefined) =>
       w ? { worker: w.id, role: w.role, predictedCachedBlocks: d?.predictedCachedBlocks, explain: d?.explain } : null;
     return {
-      path: plan.path, reason: plan.reason, mode: this.#d.config.mode, minUncachedTokens: this.#d.config.minUncachedTokens,
-      promptTokens: plan.promptTokens, uncachedTokens: plan.uncachedTokens, prefillQueueTokens: plan.prefillQueueTokens,
-      prefill: leg(plan.prefill, plan.prefillDecision), decode: leg(plan.decode, plan.decodeDecision),
+      path: plan.path,
+      reason: plan.reason,
+      mode: this.#d.config.mode,
+      minUncachedTokens: this.#d.config.minUncachedTokens,
+      promptTokens: plan.promptTokens,
+      uncachedTokens: plan.uncachedTokens,
+      prefillQueueTokens: plan.prefillQueueTokens,
+      prefill: leg(plan.prefill, plan.prefillDecision),
+      decode: leg(plan.decode, plan.decodeDecision),
       aggregated: leg(plan.aggregated, plan.aggregatedDecision),
     };
   }
@@ -141,8 +155,12 @@ export class Disaggregation {
 
   #plan(routed: Routed, ctx: RouteContext): DisaggPlan<Worker> {
     return decide({
-      ctx, strategy: routed.strategy, candidates: routed.candidates, config: this.#d.config,
-      matcher: asPrefixMatcher(this.#d.services[KV_INDEXER_SERVICE]), blockSize: this.#d.blockSize,
+      ctx,
+      strategy: routed.strategy,
+      candidates: routed.candidates,
+      config: this.#d.config,
+      matcher: asPrefixMatcher(this.#d.services[KV_INDEXER_SERVICE]),
+      blockSize: this.#d.blockSize,
     });
   }
 
@@ -163,10 +181,18 @@ export class Disaggregation {
     const plan = this.#plan(routed, ctx);
     const blockSize = ctx.blocks?.blockSize ?? d.blockSize;
     const blocks = Math.ceil((plan.promptTokens + (request.maxTokens ?? DEFAULT_OUTPUT_TOKENS)) / blockSize);
-    const headers = upstreamRequestHeaders(job.req.headers, job.requestId, 0, { clientAddress: job.req.socket.remoteAddress, passAuthorization: d.transport.config.passClientAuthorization });
+    const headers = upstreamRequestHeaders(job.req.headers, job.requestId, 0, {
+      clientAddress: job.req.socket.remoteAddress,
+      passAuthorization: d.transport.config.passClientAuthorization,
+    });
     delete headers[ADMIN_TOKEN_HEADER];
     const predicted = plan.aggregatedDecision.predictedCachedBlocks;
-    d.metrics.routed(strategy, plan.promptTokens, ctx.blocks && predicted !== undefined ? predicted * blockSize : undefined, arm);
+    d.metrics.routed(
+      strategy,
+      plan.promptTokens,
+      ctx.blocks && predicted !== undefined ? predicted * blockSize : undefined,
+      arm,
+    );
     this.planner.arrival(pool, plan.promptTokens, plan.uncachedTokens);
 
     let path: Path = plan.path;
@@ -179,7 +205,12 @@ export class Disaggregation {
       }
       if (prefill.kind === 'final') {
         // The engine refused the request itself (a 4xx): the decode worker would too.
-        const h = clientResponseHeaders(prefill.headers as never, { 'x-kvgate-worker': `prefill=${prefill.worker.id}`, 'x-kvgate-strategy': strategy, 'x-request-id': job.requestId, 'x-kvgate-disagg': 'disaggregated' });
+        const h = clientResponseHeaders(prefill.headers as never, {
+          'x-kvgate-worker': `prefill=${prefill.worker.id}`,
+          'x-kvgate-strategy': strategy,
+          'x-request-id': job.requestId,
+          'x-kvgate-disagg': 'disaggregated',
+        });
         res.writeHead(prefill.status, h).end(prefill.body);
         d.metrics.request(job.route, prefill.worker.id, strategy, prefill.status, arm);
         return outcome.end(prefill.status);
@@ -187,11 +218,30 @@ export class Disaggregation {
       if (prefill.kind === 'failed') path = 'prefill_fallback';
     }
     this.#m.path(path);
-    await this.#decode(job, plan, ctx, path, prefill?.kind === 'ok' ? prefill : undefined, headers, abort.signal, pool, blocks, outcome);
+    await this.#decode(
+      job,
+      plan,
+      ctx,
+      path,
+      prefill?.kind === 'ok' ? prefill : undefined,
+      headers,
+      abort.signal,
+      pool,
+      blocks,
+      outcome,
+    );
   }
 
   /** The prefill leg, on the planned worker, then (failures only) on other prefill workers. */
-  async #prefill(job: DisaggJob, plan: DisaggPlan<Worker>, ctx: RouteContext, headers: Record<string, string | string[]>, signal: AbortSignal, pool: string, blocks: number): Promise<PrefillOutcome> {
+  async #prefill(
+    job: DisaggJob,
+    plan: DisaggPlan<Worker>,
+    ctx: RouteContext,
+    headers: Record<string, string | string[]>,
+    signal: AbortSignal,
+    pool: string,
+    blocks: number,
+  ): Promise<PrefillOutcome> {
     const d = this.#d;
     const body = prefillBody(job.routed.request.body);
     const tried = new Set<Worker>();
@@ -213,11 +263,14 @@ export class Disaggregation {
       if (r.kind === 'client_abort') return { kind: 'client_gone', worker };
       this.#m.prefillFailed(worker.id, r.kind);
       d.metrics.upstreamError(worker.id, r.kind);
-      d.log.warn({ requestId: job.requestId, worker: worker.id, kind: r.kind, message: r.message }, 'prefill leg failed');
+      d.log.warn(
+        { requestId: job.requestId, worker: worker.id, kind: r.kind, message: r.message },
+        'prefill leg failed',
+      );
       const remaining = plan.prefillCandidates.filter((w) => !tried.has(w) && w.available);
       if (attempt >= d.config.prefillRetries || remaining.length === 0) return { kind: 'failed' };
       const next = job.routed.strategy.choose(ctx, remaining);
-      worker = remaining.find((w) => w.id === next.worker.id) ?? remaining[0]!;
+      worker = remaining.find((w) => w.id === next.worker.id) ?? remaining[0];
     }
   }
 
@@ -228,8 +281,16 @@ export class Disaggregation {
    * the prefill engine keeps the blocks until one of them pulls them.
    */
   async #decode(
-    job: DisaggJob, plan: DisaggPlan<Worker>, ctx: RouteContext, path: Path, prefill: { worker: Worker; params: Record<string, unknown> } | undefined,
-    headers: Record<string, string | string[]>, signal: AbortSignal, pool: string, blocks: number, outcome: RequestOutcome,
+    job: DisaggJob,
+    plan: DisaggPlan<Worker>,
+    ctx: RouteContext,
+    path: Path,
+    prefill: { worker: Worker; params: Record<string, unknown> } | undefined,
+    headers: Record<string, string | string[]>,
+    signal: AbortSignal,
+    pool: string,
+    blocks: number,
+    outcome: RequestOutcome,
   ): Promise<void> {
     const d = this.#d;
     const { routed, res } = job;
@@ -243,7 +304,10 @@ export class Disaggregation {
       const w = worker;
       const responseHeaders: Record<string, string> = {
         'x-kvgate-worker': prefill ? `prefill=${prefill.worker.id},decode=${w.id}` : w.id,
-        'x-kvgate-strategy': strategy, 'x-kvgate-arm': arm, 'x-request-id': job.requestId, 'x-kvgate-disagg': path,
+        'x-kvgate-strategy': strategy,
+        'x-kvgate-arm': arm,
+        'x-request-id': job.requestId,
+        'x-kvgate-disagg': path,
       };
       if (attempt > 0) responseHeaders['x-kvgate-retries'] = String(attempt);
       // The decode leg holds decode load from the start: its prefill happened elsewhere.
@@ -259,21 +323,31 @@ export class Disaggregation {
       const remaining = () => plan.decodeCandidates.filter((x) => !tried.has(x) && x.available);
       const canRetry = attempt < d.transport.config.retry.attempts && remaining().length > 0;
       const { pool: upstream, basePath } = d.transport.get(w);
-      const r = await streamLeg(upstream, basePath + job.path, withWorkerAuth(w, headers), body, res, responseHeaders, signal, canRetry, {
-        first: () => {
-          firstAt = performance.now();
-          d.fleet.firstToken(ticket);
-          d.metrics.ttft(strategy, w.id, (firstAt - job.started) / 1000, arm);
-          if (!prefill) {
-            this.planner.prefillEnded(pool, w.id, plan.uncachedTokens);
-            this.planner.decodeStarted(pool, w.id);
-          }
+      const r = await streamLeg(
+        upstream,
+        basePath + job.path,
+        withWorkerAuth(w, headers),
+        body,
+        res,
+        responseHeaders,
+        signal,
+        canRetry,
+        {
+          first: () => {
+            firstAt = performance.now();
+            d.fleet.firstToken(ticket);
+            d.metrics.ttft(strategy, w.id, (firstAt - job.started) / 1000, arm);
+            if (!prefill) {
+              this.planner.prefillEnded(pool, w.id, plan.uncachedTokens);
+              this.planner.decodeStarted(pool, w.id);
+            }
+          },
+          data: (chunk) => {
+            outcome.data(chunk);
+            counter.data(chunk);
+          },
         },
-        data: (chunk) => {
-          outcome.data(chunk);
-          counter.data(chunk);
-        },
-      });
+      );
       d.fleet.finish(ticket);
       if (firstAt === undefined && !prefill) this.planner.prefillEnded(pool, w.id, 0);
       else this.planner.decodeEnded(pool, w.id, firstAt === undefined ? 0 : counter.tokens);
@@ -285,14 +359,26 @@ export class Disaggregation {
           if (status === 200 && firstAt !== undefined) {
             const end = performance.now();
             const tokens = counter.tokens;
-            this.planner.finished(pool, firstAt - job.started, tokens > 1 ? (end - firstAt) / (tokens - 1) : undefined, tokens);
+            this.planner.finished(
+              pool,
+              firstAt - job.started,
+              tokens > 1 ? (end - firstAt) / (tokens - 1) : undefined,
+              tokens,
+            );
           }
         } else if (r.kind === 'client_abort') {
           status = 499;
           d.metrics.upstreamError(w.id, 'client_abort');
         } else {
           d.metrics.upstreamError(w.id, r.kind);
-          const err = new GatewayError(r.kind === 'timeout' ? 504 : 502, `upstream worker '${w.id}' failed: ${r.message}`, 'upstream_error', `upstream_${r.kind}`, null, true);
+          const err = new GatewayError(
+            r.kind === 'timeout' ? 504 : 502,
+            `upstream worker '${w.id}' failed: ${r.message}`,
+            'upstream_error',
+            `upstream_${r.kind}`,
+            null,
+            true,
+          );
           sendError(res, err, responseHeaders);
           status = err.status;
         }
@@ -304,12 +390,12 @@ export class Disaggregation {
       d.metrics.retry(w.id, r.kind);
       const left = remaining();
       const next = routed.strategy.choose(ctx, left);
-      worker = left.find((x) => x.id === next.worker.id) ?? left[0]!;
+      worker = left.find((x) => x.id === next.worker.id) ?? left[0];
     }
   }
 }
 
-/** What the front (gateway/server.ts) needs: does this routed request take the two-leg path, and serve it. */
+/** What the front (gateway/front/server.ts) needs: does this routed request take the two-leg path, and serve it. */
 export interface DisaggHook {
   handles(routed: Routed): boolean;
   serve(job: DisaggJob): Promise<void>;

@@ -4,7 +4,9 @@ import type { EventSource } from './source.js';
 import { TrtllmPollSource } from './trtllm-source.js';
 import { ZmqEventSource } from './zmq-source.js';
 
-const zmqEndpoint = z.string().regex(/^(tcp|ipc|inproc):\/\/.+/, 'must be a ZeroMQ endpoint such as tcp://127.0.0.1:5557');
+const zmqEndpoint = z
+  .string()
+  .regex(/^(tcp|ipc|inproc):\/\/.+/, 'must be a ZeroMQ endpoint such as tcp://127.0.0.1:5557');
 
 export const zmqEventSourceConfigSchema = z.strictObject({
   type: z.literal('zmq'),
@@ -45,11 +47,24 @@ export function createEventSource(
   const c = eventSourceConfigSchema.parse(config);
   if (c.type === 'zmq') {
     return new ZmqEventSource({
-      workerId, endpoint: c.endpoint, replayEndpoint: c.replayEndpoint, topic: c.topic, mode: c.mode,
-      replayTimeoutMs: c.replayTimeoutMs, log, now: defaults.now,
+      workerId,
+      endpoint: c.endpoint,
+      replayEndpoint: c.replayEndpoint,
+      topic: c.topic,
+      mode: c.mode,
+      replayTimeoutMs: c.replayTimeoutMs,
+      log,
+      now: defaults.now,
     });
   }
   const url = c.url ?? defaults.workerUrl;
   if (url === undefined) throw new Error(`worker ${workerId}: trtllm-http kv events need a url (or the worker's url)`);
-  return new TrtllmPollSource({ workerId, url, intervalMs: c.intervalMs, blockSize: c.blockSize, log, now: defaults.now });
+  return new TrtllmPollSource({
+    workerId,
+    url,
+    intervalMs: c.intervalMs,
+    blockSize: c.blockSize,
+    log,
+    now: defaults.now,
+  });
 }

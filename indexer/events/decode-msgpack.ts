@@ -83,7 +83,8 @@ function toTier(medium: unknown): KvTier | null {
  */
 function isForeign(f: Fields): boolean {
   if (f.locality !== undefined && f.locality !== null && f.locality !== 'LOCAL') return true;
-  if (f.group_idx !== undefined && f.group_idx !== null && !(isInt(f.group_idx) && Number(f.group_idx) === 0)) return true;
+  if (f.group_idx !== undefined && f.group_idx !== null && !(isInt(f.group_idx) && Number(f.group_idx) === 0))
+    return true;
   return false;
 }
 
@@ -96,7 +97,10 @@ function loraNameOf(f: Fields): string | null {
 
 function buildStored(f: Fields): KvEvent | null {
   const engineHashes = toHashList(f.block_hashes, 'block_hashes');
-  const parentEngineHash = f.parent_block_hash === null || f.parent_block_hash === undefined ? null : toHash(f.parent_block_hash, 'parent_block_hash');
+  const parentEngineHash =
+    f.parent_block_hash === null || f.parent_block_hash === undefined
+      ? null
+      : toHash(f.parent_block_hash, 'parent_block_hash');
   const tokenIds = toTokenIds(f.token_ids);
   const blockSize = toSmallInt(f.block_size, 'block_size');
   const tier = toTier(f.medium);
@@ -124,7 +128,14 @@ function positionalFields(tag: string, a: unknown[]): Fields | null {
   switch (tag) {
     case 'BlockStored': {
       if (a.length < 5) fail(`positional BlockStored has ${a.length} elements, expected at least 5`);
-      const f: Fields = { block_hashes: a[1], parent_block_hash: a[2], token_ids: a[3], block_size: a[4], lora_id: a[5], medium: a[6] };
+      const f: Fields = {
+        block_hashes: a[1],
+        parent_block_hash: a[2],
+        token_ids: a[3],
+        block_size: a[4],
+        lora_id: a[5],
+        medium: a[6],
+      };
       if (isMap(a[7])) f.lora_name = a[7].lora_name;
       else f.lora_name = a[7];
       f.group_idx = a[9];

@@ -24,7 +24,10 @@ export function parseJsonLossless(text: string): unknown {
       i++;
       const obj: Record<string, unknown> = Object.create(null) as Record<string, unknown>;
       ws();
-      if (text[i] === '}') { i++; return obj; }
+      if (text[i] === '}') {
+        i++;
+        return obj;
+      }
       for (;;) {
         ws();
         if (text[i] !== '"') bad('expected a key');
@@ -42,7 +45,10 @@ export function parseJsonLossless(text: string): unknown {
       i++;
       const arr: unknown[] = [];
       ws();
-      if (text[i] === ']') { i++; return arr; }
+      if (text[i] === ']') {
+        i++;
+        return arr;
+      }
       for (;;) {
         arr.push(value(depth + 1));
         ws();
@@ -52,8 +58,15 @@ export function parseJsonLossless(text: string): unknown {
       }
     }
     if (c === '"') return string();
-    for (const [word, v] of [['true', true], ['false', false], ['null', null]] as const) {
-      if (text.startsWith(word, i)) { i += word.length; return v; }
+    for (const [word, v] of [
+      ['true', true],
+      ['false', false],
+      ['null', null],
+    ] as const) {
+      if (text.startsWith(word, i)) {
+        i += word.length;
+        return v;
+      }
     }
     NUMBER.lastIndex = i;
     const m = NUMBER.exec(text);
@@ -117,7 +130,8 @@ function tokensOf(block: Obj): number[] {
   if (!Array.isArray(block.tokens)) throw new KvDecodeError('stored block has no tokens array');
   return block.tokens.map((t: unknown) => {
     const id = isObj(t) ? t.token_id : t;
-    if (typeof id !== 'number' || !Number.isInteger(id) || id < 0) throw new KvDecodeError('token_id must be a non-negative integer');
+    if (typeof id !== 'number' || !Number.isInteger(id) || id < 0)
+      throw new KvDecodeError('token_id must be a non-negative integer');
     return id;
   });
 }
@@ -130,9 +144,15 @@ function tokensOf(block: Obj): number[] {
 function storedEvents(data: Obj, blockSize: number | undefined): { events: KvEvent[]; skipped: number } {
   if (!Array.isArray(data.blocks)) throw new KvDecodeError('stored event has no blocks array');
   const events: KvEvent[] = [];
-  let parent: EngineBlockHash | null = data.parent_hash === null || data.parent_hash === undefined ? null : toHash(data.parent_hash);
+  let parent: EngineBlockHash | null =
+    data.parent_hash === null || data.parent_hash === undefined ? null : toHash(data.parent_hash);
   let size = blockSize;
-  let current: { engineHashes: EngineBlockHash[]; tokenIds: number[]; tier: KvTier; parentEngineHash: EngineBlockHash | null } | null = null;
+  let current: {
+    engineHashes: EngineBlockHash[];
+    tokenIds: number[];
+    tier: KvTier;
+    parentEngineHash: EngineBlockHash | null;
+  } | null = null;
   let partial = false;
   for (const block of data.blocks) {
     if (!isObj(block)) throw new KvDecodeError('stored block must be an object');
@@ -164,19 +184,27 @@ export function decodeTrtllmEvents(jsonText: string, options: TrtllmDecodeOption
   if (!Array.isArray(parsed)) throw new KvDecodeError('kv_cache_events response is not a JSON array');
   let maxWindowSize = options.maxWindowSize;
   for (const ev of parsed) {
-    if (isObj(ev) && typeof ev.window_size === 'number' && (maxWindowSize === undefined || ev.window_size > maxWindowSize)) maxWindowSize = ev.window_size;
+    if (
+      isObj(ev) &&
+      typeof ev.window_size === 'number' &&
+      (maxWindowSize === undefined || ev.window_size > maxWindowSize)
+    )
+      maxWindowSize = ev.window_size;
   }
   const ts = (options.now ?? Date.now)() / 1000;
   const batches: KvEventBatch[] = [];
   let skipped = 0;
   for (const ev of parsed) {
-    if (!isObj(ev) || !isObj(ev.data) || typeof ev.data.type !== 'string') throw new KvDecodeError('event must be {event_id, data: {type, ...}}');
+    if (!isObj(ev) || !isObj(ev.data) || typeof ev.data.type !== 'string')
+      throw new KvDecodeError('event must be {event_id, data: {type, ...}}');
     const idRaw = ev.event_id;
-    if (!(typeof idRaw === 'number' && Number.isInteger(idRaw)) && typeof idRaw !== 'bigint') throw new KvDecodeError('event_id must be an integer');
+    if (!(typeof idRaw === 'number' && Number.isInteger(idRaw)) && typeof idRaw !== 'bigint')
+      throw new KvDecodeError('event_id must be an integer');
     const rank = typeof ev.attention_dp_rank === 'number' ? ev.attention_dp_rank : null;
     const events: KvEvent[] = [];
     const data = ev.data;
-    const otherWindow = typeof ev.window_size === 'number' && maxWindowSize !== undefined && ev.window_size < maxWindowSize;
+    const otherWindow =
+      typeof ev.window_size === 'number' && maxWindowSize !== undefined && ev.window_size < maxWindowSize;
     if (data.type === 'stored' || data.type === 'removed') {
       if (otherWindow) {
         skipped++;

@@ -54,8 +54,18 @@ export class TrtllmPollSource implements EventSource {
     this.now = options.now ?? Date.now;
     this.intervalMs = options.intervalMs ?? 100;
     this.counters = {
-      endpoint: this.url, connected: false, lastSeq: null, batchesApplied: 0, batchesReplayed: 0,
-      gaps: 0, resets: 0, decodeErrors: 0, lastBatchAt: null, lagMs: null, eventsSkipped: 0, failures: 0,
+      endpoint: this.url,
+      connected: false,
+      lastSeq: null,
+      batchesApplied: 0,
+      batchesReplayed: 0,
+      gaps: 0,
+      resets: 0,
+      decodeErrors: 0,
+      lastBatchAt: null,
+      lagMs: null,
+      eventsSkipped: 0,
+      failures: 0,
     };
   }
 
@@ -91,7 +101,10 @@ export class TrtllmPollSource implements EventSource {
         delay = Math.min(this.intervalMs * 2 ** Math.min(failures, 16), this.opts.maxBackoffMs ?? 5000);
         // First failure, then every 20th: a worker that is down must not flood the log.
         if (failures === 1 || failures % 20 === 0) {
-          this.opts.log?.warn({ worker: this.workerId, url: this.url, failures, err: (err as Error).message }, 'kv_cache_events poll failed');
+          this.opts.log?.warn(
+            { worker: this.workerId, url: this.url, failures, err: (err as Error).message },
+            'kv_cache_events poll failed',
+          );
         }
       }
       if (this.stopped) return;
@@ -118,7 +131,11 @@ export class TrtllmPollSource implements EventSource {
     if (res.statusCode !== 200) throw new Error(`HTTP ${res.statusCode}: ${text.slice(0, 200)}`);
     let decoded;
     try {
-      decoded = decodeTrtllmEvents(text, { blockSize: this.opts.blockSize, maxWindowSize: this.maxWindowSize, now: this.now });
+      decoded = decodeTrtllmEvents(text, {
+        blockSize: this.opts.blockSize,
+        maxWindowSize: this.maxWindowSize,
+        now: this.now,
+      });
     } catch (err) {
       if (!(err instanceof KvDecodeError)) throw err;
       this.counters.decodeErrors++;

@@ -88,8 +88,17 @@ export class ZmqEventSource implements EventSource {
     this.now = options.now ?? Date.now;
     this.replayTimeoutMs = options.replayTimeoutMs ?? 2000;
     this.counters = {
-      endpoint: options.endpoint, connected: false, lastSeq: null, batchesApplied: 0, batchesReplayed: 0,
-      gaps: 0, resets: 0, decodeErrors: 0, lastBatchAt: null, lagMs: null, eventsSkipped: 0,
+      endpoint: options.endpoint,
+      connected: false,
+      lastSeq: null,
+      batchesApplied: 0,
+      batchesReplayed: 0,
+      gaps: 0,
+      resets: 0,
+      decodeErrors: 0,
+      lastBatchAt: null,
+      lagMs: null,
+      eventsSkipped: 0,
     };
   }
 
@@ -99,9 +108,15 @@ export class ZmqEventSource implements EventSource {
     this.sink = sink;
     const sub = new Subscriber({ linger: 0, receiveHighWaterMark: 100_000 });
     this.sub = sub;
-    sub.events.on('connect', () => { this.counters.connected = true; });
-    sub.events.on('accept', () => { this.counters.connected = true; });
-    sub.events.on('disconnect', () => { this.counters.connected = false; });
+    sub.events.on('connect', () => {
+      this.counters.connected = true;
+    });
+    sub.events.on('accept', () => {
+      this.counters.connected = true;
+    });
+    sub.events.on('disconnect', () => {
+      this.counters.connected = false;
+    });
     sub.subscribe(this.opts.topic ?? '');
     try {
       if (this.opts.mode === 'bind') await sub.bind(this.opts.endpoint);
@@ -156,7 +171,10 @@ export class ZmqEventSource implements EventSource {
       return { seq, batch: { seq, ts: d.ts, dataParallelRank: d.dataParallelRank, events: d.events } };
     } catch (err) {
       this.counters.decodeErrors++;
-      this.opts.log?.warn({ worker: this.workerId, seq: seq.toString(), err: (err as Error).message }, 'undecodable kv event batch skipped');
+      this.opts.log?.warn(
+        { worker: this.workerId, seq: seq.toString(), err: (err as Error).message },
+        'undecodable kv event batch skipped',
+      );
       return { seq, batch: null };
     }
   }
@@ -177,7 +195,10 @@ export class ZmqEventSource implements EventSource {
     }
     this.counters.gaps++;
     if (this.opts.replayEndpoint !== undefined && !this.replaySuppressed) {
-      this.opts.log?.warn({ worker: this.workerId, from: (last + 1n).toString(), to: item.seq.toString() }, 'kv event gap, requesting replay');
+      this.opts.log?.warn(
+        { worker: this.workerId, from: (last + 1n).toString(), to: item.seq.toString() },
+        'kv event gap, requesting replay',
+      );
       this.held.push(item);
       this.startReplay(last + 1n, 'gap');
       return;
@@ -222,7 +243,15 @@ export class ZmqEventSource implements EventSource {
 
   private startReplay(from: bigint, mode: ReplaySession['mode']): void {
     const dealer = new Dealer({ linger: 0, sendTimeout: this.replayTimeoutMs });
-    const session: ReplaySession = { from, mode, dealer, timer: setTimeout(() => this.finishReplay(session, `replay timed out after ${this.replayTimeoutMs} ms`), this.replayTimeoutMs) };
+    const session: ReplaySession = {
+      from,
+      mode,
+      dealer,
+      timer: setTimeout(
+        () => this.finishReplay(session, `replay timed out after ${this.replayTimeoutMs} ms`),
+        this.replayTimeoutMs,
+      ),
+    };
     this.replay = session;
     void this.runSession(session);
   }

@@ -1,0 +1,61 @@
+#!/usr/bin/env node
+import { UsageError } from './cli-args.js';
+
+/**
+ * The `kvgate` command. Each sub-command lives in its own module and is loaded
+ * only when asked for, so `kvgate sim` never pays for the gateway's imports.
+ */
+interface SubCommand {
+  summary: string;
+  run(argv: string[]): Promise<void>;
+}
+
+const commands: Record<string, SubCommand> = {
+  serve: {
+    summary: 'run the gateway in front of a fleet described by a config file',
+    run: async (argv) => (await import('./serve.js')).serveCommand(argv),
+  },
+  sim: {
+    summary: 'run simulated vLLM workers (OpenAI API, KV events over ZeroMQ)',
+    run: async (argv) => (await import('../../bench/sim/cli.js')).simCommand(argv),
+  },
+  demo: {
+    summary: 'start four simulated workers and the gateway in front of them',
+    run: async (argv) => (await import('./demo.js')).demoCommand(argv),
+  },
+};
+
+function topLevelHelp(): string {
+  const width = Math.max(...Object.keys(commands).map((name) => name.length));
+  const lines = Object.entries(commands).map(([name, c]) => `  ${name.padEnd(width)}  ${c.summary}`);
+  return `usage: kvgate <command> [flags]\n\ncommands:\n${lines.join('\n')}\n\nkvgate <command> --help shows a command's flags.\n`;
+}
+
+async function main(argv: string[]): Promise<void> {
+  const [name, ...rest] = argv;
+  if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
+    process.stdout.write(topLevelHelp());
+    return;
+  }
+  const command = commands[name];
+  if (!command)
+    throw new UsageError(`kvgate: unknown command '${name}' (commands: ${Object.keys(commands).join(', ')})`);
+  await command.run(rest);
+}
+
+// Test and benchmark harnesses set this and keep our stdin open: when they die,
+// even by SIGKILL, the pipe closes and we stop instead of lingering as an orphan.
+if (process.env.KVGATE_EXIT_WITH_PARENT === '1') {
+  process.stdin.on('end', () => process.kill(process.pid, 'SIGTERM'));
+  process.stdin.on('error', () => process.kill(process.pid, 'SIGTERM'));
+  process.stdin.resume();
+}
+
+main(process.argv.slice(2)).catch((err: unknown) => {
+  if (err instanceof UsageError) {
+    process.stderr.write(err.message + '\n');
+    process.exit(2);
+  }
+  process.stderr.write(`kvgate: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+  process.exit(1);
+});

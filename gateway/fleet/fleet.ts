@@ -1,0 +1,414 @@
+import type { Logger } from 'pino';
+import { z } from 'zod';
+import { eventSourceConfigSchema } from '../../indexer/events/create-source.js';
+import { DEFAULT_BREAKER, WorkerBreaker, type BreakerConfig } from '../proxy/breaker.js';
+import type { WorkerLoad, WorkerRole, WorkerView } from '../routing/strategies/strategy.js';
+import { workerAuthShape } from '../proxy/upstream-auth.js';
+import { discoveryConfigSchema } from './discovery/discovery.js';
+
+export const workerConfigSchema = z.strictObject({
+  id: z.string().regex(/^[A-Za-z0-9._:-]+$/, 'worker id may use letters, digits and . _ : - only'),
+  url: z.url({ protocol: /^https?$/, error: 'must be an http(s) URL such as http://127.0.0.1:8000' }),
+  models: z.array(z.string().min(1)).min(1),
+  /** The worker's KV event stream (ZeroMQ for vLLM/SGLang, HTTP polling for trtllm-serve); the indexer owns its schema. */
+  kvEvents: eventSourceConfigSchema.optional(),
+  role: z.enum(['both', 'prefill', 'decode']).default('both'),
+  labels: z.record(z.string(), z.string()).default({}),
+  /** Upstream bearer token: `apiKey` or `apiKeyEnv` (gateway/proxy/upstream-auth.ts). */
+  ...workerAuthShape,
+});
+export type WorkerConfig = z.infer<typeof workerConfigSchema>;
+
+export const healthConfigSchema = z.strictObject({
+  /** How often each worker's `GET /health` is polled. */
+  intervalMs: z.number().int().min(50).default(2000),
+  timeoutMs: z.number().int().min(10).default(1000),
+  /** Consecutive failures before a healthy worker is taken out. */
+  unhealthyThreshold: z.number().int().min(1).default(2),
+  /** Consecutive successes before an unhealthy worker is put back. */
+  healthyThreshold: z.number().int().min(1).default(1),
+});
+
+export const fleetConfigSchema = z
+  .strictObject({
+    health: healthConfigSchema.default({
+      intervalMs: 2000,
+      timeoutMs: 1000,
+      unhealthyThreshold: 2,
+      healthyThreshold: 1,
+    }),
+    /** The static list; optional when `discovery` finds the workers (both may be given: the fleet is their union). */
+    workers: z
+      .array(workerConfigSchema)
+      .default([])
+      .superRefine((workers, ctx) => {
+        const seen = new Set<string>();
+        workers.forEach((w, i) => {
+          if (seen.has(w.id))
+            ctx.addIssue({ code: 'custom', path: [i, 'id'], message: `duplicate worker id '${w.id}'` });
+          seen.add(w.id);
+        });
+      }),
+    /** Where workers come from at runtime (`dns`, `kubernetes`; `static` = `workers` only). See gateway/fleet/discovery/. */
+    discovery: discoveryConfigSchema.optional(),
+  })
+  .superRefine((fleet, ctx) => {
+    if (fleet.workers.length === 0 && (fleet.discovery === undefined || fleet.discovery.type === 'static')) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['workers'],
+        message: 'needs at least one worker (or set fleet.discovery to find them at runtime)',
+      });
+    }
+  });
+export type FleetConfig = z.infer<typeof fleetConfigSchema>;
+
+/**
+ * One upstream engine. Implements `WorkerView`, so strategies see it directly (no copy per request).
+ * `healthy` is the active health check's verdict, `breaker` the passive one from real traffic;
+ * `available` folds both (and leaves out a worker being drained), and is the only thing routing looks at.
+ */
+export class Worker implements WorkerView {
+  readonly id: string;
+  readonly url: string;
+  readonly models: readonly string[];
+  readonly role: WorkerRole;
+  readonly labels: Readonly<Record<string, string>>;
+  readonly kvEvents: WorkerConfig['kvEvents'];
+  /** This replica's own requests on the worker: what load tickets take and release. */
+  readonly localLoad: WorkerLoad = zeroLoad();
+  /**
+   * What strategies read: `localLoad` itself, or with load sharing on (gateway/fleet/load-sharing.ts)
+   * a second object kept at local + the other replicas' load, updated on each local change and
+   * each snapshot, so reading it costs nothing per request.
+   */
+  readonly load: WorkerLoad;
+  healthy = false;
+  /** Removed from the fleet: takes no new request; in-flight ones finish. */
+  draining = false;
+  lastCheckAt: number | undefined;
+  lastError: string | undefined;
+  readonly breaker: WorkerBreaker;
+
+  constructor(
+    config: WorkerConfig,
+    breaker: BreakerConfig = DEFAULT_BREAKER,
+    onBreakerChange: () => void = () => {},
+    sharedLoad = false,
+  ) {
+    this.load = sharedLoad ? zeroLoad() : this.localLoad;
+    this.id = config.id;
+    this.url = config.url.replace(/\/+$/, '');
+    this.models = config.models;
+    this.role = config.role;
+    this.labels = config.labels;
+    this.kvEvents = config.kvEvents;
+    this.breaker = new WorkerBreaker(this.id, breaker, onBreakerChange);
+  }
+
+  /** May a new request be sent here now? Health passes, the breaker admits traffic, and it is not being drained. */
+  get available(): boolean {
+    return this.healthy && !this.draining && this.breaker.allowsTraffic;
+  }
+
+  /** Gone for routing and for the KV index: health failed or the breaker is open (a half-open probe slot in use is not "down"). */
+  get down(): boolean {
+    return !this.healthy || this.breaker.state === 'open';
+  }
+
+  /** Sets `load` to local + `remote` (other replicas' sum; undefined = none). No-op without load sharing. */
+  setRemoteLoad(remote: Readonly<WorkerLoad> | undefined): void {
+    const l = this.load;
+    if (l === this.localLoad) return;
+    const o = this.localLoad;
+    l.inflightRequests = o.inflightRequests + (remote?.inflightRequests ?? 0);
+    l.prefillRequests = o.prefillRequests + (remote?.prefillRequests ?? 0);
+    l.prefillTokens = o.prefillTokens + (remote?.prefillTokens ?? 0);
+    l.decodeRequests = o.decodeRequests + (remote?.decodeRequests ?? 0);
+    l.decodeBlocks = o.decodeBlocks + (remote?.decodeBlocks ?? 0);
+  }
+}
+
+function zeroLoad(): WorkerLoad {
+  return { inflightRequests: 0, prefillRequests: 0, prefillTokens: 0, decodeRequests: 0, decodeBlocks: 0 };
+}
+
+/** Adds a ticket's deltas to one load object. */
+function bump(
+  l: WorkerLoad,
+  inflight: number,
+  prefillRequests: number,
+  prefillTokens: number,
+  decodeRequests: number,
+  decodeBlocks: number,
+): void {
+  l.inflightRequests += inflight;
+  l.prefillRequests += prefillRequests;
+  l.prefillTokens += prefillTokens;
+  l.decodeRequests += decodeRequests;
+  l.decodeBlocks += decodeBlocks;
+}
+
+/** Told when a worker goes down (health failed, breaker opened) or comes back up. */
+export type WorkerStatusListener = (worker: Worker, up: boolean, reason: string | undefined) => void;
+
+export interface FleetOptions {
+  breaker?: BreakerConfig | undefined;
+  /** Logs breaker transitions and workers going down or up. */
+  log?: Logger | undefined;
+  /** Keep `Worker.load` separate from `localLoad`, for other replicas' load to be added (gateway/fleet/load-sharing.ts). */
+  sharedLoad?: boolean | undefined;
+}
+
+/** What one request holds on a worker, so finishing releases exactly what starting took. */
+export interface LoadTicket {
+  readonly worker: Worker;
+  readonly promptTokens: number;
+  readonly blocks: number;
+  phase: 'prefill' | 'decode' | 'done';
+}
+
+/**
+ * The fleet: workers, their availability and the gateway's own view of their load.
+ * Availability (health AND breaker) is decided here and only here (`candidates`),
+ * before any strategy runs, so strategies never see an unavailable worker.
+ *
+ * Membership changes at runtime (`add`, `remove`: discovery, config reload). A
+ * removed worker leaves `workers` and every candidate list at once but stays
+ * known (`draining`) until `forget`, so requests already routed to it finish
+ * and release their load on the same object. Every change builds new arrays,
+ * never mutates old ones: a strategy holding the previous candidate list keeps
+ * a consistent view, and strategies that cache per list (the session ring) see
+ * a new identity and rebuild.
+ */
+export class Fleet {
+  #workers: readonly Worker[] = [];
+  readonly #byId = new Map<string, Worker>();
+  /** Removed workers still finishing requests, by id (one per id: a re-added id drains the old object first). */
+  readonly #draining = new Map<string, Worker>();
+  #models = new Set<string>();
+  /** Available workers per model; rebuilt only when availability or membership changes, so routing allocates nothing. */
+  #available = new Map<string, readonly Worker[]>();
+  #healthy: readonly Worker[] = [];
+  #passthroughCursor = 0;
+  readonly #listeners: WorkerStatusListener[] = [];
+  readonly #wasDown = new Map<Worker, boolean>();
+  readonly #breakerState = new Map<Worker, string>();
+  readonly #log: Logger | undefined;
+  readonly #breakerConfig: BreakerConfig | undefined;
+  readonly #sharedLoad: boolean;
+
+  constructor(configs: readonly WorkerConfig[], options: FleetOptions = {}) {
+    this.#log = options.log;
+    this.#sharedLoad = options.sharedLoad === true;
+    this.#breakerConfig = options.breaker;
+    const workers: Worker[] = [];
+    for (const c of configs) workers.push(this.#create(c));
+    this.#setMembers(workers);
+  }
+
+  /** The current members, healthy or not; a new array after each membership change. */
+  get workers(): readonly Worker[] {
+    return this.#workers;
+  }
+
+  /** Removed workers whose in-flight requests have not all finished yet. */
+  get draining(): readonly Worker[] {
+    return [...this.#draining.values()];
+  }
+
+  /**
+   * A member by id; a removed worker still draining when there is no usable member
+   * of that id (a request routed just before the removal still finds its worker).
+   */
+  get(id: string): Worker | undefined {
+    const w = this.#byId.get(id);
+    if (w !== undefined && w.healthy) return w;
+    return this.#draining.get(id) ?? w;
+  }
+
+  /** Is this object a current member (not removed)? */
+  has(worker: Worker): boolean {
+    return this.#byId.get(worker.id) === worker;
+  }
+
+  /** Every model some worker serves, healthy or not. */
+  get models(): ReadonlySet<string> {
+    return this.#models;
+  }
+
+  servesModel(model: string): boolean {
+    return this.#models.has(model);
+  }
+
+  /** Available workers serving `model`. The same array object is returned until availability changes. */
+  candidates(model: string): readonly Worker[] {
+    return this.#available.get(model) ?? EMPTY;
+  }
+
+  /** Available workers of any model (health passing, breaker admitting traffic). */
+  get healthy(): readonly Worker[] {
+    return this.#healthy;
+  }
+
+  /** Registers a listener for workers going down and coming back (see `Worker.down`). Members only. */
+  onStatus(listener: WorkerStatusListener): void {
+    this.#listeners.push(listener);
+  }
+
+  /** Adds a worker (not yet healthy: it takes traffic once a health check passes). Throws on a duplicate id. */
+  add(config: WorkerConfig): Worker {
+    if (this.#byId.has(config.id)) throw new Error(`worker '${config.id}' is already in the fleet`);
+    const w = this.#create(config);
+    this.#setMembers([...this.#workers, w]);
+    return w;
+  }
+
+  /**
+   * Takes a worker out: no new requests from now on. It stays `draining` (its
+   * in-flight requests finish, its load is released on it) until `forget`.
+   */
+  remove(id: string): Worker | undefined {
+    const w = this.#byId.get(id);
+    if (w === undefined) return undefined;
+    w.draining = true;
+    // Only this replica's requests are ours to wait for when draining it.
+    w.setRemoteLoad(undefined);
+    const previous = this.#draining.get(id);
+    if (previous) this.forget(previous);
+    this.#draining.set(id, w);
+    this.#setMembers(this.#workers.filter((x) => x !== w));
+    return w;
+  }
+
+  /** A drained worker is gone for good: stops its breaker's timers. */
+  forget(worker: Worker): void {
+    if (this.#draining.get(worker.id) === worker) this.#draining.delete(worker.id);
+    this.#wasDown.delete(worker);
+    this.#breakerState.delete(worker);
+    worker.breaker.shutdown();
+  }
+
+  /** Stops the breakers' timers. */
+  close(): void {
+    for (const w of this.#workers) w.breaker.shutdown();
+    for (const w of this.#draining.values()) w.breaker.shutdown();
+  }
+
+  /** An available worker for plain pass-through requests, rotating. */
+  anyHealthy(): Worker | undefined {
+    const h = this.#healthy;
+    if (h.length === 0) return undefined;
+    return h[this.#passthroughCursor++ % h.length];
+  }
+
+  /** Records a health verdict; ignored for workers no longer in the fleet. */
+  setHealthy(worker: Worker, healthy: boolean, error?: string): boolean {
+    worker.lastError = error;
+    if (worker.healthy === healthy || !this.has(worker)) return false;
+    worker.healthy = healthy;
+    this.#changed(worker, error);
+    return true;
+  }
+
+  /** Counts a routed request as prefill on its worker. */
+  start(worker: Worker, promptTokens: number, blocks: number): LoadTicket {
+    this.#bump(worker, 1, 1, promptTokens, 0, 0);
+    return { worker, promptTokens, blocks, phase: 'prefill' };
+  }
+
+  /** The first token arrived: the request moves from prefill to decode. */
+  firstToken(t: LoadTicket): void {
+    if (t.phase !== 'prefill') return;
+    this.#bump(t.worker, 0, -1, -t.promptTokens, 1, t.blocks);
+    t.phase = 'decode';
+  }
+
+  /** The request finished, failed or was aborted. Idempotent. */
+  finish(t: LoadTicket): void {
+    if (t.phase === 'done') return;
+    if (t.phase === 'prefill') this.#bump(t.worker, -1, -1, -t.promptTokens, 0, 0);
+    else this.#bump(t.worker, -1, 0, 0, -1, -t.blocks);
+    t.phase = 'done';
+  }
+
+  /** The members' own load by worker id: what this replica publishes to the others. */
+  *localLoads(): Iterable<[string, Readonly<WorkerLoad>]> {
+    for (const w of this.#workers) yield [w.id, w.localLoad];
+  }
+
+  /** Other replicas' load on a member (undefined = none); ignored for ids not (or no longer) in the fleet. */
+  setRemoteLoad(id: string, remote: Readonly<WorkerLoad> | undefined): void {
+    this.#byId.get(id)?.setRemoteLoad(remote);
+  }
+
+  #bump(
+    w: Worker,
+    inflight: number,
+    prefillRequests: number,
+    prefillTokens: number,
+    decodeRequests: number,
+    decodeBlocks: number,
+  ): void {
+    bump(w.localLoad, inflight, prefillRequests, prefillTokens, decodeRequests, decodeBlocks);
+    if (w.load !== w.localLoad) bump(w.load, inflight, prefillRequests, prefillTokens, decodeRequests, decodeBlocks);
+  }
+
+  #create(config: WorkerConfig): Worker {
+    const w: Worker = new Worker(
+      config,
+      this.#breakerConfig,
+      () => this.#changed(w, w.breaker.snapshot().lastFailure),
+      this.#sharedLoad,
+    );
+    return w;
+  }
+
+  #setMembers(workers: readonly Worker[]): void {
+    this.#workers = workers;
+    this.#byId.clear();
+    const models = new Set<string>();
+    for (const w of workers) {
+      this.#byId.set(w.id, w);
+      for (const m of w.models) models.add(m);
+    }
+    this.#models = models;
+    this.#rebuild();
+  }
+
+  /** Health or breaker changed: rebuild the candidate lists, then tell listeners if the worker went down or up. */
+  #changed(worker: Worker, reason: string | undefined): void {
+    // A removed worker's breaker may still move (its last requests); it is no one's business any more.
+    if (!this.has(worker)) return;
+    this.#rebuild();
+    const state = worker.breaker.state;
+    if ((this.#breakerState.get(worker) ?? 'closed') !== state) {
+      this.#breakerState.set(worker, state);
+      this.#log?.[state === 'open' ? 'warn' : 'info']({ worker: worker.id, state, reason }, 'worker breaker state');
+    }
+    const down = worker.down;
+    if (down === (this.#wasDown.get(worker) ?? true)) return;
+    this.#wasDown.set(worker, down);
+    this.#log?.[down ? 'warn' : 'info'](
+      { worker: worker.id, healthy: worker.healthy, breaker: state, reason },
+      down ? 'worker down' : 'worker up',
+    );
+    for (const l of this.#listeners) l(worker, !down, reason);
+  }
+
+  #rebuild(): void {
+    const available = new Map<string, Worker[]>();
+    for (const w of this.#workers) {
+      if (!w.available) continue;
+      for (const m of w.models) {
+        let list = available.get(m);
+        if (!list) available.set(m, (list = []));
+        list.push(w);
+      }
+    }
+    this.#available = available;
+    this.#healthy = this.#workers.filter((w) => w.available);
+  }
+}
+
+const EMPTY: readonly Worker[] = Object.freeze([]);

@@ -1,0 +1,222 @@
+import { randomUUID } from 'node:crypto';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { performance } from 'node:perf_hooks';
+import type { Logger } from 'pino';
+import { z } from 'zod';
+import { GatewayError, sendError } from './errors.js';
+import type { Fleet } from '../fleet/fleet.js';
+import { forward, type Transport } from '../proxy/forward.js';
+import { clientRequestId, upstreamRequestHeaders } from '../proxy/headers.js';
+import type { GatewayMetrics } from '../ops/metrics.js';
+import { fleetModels } from './models.js';
+import { Admission, overloadConfigSchema } from './overload.js';
+import type { Passthrough } from '../proxy/passthrough.js';
+import type { RoutingPipeline } from '../routing/pipeline.js';
+import { ADMIN_TOKEN_HEADER } from '../routing/policies/overrides.js';
+import { RequestOutcome } from '../proxy/usage-sniffer.js';
+import { parseInference, readBody, type InferenceKind } from './request.js';
+import { rerouter } from '../proxy/retry.js';
+import type { DisaggHook } from '../disagg/two-leg.js';
+
+/** The public listener. */
+export const serverConfigSchema = z.strictObject({
+  host: z.string().min(1).default('0.0.0.0'),
+  port: z.number().int().min(0).max(65535).default(8080),
+  /** Largest accepted inference body; long prompts and base64 images are big. */
+  maxBodyBytes: z
+    .number()
+    .int()
+    .min(1024)
+    .default(32 * 1024 * 1024),
+  /** Idle keep-alive of client connections. */
+  keepAliveTimeoutMs: z.number().int().min(0).default(65_000),
+  /** Slow clients (slowloris): the request head must arrive within this (gateway/front/client-limits.ts). */
+  headersTimeoutMs: z.number().int().min(1).default(30_000),
+  /** The whole request, body included, must arrive within this; 0 disables it. Responses (long streams) are not limited. */
+  requestTimeoutMs: z.number().int().min(0).default(60_000),
+  /** Largest request line plus headers; beyond it 431. */
+  maxHeaderBytes: z
+    .number()
+    .int()
+    .min(1024)
+    .default(16 * 1024),
+  /** Concurrency bound and wait queue for inference requests; 429 beyond them. */
+  overload: overloadConfigSchema.prefault({}),
+  /** On SIGTERM, how long in-flight requests (streams included) may run before they are cut (gateway/ops/lifecycle.ts). */
+  drainTimeoutMs: z.number().int().min(0).default(30_000),
+});
+export type ServerConfig = z.infer<typeof serverConfigSchema>;
+
+export interface FrontDeps {
+  readonly config: ServerConfig;
+  readonly fleet: Fleet;
+  readonly pipeline: RoutingPipeline;
+  readonly transport: Transport;
+  readonly passthrough: Passthrough;
+  readonly metrics: GatewayMetrics;
+  readonly log: Logger;
+  readonly blockSize: number;
+  /** Prefill/decode disaggregation (gateway/disagg/): takes the requests of pools that have prefill workers. */
+  readonly disagg?: DisaggHook | undefined;
+}
+
+/** Output tokens assumed for decode-block accounting when the request sets no limit. */
+const DEFAULT_OUTPUT_TOKENS = 256;
+
+/**
+ * The OpenAI-compatible front: routes inference requests, answers health,
+ * readiness, models and metrics itself, and passes other `/v1/*` paths through.
+ */
+export function createFrontHandler(d: FrontDeps): (req: IncomingMessage, res: ServerResponse) => void {
+  const admission = new Admission(d.config.overload, d.metrics.registry);
+  const inference = async (
+    req: IncomingMessage,
+    res: ServerResponse,
+    kind: InferenceKind,
+    route: string,
+    path: string,
+  ): Promise<void> => {
+    const started = performance.now();
+    const requestId = clientRequestId(req.headers) ?? randomUUID();
+    // Admission comes before the body is read, so a refused request costs no memory.
+    let admitted = admission.acquire(res, { 'x-request-id': requestId });
+    if (admitted instanceof Promise) admitted = await admitted;
+    if (!admitted) return;
+    let strategy = 'none';
+    try {
+      const raw = await readBody(req, d.config.maxBodyBytes);
+      const request = parseInference(raw, kind);
+      let routed = d.pipeline.route(request, path, req.headers, requestId, req.socket.remoteAddress);
+      if (routed instanceof Promise) routed = await routed;
+      strategy = routed.strategy.name;
+      if (res.destroyed) return;
+      // --- disaggregation hook (gateway/disagg/): pools with prefill workers take the two-leg path ---
+      if (d.disagg?.handles(routed)) return void d.disagg.serve({ req, res, routed, requestId, started, route, path });
+      // --- end disaggregation hook ---
+      const { ctx, decision, worker } = routed;
+      const blocks = Math.ceil((ctx.promptTokens + (request.maxTokens ?? DEFAULT_OUTPUT_TOKENS)) / d.blockSize);
+      const ticket = d.fleet.start(worker, ctx.promptTokens, blocks);
+      routed.strategy.onRouted?.(ctx, decision);
+      const { arm, armStats } = routed.selection;
+      const responseHeaders: Record<string, string> = {
+        'x-kvgate-worker': worker.id,
+        'x-kvgate-strategy': strategy,
+        'x-kvgate-arm': arm,
+        'x-request-id': requestId,
+      };
+      if (decision.predictedCachedBlocks !== undefined)
+        responseHeaders['x-kvgate-cached-blocks'] = String(decision.predictedCachedBlocks);
+      d.metrics.routed(
+        strategy,
+        ctx.promptTokens,
+        ctx.blocks ? (decision.predictedCachedBlocks ?? 0) * ctx.blocks.blockSize : undefined,
+        arm,
+      );
+      const upstreamHeaders = upstreamRequestHeaders(req.headers, requestId, raw.length, {
+        clientAddress: req.socket.remoteAddress,
+        passAuthorization: d.transport.config.passClientAuthorization,
+      });
+      delete upstreamHeaders[ADMIN_TOKEN_HEADER];
+      // vLLM's API server pins a request to a data-parallel rank with this header.
+      if (decision.dataParallelRank !== undefined)
+        upstreamHeaders['x-data-parallel-rank'] = String(decision.dataParallelRank);
+      forward(
+        d,
+        {
+          worker,
+          strategy,
+          route,
+          path,
+          headers: req.headers,
+          body: raw,
+          requestId,
+          ticket,
+          responseHeaders,
+          started,
+          reroute: rerouter(d.fleet, routed),
+          arm,
+          observer: new RequestOutcome(d.metrics, strategy, arm, armStats, started),
+        },
+        upstreamHeaders,
+        res,
+      );
+      d.pipeline.shadow(routed, ticket);
+    } catch (err) {
+      const e = err instanceof GatewayError ? err : internal(err, d.log, requestId);
+      d.metrics.request(route, 'none', strategy, e.status);
+      sendError(
+        res,
+        e,
+        e.status === 413 ? { 'x-request-id': requestId, connection: 'close' } : { 'x-request-id': requestId },
+      );
+    }
+  };
+
+  return (req, res) => {
+    const url = req.url ?? '/';
+    const q = url.indexOf('?');
+    const path = q === -1 ? url : url.slice(0, q);
+    const method = req.method;
+    switch (path) {
+      case '/v1/chat/completions':
+        if (method !== 'POST') return methodNotAllowed(res, 'POST');
+        void inference(req, res, 'chat', 'chat', url);
+        return;
+      case '/v1/completions':
+        if (method !== 'POST') return methodNotAllowed(res, 'POST');
+        void inference(req, res, 'completion', 'completions', url);
+        return;
+      case '/health':
+        return json(res, 200, { status: 'ok' });
+      case '/ready': {
+        const healthy = d.fleet.healthy.length;
+        return json(res, healthy > 0 ? 200 : 503, {
+          ready: healthy > 0,
+          healthyWorkers: healthy,
+          workers: d.fleet.workers.length,
+        });
+      }
+      case '/metrics':
+        d.metrics.registry.metrics().then(
+          (text) => {
+            res.writeHead(200, { 'content-type': d.metrics.registry.contentType });
+            res.end(text);
+          },
+          (err: unknown) => sendError(res, internal(err, d.log, '')),
+        );
+        return;
+      case '/v1/models':
+        if (method === 'GET') {
+          fleetModels(d.fleet, d.transport).then(
+            (body) => json(res, 200, body),
+            (err: unknown) => sendError(res, internal(err, d.log, '')),
+          );
+          return;
+        }
+    }
+    if (path.startsWith('/v1/') || path === '/tokenize' || path === '/detokenize') {
+      d.passthrough.handle(req, res);
+      return;
+    }
+    sendError(res, new GatewayError(404, `no route for ${method} ${path}`, 'not_found_error', 'unknown_url'));
+  };
+}
+
+function json(res: ServerResponse, status: number, body: unknown): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
+  res.end(text);
+}
+
+function methodNotAllowed(res: ServerResponse, allow: string): void {
+  sendError(
+    res,
+    new GatewayError(405, `method not allowed; use ${allow}`, 'invalid_request_error', 'method_not_allowed'),
+    { allow },
+  );
+}
+
+function internal(err: unknown, log: Logger, requestId: string): GatewayError {
+  log.error({ err, requestId }, 'internal error');
+  return new GatewayError(500, 'internal gateway error', 'upstream_error', 'internal_error');
+}

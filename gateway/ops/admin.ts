@@ -1,0 +1,166 @@
+import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
+import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
+import { z } from 'zod';
+import { badRequest, GatewayError, sendError } from '../front/errors.js';
+import type { Fleet } from '../fleet/fleet.js';
+import type { RoutingPipeline } from '../routing/pipeline.js';
+import type { DisaggAdmin } from '../disagg/two-leg.js';
+import { parseInference, readBody } from '../front/request.js';
+
+/** The admin listener: loopback only by default; with a token, anyone holding it. */
+export const adminConfigSchema = z.strictObject({
+  host: z.string().min(1).default('127.0.0.1'),
+  port: z.number().int().min(0).max(65535).default(8081),
+  /** When set, every admin request needs `Authorization: Bearer <token>`. */
+  token: z.string().min(16, 'admin token must be at least 16 characters').optional(),
+});
+export type AdminConfig = z.infer<typeof adminConfigSchema>;
+
+export interface AdminDeps {
+  readonly fleet: Fleet;
+  readonly pipeline: RoutingPipeline;
+  readonly token: string | undefined;
+  /** Hook for the KV index's stats in `/debug/workers` (blocks per worker, events seen...). */
+  readonly indexStats?: (() => unknown) | undefined;
+  /** Prefill/decode disaggregation: its section of `/debug/route`, and `/debug/planner`. */
+  readonly disagg?: DisaggAdmin | undefined;
+}
+
+/** True for 127.0.0.0/8 and ::1, in plain or IPv4-mapped form. */
+export function isLoopback(address: string | undefined): boolean {
+  if (!address) return false;
+  const a = address.startsWith('::ffff:') ? address.slice(7) : address;
+  return a === '::1' || a.startsWith('127.');
+}
+
+/** Constant-time bearer check: compares SHA-256 digests, so lengths never leak either. */
+export function bearerMatches(header: string | undefined, token: string): boolean {
+  if (!header?.startsWith('Bearer ')) return false;
+  const given = createHash('sha256').update(header.slice(7)).digest();
+  const expected = createHash('sha256').update(token).digest();
+  return timingSafeEqual(given, expected);
+}
+
+export function createAdminHandler(d: AdminDeps): (req: IncomingMessage, res: ServerResponse) => void {
+  return (req, res) => {
+    if (d.token !== undefined) {
+      if (!bearerMatches(req.headers.authorization, d.token)) {
+        sendError(
+          res,
+          new GatewayError(
+            401,
+            'admin endpoint requires a valid bearer token',
+            'authentication_error',
+            'invalid_admin_token',
+          ),
+          { 'www-authenticate': 'Bearer' },
+        );
+        return;
+      }
+    } else if (!isLoopback(req.socket.remoteAddress)) {
+      sendError(
+        res,
+        new GatewayError(
+          403,
+          'admin endpoint serves loopback clients only (configure admin.token to allow others)',
+          'authentication_error',
+          'admin_loopback_only',
+        ),
+      );
+      return;
+    }
+    const path = (req.url ?? '/').split('?')[0];
+    if (path === '/debug/workers' && req.method === 'GET') return json(res, 200, workers(d));
+    if (path === '/debug/experiments' && req.method === 'GET') return json(res, 200, d.pipeline.summary());
+    if (path === '/debug/planner' && req.method === 'GET')
+      return json(res, 200, d.disagg?.plannerReport() ?? { pools: [] });
+    if (path === '/debug/route' && req.method === 'POST') {
+      debugRoute(d, req).then(
+        (body) => json(res, 200, body),
+        (err: unknown) => {
+          sendError(
+            res,
+            err instanceof GatewayError
+              ? err
+              : new GatewayError(500, String((err as Error)?.message ?? err), 'upstream_error', 'internal_error'),
+          );
+        },
+      );
+      return;
+    }
+    sendError(res, new GatewayError(404, `no admin route for ${req.method} ${path}`, 'not_found_error', 'unknown_url'));
+  };
+}
+
+function workers(d: AdminDeps): unknown {
+  return {
+    workers: d.fleet.workers.map((w) => ({
+      id: w.id,
+      url: w.url,
+      models: w.models,
+      role: w.role,
+      labels: w.labels,
+      healthy: w.healthy,
+      lastCheckAt: w.lastCheckAt,
+      lastError: w.lastError,
+      load: w.load,
+      available: w.available,
+      breaker: w.breaker.snapshot(),
+    })),
+    index: d.indexStats?.(),
+  };
+}
+
+/**
+ * Runs the routing pipeline on a request without forwarding it or touching load.
+ * Accepts `{body, headers?, path?}` or a bare chat/completion body.
+ */
+async function debugRoute(d: AdminDeps, req: IncomingMessage): Promise<unknown> {
+  const raw = await readBody(req, 32 * 1024 * 1024);
+  let input: unknown;
+  try {
+    input = JSON.parse(raw.toString('utf8'));
+  } catch {
+    throw badRequest('body is not valid JSON', null, 'invalid_json');
+  }
+  if (typeof input !== 'object' || input === null) throw badRequest('body must be a JSON object');
+  const wrapped = 'body' in input && !('model' in input);
+  const w = input as { body?: unknown; headers?: unknown; path?: unknown };
+  const body = wrapped ? w.body : input;
+  const headers: IncomingHttpHeaders = {};
+  if (wrapped && typeof w.headers === 'object' && w.headers !== null) {
+    for (const [k, v] of Object.entries(w.headers)) if (typeof v === 'string') headers[k.toLowerCase()] = v;
+  }
+  const isChat = typeof body === 'object' && body !== null && 'messages' in body;
+  const path = wrapped && typeof w.path === 'string' ? w.path : isChat ? '/v1/chat/completions' : '/v1/completions';
+  const request = parseInference(Buffer.from(JSON.stringify(body)), path.includes('chat') ? 'chat' : 'completion');
+  const requestId = (headers['x-request-id'] as string | undefined) ?? randomUUID();
+  const routed = await d.pipeline.route(request, path, headers, requestId);
+  const { decision, ctx } = routed;
+  return {
+    worker: decision.worker.id,
+    url: decision.worker.url,
+    strategy: routed.strategy.name,
+    arm: routed.selection.arm,
+    rule: routed.selection.rule,
+    pool: routed.selection.pool?.name ?? null,
+    explain: decision.explain,
+    predictedCachedBlocks: decision.predictedCachedBlocks,
+    dataParallelRank: decision.dataParallelRank,
+    candidates: decision.candidates ?? routed.candidates.map((c) => ({ worker: c.id, terms: { ...c.load } })),
+    context: {
+      requestId,
+      model: ctx.model,
+      sessionKey: ctx.sessionKey,
+      promptTokens: ctx.promptTokens,
+      promptBlocks: ctx.blocks?.hashes.length,
+    },
+    disaggregation: d.disagg?.handles(routed) ? await d.disagg.explain(routed) : undefined,
+  };
+}
+
+function json(res: ServerResponse, status: number, body: unknown): void {
+  const text = JSON.stringify(body, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v));
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
+  res.end(text);
+}

@@ -1,0 +1,234 @@
+import type { IncomingHttpHeaders } from 'node:http';
+import { performance } from 'node:perf_hooks';
+import type { Logger } from 'pino';
+import { GatewayError } from '../front/errors.js';
+import type { Fleet, LoadTicket, Worker } from '../fleet/fleet.js';
+import type { GatewayMetrics } from '../ops/metrics.js';
+import type { Policy, PolicyInput, Selection } from './policy.js';
+import type { InferenceKind, InferenceRequest } from '../front/request.js';
+import { Shadower } from './shadow.js';
+import type { Decision, PromptBlocks, RouteContext, Strategy } from './strategies/strategy.js';
+
+/**
+ * Tokenizes and hashes a prompt into KV blocks, for strategies that set
+ * `needsPromptBlocks`. Resolves undefined when the prompt cannot be tokenized
+ * (unknown model, no tokenizer); the strategy then routes without blocks.
+ */
+export type PromptBlocksProvider = (
+  body: Record<string, unknown>,
+  model: string,
+  kind: InferenceKind,
+) => Promise<PromptBlocks | undefined>;
+
+export interface Routed {
+  readonly ctx: RouteContext;
+  readonly decision: Decision;
+  readonly strategy: Strategy;
+  readonly worker: Worker;
+  readonly candidates: readonly Worker[];
+  /** What the policy decided: arm, pool, shadow strategies, rule. */
+  readonly selection: Selection;
+  readonly request: InferenceRequest;
+}
+
+export interface PipelineDeps {
+  fleet: Fleet;
+  policy: Policy;
+  metrics: GatewayMetrics;
+  log: Logger;
+  sessionHeader: string;
+  /** False when `routing.overrides.session` is off: the session header is then ignored. */
+  honourSession?: boolean;
+  promptBlocks?: PromptBlocksProvider | undefined;
+  random: () => number;
+  now: () => number;
+}
+
+const first = (v: string | string[] | undefined) => (Array.isArray(v) ? v[0] : v);
+
+/**
+ * request -> policy -> availability (the fleet, narrowed to the policy's pool) ->
+ * prompt blocks if asked -> strategy. Knows nothing of HTTP transport; `route`
+ * is synchronous unless something needs the prompt tokenized, so the common
+ * path costs no extra promise.
+ */
+export class RoutingPipeline {
+  readonly #d: PipelineDeps;
+  readonly #shadower: Shadower;
+  #warnedNoProvider = false;
+
+  constructor(deps: PipelineDeps) {
+    this.#d = deps;
+    this.#shadower = new Shadower({
+      metrics: deps.metrics,
+      log: deps.log,
+      random: deps.random,
+      promptBlocks: deps.promptBlocks,
+    });
+  }
+
+  /** `path` may carry a query string (policies match on the path without it). */
+  route(
+    request: InferenceRequest,
+    path: string,
+    headers: IncomingHttpHeaders,
+    requestId: string,
+    clientAddress?: string,
+  ): Routed | Promise<Routed> {
+    const started = performance.now();
+    const sessionKey = this.#d.honourSession === false ? undefined : first(headers[this.#d.sessionHeader]);
+    const q = path.indexOf('?');
+    const input: PolicyInput = {
+      request,
+      model: request.model,
+      path: q === -1 ? path : path.slice(0, q),
+      headers,
+      promptTokens: request.estimatedPromptTokens,
+      sessionKey,
+      clientAddress,
+    };
+    if (this.#d.policy.needsExactTokens) {
+      const pending = this.#blocks(request, requestId, 'policy');
+      if (pending)
+        return pending.then((blocks) =>
+          this.#select(
+            blocks ? { ...input, promptTokens: blocks.tokenCount } : input,
+            path,
+            requestId,
+            blocks,
+            started,
+          ),
+        );
+    }
+    return this.#select(input, path, requestId, undefined, started);
+  }
+
+  /**
+   * Schedules the shadow strategies of the request's selection, if it is sampled.
+   * Call after the request was forwarded; the work runs on a later tick.
+   */
+  shadow(routed: Routed, ticket: LoadTicket): void {
+    const set = routed.selection.shadow;
+    if (!set) return;
+    this.#shadower.maybeRun({
+      set,
+      ctx: routed.ctx,
+      request: routed.request,
+      strategy: routed.strategy.name,
+      worker: routed.worker,
+      candidates: routed.candidates,
+      ticket,
+    });
+  }
+
+  /** `/debug/experiments`: every experiment's arms and the shadow tallies. */
+  summary(): Record<string, unknown> {
+    return { ...(this.#d.policy.summary?.() ?? { experiments: [] }), shadow: this.#shadower.summary() };
+  }
+
+  #select(
+    input: PolicyInput,
+    path: string,
+    requestId: string,
+    blocks: PromptBlocks | undefined,
+    started: number,
+  ): Routed | Promise<Routed> {
+    const selection = this.#d.policy.select(input);
+    try {
+      const candidates = this.#candidates(input.model, selection);
+      if (selection.strategy.needsPromptBlocks && !blocks) {
+        const pending = this.#blocks(input.request, requestId, selection.strategy.name);
+        if (pending) {
+          return pending
+            .then((b) => this.#choose(selection, input, path, requestId, candidates, b, started))
+            .catch((err: unknown) => {
+              selection.armStats?.end(err instanceof GatewayError ? err.status : 500);
+              throw err;
+            });
+        }
+      }
+      return this.#choose(selection, input, path, requestId, candidates, blocks, started);
+    } catch (err) {
+      selection.armStats?.end(err instanceof GatewayError ? err.status : 500);
+      throw err;
+    }
+  }
+
+  /** Prompt blocks, or undefined (no provider) so the caller stays synchronous; a failure routes without blocks. */
+  #blocks(
+    request: InferenceRequest,
+    requestId: string,
+    forWhat: string,
+  ): Promise<PromptBlocks | undefined> | undefined {
+    const provider = this.#d.promptBlocks;
+    if (!provider) {
+      if (!this.#warnedNoProvider) {
+        this.#warnedNoProvider = true;
+        this.#d.log.warn(
+          { for: forWhat },
+          'prompt tokens are needed but no PromptBlocksProvider is configured; using estimates',
+        );
+      }
+      return undefined;
+    }
+    return provider(request.body, request.model, request.kind).catch((err: unknown) => {
+      this.#d.log.warn({ err, requestId }, 'prompt tokenization failed; routing without blocks');
+      return undefined;
+    });
+  }
+
+  #candidates(model: string, selection: Selection): readonly Worker[] {
+    const all = this.#d.fleet.candidates(model);
+    const candidates = selection.pool ? selection.pool.filter(all) : all;
+    if (candidates.length > 0) return candidates;
+    if (!this.#d.fleet.servesModel(model)) {
+      throw new GatewayError(404, `The model '${model}' does not exist`, 'not_found_error', 'model_not_found', 'model');
+    }
+    const where = selection.pool ? ` in pool '${selection.pool.name}' (${selection.rule})` : '';
+    throw new GatewayError(
+      503,
+      `no healthy worker${where} serves model '${model}'`,
+      'service_unavailable',
+      'no_healthy_worker',
+      null,
+      true,
+    );
+  }
+
+  #choose(
+    selection: Selection,
+    input: PolicyInput,
+    path: string,
+    requestId: string,
+    candidates: readonly Worker[],
+    blocks: PromptBlocks | undefined,
+    started: number,
+  ): Routed {
+    const { strategy } = selection;
+    const ctx: RouteContext = {
+      requestId,
+      model: input.model,
+      path,
+      headers: input.headers,
+      sessionKey: input.sessionKey,
+      promptTokens: blocks?.tokenCount ?? input.promptTokens,
+      blocks,
+      random: this.#d.random,
+      now: this.#d.now,
+    };
+    const decision = strategy.choose(ctx, candidates);
+    const worker = this.#d.fleet.get(decision.worker.id);
+    if (!worker || !worker.healthy) {
+      throw new GatewayError(
+        500,
+        `strategy '${strategy.name}' chose '${decision.worker.id}', which is not an available worker`,
+        'upstream_error',
+        'strategy_error',
+      );
+    }
+    this.#d.metrics.decision(strategy.name, (performance.now() - started) / 1000);
+    if (selection.armStats && blocks && decision.predictedCachedBlocks !== undefined)
+      selection.armStats.predictedCachedTokens += decision.predictedCachedBlocks * blocks.blockSize;
+    return { ctx, decision, strategy, worker, candidates, selection, request: input.request };
+  }
+}

@@ -1,0 +1,197 @@
+import { z } from 'zod';
+import { compareLoad } from './least-load.js';
+import {
+  asPrefixMatcher,
+  matchWorkers,
+  overlapSource,
+  round,
+  sameCost,
+  softmaxSample,
+  type PrefixMatcher,
+} from './overlap.js';
+import type { StrategyDeps } from './registry.js';
+import type { CandidateScore, Decision, RouteContext, Strategy, WorkerView } from './strategy.js';
+
+export const kvParamsSchema = z.strictObject({
+  /**
+   * Blocks to prefill (this prompt's uncached part plus what is already queued)
+   * against blocks in decode. 1 would treat them as equal, but a prefill block
+   * delays the next first token far more than a decoding block slows a step:
+   * at 1 the decode term decides and conversations scatter. 16 was tuned on
+   * the Mooncake replay (bench/results/replay-sweep.md).
+   */
+  prefillWeight: z.number().min(0).max(1000).default(16),
+  /** 0 = always the lowest cost; > 0 samples from a softmax over normalised costs. */
+  temperature: z.number().min(0).max(100).default(0),
+  /**
+   * Extra worth of each cached block beyond the prefill it saves this request:
+   * the later turns of a conversation reuse it only if this one stays with it.
+   * Given only for blocks no other candidate holds and that are not a prefix
+   * several request streams share (see chooseByKvCost).
+   * 0 = only the immediate saving (a greedy choice that moves conversations
+   * away from their cache at the first queue, and copies their prefix around).
+   * Tuned on the Mooncake replay: the hit rate rises with it (on the first
+   * 2,000 requests 74% of the reachable bound at 0, 91% at 3, 99.6% at 50;
+   * bench/results/replay-sweep.md) because a moved conversation pays its whole
+   * history again and adds it to another worker's queue. On the whole trace
+   * 200 is level with the stickiest baseline's hit rate (llm-d's; the two trade
+   * places by ±0.1 point between runs) where 50 stayed ~0.3 points of the
+   * bound below it for ~4% lower mean TTFT (bench/results/replay-conversation.md
+   * has the run at 200). At 200 a conversation moves only off a hot spot: with
+   * 32 blocks that only its worker holds, when that worker's prefill queue is
+   * ~100k tokens longer than another's.
+   */
+  reuseCredit: z.number().min(0).max(10_000).default(200),
+  /** Worth of a CPU-offloaded block relative to a GPU one (it must be copied back first). */
+  cpuTierWeight: z.number().min(0).max(1).default(0.75),
+});
+export type KvParams = z.infer<typeof kvParamsSchema>;
+
+/** Name of the `StrategyDeps.services` entry holding the events-fed index. */
+export const KV_INDEXER_SERVICE = 'kvIndexer';
+
+const RULE = 'lowest prefillWeight*(promptBlocks-overlap+queuedPrefillBlocks-reuseCredit*exclusiveBlocks)+decodeBlocks';
+
+/**
+ * The `kv` cost, shared with `approx-prefix` (which differs only in its matcher).
+ * Per candidate: overlap = best DP rank's `gpu + cpuTierWeight × cpu` blocks;
+ * cost = prefillWeight × (promptBlocks − overlap + prefillTokens/blockSize − reuseCredit × exclusive) + decodeBlocks,
+ * where exclusive = overlap beyond both the largest overlap among the other
+ * candidates and the shared prefix (`MatchCounts.sharedBlocks`: blocks from
+ * which several different requests continue, such as a system prompt).
+ * Lowest wins; exact ties go to less load (in-flight requests, then prefill
+ * tokens), then at random. With temperature > 0 the winner is sampled instead.
+ * The index is matched once; without prompt blocks every overlap is 0, which
+ * leaves a pure load comparison.
+ */
+export function chooseByKvCost(
+  ctx: RouteContext,
+  candidates: readonly WorkerView[],
+  matcher: PrefixMatcher | undefined,
+  params: KvParams,
+  defaultBlockSize: number,
+  indexName: string,
+): Decision {
+  const blockSize = ctx.blocks?.blockSize ?? defaultBlockSize;
+  const matches = matchWorkers(ctx, matcher, params.cpuTierWeight);
+  // Fractional, so the partial last block (always prefilled) counts too.
+  const promptBlocks = ctx.promptTokens / blockSize;
+  const n = candidates.length;
+  const overlaps = new Float64Array(n);
+  // The two largest overlaps, so each candidate can see the best of the others.
+  let top = 0,
+    second = 0,
+    topAt = -1;
+  const shared = new Float64Array(n);
+  for (let i = 0; i < n; i++) {
+    const m = matches?.get(candidates[i].id);
+    const o = m?.weighted ?? 0;
+    overlaps[i] = o;
+    // Whole blocks against a tier-weighted overlap: with CPU-tier blocks this credits slightly less, never more.
+    shared[i] = m?.sharedBlocks ?? 0;
+    if (o > top) {
+      second = top;
+      top = o;
+      topAt = i;
+    } else if (o > second) {
+      second = o;
+    }
+  }
+  const costs = new Float64Array(n);
+  const scores: CandidateScore[] = new Array(n);
+  let best = 0;
+  let ties = 1;
+  for (let i = 0; i < n; i++) {
+    const w = candidates[i];
+    const overlap = overlaps[i];
+    // Only what no other candidate holds earns the reuse credit: a prefix that other workers
+    // hold too stays cached there whatever this request does, so crediting it would keep
+    // traffic off a worker that just joined. Nor does a prefix that several requests branch
+    // from (a system prompt held by one worker): crediting it would pin every request that
+    // uses it to that worker, and a restarted worker would never get its share back.
+    const exclusive = Math.max(0, overlap - Math.max(i === topAt ? second : top, shared[i]));
+    const prefillBlocks = Math.max(0, promptBlocks - overlap);
+    const queuedPrefillBlocks = w.load.prefillTokens / blockSize;
+    const decodeBlocks = w.load.decodeBlocks;
+    const cost =
+      params.prefillWeight * (prefillBlocks + queuedPrefillBlocks - params.reuseCredit * exclusive) + decodeBlocks;
+    costs[i] = cost;
+    scores[i] = {
+      worker: w.id,
+      terms: {
+        overlapBlocks: round(overlap),
+        sharedPrefixBlocks: shared[i],
+        exclusiveBlocks: round(exclusive),
+        promptBlocks: round(promptBlocks),
+        prefillBlocks: round(prefillBlocks),
+        queuedPrefillBlocks: round(queuedPrefillBlocks),
+        decodeBlocks,
+        cost: round(cost),
+      },
+    };
+    if (i === 0 || params.temperature > 0) continue;
+    const b = costs[best];
+    if (cost < b && !sameCost(cost, b)) {
+      best = i;
+      ties = 1;
+    } else if (sameCost(cost, b)) {
+      const c = compareLoad(w, candidates[best]);
+      if (c < 0) {
+        best = i;
+        ties = 1;
+      } else if (c === 0 && ctx.random() * ++ties < 1) {
+        best = i;
+      }
+    }
+  }
+  if (params.temperature > 0) {
+    best = softmaxSample(costs, params.temperature, ctx.random);
+    ties = 1;
+  }
+  const worker = candidates[best];
+  const m = matches?.get(worker.id);
+  const decision: Decision = {
+    worker,
+    explain: {
+      rule: params.temperature > 0 ? `softmax(T=${params.temperature}) over ${RULE}` : RULE,
+      index: overlapSource(ctx, matcher, indexName),
+      prefillWeight: params.prefillWeight,
+      ...scores[best].terms,
+      ...(m && m.blocks !== m.gpuBlocks ? { cpuTierBlocks: m.blocks - m.gpuBlocks } : {}),
+      ties,
+    },
+    predictedCachedBlocks: m?.blocks ?? 0,
+    candidates: scores,
+  };
+  if (m?.rank != null) decision.dataParallelRank = m.rank;
+  return decision;
+}
+
+/**
+ * KV-cache-aware routing over the events-fed index (`services.kvIndexer`):
+ * sends a request where its prefix is cached unless the queue there costs more
+ * than the reuse saves. Without the index it still routes, by load alone, and
+ * says so in `explain`.
+ * @example createKvStrategy({ prefillWeight: 16, reuseCredit: 200, temperature: 0, cpuTierWeight: 0.75 }, deps).choose(ctx, workers)
+ */
+export function createKvStrategy(
+  params: Partial<KvParams>,
+  deps: Pick<StrategyDeps, 'services' | 'blockSize' | 'log'>,
+): Strategy {
+  const p = kvParamsSchema.parse(params);
+  if (!asPrefixMatcher(deps.services[KV_INDEXER_SERVICE])) {
+    deps.log.warn(
+      { strategy: 'kv' },
+      'kv strategy has no KV index (services.kvIndexer); it will route by load only until one is provided',
+    );
+  }
+  return {
+    name: 'kv',
+    needsPromptBlocks: true,
+    choose(ctx: RouteContext, candidates: readonly WorkerView[]): Decision {
+      // Looked up per request (one property read) so an index wired after start-up is picked up.
+      const matcher = asPrefixMatcher(deps.services[KV_INDEXER_SERVICE]);
+      return chooseByKvCost(ctx, candidates, matcher, p, deps.blockSize, 'kv events index');
+    },
+  };
+}

@@ -1,0 +1,131 @@
+import { z } from 'zod';
+import { KV_INDEXER_SERVICE } from './kv.js';
+import { asPrefixMatcher, matchWorkers, overlapSource, round, sameCost } from './overlap.js';
+import type { StrategyDeps } from './registry.js';
+import type { CandidateScore, Decision, RouteContext, Strategy, WorkerView } from './strategy.js';
+
+export const llmdPreciseParamsSchema = z.strictObject({
+  prefixWeight: z.number().min(0).max(1000).default(2),
+  kvUtilizationWeight: z.number().min(0).max(1000).default(1),
+  queueWeight: z.number().min(0).max(1000).default(1),
+  /**
+   * `min-max`: as llm-d's scorer does (longest run, min-max normalised over the
+   * endpoints that hold any of it). `prompt`: longest run / prompt blocks.
+   */
+  prefixNormalization: z.enum(['min-max', 'prompt']).default('min-max'),
+  /**
+   * KV blocks per worker, to turn decode blocks into a usage fraction. When
+   * null, usage is decode blocks relative to the busiest candidate (the gateway
+   * scrapes no `vllm:kv_cache_usage_perc` yet).
+   */
+  kvCapacityBlocks: z.number().int().min(1).nullable().default(null),
+});
+export type LlmdPreciseParams = z.infer<typeof llmdPreciseParamsSchema>;
+
+/**
+ * llm-d's inference scheduler with the precise prefix-cache profile: each
+ * scorer gives every endpoint a score in [0, 1]; the weighted sum wins
+ * (`max-score-picker`, ties at random). Followed:
+ * - llm-d/llm-d-inference-scheduler `pkg/plugins/scorer/precise_prefix_cache.go`
+ *   (longest consecutive run of the prompt's blocks per pod, from KV events) and
+ *   `pkg/plugins/scorer/utils.go` (`indexedScoresToNormalizedScoredPods`:
+ *   min-max over pods that scored, 1.0 when they all tie, 0 for the rest);
+ * - gateway-api-inference-extension `scorer/queue.go` ((max − q)/(max − min)
+ *   of waiting requests, 1.0 when equal) and `scorer/kvcache_utilization.go`
+ *   (1 − KV-cache usage);
+ * - weights 2 / 1 / 1 (prefix / kv-utilization / queue) from llm-d's current
+ *   guide `guides/precise-prefix-cache-aware/scheduler/precise-prefix-cache-aware.values.yaml`
+ *   and the scheduler's `deploy/config/epp-precise-prefix-cache-config.yaml`
+ *   (earlier guides, v0.5, used 3 / 2 / 2: the same ordering).
+ * Our inputs: the run is the matcher's leading blocks (any tier); the queue is
+ * the worker's requests awaiting their first token; KV usage is decode blocks
+ * over `kvCapacityBlocks`, or relative to the busiest candidate.
+ * @example createLlmdPreciseStrategy({ prefixWeight: 2, kvUtilizationWeight: 1, queueWeight: 1 }, deps)
+ */
+export function createLlmdPreciseStrategy(
+  params: Partial<LlmdPreciseParams>,
+  deps: Pick<StrategyDeps, 'services'>,
+): Strategy {
+  const p = llmdPreciseParamsSchema.parse(params);
+  return {
+    name: 'llmd-precise',
+    needsPromptBlocks: true,
+    choose(ctx: RouteContext, candidates: readonly WorkerView[]): Decision {
+      const matcher = asPrefixMatcher(deps.services[KV_INDEXER_SERVICE]);
+      const matches = matchWorkers(ctx, matcher, 1);
+      const promptBlocks = ctx.blocks?.hashes.length ?? 0;
+      const n = candidates.length;
+      let runMin = Infinity;
+      let runMax = 0;
+      let qMin = Infinity;
+      let qMax = -Infinity;
+      let decodeMax = 0;
+      for (const w of candidates) {
+        const run = matches?.get(w.id)?.blocks ?? 0;
+        if (run > 0 && run < runMin) runMin = run;
+        if (run > runMax) runMax = run;
+        const q = w.load.prefillRequests;
+        if (q < qMin) qMin = q;
+        if (q > qMax) qMax = q;
+        if (w.load.decodeBlocks > decodeMax) decodeMax = w.load.decodeBlocks;
+      }
+      const kvDenominator = p.kvCapacityBlocks ?? decodeMax;
+
+      const scores: CandidateScore[] = new Array(n);
+      let best = 0;
+      let bestTotal = -Infinity;
+      let ties = 1;
+      for (let i = 0; i < n; i++) {
+        const w = candidates[i];
+        const run = matches?.get(w.id)?.blocks ?? 0;
+        let prefix: number;
+        if (p.prefixNormalization === 'prompt') prefix = promptBlocks > 0 ? Math.min(1, run / promptBlocks) : 0;
+        else prefix = run === 0 ? 0 : runMax === runMin ? 1 : (run - runMin) / (runMax - runMin);
+        const queue = qMax === qMin ? 1 : (qMax - w.load.prefillRequests) / (qMax - qMin);
+        const usage = kvDenominator > 0 ? Math.min(1, w.load.decodeBlocks / kvDenominator) : 0;
+        const kvUtilization = 1 - usage;
+        const total = p.prefixWeight * prefix + p.kvUtilizationWeight * kvUtilization + p.queueWeight * queue;
+        scores[i] = {
+          worker: w.id,
+          terms: {
+            prefixRunBlocks: run,
+            prefixScore: round(prefix),
+            queueWaiting: w.load.prefillRequests,
+            queueScore: round(queue),
+            kvUsage: round(usage),
+            kvUtilizationScore: round(kvUtilization),
+            score: round(total),
+          },
+        };
+        if (i > 0 && sameCost(total, bestTotal)) {
+          if (ctx.random() * ++ties < 1) best = i;
+        } else if (total > bestTotal) {
+          best = i;
+          bestTotal = total;
+          ties = 1;
+        }
+      }
+      const worker = candidates[best];
+      const m = matches?.get(worker.id);
+      const decision: Decision = {
+        worker,
+        explain: {
+          rule: 'highest prefixWeight*prefix + kvUtilizationWeight*(1-kvUsage) + queueWeight*queue (llm-d)',
+          index: overlapSource(ctx, matcher, 'kv events index'),
+          weights: { prefix: p.prefixWeight, kvUtilization: p.kvUtilizationWeight, queue: p.queueWeight },
+          prefixNormalization: p.prefixNormalization,
+          kvUsageFrom:
+            p.kvCapacityBlocks === null
+              ? 'decode blocks relative to the busiest candidate'
+              : `decode blocks / ${p.kvCapacityBlocks}`,
+          ...scores[best].terms,
+          ties,
+        },
+        predictedCachedBlocks: m?.blocks ?? 0,
+        candidates: scores,
+      };
+      if (m?.rank != null) decision.dataParallelRank = m.rank;
+      return decision;
+    },
+  };
+}

@@ -1,0 +1,133 @@
+import { z } from 'zod';
+import { approxIndexParams, createApproxMatcher, type RecordingMatcher } from './approx-prefix.js';
+import { KV_INDEXER_SERVICE } from './kv.js';
+import { asPrefixMatcher, leastInflight, matchWorkers, overlapSource, type PrefixMatcher } from './overlap.js';
+import type { StrategyDeps } from './registry.js';
+import type { Decision, RouteContext, Strategy, WorkerView } from './strategy.js';
+
+export const sglangCacheAwareParamsSchema = z.strictObject({
+  /** Minimum match rate (matched / prompt) to follow the cache. */
+  cacheThreshold: z.number().min(0).max(1).default(0.3),
+  /** Imbalanced only if max − min in-flight requests exceeds this... */
+  balanceAbsThreshold: z.number().int().min(0).default(64),
+  /** ...and max exceeds this multiple of min. */
+  balanceRelThreshold: z.number().min(0).default(1.5),
+  /** `approx`: SGLang's own tree, fed by routing decisions (faithful). `events`: the KV events index. */
+  source: z.enum(['approx', 'events']).default('approx'),
+  ...approxIndexParams,
+});
+export type SglangCacheAwareParams = z.infer<typeof sglangCacheAwareParamsSchema>;
+
+/**
+ * SGLang router's `cache_aware` policy, as in sgl-project/sglang
+ * `sgl-router/src/policies/cache_aware.rs` (now `sgl-model-gateway/src/policies/cache_aware.rs`),
+ * defaults from the Rust CLI (0.3 / 64 / 1.5):
+ * 1. load = the router's in-flight requests per worker; the fleet is imbalanced
+ *    when `max − min > balance_abs_threshold` AND `max > balance_rel_threshold × min`:
+ *    then the least-loaded worker (ties at random);
+ * 2. otherwise match_rate = matched / input; above `cache_threshold` the worker
+ *    holding the deepest match, else the least-loaded worker (SGLang since Dec
+ *    2025; before, the smallest tree).
+ * In both cases the request is inserted into the tree for the chosen worker.
+ * Differences: SGLang matches raw text characters in a per-model tree; we match
+ * our KV blocks (match_rate = matched blocks × block size / prompt tokens), and
+ * the approximate tree forgets entries after a TTL instead of LRU-trimming to
+ * `max_tree_size` every `eviction_interval_secs`. Equally deep matches go to
+ * the less loaded worker, then at random.
+ * @example createSglangCacheAwareStrategy({ cacheThreshold: 0.3 }, deps).choose(ctx, workers)
+ */
+export function createSglangCacheAwareStrategy(
+  params: Partial<SglangCacheAwareParams>,
+  deps: Pick<StrategyDeps, 'services' | 'blockSize' | 'now'>,
+): Strategy {
+  const p = sglangCacheAwareParamsSchema.parse(params);
+  const approx: RecordingMatcher | undefined = p.source === 'approx' ? createApproxMatcher(p, deps.now) : undefined;
+  const indexName = p.source === 'approx' ? 'approximate tree (routing decisions)' : 'kv events index';
+  const matcherFor = (): PrefixMatcher | undefined => approx ?? asPrefixMatcher(deps.services[KV_INDEXER_SERVICE]);
+
+  return {
+    name: 'sglang-cache-aware',
+    needsPromptBlocks: true,
+    choose(ctx: RouteContext, candidates: readonly WorkerView[]): Decision {
+      let maxLoad = -Infinity;
+      let minLoad = Infinity;
+      for (const w of candidates) {
+        const l = w.load.inflightRequests;
+        if (l > maxLoad) maxLoad = l;
+        if (l < minLoad) minLoad = l;
+      }
+      const loads = { maxLoad, minLoad };
+      if (maxLoad - minLoad > p.balanceAbsThreshold && maxLoad > p.balanceRelThreshold * minLoad) {
+        const worker = leastInflight(ctx, candidates);
+        return {
+          worker,
+          explain: {
+            rule: 'imbalanced: least in-flight requests',
+            ...loads,
+            inflightRequests: worker.load.inflightRequests,
+          },
+        };
+      }
+
+      const matcher = matcherFor();
+      const matches = matchWorkers(ctx, matcher, 1);
+      const index = overlapSource(ctx, matcher, indexName);
+      let deepest: WorkerView | undefined;
+      let deepestBlocks = 0;
+      let ties = 0;
+      if (matches) {
+        for (const w of candidates) {
+          const b = matches.get(w.id)?.blocks ?? 0;
+          if (b === 0) continue;
+          if (b > deepestBlocks) {
+            deepest = w;
+            deepestBlocks = b;
+            ties = 1;
+          } else if (b === deepestBlocks) {
+            const d = w.load.inflightRequests - deepest!.load.inflightRequests;
+            if (d < 0) {
+              deepest = w;
+              ties = 1;
+            } else if (d === 0 && ctx.random() * ++ties < 1) {
+              deepest = w;
+            }
+          }
+        }
+      }
+      const tokens = ctx.blocks?.tokenCount ?? 0;
+      const blockSize = ctx.blocks?.blockSize ?? deps.blockSize;
+      const matchRate = tokens > 0 ? Math.min(1, (deepestBlocks * blockSize) / tokens) : 0;
+      if (deepest && matchRate > p.cacheThreshold) {
+        return {
+          worker: deepest,
+          explain: {
+            rule: 'balanced, match rate above cache threshold: deepest prefix match',
+            index,
+            ...loads,
+            matchRate,
+            cacheThreshold: p.cacheThreshold,
+            matchedBlocks: deepestBlocks,
+          },
+          predictedCachedBlocks: deepestBlocks,
+        };
+      }
+      const worker = leastInflight(ctx, candidates);
+      return {
+        worker,
+        explain: {
+          rule: 'balanced, match rate at or below cache threshold: least in-flight requests',
+          index,
+          ...loads,
+          matchRate,
+          cacheThreshold: p.cacheThreshold,
+          inflightRequests: worker.load.inflightRequests,
+        },
+        predictedCachedBlocks: matches?.get(worker.id)?.blocks ?? 0,
+      };
+    },
+    onRouted(ctx: RouteContext, decision: Decision): void {
+      // SGLang inserts the request for whichever worker was chosen, load-balanced or not.
+      if (approx && ctx.blocks && ctx.blocks.hashes.length > 0) approx.record(decision.worker.id, ctx.blocks.hashes);
+    },
+  };
+}

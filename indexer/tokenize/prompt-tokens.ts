@@ -1,0 +1,184 @@
+import { performance } from 'node:perf_hooks';
+import type { BlockHasher } from '../index/block-hash.js';
+import { UnsupportedPromptError } from './chat-template.js';
+import type { RemoteChatRequest, RemoteTokenizer } from './remote-tokenizer.js';
+import type { PromptTokenizer } from './tokenizer.js';
+
+export type PromptKind = 'chat' | 'completion';
+
+/**
+ * A prompt cut into full KV blocks and hashed. Structurally the gateway's
+ * `PromptBlocks` (gateway/routing/strategies/strategy.ts), restated so that indexer/
+ * does not depend on the gateway.
+ */
+export interface PromptBlocks {
+  readonly tokenCount: number;
+  readonly blockSize: number;
+  readonly hashes: readonly bigint[];
+}
+
+/** Turns an OpenAI request body into the token ids the engine will compute; undefined when it cannot say exactly. */
+export interface PromptTokenSource {
+  tokenize(body: Record<string, unknown>, kind: PromptKind): Promise<number[] | undefined>;
+}
+
+/** A chat body read the way vLLM's ChatCompletionRequest defaults it. */
+interface ChatPrompt {
+  messages: unknown[];
+  tools: unknown[] | undefined;
+  documents: unknown[] | undefined;
+  templateKwargs: Record<string, unknown> | undefined;
+  chatTemplate: string | undefined;
+  addGenerationPrompt: boolean;
+  continueFinalMessage: boolean;
+  addSpecialTokens: boolean;
+}
+
+type CompletionPrompt = { text: string; addSpecialTokens: boolean } | { ids: number[] };
+
+/** Local source: the model's tokenizer and chat template, in this process, with the segment cache. */
+export function localTokenSource(tokenizer: PromptTokenizer): PromptTokenSource {
+  return {
+    async tokenize(body, kind) {
+      if (kind === 'chat') {
+        const chat = chatPrompt(body);
+        // A per-request template may or may not be honoured by the server (vLLM gates it); do not guess.
+        if (!chat || chat.chatTemplate !== undefined || !tokenizer.hasChatTemplate) return undefined;
+        const ids = await tokenizer.tokenizeChat(chat.messages, {
+          tools: chat.tools,
+          documents: chat.documents,
+          templateKwargs: chat.templateKwargs,
+          addGenerationPrompt: chat.addGenerationPrompt,
+          continueFinalMessage: chat.continueFinalMessage,
+          addSpecialTokens: chat.addSpecialTokens,
+        });
+        return truncate(ids, body);
+      }
+      const prompt = completionPrompt(body);
+      if (!prompt) return undefined;
+      if ('ids' in prompt) return truncate(prompt.ids, body);
+      return truncate(await tokenizer.tokenizeCompletion(prompt.text, prompt.addSpecialTokens), body);
+    },
+  };
+}
+
+/** Remote source: the worker's own `POST /tokenize` (token-id prompts need no call). */
+export function remoteTokenSource(remote: RemoteTokenizer): PromptTokenSource {
+  return {
+    async tokenize(body, kind) {
+      const model = typeof body.model === 'string' ? body.model : undefined;
+      if (!model) return undefined;
+      if (kind === 'chat') {
+        const chat = chatPrompt(body);
+        if (!chat) return undefined;
+        const request: RemoteChatRequest = {
+          messages: chat.messages,
+          add_generation_prompt: chat.addGenerationPrompt,
+          continue_final_message: chat.continueFinalMessage,
+          add_special_tokens: chat.addSpecialTokens,
+        };
+        if (chat.tools !== undefined) request.tools = chat.tools;
+        if (chat.templateKwargs !== undefined) request.chat_template_kwargs = chat.templateKwargs;
+        if (chat.chatTemplate !== undefined) request.chat_template = chat.chatTemplate;
+        return truncate(await remote.tokenizeChat(model, request), body);
+      }
+      const prompt = completionPrompt(body);
+      if (!prompt) return undefined;
+      if ('ids' in prompt) return truncate(prompt.ids, body);
+      return truncate(await remote.tokenizeCompletion(model, prompt.text, prompt.addSpecialTokens), body);
+    },
+  };
+}
+
+export interface PromptBlocksOptions {
+  source: PromptTokenSource;
+  hasher: BlockHasher;
+  /** Must equal the engines' block size. */
+  blockSize: number;
+  /** Hash seed for the adapter (null: base model); `model` is the request's model name. */
+  seedFor: (lora: string | null, model: string) => bigint;
+  /** Maps a request's model name to its LoRA adapter name, or null for a base model. */
+  loraOf?: (model: string) => string | null;
+  /** Called after each tokenization that produced ids (for the tokenization-time metric). */
+  observe?: (seconds: number, tokens: number, kind: PromptKind) => void;
+  now?: () => number;
+}
+
+export type PromptBlocksFn = (
+  body: Record<string, unknown>,
+  model: string,
+  kind?: PromptKind,
+) => Promise<PromptBlocks | undefined>;
+
+/**
+ * The gateway's `PromptBlocksProvider`: body -> token ids -> chained hashes of
+ * the full blocks. Resolves undefined when the prompt cannot be reproduced
+ * exactly (batch prompts, media parts, malformed messages, per-request
+ * templates); rejects only on real failures (e.g. the remote source timed out).
+ * `kind` defaults from the body shape (`messages` -> chat), for callers that do
+ * not pass it yet.
+ */
+export function createPromptBlocksProvider(options: PromptBlocksOptions): PromptBlocksFn {
+  if (!Number.isInteger(options.blockSize) || options.blockSize <= 0)
+    throw new RangeError(`blockSize must be a positive integer, got ${options.blockSize}`);
+  const now = options.now ?? (() => performance.now());
+  return async (body, model, kind) => {
+    const k: PromptKind = kind ?? (Array.isArray(body.messages) ? 'chat' : 'completion');
+    const started = now();
+    let ids: number[] | undefined;
+    try {
+      ids = await options.source.tokenize(body, k);
+    } catch (err) {
+      if (err instanceof UnsupportedPromptError) return undefined;
+      throw err;
+    }
+    if (!ids) return undefined;
+    options.observe?.((now() - started) / 1000, ids.length, k);
+    const seed = options.seedFor(options.loraOf?.(model) ?? null, model);
+    return {
+      tokenCount: ids.length,
+      blockSize: options.blockSize,
+      hashes: options.hasher.hashBlocks(ids, options.blockSize, seed),
+    };
+  };
+}
+
+function chatPrompt(body: Record<string, unknown>): ChatPrompt | undefined {
+  if (!Array.isArray(body.messages) || body.messages.length === 0) return undefined;
+  const kwargs = isObject(body.chat_template_kwargs) ? body.chat_template_kwargs : undefined;
+  return {
+    messages: body.messages,
+    tools: Array.isArray(body.tools) ? body.tools : undefined,
+    documents: Array.isArray(body.documents) ? body.documents : undefined,
+    templateKwargs: kwargs,
+    chatTemplate: typeof body.chat_template === 'string' ? body.chat_template : undefined,
+    addGenerationPrompt: typeof body.add_generation_prompt === 'boolean' ? body.add_generation_prompt : true,
+    continueFinalMessage: body.continue_final_message === true,
+    addSpecialTokens: body.add_special_tokens === true,
+  };
+}
+
+/** One prompt only: a string, a token-id list, or a one-element list of either. A batch has no single prefix to route by. */
+function completionPrompt(body: Record<string, unknown>): CompletionPrompt | undefined {
+  const addSpecialTokens = typeof body.add_special_tokens === 'boolean' ? body.add_special_tokens : true;
+  let prompt = body.prompt;
+  if (Array.isArray(prompt) && prompt.length === 1 && (typeof prompt[0] === 'string' || Array.isArray(prompt[0])))
+    prompt = prompt[0];
+  if (typeof prompt === 'string') return { text: prompt, addSpecialTokens };
+  if (Array.isArray(prompt) && prompt.length > 0 && prompt.every(isTokenId)) return { ids: prompt as number[] };
+  return undefined;
+}
+
+/** vLLM's `truncate_prompt_tokens`: keep the last N tokens (left truncation). */
+function truncate(ids: number[], body: Record<string, unknown>): number[] {
+  const n = body.truncate_prompt_tokens;
+  return typeof n === 'number' && Number.isInteger(n) && n > 0 && ids.length > n ? ids.slice(ids.length - n) : ids;
+}
+
+function isTokenId(value: unknown): boolean {
+  return typeof value === 'number' && Number.isInteger(value) && value >= 0 && value <= 0xffffffff;
+}
+
+function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}

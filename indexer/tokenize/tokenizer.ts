@@ -1,0 +1,357 @@
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { LRUCache } from 'lru-cache';
+import { Tokenizer } from 'tokenizers';
+import { ChatTemplate, type ChatRenderOptions } from './chat-template.js';
+
+export interface TokenizerOptions {
+  /** Upper bound on the segment cache, in bytes (token ids plus keys). Default 64 MiB. */
+  cacheBytes?: number;
+}
+
+export interface TokenizerStats {
+  segmentHits: number;
+  segmentMisses: number;
+  /** Batches sent to the native encoder (one per request with misses). */
+  encodeBatches: number;
+  cacheBytes: number;
+  cacheEntries: number;
+}
+
+export interface ChatTokenizeOptions extends ChatRenderOptions {
+  /** vLLM's chat `add_special_tokens` (default false: the template already wrote them). */
+  addSpecialTokens?: boolean | undefined;
+}
+
+const DEFAULT_CACHE_BYTES = 64 * 1024 * 1024;
+// Rough per-entry overhead of an LRU node (Map slot, list links, typed-array header).
+const ENTRY_OVERHEAD = 96;
+const SPECIAL_TOKEN_KEYS = ['bos_token', 'eos_token', 'unk_token', 'sep_token', 'pad_token', 'cls_token', 'mask_token'];
+
+/**
+ * Turns requests into the token ids vLLM computes for them.
+ *
+ * Encoding runs in the native `tokenizers` binding, whose `encode`/`encodeBatch`
+ * run on libuv's thread pool (measured: the event loop keeps ticking while a
+ * 100k-character text encodes). Prompts are split at added-token strings such as
+ * `<|im_start|>`: the native tokenizer cuts the text at those same strings before
+ * normalising and pre-tokenising, so each piece encodes independently and can be
+ * cached; a new chat turn then costs only the text it adds. Cache keys are the
+ * segment strings themselves: exact, and measured faster than hashing them (V8
+ * hashes long strings in O(1) and compares on a hit).
+ */
+export class PromptTokenizer {
+  readonly #tokenizer: Tokenizer;
+  readonly #templates: { plain: ChatTemplate | undefined; tools: ChatTemplate | undefined };
+  readonly #splitter: SegmentSplitter;
+  readonly #segments: LRUCache<string, Uint32Array>;
+  readonly #inflight = new Map<string, Promise<Uint32Array>>();
+  readonly #affixes: { prefix: number[]; suffix: number[] } | undefined;
+  #hits = 0;
+  #misses = 0;
+  #batches = 0;
+
+  private constructor(
+    tokenizer: Tokenizer,
+    templates: { plain: ChatTemplate | undefined; tools: ChatTemplate | undefined },
+    splitter: SegmentSplitter,
+    affixes: { prefix: number[]; suffix: number[] } | undefined,
+    options: TokenizerOptions,
+  ) {
+    this.#tokenizer = tokenizer;
+    this.#templates = templates;
+    this.#splitter = splitter;
+    this.#affixes = affixes;
+    this.#segments = new LRUCache<string, Uint32Array>({
+      maxSize: options.cacheBytes ?? DEFAULT_CACHE_BYTES,
+      sizeCalculation: (ids, key) => ids.byteLength + key.length * 2 + ENTRY_OVERHEAD,
+    });
+  }
+
+  /** Loads `tokenizer.json` and `tokenizer_config.json` (chat template, special tokens) from a model directory. */
+  static async load(dir: string, options: TokenizerOptions = {}): Promise<PromptTokenizer> {
+    const tokenizerJson = await readFile(join(dir, 'tokenizer.json'), 'utf8').catch((err: Error) => {
+      throw new Error(`cannot read tokenizer.json in ${dir}: ${err.message}`);
+    });
+    const tokenizer = Tokenizer.fromString(tokenizerJson);
+    // transformers turns both off per call unless asked; vLLM never asks for padding here.
+    tokenizer.disableTruncation();
+    tokenizer.disablePadding();
+    const parsed = JSON.parse(tokenizerJson) as { added_tokens?: AddedTokenSpec[] };
+    const splitter = addedTokenSplitter(parsed.added_tokens ?? []);
+    const templates = await loadTemplates(dir);
+    const affixes = await specialAffixes(tokenizer);
+    return new PromptTokenizer(tokenizer, templates, splitter, affixes, options);
+  }
+
+  get hasChatTemplate(): boolean {
+    return this.#templates.plain !== undefined;
+  }
+
+  /** Added-token strings used as segment boundaries (those proved safe; see token-segments.ts). */
+  get splitTokens(): readonly string[] {
+    return this.#splitter.tokens;
+  }
+
+  /** Renders a chat request to the exact prompt text vLLM tokenizes. */
+  renderChat(messages: readonly unknown[], options: ChatRenderOptions = {}): string {
+    const hasTools = Array.isArray(options.tools) && options.tools.length > 0;
+    const template = (hasTools ? this.#templates.tools : undefined) ?? this.#templates.plain;
+    if (!template)
+      throw new Error(
+        'this tokenizer has no chat template (tokenizer_config.json chat_template or chat_template.jinja)',
+      );
+    return template.render(messages, options);
+  }
+
+  /** Token ids for a chat request: rendered with the template, encoded without special tokens unless asked (as vLLM does). */
+  async tokenizeChat(messages: readonly unknown[], options: ChatTokenizeOptions = {}): Promise<number[]> {
+    return this.encodeCached(this.renderChat(messages, options), options.addSpecialTokens ?? false);
+  }
+
+  /** Token ids for a completion prompt string: with the tokenizer's special tokens (BOS and the like) unless told otherwise. */
+  async tokenizeCompletion(prompt: string, addSpecialTokens = true): Promise<number[]> {
+    return this.encodeCached(prompt, addSpecialTokens);
+  }
+
+  /** Plain whole-text encode, no cache: the reference the cached path must equal. */
+  async encode(text: string, addSpecialTokens: boolean): Promise<number[]> {
+    const encoding = await this.#tokenizer.encode(text, null, { addSpecialTokens });
+    return encoding.getIds();
+  }
+
+  /**
+   * Encodes text segment by segment, reusing cached segments; equal to
+   * `encode(text, addSpecialTokens)` (the test corpus checks it). Special tokens
+   * the post-processor adds around a single sequence are learnt at load time;
+   * if that failed, special-token encodes bypass the cache.
+   */
+  async encodeCached(text: string, addSpecialTokens = false): Promise<number[]> {
+    if (addSpecialTokens && !this.#affixes) return this.encode(text, true);
+    const pieces = this.#splitter.split(text);
+    const parts: (Uint32Array | number | undefined)[] = new Array(pieces.length);
+    const misses = new Map<string, number[]>();
+    for (let i = 0; i < pieces.length; i++) {
+      const piece = pieces[i];
+      if (typeof piece === 'number') {
+        parts[i] = piece;
+        continue;
+      }
+      const cached = this.#segments.get(piece);
+      if (cached) {
+        this.#hits += 1;
+        parts[i] = cached;
+      } else {
+        const slots = misses.get(piece);
+        if (slots) slots.push(i);
+        else misses.set(piece, [i]);
+      }
+    }
+    if (misses.size > 0) await this.#fill(misses, parts);
+    return this.#join(parts, addSpecialTokens);
+  }
+
+  /** Empties the segment cache (counters stay). */
+  clearCache(): void {
+    this.#segments.clear();
+  }
+
+  stats(): TokenizerStats {
+    return {
+      segmentHits: this.#hits,
+      segmentMisses: this.#misses,
+      encodeBatches: this.#batches,
+      cacheBytes: this.#segments.calculatedSize,
+      cacheEntries: this.#segments.size,
+    };
+  }
+
+  /** Encodes the missing segments in one native batch, sharing encodes already in flight for other requests. */
+  async #fill(misses: Map<string, number[]>, parts: (Uint32Array | number | undefined)[]): Promise<void> {
+    const waits: Promise<void>[] = [];
+    const fresh: string[] = [];
+    for (const [piece, slots] of misses) {
+      this.#misses += slots.length;
+      const pending = this.#inflight.get(piece);
+      if (pending)
+        waits.push(
+          pending.then((ids) => {
+            for (const s of slots) parts[s] = ids;
+          }),
+        );
+      else fresh.push(piece);
+    }
+    if (fresh.length > 0) {
+      this.#batches += 1;
+      const batch = this.#tokenizer.encodeBatch(fresh, { addSpecialTokens: false });
+      fresh.forEach((piece, k) => {
+        const one = batch.then((encodings) => Uint32Array.from(encodings[k].getIds()));
+        this.#inflight.set(piece, one);
+        const slots = misses.get(piece)!;
+        waits.push(
+          one
+            .then((ids) => {
+              for (const s of slots) parts[s] = ids;
+              // A flat copy as key: `split` returns slices that would pin the whole prompt in memory.
+              this.#segments.set(flatCopy(piece), ids);
+            })
+            .finally(() => this.#inflight.delete(piece)),
+        );
+      });
+    }
+    await Promise.all(waits);
+  }
+
+  #join(parts: readonly (Uint32Array | number | undefined)[], addSpecialTokens: boolean): number[] {
+    const out: number[] = addSpecialTokens ? this.#affixes!.prefix.slice() : [];
+    for (const part of parts) {
+      if (typeof part === 'number') out.push(part);
+      else if (part) for (let i = 0; i < part.length; i++) out.push(part[i]);
+    }
+    if (addSpecialTokens) for (const id of this.#affixes!.suffix) out.push(id);
+    return out;
+  }
+}
+
+/** transformers picks a named template: `tool_use` when tools are given and it exists, else `default`. */
+async function loadTemplates(
+  dir: string,
+): Promise<{ plain: ChatTemplate | undefined; tools: ChatTemplate | undefined }> {
+  const configText = await readFile(join(dir, 'tokenizer_config.json'), 'utf8').catch(() => undefined);
+  const config = configText ? (JSON.parse(configText) as Record<string, unknown>) : {};
+  const specials: Record<string, unknown> = {};
+  for (const key of SPECIAL_TOKEN_KEYS) {
+    const value = tokenString(config[key]);
+    if (value !== undefined) specials[key] = value;
+  }
+  if (Array.isArray(config.additional_special_tokens)) {
+    specials.additional_special_tokens = config.additional_special_tokens
+      .map(tokenString)
+      .filter((s) => s !== undefined);
+  }
+  let plain: string | undefined;
+  let tools: string | undefined;
+  if (typeof config.chat_template === 'string') plain = config.chat_template;
+  else if (Array.isArray(config.chat_template)) {
+    for (const entry of config.chat_template as { name?: unknown; template?: unknown }[]) {
+      if (entry.name === 'default' && typeof entry.template === 'string') plain = entry.template;
+      if (entry.name === 'tool_use' && typeof entry.template === 'string') tools = entry.template;
+    }
+  }
+  plain ??= await readFile(join(dir, 'chat_template.jinja'), 'utf8').catch(() => undefined);
+  return {
+    plain: plain === undefined ? undefined : new ChatTemplate(plain, specials),
+    tools: tools === undefined ? undefined : new ChatTemplate(tools, specials),
+  };
+}
+
+/**
+ * Learns what the post-processor adds around one sequence (e.g. BOS) by encoding
+ * probes with and without special tokens; undefined when the difference is not
+ * a plain prefix/suffix, so the caller falls back to uncached encodes.
+ */
+async function specialAffixes(tokenizer: Tokenizer): Promise<{ prefix: number[]; suffix: number[] } | undefined> {
+  let found: { prefix: number[]; suffix: number[] } | undefined;
+  for (const probe of ['a', 'Hello world.\n', '']) {
+    const withSpecial = (await tokenizer.encode(probe, null, { addSpecialTokens: true })).getIds();
+    const plain = (await tokenizer.encode(probe, null, { addSpecialTokens: false })).getIds();
+    const at = indexOfRun(withSpecial, plain);
+    if (at < 0) return undefined;
+    const affix = { prefix: withSpecial.slice(0, at), suffix: withSpecial.slice(at + plain.length) };
+    if (found && (!sameIds(found.prefix, affix.prefix) || !sameIds(found.suffix, affix.suffix))) return undefined;
+    found = affix;
+  }
+  return found;
+}
+
+function indexOfRun(haystack: number[], needle: number[]): number {
+  outer: for (let i = 0; i + needle.length <= haystack.length; i++) {
+    for (let j = 0; j < needle.length; j++) if (haystack[i + j] !== needle[j]) continue outer;
+    return i;
+  }
+  return -1;
+}
+
+function sameIds(a: number[], b: number[]): boolean {
+  return a.length === b.length && a.every((v, i) => v === b[i]);
+}
+
+function flatCopy(s: string): string {
+  return s.length < 16 ? s : Buffer.from(s, 'utf16le').toString('utf16le');
+}
+
+function tokenString(value: unknown): string | undefined {
+  if (typeof value === 'string') return value;
+  if (value && typeof value === 'object' && typeof (value as { content?: unknown }).content === 'string')
+    return (value as { content: string }).content;
+  return undefined;
+}
+
+/** One entry of tokenizer.json `added_tokens`. */
+export interface AddedTokenSpec {
+  id: number;
+  content: string;
+  special?: boolean;
+  normalized?: boolean;
+  lstrip?: boolean;
+  rstrip?: boolean;
+  single_word?: boolean;
+}
+
+interface SegmentSplitter {
+  readonly tokens: readonly string[];
+  /** Text pieces between split tokens (non-empty strings) and the split tokens' ids, in order. */
+  split(text: string): (string | number)[];
+}
+
+/**
+ * Chooses the added tokens that are exact segment boundaries. The native
+ * tokenizer first cuts the raw text at added tokens whose `normalized` is false
+ * (leftmost-longest, the same as a longest-first regex alternation), then
+ * normalises and pre-tokenises each piece alone; so splitting there changes
+ * nothing. Not safe, hence left inside segments for the native encoder:
+ * `normalized: true` tokens (matched only after normalisation), `lstrip`/`rstrip`
+ * tokens (they eat neighbouring whitespace), `single_word` tokens (matched only
+ * at word edges). A safe token whose text overlaps an unsafe one, or that starts
+ * or ends with whitespace a stripping token could eat, is dropped too.
+ */
+export function addedTokenSplitter(added: readonly AddedTokenSpec[]): SegmentSplitter {
+  const unsafe = added.filter((t) => t.normalized !== false || t.lstrip || t.rstrip || t.single_word);
+  const stripping = unsafe.some((t) => t.lstrip || t.rstrip);
+  const ids = new Map<string, number>();
+  for (const t of added) {
+    if (unsafe.includes(t) || t.content.length === 0) continue;
+    if (unsafe.some((u) => overlaps(u.content, t.content))) continue;
+    if (stripping && /^\s|\s$/u.test(t.content)) continue;
+    ids.set(t.content, t.id);
+  }
+  const tokens = [...ids.keys()].sort((a, b) => b.length - a.length);
+  if (tokens.length === 0) return { tokens, split: (text) => (text.length > 0 ? [text] : []) };
+  const pattern = new RegExp(`(${tokens.map(escapeRegExp).join('|')})`);
+  return {
+    tokens,
+    split(text) {
+      const raw = text.split(pattern);
+      const out: (string | number)[] = [];
+      for (let i = 0; i < raw.length; i++) {
+        const piece = raw[i];
+        if (i % 2 === 1) out.push(ids.get(piece)!);
+        else if (piece.length > 0) out.push(piece);
+      }
+      return out;
+    },
+  };
+}
+
+/** True when one string contains the other or a suffix of one is a prefix of the other. */
+function overlaps(a: string, b: string): boolean {
+  if (a.includes(b) || b.includes(a)) return true;
+  for (let k = 1; k < Math.min(a.length, b.length); k++) {
+    if (a.endsWith(b.slice(0, k)) || b.endsWith(a.slice(0, k))) return true;
+  }
+  return false;
+}
+
+function escapeRegExp(s: string): string {
+  return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+}

@@ -1,0 +1,74 @@
+import t from 'tap';
+import xxhash from 'xxhash-wasm';
+import { createBlockHasher } from '../../../indexer/index/block-hash.js';
+
+const tokens = (n: number, start = 1) => Array.from({ length: n }, (_, i) => start + i * 7);
+
+t.test('known vector pins the layout: parent u64 LE, then tokens as u32 LE, xxh64 with the seed', async (t) => {
+  const h = await createBlockHasher();
+  const x = await xxhash();
+  const seed = h.seedFor('Qwen/Qwen3-0.6B');
+  const toks = [1, 2, 3, 0xffffffff];
+  const [b0, b1] = h.hashBlocks([...toks, 5, 6, 7, 8], 4, seed);
+
+  // Independent byte layout: 8 zero bytes (root parent), then 4 tokens LE.
+  const first = new Uint8Array(8 + 16);
+  const dv = new DataView(first.buffer);
+  toks.forEach((v, i) => dv.setUint32(8 + 4 * i, v, true));
+  t.equal(b0, x.h64Raw(first, seed));
+  const second = new Uint8Array(8 + 16);
+  const dv2 = new DataView(second.buffer);
+  dv2.setBigUint64(0, b0, true);
+  [5, 6, 7, 8].forEach((v, i) => dv2.setUint32(8 + 4 * i, v, true));
+  t.equal(b1, x.h64Raw(second, seed));
+  // And one literal value, so a change of xxhash-wasm or of the layout is noticed.
+  t.equal(
+    h.hashBlocks([1, 2, 3, 4], 4, 0n)[0],
+    x.h64Raw(new Uint8Array([0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 4, 0, 0, 0]), 0n),
+  );
+  t.equal(h.seedFor('m', null), x.h64('kvgate/block-hash/v1\u0000m\u0000', 0n));
+});
+
+t.test('deterministic, chained, partial block ignored', async (t) => {
+  const h = await createBlockHasher();
+  const seed = h.seedFor('m');
+  const a = h.hashBlocks(tokens(16 * 5 + 3), 16, seed);
+  t.equal(a.length, 5, 'trailing partial block ignored');
+  t.same(h.hashBlocks(tokens(16 * 5), 16, seed), a, 'same tokens, same hashes');
+  t.equal(new Set(a).size, 5);
+
+  // Equal prefixes give equal hashes; one changed token changes that block and every later one.
+  const changed = tokens(16 * 5);
+  changed[16 * 2 + 4] = 999_999;
+  const b = h.hashBlocks(changed, 16, seed);
+  t.same(b.slice(0, 2), a.slice(0, 2));
+  for (let i = 2; i < 5; i++) t.not(b[i], a[i], `block ${i} differs`);
+
+  // `parent` continues a chain: hashing in two parts equals hashing at once.
+  const head = h.hashBlocks(tokens(16 * 5).slice(0, 32), 16, seed);
+  const tail = h.hashBlocks(tokens(16 * 5).slice(32), 16, seed, head[1]);
+  t.same([...head, ...tail], a);
+
+  // Same block content under another parent is another block.
+  const lone = h.hashBlocks(tokens(16 * 5).slice(32, 48), 16, seed);
+  t.not(lone[0], a[2]);
+  t.same(h.hashBlocks(tokens(10), 16, seed), []);
+  t.same(h.hashBlocks(new Uint32Array(tokens(32)), 16, seed), a.slice(0, 2), 'typed arrays work too');
+});
+
+t.test('seeds: per model and per LoRA adapter; block size change reuses the buffer safely', async (t) => {
+  const h = await createBlockHasher();
+  const base = h.seedFor('m');
+  t.equal(h.seedFor('m', null), base);
+  t.equal(h.seedFor('m', ''), base, 'empty adapter name is the base model');
+  t.not(h.seedFor('m', 'lora-a'), base);
+  t.not(h.seedFor('m', 'lora-a'), h.seedFor('m', 'lora-b'));
+  t.not(h.seedFor('m2'), base);
+  t.not(h.hashBlocks(tokens(16), 16, base)[0], h.hashBlocks(tokens(16), 16, h.seedFor('m', 'lora-a'))[0]);
+
+  const big = h.hashBlocks(tokens(256 * 2), 256, base);
+  t.equal(big.length, 2);
+  t.same(h.hashBlocks(tokens(32), 16, base), h.hashBlocks(tokens(32), 16, base));
+  t.same(h.hashBlocks(tokens(256 * 2), 256, base), big);
+  t.throws(() => h.hashBlocks(tokens(4), 0, base), RangeError);
+});
