@@ -19,6 +19,7 @@ import { FleetSync, type FleetChange, type WorkerHooks } from './fleet/fleet-syn
 import { dropWorkerSeries, FrontTracker, registerLifecycleMetrics } from './ops/lifecycle.js';
 import { buildRouting, LivePipeline, poolSignature, restartOnlyChanges, type RoutingDeps } from './routing/reload.js';
 import { Disaggregation } from './disagg/two-leg.js';
+import { PdSplit } from './disagg/split.js';
 import { LoadSharing, natsTransport } from './fleet/load-sharing.js';
 
 export interface GatewayOptions {
@@ -113,6 +114,7 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
   const health = new HealthChecker(fleet, config.fleet.health, log, options.healthProbe);
   const blockSize = Object.values(config.models)[0]?.blockSize ?? 16;
   const lenientPools = config.fleet.discovery !== undefined && config.fleet.discovery.type !== 'static';
+  const pdSplit = new PdSplit(config.disaggregation, fleet);
   const routingDeps: RoutingDeps = {
     fleet,
     metrics,
@@ -123,6 +125,7 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
     now,
     blockSize,
     adminToken: config.admin.token,
+    split: pdSplit.split,
   };
   const first = buildRouting(config, routingDeps, fleet.workers, lenientPools);
   const pipeline = new LivePipeline(first.pipeline, routingDeps, first.strategy);
@@ -169,10 +172,11 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
     transport,
     metrics,
     log,
+    split: pdSplit,
     services: options.services ?? {},
-    promptBlocks: options.promptBlocks,
     blockSize,
     now,
+    random,
   });
   // --- end disaggregation ---
 

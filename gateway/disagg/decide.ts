@@ -2,6 +2,7 @@ import { chooseByKvCost, kvParamsSchema, type KvParams } from '../routing/strate
 import { matchWorkers, type PrefixMatcher } from '../routing/strategies/overlap.js';
 import type { Decision, RouteContext, Strategy, WorkerView } from '../routing/strategies/strategy.js';
 import type { DisaggConfig } from './config.js';
+import { splitRoles } from './split.js';
 
 export type DisaggPath = 'disaggregated' | 'aggregated';
 
@@ -35,6 +36,8 @@ export interface DecideInput<W extends WorkerView> {
   /** Available workers of the request's pool. */
   candidates: readonly W[];
   config: DisaggConfig;
+  /** The strategy's choice on the decode side, when the pipeline made it already; else decide asks the strategy. */
+  aggregatedDecision?: Decision | undefined;
   matcher: PrefixMatcher | undefined;
   blockSize: number;
 }
@@ -69,11 +72,8 @@ const byId = <W extends WorkerView>(list: readonly W[], d: Decision): W =>
  */
 export function decide<W extends WorkerView>(input: DecideInput<W>): DisaggPlan<W> {
   const { ctx, strategy, config, matcher } = input;
-  const prefillSide = input.candidates.filter((w) => w.role === 'prefill');
-  let decodeSide = input.candidates.filter((w) => w.role !== 'prefill');
-  // No decode-capable worker left: a prefill worker can still serve whole requests (vLLM kv_both).
-  if (decodeSide.length === 0) decodeSide = prefillSide;
-  const aggregatedDecision = strategy.choose(ctx, decodeSide);
+  const { prefill: prefillSide, decode: decodeSide } = splitRoles(input.candidates);
+  const aggregatedDecision = input.aggregatedDecision ?? strategy.choose(ctx, decodeSide);
   const aggregated = byId(decodeSide, aggregatedDecision);
   const overlapBlocks =
     aggregatedDecision.predictedCachedBlocks ?? matchWorkers(ctx, matcher, 0)?.get(aggregated.id)?.blocks ?? 0;

@@ -1,23 +1,23 @@
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
 import { performance } from 'node:perf_hooks';
 import type { Logger } from 'pino';
 import { GatewayError, sendError } from '../front/errors.js';
 import type { Fleet, Worker } from '../fleet/fleet.js';
-import type { Transport } from '../proxy/forward.js';
+import { forward, type Collected, type Transport } from '../proxy/forward.js';
 import { clientResponseHeaders, upstreamRequestHeaders } from '../proxy/headers.js';
-import { withWorkerAuth } from '../proxy/upstream-auth.js';
+import { rerouter } from '../proxy/retry.js';
 import type { GatewayMetrics } from '../ops/metrics.js';
-import type { PromptBlocksProvider, Routed } from '../routing/pipeline.js';
+import type { Routed } from '../routing/pipeline.js';
 import { ADMIN_TOKEN_HEADER } from '../routing/policies/overrides.js';
 import { KV_INDEXER_SERVICE } from '../routing/strategies/kv.js';
 import { asPrefixMatcher } from '../routing/strategies/overlap.js';
-import type { RouteContext } from '../routing/strategies/strategy.js';
 import { RequestOutcome } from '../proxy/usage-sniffer.js';
 import type { DisaggConfig } from './config.js';
 import { decide, type DisaggPlan } from './decide.js';
-import { decodeBody, prefillBody, sendPrefill, streamLeg } from './legs.js';
+import { decodeBody, prefillBody, readPrefillParams } from './legs.js';
 import { DisaggMetrics, OutputCounter } from './observe.js';
-import { Planner, type PoolWorkers } from './planner.js';
+import { Planner } from './planner.js';
+import type { PdSplit } from './split.js';
 
 export interface DisaggDeps {
   readonly config: DisaggConfig;
@@ -25,12 +25,14 @@ export interface DisaggDeps {
   readonly transport: Transport;
   readonly metrics: GatewayMetrics;
   readonly log: Logger;
+  /** Which pools are split; the same object narrows the pipeline's candidates (`split.split`). */
+  readonly split: PdSplit;
   /** `services.kvIndexer`: the prefix matcher used for the uncached-prefill estimate. */
   readonly services: Readonly<Record<string, unknown>>;
-  /** Hashes the prompt when the request's strategy did not (so the threshold sees real overlap). */
-  readonly promptBlocks?: PromptBlocksProvider | undefined;
   readonly blockSize: number;
   readonly now?: (() => number) | undefined;
+  /** Retry backoff jitter. */
+  readonly random?: (() => number) | undefined;
 }
 
 /** One request handed over by the front (gateway/front/server.ts) after routing. */
@@ -50,9 +52,20 @@ export interface DisaggJob {
 type Path = 'disaggregated' | 'aggregated' | 'prefill_fallback';
 type PrefillOutcome =
   | { kind: 'ok'; worker: Worker; params: Record<string, unknown> }
-  | { kind: 'final'; worker: Worker; status: number; headers: Record<string, unknown>; body: Buffer }
+  | { kind: 'final'; worker: Worker; status: number; headers: IncomingHttpHeaders; body: Buffer }
   | { kind: 'client_gone'; worker: Worker }
   | { kind: 'failed' };
+
+/** What both legs of one request share. */
+interface Leg {
+  readonly job: DisaggJob;
+  readonly plan: DisaggPlan<Worker>;
+  readonly headers: Record<string, string | string[]>;
+  /** Planner pool name. */
+  readonly pool: string;
+  /** KV blocks the request holds (prompt plus expected output). */
+  readonly blocks: number;
+}
 
 /** Output tokens assumed for decode-block accounting when the request sets no limit (as the front does). */
 const DEFAULT_OUTPUT_TOKENS = 256;
@@ -60,46 +73,33 @@ const DEFAULT_OUTPUT_TOKENS = 256;
 /**
  * Disaggregated serving through the gateway, as vLLM's reference proxy does it
  * with NixlConnector (engine-wire-formats.md §4), for pools that have prefill
- * workers: decide (decide.ts), send the prefill leg (stream off, 1 token,
- * `kv_transfer_params.do_remote_decode`), pass the engine's `kv_transfer_params`
- * with the original request to the decode worker, stream its answer back. One
- * `x-request-id` for both legs. A prefill leg that fails goes to another
- * prefill worker, then whole to the decode side; a client that leaves aborts
- * whichever leg is running. The planner watches it all (planner.ts).
+ * workers. The pipeline already narrowed the pool to its decode side and let
+ * the strategy choose there (where the request would run whole); decide.ts
+ * picks the path and the legs' workers. Each leg is a job of the one
+ * forwarding engine (gateway/proxy/forward.ts), so both get breakers,
+ * timeouts, retries with backoff, upstream auth, DP rank and accounting: the
+ * prefill leg (stream off, 1 token, `kv_transfer_params.do_remote_decode`)
+ * collects its answer for the engine's `kv_transfer_params`; the decode leg
+ * sends them with the original request and streams the answer back. One
+ * `x-request-id` for both legs. A prefill leg that fails on every prefill
+ * worker it may try is served whole on the decode side; a client that leaves
+ * aborts whichever leg is running. The planner watches it all (planner.ts).
  */
 export class Disaggregation {
   readonly planner: Planner;
   readonly #d: DisaggDeps;
   readonly #m: DisaggMetrics;
-  readonly #handles = new Map<string, boolean>();
-  readonly #poolMembers = new Map<string, readonly Worker[]>();
 
   constructor(deps: DisaggDeps) {
     this.#d = deps;
     this.#m = new DisaggMetrics(deps.metrics.registry);
-    this.planner = new Planner(deps.config.planner, deps.now ?? Date.now, (pool) => this.#poolWorkers(pool));
+    this.planner = new Planner(deps.config.planner, deps.now ?? Date.now, (pool) => deps.split.poolWorkers(pool));
     this.planner.register(deps.metrics.registry);
   }
 
-  /** True when the request's pool (or the model's whole fleet) has prefill workers and decode-capable ones. */
+  /** True when the pipeline split the request's pool (it has prefill workers and decode-capable ones). */
   handles(routed: Routed): boolean {
-    if (!this.#d.config.enabled) return false;
-    const pool = routed.selection.pool;
-    const key = `${routed.ctx.model}\0${pool?.name ?? ''}`;
-    let yes = this.#handles.get(key);
-    if (yes === undefined) {
-      const members = this.#d.fleet.workers.filter(
-        (w) => w.models.includes(routed.ctx.model) && (!pool || pool.members.has(w.id)),
-      );
-      yes = members.some((w) => w.role === 'prefill') && members.some((w) => w.role !== 'prefill');
-      this.#handles.set(key, yes);
-      if (yes)
-        this.#poolMembers.set(pool?.name ?? 'default', [
-          ...(this.#poolMembers.get(pool?.name ?? 'default') ?? []),
-          ...members,
-        ]);
-    }
-    return yes;
+    return this.#d.config.enabled && routed.prefillCandidates !== undefined;
   }
 
   /** Serves the request; answers every failure itself and never rejects. */
@@ -115,12 +115,11 @@ export class Disaggregation {
   }
 
   /** `/debug/route`: what the request would do, both choices with their reasons. Touches no load. */
-  async explain(routed: Routed): Promise<Record<string, unknown>> {
-    const ctx = await this.#withBlocks(routed);
-    const plan = this.#plan(routed, ctx);
+  explain(routed: Routed): Promise<Record<string, unknown>> {
+    const plan = this.#plan(routed);
     const leg = (w: Worker | undefined, d: { explain: unknown; predictedCachedBlocks?: number } | undefined) =>
       w ? { worker: w.id, role: w.role, predictedCachedBlocks: d?.predictedCachedBlocks, explain: d?.explain } : null;
-    return {
+    return Promise.resolve({
       path: plan.path,
       reason: plan.reason,
       mode: this.#d.config.mode,
@@ -131,7 +130,7 @@ export class Disaggregation {
       prefill: leg(plan.prefill, plan.prefillDecision),
       decode: leg(plan.decode, plan.decodeDecision),
       aggregated: leg(plan.aggregated, plan.aggregatedDecision),
-    };
+    });
   }
 
   /** `/debug/planner`: every pool's advice with the inputs it used. */
@@ -139,25 +138,12 @@ export class Disaggregation {
     return { targets: this.#d.config.planner, pools: this.planner.pools().map((p) => this.planner.snapshot(p)) };
   }
 
-  #poolWorkers(pool: string): PoolWorkers {
-    const members = new Set(this.#poolMembers.get(pool) ?? []);
-    const out = { prefill: 0, decode: 0, both: 0 };
-    for (const w of members) out[w.role]++;
-    return out;
-  }
-
-  async #withBlocks(routed: Routed): Promise<RouteContext> {
-    const { ctx, request } = routed;
-    if (ctx.blocks || !this.#d.promptBlocks) return ctx;
-    const blocks = await this.#d.promptBlocks(request.body, request.model, request.kind).catch(() => undefined);
-    return blocks ? { ...ctx, blocks, promptTokens: blocks.tokenCount } : ctx;
-  }
-
-  #plan(routed: Routed, ctx: RouteContext): DisaggPlan<Worker> {
+  #plan(routed: Routed): DisaggPlan<Worker> {
     return decide({
-      ctx,
+      ctx: routed.ctx,
       strategy: routed.strategy,
-      candidates: routed.candidates,
+      candidates: [...new Set([...(routed.prefillCandidates ?? []), ...routed.candidates])],
+      aggregatedDecision: routed.decision,
       config: this.#d.config,
       matcher: asPrefixMatcher(this.#d.services[KV_INDEXER_SERVICE]),
       blockSize: this.#d.blockSize,
@@ -166,26 +152,25 @@ export class Disaggregation {
 
   async #serve(job: DisaggJob): Promise<void> {
     const { routed, res } = job;
-    const { selection, request } = routed;
+    const { selection, request, ctx } = routed;
     const d = this.#d;
     const strategy = routed.strategy.name;
     const arm = selection.arm;
-    const pool = selection.pool?.name ?? 'default';
     const outcome = new RequestOutcome(d.metrics, strategy, arm, selection.armStats, job.started);
-    const abort = new AbortController();
-    res.on('close', () => {
-      if (!res.writableFinished) abort.abort();
-    });
-    const ctx = await this.#withBlocks(routed);
-    if (res.destroyed) return outcome.end(499);
-    const plan = this.#plan(routed, ctx);
+    const plan = this.#plan(routed);
     const blockSize = ctx.blocks?.blockSize ?? d.blockSize;
-    const blocks = Math.ceil((plan.promptTokens + (request.maxTokens ?? DEFAULT_OUTPUT_TOKENS)) / blockSize);
     const headers = upstreamRequestHeaders(job.req.headers, job.requestId, 0, {
       clientAddress: job.req.socket.remoteAddress,
       passAuthorization: d.transport.config.passClientAuthorization,
     });
     delete headers[ADMIN_TOKEN_HEADER];
+    const leg: Leg = {
+      job,
+      plan,
+      headers,
+      pool: selection.pool?.name ?? 'default',
+      blocks: Math.ceil((plan.promptTokens + (request.maxTokens ?? DEFAULT_OUTPUT_TOKENS)) / blockSize),
+    };
     const predicted = plan.aggregatedDecision.predictedCachedBlocks;
     d.metrics.routed(
       strategy,
@@ -193,19 +178,19 @@ export class Disaggregation {
       ctx.blocks && predicted !== undefined ? predicted * blockSize : undefined,
       arm,
     );
-    this.planner.arrival(pool, plan.promptTokens, plan.uncachedTokens);
+    this.planner.arrival(leg.pool, plan.promptTokens, plan.uncachedTokens);
 
     let path: Path = plan.path;
     let prefill: PrefillOutcome | undefined;
     if (plan.path === 'disaggregated') {
-      prefill = await this.#prefill(job, plan, ctx, headers, abort.signal, pool, blocks);
+      prefill = await this.#prefill(leg);
       if (prefill.kind === 'client_gone') {
         d.metrics.request(job.route, prefill.worker.id, strategy, 499, arm);
         return outcome.end(499);
       }
       if (prefill.kind === 'final') {
         // The engine refused the request itself (a 4xx): the decode worker would too.
-        const h = clientResponseHeaders(prefill.headers as never, {
+        const h = clientResponseHeaders(prefill.headers, {
           'x-kvgate-worker': `prefill=${prefill.worker.id}`,
           'x-kvgate-strategy': strategy,
           'x-request-id': job.requestId,
@@ -218,180 +203,172 @@ export class Disaggregation {
       if (prefill.kind === 'failed') path = 'prefill_fallback';
     }
     this.#m.path(path);
-    await this.#decode(
-      job,
-      plan,
-      ctx,
-      path,
-      prefill?.kind === 'ok' ? prefill : undefined,
-      headers,
-      abort.signal,
-      pool,
-      blocks,
-      outcome,
-    );
+    if (res.destroyed) {
+      d.metrics.request(job.route, prefill?.kind === 'ok' ? prefill.worker.id : 'none', strategy, 499, arm);
+      return outcome.end(499);
+    }
+    this.#decode(leg, path, prefill?.kind === 'ok' ? prefill : undefined, outcome);
   }
 
-  /** The prefill leg, on the planned worker, then (failures only) on other prefill workers. */
-  async #prefill(
-    job: DisaggJob,
-    plan: DisaggPlan<Worker>,
-    ctx: RouteContext,
-    headers: Record<string, string | string[]>,
-    signal: AbortSignal,
-    pool: string,
-    blocks: number,
-  ): Promise<PrefillOutcome> {
+  /**
+   * The prefill leg: a collecting job on the planned prefill worker, retried
+   * (`prefillRetries`) on the prefill workers the strategy ranks next when it
+   * fails or answers without `kv_transfer_params`.
+   */
+  #prefill(leg: Leg): Promise<PrefillOutcome> {
     const d = this.#d;
-    const body = prefillBody(job.routed.request.body);
-    const tried = new Set<Worker>();
-    let worker = plan.prefill!;
-    for (let attempt = 0; ; attempt++) {
-      tried.add(worker);
-      const ticket = d.fleet.start(worker, plan.promptTokens, blocks);
-      this.planner.prefillStarted(pool, worker.id);
-      const t0 = performance.now();
-      const { pool: upstream, basePath } = d.transport.get(worker);
-      const r = await sendPrefill(upstream, basePath + job.path, withWorkerAuth(worker, headers), body, signal);
-      d.fleet.finish(ticket);
-      this.planner.prefillEnded(pool, worker.id, r.ok ? plan.uncachedTokens : 0);
-      if (r.ok) {
-        this.#m.prefill(worker.id, (performance.now() - t0) / 1000);
-        return { kind: 'ok', worker, params: r.params };
-      }
-      if (r.final) return { kind: 'final', worker, status: r.status, headers: r.headers, body: r.body };
-      if (r.kind === 'client_abort') return { kind: 'client_gone', worker };
-      this.#m.prefillFailed(worker.id, r.kind);
-      d.metrics.upstreamError(worker.id, r.kind);
-      d.log.warn(
-        { requestId: job.requestId, worker: worker.id, kind: r.kind, message: r.message },
-        'prefill leg failed',
+    const { job, plan, pool } = leg;
+    const { routed } = job;
+    const worker = plan.prefill!;
+    const decision = plan.prefillDecision!;
+    const ticket = d.fleet.start(worker, plan.promptTokens, leg.blocks);
+    routed.strategy.onRouted?.(routed.ctx, decision);
+    let params: Record<string, unknown> | undefined;
+    let sentAt = 0;
+    return new Promise((resolve) => {
+      const done = (r: Collected): void => {
+        if (r.ok && params) resolve({ kind: 'ok', worker: r.worker, params });
+        else if (r.ok) resolve({ kind: 'final', worker: r.worker, status: r.status, headers: r.headers, body: r.body });
+        else if (r.status === 499) resolve({ kind: 'client_gone', worker: r.worker });
+        else resolve({ kind: 'failed' });
+      };
+      forward(
+        d,
+        {
+          worker,
+          ticket,
+          strategy: routed.strategy.name,
+          route: job.route,
+          path: job.path,
+          headers: job.req.headers,
+          body: prefillBody(routed.request.body),
+          requestId: job.requestId,
+          responseHeaders: {},
+          started: job.started,
+          arm: routed.selection.arm,
+          dataParallelRank: decision.dataParallelRank,
+          reroute: rerouter(d.fleet, { ctx: routed.ctx, strategy: routed.strategy, candidates: plan.prefillCandidates }),
+          maxRetries: d.config.prefillRetries,
+          hooks: {
+            sent: (w) => {
+              sentAt = performance.now();
+              this.planner.prefillStarted(pool, w.id);
+            },
+            settled: (w, status, failure) => {
+              const ok = failure === undefined && params !== undefined;
+              this.planner.prefillEnded(pool, w.id, ok ? plan.uncachedTokens : 0);
+              if (ok) this.#m.prefill(w.id, (performance.now() - sentAt) / 1000);
+              if (!failure) return;
+              this.#m.prefillFailed(w.id, failure.kind);
+              d.log.warn(
+                { requestId: job.requestId, worker: w.id, kind: failure.kind, message: failure.message },
+                'prefill leg failed',
+              );
+            },
+          },
+          collect: {
+            check: (status, body) => {
+              // A 4xx is the engine refusing the request itself: handed back, not retried.
+              if (status >= 400 && status < 500) return undefined;
+              if (status !== 200) return { kind: 'status', message: `status ${status}` };
+              const r = readPrefillParams(body);
+              if ('kind' in r) return r;
+              params = r.params;
+              return undefined;
+            },
+            done,
+          },
+        },
+        leg.headers,
+        job.res,
       );
-      const remaining = plan.prefillCandidates.filter((w) => !tried.has(w) && w.available);
-      if (attempt >= d.config.prefillRetries || remaining.length === 0) return { kind: 'failed' };
-      const next = job.routed.strategy.choose(ctx, remaining);
-      worker = remaining.find((w) => w.id === next.worker.id) ?? remaining[0];
-    }
+    });
   }
 
   /**
    * The decode leg (disaggregated) or the whole request (aggregated, prefill
-   * fallback), streamed to the client. A failure before any byte reached the
-   * client is retried on another decode-side worker (`upstream.retry.attempts`);
-   * the prefill engine keeps the blocks until one of them pulls them.
+   * fallback), a streaming job. A failure before any byte reached the client
+   * is retried on another decode-side worker (`upstream.retry`); the prefill
+   * engine keeps the blocks until one of them pulls them.
    */
-  async #decode(
-    job: DisaggJob,
-    plan: DisaggPlan<Worker>,
-    ctx: RouteContext,
+  #decode(
+    leg: Leg,
     path: Path,
     prefill: { worker: Worker; params: Record<string, unknown> } | undefined,
-    headers: Record<string, string | string[]>,
-    signal: AbortSignal,
-    pool: string,
-    blocks: number,
     outcome: RequestOutcome,
-  ): Promise<void> {
+  ): void {
     const d = this.#d;
-    const { routed, res } = job;
+    const { job, plan, pool } = leg;
+    const { routed } = job;
     const strategy = routed.strategy.name;
-    const arm = routed.selection.arm;
-    const body = prefill ? decodeBody(routed.request.body, prefill.params) : routed.request.raw;
-    const tried = new Set<Worker>();
-    let worker = prefill ? plan.decode! : plan.aggregated;
-    for (let attempt = 0; ; attempt++) {
-      tried.add(worker);
-      const w = worker;
-      const responseHeaders: Record<string, string> = {
-        'x-kvgate-worker': prefill ? `prefill=${prefill.worker.id},decode=${w.id}` : w.id,
-        'x-kvgate-strategy': strategy,
-        'x-kvgate-arm': arm,
-        'x-request-id': job.requestId,
-        'x-kvgate-disagg': path,
-      };
-      if (attempt > 0) responseHeaders['x-kvgate-retries'] = String(attempt);
-      // The decode leg holds decode load from the start: its prefill happened elsewhere.
-      const ticket = d.fleet.start(w, prefill ? 0 : plan.promptTokens, blocks);
-      if (prefill) {
-        d.fleet.firstToken(ticket);
-        this.planner.decodeStarted(pool, w.id);
-      } else {
-        this.planner.prefillStarted(pool, w.id);
-      }
-      let firstAt: number | undefined;
-      const counter = new OutputCounter(routed.request.kind === 'chat');
-      const remaining = () => plan.decodeCandidates.filter((x) => !tried.has(x) && x.available);
-      const canRetry = attempt < d.transport.config.retry.attempts && remaining().length > 0;
-      const { pool: upstream, basePath } = d.transport.get(w);
-      const r = await streamLeg(
-        upstream,
-        basePath + job.path,
-        withWorkerAuth(w, headers),
-        body,
-        res,
+    const worker = prefill ? plan.decode! : plan.aggregated;
+    const decision = prefill ? plan.decodeDecision! : plan.aggregatedDecision;
+    // The decode leg holds decode load from the start: its prefill happened elsewhere.
+    const ticket = d.fleet.start(worker, prefill ? 0 : plan.promptTokens, leg.blocks);
+    routed.strategy.onRouted?.(routed.ctx, decision);
+    const responseHeaders: Record<string, string> = {
+      'x-kvgate-strategy': strategy,
+      'x-kvgate-arm': routed.selection.arm,
+      'x-request-id': job.requestId,
+      'x-kvgate-disagg': path,
+    };
+    if (!prefill && decision.predictedCachedBlocks !== undefined)
+      responseHeaders['x-kvgate-cached-blocks'] = String(decision.predictedCachedBlocks);
+    const counter = new OutputCounter(routed.request.kind === 'chat');
+    let firstAt: number | undefined;
+    forward(
+      d,
+      {
+        worker,
+        ticket,
+        strategy,
+        route: job.route,
+        path: job.path,
+        headers: job.req.headers,
+        body: prefill ? decodeBody(routed.request.body, prefill.params) : routed.request.raw,
+        requestId: job.requestId,
         responseHeaders,
-        signal,
-        canRetry,
-        {
-          first: () => {
-            firstAt = performance.now();
-            d.fleet.firstToken(ticket);
-            d.metrics.ttft(strategy, w.id, (firstAt - job.started) / 1000, arm);
-            if (!prefill) {
-              this.planner.prefillEnded(pool, w.id, plan.uncachedTokens);
-              this.planner.decodeStarted(pool, w.id);
-            }
-          },
+        started: job.started,
+        arm: routed.selection.arm,
+        dataParallelRank: decision.dataParallelRank,
+        reroute: rerouter(d.fleet, { ctx: routed.ctx, strategy: routed.strategy, candidates: plan.decodeCandidates }),
+        workerHeader: prefill ? (w) => `prefill=${prefill.worker.id},decode=${w.id}` : undefined,
+        observer: {
           data: (chunk) => {
             outcome.data(chunk);
             counter.data(chunk);
           },
+          end: (status) => outcome.end(status),
         },
-      );
-      d.fleet.finish(ticket);
-      if (firstAt === undefined && !prefill) this.planner.prefillEnded(pool, w.id, 0);
-      else this.planner.decodeEnded(pool, w.id, firstAt === undefined ? 0 : counter.tokens);
-      if (r.committed || r.kind === 'client_abort' || !r.retryable || !canRetry) {
-        let status: number;
-        if (r.committed) {
-          status = r.status;
-          if (r.kind) d.metrics.upstreamError(w.id, r.kind);
-          if (status === 200 && firstAt !== undefined) {
-            const end = performance.now();
-            const tokens = counter.tokens;
-            this.planner.finished(
-              pool,
-              firstAt - job.started,
-              tokens > 1 ? (end - firstAt) / (tokens - 1) : undefined,
-              tokens,
-            );
-          }
-        } else if (r.kind === 'client_abort') {
-          status = 499;
-          d.metrics.upstreamError(w.id, 'client_abort');
-        } else {
-          d.metrics.upstreamError(w.id, r.kind);
-          const err = new GatewayError(
-            r.kind === 'timeout' ? 504 : 502,
-            `upstream worker '${w.id}' failed: ${r.message}`,
-            'upstream_error',
-            `upstream_${r.kind}`,
-            null,
-            true,
-          );
-          sendError(res, err, responseHeaders);
-          status = err.status;
-        }
-        d.metrics.request(job.route, w.id, strategy, status, arm);
-        d.metrics.duration(strategy, w.id, (performance.now() - job.started) / 1000, arm);
-        return outcome.end(status);
-      }
-      d.metrics.upstreamError(w.id, r.kind);
-      d.metrics.retry(w.id, r.kind);
-      const left = remaining();
-      const next = routed.strategy.choose(ctx, left);
-      worker = left.find((x) => x.id === next.worker.id) ?? left[0];
-    }
+        hooks: {
+          sent: (w, t) => {
+            firstAt = undefined;
+            if (prefill) {
+              d.fleet.firstToken(t);
+              this.planner.decodeStarted(pool, w.id);
+            } else {
+              this.planner.prefillStarted(pool, w.id);
+            }
+          },
+          first: (w) => {
+            firstAt = performance.now();
+            if (prefill) return;
+            this.planner.prefillEnded(pool, w.id, plan.uncachedTokens);
+            this.planner.decodeStarted(pool, w.id);
+          },
+          settled: (w, status) => {
+            if (firstAt === undefined && !prefill) return this.planner.prefillEnded(pool, w.id, 0);
+            const tokens = firstAt === undefined ? 0 : counter.tokens;
+            this.planner.decodeEnded(pool, w.id, tokens);
+            if (status !== 200 || firstAt === undefined) return;
+            const itl = tokens > 1 ? (performance.now() - firstAt) / (tokens - 1) : undefined;
+            this.planner.finished(pool, firstAt - job.started, itl, tokens);
+          },
+        },
+      },
+      leg.headers,
+      job.res,
+    );
   }
 }
 

@@ -117,9 +117,6 @@ export function createFrontHandler(d: FrontDeps): (req: IncomingMessage, res: Se
         passAuthorization: d.transport.config.passClientAuthorization,
       });
       delete upstreamHeaders[ADMIN_TOKEN_HEADER];
-      // vLLM's API server pins a request to a data-parallel rank with this header.
-      if (decision.dataParallelRank !== undefined)
-        upstreamHeaders['x-data-parallel-rank'] = String(decision.dataParallelRank);
       forward(
         d,
         {
@@ -133,6 +130,7 @@ export function createFrontHandler(d: FrontDeps): (req: IncomingMessage, res: Se
           ticket,
           responseHeaders,
           started,
+          dataParallelRank: decision.dataParallelRank,
           reroute: rerouter(d.fleet, routed),
           arm,
           observer: new RequestOutcome(d.metrics, strategy, arm, armStats, started),

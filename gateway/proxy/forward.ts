@@ -1,105 +1,47 @@
 import type { IncomingHttpHeaders, ServerResponse } from 'node:http';
 import { performance } from 'node:perf_hooks';
-import { Pool, type Dispatcher } from 'undici';
-import { z } from 'zod';
-import { breakerConfigSchema, type BreakerPass } from './breaker.js';
 import { GatewayError, sendError } from '../front/errors.js';
 import type { Fleet, LoadTicket, Worker } from '../fleet/fleet.js';
 import { clientResponseHeaders } from './headers.js';
 import type { GatewayMetrics } from '../ops/metrics.js';
 import type { ResponseObserver } from './usage-sniffer.js';
-import {
-  backoffDelay,
-  failureKind,
-  retryableStatus,
-  retryConfigSchema,
-  type FailureKind,
-  type Reroute,
-} from './retry.js';
+import { backoffDelay, type FailureKind, type Reroute } from './retry.js';
 import { SseFramer } from './sse-framer.js';
 import { withWorkerAuth } from './upstream-auth.js';
+import { Attempt, ClientGoneError, type AttemptOwner } from './attempt.js';
+import type { Transport } from './transport.js';
+
+export { Transport, upstreamConfigSchema, type UpstreamConfig } from './transport.js';
+
+/** Per-attempt hooks, for callers that account work per worker (the P/D planner). */
+export interface AttemptHooks {
+  /** An attempt was dispatched to `worker`, holding `ticket`. */
+  sent?(worker: Worker, ticket: LoadTicket): void;
+  /** Its first body byte went to the client (streaming jobs). */
+  first?(worker: Worker): void;
+  /**
+   * Exactly once per sent attempt: `failure` when it failed before the client
+   * saw anything (the job moves on or gives up), else the status it ended with
+   * (499 when the client left, 502 when the upstream broke mid-body).
+   */
+  settled?(worker: Worker, status: number, failure?: { kind: FailureKind; message: string }): void;
+}
+
+/** The outcome of a collecting job, given once. */
+export type Collected =
+  | { ok: true; worker: Worker; status: number; headers: IncomingHttpHeaders; body: Buffer }
+  /** Every attempt failed (`failure`, the last one's) or none could be made; 499 when the client left. */
+  | { ok: false; worker: Worker; status: number; failure: { kind: FailureKind; message: string } | undefined };
 
 /**
- * Upstream connection settings. Generations can take minutes before the first
- * byte (long prompts, queues) and between chunks, so the defaults never cut a
- * healthy generation short: 5 s to connect, 10 min to the response head,
- * 5 min of silence inside a body (0 disables it), and a retry/breaker policy
- * that acts only on failures the client has not seen yet.
+ * Turns a job from "stream the answer to the client" into "read the whole
+ * answer and hand it over" (the prefill leg of P/D disaggregation reads
+ * `kv_transfer_params` from it). Nothing is written to the client.
  */
-export const upstreamConfigSchema = z.strictObject({
-  connectTimeoutMs: z.number().int().min(1).default(5_000),
-  /** Time from sending the request to the worker's response head. */
-  headersTimeoutMs: z.number().int().min(0).default(600_000),
-  /** Longest silence between two body chunks (the first included); 0 disables it. */
-  bodyTimeoutMs: z.number().int().min(0).default(300_000),
-  keepAliveTimeoutMs: z.number().int().min(1).default(60_000),
-  /** Connections per worker; unset means unlimited. */
-  connections: z.number().int().min(1).optional(),
-  retry: retryConfigSchema.prefault({}),
-  breaker: breakerConfigSchema.prefault({}),
-  /** Forward the client's `Authorization` to workers without an `apiKey` (gateway/proxy/upstream-auth.ts); off: the gateway holds the keys. */
-  passClientAuthorization: z.boolean().default(false),
-});
-export type UpstreamConfig = z.infer<typeof upstreamConfigSchema>;
-
-/** One keep-alive undici `Pool` per worker object (a worker re-added under the same id gets a new one). */
-export class Transport {
-  readonly #pools = new Map<Worker, { pool: Pool; basePath: string }>();
-  readonly config: UpstreamConfig;
-
-  constructor(workers: readonly Worker[], config: UpstreamConfig) {
-    this.config = config;
-    for (const w of workers) this.add(w);
-  }
-
-  /** Opens the worker's pool (idempotent). */
-  add(worker: Worker): void {
-    if (this.#pools.has(worker)) return;
-    const c = this.config;
-    const url = new URL(worker.url);
-    const pool = new Pool(url.origin, {
-      connections: c.connections ?? null,
-      headersTimeout: c.headersTimeoutMs,
-      bodyTimeout: c.bodyTimeoutMs,
-      keepAliveTimeout: c.keepAliveTimeoutMs,
-      connect: { timeout: c.connectTimeoutMs },
-    });
-    this.#pools.set(worker, { pool, basePath: url.pathname.replace(/\/+$/, '') });
-  }
-
-  get(worker: Worker): { pool: Pool; basePath: string } {
-    let p = this.#pools.get(worker);
-    // Only a request routed in the instant its worker was drained can miss: give it a pool rather than crash; close() ends it.
-    if (p === undefined) {
-      this.add(worker);
-      p = this.#pools.get(worker)!;
-    }
-    return p;
-  }
-
-  /** Closes a drained worker's pool: waits for its requests up to `graceMs`, then cuts them. */
-  async remove(worker: Worker, graceMs = 5_000): Promise<void> {
-    const p = this.#pools.get(worker);
-    if (p === undefined) return;
-    this.#pools.delete(worker);
-    let timer: NodeJS.Timeout | undefined;
-    const cut = new Promise<'cut'>((resolve) => (timer = setTimeout(() => resolve('cut'), graceMs)));
-    const outcome = await Promise.race([
-      p.pool.close().then(
-        () => 'closed' as const,
-        () => 'closed' as const,
-      ),
-      cut,
-    ]);
-    clearTimeout(timer);
-    if (outcome === 'cut') await p.pool.destroy().catch(() => undefined);
-  }
-
-  async close(): Promise<void> {
-    const pools = [...this.#pools.values()];
-    this.#pools.clear();
-    await Promise.all(pools.map(({ pool }) => pool.destroy()));
-  }
+export interface Collector {
+  /** Judges a whole response below 500: a failure counts as the attempt's and moves on to the next worker. */
+  check(status: number, body: Buffer): { kind: FailureKind; message: string } | undefined;
+  done(result: Collected): void;
 }
 
 /** Everything one forwarded request needs; built once per request. */
@@ -116,12 +58,21 @@ export interface ForwardJob {
   readonly responseHeaders: Record<string, string>;
   /** `performance.now()` when the request arrived. */
   readonly started: number;
+  /** The first worker's data-parallel rank (retries take their own decision's). */
+  readonly dataParallelRank?: number | undefined;
   /** Chooses the next-best worker for a retry; without it a failure is final. */
   readonly reroute?: Reroute | undefined;
+  /** Retries allowed; `upstream.retry.attempts` when unset. */
+  readonly maxRetries?: number | undefined;
   /** The A/B experiment arm (`arm` metric label); `none` outside experiments. */
   readonly arm?: string | undefined;
   /** Sees every upstream body chunk and the final status (engine usage, experiment counters). */
   readonly observer?: ResponseObserver | undefined;
+  /** `x-kvgate-worker` for a worker; its id when unset. */
+  readonly workerHeader?: ((worker: Worker) => string) | undefined;
+  readonly hooks?: AttemptHooks | undefined;
+  /** Collect the body instead of streaming it; the request and duration metrics are then the caller's. */
+  readonly collect?: Collector | undefined;
 }
 
 export interface ForwardDeps {
@@ -132,12 +83,13 @@ export interface ForwardDeps {
 }
 
 /**
- * Sends the request body unchanged to the worker and streams the response back
- * chunk by chunk, honouring back-pressure both ways. Until the first body byte
- * goes to the client, a failure (connect, reset, 502/503, timeout) is retried
- * on the next-best worker; after it, a broken SSE stream ends with an OpenAI
- * error event and any other body is cut. Load follows the request: released
- * on the failed worker, taken on the next, released on end or client abort.
+ * Sends the body to the worker and streams the response back chunk by chunk,
+ * honouring back-pressure both ways, or (`collect`) reads it whole. Until the
+ * first body byte goes to the client, a failure (connect, reset, 502/503,
+ * timeout, a breaker that refuses) moves to the next-best worker after a
+ * backoff; after it, a broken SSE stream ends with an OpenAI error event and
+ * any other body is cut. Load follows the request: released on the failed
+ * worker, taken on the next, released on end or client abort.
  */
 export function forward(
   deps: ForwardDeps,
@@ -148,26 +100,25 @@ export function forward(
   new Forwarding(deps, job, upstreamHeaders, res).send(job.worker, job.ticket);
 }
 
-class ClientGoneError extends Error {
-  override name = 'ClientGoneError';
-  code = 'KVGATE_CLIENT_GONE';
-}
-
-/** One request across its attempts; owns the client response. */
-class Forwarding {
+/** One request across its attempts; owns the client response (unless collecting). */
+class Forwarding implements AttemptOwner {
   readonly #d: ForwardDeps;
   readonly #job: ForwardJob;
   readonly #res: ServerResponse;
   readonly #upstreamHeaders: Record<string, string | string[]>;
   readonly #responseHeaders: Record<string, string>;
   readonly #tried = new Set<Worker>();
+  readonly #maxRetries: number;
   #worker: Worker;
   #ticket: LoadTicket;
   #attempt: Attempt | undefined;
+  /** The current attempt was sent and its `settled` hook is still due. */
+  #open = false;
   #retryTimer: NodeJS.Timeout | undefined;
   #retries = 0;
   #last: { kind: FailureKind; message: string } | undefined;
   #committed = false;
+  #collected: Collected | undefined;
   #sse: SseFramer | undefined;
   #done = false;
 
@@ -180,16 +131,22 @@ class Forwarding {
     this.#d = d;
     this.#job = job;
     this.#res = res;
-    this.#upstreamHeaders = { ...upstreamHeaders };
+    this.#upstreamHeaders = { ...upstreamHeaders, 'content-length': String(job.body.length) };
     this.#responseHeaders = { ...job.responseHeaders };
+    this.#maxRetries = job.maxRetries ?? d.transport.config.retry.attempts;
     this.#worker = job.worker;
     this.#ticket = job.ticket;
+    this.#rank(job.dataParallelRank);
     res.on('close', this.#onClose);
-    res.on('drain', this.#onDrain);
+    if (!job.collect) res.on('drain', this.#onDrain);
   }
 
   get committed(): boolean {
     return this.#committed;
+  }
+
+  get collecting(): boolean {
+    return this.#job.collect !== undefined;
   }
 
   #onClose = (): void => {
@@ -204,6 +161,12 @@ class Forwarding {
 
   #onDrain = (): void => this.#attempt?.resume();
 
+  /** vLLM's API server pins a request to a data-parallel rank with this header. */
+  #rank(rank: number | undefined): void {
+    if (rank !== undefined) this.#upstreamHeaders['x-data-parallel-rank'] = String(rank);
+    else delete this.#upstreamHeaders['x-data-parallel-rank'];
+  }
+
   /** Dispatches one attempt, or moves on at once when the worker's breaker refuses it (its probe slot was taken since routing). */
   send(worker: Worker, ticket: LoadTicket): void {
     this.#tried.add(worker);
@@ -215,9 +178,11 @@ class Forwarding {
       this.#next(false);
       return;
     }
-    this.#responseHeaders['x-kvgate-worker'] = worker.id;
+    this.#responseHeaders['x-kvgate-worker'] = this.#job.workerHeader?.(worker) ?? worker.id;
     const { pool, basePath } = this.#d.transport.get(worker);
     this.#attempt = new Attempt(this, worker, pass);
+    this.#open = true;
+    this.#job.hooks?.sent?.(worker, ticket);
     pool.dispatch(
       {
         path: basePath + this.#job.path,
@@ -229,13 +194,16 @@ class Forwarding {
     );
   }
 
+  #settle(status: number, failure?: { kind: FailureKind; message: string }): void {
+    if (!this.#open) return;
+    this.#open = false;
+    this.#job.hooks?.settled?.(this.#worker, status, failure);
+  }
+
   /** True when a retry is allowed and some untried worker can take it. */
   retryPossible(): boolean {
-    return (
-      this.#job.reroute !== undefined &&
-      this.#retries < this.#d.transport.config.retry.attempts &&
-      this.#d.fleet.workers.some((w) => w.available && !this.#tried.has(w))
-    );
+    const reroute = this.#job.reroute;
+    return reroute !== undefined && this.#retries < this.#maxRetries && reroute.possible(this.#tried);
   }
 
   /** The attempt failed before any byte reached the client. */
@@ -243,43 +211,18 @@ class Forwarding {
     this.#d.metrics.upstreamError(this.#worker.id, kind);
     this.#d.fleet.finish(this.#ticket);
     this.#last = { kind, message };
+    this.#settle(0, this.#last);
     this.#next(true);
   }
 
   /** Tries the next-best worker (after a backoff when `counted`), or answers the last failure. */
   #next(counted: boolean): void {
-    const retry = this.#d.transport.config.retry;
-    const canRetry = !counted || this.#retries < retry.attempts;
+    const canRetry = !counted || this.#retries < this.#maxRetries;
     if (this.#res.destroyed) return this.clientAborted();
-    const next = canRetry ? this.#job.reroute?.(this.#tried) : undefined;
-    if (!next) {
-      const last = this.#last;
-      const err = last
-        ? new GatewayError(
-            last.kind === 'timeout' ? 504 : 502,
-            `upstream worker '${this.#worker.id}' failed: ${last.message}`,
-            'upstream_error',
-            `upstream_${last.kind}`,
-            null,
-            true,
-          )
-        : new GatewayError(
-            503,
-            'no available worker could take the request',
-            'service_unavailable',
-            'no_healthy_worker',
-            null,
-            true,
-          );
-      if (this.#retries > 0) this.#responseHeaders['x-kvgate-retries'] = String(this.#retries);
-      sendError(this.#res, err, this.#responseHeaders);
-      this.finish(err.status);
-      return;
-    }
+    const next = canRetry ? this.#job.reroute?.next(this.#tried) : undefined;
+    if (!next) return this.#giveUp();
     const { worker, decision } = next;
-    if (decision.dataParallelRank !== undefined)
-      this.#upstreamHeaders['x-data-parallel-rank'] = String(decision.dataParallelRank);
-    else delete this.#upstreamHeaders['x-data-parallel-rank'];
+    this.#rank(decision.dataParallelRank);
     if (decision.predictedCachedBlocks !== undefined)
       this.#responseHeaders['x-kvgate-cached-blocks'] = String(decision.predictedCachedBlocks);
     else delete this.#responseHeaders['x-kvgate-cached-blocks'];
@@ -292,7 +235,37 @@ class Forwarding {
     this.#retries++;
     this.#responseHeaders['x-kvgate-retries'] = String(this.#retries);
     this.#attempt = undefined;
-    this.#retryTimer = setTimeout(go, backoffDelay(retry, this.#retries, this.#d.random ?? Math.random));
+    this.#retryTimer = setTimeout(
+      go,
+      backoffDelay(this.#d.transport.config.retry, this.#retries, this.#d.random ?? Math.random),
+    );
+  }
+
+  /** No worker is left: the last failure goes to the client (or the collector). */
+  #giveUp(): void {
+    const last = this.#last;
+    const err = last
+      ? new GatewayError(
+          last.kind === 'timeout' ? 504 : 502,
+          `upstream worker '${this.#worker.id}' failed: ${last.message}`,
+          'upstream_error',
+          `upstream_${last.kind}`,
+          null,
+          true,
+        )
+      : new GatewayError(
+          503,
+          'no available worker could take the request',
+          'service_unavailable',
+          'no_healthy_worker',
+          null,
+          true,
+        );
+    if (!this.#job.collect) {
+      if (this.#retries > 0) this.#responseHeaders['x-kvgate-retries'] = String(this.#retries);
+      sendError(this.#res, err, this.#responseHeaders);
+    }
+    this.finish(err.status);
   }
 
   /** First body byte (or the end of an empty body): the response head goes to the client; no retry from here on. */
@@ -331,6 +304,7 @@ class Forwarding {
         (performance.now() - this.#job.started) / 1000,
         this.#job.arm,
       );
+      this.#job.hooks?.first?.(this.#worker);
     }
     this.#job.observer?.data(chunk);
     const out = this.#sse ? this.#sse.push(chunk) : chunk;
@@ -343,6 +317,15 @@ class Forwarding {
     const rest = this.#sse?.flush();
     if (rest && rest.length > 0) this.#res.write(rest);
     this.#res.end();
+    this.finish(status);
+  }
+
+  /** A collecting job's whole response: accepted, or a failure of this attempt. */
+  collected(status: number, headers: IncomingHttpHeaders, body: Buffer): void {
+    const failure =
+      status >= 500 ? { kind: 'status' as const, message: `status ${status}` } : this.#job.collect!.check(status, body);
+    if (failure) return this.failed(failure.kind, failure.message);
+    this.#collected = { ok: true, worker: this.#worker, status, headers, body };
     this.finish(status);
   }
 
@@ -378,78 +361,15 @@ class Forwarding {
     this.#done = true;
     const job = this.#job;
     this.#res.off('drain', this.#onDrain);
+    this.#res.off('close', this.#onClose);
     this.#d.fleet.finish(this.#ticket);
+    this.#settle(status);
+    if (job.collect) {
+      job.collect.done(this.#collected ?? { ok: false, worker: this.#worker, status, failure: this.#last });
+      return;
+    }
     this.#d.metrics.request(job.route, this.#worker.id, job.strategy, status, job.arm);
     this.#d.metrics.duration(job.strategy, this.#worker.id, (performance.now() - job.started) / 1000, job.arm);
     job.observer?.end(status);
-  }
-}
-
-/** One dispatch to one worker. The response head is held back until the first body byte, so a failure before it can still be retried. */
-class Attempt implements Dispatcher.DispatchHandler {
-  readonly #f: Forwarding;
-  readonly #worker: Worker;
-  readonly #pass: BreakerPass;
-  #controller: Dispatcher.DispatchController | undefined;
-  #abortReason: Error | undefined;
-  #status = 0;
-  #headers: IncomingHttpHeaders = {};
-  /** A retryable status whose body is read and dropped before the retry. */
-  #discard = false;
-  #first = true;
-
-  constructor(f: Forwarding, worker: Worker, pass: BreakerPass) {
-    this.#f = f;
-    this.#worker = worker;
-    this.#pass = pass;
-  }
-
-  abort(reason: Error): void {
-    this.#abortReason = reason;
-    this.#controller?.abort(reason);
-  }
-
-  resume(): void {
-    this.#controller?.resume();
-  }
-
-  onRequestStart(controller: Dispatcher.DispatchController): void {
-    this.#controller = controller;
-    if (this.#abortReason) controller.abort(this.#abortReason);
-  }
-
-  onResponseStart(_c: Dispatcher.DispatchController, statusCode: number, headers: IncomingHttpHeaders): void {
-    this.#status = statusCode;
-    this.#headers = headers;
-    if (statusCode >= 500) this.#worker.breaker.failed(this.#pass, `status ${statusCode}`);
-    else this.#worker.breaker.succeeded(this.#pass);
-    this.#discard = retryableStatus(statusCode) && this.#f.retryPossible();
-  }
-
-  onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
-    if (this.#discard) return;
-    if (!this.#f.committed) this.#f.commit(this.#status, this.#headers);
-    const first = this.#first;
-    this.#first = false;
-    if (!this.#f.write(chunk, first)) controller.pause();
-  }
-
-  onResponseEnd(): void {
-    if (this.#discard) return this.#f.failed('status', `status ${this.#status}`);
-    if (!this.#f.committed) this.#f.commit(this.#status, this.#headers);
-    this.#f.end(this.#status);
-  }
-
-  onResponseError(_c: Dispatcher.DispatchController, err: Error): void {
-    if (err instanceof ClientGoneError || this.#abortReason) {
-      this.#worker.breaker.released(this.#pass);
-      this.#f.clientAborted();
-      return;
-    }
-    if (this.#discard) return this.#f.failed('status', `status ${this.#status}`);
-    const kind = failureKind(err);
-    this.#worker.breaker.failed(this.#pass, `${kind}: ${err.message}`);
-    if (this.#f.committed) this.#f.broken(kind, err.message);
-    else this.#f.failed(kind, err.message);
   }
 }

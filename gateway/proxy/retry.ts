@@ -19,8 +19,11 @@ export const retryConfigSchema = z.strictObject({
 });
 export type RetryConfig = z.infer<typeof retryConfigSchema>;
 
-/** Why one attempt failed; the label of `kvgate_upstream_retries_total` and `kvgate_upstream_errors_total`. */
-export type FailureKind = 'connect' | 'timeout' | 'reset' | 'status' | 'other';
+/**
+ * Why one attempt failed; the label of `kvgate_upstream_retries_total` and `kvgate_upstream_errors_total`.
+ * `no_params`: a collected body lacked what its job needs (a prefill answer without `kv_transfer_params`).
+ */
+export type FailureKind = 'connect' | 'timeout' | 'reset' | 'status' | 'no_params' | 'other';
 
 /** A response status that means "this worker cannot take it now, another may". */
 export function retryableStatus(status: number): boolean {
@@ -57,8 +60,13 @@ export interface FirstRoute {
   readonly candidates: readonly Worker[];
 }
 
-/** Picks the worker for the next attempt, or undefined when none is left. */
-export type Reroute = (tried: ReadonlySet<Worker>) => { worker: Worker; decision: Decision } | undefined;
+/** Chooses the worker of the next attempt among the first decision's candidates. */
+export interface Reroute {
+  /** The next worker and its decision, or undefined when none is left. */
+  next(tried: ReadonlySet<Worker>): { worker: Worker; decision: Decision } | undefined;
+  /** True when some candidate is available and untried (cheap: no strategy runs). */
+  possible(tried: ReadonlySet<Worker>): boolean;
+}
 
 /**
  * Re-runs the routing decision over the first decision's candidates that are
@@ -66,13 +74,16 @@ export type Reroute = (tried: ReadonlySet<Worker>) => { worker: Worker; decision
  * in the strategy's own terms (its load and cache view are current by now).
  */
 export function rerouter(fleet: Fleet, first: FirstRoute): Reroute {
-  return (tried) => {
-    const remaining = first.candidates.filter((w) => !tried.has(w) && w.available);
-    if (remaining.length === 0) return undefined;
-    const decision = first.strategy.choose(first.ctx, remaining);
-    const worker = fleet.get(decision.worker.id);
-    if (!worker || tried.has(worker) || !worker.available) return undefined;
-    first.strategy.onRouted?.(first.ctx, decision);
-    return { worker, decision };
+  return {
+    next(tried) {
+      const remaining = first.candidates.filter((w) => !tried.has(w) && w.available);
+      if (remaining.length === 0) return undefined;
+      const decision = first.strategy.choose(first.ctx, remaining);
+      const worker = fleet.get(decision.worker.id);
+      if (!worker || tried.has(worker) || !worker.available) return undefined;
+      first.strategy.onRouted?.(first.ctx, decision);
+      return { worker, decision };
+    },
+    possible: (tried) => first.candidates.some((w) => !tried.has(w) && w.available),
   };
 }

@@ -5,6 +5,7 @@ import { GatewayError } from '../front/errors.js';
 import type { Fleet, LoadTicket, Worker } from '../fleet/fleet.js';
 import type { GatewayMetrics } from '../ops/metrics.js';
 import type { Policy, PolicyInput, Selection } from './policy.js';
+import type { Pool } from './policies/pools.js';
 import type { InferenceKind, InferenceRequest } from '../front/request.js';
 import { Shadower } from './shadow.js';
 import type { Decision, PromptBlocks, RouteContext, Strategy } from './strategies/strategy.js';
@@ -20,12 +21,27 @@ export type PromptBlocksProvider = (
   kind: InferenceKind,
 ) => Promise<PromptBlocks | undefined>;
 
+/**
+ * Splits a pool's candidates into the workers that may prefill for another
+ * and the workers that serve a request to its end (P/D disaggregation,
+ * gateway/disagg/split.ts), or says the pool is not split (undefined).
+ */
+export type CandidateSplit = (
+  model: string,
+  pool: Pool | undefined,
+  candidates: readonly Worker[],
+) => { readonly prefill: readonly Worker[]; readonly decode: readonly Worker[] } | undefined;
+
 export interface Routed {
   readonly ctx: RouteContext;
+  /** The strategy's choice among `candidates` (for a split pool: where the request would run whole). */
   readonly decision: Decision;
   readonly strategy: Strategy;
   readonly worker: Worker;
+  /** What the strategy chose from: the pool's available workers, or its decode side when the pool is split. */
   readonly candidates: readonly Worker[];
+  /** Set when the pool is split: its available prefill workers (maybe none), for a prefill leg. */
+  readonly prefillCandidates?: readonly Worker[] | undefined;
   /** What the policy decided: arm, pool, shadow strategies, rule. */
   readonly selection: Selection;
   readonly request: InferenceRequest;
@@ -40,6 +56,8 @@ export interface PipelineDeps {
   /** False when `routing.overrides.session` is off: the session header is then ignored. */
   honourSession?: boolean;
   promptBlocks?: PromptBlocksProvider | undefined;
+  /** P/D disaggregation: narrows a split pool to its decode side before the strategy chooses, and tokenizes the prompt for its threshold. */
+  split?: CandidateSplit | undefined;
   random: () => number;
   now: () => number;
 }
@@ -47,8 +65,8 @@ export interface PipelineDeps {
 const first = (v: string | string[] | undefined) => (Array.isArray(v) ? v[0] : v);
 
 /**
- * request -> policy -> availability (the fleet, narrowed to the policy's pool) ->
- * prompt blocks if asked -> strategy. Knows nothing of HTTP transport; `route`
+ * request -> policy -> availability (the fleet, narrowed to the policy's pool,
+ * then to its decode side when P/D-split) -> prompt blocks if asked -> strategy. Knows nothing of HTTP transport; `route`
  * is synchronous unless something needs the prompt tokenized, so the common
  * path costs no extra promise.
  */
@@ -135,19 +153,22 @@ export class RoutingPipeline {
   ): Routed | Promise<Routed> {
     const selection = this.#d.policy.select(input);
     try {
-      const candidates = this.#candidates(input.model, selection);
-      if (selection.strategy.needsPromptBlocks && !blocks) {
-        const pending = this.#blocks(input.request, requestId, selection.strategy.name);
+      const all = this.#candidates(input.model, selection);
+      const split = this.#d.split?.(input.model, selection.pool, all);
+      const candidates = split ? split.decode : all;
+      // The split decides on uncached prefill tokens, so it needs the prompt's blocks whatever the strategy.
+      if ((selection.strategy.needsPromptBlocks || split) && !blocks) {
+        const pending = this.#blocks(input.request, requestId, split ? 'disaggregation' : selection.strategy.name);
         if (pending) {
           return pending
-            .then((b) => this.#choose(selection, input, path, requestId, candidates, b, started))
+            .then((b) => this.#choose(selection, input, path, requestId, candidates, split?.prefill, b, started))
             .catch((err: unknown) => {
               selection.armStats?.end(err instanceof GatewayError ? err.status : 500);
               throw err;
             });
         }
       }
-      return this.#choose(selection, input, path, requestId, candidates, blocks, started);
+      return this.#choose(selection, input, path, requestId, candidates, split?.prefill, blocks, started);
     } catch (err) {
       selection.armStats?.end(err instanceof GatewayError ? err.status : 500);
       throw err;
@@ -201,6 +222,7 @@ export class RoutingPipeline {
     path: string,
     requestId: string,
     candidates: readonly Worker[],
+    prefillCandidates: readonly Worker[] | undefined,
     blocks: PromptBlocks | undefined,
     started: number,
   ): Routed {
@@ -229,6 +251,6 @@ export class RoutingPipeline {
     this.#d.metrics.decision(strategy.name, (performance.now() - started) / 1000);
     if (selection.armStats && blocks && decision.predictedCachedBlocks !== undefined)
       selection.armStats.predictedCachedTokens += decision.predictedCachedBlocks * blocks.blockSize;
-    return { ctx, decision, strategy, worker, candidates, selection, request: input.request };
+    return { ctx, decision, strategy, worker, candidates, prefillCandidates, selection, request: input.request };
   }
 }

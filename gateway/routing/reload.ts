@@ -4,7 +4,7 @@ import type { GatewayConfig } from '../../config/schema.js';
 import { GatewayError } from '../front/errors.js';
 import type { Fleet, LoadTicket } from '../fleet/fleet.js';
 import type { GatewayMetrics } from '../ops/metrics.js';
-import { RoutingPipeline, type PromptBlocksProvider, type Routed } from './pipeline.js';
+import { RoutingPipeline, type CandidateSplit, type PromptBlocksProvider, type Routed } from './pipeline.js';
 import { PoolError, resolvePools } from './policies/pools.js';
 import { createRoutingPolicy, type Policy } from './policy.js';
 import type { InferenceRequest } from '../front/request.js';
@@ -23,6 +23,8 @@ export interface RoutingDeps {
   readonly now: () => number;
   readonly blockSize: number;
   readonly adminToken: string | undefined;
+  /** P/D disaggregation's narrowing of split pools (gateway/disagg/split.ts). */
+  readonly split?: CandidateSplit | undefined;
 }
 
 /** A worker as pools see it: id and labels are all `resolvePools` reads. */
@@ -121,6 +123,7 @@ export function buildRouting(
       sessionHeader: routing.sessionHeader,
       honourSession: routing.overrides.session,
       promptBlocks: deps.promptBlocks,
+      split: deps.split,
       random: deps.random,
       now: deps.now,
     });
