@@ -247,7 +247,11 @@ export class Disaggregation {
           started: job.started,
           arm: routed.selection.arm,
           dataParallelRank: decision.dataParallelRank,
-          reroute: rerouter(d.fleet, { ctx: routed.ctx, strategy: routed.strategy, candidates: plan.prefillCandidates }),
+          reroute: rerouter(d.fleet, {
+            ctx: routed.ctx,
+            strategy: routed.strategy,
+            candidates: plan.prefillCandidates,
+          }),
           maxRetries: d.config.prefillRetries,
           hooks: {
             sent: (w) => {

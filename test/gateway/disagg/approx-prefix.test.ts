@@ -16,7 +16,7 @@ interface DryLeg {
  * the prompt, and the second turn is predicted cached on that decode worker:
  * too little uncached prefill for a second leg, served there whole.
  */
-t.test('approx-prefix predicts overlap on the second turn of a P/D conversation', async (t) => {
+void t.test('approx-prefix predicts overlap on the second turn of a P/D conversation', async (t) => {
   const teardown = t.teardown.bind(t);
   const { workers } = await startSim(teardown, 3, ['--speedup', '10', '--role', 'prefill,decode,decode']);
   const { url, adminUrl } = await startGateway(

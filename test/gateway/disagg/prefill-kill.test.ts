@@ -13,7 +13,7 @@ import { debugWorker, faultConfig, startSimProcess } from '../../fixtures/resili
  * failed prefill leg moves to the other prefill worker before any byte
  * reached the client.
  */
-t.test('a prefill worker killed under load: its breaker opens, no request fails', async (t) => {
+void t.test('a prefill worker killed under load: its breaker opens, no request fails', async (t) => {
   const teardown = t.teardown.bind(t);
   const sim = (id: string, role: string) => startSimProcess(teardown, id, ['--role', role, '--speedup', '10']);
   // One at a time: three tokenizers loading at once can outlast the ready timeout on a busy box.

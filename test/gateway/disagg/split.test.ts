@@ -38,7 +38,7 @@ function splitPipeline(t: { teardown(fn: () => unknown): void }, enabled = true,
   return { ...s, split, route, tokenized: () => tokenized };
 }
 
-t.test('the strategy chooses among the decode side only; the prefill side rides along', async (t) => {
+void t.test('the strategy chooses among the decode side only; the prefill side rides along', async (t) => {
   const s = splitPipeline(t);
   const chosen = new Set<string>();
   for (let i = 0; i < 6; i++) {
@@ -57,7 +57,7 @@ t.test('the strategy chooses among the decode side only; the prefill side rides 
   t.same(s.split.poolWorkers('default'), { prefill: 1, decode: 1, both: 1 });
 });
 
-t.test('a prefill worker that is down leaves the pool split, with no prefill candidate', async (t) => {
+void t.test('a prefill worker that is down leaves the pool split, with no prefill candidate', async (t) => {
   const s = splitPipeline(t);
   s.fleet.setHealthy(s.fleet.get('p0')!, false);
   const r = await s.route();
@@ -65,7 +65,7 @@ t.test('a prefill worker that is down leaves the pool split, with no prefill can
   t.not(r.worker.id, 'p0');
 });
 
-t.test('disabled: no split, the strategy sees every worker', async (t) => {
+void t.test('disabled: no split, the strategy sees every worker', async (t) => {
   const s = splitPipeline(t, false);
   const r = await s.route();
   t.equal(r.prefillCandidates, undefined);
@@ -75,7 +75,7 @@ t.test('disabled: no split, the strategy sees every worker', async (t) => {
   );
 });
 
-t.test('a split pool is tokenized for the threshold even when the strategy needs no blocks', async (t) => {
+void t.test('a split pool is tokenized for the threshold even when the strategy needs no blocks', async (t) => {
   const blocks: PromptBlocks = { tokenCount: 64, blockSize: 16, hashes: [1n, 2n, 3n, 4n] };
   const s = splitPipeline(t, true, blocks);
   const r = await s.route();
@@ -84,7 +84,8 @@ t.test('a split pool is tokenized for the threshold even when the strategy needs
   t.equal(r.ctx.promptTokens, 64);
 });
 
-t.test('splitRoles: with no decode-capable worker the prefill workers serve whole requests', async (t) => {
+void t.test('splitRoles: with no decode-capable worker the prefill workers serve whole requests', (t) => {
   const p = { id: 'p', role: 'prefill' };
   t.same(splitRoles([p]), { prefill: [p], decode: [p] });
+  t.end();
 });
