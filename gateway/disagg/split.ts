@@ -21,12 +21,15 @@ export function splitRoles<W extends { readonly role: string }>(
  * whose prefill workers are all down still reports its requests as aggregated.
  * The pipeline narrows such a pool to its decode side before the strategy
  * chooses (gateway/routing/pipeline.ts); the planner reads the membership.
+ * Answers are kept until the fleet's membership changes (discovery may add
+ * the first prefill worker later).
  */
 export class PdSplit {
   readonly #config: DisaggConfig;
   readonly #fleet: Fleet;
   readonly #splits = new Map<string, boolean>();
   readonly #poolMembers = new Map<string, readonly Worker[]>();
+  #members: readonly Worker[] | undefined;
 
   constructor(config: DisaggConfig, fleet: Fleet) {
     this.#config = config;
@@ -39,6 +42,11 @@ export class PdSplit {
 
   isSplit(model: string, pool: Pool | undefined): boolean {
     if (!this.#config.enabled) return false;
+    if (this.#fleet.workers !== this.#members) {
+      this.#members = this.#fleet.workers;
+      this.#splits.clear();
+      this.#poolMembers.clear();
+    }
     const key = `${model}\0${pool?.name ?? ''}`;
     let yes = this.#splits.get(key);
     if (yes === undefined) {

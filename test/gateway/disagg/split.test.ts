@@ -89,3 +89,19 @@ void t.test('splitRoles: with no decode-capable worker the prefill workers serve
   t.same(splitRoles([p]), { prefill: [p], decode: [p] });
   t.end();
 });
+
+void t.test('a prefill worker that joins later splits the pool', async (t) => {
+  const s = splitPipeline(t);
+  t.equal(s.split.isSplit('m', undefined), true);
+  s.fleet.remove('p0');
+  t.equal(s.split.isSplit('m', undefined), false);
+  t.equal((await s.route()).prefillCandidates, undefined);
+  const p1 = s.fleet.add({ ...workerConfig('p1'), role: 'prefill' });
+  s.fleet.setHealthy(p1, true);
+  const r = await s.route();
+  t.same(
+    r.prefillCandidates?.map((w) => w.id),
+    ['p1'],
+  );
+  t.same(s.split.poolWorkers('default'), { prefill: 1, decode: 1, both: 1 });
+});
