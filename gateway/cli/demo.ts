@@ -3,7 +3,7 @@ import { defaultTokenizerDir } from '../../bench/sim/text.js';
 import { parseConfig } from '../../config/load.js';
 import type { GatewayConfigInput } from '../../config/schema.js';
 import { intFlag, numberFlag, parseFlags } from './cli-args.js';
-import { startKvGateway } from '../kv-gateway.js';
+import { startGateway } from '../gateway.js';
 import { createLogger } from '../ops/log.js';
 import { strategyNames } from '../routing/strategies/registry.js';
 
@@ -83,7 +83,7 @@ export async function demoCommand(argv: string[]): Promise<void> {
   };
   let gateway;
   try {
-    gateway = await startKvGateway(parseConfig(input, 'kvgate demo', {}), { log });
+    gateway = await startGateway(parseConfig(input, 'kvgate demo', {}), { log });
   } catch (err) {
     await fleet.stop();
     throw err;

@@ -1,6 +1,6 @@
 import { loadConfigFile } from '../../config/load.js';
 import { parseFlags, UsageError } from './cli-args.js';
-import { startKvGateway } from '../kv-gateway.js';
+import { startGateway } from '../gateway.js';
 import { RoutingSetupError } from '../routing/policy.js';
 import { createLogger } from '../ops/log.js';
 import { manageLifecycle } from '../ops/lifecycle.js';
@@ -52,7 +52,7 @@ export async function serveCommand(argv: string[]): Promise<void> {
   const log = createLogger('kvgate');
   let gateway;
   try {
-    gateway = await startKvGateway(config, { log });
+    gateway = await startGateway(config, { log });
   } catch (err) {
     // Rules that need the fleet (pools, pinned workers) are checked at start-up: name the file as config errors do.
     if (err instanceof RoutingSetupError)

@@ -3,15 +3,14 @@ import { performance } from 'node:perf_hooks';
 import type { Logger } from 'pino';
 import { GatewayError, sendError } from '../front/errors.js';
 import type { Fleet, Worker } from '../fleet/fleet.js';
+import { requestBlocks } from '../fleet/load.js';
 import type { Transport } from '../proxy/forward.js';
 import { clientResponseHeaders, upstreamRequestHeaders } from '../proxy/headers.js';
 import { withWorkerAuth } from '../proxy/upstream-auth.js';
 import type { GatewayMetrics } from '../ops/metrics.js';
 import type { PromptBlocksProvider, Routed } from '../routing/pipeline.js';
 import { ADMIN_TOKEN_HEADER } from '../routing/policies/overrides.js';
-import { KV_INDEXER_SERVICE } from '../routing/strategies/kv.js';
-import { asPrefixMatcher } from '../routing/strategies/overlap.js';
-import type { RouteContext } from '../routing/strategies/strategy.js';
+import type { PrefixMatcher, RouteContext } from '../routing/strategies/strategy.js';
 import { RequestOutcome } from '../proxy/usage-sniffer.js';
 import type { DisaggConfig } from './config.js';
 import { decide, type DisaggPlan } from './decide.js';
@@ -25,8 +24,8 @@ export interface DisaggDeps {
   readonly transport: Transport;
   readonly metrics: GatewayMetrics;
   readonly log: Logger;
-  /** `services.kvIndexer`: the prefix matcher used for the uncached-prefill estimate. */
-  readonly services: Readonly<Record<string, unknown>>;
+  /** The events-fed KV index, for the uncached-prefill estimate. */
+  readonly index: PrefixMatcher | undefined;
   /** Hashes the prompt when the request's strategy did not (so the threshold sees real overlap). */
   readonly promptBlocks?: PromptBlocksProvider | undefined;
   readonly blockSize: number;
@@ -53,9 +52,6 @@ type PrefillOutcome =
   | { kind: 'final'; worker: Worker; status: number; headers: Record<string, unknown>; body: Buffer }
   | { kind: 'client_gone'; worker: Worker }
   | { kind: 'failed' };
-
-/** Output tokens assumed for decode-block accounting when the request sets no limit (as the front does). */
-const DEFAULT_OUTPUT_TOKENS = 256;
 
 /**
  * Disaggregated serving through the gateway, as vLLM's reference proxy does it
@@ -159,7 +155,7 @@ export class Disaggregation {
       strategy: routed.strategy,
       candidates: routed.candidates,
       config: this.#d.config,
-      matcher: asPrefixMatcher(this.#d.services[KV_INDEXER_SERVICE]),
+      matcher: this.#d.index,
       blockSize: this.#d.blockSize,
     });
   }
@@ -180,7 +176,7 @@ export class Disaggregation {
     if (res.destroyed) return outcome.end(499);
     const plan = this.#plan(routed, ctx);
     const blockSize = ctx.blocks?.blockSize ?? d.blockSize;
-    const blocks = Math.ceil((plan.promptTokens + (request.maxTokens ?? DEFAULT_OUTPUT_TOKENS)) / blockSize);
+    const blocks = requestBlocks(plan.promptTokens, request.maxTokens, blockSize);
     const headers = upstreamRequestHeaders(job.req.headers, job.requestId, 0, {
       clientAddress: job.req.socket.remoteAddress,
       passAuthorization: d.transport.config.passClientAuthorization,

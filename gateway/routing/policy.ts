@@ -7,8 +7,8 @@ import { PoolError, resolvePools, type Pool } from './policies/pools.js';
 import type { InferenceRequest } from '../front/request.js';
 import type { RoutingConfig } from './routing-config.js';
 import { shadowEntries, type ShadowConfig, type ShadowSet } from './shadow.js';
-import { createStrategy, strategyNames, type StrategyDeps } from './strategies/registry.js';
-import type { Strategy, WorkerView } from './strategies/strategy.js';
+import { createStrategy, strategyNames } from './strategies/registry.js';
+import type { Strategy, StrategyDeps, WorkerView } from './strategies/strategy.js';
 
 /** Everything a policy may look at, built once per request by the pipeline. */
 export interface PolicyInput extends MatchInput {
