@@ -1,5 +1,3 @@
-import { spawnSimFleet } from '../../bench/sim/spawn.js';
-import { defaultTokenizerDir } from '../../bench/sim/text.js';
 import { parseConfig } from '../../config/load.js';
 import type { GatewayConfigInput } from '../../config/schema.js';
 import { intFlag, numberFlag, parseFlags } from './cli-args.js';
@@ -46,6 +44,11 @@ export async function demoCommand(argv: string[]): Promise<void> {
   const kvBlocks = intFlag('demo', 'kv-blocks', flags['kv-blocks'], 4096, 1);
   const strategy = flags.strategy ?? (strategyNames().includes('kv') ? 'kv' : 'least-load');
   const log = createLogger('kvgate');
+  // The simulator is a bench program: loaded only once a demo really starts, never with the gateway itself.
+  const [{ spawnSimFleet }, { defaultTokenizerDir }] = await Promise.all([
+    import('../../bench/sim/spawn.js'),
+    import('../../bench/sim/text.js'),
+  ]);
   const tokenizerDir = defaultTokenizerDir();
 
   const fleet = await spawnSimFleet(workers, [

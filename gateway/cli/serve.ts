@@ -1,3 +1,4 @@
+import { ConfigError } from '../../config/errors.js';
 import { loadConfigFile } from '../../config/load.js';
 import { parseFlags, UsageError } from './cli-args.js';
 import { startGateway } from '../gateway.js';
@@ -57,7 +58,7 @@ export async function serveCommand(argv: string[]): Promise<void> {
     // Rules that need the fleet (pools, pinned workers) are checked at start-up: name the file as config errors do.
     if (err instanceof RoutingSetupError)
       throw new RoutingSetupError(err.message.replace(/^kvgate: /, `kvgate: ${file}: `));
-    if (err instanceof KubeConfigError) throw new UsageError(`kvgate: ${file}: fleet.discovery: ${err.message}`);
+    if (err instanceof KubeConfigError) throw new ConfigError(`kvgate: ${file}: fleet.discovery: ${err.message}`);
     throw err;
   }
   manageLifecycle({

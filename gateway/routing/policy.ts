@@ -1,4 +1,4 @@
-import { UsageError } from '../cli/cli-args.js';
+import { ConfigError } from '../../config/errors.js';
 import { badRequest } from '../front/errors.js';
 import { ArmStats, Experiment, type Arm } from './experiments.js';
 import { compileMatch, needsExactTokens, type Matcher, type MatchInput } from './policies/match.js';
@@ -72,8 +72,8 @@ export interface RoutingPolicyDeps {
   readonly defaultStrategy?: Strategy;
 }
 
-/** A routing setup problem found at start-up (needs the fleet to see): one line, exit 2. */
-export class RoutingSetupError extends UsageError {
+/** A routing setup problem found at start-up (needs the fleet to see): one line naming the key. */
+export class RoutingSetupError extends ConfigError {
   override name = 'RoutingSetupError';
 }
 
