@@ -38,7 +38,7 @@ function reachable(entry: string, dynamic: boolean): Map<string, string[]> {
 
 const rel = (files: string[]) => files.map((f) => f.slice(DIST.length + 1)).join(' -> ');
 
-t.test('nothing reachable from serve imports bench/, not even lazily', async (t) => {
+void t.test('nothing reachable from serve imports bench/, not even lazily', (t) => {
   const graph = reachable(join(DIST, 'gateway/cli/serve.js'), true);
   t.ok(graph.has(join(DIST, 'gateway/gateway.js')), 'the walk follows imports (serve reaches the composition root)');
   t.ok(graph.has(join(DIST, 'gateway/routing/strategies/kv.js')), 'and deeper (the strategies)');
@@ -48,9 +48,10 @@ t.test('nothing reachable from serve imports bench/, not even lazily', async (t)
     [],
     'no bench module on any import path of serve',
   );
+  t.end();
 });
 
-t.test('the cli entry loads bench/ only through the lazy sim and demo commands', async (t) => {
+void t.test('the cli entry loads bench/ only through the lazy sim and demo commands', (t) => {
   const graph = reachable(CLI, false);
   t.same(
     [...graph].filter(([f]) => f.startsWith(BENCH)).map(([, path]) => rel(path)),
@@ -62,9 +63,10 @@ t.test('the cli entry loads bench/ only through the lazy sim and demo commands',
     demo.some((f) => f.startsWith(BENCH)),
     'demo imports the simulator only when it runs',
   );
+  t.end();
 });
 
-t.test('a running kvgate serve has loaded no bench module', async (t) => {
+void t.test('a running kvgate serve has loaded no bench module', async (t) => {
   // A module-resolution hook, registered in the child through NODE_OPTIONS, writes down every file it resolves.
   const dir = mkdtempSync(join(tmpdir(), 'kvgate-loads-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
