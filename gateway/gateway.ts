@@ -8,7 +8,7 @@ import { Fleet } from './fleet/fleet.js';
 import { Transport } from './proxy/forward.js';
 import { HealthChecker, type HealthProbe } from './fleet/health.js';
 import { GatewayMetrics } from './ops/metrics.js';
-import { registerKvMetrics } from './ops/kv-metrics.js';
+import { registerKvMetrics, registerTokenizeMetric } from './ops/kv-metrics.js';
 import { Passthrough } from './proxy/passthrough.js';
 import { createFrontHandler } from './front/server.js';
 import { answerClientError, answerExpectation, frontServerOptions, requireHost } from './front/client-limits.js';
@@ -95,7 +95,11 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
   });
   configureUpstreamAuth(fleet.workers, config.fleet.workers);
   const metrics = new GatewayMetrics(fleet, { defaultMetrics: options.defaultMetrics });
-  const kv = await buildKvServices(config, { log, workerUrlFor: (model) => fleet.candidates(model)[0]?.url });
+  const kv = await buildKvServices(config, {
+    log,
+    workerUrlFor: (model) => fleet.candidates(model)[0]?.url,
+    onTokenized: registerTokenizeMetric(metrics.registry),
+  });
   registerKvMetrics(metrics.registry, kv);
   registerMemoryMetrics(metrics.registry, kv.tokenizers);
   clearIndexWhenDown(fleet, kv);

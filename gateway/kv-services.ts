@@ -30,8 +30,6 @@ export interface KvServices {
   readonly indexers: ReadonlyMap<string, KvIndexer>;
   readonly sources: ReadonlyMap<string, EventSource>;
   readonly tokenizers: ReadonlyMap<string, PromptTokenizer | RemoteTokenizer>;
-  /** Seconds and tokens of each tokenization, for the metrics. */
-  onTokenized?: (seconds: number, tokens: number) => void;
   /** `/debug/workers` view: per worker, indexed blocks, last sequence number, event lag. */
   stats(): Record<string, unknown>;
   /** A worker joined the fleet: subscribes to its KV events (if any) and feeds its model's index. */
@@ -46,6 +44,8 @@ export interface KvServicesOptions {
   log: Logger;
   /** A healthy worker's base URL serving `model`, for the remote tokenizer. */
   workerUrlFor: (model: string) => string | undefined;
+  /** Seconds and tokens of each tokenization, for the metrics. */
+  onTokenized?: ((seconds: number, tokens: number) => void) | undefined;
 }
 
 const EMPTY_MATCH: Map<string, MatchCounts> = new Map();
@@ -163,7 +163,7 @@ export async function buildKvServices(config: GatewayConfig, options: KvServices
         blockSize: mc.blockSize,
         seedFor: (lora) => hasher.seedFor(model, lora),
         loraOf: (name) => (name !== model && baseOf.get(name) === model ? name : null),
-        observe: (seconds, tokens) => services.onTokenized?.(seconds, tokens),
+        observe: options.onTokenized,
       }),
     );
   }
