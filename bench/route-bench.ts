@@ -104,7 +104,7 @@ async function main(): Promise<void> {
       log,
       workers: fleet.workers,
       blockSize: 16,
-      services: { kvIndexer: kv.matcher },
+      index: kv.matcher,
     },
   );
   const pipeline = new RoutingPipeline({

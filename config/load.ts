@@ -1,14 +1,11 @@
 import { readFileSync } from 'node:fs';
 import { parseDocument } from 'yaml';
 import type { z } from 'zod';
-import { UsageError } from '../gateway/cli/cli-args.js';
 import { parseStrategyParams, StrategyConfigError } from '../gateway/routing/strategies/registry.js';
+import { ConfigError } from './errors.js';
 import { gatewayConfigSchema, type GatewayConfig } from './schema.js';
 
-/** A config problem: printed as one line naming the file and the key, exit code 2. */
-export class ConfigError extends UsageError {
-  override name = 'ConfigError';
-}
+export { ConfigError };
 
 /**
  * Environment variables that override config keys, for the knobs operators

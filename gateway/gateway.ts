@@ -2,42 +2,40 @@ import { randomUUID } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
-import type { Registry } from 'prom-client';
 import type { GatewayConfig } from '../config/schema.js';
 import { createAdminHandler } from './ops/admin.js';
 import { Fleet } from './fleet/fleet.js';
 import { Transport } from './proxy/forward.js';
 import { HealthChecker, type HealthProbe } from './fleet/health.js';
 import { GatewayMetrics } from './ops/metrics.js';
+import { registerKvMetrics, registerTokenizeMetric } from './ops/kv-metrics.js';
 import { Passthrough } from './proxy/passthrough.js';
-import type { PromptBlocksProvider } from './routing/pipeline.js';
 import { createFrontHandler } from './front/server.js';
 import { answerClientError, answerExpectation, frontServerOptions, requireHost } from './front/client-limits.js';
 import { configureUpstreamAuth } from './proxy/upstream-auth.js';
-import { diffWorkers, type DiscoveredWorker } from './fleet/discovery/discovery.js';
-import { FleetSync, type FleetChange, type WorkerHooks } from './fleet/fleet-sync.js';
-import { dropWorkerSeries, FrontTracker, registerLifecycleMetrics } from './ops/lifecycle.js';
+import {
+  createDiscovery,
+  diffWorkers,
+  type DiscoveredWorker,
+  type DiscoveryDeps,
+} from './fleet/discovery/discovery.js';
+import { FleetSync, type FleetChange } from './fleet/fleet-sync.js';
+import { dropWorkerSeries, FrontTracker, registerLifecycleMetrics, registerMemoryMetrics } from './ops/lifecycle.js';
 import { buildRouting, LivePipeline, poolSignature, restartOnlyChanges, type RoutingDeps } from './routing/reload.js';
 import { Disaggregation } from './disagg/two-leg.js';
 import { PdSplit } from './disagg/split.js';
 import { LoadSharing, natsTransport } from './fleet/load-sharing.js';
+import { buildKvServices, clearIndexWhenDown } from './kv-services.js';
 
 export interface GatewayOptions {
   log: Logger;
-  /** Services for strategies, by name (e.g. `kvIndexer`); see `StrategyDeps.services`. */
-  services?: Record<string, unknown>;
-  promptBlocks?: PromptBlocksProvider;
-  /** Extra admin stats, e.g. the KV index's, shown in `/debug/workers`. */
-  indexStats?: () => unknown;
   healthProbe?: HealthProbe;
   random?: () => number;
   now?: () => number;
-  /** Adds metrics of the services (e.g. the KV index) to the gateway's registry. */
-  onMetrics?: (registry: Registry) => void;
   /** Registers prom-client's process metrics (off in tests that start many gateways). */
   defaultMetrics?: boolean;
-  /** Told when workers join or leave at runtime (the KV event sources). */
-  workerHooks?: WorkerHooks;
+  /** Tests: a stub DNS resolver or in-cluster Kubernetes paths for `fleet.discovery`. */
+  discovery?: Pick<DiscoveryDeps, 'resolver' | 'kubeEnv' | 'random'>;
 }
 
 /** What a reload changed, for its log line. */
@@ -78,14 +76,19 @@ export interface Gateway {
 }
 
 /**
- * The composition root: builds every part from the config, wires them
- * request -> policy -> strategy -> fleet/index -> proxy, and starts listening.
+ * The composition root: builds every part from the config, in the order they
+ * depend on each other (fleet, KV index, routing, proxy, servers), wires them
+ * request -> policy -> strategy -> fleet/index -> proxy, then starts them:
+ * health, KV event sources, listeners, `fleet.discovery`. Nothing is bound
+ * late; a start-up that fails closes whatever it had started.
  */
 export async function startGateway(initialConfig: GatewayConfig, options: GatewayOptions): Promise<Gateway> {
   const { log } = options;
   let config = initialConfig;
   const random = options.random ?? Math.random;
   const now = options.now ?? Date.now;
+
+  // --- fleet, and the KV index fed by the workers' events ---
   const fleet = new Fleet(config.fleet.workers, {
     breaker: config.upstream.breaker,
     log,
@@ -93,25 +96,18 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
   });
   configureUpstreamAuth(fleet.workers, config.fleet.workers);
   const metrics = new GatewayMetrics(fleet, { defaultMetrics: options.defaultMetrics });
-  options.onMetrics?.(metrics.registry);
-  let sharing: LoadSharing | undefined;
-  if (config.loadSharing) {
-    // Not from the injected `random`: two replicas seeded alike would take each other's snapshots for their own.
-    const replicaId = randomUUID().slice(0, 13);
-    const transport = natsTransport(config.loadSharing, log, `kvgate-${replicaId}`);
-    sharing = new LoadSharing({
-      fleet,
-      transport,
-      config: config.loadSharing,
-      log,
-      replicaId,
-      now,
-      registry: metrics.registry,
-    });
-    sharing.start();
-  }
+  const kv = await buildKvServices(config, {
+    log,
+    workerUrlFor: (model) => fleet.candidates(model)[0]?.url,
+    onTokenized: registerTokenizeMetric(metrics.registry),
+  });
+  registerKvMetrics(metrics.registry, kv);
+  registerMemoryMetrics(metrics.registry, kv.tokenizers);
+  clearIndexWhenDown(fleet, kv);
   const transport = new Transport(fleet.workers, config.upstream);
   const health = new HealthChecker(fleet, config.fleet.health, log, options.healthProbe);
+
+  // --- routing: request -> policy -> strategy, over the fleet and the index ---
   const blockSize = Object.values(config.models)[0]?.blockSize ?? 16;
   const lenientPools = config.fleet.discovery !== undefined && config.fleet.discovery.type !== 'static';
   const pdSplit = new PdSplit(config.disaggregation, fleet);
@@ -119,8 +115,8 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
     fleet,
     metrics,
     log,
-    services: options.services ?? {},
-    promptBlocks: options.promptBlocks,
+    index: kv.matcher,
+    promptBlocks: kv.promptBlocks,
     random,
     now,
     blockSize,
@@ -153,7 +149,7 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
       healthTimeoutMs: config.fleet.health.timeoutMs,
       healthProbe: options.healthProbe,
       drainTimeoutMs: config.server.drainTimeoutMs,
-      hooks: options.workerHooks,
+      hooks: { added: (w) => kv.addWorker(w), removed: (id) => kv.removeWorker(id) },
       onChanged: onFleetChanged,
       // Gauges are set at scrape time for current workers only: a departed worker's last values would linger.
       onForgotten: (id) => {
@@ -162,10 +158,11 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
     },
     config.fleet.workers,
   );
+
+  // --- proxy: pass-through, disaggregated two-leg serving, the load other replicas see ---
   const passthrough = new Passthrough(fleet, metrics, {
     passClientAuthorization: config.upstream.passClientAuthorization,
   });
-  // --- disaggregation (gateway/disagg/): two-leg P/D flow and the P/D balance planner ---
   const disagg = new Disaggregation({
     config: config.disaggregation,
     fleet,
@@ -173,14 +170,27 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
     metrics,
     log,
     split: pdSplit,
-    services: options.services ?? {},
+    index: kv.matcher,
     blockSize,
     now,
     random,
   });
-  // --- end disaggregation ---
+  let sharing: LoadSharing | undefined;
+  if (config.loadSharing) {
+    // Not from the injected `random`: two replicas seeded alike would take each other's snapshots for their own.
+    const replicaId = randomUUID().slice(0, 13);
+    sharing = new LoadSharing({
+      fleet,
+      transport: natsTransport(config.loadSharing, log, `kvgate-${replicaId}`),
+      config: config.loadSharing,
+      log,
+      replicaId,
+      now,
+      registry: metrics.registry,
+    });
+  }
 
-  await health.start();
+  // --- servers and discovery ---
   const front = new FrontTracker(
     createFrontHandler({
       config: config.server,
@@ -197,16 +207,55 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
   const frontServer = createServer(frontServerOptions(config.server), requireHost(front.handler));
   frontServer.on('clientError', answerClientError).on('checkExpectation', answerExpectation);
   const admin = createServer(
-    createAdminHandler({ fleet, pipeline, token: config.admin.token, indexStats: options.indexStats, disagg }),
+    createAdminHandler({ fleet, pipeline, token: config.admin.token, indexStats: () => kv.stats(), disagg }),
   );
-  const url = await listen(frontServer, config.server.host, config.server.port);
-  const adminUrl = await listen(admin, config.admin.host, config.admin.port);
   const lifecycle = registerLifecycleMetrics(metrics.registry, {
     fleet,
     draining: () => front.draining,
     drainingWorkers: () => sync.draining,
     discovered: () => sync.discoveredCount,
   });
+  const spec = config.fleet.discovery;
+  const discovery =
+    spec !== undefined && spec.type !== 'static' ? createDiscovery(spec, { ...options.discovery, log }) : undefined;
+  let discoveredBefore: readonly DiscoveredWorker[] = [];
+  const setDiscovered = (workers: readonly DiscoveredWorker[]): FleetChange => {
+    const d = diffWorkers(discoveredBefore, workers);
+    discoveredBefore = workers;
+    lifecycle.discoveryChange(d.added.length, d.removed.length, d.changed.length);
+    return sync.setDiscovered(workers);
+  };
+  let closing: Promise<void> | undefined;
+  const close = (): Promise<void> =>
+    (closing ??= (async () => {
+      await discovery?.stop();
+      sync.close();
+      await Promise.all([closeServer(frontServer), closeServer(admin)]);
+      await health.stop();
+      await sharing?.close();
+      fleet.close();
+      passthrough.close();
+      await transport.close();
+      await kv.stop();
+    })());
+
+  // --- start, in order: a gateway that says it is ready has its health view, its index feeds and its listeners ---
+  let url: string;
+  let adminUrl: string;
+  try {
+    sharing?.start();
+    await health.start();
+    await kv.start();
+    url = await listen(frontServer, config.server.host, config.server.port);
+    adminUrl = await listen(admin, config.admin.host, config.admin.port);
+    if (discovery) {
+      await discovery.start(setDiscovered);
+      log.info({ discovery: discovery.name, workers: fleet.workers.length }, 'discovery started');
+    }
+  } catch (err) {
+    await close();
+    throw err;
+  }
   log.info(
     {
       url,
@@ -219,8 +268,6 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
     'gateway ready',
   );
 
-  let discoveredBefore: readonly DiscoveredWorker[] = [];
-  let closing: Promise<void> | undefined;
   return {
     url,
     adminUrl,
@@ -232,12 +279,7 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
     get draining() {
       return front.draining;
     },
-    setDiscovered(workers) {
-      const d = diffWorkers(discoveredBefore, workers);
-      discoveredBefore = workers;
-      lifecycle.discoveryChange(d.added.length, d.removed.length, d.changed.length);
-      return sync.setDiscovered(workers);
-    },
+    setDiscovered,
     reload(next) {
       const needsRestart = restartOnlyChanges(config, next);
       // Everything that can fail is tried before anything changes: the new routing over the fleet-to-be.
@@ -273,18 +315,7 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
     async drain(timeoutMs) {
       return front.drain(frontServer, timeoutMs, log);
     },
-    close() {
-      closing ??= (async () => {
-        sync.close();
-        await Promise.all([closeServer(frontServer), closeServer(admin)]);
-        await health.stop();
-        await sharing?.close();
-        fleet.close();
-        passthrough.close();
-        await transport.close();
-      })();
-      return closing;
-    },
+    close,
   };
 }
 

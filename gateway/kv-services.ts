@@ -1,7 +1,7 @@
 import { resolve } from 'node:path';
 import type { Logger } from 'pino';
 import type { GatewayConfig } from '../config/schema.js';
-import { createBlockHasher, type BlockHasher } from '../indexer/index/block-hash.js';
+import { createBlockHasher } from '../indexer/index/block-hash.js';
 import { createEventSource } from '../indexer/events/create-source.js';
 import type { EventSink, EventSource } from '../indexer/events/source.js';
 import { KvIndexer } from '../indexer/index/kv-indexer.js';
@@ -15,19 +15,21 @@ import {
 import type { MatchCounts } from '../indexer/index/radix-index.js';
 import { RemoteTokenizer } from '../indexer/tokenize/remote-tokenizer.js';
 import { PromptTokenizer } from '../indexer/tokenize/tokenizer.js';
-import type { WorkerConfig } from './fleet/fleet.js';
+import type { Fleet, WorkerConfig } from './fleet/fleet.js';
 import type { PromptBlocksProvider } from './routing/pipeline.js';
+import type { PrefixMatcher } from './routing/strategies/strategy.js';
+
+/** How long events a worker sent before going down may still be arriving. */
+const STALE_EVENTS_MS = 500;
 
 /** What the KV-aware parts of the gateway share: one index per model, its event sources, and prompt hashing. */
 export interface KvServices {
-  /** `services.kvIndexer` for the strategies: matches a prompt's blocks against every model's index. */
-  readonly matcher: { match(hashes: readonly bigint[]): Map<string, MatchCounts>; blocksOf(target: string): number };
+  /** `StrategyDeps.index`: matches a prompt's blocks against every model's index (empty until one exists). */
+  readonly matcher: Required<Pick<PrefixMatcher, 'match' | 'blocksOf'>>;
   promptBlocks: PromptBlocksProvider | undefined;
   readonly indexers: ReadonlyMap<string, KvIndexer>;
   readonly sources: ReadonlyMap<string, EventSource>;
   readonly tokenizers: ReadonlyMap<string, PromptTokenizer | RemoteTokenizer>;
-  /** Seconds and tokens of each tokenization, for the metrics. */
-  onTokenized?: (seconds: number, tokens: number) => void;
   /** `/debug/workers` view: per worker, indexed blocks, last sequence number, event lag. */
   stats(): Record<string, unknown>;
   /** A worker joined the fleet: subscribes to its KV events (if any) and feeds its model's index. */
@@ -42,6 +44,8 @@ export interface KvServicesOptions {
   log: Logger;
   /** A healthy worker's base URL serving `model`, for the remote tokenizer. */
   workerUrlFor: (model: string) => string | undefined;
+  /** Seconds and tokens of each tokenization, for the metrics. */
+  onTokenized?: ((seconds: number, tokens: number) => void) | undefined;
 }
 
 const EMPTY_MATCH: Map<string, MatchCounts> = new Map();
@@ -159,7 +163,7 @@ export async function buildKvServices(config: GatewayConfig, options: KvServices
         blockSize: mc.blockSize,
         seedFor: (lora) => hasher.seedFor(model, lora),
         loraOf: (name) => (name !== model && baseOf.get(name) === model ? name : null),
-        observe: (seconds, tokens) => services.onTokenized?.(seconds, tokens),
+        observe: options.onTokenized,
       }),
     );
   }
@@ -170,6 +174,25 @@ export async function buildKvServices(config: GatewayConfig, options: KvServices
       providers.get(model)?.(body, model, kind) ?? Promise.resolve(undefined);
   }
   return services;
+}
+
+/**
+ * A worker that went down (health failed, breaker opened) takes its cache with it, as far as
+ * routing can tell: drop its blocks now, and once more a moment later, because events it sent just
+ * before dying may still sit in our socket. Its event source reconnects by itself and rebuilds
+ * them; an engine restart also restarts its sequence numbers, which resets the worker again.
+ */
+export function clearIndexWhenDown(fleet: Fleet, kv: Pick<KvServices, 'indexers'>): void {
+  const clear = (id: string) => {
+    for (const indexer of kv.indexers.values()) indexer.clearWorker(id);
+  };
+  fleet.onStatus((worker, up) => {
+    if (up) return;
+    clear(worker.id);
+    setTimeout(() => {
+      if (worker.down && fleet.has(worker)) clear(worker.id);
+    }, STALE_EVENTS_MS).unref();
+  });
 }
 
 function singleMatcher(index: KvIndexer): KvServices['matcher'] {

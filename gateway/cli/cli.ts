@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+import { ConfigError } from '../../config/errors.js';
 import { UsageError } from './cli-args.js';
 
 /**
@@ -51,11 +52,15 @@ if (process.env.KVGATE_EXIT_WITH_PARENT === '1') {
   process.stdin.resume();
 }
 
+/** Exit code 2 for what the user can fix (flags, config); 1 for anything else. */
+function exitCode(err: unknown): 1 | 2 {
+  return err instanceof UsageError || err instanceof ConfigError ? 2 : 1;
+}
+
 main(process.argv.slice(2)).catch((err: unknown) => {
-  if (err instanceof UsageError) {
-    process.stderr.write(err.message + '\n');
-    process.exit(2);
-  }
-  process.stderr.write(`kvgate: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
-  process.exit(1);
+  const code = exitCode(err);
+  // A fixable error is its one-line message; anything else is a bug, with its stack.
+  if (code === 2) process.stderr.write(`${(err as Error).message}\n`);
+  else process.stderr.write(`kvgate: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+  process.exit(code);
 });

@@ -1,9 +1,7 @@
-import { spawnSimFleet } from '../../bench/sim/spawn.js';
-import { defaultTokenizerDir } from '../../bench/sim/text.js';
 import { parseConfig } from '../../config/load.js';
 import type { GatewayConfigInput } from '../../config/schema.js';
 import { intFlag, numberFlag, parseFlags } from './cli-args.js';
-import { startKvGateway } from '../kv-gateway.js';
+import { startGateway } from '../gateway.js';
 import { createLogger } from '../ops/log.js';
 import { strategyNames } from '../routing/strategies/registry.js';
 
@@ -46,6 +44,11 @@ export async function demoCommand(argv: string[]): Promise<void> {
   const kvBlocks = intFlag('demo', 'kv-blocks', flags['kv-blocks'], 4096, 1);
   const strategy = flags.strategy ?? (strategyNames().includes('kv') ? 'kv' : 'least-load');
   const log = createLogger('kvgate');
+  // The simulator is a bench program: loaded only once a demo really starts, never with the gateway itself.
+  const [{ spawnSimFleet }, { defaultTokenizerDir }] = await Promise.all([
+    import('../../bench/sim/spawn.js'),
+    import('../../bench/sim/text.js'),
+  ]);
   const tokenizerDir = defaultTokenizerDir();
 
   const fleet = await spawnSimFleet(workers, [
@@ -83,7 +86,7 @@ export async function demoCommand(argv: string[]): Promise<void> {
   };
   let gateway;
   try {
-    gateway = await startKvGateway(parseConfig(input, 'kvgate demo', {}), { log });
+    gateway = await startGateway(parseConfig(input, 'kvgate demo', {}), { log });
   } catch (err) {
     await fleet.stop();
     throw err;

@@ -1,6 +1,7 @@
+import { ConfigError } from '../../config/errors.js';
 import { loadConfigFile } from '../../config/load.js';
 import { parseFlags, UsageError } from './cli-args.js';
-import { startKvGateway } from '../kv-gateway.js';
+import { startGateway } from '../gateway.js';
 import { RoutingSetupError } from '../routing/policy.js';
 import { createLogger } from '../ops/log.js';
 import { manageLifecycle } from '../ops/lifecycle.js';
@@ -52,12 +53,12 @@ export async function serveCommand(argv: string[]): Promise<void> {
   const log = createLogger('kvgate');
   let gateway;
   try {
-    gateway = await startKvGateway(config, { log });
+    gateway = await startGateway(config, { log });
   } catch (err) {
     // Rules that need the fleet (pools, pinned workers) are checked at start-up: name the file as config errors do.
     if (err instanceof RoutingSetupError)
       throw new RoutingSetupError(err.message.replace(/^kvgate: /, `kvgate: ${file}: `));
-    if (err instanceof KubeConfigError) throw new UsageError(`kvgate: ${file}: fleet.discovery: ${err.message}`);
+    if (err instanceof KubeConfigError) throw new ConfigError(`kvgate: ${file}: fleet.discovery: ${err.message}`);
     throw err;
   }
   manageLifecycle({

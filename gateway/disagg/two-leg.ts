@@ -4,13 +4,13 @@ import type { Logger } from 'pino';
 import { GatewayError, sendError } from '../front/errors.js';
 import type { Fleet, Worker } from '../fleet/fleet.js';
 import { forward, type Collected, type Transport } from '../proxy/forward.js';
+import { requestBlocks } from '../fleet/load.js';
 import { clientResponseHeaders, upstreamRequestHeaders } from '../proxy/headers.js';
 import { rerouter } from '../proxy/retry.js';
 import type { GatewayMetrics } from '../ops/metrics.js';
 import type { Routed } from '../routing/pipeline.js';
 import { ADMIN_TOKEN_HEADER } from '../routing/policies/overrides.js';
-import { KV_INDEXER_SERVICE } from '../routing/strategies/kv.js';
-import { asPrefixMatcher } from '../routing/strategies/overlap.js';
+import type { PrefixMatcher } from '../routing/strategies/strategy.js';
 import { RequestOutcome } from '../proxy/usage-sniffer.js';
 import type { DisaggConfig } from './config.js';
 import { decide, type DisaggPlan } from './decide.js';
@@ -27,8 +27,8 @@ export interface DisaggDeps {
   readonly log: Logger;
   /** Which pools are split; the same object narrows the pipeline's candidates (`split.split`). */
   readonly split: PdSplit;
-  /** `services.kvIndexer`: the prefix matcher used for the uncached-prefill estimate. */
-  readonly services: Readonly<Record<string, unknown>>;
+  /** The events-fed KV index, for the uncached-prefill estimate. */
+  readonly index: PrefixMatcher | undefined;
   readonly blockSize: number;
   readonly now?: (() => number) | undefined;
   /** Retry backoff jitter. */
@@ -66,9 +66,6 @@ interface Leg {
   /** KV blocks the request holds (prompt plus expected output). */
   readonly blocks: number;
 }
-
-/** Output tokens assumed for decode-block accounting when the request sets no limit (as the front does). */
-const DEFAULT_OUTPUT_TOKENS = 256;
 
 /**
  * Disaggregated serving through the gateway, as vLLM's reference proxy does it
@@ -145,7 +142,7 @@ export class Disaggregation {
       candidates: [...new Set([...(routed.prefillCandidates ?? []), ...routed.candidates])],
       aggregatedDecision: routed.decision,
       config: this.#d.config,
-      matcher: asPrefixMatcher(this.#d.services[KV_INDEXER_SERVICE]),
+      matcher: this.#d.index,
       blockSize: this.#d.blockSize,
     });
   }
@@ -169,7 +166,7 @@ export class Disaggregation {
       plan,
       headers,
       pool: selection.pool?.name ?? 'default',
-      blocks: Math.ceil((plan.promptTokens + (request.maxTokens ?? DEFAULT_OUTPUT_TOKENS)) / blockSize),
+      blocks: requestBlocks(plan.promptTokens, request.maxTokens, blockSize),
     };
     const predicted = plan.aggregatedDecision.predictedCachedBlocks;
     d.metrics.routed(

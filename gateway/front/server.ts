@@ -5,6 +5,7 @@ import type { Logger } from 'pino';
 import { z } from 'zod';
 import { GatewayError, sendError } from './errors.js';
 import type { Fleet } from '../fleet/fleet.js';
+import { requestBlocks } from '../fleet/load.js';
 import { forward, type Transport } from '../proxy/forward.js';
 import { clientRequestId, upstreamRequestHeaders } from '../proxy/headers.js';
 import type { GatewayMetrics } from '../ops/metrics.js';
@@ -60,9 +61,6 @@ export interface FrontDeps {
   readonly disagg?: DisaggHook | undefined;
 }
 
-/** Output tokens assumed for decode-block accounting when the request sets no limit. */
-const DEFAULT_OUTPUT_TOKENS = 256;
-
 /**
  * The OpenAI-compatible front: routes inference requests, answers health,
  * readiness, models and metrics itself, and passes other `/v1/*` paths through.
@@ -94,7 +92,7 @@ export function createFrontHandler(d: FrontDeps): (req: IncomingMessage, res: Se
       if (d.disagg?.handles(routed)) return void d.disagg.serve({ req, res, routed, requestId, started, route, path });
       // --- end disaggregation hook ---
       const { ctx, decision, worker } = routed;
-      const blocks = Math.ceil((ctx.promptTokens + (request.maxTokens ?? DEFAULT_OUTPUT_TOKENS)) / d.blockSize);
+      const blocks = requestBlocks(ctx.promptTokens, request.maxTokens, d.blockSize);
       const ticket = d.fleet.start(worker, ctx.promptTokens, blocks);
       routed.strategy.onRouted?.(ctx, decision);
       const { arm, armStats } = routed.selection;

@@ -3,20 +3,24 @@ import type { KvServices } from '../kv-services.js';
 
 const TOKENIZE_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25];
 
+/** `kvgate_tokenize_seconds`; the returned observer is handed to the KV services, which tokenize. */
+export function registerTokenizeMetric(registry: Registry): (seconds: number) => void {
+  const tokenize = new Histogram({
+    name: 'kvgate_tokenize_seconds',
+    help: 'Time to turn a request into token ids (template, segment cache, encode)',
+    buckets: TOKENIZE_BUCKETS,
+    registers: [registry],
+  });
+  return (seconds) => tokenize.observe(seconds);
+}
+
 /**
  * KV index and event-stream metrics. They are read from the indexer's and the
  * sources' own counters at scrape time, so the event hot path carries no
  * metric code: counters advance by the difference since the last scrape.
  */
-export function registerKvMetrics(registry: Registry, kv: KvServices): void {
+export function registerKvMetrics(registry: Registry, kv: Pick<KvServices, 'indexers' | 'sources'>): void {
   const registers = [registry];
-  const tokenize = new Histogram({
-    name: 'kvgate_tokenize_seconds',
-    help: 'Time to turn a request into token ids (template, segment cache, encode)',
-    buckets: TOKENIZE_BUCKETS,
-    registers,
-  });
-  kv.onTokenized = (seconds) => tokenize.observe(seconds);
 
   new Gauge({
     name: 'kvgate_kv_index_nodes',

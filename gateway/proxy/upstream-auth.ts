@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { UsageError } from '../cli/cli-args.js';
+import { ConfigError } from '../../config/errors.js';
 
 /**
  * Upstream authentication: each worker may hold a bearer token (vLLM `--api-key`,
@@ -54,13 +54,13 @@ export function configureUpstreamAuth(
 
 function resolveKey(c: WorkerAuthConfig, env: NodeJS.ProcessEnv): string | undefined {
   if (c.apiKey !== undefined && c.apiKeyEnv !== undefined) {
-    throw new UsageError(`kvgate: worker '${c.id}': set apiKey or apiKeyEnv, not both`);
+    throw new ConfigError(`kvgate: worker '${c.id}': set apiKey or apiKeyEnv, not both`);
   }
   if (c.apiKey !== undefined) return c.apiKey;
   if (c.apiKeyEnv === undefined) return undefined;
   const v = env[c.apiKeyEnv];
   if (v === undefined || v === '')
-    throw new UsageError(`kvgate: worker '${c.id}': apiKeyEnv ${c.apiKeyEnv} is not set`);
+    throw new ConfigError(`kvgate: worker '${c.id}': apiKeyEnv ${c.apiKeyEnv} is not set`);
   return v;
 }
 

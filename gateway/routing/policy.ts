@@ -1,4 +1,4 @@
-import { UsageError } from '../cli/cli-args.js';
+import { ConfigError } from '../../config/errors.js';
 import { badRequest } from '../front/errors.js';
 import { ArmStats, Experiment, type Arm } from './experiments.js';
 import { compileMatch, needsExactTokens, type Matcher, type MatchInput } from './policies/match.js';
@@ -7,8 +7,8 @@ import { PoolError, resolvePools, type Pool } from './policies/pools.js';
 import type { InferenceRequest } from '../front/request.js';
 import type { RoutingConfig } from './routing-config.js';
 import { shadowEntries, type ShadowConfig, type ShadowSet } from './shadow.js';
-import { createStrategy, strategyNames, type StrategyDeps } from './strategies/registry.js';
-import type { Strategy, WorkerView } from './strategies/strategy.js';
+import { createStrategy, strategyNames } from './strategies/registry.js';
+import type { Strategy, StrategyDeps, WorkerView } from './strategies/strategy.js';
 
 /** Everything a policy may look at, built once per request by the pipeline. */
 export interface PolicyInput extends MatchInput {
@@ -72,8 +72,8 @@ export interface RoutingPolicyDeps {
   readonly defaultStrategy?: Strategy;
 }
 
-/** A routing setup problem found at start-up (needs the fleet to see): one line, exit 2. */
-export class RoutingSetupError extends UsageError {
+/** A routing setup problem found at start-up (needs the fleet to see): one line naming the key. */
+export class RoutingSetupError extends ConfigError {
   override name = 'RoutingSetupError';
 }
 

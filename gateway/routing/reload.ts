@@ -9,15 +9,16 @@ import { PoolError, resolvePools } from './policies/pools.js';
 import { createRoutingPolicy, type Policy } from './policy.js';
 import type { InferenceRequest } from '../front/request.js';
 import type { RoutingConfig } from './routing-config.js';
-import { createStrategy, type StrategyDeps } from './strategies/registry.js';
-import type { WorkerView } from './strategies/strategy.js';
+import { createStrategy } from './strategies/registry.js';
+import type { PrefixMatcher, StrategyDeps, WorkerView } from './strategies/strategy.js';
 
 /** What every routing build shares: the parts that outlive a reload. */
 export interface RoutingDeps {
   readonly fleet: Fleet;
   readonly metrics: GatewayMetrics;
   readonly log: Logger;
-  readonly services: Readonly<Record<string, unknown>>;
+  /** The events-fed KV index, for the strategies that read one. */
+  readonly index: PrefixMatcher | undefined;
   readonly promptBlocks: PromptBlocksProvider | undefined;
   readonly random: () => number;
   readonly now: () => number;
@@ -145,7 +146,7 @@ export function buildRouting(
     log: deps.log,
     workers: members as readonly WorkerView[],
     blockSize: deps.blockSize,
-    services: deps.services,
+    index: deps.index,
   };
   const strategy = createStrategy(routing.strategy, routing.params, strategyDeps);
   const policy = createRoutingPolicy({

@@ -6,14 +6,11 @@ import type { PromptTokenizer } from './tokenizer.js';
 
 export type PromptKind = 'chat' | 'completion';
 
-/**
- * A prompt cut into full KV blocks and hashed. Structurally the gateway's
- * `PromptBlocks` (gateway/routing/strategies/strategy.ts), restated so that indexer/
- * does not depend on the gateway.
- */
+/** A prompt cut into full KV blocks and hashed, as the index sees it (and the gateway's strategies, which import it). */
 export interface PromptBlocks {
   readonly tokenCount: number;
   readonly blockSize: number;
+  /** Chained block hashes, one per full block, in prompt order. */
   readonly hashes: readonly bigint[];
 }
 

@@ -2,9 +2,7 @@ import { z } from 'zod';
 import { ApproxIndex } from '../../../indexer/index/approx-index.js';
 import { targetKey } from '../../../indexer/index/radix-index.js';
 import { chooseByKvCost, kvParamsSchema } from './kv.js';
-import type { PrefixMatcher } from './overlap.js';
-import type { StrategyDeps } from './registry.js';
-import type { Decision, RouteContext, Strategy, WorkerView } from './strategy.js';
+import type { Decision, PrefixMatcher, RouteContext, Strategy, StrategyDeps, WorkerView } from './strategy.js';
 
 /** A matcher the strategy itself teaches: "these blocks are now cached on that target". */
 export interface RecordingMatcher extends PrefixMatcher {

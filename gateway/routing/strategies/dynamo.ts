@@ -1,8 +1,7 @@
 import { z } from 'zod';
-import { KV_INDEXER_SERVICE } from './kv.js';
-import { asPrefixMatcher, matchWorkers, overlapSource, round, softmaxSample, treeSizeOf } from './overlap.js';
-import type { StrategyDeps } from './registry.js';
-import type { CandidateScore, Decision, RouteContext, Strategy, WorkerView } from './strategy.js';
+import { matchDecision, matchWorkers, overlapSource, treeSizeOf } from './overlap.js';
+import { argminRandomTie, round, softmaxSample } from './pick.js';
+import type { CandidateScore, Decision, RouteContext, Strategy, StrategyDeps, WorkerView } from './strategy.js';
 
 export const dynamoParamsSchema = z.strictObject({
   /** Dynamo's `--kv-overlap-score-weight`: 0 ignores the cache (pure load balancing). */
@@ -40,23 +39,22 @@ const RULE = 'lowest overlapScoreWeight*potentialPrefillBlocks+potentialDecodeBl
  * on any tier: Dynamo's index of that era did not weigh tiers.
  * @example createDynamoStrategy({ overlapScoreWeight: 1, temperature: 0 }, deps).choose(ctx, workers)
  */
-export function createDynamoStrategy(
-  params: DynamoParams,
-  deps: Pick<StrategyDeps, 'services' | 'blockSize'>,
-): Strategy {
+export function createDynamoStrategy(params: DynamoParams, deps: Pick<StrategyDeps, 'index' | 'blockSize'>): Strategy {
   const p = dynamoParamsSchema.parse(params);
+  const matcher = deps.index;
+  const treeSize = treeSizeOf(matcher);
+  const tieBreak = treeSize ? 'smaller tree, then random' : 'random (index has no tree sizes)';
   return {
     name: 'dynamo',
     needsPromptBlocks: true,
     choose(ctx: RouteContext, candidates: readonly WorkerView[]): Decision {
-      const matcher = asPrefixMatcher(deps.services[KV_INDEXER_SERVICE]);
       const blockSize = ctx.blocks?.blockSize ?? deps.blockSize;
       const matches = matchWorkers(ctx, matcher, 1);
       const isl = ctx.promptTokens;
       const requestBlocks = Math.ceil(isl / blockSize);
       const n = candidates.length;
       const logits = new Float64Array(n);
-      const scores: CandidateScore[] = new Array(n);
+      const scores = new Array<CandidateScore>(n);
       let min = Infinity;
       for (let i = 0; i < n; i++) {
         const w = candidates[i];
@@ -86,45 +84,21 @@ export function createDynamoStrategy(
       if (p.temperature > 0) {
         best = softmaxSample(logits, p.temperature, ctx.random);
       } else {
-        // Among the tied minimum: smallest tree, then random (reservoir).
-        best = -1;
-        let bestTree = Infinity;
-        const treeSize = treeSizeOf(matcher);
-        tied = 0;
-        for (let i = 0; i < n; i++) {
-          if (Math.abs(logits[i] - min) >= TIE_EPSILON) continue;
-          const m = matches?.get(candidates[i].id);
-          const tree = treeSize ? treeSize(m?.target ?? candidates[i].id) : 0;
-          if (best < 0 || tree < bestTree) {
-            best = i;
-            bestTree = tree;
-            tied = 1;
-          } else if (tree === bestTree && ctx.random() * ++tied < 1) {
-            best = i;
-          }
+        // Among the tied minimum: smallest tree, then random.
+        const outside = (i: number) => Math.abs(logits[i] - min) >= TIE_EPSILON;
+        const trees = new Float64Array(n);
+        for (let i = 0; treeSize && i < n; i++) {
+          if (!outside(i)) trees[i] = treeSize(matches?.get(candidates[i].id)?.target ?? candidates[i].id);
         }
+        ({ index: best, ties: tied } = argminRandomTie(n, (i, b) => trees[i] - trees[b], ctx.random, outside));
       }
-      const worker = candidates[best];
-      const m = matches?.get(worker.id);
-      const decision: Decision = {
-        worker,
-        explain: {
-          rule: p.temperature > 0 ? `softmax(T=${p.temperature}) over ${RULE}` : RULE,
-          index: overlapSource(ctx, matcher, 'kv events index'),
-          overlapScoreWeight: p.overlapScoreWeight,
-          ...scores[best].terms,
-          ...(p.temperature > 0
-            ? {}
-            : {
-                tied,
-                tieBreak: treeSizeOf(matcher) ? 'smaller tree, then random' : 'random (index has no tree sizes)',
-              }),
-        },
-        predictedCachedBlocks: m?.blocks ?? 0,
-        candidates: scores,
-      };
-      if (m?.rank != null) decision.dataParallelRank = m.rank;
-      return decision;
+      return matchDecision(candidates[best], matches, scores, () => ({
+        rule: p.temperature > 0 ? `softmax(T=${p.temperature}) over ${RULE}` : RULE,
+        index: overlapSource(ctx, matcher, 'kv events index'),
+        overlapScoreWeight: p.overlapScoreWeight,
+        ...scores[best].terms,
+        ...(p.temperature > 0 ? {} : { tied, tieBreak }),
+      }));
     },
   };
 }

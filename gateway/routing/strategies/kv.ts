@@ -1,16 +1,15 @@
 import { z } from 'zod';
-import { compareLoad } from './least-load.js';
-import {
-  asPrefixMatcher,
-  matchWorkers,
-  overlapSource,
-  round,
-  sameCost,
-  softmaxSample,
-  type PrefixMatcher,
-} from './overlap.js';
-import type { StrategyDeps } from './registry.js';
-import type { CandidateScore, Decision, RouteContext, Strategy, WorkerView } from './strategy.js';
+import { matchDecision, matchWorkers, overlapSource } from './overlap.js';
+import { argminRandomTie, compareLoad, round, sameCost, softmaxSample } from './pick.js';
+import type {
+  CandidateScore,
+  Decision,
+  PrefixMatcher,
+  RouteContext,
+  Strategy,
+  StrategyDeps,
+  WorkerView,
+} from './strategy.js';
 
 export const kvParamsSchema = z.strictObject({
   /**
@@ -46,9 +45,6 @@ export const kvParamsSchema = z.strictObject({
   cpuTierWeight: z.number().min(0).max(1).default(0.75),
 });
 export type KvParams = z.infer<typeof kvParamsSchema>;
-
-/** Name of the `StrategyDeps.services` entry holding the events-fed index. */
-export const KV_INDEXER_SERVICE = 'kvIndexer';
 
 const RULE = 'lowest prefillWeight*(promptBlocks-overlap+queuedPrefillBlocks-reuseCredit*exclusiveBlocks)+decodeBlocks';
 
@@ -98,9 +94,7 @@ export function chooseByKvCost(
     }
   }
   const costs = new Float64Array(n);
-  const scores: CandidateScore[] = new Array(n);
-  let best = 0;
-  let ties = 1;
+  const scores = new Array<CandidateScore>(n);
   for (let i = 0; i < n; i++) {
     const w = candidates[i];
     const overlap = overlaps[i];
@@ -129,46 +123,27 @@ export function chooseByKvCost(
         cost: round(cost),
       },
     };
-    if (i === 0 || params.temperature > 0) continue;
-    const b = costs[best];
-    if (cost < b && !sameCost(cost, b)) {
-      best = i;
-      ties = 1;
-    } else if (sameCost(cost, b)) {
-      const c = compareLoad(w, candidates[best]);
-      if (c < 0) {
-        best = i;
-        ties = 1;
-      } else if (c === 0 && ctx.random() * ++ties < 1) {
-        best = i;
-      }
-    }
   }
-  if (params.temperature > 0) {
-    best = softmaxSample(costs, params.temperature, ctx.random);
-    ties = 1;
-  }
-  const worker = candidates[best];
-  const m = matches?.get(worker.id);
-  const decision: Decision = {
-    worker,
-    explain: {
-      rule: params.temperature > 0 ? `softmax(T=${params.temperature}) over ${RULE}` : RULE,
-      index: overlapSource(ctx, matcher, indexName),
-      prefillWeight: params.prefillWeight,
-      ...scores[best].terms,
-      ...(m && m.blocks !== m.gpuBlocks ? { cpuTierBlocks: m.blocks - m.gpuBlocks } : {}),
-      ties,
-    },
-    predictedCachedBlocks: m?.blocks ?? 0,
-    candidates: scores,
-  };
-  if (m?.rank != null) decision.dataParallelRank = m.rank;
-  return decision;
+  const { index: best, ties } =
+    params.temperature > 0
+      ? { index: softmaxSample(costs, params.temperature, ctx.random), ties: 1 }
+      : argminRandomTie(
+          n,
+          (i, b) => (sameCost(costs[i], costs[b]) ? compareLoad(candidates[i], candidates[b]) : costs[i] - costs[b]),
+          ctx.random,
+        );
+  return matchDecision(candidates[best], matches, scores, (m) => ({
+    rule: params.temperature > 0 ? `softmax(T=${params.temperature}) over ${RULE}` : RULE,
+    index: overlapSource(ctx, matcher, indexName),
+    prefillWeight: params.prefillWeight,
+    ...scores[best].terms,
+    ...(m && m.blocks !== m.gpuBlocks ? { cpuTierBlocks: m.blocks - m.gpuBlocks } : {}),
+    ties,
+  }));
 }
 
 /**
- * KV-cache-aware routing over the events-fed index (`services.kvIndexer`):
+ * KV-cache-aware routing over the events-fed index (`StrategyDeps.index`):
  * sends a request where its prefix is cached unless the queue there costs more
  * than the reuse saves. Without the index it still routes, by load alone, and
  * says so in `explain`.
@@ -176,22 +151,21 @@ export function chooseByKvCost(
  */
 export function createKvStrategy(
   params: Partial<KvParams>,
-  deps: Pick<StrategyDeps, 'services' | 'blockSize' | 'log'>,
+  deps: Pick<StrategyDeps, 'index' | 'blockSize' | 'log'>,
 ): Strategy {
   const p = kvParamsSchema.parse(params);
-  if (!asPrefixMatcher(deps.services[KV_INDEXER_SERVICE])) {
+  const { index } = deps;
+  if (!index) {
     deps.log.warn(
       { strategy: 'kv' },
-      'kv strategy has no KV index (services.kvIndexer); it will route by load only until one is provided',
+      'kv strategy has no KV index (no worker publishes kvEvents); it routes by load only',
     );
   }
   return {
     name: 'kv',
     needsPromptBlocks: true,
     choose(ctx: RouteContext, candidates: readonly WorkerView[]): Decision {
-      // Looked up per request (one property read) so an index wired after start-up is picked up.
-      const matcher = asPrefixMatcher(deps.services[KV_INDEXER_SERVICE]);
-      return chooseByKvCost(ctx, candidates, matcher, p, deps.blockSize, 'kv events index');
+      return chooseByKvCost(ctx, candidates, index, p, deps.blockSize, 'kv events index');
     },
   };
 }

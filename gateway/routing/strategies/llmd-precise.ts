@@ -1,8 +1,7 @@
 import { z } from 'zod';
-import { KV_INDEXER_SERVICE } from './kv.js';
-import { asPrefixMatcher, matchWorkers, overlapSource, round, sameCost } from './overlap.js';
-import type { StrategyDeps } from './registry.js';
-import type { CandidateScore, Decision, RouteContext, Strategy, WorkerView } from './strategy.js';
+import { matchDecision, matchWorkers, overlapSource } from './overlap.js';
+import { argminRandomTie, round, sameCost } from './pick.js';
+import type { CandidateScore, Decision, RouteContext, Strategy, StrategyDeps, WorkerView } from './strategy.js';
 
 export const llmdPreciseParamsSchema = z.strictObject({
   prefixWeight: z.number().min(0).max(1000).default(2),
@@ -44,14 +43,14 @@ export type LlmdPreciseParams = z.infer<typeof llmdPreciseParamsSchema>;
  */
 export function createLlmdPreciseStrategy(
   params: Partial<LlmdPreciseParams>,
-  deps: Pick<StrategyDeps, 'services'>,
+  deps: Pick<StrategyDeps, 'index'>,
 ): Strategy {
   const p = llmdPreciseParamsSchema.parse(params);
+  const matcher = deps.index;
   return {
     name: 'llmd-precise',
     needsPromptBlocks: true,
     choose(ctx: RouteContext, candidates: readonly WorkerView[]): Decision {
-      const matcher = asPrefixMatcher(deps.services[KV_INDEXER_SERVICE]);
       const matches = matchWorkers(ctx, matcher, 1);
       const promptBlocks = ctx.blocks?.hashes.length ?? 0;
       const n = candidates.length;
@@ -71,10 +70,8 @@ export function createLlmdPreciseStrategy(
       }
       const kvDenominator = p.kvCapacityBlocks ?? decodeMax;
 
-      const scores: CandidateScore[] = new Array(n);
-      let best = 0;
-      let bestTotal = -Infinity;
-      let ties = 1;
+      const scores = new Array<CandidateScore>(n);
+      const totals = new Float64Array(n);
       for (let i = 0; i < n; i++) {
         const w = candidates[i];
         const run = matches?.get(w.id)?.blocks ?? 0;
@@ -85,6 +82,7 @@ export function createLlmdPreciseStrategy(
         const usage = kvDenominator > 0 ? Math.min(1, w.load.decodeBlocks / kvDenominator) : 0;
         const kvUtilization = 1 - usage;
         const total = p.prefixWeight * prefix + p.kvUtilizationWeight * kvUtilization + p.queueWeight * queue;
+        totals[i] = total;
         scores[i] = {
           worker: w.id,
           terms: {
@@ -97,35 +95,25 @@ export function createLlmdPreciseStrategy(
             score: round(total),
           },
         };
-        if (i > 0 && sameCost(total, bestTotal)) {
-          if (ctx.random() * ++ties < 1) best = i;
-        } else if (total > bestTotal) {
-          best = i;
-          bestTotal = total;
-          ties = 1;
-        }
       }
-      const worker = candidates[best];
-      const m = matches?.get(worker.id);
-      const decision: Decision = {
-        worker,
-        explain: {
-          rule: 'highest prefixWeight*prefix + kvUtilizationWeight*(1-kvUsage) + queueWeight*queue (llm-d)',
-          index: overlapSource(ctx, matcher, 'kv events index'),
-          weights: { prefix: p.prefixWeight, kvUtilization: p.kvUtilizationWeight, queue: p.queueWeight },
-          prefixNormalization: p.prefixNormalization,
-          kvUsageFrom:
-            p.kvCapacityBlocks === null
-              ? 'decode blocks relative to the busiest candidate'
-              : `decode blocks / ${p.kvCapacityBlocks}`,
-          ...scores[best].terms,
-          ties,
-        },
-        predictedCachedBlocks: m?.blocks ?? 0,
-        candidates: scores,
-      };
-      if (m?.rank != null) decision.dataParallelRank = m.rank;
-      return decision;
+      // Highest score wins: the argmin of the score's negation.
+      const { index: best, ties } = argminRandomTie(
+        n,
+        (i, b) => (sameCost(totals[i], totals[b]) ? 0 : totals[b] - totals[i]),
+        ctx.random,
+      );
+      return matchDecision(candidates[best], matches, scores, () => ({
+        rule: 'highest prefixWeight*prefix + kvUtilizationWeight*(1-kvUsage) + queueWeight*queue (llm-d)',
+        index: overlapSource(ctx, matcher, 'kv events index'),
+        weights: { prefix: p.prefixWeight, kvUtilization: p.kvUtilizationWeight, queue: p.queueWeight },
+        prefixNormalization: p.prefixNormalization,
+        kvUsageFrom:
+          p.kvCapacityBlocks === null
+            ? 'decode blocks relative to the busiest candidate'
+            : `decode blocks / ${p.kvCapacityBlocks}`,
+        ...scores[best].terms,
+        ties,
+      }));
     },
   };
 }

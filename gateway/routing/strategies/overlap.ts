@@ -1,41 +1,18 @@
-import type { MatchCounts } from '../../../indexer/index/radix-index.js';
-import type { RouteContext, WorkerView } from './strategy.js';
+import type { CandidateScore, Decision, MatchCounts, PrefixMatcher, RouteContext, WorkerView } from './strategy.js';
 
-export type { MatchCounts };
-
-/**
- * What the KV strategies share: the matcher interface they read the index
- * through, the per-worker reduction of data-parallel targets, softmax sampling
- * and the "no blocks" note. Kept free of any index implementation so tests can
- * pass a fake matcher.
- */
+export type { MatchCounts, PrefixMatcher };
 
 /**
- * The slice of the KV index (events-fed `KvIndexer` or the routing-fed
- * `ApproxIndex`) a strategy needs. Keys are target keys (`targetKey` in
- * indexer/index/radix-index.ts): `workerId`, or `workerId#rank` for data-parallel rank `rank`.
+ * What the KV strategies share: the per-worker reduction of data-parallel
+ * targets, the "no blocks" note and the end of a decision. Kept free of any
+ * index implementation so tests can pass a fake matcher.
  */
-export interface PrefixMatcher {
-  /** Per target, leading blocks of the prompt held (any tier) and how many of those are on GPU. */
-  match(hashes: readonly bigint[]): Map<string, MatchCounts>;
-  /**
-   * Blocks indexed for a target (its tree size), for Dynamo's smaller-tree
-   * tie-break. Optional; `KvIndexer` calls it `blocksOf`, `ApproxIndex` `treeSize`.
-   */
-  blocksOf?(target: string): number;
-  treeSize?(target: string): number;
-}
 
 /** The matcher's tree-size function under either name, bound; undefined when it has none. */
 export function treeSizeOf(matcher: PrefixMatcher | undefined): ((target: string) => number) | undefined {
   if (matcher?.blocksOf) return (target) => matcher.blocksOf!(target);
   if (matcher?.treeSize) return (target) => matcher.treeSize!(target);
   return undefined;
-}
-
-/** Narrows a `StrategyDeps.services` entry to a matcher; anything else counts as absent. */
-export function asPrefixMatcher(service: unknown): PrefixMatcher | undefined {
-  return typeof (service as PrefixMatcher | undefined)?.match === 'function' ? (service as PrefixMatcher) : undefined;
 }
 
 /** The best data-parallel target of one worker for this prompt. */
@@ -124,54 +101,18 @@ export function overlapSource(ctx: RouteContext, matcher: PrefixMatcher | undefi
 }
 
 /**
- * Samples an index with `p_i ∝ exp(−(c_i − c_min) / ((c_max − c_min) · T))`,
- * Dynamo's softmax over min-max normalised costs (lower cost, likelier), so T
- * means the same whatever the scale of the costs. Uniform when all are equal.
+ * A KV strategy's decision for `worker`: the blocks its best rank holds are the
+ * predicted cache hit, and that rank is the data-parallel target. `explain`
+ * gets the worker's match, for terms that depend on it.
  */
-export function softmaxSample(costs: ArrayLike<number>, temperature: number, random: () => number): number {
-  const n = costs.length;
-  let min = Infinity;
-  let max = -Infinity;
-  for (let i = 0; i < n; i++) {
-    const c = costs[i];
-    if (c < min) min = c;
-    if (c > max) max = c;
-  }
-  if (!(max > min)) return Math.min(n - 1, Math.floor(random() * n));
-  const scale = 1 / ((max - min) * temperature);
-  let sum = 0;
-  for (let i = 0; i < n; i++) sum += Math.exp(-(costs[i] - min) * scale);
-  let r = random() * sum;
-  for (let i = 0; i < n; i++) {
-    r -= Math.exp(-(costs[i] - min) * scale);
-    if (r < 0) return i;
-  }
-  return n - 1;
-}
-
-/** Equal within float noise: costs are sums of fractions of blocks. */
-export function sameCost(a: number, b: number): boolean {
-  return Math.abs(a - b) <= 1e-9 * Math.max(1, Math.abs(a), Math.abs(b));
-}
-
-/** Rounds a term for display in `explain`/`candidates` without hiding real differences. */
-export function round(x: number): number {
-  return Math.round(x * 1e6) / 1e6;
-}
-
-/** Least in-flight requests, ties at random (reservoir sampling over the tied set). */
-export function leastInflight(ctx: RouteContext, candidates: readonly WorkerView[]): WorkerView {
-  let best = candidates[0];
-  let ties = 1;
-  for (let i = 1; i < candidates.length; i++) {
-    const w = candidates[i];
-    const d = w.load.inflightRequests - best.load.inflightRequests;
-    if (d < 0) {
-      best = w;
-      ties = 1;
-    } else if (d === 0 && ctx.random() * ++ties < 1) {
-      best = w;
-    }
-  }
-  return best;
+export function matchDecision(
+  worker: WorkerView,
+  matches: ReadonlyMap<string, WorkerMatch> | undefined,
+  candidates: CandidateScore[],
+  explain: (match: WorkerMatch | undefined) => Record<string, unknown>,
+): Decision {
+  const m = matches?.get(worker.id);
+  const decision: Decision = { worker, explain: explain(m), predictedCachedBlocks: m?.blocks ?? 0, candidates };
+  if (m?.rank != null) decision.dataParallelRank = m.rank;
+  return decision;
 }

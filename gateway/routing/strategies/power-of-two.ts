@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { compareLoad } from './least-load.js';
+import { compareLoad } from './pick.js';
 import type { Decision, RouteContext, Strategy, WorkerView } from './strategy.js';
 
 export const powerOfTwoParamsSchema = z.strictObject({});

@@ -1,4 +1,3 @@
-import type { Logger } from 'pino';
 import { z } from 'zod';
 import { createLeastLoadStrategy, leastLoadParamsSchema } from './least-load.js';
 import { createPowerOfTwoStrategy, powerOfTwoParamsSchema } from './power-of-two.js';
@@ -10,23 +9,7 @@ import { createDynamoStrategy, dynamoParamsSchema } from './dynamo.js';
 import { createKvStrategy, kvParamsSchema } from './kv.js';
 import { createLlmdPreciseStrategy, llmdPreciseParamsSchema } from './llmd-precise.js';
 import { createSglangCacheAwareStrategy, sglangCacheAwareParamsSchema } from './sglang-cache-aware.js';
-import type { Strategy, WorkerView } from './strategy.js';
-
-/** What a strategy factory may use. Built once by the composition root (`startGateway`). */
-export interface StrategyDeps {
-  readonly random: () => number;
-  readonly now: () => number;
-  readonly log: Logger;
-  /** Every configured worker, healthy or not (for strategies that keep per-worker state). */
-  readonly workers: readonly WorkerView[];
-  /** Default KV block size from the `models` config (16 unless set). */
-  readonly blockSize: number;
-  /**
-   * Services the composition root built for strategies that need them, by name —
-   * e.g. `kvIndexer` for `kv`. Passed through `startGateway(config, { services })`.
-   */
-  readonly services: Readonly<Record<string, unknown>>;
-}
+import type { Strategy, StrategyDeps } from './strategy.js';
 
 /** A registered strategy: its params schema (strict, with defaults) and its factory. */
 export interface StrategyEntry<P = unknown> {
@@ -34,20 +17,22 @@ export interface StrategyEntry<P = unknown> {
   create(params: P, deps: StrategyDeps): Strategy;
 }
 
-const entries = new Map<string, StrategyEntry<any>>([
-  ['random', { params: randomParamsSchema, create: (p) => createRandomStrategy(p) }],
-  ['round-robin', { params: roundRobinParamsSchema, create: (p) => createRoundRobinStrategy(p) }],
-  ['least-load', { params: leastLoadParamsSchema, create: (p) => createLeastLoadStrategy(p) }],
-  ['power-of-two', { params: powerOfTwoParamsSchema, create: (p) => createPowerOfTwoStrategy(p) }],
-  ['session', { params: sessionParamsSchema, create: (p) => createSessionStrategy(p) }],
-  ['kv', { params: kvParamsSchema, create: (p, d) => createKvStrategy(p, d) }],
-  ['approx-prefix', { params: approxPrefixParamsSchema, create: (p, d) => createApproxPrefixStrategy(p, d) }],
-  ['dynamo', { params: dynamoParamsSchema, create: (p, d) => createDynamoStrategy(p, d) }],
-  [
-    'sglang-cache-aware',
-    { params: sglangCacheAwareParamsSchema, create: (p, d) => createSglangCacheAwareStrategy(p, d) },
-  ],
-  ['llmd-precise', { params: llmdPreciseParamsSchema, create: (p, d) => createLlmdPreciseStrategy(p, d) }],
+/** An entry whose factory is typed by its schema; the map holds them erased, and only `parseStrategyParams` output reaches them. */
+function entry<P>(params: z.ZodType<P>, create: (p: P, deps: StrategyDeps) => Strategy): StrategyEntry {
+  return { params, create: (p, d) => create(p as P, d) };
+}
+
+const entries = new Map<string, StrategyEntry>([
+  ['random', entry(randomParamsSchema, (p) => createRandomStrategy(p))],
+  ['round-robin', entry(roundRobinParamsSchema, (p) => createRoundRobinStrategy(p))],
+  ['least-load', entry(leastLoadParamsSchema, (p) => createLeastLoadStrategy(p))],
+  ['power-of-two', entry(powerOfTwoParamsSchema, (p) => createPowerOfTwoStrategy(p))],
+  ['session', entry(sessionParamsSchema, (p) => createSessionStrategy(p))],
+  ['kv', entry(kvParamsSchema, (p, d) => createKvStrategy(p, d))],
+  ['approx-prefix', entry(approxPrefixParamsSchema, (p, d) => createApproxPrefixStrategy(p, d))],
+  ['dynamo', entry(dynamoParamsSchema, (p, d) => createDynamoStrategy(p, d))],
+  ['sglang-cache-aware', entry(sglangCacheAwareParamsSchema, (p, d) => createSglangCacheAwareStrategy(p, d))],
+  ['llmd-precise', entry(llmdPreciseParamsSchema, (p, d) => createLlmdPreciseStrategy(p, d))],
 ]);
 
 /**
@@ -55,8 +40,11 @@ const entries = new Map<string, StrategyEntry<any>>([
  * register here, e.g.
  * `registerStrategy('kv', { params: kvParamsSchema, create: createKvStrategy })`.
  */
-export function registerStrategy<P>(name: string, entry: StrategyEntry<P>): void {
-  entries.set(name, entry);
+export function registerStrategy<P>(name: string, e: StrategyEntry<P>): void {
+  entries.set(
+    name,
+    entry(e.params, (p, d) => e.create(p, d)),
+  );
 }
 
 export function strategyNames(): string[] {

@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { HashRing } from './hash-ring.js';
-import { leastLoaded } from './least-load.js';
+import { leastLoaded } from './pick.js';
 import type { Decision, RouteContext, Strategy, WorkerView } from './strategy.js';
 
 export const sessionParamsSchema = z.strictObject({

@@ -1,9 +1,8 @@
 import { z } from 'zod';
 import { approxIndexParams, createApproxMatcher, type RecordingMatcher } from './approx-prefix.js';
-import { KV_INDEXER_SERVICE } from './kv.js';
-import { asPrefixMatcher, leastInflight, matchWorkers, overlapSource, type PrefixMatcher } from './overlap.js';
-import type { StrategyDeps } from './registry.js';
-import type { Decision, RouteContext, Strategy, WorkerView } from './strategy.js';
+import { matchWorkers, overlapSource } from './overlap.js';
+import { argminRandomTie, leastInflight } from './pick.js';
+import type { Decision, PrefixMatcher, RouteContext, Strategy, StrategyDeps, WorkerView } from './strategy.js';
 
 export const sglangCacheAwareParamsSchema = z.strictObject({
   /** Minimum match rate (matched / prompt) to follow the cache. */
@@ -38,12 +37,12 @@ export type SglangCacheAwareParams = z.infer<typeof sglangCacheAwareParamsSchema
  */
 export function createSglangCacheAwareStrategy(
   params: Partial<SglangCacheAwareParams>,
-  deps: Pick<StrategyDeps, 'services' | 'blockSize' | 'now'>,
+  deps: Pick<StrategyDeps, 'index' | 'blockSize' | 'now'>,
 ): Strategy {
   const p = sglangCacheAwareParamsSchema.parse(params);
   const approx: RecordingMatcher | undefined = p.source === 'approx' ? createApproxMatcher(p, deps.now) : undefined;
   const indexName = p.source === 'approx' ? 'approximate tree (routing decisions)' : 'kv events index';
-  const matcherFor = (): PrefixMatcher | undefined => approx ?? asPrefixMatcher(deps.services[KV_INDEXER_SERVICE]);
+  const matcher: PrefixMatcher | undefined = approx ?? deps.index;
 
   return {
     name: 'sglang-cache-aware',
@@ -69,31 +68,19 @@ export function createSglangCacheAwareStrategy(
         };
       }
 
-      const matcher = matcherFor();
       const matches = matchWorkers(ctx, matcher, 1);
       const index = overlapSource(ctx, matcher, indexName);
-      let deepest: WorkerView | undefined;
-      let deepestBlocks = 0;
-      let ties = 0;
-      if (matches) {
-        for (const w of candidates) {
-          const b = matches.get(w.id)?.blocks ?? 0;
-          if (b === 0) continue;
-          if (b > deepestBlocks) {
-            deepest = w;
-            deepestBlocks = b;
-            ties = 1;
-          } else if (b === deepestBlocks) {
-            const d = w.load.inflightRequests - deepest!.load.inflightRequests;
-            if (d < 0) {
-              deepest = w;
-              ties = 1;
-            } else if (d === 0 && ctx.random() * ++ties < 1) {
-              deepest = w;
-            }
-          }
-        }
-      }
+      // Deepest match first, then fewer in-flight requests, then random; workers matching nothing take no part.
+      const blocksAt = (i: number) => matches?.get(candidates[i].id)?.blocks ?? 0;
+      const { index: deepestAt } = argminRandomTie(
+        candidates.length,
+        (i, b) =>
+          blocksAt(b) - blocksAt(i) || candidates[i].load.inflightRequests - candidates[b].load.inflightRequests,
+        ctx.random,
+        (i) => blocksAt(i) === 0,
+      );
+      const deepest: WorkerView | undefined = candidates[deepestAt];
+      const deepestBlocks = deepestAt < 0 ? 0 : blocksAt(deepestAt);
       const tokens = ctx.blocks?.tokenCount ?? 0;
       const blockSize = ctx.blocks?.blockSize ?? deps.blockSize;
       const matchRate = tokens > 0 ? Math.min(1, (deepestBlocks * blockSize) / tokens) : 0;

@@ -1,4 +1,9 @@
 import type { IncomingHttpHeaders } from 'node:http';
+import type { Logger } from 'pino';
+import type { MatchCounts } from '../../../indexer/index/radix-index.js';
+import type { PromptBlocks } from '../../../indexer/tokenize/prompt-tokens.js';
+
+export type { MatchCounts, PromptBlocks };
 
 /**
  * The gateway's own live view of one worker's load, updated as requests are
@@ -28,14 +33,6 @@ export interface WorkerView {
   readonly role: WorkerRole;
   readonly labels: Readonly<Record<string, string>>;
   readonly load: Readonly<WorkerLoad>;
-}
-
-/** A prompt cut into full KV blocks and hashed, as the index sees it. */
-export interface PromptBlocks {
-  readonly tokenCount: number;
-  readonly blockSize: number;
-  /** Chained block hashes, one per full block, in prompt order. */
-  readonly hashes: readonly bigint[];
 }
 
 /** One request's routing view, built once per request and shared by every strategy that looks at it. */
@@ -83,4 +80,34 @@ export interface Strategy {
   choose(ctx: RouteContext, candidates: readonly WorkerView[]): Decision;
   /** Called after the request was sent to the chosen worker (approximate indexes learn here). */
   onRouted?(ctx: RouteContext, decision: Decision): void;
+}
+
+/**
+ * The slice of a KV index (events-fed `KvIndexer` or the routing-fed
+ * `ApproxIndex`) a strategy reads, so strategies never see an index
+ * implementation and tests can pass a fake. Keys are target keys (`targetKey`
+ * in indexer/index/radix-index.ts): `workerId`, or `workerId#rank` for data-parallel rank `rank`.
+ */
+export interface PrefixMatcher {
+  /** Per target, leading blocks of the prompt held (any tier) and how many of those are on GPU. */
+  match(hashes: readonly bigint[]): Map<string, MatchCounts>;
+  /**
+   * Blocks indexed for a target (its tree size), for Dynamo's smaller-tree
+   * tie-break. Optional; `KvIndexer` calls it `blocksOf`, `ApproxIndex` `treeSize`.
+   */
+  blocksOf?(target: string): number;
+  treeSize?(target: string): number;
+}
+
+/** What a strategy factory may use. Built once by the composition root (`startGateway`). */
+export interface StrategyDeps {
+  readonly random: () => number;
+  readonly now: () => number;
+  readonly log: Logger;
+  /** Every configured worker, healthy or not (for strategies that keep per-worker state). */
+  readonly workers: readonly WorkerView[];
+  /** Default KV block size from the `models` config (16 unless set). */
+  readonly blockSize: number;
+  /** The events-fed KV index, when the config gives workers `kvEvents`; strategies without it route by load. */
+  readonly index?: PrefixMatcher | undefined;
 }

@@ -40,7 +40,7 @@ const matcher: PrefixMatcher = {
   match: (h) => new Map([['d1', { blocks: Math.min(200, h.length), gpuBlocks: Math.min(200, h.length) }]]),
 };
 const log = { warn() {} } as never;
-const strategy = createKvStrategy({}, { services: { kvIndexer: matcher }, blockSize: 16, log });
+const strategy = createKvStrategy({}, { index: matcher, blockSize: 16, log });
 const fleet = [worker('p0', 'prefill'), worker('p1', 'prefill', 5000), worker('d0', 'decode'), worker('d1', 'decode')];
 const plan = (promptTokens: number, config: Record<string, unknown> = {}, candidates = fleet) =>
   decide({

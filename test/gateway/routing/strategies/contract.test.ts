@@ -40,8 +40,8 @@ t.test('the KV strategies are registered', async (t) => {
 
 for (const name of strategyNames()) {
   t.test(`${name}: returns a candidate and a JSON explain, with and without blocks`, async (t) => {
-    const services = { kvIndexer: fakeMatcher({ w1: 6, 'w3#1': 3 }, { w1: 100, 'w3#1': 50 }) };
-    const s = createStrategy(name, {}, deps({ services, workers: fleet() }));
+    const index = fakeMatcher({ w1: 6, 'w3#1': 3 }, { w1: 100, 'w3#1': 50 });
+    const s = createStrategy(name, {}, deps({ index, workers: fleet() }));
     t.equal(s.name, name, 'name = registry key');
     const random = seeded(2);
     for (const workers of [fleet(), [worker('solo')]]) {
@@ -59,7 +59,7 @@ for (const name of strategyNames()) {
       }
     }
     const bare = createStrategy(name, {}, deps());
-    checkDecision(t, `${name} without services`, bare.choose(ctx({ hashes: hashes(8) }), fleet()), ['w1', 'w2', 'w3']);
+    checkDecision(t, `${name} without an index`, bare.choose(ctx({ hashes: hashes(8) }), fleet()), ['w1', 'w2', 'w3']);
   });
 
   t.test(`${name}: params are strict, with defaults`, async (t) => {

@@ -1,9 +1,10 @@
 import t from 'tap';
+import type { PrefixMatcher } from '../../../../gateway/routing/strategies/strategy.js';
 import { createDynamoStrategy, dynamoParamsSchema } from '../../../../gateway/routing/strategies/dynamo.js';
 import { ctx, deps, fakeMatcher, hashes, seeded, shares, worker } from '../../../fixtures/strategy-fleet.js';
 
-const dynamo = (matcher: object | undefined, params: Record<string, unknown> = {}) =>
-  createDynamoStrategy(dynamoParamsSchema.parse(params), deps({ services: matcher ? { kvIndexer: matcher } : {} }));
+const dynamo = (matcher: PrefixMatcher | undefined, params: Record<string, unknown> = {}) =>
+  createDynamoStrategy(dynamoParamsSchema.parse(params), deps({ index: matcher }));
 
 // isl 100 tokens, block 16 -> 7 request blocks (6 full blocks hashed).
 // w1: overlap 3, 32 prefill tokens queued, 10 decode blocks:

@@ -1,13 +1,11 @@
 import t from 'tap';
+import type { PrefixMatcher } from '../../../../gateway/routing/strategies/strategy.js';
 import { createKvStrategy, kvParamsSchema } from '../../../../gateway/routing/strategies/kv.js';
 import { BLOCK, ctx, deps, fakeMatcher, hashes, seeded, shares, worker } from '../../../fixtures/strategy-fleet.js';
 
 // Most cases check the cost arithmetic at prefillWeight 1 without the reuse credit; the defaults have their own test.
-const kv = (matcher?: object, params: Record<string, unknown> = {}) =>
-  createKvStrategy(
-    kvParamsSchema.parse({ prefillWeight: 1, reuseCredit: 0, ...params }),
-    deps({ services: matcher ? { kvIndexer: matcher } : {} }),
-  );
+const kv = (matcher?: PrefixMatcher, params: Record<string, unknown> = {}) =>
+  createKvStrategy(kvParamsSchema.parse({ prefillWeight: 1, reuseCredit: 0, ...params }), deps({ index: matcher }));
 
 const fleet = () => [worker('w1'), worker('w2'), worker('w3')];
 
@@ -125,7 +123,7 @@ t.test(
     t.equal(kv(m, { reuseCredit: 1 }).choose(ctx({ hashes: hashes(64) }), swamped).worker.id, 'w2');
     // At the defaults (weight 16, credit 200) the same 40 blocks hold through 50 queued blocks, and through
     // 8040 (16 × (24 + 8040 − 8000) = 1024, a tie that goes to less load), but not 8041.
-    const defaults = createKvStrategy(kvParamsSchema.parse({}), deps({ services: { kvIndexer: m } }));
+    const defaults = createKvStrategy(kvParamsSchema.parse({}), deps({ index: m }));
     t.equal(defaults.choose(ctx({ hashes: hashes(64) }), workers).worker.id, 'w1');
     t.equal(
       defaults.choose(ctx({ hashes: hashes(64) }), [worker('w1', { prefillTokens: 8041 * BLOCK }), worker('w2')]).worker
@@ -172,10 +170,10 @@ t.test('without prompt blocks: overlap 0, least cost by load, and explain says w
   t.match(none.explain['index'], /no kv events index configured/);
 });
 
-t.test('an index wired after creation is picked up', async (t) => {
-  const services: Record<string, unknown> = {};
-  const s = createKvStrategy(kvParamsSchema.parse({}), deps({ services }));
-  services['kvIndexer'] = fakeMatcher({ w3: 8 });
+t.test('an index that fills after creation is read per request', async (t) => {
+  const targets: Record<string, number> = {};
+  const s = createKvStrategy(kvParamsSchema.parse({}), deps({ index: fakeMatcher(targets) }));
+  targets['w3'] = 8;
   t.equal(s.choose(ctx({ hashes: hashes(8) }), fleet()).worker.id, 'w3');
 });
 
@@ -184,7 +182,7 @@ t.test('the reuse credit counts only blocks no other candidate holds: a joining 
   const m = fakeMatcher({ w1: 32, w2: 32 });
   const busy = { prefillTokens: 40 * BLOCK, prefillRequests: 2, inflightRequests: 2 };
   const fleet = [worker('w1', busy), worker('w2', busy), worker('w3')];
-  const defaults = createKvStrategy(kvParamsSchema.parse({}), deps({ services: { kvIndexer: m } }));
+  const defaults = createKvStrategy(kvParamsSchema.parse({}), deps({ index: m }));
   const d = defaults.choose(ctx({ hashes: hashes(64) }), fleet);
   // w1, w2: 16 × (32 + 40 − 0) = 1152; w3: 16 × 64 = 1024. Crediting the shared 32 blocks would pin it to w1/w2.
   t.equal(d.worker.id, 'w3');
@@ -195,10 +193,10 @@ t.test('the reuse credit counts only blocks no other candidate holds: a joining 
   const idleSharer = defaults.choose(ctx({ hashes: hashes(64) }), [worker('w1', busy), worker('w2'), worker('w3')]);
   t.equal(idleSharer.worker.id, 'w2', 'the idle worker holding the shared prefix saves its prefill');
   // A conversation's own history (held by w1 alone) is credited: only the part beyond w2's 32 blocks.
-  const history = createKvStrategy(
-    kvParamsSchema.parse({}),
-    deps({ services: { kvIndexer: fakeMatcher({ w1: 50, w2: 32 }) } }),
-  ).choose(ctx({ hashes: hashes(64) }), [worker('w1', busy), worker('w2'), worker('w3')]);
+  const history = createKvStrategy(kvParamsSchema.parse({}), deps({ index: fakeMatcher({ w1: 50, w2: 32 }) })).choose(
+    ctx({ hashes: hashes(64) }),
+    [worker('w1', busy), worker('w2'), worker('w3')],
+  );
   t.equal(history.worker.id, 'w1', '18 blocks only w1 holds outweigh its 40-block queue');
   t.same(
     history.candidates!.map((c) => c.terms['exclusiveBlocks']),
@@ -211,7 +209,7 @@ t.test('no reuse credit for a prefix many requests share: a restarted worker get
   // w1 carries 100 decode blocks; each prompt is 24 blocks.
   const fleet = [worker('w1', { decodeBlocks: 100, decodeRequests: 5, inflightRequests: 5 }), worker('w2')];
   const defaults = (targets: Parameters<typeof fakeMatcher>[0]) =>
-    createKvStrategy(kvParamsSchema.parse({}), deps({ services: { kvIndexer: fakeMatcher(targets) } }));
+    createKvStrategy(kvParamsSchema.parse({}), deps({ index: fakeMatcher(targets) }));
   const shared = defaults({ w1: [20, 20, 20] }).choose(ctx({ hashes: hashes(24) }), fleet);
   // w1: 16 × (24 − 20) + 100 = 164; w2: 16 × 24 = 384. The prefix still saves its prefill here...
   t.equal(shared.worker.id, 'w1');

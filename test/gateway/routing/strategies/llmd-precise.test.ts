@@ -1,15 +1,13 @@
 import t from 'tap';
+import type { PrefixMatcher } from '../../../../gateway/routing/strategies/strategy.js';
 import {
   createLlmdPreciseStrategy,
   llmdPreciseParamsSchema,
 } from '../../../../gateway/routing/strategies/llmd-precise.js';
 import { ctx, deps, fakeMatcher, hashes, seeded, shares, worker } from '../../../fixtures/strategy-fleet.js';
 
-const llmd = (matcher: object | undefined, params: Record<string, unknown> = {}) =>
-  createLlmdPreciseStrategy(
-    llmdPreciseParamsSchema.parse(params),
-    deps({ services: matcher ? { kvIndexer: matcher } : {} }),
-  );
+const llmd = (matcher: PrefixMatcher | undefined, params: Record<string, unknown> = {}) =>
+  createLlmdPreciseStrategy(llmdPreciseParamsSchema.parse(params), deps({ index: matcher }));
 
 // Runs 8 / 4 / 0 blocks of 10; waiting 2 / 0 / 4; decode blocks 50 / 100 / 0.
 const fleet = () => [

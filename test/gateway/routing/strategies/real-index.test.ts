@@ -39,9 +39,8 @@ t.test('kv, dynamo, llmd-precise and sglang (events) route to the worker whose e
   const hashes = hasher.hashBlocks(prompt, BLOCK, index.seedFor());
   const c = ctx({ promptTokens: prompt.length, hashes });
   const workers = [worker('w1'), worker('w2'), worker('w3')];
-  const services = { kvIndexer: index };
 
-  const kv = createStrategy('kv', {}, deps({ services })).choose(c, workers);
+  const kv = createStrategy('kv', {}, deps({ index })).choose(c, workers);
   t.equal(kv.worker.id, 'w2');
   t.equal(kv.predictedCachedBlocks, 4);
   t.same(
@@ -49,24 +48,24 @@ t.test('kv, dynamo, llmd-precise and sglang (events) route to the worker whose e
     [0, 4, 3],
   );
 
-  const dyn = createStrategy('dynamo', {}, deps({ services })).choose(c, workers);
+  const dyn = createStrategy('dynamo', {}, deps({ index })).choose(c, workers);
   t.equal(dyn.worker.id, 'w2');
 
-  const llmd = createStrategy('llmd-precise', {}, deps({ services })).choose(c, workers);
+  const llmd = createStrategy('llmd-precise', {}, deps({ index })).choose(c, workers);
   t.equal(llmd.worker.id, 'w2');
 
-  const sg = createStrategy('sglang-cache-aware', { source: 'events' }, deps({ services })).choose(c, workers);
+  const sg = createStrategy('sglang-cache-aware', { source: 'events' }, deps({ index })).choose(c, workers);
   t.equal(sg.worker.id, 'w2');
 
   // Only rank 1 of w3 holds a prefix: it is the target reported when w3 wins.
   const busyW2 = [worker('w1', { decodeBlocks: 50 }), worker('w2', { decodeBlocks: 50 }), worker('w3')];
-  const rank = createStrategy('kv', { prefillWeight: 1, reuseCredit: 0 }, deps({ services })).choose(c, busyW2);
+  const rank = createStrategy('kv', { prefillWeight: 1, reuseCredit: 0 }, deps({ index })).choose(c, busyW2);
   t.equal(rank.worker.id, 'w3');
   t.equal(rank.dataParallelRank, 1);
 
   // Offloaded copies are worth 0.75 each: w1's 4 CPU blocks count 3, less than w2's 4 GPU blocks.
   index.sinkFor('w1').apply(stored(1n, system, 300n, 'cpu', null));
-  const tiers = createStrategy('kv', {}, deps({ services })).choose(c, workers);
+  const tiers = createStrategy('kv', {}, deps({ index })).choose(c, workers);
   t.same(
     tiers.candidates!.map((x) => x.terms['overlapBlocks']),
     [3, 4, 3],
@@ -84,8 +83,7 @@ t.test('dynamo breaks exact ties by the smaller tree of the real index', async (
   const c = ctx({ promptTokens: 64, hashes: hasher.hashBlocks(prompt, BLOCK, index.seedFor()) });
   for (let i = 0; i < 20; i++) {
     t.equal(
-      createStrategy('dynamo', {}, deps({ services: { kvIndexer: index } })).choose(c, [worker('w1'), worker('w2')])
-        .worker.id,
+      createStrategy('dynamo', {}, deps({ index: index })).choose(c, [worker('w1'), worker('w2')]).worker.id,
       'w2',
     );
   }

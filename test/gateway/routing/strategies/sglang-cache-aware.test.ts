@@ -1,14 +1,15 @@
 import t from 'tap';
+import type { PrefixMatcher } from '../../../../gateway/routing/strategies/strategy.js';
 import {
   createSglangCacheAwareStrategy,
   sglangCacheAwareParamsSchema,
 } from '../../../../gateway/routing/strategies/sglang-cache-aware.js';
 import { ctx, deps, fakeMatcher, hashes, seeded, shares, worker } from '../../../fixtures/strategy-fleet.js';
 
-const events = (matcher: object, params: Record<string, unknown> = {}) =>
+const events = (matcher: PrefixMatcher, params: Record<string, unknown> = {}) =>
   createSglangCacheAwareStrategy(
     sglangCacheAwareParamsSchema.parse({ source: 'events', ...params }),
-    deps({ services: { kvIndexer: matcher } }),
+    deps({ index: matcher }),
   );
 
 t.test('defaults are the Rust CLI ones', async (t) => {
