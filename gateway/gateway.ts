@@ -20,6 +20,8 @@ import { dropWorkerSeries, FrontTracker, registerLifecycleMetrics } from './ops/
 import { buildRouting, LivePipeline, poolSignature, restartOnlyChanges, type RoutingDeps } from './routing/reload.js';
 import { Disaggregation } from './disagg/two-leg.js';
 import { LoadSharing, natsTransport } from './fleet/load-sharing.js';
+import { FleetAdapters } from './fleet/adapters.js';
+import { createLoraAdmin } from './ops/lora-admin.js';
 
 export interface GatewayOptions {
   log: Logger;
@@ -54,6 +56,8 @@ export interface Gateway {
   readonly adminUrl: string;
   readonly fleet: Fleet;
   readonly metrics: GatewayMetrics;
+  /** Which worker has which LoRA adapter loaded. */
+  readonly adapters: FleetAdapters;
   /** The config in force (the last one `reload` accepted). */
   readonly config: GatewayConfig;
   readonly draining: boolean;
@@ -112,6 +116,13 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
   const transport = new Transport(fleet.workers, config.upstream);
   const health = new HealthChecker(fleet, config.fleet.health, log, options.healthProbe);
   const blockSize = Object.values(config.models)[0]?.blockSize ?? 16;
+  const adapters = new FleetAdapters({
+    fleet,
+    transport,
+    log,
+    config: config.lora,
+    configured: new Map(Object.entries(config.models).flatMap(([base, m]) => m.loras.map((l) => [l, base] as const))),
+  });
   const lenientPools = config.fleet.discovery !== undefined && config.fleet.discovery.type !== 'static';
   const routingDeps: RoutingDeps = {
     fleet,
@@ -123,6 +134,7 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
     now,
     blockSize,
     adminToken: config.admin.token,
+    adapters,
   };
   const first = buildRouting(config, routingDeps, fleet.workers, lenientPools);
   const pipeline = new LivePipeline(first.pipeline, routingDeps, first.strategy);
@@ -161,6 +173,7 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
   );
   const passthrough = new Passthrough(fleet, metrics, {
     passClientAuthorization: config.upstream.passClientAuthorization,
+    routes: config.server.passthrough,
   });
   // --- disaggregation (gateway/disagg/): two-leg P/D flow and the P/D balance planner ---
   const disagg = new Disaggregation({
@@ -177,6 +190,12 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
   // --- end disaggregation ---
 
   await health.start();
+  // A worker that comes (back) up may have other adapters than we last saw.
+  fleet.onStatus((worker, up) => {
+    if (up) void adapters.refresh([worker]);
+  });
+  void adapters.refresh();
+  adapters.start();
   const front = new FrontTracker(
     createFrontHandler({
       config: config.server,
@@ -193,7 +212,21 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
   const frontServer = createServer(frontServerOptions(config.server), requireHost(front.handler));
   frontServer.on('clientError', answerClientError).on('checkExpectation', answerExpectation);
   const admin = createServer(
-    createAdminHandler({ fleet, pipeline, token: config.admin.token, indexStats: options.indexStats, disagg }),
+    createAdminHandler({
+      fleet,
+      pipeline,
+      token: config.admin.token,
+      indexStats: options.indexStats,
+      disagg,
+      lora: createLoraAdmin({
+        fleet,
+        transport,
+        adapters,
+        config: config.lora,
+        log,
+        pools: () => config.routing.pools,
+      }),
+    }),
   );
   const url = await listen(frontServer, config.server.host, config.server.port);
   const adminUrl = await listen(admin, config.admin.host, config.admin.port);
@@ -222,6 +255,7 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
     adminUrl,
     fleet,
     metrics,
+    adapters,
     get config() {
       return config;
     },
@@ -272,6 +306,7 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
     close() {
       closing ??= (async () => {
         sync.close();
+        adapters.close();
         await Promise.all([closeServer(frontServer), closeServer(admin)]);
         await health.stop();
         await sharing?.close();

@@ -28,6 +28,7 @@ export async function startKvGateway(config: GatewayConfig, options: KvGatewayOp
   const kv = await buildKvServices(config, {
     log,
     workerUrlFor: (model) => gateway?.fleet.candidates(model)[0]?.url,
+    adapterParent: (name) => gateway?.adapters.parentOf(name),
   });
   gateway = await startGateway(config, {
     log,

@@ -42,6 +42,8 @@ export interface KvServicesOptions {
   log: Logger;
   /** A healthy worker's base URL serving `model`, for the remote tokenizer. */
   workerUrlFor: (model: string) => string | undefined;
+  /** The base model of a LoRA adapter loaded at runtime (gateway/fleet/adapters.ts), or undefined. */
+  adapterParent?: (name: string) => string | undefined;
 }
 
 const EMPTY_MATCH: Map<string, MatchCounts> = new Map();
@@ -60,6 +62,7 @@ export async function buildKvServices(config: GatewayConfig, options: KvServices
     baseOf.set(model, model);
     for (const lora of mc.loras) baseOf.set(lora, model);
   }
+  const baseOfName = (name: string): string | undefined => baseOf.get(name) ?? options.adapterParent?.(name);
   const indexers = new Map<string, KvIndexer>();
   const sources = new Map<string, EventSource>();
   const sinkOf = new Map<string, EventSink>();
@@ -158,7 +161,7 @@ export async function buildKvServices(config: GatewayConfig, options: KvServices
         hasher: hasher,
         blockSize: mc.blockSize,
         seedFor: (lora) => hasher.seedFor(model, lora),
-        loraOf: (name) => (name !== model && baseOf.get(name) === model ? name : null),
+        loraOf: (name) => (name !== model && baseOfName(name) === model ? name : null),
         observe: (seconds, tokens) => services.onTokenized?.(seconds, tokens),
       }),
     );
@@ -166,8 +169,10 @@ export async function buildKvServices(config: GatewayConfig, options: KvServices
   for (const [name, base] of baseOf)
     if (providers.has(base) && name !== base) providers.set(name, providers.get(base)!);
   if (providers.size > 0) {
+    // An adapter loaded at runtime is hashed with its base model's tokenizer and its own seed.
     services.promptBlocks = (body, model, kind) =>
-      providers.get(model)?.(body, model, kind) ?? Promise.resolve(undefined);
+      (providers.get(model) ?? providers.get(baseOfName(model) ?? ''))?.(body, model, kind) ??
+      Promise.resolve(undefined);
   }
   return services;
 }

@@ -1,3 +1,4 @@
+import type { AdapterRouting } from '../fleet/adapters.js';
 import type { IncomingHttpHeaders } from 'node:http';
 import type { Logger } from 'pino';
 import type { GatewayConfig } from '../../config/schema.js';
@@ -23,6 +24,7 @@ export interface RoutingDeps {
   readonly now: () => number;
   readonly blockSize: number;
   readonly adminToken: string | undefined;
+  readonly adapters?: AdapterRouting | undefined;
 }
 
 /** A worker as pools see it: id and labels are all `resolvePools` reads. */
@@ -121,6 +123,7 @@ export function buildRouting(
       sessionHeader: routing.sessionHeader,
       honourSession: routing.overrides.session,
       promptBlocks: deps.promptBlocks,
+      adapters: deps.adapters,
       random: deps.random,
       now: deps.now,
     });
