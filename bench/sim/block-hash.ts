@@ -21,12 +21,12 @@ export type BlockHasher = (
  * by default it is random, as vLLM's NONE_HASH is.
  */
 export async function createBlockHasher(rootSeed?: bigint): Promise<BlockHasher> {
-  const { h64Raw, h64 } = await xxhash();
+  const x = await xxhash();
   const root = rootSeed ?? randomU64();
   const loraKeys = new Map<string, bigint>();
   const loraKey = (name: string): bigint => {
     let key = loraKeys.get(name);
-    if (key === undefined) loraKeys.set(name, (key = h64(`lora\u0000${name}`, root)));
+    if (key === undefined) loraKeys.set(name, (key = x.h64(`lora\u0000${name}`, root)));
     return key;
   };
   let words = new Uint32Array(16);
@@ -36,7 +36,7 @@ export async function createBlockHasher(rootSeed?: bigint): Promise<BlockHasher>
     for (let i = 0; i < n; i++) words[i] = tokens[start + i]!;
     const seed = parent ?? root;
     // Uint32Array is little-endian on every platform Node supports.
-    return h64Raw(new Uint8Array(words.buffer, 0, n * 4), lora ? seed ^ loraKey(lora) : seed);
+    return x.h64Raw(new Uint8Array(words.buffer, 0, n * 4), lora ? seed ^ loraKey(lora) : seed);
   };
 }
 

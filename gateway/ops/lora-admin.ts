@@ -121,9 +121,8 @@ function resolveTargets(d: LoraAdminDeps, body: Record<string, unknown>): Worker
   if (pool !== undefined && workers !== undefined) throw badRequest('give pool or workers, not both', 'pool');
   const members = d.fleet.workers;
   if (workers !== undefined) {
-    if (!Array.isArray(workers) || workers.length === 0 || !workers.every((w) => typeof w === 'string'))
-      throw badRequest('workers must be a non-empty list of worker ids', 'workers');
-    return [...new Set(workers as string[])].map((id) => {
+    if (!isIdList(workers)) throw badRequest('workers must be a non-empty list of worker ids', 'workers');
+    return [...new Set(workers)].map((id) => {
       const w = members.find((m) => m.id === id);
       if (!w) throw badRequest(`unknown worker '${id}' (workers: ${members.map((m) => m.id).join(', ')})`, 'workers');
       return w;
@@ -144,6 +143,10 @@ function resolveTargets(d: LoraAdminDeps, body: Record<string, unknown>): Worker
   }
   if (members.length === 0) throw new GatewayError(503, 'the fleet has no workers', 'service_unavailable');
   return [...members];
+}
+
+function isIdList(value: unknown): value is string[] {
+  return Array.isArray(value) && value.length > 0 && value.every((w) => typeof w === 'string');
 }
 
 async function callWorker(d: LoraAdminDeps, w: Worker, action: Action, body: string): Promise<WorkerOutcome> {
