@@ -23,16 +23,31 @@ async function post(path: string, body: unknown): Promise<{ status: number; text
   return { status: res.status, text: await res.text(), type: res.headers.get('content-type') };
 }
 
+interface Completion {
+  model: string;
+  usage: { prompt_tokens_details: { cached_tokens: number } };
+}
+interface ErrorBody {
+  error: { message: string; type: string; code: number };
+}
+interface StoredEvent {
+  type: string;
+  lora_name?: string | null;
+  lora_id?: number | null;
+  extra_keys?: unknown[];
+}
+const parse = <T>(text: string): T => JSON.parse(text) as T;
+
 const prompt = Array.from({ length: 64 }, (_, i) => 1000 + i);
 const complete = async (model: string) => {
   const r = await post('/v1/completions', { model, prompt, max_tokens: 1 });
-  return { status: r.status, json: JSON.parse(r.text) as any };
+  return { status: r.status, json: parse<Completion>(r.text) };
 };
 
-t.test("vLLM's LoRA routes: load, list with parent, use, unload, and their errors", async (t) => {
+void t.test("vLLM's LoRA routes: load, list with parent, use, unload, and their errors", async (t) => {
   const missing = await post('/v1/load_lora_adapter', { lora_name: 'sql' });
   t.equal(missing.status, 400);
-  t.match(JSON.parse(missing.text), {
+  t.match(parse<ErrorBody>(missing.text), {
     error: { message: "Both 'lora_name' and 'lora_path' must be provided.", type: 'InvalidUserInput', code: 400 },
   });
   t.equal((await complete('sql')).status, 404, 'not loaded yet: unknown model');
@@ -43,9 +58,9 @@ t.test("vLLM's LoRA routes: load, list with parent, use, unload, and their error
   t.match(ok.type, /^text\/plain/);
   const again = await post('/v1/load_lora_adapter', { lora_name: 'sql', lora_path: '/adapters/sql' });
   t.equal(again.status, 400);
-  t.match(JSON.parse(again.text).error.message, "The lora adapter 'sql' has already been loaded.");
+  t.match(parse<ErrorBody>(again.text).error.message, "The lora adapter 'sql' has already been loaded.");
 
-  const models = (await (await fetch(`${w.url}/v1/models`)).json()) as { data: any[] };
+  const models = (await (await fetch(`${w.url}/v1/models`)).json()) as { data: unknown[] };
   t.match(models.data, [
     { id: MODEL, parent: null },
     { id: 'sql', object: 'model', root: '/adapters/sql', parent: MODEL },
@@ -62,7 +77,7 @@ t.test("vLLM's LoRA routes: load, list with parent, use, unload, and their error
   t.equal(gone.text, "Success: LoRA adapter 'sql' removed successfully.");
   const twice = await post('/v1/unload_lora_adapter', { lora_name: 'sql' });
   t.equal(twice.status, 404);
-  t.match(JSON.parse(twice.text), {
+  t.match(parse<ErrorBody>(twice.text), {
     error: { message: "The lora adapter 'sql' cannot be found.", type: 'NotFoundError', code: 404 },
   });
   const noName = await post('/v1/unload_lora_adapter', {});
@@ -70,15 +85,15 @@ t.test("vLLM's LoRA routes: load, list with parent, use, unload, and their error
   t.equal((await complete('sql')).status, 404, 'unloaded: unknown model again');
 });
 
-t.test("an adapter's blocks hash apart from the base model's, and its events name it", async (t) => {
+void t.test("an adapter's blocks hash apart from the base model's, and its events name it", async (t) => {
   const unpackr = new Unpackr({ int64AsType: 'bigint', mapsAsObjects: true, useRecords: false });
   const sub = new Subscriber({ linger: 0 });
   sub.connect(w.kvEvents!);
   sub.subscribe();
-  const events: any[] = [];
+  const events: StoredEvent[] = [];
   const loop = (async () => {
     try {
-      for await (const frames of sub) events.push(...(unpackr.unpack(frames[2]) as [number, any[]])[1]);
+      for await (const frames of sub) events.push(...(unpackr.unpack(frames[2]) as [number, StoredEvent[]])[1]);
     } catch {
       /* closed */
     }
@@ -104,6 +119,6 @@ t.test("an adapter's blocks hash apart from the base model's, and its events nam
   }
   const stored = events.find((e) => e.type === 'BlockStored' && e.lora_name === 'chat');
   t.ok(stored, 'a BlockStored names the adapter');
-  t.ok(typeof stored.lora_id === 'number' && stored.lora_id >= 1, `lora_id ${stored.lora_id}`);
-  t.same(stored.extra_keys[0], ['chat'], "every block's extra keys carry the adapter name");
+  t.ok(typeof stored?.lora_id === 'number' && stored.lora_id >= 1, `lora_id ${stored?.lora_id}`);
+  t.same(stored?.extra_keys?.[0], ['chat'], "every block's extra keys carry the adapter name");
 });
