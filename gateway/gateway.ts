@@ -285,6 +285,7 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
         models: config.models,
         disaggregation: config.disaggregation,
         loadSharing: config.loadSharing,
+        lora: config.lora,
         fleet: { ...next.fleet, health: config.fleet.health, discovery: config.fleet.discovery },
       };
       pipeline.swap(built.pipeline, built.strategy);

@@ -186,6 +186,7 @@ const RESTART_KEYS: readonly (readonly string[])[] = [
   ['models'],
   ['disaggregation'],
   ['loadSharing'],
+  ['lora'],
   ['fleet', 'health'],
   ['fleet', 'discovery'],
 ];
