@@ -169,10 +169,15 @@ export async function buildKvServices(config: GatewayConfig, options: KvServices
   for (const [name, base] of baseOf)
     if (providers.has(base) && name !== base) providers.set(name, providers.get(base)!);
   if (providers.size > 0) {
-    // An adapter loaded at runtime is hashed with its base model's tokenizer and its own seed.
-    services.promptBlocks = (body, model, kind) =>
-      (providers.get(model) ?? providers.get(baseOfName(model) ?? ''))?.(body, model, kind) ??
-      Promise.resolve(undefined);
+    services.promptBlocks = (body, model, kind) => {
+      const own = providers.get(model);
+      if (own) return own(body, model, kind);
+      // An adapter loaded at runtime: its base model's tokenizer, its own hash seed. A remote
+      // tokenizer is asked for the base model, which every worker of that model serves.
+      const base = baseOfName(model);
+      const provider = base === undefined ? undefined : providers.get(base);
+      return provider ? provider({ ...body, model: base }, model, kind) : Promise.resolve(undefined);
+    };
   }
   return services;
 }
