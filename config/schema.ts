@@ -7,6 +7,7 @@ import { serverConfigSchema } from '../gateway/front/server.js';
 import { modelsConfigSchema } from '../gateway/fleet/models-config.js';
 import { disaggConfigSchema } from '../gateway/disagg/config.js';
 import { loadSharingConfigSchema } from '../gateway/fleet/load-sharing.js';
+import { loraConfigSchema } from '../gateway/fleet/adapters.js';
 
 /**
  * The whole gateway config, assembled from the sections that live beside the
@@ -21,6 +22,8 @@ export const gatewayConfigSchema = z.strictObject({
   models: modelsConfigSchema.prefault({}),
   routing: routingConfigSchema.prefault({}),
   disaggregation: disaggConfigSchema.prefault({}),
+  /** LoRA adapters loaded at runtime: how often workers are asked which they have (gateway/fleet/adapters.ts). */
+  lora: loraConfigSchema.prefault({}),
   /** Off when absent: share in-flight load with the other gateway replicas over NATS (gateway/fleet/load-sharing.ts). */
   loadSharing: loadSharingConfigSchema.optional(),
 });

@@ -26,6 +26,8 @@ import { Disaggregation } from './disagg/two-leg.js';
 import { PdSplit } from './disagg/split.js';
 import { LoadSharing, natsTransport } from './fleet/load-sharing.js';
 import { buildKvServices, clearIndexWhenDown } from './kv-services.js';
+import { FleetAdapters } from './fleet/adapters.js';
+import { createLoraAdmin } from './ops/lora-admin.js';
 
 export interface GatewayOptions {
   log: Logger;
@@ -53,6 +55,8 @@ export interface Gateway {
   readonly adminUrl: string;
   readonly fleet: Fleet;
   readonly metrics: GatewayMetrics;
+  /** Which worker has which LoRA adapter loaded. */
+  readonly adapters: FleetAdapters;
   /** The config in force (the last one `reload` accepted). */
   readonly config: GatewayConfig;
   readonly draining: boolean;
@@ -96,7 +100,16 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
   });
   configureUpstreamAuth(fleet.workers, config.fleet.workers);
   const metrics = new GatewayMetrics(fleet, { defaultMetrics: options.defaultMetrics });
+  const transport = new Transport(fleet.workers, config.upstream);
+  const adapters = new FleetAdapters({
+    fleet,
+    transport,
+    log,
+    config: config.lora,
+    configured: new Map(Object.entries(config.models).flatMap(([base, m]) => m.loras.map((l) => [l, base] as const))),
+  });
   const kv = await buildKvServices(config, {
+    adapterParent: (name) => adapters.parentOf(name),
     log,
     workerUrlFor: (model) => fleet.candidates(model)[0]?.url,
     onTokenized: registerTokenizeMetric(metrics.registry),
@@ -104,7 +117,6 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
   registerKvMetrics(metrics.registry, kv);
   registerMemoryMetrics(metrics.registry, kv.tokenizers);
   clearIndexWhenDown(fleet, kv);
-  const transport = new Transport(fleet.workers, config.upstream);
   const health = new HealthChecker(fleet, config.fleet.health, log, options.healthProbe);
 
   // --- routing: request -> policy -> strategy, over the fleet and the index ---
@@ -122,6 +134,7 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
     blockSize,
     adminToken: config.admin.token,
     split: pdSplit.split,
+    adapters,
   };
   const first = buildRouting(config, routingDeps, fleet.workers, lenientPools);
   const pipeline = new LivePipeline(first.pipeline, routingDeps, first.strategy);
@@ -162,6 +175,7 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
   // --- proxy: pass-through, disaggregated two-leg serving, the load other replicas see ---
   const passthrough = new Passthrough(fleet, metrics, {
     passClientAuthorization: config.upstream.passClientAuthorization,
+    routes: config.server.passthrough,
   });
   const disagg = new Disaggregation({
     config: config.disaggregation,
@@ -207,7 +221,21 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
   const frontServer = createServer(frontServerOptions(config.server), requireHost(front.handler));
   frontServer.on('clientError', answerClientError).on('checkExpectation', answerExpectation);
   const admin = createServer(
-    createAdminHandler({ fleet, pipeline, token: config.admin.token, indexStats: () => kv.stats(), disagg }),
+    createAdminHandler({
+      fleet,
+      pipeline,
+      token: config.admin.token,
+      indexStats: () => kv.stats(),
+      disagg,
+      lora: createLoraAdmin({
+        fleet,
+        transport,
+        adapters,
+        config: config.lora,
+        log,
+        pools: () => config.routing.pools,
+      }),
+    }),
   );
   const lifecycle = registerLifecycleMetrics(metrics.registry, {
     fleet,
@@ -230,6 +258,7 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
     (closing ??= (async () => {
       await discovery?.stop();
       sync.close();
+      adapters.close();
       await Promise.all([closeServer(frontServer), closeServer(admin)]);
       await health.stop();
       await sharing?.close();
@@ -245,6 +274,12 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
   try {
     sharing?.start();
     await health.start();
+    // A worker that comes (back) up may have other adapters than we last saw.
+    fleet.onStatus((worker, up) => {
+      if (up) void adapters.refresh([worker]);
+    });
+    void adapters.refresh();
+    adapters.start();
     await kv.start();
     url = await listen(frontServer, config.server.host, config.server.port);
     adminUrl = await listen(admin, config.admin.host, config.admin.port);
@@ -273,6 +308,7 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
     adminUrl,
     fleet,
     metrics,
+    adapters,
     get config() {
       return config;
     },
@@ -297,6 +333,7 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
         models: config.models,
         disaggregation: config.disaggregation,
         loadSharing: config.loadSharing,
+        lora: config.lora,
         fleet: { ...next.fleet, health: config.fleet.health, discovery: config.fleet.discovery },
       };
       pipeline.swap(built.pipeline, built.strategy);

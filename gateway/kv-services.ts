@@ -46,6 +46,8 @@ export interface KvServicesOptions {
   workerUrlFor: (model: string) => string | undefined;
   /** Seconds and tokens of each tokenization, for the metrics. */
   onTokenized?: ((seconds: number, tokens: number) => void) | undefined;
+  /** The base model of a LoRA adapter loaded at runtime (gateway/fleet/adapters.ts), or undefined. */
+  adapterParent?: (name: string) => string | undefined;
 }
 
 const EMPTY_MATCH: Map<string, MatchCounts> = new Map();
@@ -64,6 +66,7 @@ export async function buildKvServices(config: GatewayConfig, options: KvServices
     baseOf.set(model, model);
     for (const lora of mc.loras) baseOf.set(lora, model);
   }
+  const baseOfName = (name: string): string | undefined => baseOf.get(name) ?? options.adapterParent?.(name);
   const indexers = new Map<string, KvIndexer>();
   const sources = new Map<string, EventSource>();
   const sinkOf = new Map<string, EventSink>();
@@ -162,7 +165,7 @@ export async function buildKvServices(config: GatewayConfig, options: KvServices
         hasher: hasher,
         blockSize: mc.blockSize,
         seedFor: (lora) => hasher.seedFor(model, lora),
-        loraOf: (name) => (name !== model && baseOf.get(name) === model ? name : null),
+        loraOf: (name) => (name !== model && baseOfName(name) === model ? name : null),
         observe: options.onTokenized,
       }),
     );
@@ -170,8 +173,15 @@ export async function buildKvServices(config: GatewayConfig, options: KvServices
   for (const [name, base] of baseOf)
     if (providers.has(base) && name !== base) providers.set(name, providers.get(base)!);
   if (providers.size > 0) {
-    services.promptBlocks = (body, model, kind) =>
-      providers.get(model)?.(body, model, kind) ?? Promise.resolve(undefined);
+    services.promptBlocks = (body, model, kind) => {
+      const own = providers.get(model);
+      if (own) return own(body, model, kind);
+      // An adapter loaded at runtime: its base model's tokenizer, its own hash seed. A remote
+      // tokenizer is asked for the base model, which every worker of that model serves.
+      const base = baseOfName(model);
+      const provider = base === undefined ? undefined : providers.get(base);
+      return provider ? provider({ ...body, model: base }, model, kind) : Promise.resolve(undefined);
+    };
   }
   return services;
 }

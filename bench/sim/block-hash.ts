@@ -6,7 +6,14 @@ import xxhash from 'xxhash-wasm';
  * like vLLM's: 64-bit, unsigned, a function of (parent, tokens), and seeded per
  * process so two workers never agree by accident, as vLLM without PYTHONHASHSEED.
  */
-export type BlockHasher = (parent: bigint | null, tokens: readonly number[], start: number, end: number) => bigint;
+export type BlockHasher = (
+  parent: bigint | null,
+  tokens: readonly number[],
+  start: number,
+  end: number,
+  /** The LoRA adapter's name: like vLLM's block-hash extra keys, it changes every block's hash, not just the first. */
+  lora?: string | null,
+) => bigint;
 
 /**
  * XXH64 over the block's token ids as u32 little-endian, seeded with the parent
@@ -14,15 +21,22 @@ export type BlockHasher = (parent: bigint | null, tokens: readonly number[], sta
  * by default it is random, as vLLM's NONE_HASH is.
  */
 export async function createBlockHasher(rootSeed?: bigint): Promise<BlockHasher> {
-  const { h64Raw } = await xxhash();
+  const x = await xxhash();
   const root = rootSeed ?? randomU64();
+  const loraKeys = new Map<string, bigint>();
+  const loraKey = (name: string): bigint => {
+    let key = loraKeys.get(name);
+    if (key === undefined) loraKeys.set(name, (key = x.h64(`lora\u0000${name}`, root)));
+    return key;
+  };
   let words = new Uint32Array(16);
-  return (parent, tokens, start, end) => {
+  return (parent, tokens, start, end, lora) => {
     const n = end - start;
     if (words.length < n) words = new Uint32Array(n);
     for (let i = 0; i < n; i++) words[i] = tokens[start + i]!;
+    const seed = parent ?? root;
     // Uint32Array is little-endian on every platform Node supports.
-    return h64Raw(new Uint8Array(words.buffer, 0, n * 4), parent ?? root);
+    return x.h64Raw(new Uint8Array(words.buffer, 0, n * 4), lora ? seed ^ loraKey(lora) : seed);
   };
 }
 

@@ -1,6 +1,7 @@
 import { LRUCache } from 'lru-cache';
 import type { KvEvent } from '../../indexer/events/types.js';
 import type { BlockHasher } from './block-hash.js';
+import type { SimStoredEvent } from './kv-encode.js';
 
 /** What the cache needs to know about a sequence holding blocks. */
 export interface CacheSeq {
@@ -12,6 +13,8 @@ export interface CacheSeq {
   blockHashes: bigint[];
   /** Leading blocks already registered in (or taken from) the prefix cache. */
   committedBlocks: number;
+  /** The LoRA adapter the sequence runs with: its blocks only ever match the same adapter's. */
+  readonly lora?: { readonly name: string; readonly id: number } | null;
 }
 
 export interface KvCacheOptions {
@@ -93,7 +96,7 @@ export class KvCache {
     const bs = this.blockSize;
     for (let b = seq.blockHashes.length; b < count; b++) {
       const parent = b === 0 ? null : seq.blockHashes[b - 1];
-      seq.blockHashes.push(this.#hasher(parent, seq.tokens, b * bs, (b + 1) * bs));
+      seq.blockHashes.push(this.#hasher(parent, seq.tokens, b * bs, (b + 1) * bs, seq.lora?.name));
     }
   }
 
@@ -146,15 +149,17 @@ export class KvCache {
     let runStart = -1;
     const flush = (end: number) => {
       if (runStart < 0) return;
-      this.#events.push({
+      const stored: SimStoredEvent = {
         kind: 'stored',
         engineHashes: seq.blockHashes.slice(runStart, end),
         parentEngineHash: runStart === 0 ? null : seq.blockHashes[runStart - 1],
         tokenIds: seq.tokens.slice(runStart * this.blockSize, end * this.blockSize),
         blockSize: this.blockSize,
         tier: 'gpu',
-        loraName: null,
-      });
+        loraName: seq.lora?.name ?? null,
+        loraId: seq.lora?.id ?? null,
+      };
+      this.#events.push(stored);
       runStart = -1;
     };
     for (let b = seq.committedBlocks; b < full; b++) {

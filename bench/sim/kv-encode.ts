@@ -1,4 +1,7 @@
-import type { EngineBlockHash, KvEvent, KvTier } from '../../indexer/events/types.js';
+import type { BlocksStored, EngineBlockHash, KvEvent, KvTier } from '../../indexer/events/types.js';
+
+/** A stored event as the simulator emits it: vLLM also sends the adapter's int id (deprecated, kept for old readers). */
+export type SimStoredEvent = BlocksStored & { readonly loraId?: number | null };
 
 /**
  * A msgpack writer that makes the same byte choices as Python's msgspec
@@ -187,6 +190,23 @@ function writeTokens(w: MsgpackWriter, tokens: readonly number[]): void {
   for (const t of tokens) w.int(t);
 }
 
+function writeLoraId(w: MsgpackWriter, ev: SimStoredEvent): void {
+  if (ev.loraId === undefined || ev.loraId === null) w.nil();
+  else w.int(ev.loraId);
+}
+
+/** One entry per block: vLLM's extra keys of a plain-text block are None, an adapter's block carries `(lora_name,)`. */
+function writeExtraKeys(w: MsgpackWriter, ev: BlocksStored): void {
+  w.arrayHeader(ev.engineHashes.length);
+  for (let i = 0; i < ev.engineHashes.length; i++) {
+    if (ev.loraName === null) w.nil();
+    else {
+      w.arrayHeader(1);
+      w.str(ev.loraName);
+    }
+  }
+}
+
 /**
  * vLLM >= 0.24: `KVCacheEvent` is a tagged, map-encoded msgspec struct with
  * omit_defaults. Fields without a default are always written (even nil);
@@ -210,14 +230,13 @@ function writeCurrentEvent(w: MsgpackWriter, ev: KvEvent): void {
       w.str('block_size');
       w.int(ev.blockSize);
       w.str('lora_id');
-      w.nil();
+      writeLoraId(w, ev);
       w.str('medium');
       w.str(medium(ev.tier));
       w.str('lora_name');
       w.strOrNil(ev.loraName);
       w.str('extra_keys');
-      w.arrayHeader(ev.engineHashes.length);
-      for (let i = 0; i < ev.engineHashes.length; i++) w.nil();
+      writeExtraKeys(w, ev);
       w.str('group_idx');
       w.int(0);
       w.str('kv_cache_spec_kind');
@@ -253,11 +272,10 @@ function writeLegacyEvent(w: MsgpackWriter, ev: KvEvent): void {
       else writeHash(w, ev.parentEngineHash);
       writeTokens(w, ev.tokenIds);
       w.int(ev.blockSize);
-      w.nil(); // lora_id (deprecated)
+      writeLoraId(w, ev); // lora_id (deprecated)
       w.str(medium(ev.tier));
       w.strOrNil(ev.loraName);
-      w.arrayHeader(ev.engineHashes.length);
-      for (let i = 0; i < ev.engineHashes.length; i++) w.nil();
+      writeExtraKeys(w, ev);
       w.int(0); // group_idx
       w.str('full_attention');
       w.nil(); // kv_cache_spec_sliding_window

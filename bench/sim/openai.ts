@@ -1,5 +1,6 @@
 import type { ChatMessage } from '../../indexer/tokenize/chat-template.js';
 import type { SimTokenizer } from './text.js';
+import type { SimLora, SimLoras } from './lora.js';
 
 /**
  * An error answered with vLLM's ErrorResponse body:
@@ -34,6 +35,8 @@ export interface OpenAiContext {
    */
   streamInterval: number;
   tokenizer: SimTokenizer;
+  /** Adapters loaded at runtime; a request may name one instead of the base model. */
+  loras: SimLoras;
 }
 
 export interface GenerationRequest {
@@ -43,6 +46,8 @@ export interface GenerationRequest {
   finishReason: 'length' | 'stop';
   stream: boolean;
   includeUsage: boolean;
+  /** The adapter the request named, or null for the base model. */
+  lora: SimLora | null;
 }
 
 type Body = Record<string, unknown>;
@@ -54,11 +59,15 @@ export function asObject(body: unknown): Body {
   return body as Body;
 }
 
-/** vLLM answers 404 for a model it does not serve; an absent model means the served one. */
-export function checkModel(body: Body, ctx: OpenAiContext): void {
-  if (body.model === undefined || body.model === null) return;
-  if (body.model !== ctx.model)
-    throw new SimHttpError(404, `The model \`${String(body.model)}\` does not exist.`, 'NotFoundError', 'model');
+/**
+ * vLLM answers 404 for a model it does not serve; an absent model means the
+ * served one. Returns the adapter when the request names a loaded one.
+ */
+export function checkModel(body: Body, ctx: OpenAiContext): SimLora | null {
+  if (body.model === undefined || body.model === null || body.model === ctx.model) return null;
+  const lora = typeof body.model === 'string' ? ctx.loras.get(body.model) : undefined;
+  if (lora) return lora;
+  throw new SimHttpError(404, `The model \`${String(body.model)}\` does not exist.`, 'NotFoundError', 'model');
 }
 
 function optInt(body: Body, key: string, min: number): number | undefined {
@@ -77,8 +86,8 @@ function optBool(body: Body, key: string): boolean | undefined {
   return v;
 }
 
-function common(body: Body, ctx: OpenAiContext): { stream: boolean; includeUsage: boolean } {
-  checkModel(body, ctx);
+function common(body: Body, ctx: OpenAiContext): { stream: boolean; includeUsage: boolean; lora: SimLora | null } {
+  const lora = checkModel(body, ctx);
   const n = optInt(body, 'n', 1);
   if (n !== undefined && n !== 1) throw bad(`n=${n} is not supported by the simulator: only n=1`, 'n');
   const stream = optBool(body, 'stream') ?? false;
@@ -89,7 +98,7 @@ function common(body: Body, ctx: OpenAiContext): { stream: boolean; includeUsage
       throw bad('stream_options must be an object', 'stream_options');
   }
   const includeUsage = stream && (options as { include_usage?: unknown } | null | undefined)?.include_usage === true;
-  return { stream, includeUsage };
+  return { stream, includeUsage, lora };
 }
 
 function checkLength(promptLen: number, maxTokens: number, ctx: OpenAiContext): void {
@@ -140,12 +149,12 @@ async function completionPrompt(prompt: unknown, ctx: OpenAiContext): Promise<nu
 
 export async function parseCompletion(raw: unknown, ctx: OpenAiContext): Promise<GenerationRequest> {
   const body = asObject(raw);
-  const { stream, includeUsage } = common(body, ctx);
+  const { stream, includeUsage, lora } = common(body, ctx);
   if (body.prompt === undefined) throw bad('prompt is required', 'prompt');
   const maxTokens = optInt(body, 'max_tokens', 1) ?? 16;
   const promptTokens = await completionPrompt(body.prompt, ctx);
   checkLength(promptTokens.length, maxTokens, ctx);
-  return { kind: 'completion', promptTokens, maxTokens, finishReason: 'length', stream, includeUsage };
+  return { kind: 'completion', promptTokens, maxTokens, finishReason: 'length', stream, includeUsage, lora };
 }
 
 export interface ChatInput {
@@ -193,7 +202,7 @@ export async function tokenizeChatInput(input: ChatInput, ctx: OpenAiContext): P
 
 export async function parseChat(raw: unknown, ctx: OpenAiContext): Promise<GenerationRequest> {
   const body = asObject(raw);
-  const { stream, includeUsage } = common(body, ctx);
+  const { stream, includeUsage, lora } = common(body, ctx);
   const input = chatInput(body);
   const explicit = optInt(body, 'max_completion_tokens', 1) ?? optInt(body, 'max_tokens', 1);
   const promptTokens = await tokenizeChatInput(input, ctx);
@@ -207,6 +216,7 @@ export async function parseChat(raw: unknown, ctx: OpenAiContext): Promise<Gener
     finishReason: explicit === undefined ? 'stop' : 'length',
     stream,
     includeUsage,
+    lora,
   };
 }
 
@@ -325,34 +335,38 @@ export function chatBody(
 export function modelCard(ctx: OpenAiContext, created: number): unknown {
   return {
     object: 'list',
-    data: [
-      {
-        id: ctx.model,
-        object: 'model',
-        created,
-        owned_by: 'vllm',
-        root: ctx.model,
-        parent: null,
-        max_model_len: ctx.maxModelLen,
-        permission: [
-          {
-            id: `modelperm-${randomHex(16)}`,
-            object: 'model_permission',
-            created,
-            allow_create_engine: false,
-            allow_sampling: true,
-            allow_logprobs: true,
-            allow_search_indices: false,
-            allow_view: true,
-            allow_fine_tuning: false,
-            organization: '*',
-            group: null,
-            is_blocking: false,
-          },
-        ],
-      },
-    ],
+    data: [...baseCard(ctx, created), ...ctx.loras.cards(ctx.model, created)],
   };
+}
+
+function baseCard(ctx: OpenAiContext, created: number): Record<string, unknown>[] {
+  return [
+    {
+      id: ctx.model,
+      object: 'model',
+      created,
+      owned_by: 'vllm',
+      root: ctx.model,
+      parent: null,
+      max_model_len: ctx.maxModelLen,
+      permission: [
+        {
+          id: `modelperm-${randomHex(16)}`,
+          object: 'model_permission',
+          created,
+          allow_create_engine: false,
+          allow_sampling: true,
+          allow_logprobs: true,
+          allow_search_indices: false,
+          allow_view: true,
+          allow_fine_tuning: false,
+          organization: '*',
+          group: null,
+          is_blocking: false,
+        },
+      ],
+    },
+  ];
 }
 
 export function randomHex(bytes: number): string {

@@ -86,6 +86,13 @@ const routes: Record<string, Record<string, Handler>> = {
   },
   '/v1/completions': { POST: (d, q, res, h) => generate('completion', d, q, res, h) },
   '/v1/chat/completions': { POST: (d, q, res, h) => generate('chat', d, q, res, h) },
+  // vLLM serves these only with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True; success is a plain-text sentence.
+  '/v1/load_lora_adapter': {
+    POST: async (d, q, res, h) => sendText(res, d.ctx.loras.load(asObject(await readJson(q)), d.ctx.model), h),
+  },
+  '/v1/unload_lora_adapter': {
+    POST: async (d, q, res, h) => sendText(res, d.ctx.loras.unload(asObject(await readJson(q))), h),
+  },
   '/tokenize': { POST: tokenize },
   '/detokenize': { POST: detokenize },
   '/metrics': {
@@ -157,6 +164,16 @@ function sendJson(res: ServerResponse, status: number, body: unknown, headers: R
     .end(text);
 }
 
+function sendText(res: ServerResponse, text: string, headers: Record<string, string>): void {
+  res
+    .writeHead(200, {
+      ...headers,
+      'content-type': 'text/plain; charset=utf-8',
+      'content-length': Buffer.byteLength(text),
+    })
+    .end(text);
+}
+
 async function readJson(req: IncomingMessage): Promise<unknown> {
   const chunks: Buffer[] = [];
   let size = 0;
@@ -189,7 +206,7 @@ async function generate(
   const head: ResponseHead = {
     id: `${kind === 'chat' ? 'chatcmpl' : 'cmpl'}-${randomHex(16)}`,
     created: Math.floor(Date.now() / 1000),
-    model: d.ctx.model,
+    model: parsed.lora?.name ?? d.ctx.model,
   };
   const started = performance.now();
   const tok = d.ctx.tokenizer;
@@ -206,6 +223,7 @@ async function generate(
     promptTokens: parsed.promptTokens,
     maxTokens: parsed.maxTokens,
     finishReason: parsed.finishReason,
+    lora: parsed.lora,
     keepBlocks,
     remote:
       transfer.kind === 'decode-from-remote' ? d.nixl.remote(transfer.params, parsed.promptTokens.length) : undefined,

@@ -1,4 +1,5 @@
 import type { CacheSeq } from './kv-cache.js';
+import type { SimLora } from './lora.js';
 
 export type FinishReason = 'length' | 'stop' | 'abort' | 'error';
 
@@ -29,6 +30,8 @@ export interface SimRequestInit {
   onToken(tokenId: number, index: number): void;
   onFinish(reason: FinishReason, message?: string): void;
   remote?: RemotePrefill | undefined;
+  /** The adapter the request runs with; its name is part of every block hash, as in vLLM's extra keys. */
+  lora?: SimLora | null | undefined;
   /**
    * The prefill side of disaggregation: the blocks stay referenced after the
    * request finishes, until `Scheduler.release` (the decode side pulled them, or they expired).
@@ -39,6 +42,7 @@ export interface SimRequestInit {
 /** One request's life in the engine; also its hold on KV blocks. */
 export class SimRequest implements CacheSeq {
   readonly tokens: number[];
+  readonly lora: SimLora | null;
   blockIds: number[] = [];
   blockHashes: bigint[] = [];
   committedBlocks = 0;
@@ -58,6 +62,7 @@ export class SimRequest implements CacheSeq {
     now: number,
   ) {
     this.tokens = [...init.promptTokens];
+    this.lora = init.lora ?? null;
     this.promptLength = init.promptTokens.length;
     this.arrivalMs = now;
   }

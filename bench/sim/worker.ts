@@ -8,6 +8,7 @@ import { KvEventPublisher } from './kv-publisher.js';
 import { SimMetrics } from './metrics.js';
 import { NixlAgent, type NixlOptions } from './nixl.js';
 import { Scheduler } from './scheduler.js';
+import { SimLoras } from './lora.js';
 import { createSimHandler, type SimStats } from './server.js';
 import { SimTokenizer, defaultTokenizerDir } from './text.js';
 import { NIXL_DEFAULTS, SIM_DEFAULTS } from './defaults.js';
@@ -70,6 +71,8 @@ export interface SimWorker {
   readonly engineId: string;
   readonly scheduler: Scheduler;
   readonly cache: KvCache;
+  /** LoRA adapters loaded at runtime (`POST /v1/load_lora_adapter`). */
+  readonly loras: SimLoras;
   stats(): SimStats;
   close(): Promise<void>;
 }
@@ -143,6 +146,7 @@ export async function startSimWorker(options: SimWorkerOptions = {}): Promise<Si
     defaultChatTokens: options.defaultChatTokens ?? SIM_DEFAULTS.defaultChatTokens,
     streamInterval: options.streamInterval ?? SIM_DEFAULTS.streamInterval,
     tokenizer,
+    loras: new SimLoras(),
   };
   const server = createServer(
     { keepAliveTimeout: 65_000 },
@@ -176,6 +180,7 @@ export async function startSimWorker(options: SimWorkerOptions = {}): Promise<Si
     engineId: nixl.engineId,
     scheduler,
     cache,
+    loras: ctx.loras,
     stats,
     close() {
       closing ??= (async () => {

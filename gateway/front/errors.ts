@@ -2,7 +2,12 @@ import type { ServerResponse } from 'node:http';
 
 /** OpenAI's error `type` values that the gateway itself produces. */
 export type ErrorType =
-  'invalid_request_error' | 'not_found_error' | 'service_unavailable' | 'upstream_error' | 'authentication_error';
+  | 'invalid_request_error'
+  | 'not_found_error'
+  | 'service_unavailable'
+  | 'upstream_error'
+  | 'authentication_error'
+  | 'permission_error';
 
 /**
  * An error the gateway answers itself, with an OpenAI-style body

@@ -16,6 +16,7 @@ import type { RoutingPipeline } from '../routing/pipeline.js';
 import { ADMIN_TOKEN_HEADER } from '../routing/policies/overrides.js';
 import { RequestOutcome } from '../proxy/usage-sniffer.js';
 import { parseInference, readBody, type InferenceKind } from './request.js';
+import { passthroughConfigSchema } from '../proxy/passthrough-routes.js';
 import { rerouter } from '../proxy/retry.js';
 import type { DisaggHook } from '../disagg/two-leg.js';
 
@@ -45,6 +46,8 @@ export const serverConfigSchema = z.strictObject({
   overload: overloadConfigSchema.prefault({}),
   /** On SIGTERM, how long in-flight requests (streams included) may run before they are cut (gateway/ops/lifecycle.ts). */
   drainTimeoutMs: z.number().int().min(0).default(30_000),
+  /** Which engine routes the pass-through forwards; state-changing ones are refused unless listed here. */
+  passthrough: passthroughConfigSchema.prefault({}),
 });
 export type ServerConfig = z.infer<typeof serverConfigSchema>;
 
@@ -63,7 +66,8 @@ export interface FrontDeps {
 
 /**
  * The OpenAI-compatible front: routes inference requests, answers health,
- * readiness, models and metrics itself, and passes other `/v1/*` paths through.
+ * readiness, models and metrics itself, and passes per-request engine routes
+ * through (gateway/proxy/passthrough-routes.ts).
  */
 export function createFrontHandler(d: FrontDeps): (req: IncomingMessage, res: ServerResponse) => void {
   const admission = new Admission(d.config.overload, d.metrics.registry);
@@ -190,11 +194,8 @@ export function createFrontHandler(d: FrontDeps): (req: IncomingMessage, res: Se
           return;
         }
     }
-    if (path.startsWith('/v1/') || path === '/tokenize' || path === '/detokenize') {
-      d.passthrough.handle(req, res);
-      return;
-    }
-    sendError(res, new GatewayError(404, `no route for ${method} ${path}`, 'not_found_error', 'unknown_url'));
+    // The pass-through decides: per-request engine routes go through, admin ones get 403, others 404.
+    d.passthrough.handle(req, res);
   };
 }
 

@@ -24,6 +24,8 @@ export interface AdminDeps {
   readonly indexStats?: (() => unknown) | undefined;
   /** Prefill/decode disaggregation: its section of `/debug/route`, and `/debug/planner`. */
   readonly disagg?: DisaggAdmin | undefined;
+  /** LoRA adapters across the fleet (gateway/ops/lora-admin.ts); true when it answered the request. */
+  readonly lora?: ((req: IncomingMessage, res: ServerResponse, path: string) => boolean) | undefined;
 }
 
 /** True for 127.0.0.0/8 and ::1, in plain or IPv4-mapped form. */
@@ -71,6 +73,7 @@ export function createAdminHandler(d: AdminDeps): (req: IncomingMessage, res: Se
     }
     const path = (req.url ?? '/').split('?')[0];
     if (path === '/debug/workers' && req.method === 'GET') return json(res, 200, workers(d));
+    if (path.startsWith('/lora') && d.lora?.(req, res, path)) return;
     if (path === '/debug/experiments' && req.method === 'GET') return json(res, 200, d.pipeline.summary());
     if (path === '/debug/planner' && req.method === 'GET')
       return json(res, 200, d.disagg?.plannerReport() ?? { pools: [] });

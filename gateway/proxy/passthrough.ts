@@ -5,8 +5,11 @@ import type { Fleet, Worker } from '../fleet/fleet.js';
 import { forwardedHeaders, hopByHop } from './headers.js';
 import type { GatewayMetrics } from '../ops/metrics.js';
 import { workerAuthorization } from './upstream-auth.js';
+import { classifyPassthrough, type PassthroughConfig } from './passthrough-routes.js';
 
 export interface PassthroughOptions {
+  /** Which routes go through (gateway/proxy/passthrough-routes.ts); default: per-request routes only. */
+  readonly routes?: PassthroughConfig | undefined;
   /** Forward the client's `Authorization` to workers without a key of their own (gateway/proxy/upstream-auth.ts). */
   readonly passClientAuthorization?: boolean | undefined;
 }
@@ -24,10 +27,12 @@ export class Passthrough {
   readonly #proxy = httpProxy.createProxyServer({ xfwd: false, ws: false, proxyTimeout: 0 });
   readonly #fleet: Fleet;
   readonly #metrics: GatewayMetrics;
+  readonly #routes: PassthroughConfig;
 
   constructor(fleet: Fleet, metrics: GatewayMetrics, options: PassthroughOptions = {}) {
     this.#fleet = fleet;
     this.#metrics = metrics;
+    this.#routes = options.routes ?? { allowAdminRoutes: [] };
     // The same header rules as the routed path (headers.ts): hop-by-hop out, forwarded-* appended, upstream auth.
     this.#proxy.on('proxyReq', (proxyReq: ClientRequest, req: IncomingMessage, res: ServerResponse) => {
       const drop = hopByHop(req.headers, true);
@@ -70,6 +75,12 @@ export class Passthrough {
       sendError(res, badRequest('path must not contain dot segments or encoded slashes', null, 'invalid_path'));
       return;
     }
+    const refused = refusal(classifyPassthrough(path, this.#routes), req.method ?? 'GET', path);
+    if (refused) {
+      this.#metrics.request('passthrough', 'none', 'passthrough', refused.status);
+      sendError(res, refused);
+      return;
+    }
     const worker = this.#fleet.anyHealthy();
     if (!worker) {
       sendError(
@@ -103,6 +114,24 @@ export class Passthrough {
   close(): void {
     this.#proxy.close();
   }
+}
+
+function refusal(verdict: 'forward' | 'admin' | 'unknown', method: string, path: string): GatewayError | undefined {
+  if (verdict === 'admin')
+    return new GatewayError(
+      403,
+      `${method} ${path} changes engine state and is not served on the public port; use the admin port (LoRA: /lora/load, /lora/unload) or open it with server.passthrough.allowAdminRoutes`,
+      'permission_error',
+      'admin_route_refused',
+    );
+  if (verdict === 'unknown')
+    return new GatewayError(
+      404,
+      `no route for ${method} ${path}: the public port forwards only known per-request engine routes (server.passthrough.allowAdminRoutes opens others)`,
+      'not_found_error',
+      'unknown_url',
+    );
+  return undefined;
 }
 
 type PassthroughResponse = ServerResponse & { kvgateWorker?: string; kvgateTarget?: Worker };

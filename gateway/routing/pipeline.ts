@@ -3,6 +3,7 @@ import { performance } from 'node:perf_hooks';
 import type { Logger } from 'pino';
 import { GatewayError } from '../front/errors.js';
 import type { Fleet, LoadTicket, Worker } from '../fleet/fleet.js';
+import type { AdapterRouting } from '../fleet/adapters.js';
 import type { GatewayMetrics } from '../ops/metrics.js';
 import type { Policy, PolicyInput, Selection } from './policy.js';
 import type { Pool } from './policies/pools.js';
@@ -58,6 +59,8 @@ export interface PipelineDeps {
   promptBlocks?: PromptBlocksProvider | undefined;
   /** P/D disaggregation: narrows a split pool to its decode side before the strategy chooses, and tokenizes the prompt for its threshold. */
   split?: CandidateSplit | undefined;
+  /** LoRA adapters loaded at runtime: a request naming one goes only to workers that have it. */
+  adapters?: AdapterRouting | undefined;
   random: () => number;
   now: () => number;
 }
@@ -199,10 +202,20 @@ export class RoutingPipeline {
   }
 
   #candidates(model: string, selection: Selection): readonly Worker[] {
-    const all = this.#d.fleet.candidates(model);
+    const adapterWorkers = this.#d.adapters?.candidates(model);
+    const all = adapterWorkers ?? this.#d.fleet.candidates(model);
     const candidates = selection.pool ? selection.pool.filter(all) : all;
     if (candidates.length > 0) return candidates;
-    if (!this.#d.fleet.servesModel(model)) {
+    if (adapterWorkers !== undefined && !this.#d.adapters!.loadedAnywhere(model)) {
+      throw new GatewayError(
+        404,
+        `The LoRA adapter '${model}' is not loaded on any worker`,
+        'not_found_error',
+        'model_not_found',
+        'model',
+      );
+    }
+    if (adapterWorkers === undefined && !this.#d.fleet.servesModel(model)) {
       throw new GatewayError(404, `The model '${model}' does not exist`, 'not_found_error', 'model_not_found', 'model');
     }
     const where = selection.pool ? ` in pool '${selection.pool.name}' (${selection.rule})` : '';

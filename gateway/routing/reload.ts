@@ -1,3 +1,4 @@
+import type { AdapterRouting } from '../fleet/adapters.js';
 import type { IncomingHttpHeaders } from 'node:http';
 import type { Logger } from 'pino';
 import type { GatewayConfig } from '../../config/schema.js';
@@ -26,6 +27,7 @@ export interface RoutingDeps {
   readonly adminToken: string | undefined;
   /** P/D disaggregation's narrowing of split pools (gateway/disagg/split.ts). */
   readonly split?: CandidateSplit | undefined;
+  readonly adapters?: AdapterRouting | undefined;
 }
 
 /** A worker as pools see it: id and labels are all `resolvePools` reads. */
@@ -125,6 +127,7 @@ export function buildRouting(
       honourSession: routing.overrides.session,
       promptBlocks: deps.promptBlocks,
       split: deps.split,
+      adapters: deps.adapters,
       random: deps.random,
       now: deps.now,
     });
@@ -187,6 +190,7 @@ const RESTART_KEYS: readonly (readonly string[])[] = [
   ['models'],
   ['disaggregation'],
   ['loadSharing'],
+  ['lora'],
   ['fleet', 'health'],
   ['fleet', 'discovery'],
 ];

@@ -27,7 +27,7 @@ async function fakeWorker(teardown: (fn: () => unknown) => void): Promise<FakeWo
         JSON.stringify({ object: 'list', data: [{ id: 'm', object: 'model', max_model_len: 4096, owned_by: 'vllm' }] }),
       );
     }
-    if (req.url === '/v1/slow-passthrough') {
+    if (req.url === '/v1/audio/transcriptions') {
       // Never answers: the test checks that the gateway aborts us when its client leaves.
       res.on('close', () => w.aborted.push(req.url!));
       return;
@@ -180,17 +180,17 @@ t.test('front: errors, passthrough and headers', async (t) => {
     t.match(metrics, /kvgate_worker_healthy\{worker="gone"\} 0/);
   });
 
-  t.test('other /v1 paths pass through; the upstream is aborted when the client leaves', async (t) => {
+  t.test('per-request engine routes pass through; the upstream is aborted when the client leaves', async (t) => {
     const r = await post(`${url}/v1/embeddings`, JSON.stringify({ model: 'm', input: 'x' }));
     t.equal(r.statusCode, 200);
     t.equal(r.headers['x-kvgate-strategy'], 'passthrough');
     await r.body.dump();
-    const req = httpRequest(`${url}/v1/slow-passthrough`, { method: 'POST' });
+    const req = httpRequest(`${url}/v1/audio/transcriptions`, { method: 'POST' });
     req.on('error', () => {});
     req.end('{}');
-    await eventually(() => a.seen.includes('POST /v1/slow-passthrough'), 5000);
+    await eventually(() => a.seen.includes('POST /v1/audio/transcriptions'), 5000);
     req.destroy();
-    await eventually(() => a.aborted.includes('/v1/slow-passthrough'), 5000);
+    await eventually(() => a.aborted.includes('/v1/audio/transcriptions'), 5000);
     t.pass('the worker saw its request closed');
   });
 
