@@ -74,6 +74,11 @@ export class ChatTemplate {
     return this.#incremental !== undefined;
   }
 
+  /** Empties the per-message render cache. */
+  clearCache(): void {
+    this.#incremental?.clear();
+  }
+
   /** The whole render, bypassing the per-message cache: the reference the incremental render must equal. */
   renderWhole(messages: readonly unknown[], options: ChatRenderOptions = {}): string {
     return this.#render(messages, options, false);

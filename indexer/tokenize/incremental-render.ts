@@ -112,6 +112,10 @@ export class IncrementalRenderer {
     return plan ? new IncrementalRenderer(plan, cacheBytes) : undefined;
   }
 
+  clear(): void {
+    this.#passes.clear();
+  }
+
   /** Loop passes served from the cache and rendered. */
   stats(): { hits: number; misses: number; entries: number } {
     return { hits: this.#hits, misses: this.#misses, entries: this.#passes.size };
@@ -186,7 +190,8 @@ function valueKey(v: RuntimeValue | undefined): string {
   if (v === undefined) return 'u';
   switch (v.type) {
     case 'StringValue':
-      return JSON.stringify(v.value);
+      // Length-prefixed rather than escaped: as exact, and no pass over the text.
+      return `s${(v.value as string).length}:${v.value as string}`;
     case 'IntegerValue':
     case 'FloatValue':
     case 'BooleanValue':
@@ -202,7 +207,7 @@ function valueKey(v: RuntimeValue | undefined): string {
     case 'NamespaceValue':
     case 'KeywordArgumentsValue': {
       let s = `${v.type[0]}{`;
-      for (const [k, x] of v.value as Map<string, RuntimeValue>) s += `${JSON.stringify(k)}:${valueKey(x)},`;
+      for (const [k, x] of v.value as Map<string, RuntimeValue>) s += `${k.length}:${k}=${valueKey(x)},`;
       return `${s}}`;
     }
     default:

@@ -151,9 +151,11 @@ export class PromptTokenizer {
     return this.#join(parts, addSpecialTokens);
   }
 
-  /** Empties the segment cache (counters stay). */
+  /** Empties the segment cache and the templates' render caches (counters stay). */
   clearCache(): void {
     this.#segments.clear();
+    this.#templates.plain?.clearCache();
+    this.#templates.tools?.clearCache();
   }
 
   stats(): TokenizerStats {
