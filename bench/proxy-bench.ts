@@ -6,13 +6,15 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { stringify } from 'yaml';
 import { markdownTable, median, spawnUntilReady } from './lib/child.js';
+import { startPeerProxies } from './lib/peer-proxies.js';
 import { spawnSimFleet } from './sim/spawn.js';
 
 /**
  * Proxy overhead: the same load against (a) a simulated worker directly,
  * (b) kvgate (round-robin) in front of it, (c) a bare undici pass-through
- * (the floor of what a Node proxy can do). Targets are interleaved round by
- * round so that noise on this shared machine hits all three alike.
+ * (the floor of what a Node proxy can do), and (d) nginx and (e) HAProxy as
+ * round-robin reverse proxies when installed. Targets are interleaved round
+ * by round so that noise on this shared machine hits all of them alike.
  *
  *   npm run bench:proxy -- [--duration 8] [--rounds 3] [--connections 32]
  */
@@ -65,11 +67,22 @@ async function main(): Promise<void> {
     KVGATE_LOG_LEVEL: 'info',
   });
   const floor = await spawnUntilReady([dist('./proxy-floor.js'), worker.url], 'floor ready');
-  const targets = { direct: worker.url, kvgate: gateway.ready.url as string, floor: floor.ready.url as string };
+  const { peers, missing } = await startPeerProxies(tmp, worker.url, (line) => process.stderr.write(`${line}\n`)).catch(
+    async (err: unknown) => {
+      await Promise.all([gateway.stop(), floor.stop(), sim.stop()]);
+      throw err;
+    },
+  );
+  const targets: Record<string, string> = {
+    direct: worker.url,
+    kvgate: gateway.ready.url as string,
+    floor: floor.ready.url as string,
+  };
+  for (const p of peers) targets[p.name] = p.url;
   const results: Record<string, Record<string, Result[]>> = {};
   try {
     for (const s of scenarios) {
-      results[s.name] = { direct: [], kvgate: [], floor: [] };
+      results[s.name] = Object.fromEntries(Object.keys(targets).map((k) => [k, []]));
       for (let r = 0; r < rounds; r++) {
         for (const [target, base] of Object.entries(targets)) {
           process.stderr.write(`[${s.name}] round ${r + 1}/${rounds}: ${target} ...`);
@@ -91,13 +104,21 @@ async function main(): Promise<void> {
       }
     }
   } finally {
-    await Promise.all([gateway.stop(), floor.stop(), sim.stop()]);
+    await Promise.all([gateway.stop(), floor.stop(), sim.stop(), ...peers.map((p) => p.stop())]);
     rmSync(tmp, { recursive: true, force: true });
   }
-  report(results);
+  report(results, missing);
 }
 
-function report(results: Record<string, Record<string, Result[]>>): void {
+const LABELS: Record<string, string> = {
+  direct: '(a) worker direct',
+  kvgate: '(b) kvgate round-robin',
+  floor: '(c) bare undici proxy',
+  nginx: '(d) nginx round-robin',
+  haproxy: '(e) HAProxy round-robin',
+};
+
+function report(results: Record<string, Record<string, Result[]>>, missing: string[]): void {
   const rows: (string | number)[][] = [];
   const summary: Record<string, unknown> = {};
   for (const [scenario, byTarget] of Object.entries(results)) {
@@ -110,17 +131,19 @@ function report(results: Record<string, Record<string, Result[]>>): void {
     // autocannon's latencies are whole milliseconds; with one connection, 1/throughput is the exact time per request.
     const connectionsUsed = scenarios.find((x) => x.name === scenario)!.connections;
     const perRequest = (x: { rps: number }) => (1000 * connectionsUsed) / x.rps;
-    const a = stat('direct');
-    const b = stat('kvgate');
-    const c = stat('floor');
-    summary[scenario] = { direct: a, kvgate: b, floor: c };
-    for (const [name, s] of [
-      ['(a) worker direct', a],
-      ['(b) kvgate round-robin', b],
-      ['(c) bare undici proxy', c],
-    ] as const) {
-      rows.push([scenario, name, Math.round(s.rps), s.p50.toFixed(1), s.p99.toFixed(1), perRequest(s).toFixed(3)]);
+    const stats = Object.fromEntries(Object.keys(byTarget).map((t) => [t, stat(t)]));
+    summary[scenario] = stats;
+    for (const [target, s] of Object.entries(stats)) {
+      rows.push([
+        scenario,
+        LABELS[target] ?? target,
+        Math.round(s.rps),
+        s.p50.toFixed(1),
+        s.p99.toFixed(1),
+        perRequest(s).toFixed(3),
+      ]);
     }
+    const { direct: a, kvgate: b, floor: c } = stats;
     rows.push([
       scenario,
       '**b/a, b/c (throughput)**',
@@ -129,6 +152,17 @@ function report(results: Record<string, Record<string, Result[]>>): void {
       `b−a ${(b.p99 - a.p99).toFixed(1)}`,
       `b−a ${(perRequest(b) - perRequest(a)).toFixed(3)}, b−c ${(perRequest(b) - perRequest(c)).toFixed(3)}`,
     ]);
+    for (const peer of ['nginx', 'haproxy'].filter((p) => stats[p])) {
+      const d = stats[peer];
+      rows.push([
+        scenario,
+        `**b/${peer} (throughput)**`,
+        (b.rps / d.rps).toFixed(2),
+        `b−${peer} ${(b.p50 - d.p50).toFixed(1)}`,
+        `b−${peer} ${(b.p99 - d.p99).toFixed(1)}`,
+        `b−${peer} ${(perRequest(b) - perRequest(d)).toFixed(3)}`,
+      ]);
+    }
   }
   const table = markdownTable(
     ['scenario', 'target', 'req/s (median)', 'p50 ms', 'p99 ms', 'ms per request per connection'],
@@ -138,9 +172,9 @@ function report(results: Record<string, Record<string, Result[]>>): void {
 
 Command: \`npm run bench:proxy -- --duration ${duration} --rounds ${rounds} --connections ${connections} --speedup ${values.speedup}\`
 Date: ${new Date().toISOString()}; machine: ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, Node ${process.version}.
-Load: autocannon, ${connections} connections (the latency scenario: 1), ${duration} s per target per round, ${rounds} rounds interleaved (a, b, c, a, b, c, ...); medians over rounds.
-One simulated worker (\`kvgate sim --speedup ${values.speedup}\`), the gateway and the floor proxy each in their own process; all share the machine's cores with autocannon, so absolute numbers are low and only the ratios measured side by side mean anything.
-
+Load: autocannon, ${connections} connections (the latency scenario: 1), ${duration} s per target per round, ${rounds} rounds interleaved (a, b, c, ..., a, b, c, ...); medians over rounds.
+One simulated worker (\`kvgate sim --speedup ${values.speedup}\`), the gateway and the floor proxy each in their own process; nginx (\`worker_processes 1\`, upstream keepalive, \`proxy_buffering off\`) and HAProxy (\`nbthread 1\`, \`http-reuse always\`) as round-robin reverse proxies to the same worker, each limited to one core like kvgate's one Node thread. All share the machine's cores with autocannon and with other work, so absolute numbers are low and noisy; only the ratios measured side by side mean anything.
+${missing.length ? `\nNot installed, so not measured: ${missing.join(', ')} (\`sudo apt-get install -y ${missing.join(' ')}\`).\n` : ''}
 ${table}
 `;
   writeFileSync(join(values.out, 'proxy-overhead.md'), text);

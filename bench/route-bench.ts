@@ -13,6 +13,7 @@ import { RoutingPipeline } from '../gateway/routing/pipeline.js';
 import { createDefaultPolicy } from '../gateway/routing/policy.js';
 import { parseInference } from '../gateway/front/request.js';
 import { createStrategy } from '../gateway/routing/strategies/registry.js';
+import { ChatTemplate } from '../indexer/tokenize/chat-template.js';
 import { markdownTable } from './lib/child.js';
 
 /**
@@ -20,14 +21,17 @@ import { markdownTable } from './lib/child.js';
  * template, tokenize (segment cache warm or cold), hash the blocks, walk the
  * index, score the candidates. The index holds every earlier turn of the
  * conversation on one of 8 workers, fed through the same event sink the
- * ZeroMQ sources use.
+ * ZeroMQ sources use. Each size is measured with the incremental chat-template
+ * render and, in the same run and on the same conversations, with the whole
+ * render (the behaviour before it), warm and cold; with the event loop's
+ * longest stall during each decision.
  *
- *   npm run bench:route -- [--conversations 40] [--tokens 8192]
+ *   npm run bench:route -- [--conversations 40,10,3] [--tokens 8192,32768,131072]
  */
 const { values } = parseArgs({
   options: {
-    conversations: { type: 'string', default: '40' },
-    tokens: { type: 'string', default: '8192' },
+    conversations: { type: 'string', default: '40,10,3' },
+    tokens: { type: 'string', default: '8192,32768,131072' },
     workers: { type: 'string', default: '8' },
     out: { type: 'string', default: fileURLToPath(new URL('../../bench/results', import.meta.url)) },
   },
@@ -70,10 +74,26 @@ function prose(words: number, seed: number): string {
 const pct = (xs: number[], p: number) =>
   [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor((p / 100) * xs.length))];
 
+// Bench-only switch between the incremental render and the whole one, so both run side by side.
+let wholeRender = false;
+const incrementalRender = ChatTemplate.prototype.render; // eslint-disable-line @typescript-eslint/unbound-method
+ChatTemplate.prototype.render = function (this: ChatTemplate, messages, options) {
+  return wholeRender ? this.renderWhole(messages, options) : incrementalRender.call(this, messages, options);
+};
+
+interface Sample {
+  ms: number;
+  stallMs: number;
+}
+
 async function main(): Promise<void> {
   const workers = Number(values.workers);
-  const conversations = Number(values.conversations);
-  const targetTokens = Number(values.tokens);
+  const sizes = values.tokens.split(',').map(Number);
+  const counts = values.conversations.split(',').map(Number);
+  if (sizes.some((x) => !(x > 0)) || counts.length !== sizes.length || counts.some((x) => !(x > 0))) {
+    process.stderr.write('bench:route: --tokens and --conversations take as many positive numbers each\n');
+    process.exit(2);
+  }
   const log = pino({ level: 'warn' });
   const config = parseConfig(
     {
@@ -127,10 +147,25 @@ async function main(): Promise<void> {
 
   const decide = async (messages: unknown[]) => {
     const raw = Buffer.from(JSON.stringify({ model: MODEL, messages, max_tokens: 128 }));
+    // A chain of 1 ms timers: the longest gap between two of them, less the 1 ms, is the longest stall.
+    let last = performance.now();
+    let stallMs = 0;
+    let probing = true;
+    const probe = () => {
+      const now = performance.now();
+      stallMs = Math.max(stallMs, now - last - 1);
+      last = now;
+      if (probing) timer = setTimeout(probe, 1);
+    };
+    let timer = setTimeout(probe, 1);
     const t0 = performance.now();
     const request = parseInference(raw, 'chat');
     const routed = await pipeline.route(request, '/v1/chat/completions', {}, 'bench');
-    return { ms: performance.now() - t0, routed };
+    const ms = performance.now() - t0;
+    probing = false;
+    clearTimeout(timer);
+    probe();
+    return { ms, stallMs: Math.max(0, stallMs), routed };
   };
   /** The engine on `worker` cached this prompt: feed its blocks as a BlockStored event. */
   const cache = async (worker: number, messages: unknown[]) => {
@@ -154,51 +189,82 @@ async function main(): Promise<void> {
     });
   };
 
-  const warm: number[] = [];
-  const cold: number[] = [];
-  let tokens = 0;
-  let correct = 0;
-  for (let c = 0; c < conversations; c++) {
-    const home = c % workers;
-    const messages: { role: string; content: string }[] = [
-      { role: 'system', content: `Conversation ${c}. ${prose(600, c + 1)}` },
-    ];
-    // Grow the conversation to the target size; each turn routed, then cached on its home worker.
-    for (let turn = 0; ; turn++) {
-      messages.push({ role: 'user', content: prose(350, c * 1000 + turn) });
-      const { routed } = await decide(messages);
-      if ((routed.ctx.blocks?.tokenCount ?? 0) >= targetTokens) break;
-      await cache(home, messages);
-      messages.push({ role: 'assistant', content: prose(250, c * 7777 + turn) });
+  const rows: (string | number)[][] = [];
+  const summary: string[] = [];
+  let conversationId = 0;
+  for (const [sizeIndex, targetTokens] of sizes.entries()) {
+    const conversations = counts[sizeIndex];
+    const samples: Record<string, Sample[]> = {
+      'warm, incremental': [],
+      'warm, whole': [],
+      'cold, incremental': [],
+      'cold, whole': [],
+    };
+    let tokens = 0;
+    let correct = 0;
+    for (let c = 0; c < conversations; c++, conversationId++) {
+      const id = conversationId;
+      const home = id % workers;
+      const messages: { role: string; content: string }[] = [
+        { role: 'system', content: `Conversation ${id}. ${prose(600, id + 1)}` },
+      ];
+      // Grow the conversation to the target size; each turn routed, then cached on its home worker.
+      for (let turn = 0; ; turn++) {
+        messages.push({ role: 'user', content: prose(350, id * 1000 + turn) });
+        const { routed } = await decide(messages);
+        if ((routed.ctx.blocks?.tokenCount ?? 0) >= targetTokens) break;
+        await cache(home, messages);
+        messages.push({ role: 'assistant', content: prose(250, id * 7777 + turn) });
+      }
+      // Measured: the final turn warm (earlier turns rendered and tokenized), then cold (every cache emptied);
+      // incremental and whole render alternate which goes first, so neither always finds the other's leftovers.
+      const order = c % 2 === 0 ? [false, true] : [true, false];
+      for (const whole of order) {
+        wholeRender = whole;
+        const w = await decide(messages);
+        samples[`warm, ${whole ? 'whole' : 'incremental'}`].push(w);
+        if (!whole) {
+          tokens = w.routed.ctx.blocks!.tokenCount;
+          if (w.routed.worker.id === `w${home}`) correct++;
+        }
+      }
+      for (const whole of order) {
+        wholeRender = whole;
+        tokenizer.clearCache();
+        samples[`cold, ${whole ? 'whole' : 'incremental'}`].push(await decide(messages));
+      }
+      wholeRender = false;
+      process.stderr.write(`\r~${targetTokens} tokens: conversation ${c + 1}/${conversations}`);
     }
-    // Measured: the final (~8k-token) turn, warm (earlier turns tokenized), then cold (empty segment cache).
-    const w = await decide(messages);
-    warm.push(w.ms);
-    tokens = w.routed.ctx.blocks!.tokenCount;
-    if (w.routed.worker.id === `w${home}`) correct++;
-    tokenizer.clearCache();
-    cold.push((await decide(messages)).ms);
-    process.stderr.write(`\rconversation ${c + 1}/${conversations}`);
+    process.stderr.write('\n');
+    for (const [label, xs] of Object.entries(samples)) {
+      const ms = xs.map((x) => x.ms);
+      const stall = xs.map((x) => x.stallMs);
+      rows.push([
+        `~${tokens}`,
+        label,
+        pct(ms, 50).toFixed(3),
+        pct(ms, 90).toFixed(3),
+        pct(ms, 99).toFixed(3),
+        pct(stall, 50).toFixed(1),
+        Math.max(...stall).toFixed(1),
+      ]);
+    }
+    summary.push(
+      `~${tokens} tokens: ${conversations} conversations, ${correct}/${conversations} final turns routed home`,
+    );
   }
-  process.stderr.write('\n');
-  const rows = [
-    [
-      'warm (earlier turns in the segment cache)',
-      pct(warm, 50).toFixed(3),
-      pct(warm, 90).toFixed(3),
-      pct(warm, 99).toFixed(3),
-    ],
-    ['cold (empty segment cache)', pct(cold, 50).toFixed(3), pct(cold, 90).toFixed(3), pct(cold, 99).toFixed(3)],
-  ];
   const table = markdownTable(
-    ['routing decision, ~' + tokens + '-token multi-turn chat', 'p50 ms', 'p90 ms', 'p99 ms'],
+    ['tokens', 'routing decision', 'p50 ms', 'p90 ms', 'p99 ms', 'loop stall p50 ms', 'loop stall max ms'],
     rows,
   );
   const text = `# Whole routing decision (parse, template, tokenize, hash, match, score)
 
-Command: \`npm run bench:route -- --conversations ${conversations} --tokens ${targetTokens} --workers ${workers}\`
-Date: ${new Date().toISOString()}; ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, Node ${process.version}, load average ${loadavg()[0].toFixed(1)} at the end.
-Index: ${workers} workers, every earlier turn of each conversation cached on its home worker (${Object.values(indexer.stats().perWorker).reduce((s, w) => s + w.blocks, 0)} blocks in all). Strategy \`kv\`; ${correct}/${conversations} final turns routed to their home worker.
+Command: \`npm run bench:route -- --conversations ${values.conversations} --tokens ${values.tokens} --workers ${workers}\`
+Date: ${new Date().toISOString()}; ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, Node ${process.version}, load average ${loadavg()[0].toFixed(1)} at the end (a shared machine: figures are noisy).
+Index: ${workers} workers, every earlier turn of each conversation cached on its home worker (${Object.values(indexer.stats().perWorker).reduce((s, w) => s + w.blocks, 0)} blocks in all). Strategy \`kv\`; ${summary.join('; ')}.
+"incremental" renders the chat template pass by pass from its cache (indexer/tokenize/incremental-render.ts); "whole" renders it whole for every request, as before, in the same run on the same conversations.
+"warm": earlier turns rendered and in the segment cache; "cold": every cache emptied first. "loop stall": the longest event-loop delay during one decision (a chain of 1 ms timers; the largest gap between two, less 1 ms).
 
 ${table}
 `;

@@ -6,7 +6,7 @@ import { jsonObjectFlag, UsageError } from '../lib/flags.js';
 import type { Progress } from './client.js';
 import { renderMarkdown, type ReplayReport } from './report.js';
 import { runStrategy, type FleetShape } from './run.js';
-import { summarise, type StrategySummary } from './summary.js';
+import { gatewayCpuMsPerRequest, summarise, type StrategySummary } from './summary.js';
 import { replaySvg } from './svg.js';
 import { describeTrace, readTrace, upperBound } from './trace.js';
 
@@ -177,7 +177,7 @@ async function main(argv: string[]): Promise<void> {
     s.cpuS = run.cpuS;
     s.wallS = run.wallMs / 1000;
     process.stderr.write(
-      `[${label}] cpu s: client ${run.cpuS.client.toFixed(0)}, sim ${run.cpuS.sim.toFixed(0)}, gateway ${run.cpuS.gateway.toFixed(0)}\n`,
+      `[${label}] cpu s: client ${run.cpuS.client.toFixed(0)}, sim ${run.cpuS.sim.toFixed(0)}, gateway ${run.cpuS.gateway.toFixed(0)} (${gatewayCpuMsPerRequest(s).toFixed(2)} ms per request while replaying)\n`,
     );
     process.stderr.write(
       `[${label}] TTFT mean ${s.ttft.mean.toFixed(2)} s, hit ${(s.hitRate * 100).toFixed(1)}% (${(s.ofUpperBound * 100).toFixed(0)}% of bound), imbalance ${s.prefillImbalance.toFixed(2)}, failed ${s.failed}${firstError ? ` (${firstError})` : ''}, late p99 ${s.lateness.p99.toFixed(0)} ms, ${(run.wallMs / 1000).toFixed(0)} s\n`,

@@ -1,7 +1,7 @@
 import { cpus } from 'node:os';
 import { markdownTable } from '../lib/child.js';
 import type { FleetShape } from './run.js';
-import type { StrategySummary } from './summary.js';
+import { gatewayCpuMsPerRequest, type StrategySummary } from './summary.js';
 import type { describeTrace, UpperBound } from './trace.js';
 
 /** Everything one replay run produced; written as JSON and rendered as markdown and SVG. */
@@ -36,6 +36,7 @@ export function resultRows(summaries: readonly StrategySummary[]): (string | num
     s.prefillImbalance.toFixed(2),
     s.lateness.p99.toFixed(0),
     (s.simLostMs ?? 0).toFixed(0),
+    Number.isFinite(gatewayCpuMsPerRequest(s)) ? gatewayCpuMsPerRequest(s).toFixed(2) : 'n/a',
   ]);
 }
 
@@ -54,6 +55,7 @@ export const RESULT_HEADER = [
   'max/mean prefill',
   'late p99 ms',
   'sim lag ms',
+  'gateway CPU ms/req',
 ];
 
 /** The fleet's shape in the words every bench report uses, so results from different benches compare. */
@@ -86,7 +88,9 @@ Latencies are in simulated seconds (measured on the client, multiplied by the sp
 sees, Σ(output tokens − 1) / Σ(e2e − TTFT) over requests. Hit rate and prefill tokens come from the workers' \`/sim/stats\`;
 "max/mean prefill" is the busiest worker's prefill tokens over the mean. "late p99" is how far behind the trace's schedule
 the client sent its requests (real ms) and "sim lag" the most any simulated engine fell behind its own clock (real ms, in all):
-large values of either mean this machine could not keep up and part of the queueing is an artefact.
+large values of either mean this machine could not keep up and part of the queueing is an artefact. "gateway CPU ms/req" is the
+gateway process's user + system CPU time during the replay (from /proc, 10 ms ticks; start-up excluded) over the requests sent:
+the cost of each strategy's routing decision (exact tokenization included) and of proxying, on a shared machine, so noisy.
 
 ${markdownTable(RESULT_HEADER, resultRows(r.summaries))}
 

@@ -59,8 +59,11 @@ export interface RunResult {
   results: RequestResult[];
   workers: WorkerStats[];
   wallMs: number;
-  /** CPU seconds each process used during the run: the check that this machine kept up. */
-  cpuS: { client: number; sim: number; gateway: number };
+  /**
+   * CPU seconds each process used during the run: the check that this machine kept up.
+   * `gatewayReplay` counts only the replay itself, without start-up (config, tokenizer load).
+   */
+  cpuS: { client: number; sim: number; gateway: number; gatewayReplay: number };
 }
 
 /**
@@ -125,6 +128,7 @@ export async function runStrategy(
     gateway = await startBenchGateway(config);
     // Let the gateway's KV-event subscriptions connect before the first request.
     await new Promise((r) => setTimeout(r, 1000));
+    const gatewayCpuAtStart = procCpuS(gateway.child.pid);
     const results = await replay({
       url: gateway.ready.url as string,
       model: MODEL,
@@ -132,6 +136,7 @@ export async function runStrategy(
       speedup: fleet.speedup,
       onProgress,
     });
+    const gatewayCpuAtEnd = procCpuS(gateway.child.pid);
     const workers = await Promise.all(
       sim.workers.map(async (w) => {
         const s = (await (await request(`${w.url}/sim/stats`)).body.json()) as WorkerStats;
@@ -151,6 +156,7 @@ export async function runStrategy(
       client: (c.user + c.system) / 1e6,
       sim: procCpuS(sim.child.pid),
       gateway: procCpuS(gateway.child.pid),
+      gatewayReplay: gatewayCpuAtEnd - gatewayCpuAtStart,
     };
     return { results, workers, wallMs: performance.now() - started, cpuS };
   } finally {

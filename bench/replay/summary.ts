@@ -46,8 +46,18 @@ export interface StrategySummary {
   /** Requests per worker, as the gateway's `x-kvgate-worker` header reported. */
   perWorker: Record<string, number>;
   /** Filled in by the runner: CPU seconds per process and wall time of the run. */
-  cpuS?: { client: number; sim: number; gateway: number };
+  cpuS?: { client: number; sim: number; gateway: number; gatewayReplay?: number };
   wallS?: number;
+}
+
+/**
+ * The gateway's CPU milliseconds per request while replaying (routing decision,
+ * tokenization, proxying, event ingestion): what exact prefix matching costs
+ * next to the hit rate it buys. NaN when the run did not measure it.
+ */
+export function gatewayCpuMsPerRequest(s: StrategySummary): number {
+  const cpu = s.cpuS?.gatewayReplay;
+  return cpu !== undefined && s.requests > 0 ? (cpu * 1000) / s.requests : NaN;
 }
 
 /** Linear-interpolation percentile (NumPy's default) of an ascending array; NaN when empty. */

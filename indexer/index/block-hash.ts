@@ -1,4 +1,5 @@
 import xxhash from 'xxhash-wasm';
+import { createChainHasher } from './xxh64-chain.js';
 
 /**
  * Our own content hash of KV blocks, independent of any engine's hashing
@@ -22,30 +23,15 @@ export interface BlockHasher {
 
 const SEED_DOMAIN = 'kvgate/block-hash/v1';
 
-// The scratch buffer is filled through Uint32Array/BigUint64Array views, which
-// use host byte order; the layout above is little-endian.
+// The tokens are written through a Uint32Array view, which uses host byte
+// order; the layout above is little-endian.
 const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 
 export async function createBlockHasher(): Promise<BlockHasher> {
   if (!LITTLE_ENDIAN) throw new Error('kvgate block hashing requires a little-endian host');
   const x = await xxhash();
-  // One scratch buffer reused for every block; grown only for a larger block size.
-  let bytes = new Uint8Array(8 + 4 * 64);
-  let words = new Uint32Array(bytes.buffer);
-  let parentView = new BigUint64Array(bytes.buffer, 0, 1);
-  let input = bytes.subarray(0, 8 + 4 * 16);
-  let inputBlockSize = 16;
-
-  function prepare(blockSize: number): void {
-    if (blockSize === inputBlockSize) return;
-    if (8 + 4 * blockSize > bytes.length) {
-      bytes = new Uint8Array(8 + 4 * blockSize);
-      words = new Uint32Array(bytes.buffer);
-      parentView = new BigUint64Array(bytes.buffer, 0, 1);
-    }
-    input = bytes.subarray(0, 8 + 4 * blockSize);
-    inputBlockSize = blockSize;
-  }
+  // Whole chains per call, inside WebAssembly (xxh64-chain.ts): the same hashes, without a BigInt round trip per block.
+  const chain = await createChainHasher();
 
   return {
     seedFor(model: string, loraName?: string | null): bigint {
@@ -58,19 +44,7 @@ export async function createBlockHasher(): Promise<BlockHasher> {
       if (!Number.isInteger(blockSize) || blockSize <= 0) {
         throw new RangeError(`blockSize must be a positive integer, got ${blockSize}`);
       }
-      prepare(blockSize);
-      const full = Math.floor(tokens.length / blockSize);
-      const out = new Array<bigint>(full);
-      let prev = parent ?? 0n;
-      let t = 0;
-      for (let b = 0; b < full; b++) {
-        parentView[0] = prev;
-        // Token ids become u32 (a negative id would wrap; engines never send one).
-        for (let j = 2; j < blockSize + 2; j++) words[j] = tokens[t++]!;
-        prev = x.h64Raw(input, seed);
-        out[b] = prev;
-      }
-      return out;
+      return chain(tokens, blockSize, Math.floor(tokens.length / blockSize), seed, parent ?? 0n);
     },
   };
 }

@@ -1,4 +1,5 @@
 import { Template } from '@huggingface/jinja';
+import { IncrementalRenderer } from './incremental-render.js';
 
 /** An OpenAI-style chat message as it arrives in a request body. */
 export interface ChatMessage {
@@ -58,15 +59,36 @@ const RESERVED_KWARGS = new Set(['chat_template', 'tokenize', 'messages']);
 export class ChatTemplate {
   readonly #template: Template;
   readonly #specials: Record<string, unknown>;
+  readonly #incremental: IncrementalRenderer | undefined;
 
   /** `specials`: special-token variables as transformers exposes them; absent tokens are left out, not null, so `{{ bos_token }}` renders "" as in Python. */
   constructor(source: string, specials: Record<string, unknown>) {
     this.#template = new Template(source);
     usePythonStrip(this.#template.parsed);
     this.#specials = specials;
+    this.#incremental = IncrementalRenderer.for(this.#template.parsed);
+  }
+
+  /** True when turns are rendered message by message from a cache (see incremental-render.ts). */
+  get incremental(): boolean {
+    return this.#incremental !== undefined;
+  }
+
+  /** Empties the per-message render cache. */
+  clearCache(): void {
+    this.#incremental?.clear();
+  }
+
+  /** The whole render, bypassing the per-message cache: the reference the incremental render must equal. */
+  renderWhole(messages: readonly unknown[], options: ChatRenderOptions = {}): string {
+    return this.#render(messages, options, false);
   }
 
   render(messages: readonly unknown[], options: ChatRenderOptions = {}): string {
+    return this.#render(messages, options, true);
+  }
+
+  #render(messages: readonly unknown[], options: ChatRenderOptions, incremental: boolean): string {
     const conversation = toConversation(messages);
     const vars: Record<string, unknown> = {
       ...this.#specials,
@@ -80,7 +102,8 @@ export class ChatTemplate {
     if (vars.add_generation_prompt === true && vars.continue_final_message === true) {
       throw new UnsupportedPromptError('add_generation_prompt and continue_final_message cannot both be true');
     }
-    const rendered = this.#template.render({ ...vars, ...PY_STRIP_FUNCTIONS, messages: conversation });
+    const items = { ...vars, ...PY_STRIP_FUNCTIONS, messages: conversation };
+    const rendered = (incremental ? this.#incremental?.render(items) : undefined) ?? this.#template.render(items);
     return vars.continue_final_message === true ? trimAfterFinalMessage(rendered, conversation) : rendered;
   }
 }

@@ -151,9 +151,11 @@ export class PromptTokenizer {
     return this.#join(parts, addSpecialTokens);
   }
 
-  /** Empties the segment cache (counters stay). */
+  /** Empties the segment cache and the templates' render caches (counters stay). */
   clearCache(): void {
     this.#segments.clear();
+    this.#templates.plain?.clearCache();
+    this.#templates.tools?.clearCache();
   }
 
   stats(): TokenizerStats {
@@ -203,12 +205,19 @@ export class PromptTokenizer {
   }
 
   #join(parts: readonly (Uint32Array | number | undefined)[], addSpecialTokens: boolean): number[] {
-    const out: number[] = addSpecialTokens ? this.#affixes!.prefix.slice() : [];
+    const prefix = addSpecialTokens ? this.#affixes!.prefix : [];
+    const suffix = addSpecialTokens ? this.#affixes!.suffix : [];
+    // Sized once: pushing 100k+ ids one by one into a growing array was most of a warm long prompt's cost.
+    let total = prefix.length + suffix.length;
+    for (const part of parts) total += typeof part === 'number' ? 1 : (part?.length ?? 0);
+    const out = new Array<number>(total);
+    let k = 0;
+    for (const id of prefix) out[k++] = id;
     for (const part of parts) {
-      if (typeof part === 'number') out.push(part);
-      else if (part) for (let i = 0; i < part.length; i++) out.push(part[i]);
+      if (typeof part === 'number') out[k++] = part;
+      else if (part) for (let i = 0; i < part.length; i++) out[k++] = part[i]!;
     }
-    if (addSpecialTokens) for (const id of this.#affixes!.suffix) out.push(id);
+    for (const id of suffix) out[k++] = id;
     return out;
   }
 }

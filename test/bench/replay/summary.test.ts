@@ -1,7 +1,14 @@
 import t from 'tap';
 import type { RequestResult } from '../../../bench/replay/client.js';
 import { renderMarkdown, type ReplayReport } from '../../../bench/replay/report.js';
-import { distribution, imbalance, percentile, summarise, type WorkerStats } from '../../../bench/replay/summary.js';
+import {
+  distribution,
+  gatewayCpuMsPerRequest,
+  imbalance,
+  percentile,
+  summarise,
+  type WorkerStats,
+} from '../../../bench/replay/summary.js';
 import { replaySvg } from '../../../bench/replay/svg.js';
 import { upperBound } from '../../../bench/replay/trace.js';
 
@@ -98,7 +105,11 @@ t.test('summarise: simulated seconds, hit rate over the bound, prefill balance, 
   };
   const md = renderMarkdown(report, 'replay-tiny.svg');
   t.match(md, /\| kv \| 2\.00 \| 2\.00 \|/);
-  t.match(md, /20\.0% \| 50\.0% \| 0\.0 \| 1\.13 \| \d+ \| 120 \|/, 'late p99 and sim lag columns');
+  t.match(md, /20\.0% \| 50\.0% \| 0\.0 \| 1\.13 \| \d+ \| 120 \| n\/a \|/, 'late p99 and sim lag columns');
+  t.ok(Number.isNaN(gatewayCpuMsPerRequest(s)), 'no CPU measured: not a number');
+  s.cpuS = { client: 1, sim: 2, gateway: 3, gatewayReplay: 0.01 };
+  t.equal(gatewayCpuMsPerRequest(s), 2.5, '10 ms of gateway CPU over 4 requests');
+  t.match(renderMarkdown(report, 'replay-tiny.svg'), /\| 120 \| 2\.50 \|/, 'gateway CPU ms per request column');
   t.match(md, /stream interval 16/);
   t.match(md, /--prefill-b 0\.1/);
   const svg = replaySvg(report);

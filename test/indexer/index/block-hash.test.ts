@@ -72,3 +72,46 @@ t.test('seeds: per model and per LoRA adapter; block size change reuses the buff
   t.same(h.hashBlocks(tokens(256 * 2), 256, base), big);
   t.throws(() => h.hashBlocks(tokens(4), 0, base), RangeError);
 });
+
+t.test('whole-chain hashing equals one xxh64 per block, for any block size, seed, parent and length', async (t) => {
+  const h = await createBlockHasher();
+  const x = await xxhash();
+  const reference = (tokens: number[], blockSize: number, seed: bigint, parent = 0n): bigint[] => {
+    const out: bigint[] = [];
+    const bytes = new Uint8Array(8 + 4 * blockSize);
+    const view = new DataView(bytes.buffer);
+    let prev = parent;
+    for (let b = 0; b + 1 <= tokens.length / blockSize; b++) {
+      view.setBigUint64(0, prev, true);
+      for (let j = 0; j < blockSize; j++) view.setUint32(8 + 4 * j, tokens[b * blockSize + j], true);
+      prev = x.h64Raw(bytes, seed);
+      out.push(prev);
+    }
+    return out;
+  };
+  let state = 7;
+  const next = () => (state = (Math.imul(state, 1103515245) + 12345) >>> 0);
+  const randomTokens = (n: number) => Array.from({ length: n }, () => next() % 152_000);
+  for (const blockSize of [1, 3, 16, 64]) {
+    for (const seed of [0n, 12345n, (1n << 64n) - 1n, 1n << 63n]) {
+      const tokens = randomTokens(blockSize * 9 + 2);
+      t.same(
+        h.hashBlocks(tokens, blockSize, seed),
+        reference(tokens, blockSize, seed),
+        `block ${blockSize}, seed ${seed}`,
+      );
+      const parent = (1n << 63n) + 99n;
+      t.same(
+        h.hashBlocks(tokens, blockSize, seed, parent),
+        reference(tokens, blockSize, seed, parent),
+        'with a parent',
+      );
+    }
+  }
+  // Long enough to grow the module's memory several times; the library's own functions keep working after it.
+  const long = randomTokens(16 * 40_000);
+  t.same(h.hashBlocks(long, 16, 5n), reference(long, 16, 5n), '640k tokens');
+  t.same(h.hashBlocks(Uint32Array.from(long.slice(0, 160)), 16, 5n), reference(long.slice(0, 160), 16, 5n));
+  t.equal(h.seedFor('m', null), x.h64('kvgate/block-hash/v1\u0000m\u0000', 0n), 'seedFor after growth');
+  t.same(h.hashBlocks([1, 2, 3], 4, 0n), [], 'no full block');
+});
