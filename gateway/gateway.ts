@@ -1,6 +1,5 @@
 import { randomUUID } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
 import type { GatewayConfig } from '../config/schema.js';
@@ -20,6 +19,7 @@ import { dropWorkerSeries, FrontTracker, registerLifecycleMetrics } from './ops/
 import { buildRouting, LivePipeline, poolSignature, restartOnlyChanges, type RoutingDeps } from './routing/reload.js';
 import { Disaggregation } from './disagg/two-leg.js';
 import { LoadSharing, natsTransport } from './fleet/load-sharing.js';
+import { listen } from './ops/startup-error.js';
 
 export interface GatewayOptions {
   log: Logger;
@@ -195,8 +195,20 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
   const admin = createServer(
     createAdminHandler({ fleet, pipeline, token: config.admin.token, indexStats: options.indexStats, disagg }),
   );
-  const url = await listen(frontServer, config.server.host, config.server.port);
-  const adminUrl = await listen(admin, config.admin.host, config.admin.port);
+  let url: string, adminUrl: string;
+  try {
+    url = await listen(frontServer, config.server.host, config.server.port, 'server');
+    adminUrl = await listen(admin, config.admin.host, config.admin.port, 'admin');
+  } catch (err) {
+    // Whoever started us may carry on (the demo stops its workers, a test tries again): leave nothing running.
+    await Promise.all([closeServer(frontServer), closeServer(admin)]);
+    await health.stop();
+    await sharing?.close();
+    fleet.close();
+    passthrough.close();
+    await transport.close();
+    throw err;
+  }
   const lifecycle = registerLifecycleMetrics(metrics.registry, {
     fleet,
     draining: () => front.draining,
@@ -282,18 +294,6 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
       return closing;
     },
   };
-}
-
-function listen(server: Server, host: string, port: number): Promise<string> {
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(port, host, () => {
-      server.off('error', reject);
-      const a = server.address() as AddressInfo;
-      const shown = a.family === 'IPv6' ? `[${a.address}]` : a.address;
-      resolve(`http://${shown === '0.0.0.0' ? '127.0.0.1' : shown === '[::]' ? '[::1]' : shown}:${a.port}`);
-    });
-  });
 }
 
 function closeServer(server: Server): Promise<void> {

@@ -17,6 +17,7 @@ import { RemoteTokenizer } from '../indexer/tokenize/remote-tokenizer.js';
 import { PromptTokenizer } from '../indexer/tokenize/tokenizer.js';
 import type { WorkerConfig } from './fleet/fleet.js';
 import type { PromptBlocksProvider } from './routing/pipeline.js';
+import { StartupError } from './ops/startup-error.js';
 
 /** What the KV-aware parts of the gateway share: one index per model, its event sources, and prompt hashing. */
 export interface KvServices {
@@ -137,9 +138,12 @@ export async function buildKvServices(config: GatewayConfig, options: KvServices
   for (const [model, mc] of Object.entries(config.models)) {
     let source: PromptTokenSource | undefined;
     if (mc.tokenizer.type === 'local') {
-      const tokenizer = await PromptTokenizer.load(resolve(mc.tokenizer.dir), {
-        cacheBytes: mc.tokenCacheMiB * 1024 * 1024,
-      });
+      const dir = resolve(mc.tokenizer.dir);
+      const tokenizer = await PromptTokenizer.load(dir, { cacheBytes: mc.tokenCacheMiB * 1024 * 1024 }).catch(
+        (err: Error) => {
+          throw new StartupError(`models.${model}.tokenizer.dir`, err.message);
+        },
+      );
       tokenizers.set(model, tokenizer);
       source = localTokenSource(tokenizer);
     } else if (mc.tokenizer.type === 'remote') {

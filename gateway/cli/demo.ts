@@ -3,6 +3,7 @@ import { defaultTokenizerDir } from '../../bench/sim/text.js';
 import { parseConfig } from '../../config/load.js';
 import type { GatewayConfigInput } from '../../config/schema.js';
 import { intFlag, numberFlag, parseFlags } from './cli-args.js';
+import { blameStartup } from './startup-errors.js';
 import { startKvGateway } from '../kv-gateway.js';
 import { createLogger } from '../ops/log.js';
 import { strategyNames } from '../routing/strategies/registry.js';
@@ -40,8 +41,8 @@ export async function demoCommand(argv: string[]): Promise<void> {
   const flags = parseFlags(spec, argv);
   if (!flags) return;
   const workers = intFlag('demo', 'workers', flags.workers, 4, 1);
-  const port = intFlag('demo', 'port', flags.port, 8080);
-  const adminPort = intFlag('demo', 'admin-port', flags['admin-port'], 8081);
+  const port = intFlag('demo', 'port', flags.port, 8080, 0, 65535);
+  const adminPort = intFlag('demo', 'admin-port', flags['admin-port'], 8081, 0, 65535);
   const speedup = numberFlag('demo', 'speedup', flags.speedup, 1, 0.001);
   const kvBlocks = intFlag('demo', 'kv-blocks', flags['kv-blocks'], 4096, 1);
   const strategy = flags.strategy ?? (strategyNames().includes('kv') ? 'kv' : 'least-load');
@@ -86,9 +87,16 @@ export async function demoCommand(argv: string[]): Promise<void> {
     gateway = await startKvGateway(parseConfig(input, 'kvgate demo', {}), { log });
   } catch (err) {
     await fleet.stop();
-    throw err;
+    const again = 'is another kvgate demo running? pick a free port, or 0 for any';
+    throw blameStartup(err, {
+      command: 'kvgate demo',
+      setBy: { 'server.port': `--port ${port}`, 'admin.port': `--admin-port ${adminPort}` },
+      hints: { 'server.port': again, 'admin.port': again },
+    });
   }
   const { url, adminUrl } = gateway;
+  // pino writes asynchronously: without this the banner lands between the start-up log lines.
+  await new Promise<void>((resolve) => log.flush(() => resolve()));
   process.stdout.write(`
 kvgate demo: ${workers} simulated vLLM workers behind ${url} (strategy: ${strategy})
 

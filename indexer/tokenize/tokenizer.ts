@@ -70,8 +70,12 @@ export class PromptTokenizer {
 
   /** Loads `tokenizer.json` and `tokenizer_config.json` (chat template, special tokens) from a model directory. */
   static async load(dir: string, options: TokenizerOptions = {}): Promise<PromptTokenizer> {
-    const tokenizerJson = await readFile(join(dir, 'tokenizer.json'), 'utf8').catch((err: Error) => {
-      throw new Error(`cannot read tokenizer.json in ${dir}: ${err.message}`);
+    const tokenizerJson = await readFile(join(dir, 'tokenizer.json'), 'utf8').catch((err: NodeJS.ErrnoException) => {
+      throw new Error(
+        err.code === 'ENOENT'
+          ? `no tokenizer.json in ${dir}`
+          : `cannot read ${join(dir, 'tokenizer.json')}: ${err.code ?? err.message}`,
+      );
     });
     const tokenizer = Tokenizer.fromString(tokenizerJson);
     // transformers turns both off per call unless asked; vLLM never asks for padding here.
