@@ -18,6 +18,8 @@ import { PromptTokenizer } from '../indexer/tokenize/tokenizer.js';
 import type { WorkerConfig } from './fleet/fleet.js';
 import type { PromptBlocksProvider } from './routing/pipeline.js';
 import { StartupError } from './ops/startup-error.js';
+import { ContextLengthError } from '../indexer/tokenize/context-bound.js';
+import { contextLengthError } from './front/engine-errors.js';
 
 /** What the KV-aware parts of the gateway share: one index per model, its event sources, and prompt hashing. */
 export interface KvServices {
@@ -145,7 +147,7 @@ export async function buildKvServices(config: GatewayConfig, options: KvServices
         },
       );
       tokenizers.set(model, tokenizer);
-      source = localTokenSource(tokenizer);
+      source = localTokenSource(tokenizer, { maxModelLen: mc.maxModelLen ?? tokenizer.lengths.modelMaxLength });
     } else if (mc.tokenizer.type === 'remote') {
       const remote = await RemoteTokenizer.create({
         baseUrl: () => options.workerUrlFor(model),
@@ -170,8 +172,12 @@ export async function buildKvServices(config: GatewayConfig, options: KvServices
   for (const [name, base] of baseOf)
     if (providers.has(base) && name !== base) providers.set(name, providers.get(base)!);
   if (providers.size > 0) {
+    // Only a configured context length is the engine's for sure: then its refusal is answered at once.
+    const refuses = (model: string) => config.models[baseOf.get(model) ?? model]?.maxModelLen !== undefined;
     services.promptBlocks = (body, model, kind) =>
-      providers.get(model)?.(body, model, kind) ?? Promise.resolve(undefined);
+      (providers.get(model)?.(body, model, kind) ?? Promise.resolve(undefined)).catch((err: unknown) => {
+        throw err instanceof ContextLengthError && refuses(model) ? contextLengthError(err) : err;
+      });
   }
   return services;
 }

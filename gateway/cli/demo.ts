@@ -9,6 +9,8 @@ import { createLogger } from '../ops/log.js';
 import { strategyNames } from '../routing/strategies/registry.js';
 
 const MODEL = 'Qwen/Qwen3-0.6B';
+/** Qwen3-0.6B's context length; the workers and the gateway are told the same. */
+const MAX_MODEL_LEN = 40960;
 
 const spec = {
   name: 'demo',
@@ -60,6 +62,8 @@ export async function demoCommand(argv: string[]): Promise<void> {
     String(speedup),
     '--kv-blocks',
     String(kvBlocks),
+    '--max-model-len',
+    String(MAX_MODEL_LEN),
     '--kv-events',
     'tcp://127.0.0.1:*',
     '--kv-events-replay',
@@ -79,7 +83,13 @@ export async function demoCommand(argv: string[]): Promise<void> {
           : {}),
       })),
     },
-    models: { [MODEL]: { tokenizer: { type: 'local', dir: tokenizerDir }, blockSize: fleet.workers[0].blockSize } },
+    models: {
+      [MODEL]: {
+        tokenizer: { type: 'local', dir: tokenizerDir },
+        blockSize: fleet.workers[0].blockSize,
+        maxModelLen: MAX_MODEL_LEN,
+      },
+    },
     routing: { strategy },
   };
   let gateway;

@@ -8,13 +8,13 @@ import type { Fleet } from '../fleet/fleet.js';
 import { forward, type Transport } from '../proxy/forward.js';
 import { clientRequestId, upstreamRequestHeaders } from '../proxy/headers.js';
 import type { GatewayMetrics } from '../ops/metrics.js';
-import { fleetModels } from './models.js';
+import { fleetModels, retrieveModel } from './models.js';
 import { Admission, overloadConfigSchema } from './overload.js';
 import type { Passthrough } from '../proxy/passthrough.js';
 import type { RoutingPipeline } from '../routing/pipeline.js';
 import { ADMIN_TOKEN_HEADER } from '../routing/policies/overrides.js';
 import { RequestOutcome } from '../proxy/usage-sniffer.js';
-import { parseInference, readBody, type InferenceKind } from './request.js';
+import { parseInference, readBody, requireJsonContentType, type InferenceKind } from './request.js';
 import { rerouter } from '../proxy/retry.js';
 import type { DisaggHook } from '../disagg/two-leg.js';
 
@@ -60,6 +60,9 @@ export interface FrontDeps {
   readonly disagg?: DisaggHook | undefined;
 }
 
+/** `GET /v1/models/{id}`: answered from the fleet's model cards, never passed through. */
+const MODEL_PREFIX = '/v1/models/';
+
 /** Output tokens assumed for decode-block accounting when the request sets no limit. */
 const DEFAULT_OUTPUT_TOKENS = 256;
 
@@ -84,6 +87,7 @@ export function createFrontHandler(d: FrontDeps): (req: IncomingMessage, res: Se
     if (!admitted) return;
     let strategy = 'none';
     try {
+      requireJsonContentType(req.headers['content-type']);
       const raw = await readBody(req, d.config.maxBodyBytes);
       const request = parseInference(raw, kind);
       let routed = d.pipeline.route(request, path, req.headers, requestId, req.socket.remoteAddress);
@@ -193,6 +197,12 @@ export function createFrontHandler(d: FrontDeps): (req: IncomingMessage, res: Se
           );
           return;
         }
+    }
+    if (path.startsWith(MODEL_PREFIX) && method === 'GET') {
+      retrieveModel(res, path.slice(MODEL_PREFIX.length), () => fleetModels(d.fleet, d.transport)).catch(
+        (err: unknown) => sendError(res, internal(err, d.log, '')),
+      );
+      return;
     }
     if (path.startsWith('/v1/') || path === '/tokenize' || path === '/detokenize') {
       d.passthrough.handle(req, res);

@@ -40,7 +40,15 @@ t.test('root: installs once with a one-line notice, then finds it outside PATH',
   t.match(notices[0], /installing .*nats-server with apt-get/);
   // Present now: no second install.
   t.equal(
-    findNatsServer({ path: '', extraDirs: [sbin], canInstall: true, install: () => t.fail('installed twice') }),
+    findNatsServer({
+      path: '',
+      extraDirs: [sbin],
+      canInstall: true,
+      install: () => {
+        t.fail('installed twice');
+        return undefined;
+      },
+    }),
     found,
   );
 });
