@@ -5,7 +5,7 @@ import type { GatewayConfigInput } from '../../config/schema.js';
 import { intFlag, numberFlag, parseFlags } from './cli-args.js';
 import { blameStartup } from './startup-errors.js';
 import { startKvGateway } from '../kv-gateway.js';
-import { createLogger } from '../ops/log.js';
+import { createLogger, writeInOrder } from '../ops/log.js';
 import { strategyNames } from '../routing/strategies/registry.js';
 
 const MODEL = 'Qwen/Qwen3-0.6B';
@@ -105,9 +105,9 @@ export async function demoCommand(argv: string[]): Promise<void> {
     });
   }
   const { url, adminUrl } = gateway;
-  // pino writes asynchronously: without this the banner lands between the start-up log lines.
-  await new Promise<void>((resolve) => log.flush(() => resolve()));
-  process.stdout.write(`
+  writeInOrder(
+    log,
+    `
 kvgate demo: ${workers} simulated vLLM workers behind ${url} (strategy: ${strategy})
 
   curl -s ${url}/v1/chat/completions -H 'content-type: application/json' \\
@@ -121,7 +121,8 @@ kvgate demo: ${workers} simulated vLLM workers behind ${url} (strategy: ${strate
   curl -s ${url}/metrics | grep kvgate_
 
 Ctrl-C stops the gateway and the workers.
-`);
+`,
+  );
   const stop = (signal: string) => {
     log.info({ signal }, 'demo stopping');
     void gateway

@@ -210,7 +210,7 @@ function promptTokens(prompt: unknown): number {
 /**
  * vLLM's API server refuses an inference body that is not declared JSON with a 400
  * ("Unsupported Media Type: Only 'application/json' is allowed"; a missing type counts
- * as not JSON), before reading it. The gateway answers the same, so a client sees one
+ * as not JSON). The gateway answers the same, so a client sees one
  * behaviour whether or not kvgate is in front, and no worker gets a `text/plain` body.
  */
 export function requireJsonContentType(contentType: string | undefined): void {

@@ -87,8 +87,9 @@ export function createFrontHandler(d: FrontDeps): (req: IncomingMessage, res: Se
     if (!admitted) return;
     let strategy = 'none';
     try {
-      requireJsonContentType(req.headers['content-type']);
       const raw = await readBody(req, d.config.maxBodyBytes);
+      // After the body, not before as vLLM does: a broken framing is reported as such, and the connection stays usable.
+      requireJsonContentType(req.headers['content-type']);
       const request = parseInference(raw, kind);
       let routed = d.pipeline.route(request, path, req.headers, requestId, req.socket.remoteAddress);
       if (routed instanceof Promise) routed = await routed;
