@@ -11,7 +11,7 @@ export { ConfigError };
  * Environment variables that override config keys, for the knobs operators
  * set per deployment. Applied before validation, so they are checked the same way.
  */
-const ENV_OVERRIDES: { env: string; path: string[]; kind: 'int' | 'string' }[] = [
+export const ENV_OVERRIDES: { env: string; path: string[]; kind: 'int' | 'string' }[] = [
   { env: 'KVGATE_HOST', path: ['server', 'host'], kind: 'string' },
   { env: 'KVGATE_PORT', path: ['server', 'port'], kind: 'int' },
   { env: 'KVGATE_ADMIN_HOST', path: ['admin', 'host'], kind: 'string' },
@@ -45,7 +45,13 @@ export function parseConfig(raw: unknown, source: string, env: NodeJS.ProcessEnv
     throw new ConfigError(`kvgate: ${source}: the config must be a mapping of sections (server, fleet, routing, ...)`);
   const withEnv = applyEnv(structuredClone(raw) as Record<string, unknown>, env);
   const parsed = gatewayConfigSchema.safeParse(withEnv);
-  if (!parsed.success) throw new ConfigError(`kvgate: ${source}: ${describeIssue(parsed.error.issues[0])}`);
+  if (!parsed.success) {
+    const issue = firstIssue(parsed.error.issues);
+    const missing = parsed.error.issues[0].path.at(-1);
+    throw new ConfigError(
+      `kvgate: ${source}: ${describeIssue(issue)}${issue !== parsed.error.issues[0] && typeof missing === 'string' ? ` (did you mean '${missing}'?)` : ''}`,
+    );
+  }
   const config = parsed.data;
   try {
     config.routing.params = parseStrategyParams(config.routing.strategy, config.routing.params) as Record<
@@ -78,6 +84,21 @@ function applyEnv(raw: Record<string, unknown>, env: NodeJS.ProcessEnv): Record<
     node[o.path[o.path.length - 1]] = typed;
   }
   return raw;
+}
+
+/**
+ * A misspelt key (`modles:`) also leaves the real one missing; the unknown key is the
+ * cause, so it is reported first when both are about the same object.
+ */
+function firstIssue(issues: readonly z.core.$ZodIssue[]): z.core.$ZodIssue {
+  const first = issues[0];
+  const unknown = issues.find(
+    (i) =>
+      i.code === 'unrecognized_keys' &&
+      i.path.length < first.path.length &&
+      i.path.every((p, n) => p === first.path[n]),
+  );
+  return unknown ?? first;
 }
 
 function describeIssue(issue: z.core.$ZodIssue): string {

@@ -1,6 +1,5 @@
 import { randomUUID } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import type { GatewayConfig } from '../config/schema.js';
 import { createAdminHandler } from './ops/admin.js';
@@ -28,6 +27,7 @@ import { LoadSharing, natsTransport } from './fleet/load-sharing.js';
 import { buildKvServices, clearIndexWhenDown } from './kv-services.js';
 import { FleetAdapters } from './fleet/adapters.js';
 import { createLoraAdmin } from './ops/lora-admin.js';
+import { listen } from './ops/startup-error.js';
 
 export interface GatewayOptions {
   log: Logger;
@@ -281,8 +281,8 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
     void adapters.refresh();
     adapters.start();
     await kv.start();
-    url = await listen(frontServer, config.server.host, config.server.port);
-    adminUrl = await listen(admin, config.admin.host, config.admin.port);
+    url = await listen(frontServer, config.server.host, config.server.port, 'server');
+    adminUrl = await listen(admin, config.admin.host, config.admin.port, 'admin');
     if (discovery) {
       await discovery.start(setDiscovered);
       log.info({ discovery: discovery.name, workers: fleet.workers.length }, 'discovery started');
@@ -354,18 +354,6 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
     },
     close,
   };
-}
-
-function listen(server: Server, host: string, port: number): Promise<string> {
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(port, host, () => {
-      server.off('error', reject);
-      const a = server.address() as AddressInfo;
-      const shown = a.family === 'IPv6' ? `[${a.address}]` : a.address;
-      resolve(`http://${shown === '0.0.0.0' ? '127.0.0.1' : shown === '[::]' ? '[::1]' : shown}:${a.port}`);
-    });
-  });
 }
 
 function closeServer(server: Server): Promise<void> {

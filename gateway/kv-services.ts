@@ -17,6 +17,9 @@ import { RemoteTokenizer } from '../indexer/tokenize/remote-tokenizer.js';
 import { PromptTokenizer } from '../indexer/tokenize/tokenizer.js';
 import type { Fleet, WorkerConfig } from './fleet/fleet.js';
 import type { PromptBlocksProvider } from './routing/pipeline.js';
+import { StartupError } from './ops/startup-error.js';
+import { ContextLengthError } from '../indexer/tokenize/context-bound.js';
+import { contextLengthError } from './front/engine-errors.js';
 import type { PrefixMatcher } from './routing/strategies/strategy.js';
 
 /** How long events a worker sent before going down may still be arriving. */
@@ -144,11 +147,14 @@ export async function buildKvServices(config: GatewayConfig, options: KvServices
   for (const [model, mc] of Object.entries(config.models)) {
     let source: PromptTokenSource | undefined;
     if (mc.tokenizer.type === 'local') {
-      const tokenizer = await PromptTokenizer.load(resolve(mc.tokenizer.dir), {
-        cacheBytes: mc.tokenCacheMiB * 1024 * 1024,
-      });
+      const dir = resolve(mc.tokenizer.dir);
+      const tokenizer = await PromptTokenizer.load(dir, { cacheBytes: mc.tokenCacheMiB * 1024 * 1024 }).catch(
+        (err: Error) => {
+          throw new StartupError(`models.${model}.tokenizer.dir`, err.message);
+        },
+      );
       tokenizers.set(model, tokenizer);
-      source = localTokenSource(tokenizer);
+      source = localTokenSource(tokenizer, { maxModelLen: mc.maxModelLen ?? tokenizer.lengths.modelMaxLength });
     } else if (mc.tokenizer.type === 'remote') {
       const remote = await RemoteTokenizer.create({
         baseUrl: () => options.workerUrlFor(model),
@@ -173,7 +179,9 @@ export async function buildKvServices(config: GatewayConfig, options: KvServices
   for (const [name, base] of baseOf)
     if (providers.has(base) && name !== base) providers.set(name, providers.get(base)!);
   if (providers.size > 0) {
-    services.promptBlocks = (body, model, kind) => {
+    // Only a configured context length is the engine's for sure: then its refusal is answered at once.
+    const refuses = (model: string) => config.models[baseOfName(model) ?? model]?.maxModelLen !== undefined;
+    const blocksFor: PromptBlocksProvider = (body, model, kind) => {
       const own = providers.get(model);
       if (own) return own(body, model, kind);
       // An adapter loaded at runtime: its base model's tokenizer, its own hash seed. A remote
@@ -182,6 +190,10 @@ export async function buildKvServices(config: GatewayConfig, options: KvServices
       const provider = base === undefined ? undefined : providers.get(base);
       return provider ? provider({ ...body, model: base }, model, kind) : Promise.resolve(undefined);
     };
+    services.promptBlocks = (body, model, kind) =>
+      blocksFor(body, model, kind).catch((err: unknown) => {
+        throw err instanceof ContextLengthError && refuses(model) ? contextLengthError(err) : err;
+      });
   }
   return services;
 }

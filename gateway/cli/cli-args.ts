@@ -42,10 +42,18 @@ export function parseFlags<O extends NonNullable<ParseArgsConfig['options']>>(
 }
 
 /** Reads an integer flag, rejecting junk such as `--workers 4x` with a UsageError. */
-export function intFlag(command: string, flag: string, raw: string | undefined, fallback: number, min = 0): number {
+export function intFlag(
+  command: string,
+  flag: string,
+  raw: string | undefined,
+  fallback: number,
+  min = 0,
+  max = Number.MAX_SAFE_INTEGER,
+): number {
   if (raw === undefined) return fallback;
-  if (!/^-?\d+$/.test(raw) || Number(raw) < min) {
-    throw new UsageError(`kvgate ${command}: --${flag} must be an integer >= ${min}, got '${raw}'`);
+  if (!/^-?\d+$/.test(raw) || Number(raw) < min || Number(raw) > max) {
+    const range = max === Number.MAX_SAFE_INTEGER ? `>= ${min}` : `from ${min} to ${max}`;
+    throw new UsageError(`kvgate ${command}: --${flag} must be an integer ${range}, got '${raw}'`);
   }
   return Number(raw);
 }

@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+import { readFileSync } from 'node:fs';
 import { ConfigError } from '../../config/errors.js';
 import { UsageError } from './cli-args.js';
 
@@ -29,13 +30,25 @@ const commands: Record<string, SubCommand> = {
 function topLevelHelp(): string {
   const width = Math.max(...Object.keys(commands).map((name) => name.length));
   const lines = Object.entries(commands).map(([name, c]) => `  ${name.padEnd(width)}  ${c.summary}`);
-  return `usage: kvgate <command> [flags]\n\ncommands:\n${lines.join('\n')}\n\nkvgate <command> --help shows a command's flags.\n`;
+  return `usage: kvgate <command> [flags]\n\ncommands:\n${lines.join('\n')}\n\nkvgate <command> --help shows a command's flags; kvgate --version the version.\n`;
+}
+
+/** From package.json, which sits three levels above this file once compiled (dist/gateway/cli/). */
+function version(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as {
+    version: string;
+  };
+  return pkg.version;
 }
 
 async function main(argv: string[]): Promise<void> {
   const [name, ...rest] = argv;
   if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
     process.stdout.write(topLevelHelp());
+    return;
+  }
+  if (name === '--version' || name === '-v' || name === 'version') {
+    process.stdout.write(`kvgate ${version()}\n`);
     return;
   }
   const command = commands[name];

@@ -1,11 +1,14 @@
 import { parseConfig } from '../../config/load.js';
 import type { GatewayConfigInput } from '../../config/schema.js';
 import { intFlag, numberFlag, parseFlags } from './cli-args.js';
+import { blameStartup } from './startup-errors.js';
 import { startGateway } from '../gateway.js';
-import { createLogger } from '../ops/log.js';
+import { createLogger, writeInOrder } from '../ops/log.js';
 import { strategyNames } from '../routing/strategies/registry.js';
 
 const MODEL = 'Qwen/Qwen3-0.6B';
+/** Qwen3-0.6B's context length; the workers and the gateway are told the same. */
+const MAX_MODEL_LEN = 40960;
 
 const spec = {
   name: 'demo',
@@ -38,8 +41,8 @@ export async function demoCommand(argv: string[]): Promise<void> {
   const flags = parseFlags(spec, argv);
   if (!flags) return;
   const workers = intFlag('demo', 'workers', flags.workers, 4, 1);
-  const port = intFlag('demo', 'port', flags.port, 8080);
-  const adminPort = intFlag('demo', 'admin-port', flags['admin-port'], 8081);
+  const port = intFlag('demo', 'port', flags.port, 8080, 0, 65535);
+  const adminPort = intFlag('demo', 'admin-port', flags['admin-port'], 8081, 0, 65535);
   const speedup = numberFlag('demo', 'speedup', flags.speedup, 1, 0.001);
   const kvBlocks = intFlag('demo', 'kv-blocks', flags['kv-blocks'], 4096, 1);
   const strategy = flags.strategy ?? (strategyNames().includes('kv') ? 'kv' : 'least-load');
@@ -62,6 +65,8 @@ export async function demoCommand(argv: string[]): Promise<void> {
     String(speedup),
     '--kv-blocks',
     String(kvBlocks),
+    '--max-model-len',
+    String(MAX_MODEL_LEN),
     '--kv-events',
     'tcp://127.0.0.1:*',
     '--kv-events-replay',
@@ -81,7 +86,13 @@ export async function demoCommand(argv: string[]): Promise<void> {
           : {}),
       })),
     },
-    models: { [MODEL]: { tokenizer: { type: 'local', dir: tokenizerDir }, blockSize: fleet.workers[0].blockSize } },
+    models: {
+      [MODEL]: {
+        tokenizer: { type: 'local', dir: tokenizerDir },
+        blockSize: fleet.workers[0].blockSize,
+        maxModelLen: MAX_MODEL_LEN,
+      },
+    },
     routing: { strategy },
   };
   let gateway;
@@ -89,10 +100,17 @@ export async function demoCommand(argv: string[]): Promise<void> {
     gateway = await startGateway(parseConfig(input, 'kvgate demo', {}), { log });
   } catch (err) {
     await fleet.stop();
-    throw err;
+    const again = 'is another kvgate demo running? pick a free port, or 0 for any';
+    throw blameStartup(err, {
+      command: 'kvgate demo',
+      setBy: { 'server.port': `--port ${port}`, 'admin.port': `--admin-port ${adminPort}` },
+      hints: { 'server.port': again, 'admin.port': again },
+    });
   }
   const { url, adminUrl } = gateway;
-  process.stdout.write(`
+  writeInOrder(
+    log,
+    `
 kvgate demo: ${workers} simulated vLLM workers behind ${url} (strategy: ${strategy})
 
   curl -s ${url}/v1/chat/completions -H 'content-type: application/json' \\
@@ -106,7 +124,8 @@ kvgate demo: ${workers} simulated vLLM workers behind ${url} (strategy: ${strate
   curl -s ${url}/metrics | grep kvgate_
 
 Ctrl-C stops the gateway and the workers.
-`);
+`,
+  );
   const stop = (signal: string) => {
     log.info({ signal }, 'demo stopping');
     void gateway

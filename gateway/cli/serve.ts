@@ -1,6 +1,8 @@
 import { ConfigError } from '../../config/errors.js';
-import { loadConfigFile } from '../../config/load.js';
-import { parseFlags, UsageError } from './cli-args.js';
+import { ENV_OVERRIDES, loadConfigFile } from '../../config/load.js';
+import { intFlag, parseFlags, UsageError } from './cli-args.js';
+import { blameStartup } from './startup-errors.js';
+import { strategyNames } from '../routing/strategies/registry.js';
 import { startGateway } from '../gateway.js';
 import { RoutingSetupError } from '../routing/policy.js';
 import { createLogger } from '../ops/log.js';
@@ -24,7 +26,12 @@ flags:
   --watch-config      reload when FILE changes (as on SIGHUP)
   -h, --help          this help
 
-Logs are JSON lines on stdout; KVGATE_LOG_LEVEL sets the level (default info).
+environment (flags win over these, these over FILE):
+  KVGATE_CONFIG       the config file, when --config is not given
+${ENV_OVERRIDES.map((o) => `  ${o.env.padEnd(19)} ${o.path.join('.')}`).join('\n')}
+  KVGATE_LOG_LEVEL    log level (default info)
+
+Logs are JSON lines on stdout.
 SIGHUP reloads the fleet and the routing from FILE without dropping requests
 (an invalid file is rejected and the running config stays; listen ports,
 models and upstream settings need a restart). SIGTERM or SIGINT drains:
@@ -44,6 +51,12 @@ export async function serveCommand(argv: string[]): Promise<void> {
   if (!flags) return;
   const file = flags.config ?? process.env.KVGATE_CONFIG;
   if (!file) throw new UsageError('kvgate serve: --config FILE is required (or set KVGATE_CONFIG)');
+  // Checked here, not after they became KVGATE_* overrides, so the message names the flag that was typed.
+  for (const flag of ['port', 'admin-port'] as const) intFlag('serve', flag, flags[flag], 0, 0, 65535);
+  if (flags.strategy !== undefined && !strategyNames().includes(flags.strategy))
+    throw new UsageError(
+      `kvgate serve: --strategy: unknown strategy '${flags.strategy}' (known: ${strategyNames().join(', ')})`,
+    );
   const env = { ...process.env };
   if (flags.host !== undefined) env.KVGATE_HOST = flags.host;
   if (flags.port !== undefined) env.KVGATE_PORT = flags.port;
@@ -59,7 +72,7 @@ export async function serveCommand(argv: string[]): Promise<void> {
     if (err instanceof RoutingSetupError)
       throw new RoutingSetupError(err.message.replace(/^kvgate: /, `kvgate: ${file}: `));
     if (err instanceof KubeConfigError) throw new ConfigError(`kvgate: ${file}: fleet.discovery: ${err.message}`);
-    throw err;
+    throw blameStartup(err, { command: 'kvgate serve', file, setBy: setBy(flags, process.env) });
   }
   manageLifecycle({
     gateway,
@@ -69,4 +82,19 @@ export async function serveCommand(argv: string[]): Promise<void> {
     watch: flags['watch-config'] === true,
     exit: (code) => process.exit(code),
   });
+}
+
+/** Which flag or environment variable set a config key this time, as the user typed it. */
+function setBy(
+  flags: { host?: string; port?: string; 'admin-port'?: string },
+  env: NodeJS.ProcessEnv,
+): Record<string, string | undefined> {
+  const named = (flag: string, value: string | undefined, envName: string) =>
+    value !== undefined ? `--${flag} ${value}` : env[envName] ? `${envName}=${env[envName]}` : undefined;
+  return {
+    'server.host': named('host', flags.host, 'KVGATE_HOST'),
+    'server.port': named('port', flags.port, 'KVGATE_PORT'),
+    'admin.host': env.KVGATE_ADMIN_HOST ? `KVGATE_ADMIN_HOST=${env.KVGATE_ADMIN_HOST}` : undefined,
+    'admin.port': named('admin-port', flags['admin-port'], 'KVGATE_ADMIN_PORT'),
+  };
 }

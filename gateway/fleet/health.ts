@@ -19,11 +19,28 @@ export const httpHealthProbe: HealthProbe = async (worker, timeoutMs) => {
       signal: AbortSignal.timeout(timeoutMs),
     });
     await res.body.dump();
-    return res.statusCode === 200 ? undefined : `GET /health returned ${res.statusCode}`;
+    return res.statusCode === 200 ? undefined : `GET /health answered HTTP ${res.statusCode}`;
   } catch (err) {
-    return (err as Error).message || String(err);
+    return probeFailure(err, timeoutMs);
   }
 };
+
+/**
+ * Why a probe failed, in an operator's words: a refused connection (nothing
+ * listens), a timeout (something listens but does not answer) and an unknown
+ * host call for different fixes, and undici's own messages do not say which.
+ */
+export function probeFailure(err: unknown, timeoutMs: number): string {
+  const e = err as { code?: string; name?: string; message?: string; cause?: { code?: string; message?: string } };
+  const code = e.code ?? e.cause?.code;
+  const detail = e.message || e.cause?.message || String(err);
+  if (code === 'ECONNREFUSED') return `connection refused (${detail})`;
+  if (e.name === 'TimeoutError' || code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_CONNECT_TIMEOUT')
+    return `timed out after ${timeoutMs} ms`;
+  if (code === 'ENOTFOUND' || code === 'EAI_AGAIN') return `host not found (${detail})`;
+  if (code === 'ECONNRESET' || code === 'UND_ERR_SOCKET') return `connection reset (${detail})`;
+  return detail;
+}
 
 /**
  * Active health checking: polls every worker on an interval and flips its
@@ -87,6 +104,9 @@ export class HealthChecker {
             { worker: w.id, url: w.url, error },
             ok ? 'worker healthy' : 'worker unhealthy',
           );
+        } else if (initial && !ok) {
+          // Workers start unhealthy, so a first failed check is no transition; an operator still needs to hear why.
+          this.#log.warn({ worker: w.id, url: w.url, error }, 'worker unhealthy');
         } else {
           w.lastError = error;
         }

@@ -19,6 +19,13 @@ export const modelConfigSchema = z.strictObject({
   blockSize: z.number().int().min(1).max(4096).default(16),
   /** LoRA adapters served under their own model names; their blocks never match the base model's. */
   loras: z.array(z.string().min(1)).default([]),
+  /**
+   * The engines' context length (vLLM's `--max-model-len`). With it, a prompt of at least this
+   * many tokens is answered at once with the engine's own 400, and tokenizing a huge prompt stops
+   * as soon as it is certainly too long. Without it, the tokenizer's `model_max_length` only bounds
+   * the work: such a prompt is routed without prompt blocks and the engine answers.
+   */
+  maxModelLen: z.number().int().min(2).optional(),
   /** Upper bound on the segment cache of the local tokenizer, in MiB. */
   tokenCacheMiB: z.number().min(1).default(64),
 });

@@ -27,7 +27,7 @@ export class GatewayError extends Error {
     super(clip(message));
   }
 
-  toJSON(): { error: { message: string; type: ErrorType; param: string | null; code: string | null } } {
+  toJSON(): { error: { message: string; type: string; param: string | null; code: string | number | null } } {
     return { error: { message: this.message, type: this.type, param: this.param, code: this.code } };
   }
 }

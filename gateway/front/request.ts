@@ -206,3 +206,15 @@ function promptTokens(prompt: unknown): number {
   }
   return tokens;
 }
+
+/**
+ * vLLM's API server refuses an inference body that is not declared JSON with a 400
+ * ("Unsupported Media Type: Only 'application/json' is allowed"; a missing type counts
+ * as not JSON). The gateway answers the same, so a client sees one
+ * behaviour whether or not kvgate is in front, and no worker gets a `text/plain` body.
+ */
+export function requireJsonContentType(contentType: string | undefined): void {
+  const mediaType = (contentType ?? '').split(';', 1)[0].trim().toLowerCase();
+  if (mediaType !== 'application/json')
+    throw badRequest("Unsupported Media Type: Only 'application/json' is allowed", null, 'unsupported_media_type');
+}

@@ -9,13 +9,13 @@ import { requestBlocks } from '../fleet/load.js';
 import { forward, type Transport } from '../proxy/forward.js';
 import { clientRequestId, upstreamRequestHeaders } from '../proxy/headers.js';
 import type { GatewayMetrics } from '../ops/metrics.js';
-import { fleetModels } from './models.js';
+import { fleetModels, retrieveModel } from './models.js';
 import { Admission, overloadConfigSchema } from './overload.js';
 import type { Passthrough } from '../proxy/passthrough.js';
 import type { RoutingPipeline } from '../routing/pipeline.js';
 import { ADMIN_TOKEN_HEADER } from '../routing/policies/overrides.js';
 import { RequestOutcome } from '../proxy/usage-sniffer.js';
-import { parseInference, readBody, type InferenceKind } from './request.js';
+import { parseInference, readBody, requireJsonContentType, type InferenceKind } from './request.js';
 import { passthroughConfigSchema } from '../proxy/passthrough-routes.js';
 import { rerouter } from '../proxy/retry.js';
 import type { DisaggHook } from '../disagg/two-leg.js';
@@ -64,6 +64,9 @@ export interface FrontDeps {
   readonly disagg?: DisaggHook | undefined;
 }
 
+/** `GET /v1/models/{id}`: answered from the fleet's model cards, never passed through. */
+const MODEL_PREFIX = '/v1/models/';
+
 /**
  * The OpenAI-compatible front: routes inference requests, answers health,
  * readiness, models and metrics itself, and passes per-request engine routes
@@ -87,6 +90,8 @@ export function createFrontHandler(d: FrontDeps): (req: IncomingMessage, res: Se
     let strategy = 'none';
     try {
       const raw = await readBody(req, d.config.maxBodyBytes);
+      // After the body, not before as vLLM does: a broken framing is reported as such, and the connection stays usable.
+      requireJsonContentType(req.headers['content-type']);
       const request = parseInference(raw, kind);
       let routed = d.pipeline.route(request, path, req.headers, requestId, req.socket.remoteAddress);
       if (routed instanceof Promise) routed = await routed;
@@ -193,6 +198,12 @@ export function createFrontHandler(d: FrontDeps): (req: IncomingMessage, res: Se
           );
           return;
         }
+    }
+    if (path.startsWith(MODEL_PREFIX) && method === 'GET') {
+      retrieveModel(res, path.slice(MODEL_PREFIX.length), () => fleetModels(d.fleet, d.transport)).catch(
+        (err: unknown) => sendError(res, internal(err, d.log, '')),
+      );
+      return;
     }
     // The pass-through decides: per-request engine routes go through, admin ones get 403, others 404.
     d.passthrough.handle(req, res);

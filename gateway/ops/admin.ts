@@ -43,6 +43,14 @@ export function bearerMatches(header: string | undefined, token: string): boolea
   return timingSafeEqual(given, expected);
 }
 
+/** Listed in the 404 answer, so a mistyped admin path shows what exists. */
+export const ADMIN_ROUTES = [
+  'GET /debug/workers',
+  'GET /debug/experiments',
+  'GET /debug/planner',
+  'POST /debug/route',
+] as const;
+
 export function createAdminHandler(d: AdminDeps): (req: IncomingMessage, res: ServerResponse) => void {
   return (req, res) => {
     if (d.token !== undefined) {
@@ -91,7 +99,15 @@ export function createAdminHandler(d: AdminDeps): (req: IncomingMessage, res: Se
       );
       return;
     }
-    sendError(res, new GatewayError(404, `no admin route for ${req.method} ${path}`, 'not_found_error', 'unknown_url'));
+    sendError(
+      res,
+      new GatewayError(
+        404,
+        `no admin route for ${req.method} ${path}; admin routes: ${ADMIN_ROUTES.join(', ')}`,
+        'not_found_error',
+        'unknown_url',
+      ),
+    );
   };
 }
 
@@ -156,7 +172,9 @@ async function debugRoute(d: AdminDeps, req: IncomingMessage): Promise<unknown> 
       model: ctx.model,
       sessionKey: ctx.sessionKey,
       promptTokens: ctx.promptTokens,
-      promptBlocks: ctx.blocks?.hashes.length,
+      // Not `promptBlocks`: a strategy's explain counts promptTokens / blockSize (a partial last block costs
+      // prefill too), while only full blocks are hashed and can match the index.
+      fullBlocksHashed: ctx.blocks?.hashes.length,
     },
     disaggregation: d.disagg?.handles(routed) ? await d.disagg.explain(routed) : undefined,
   };

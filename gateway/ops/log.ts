@@ -36,3 +36,16 @@ export const REDACT_PATHS: readonly string[] = NESTINGS.flatMap((n) =>
 export function createLogger(name: string, level = process.env.KVGATE_LOG_LEVEL ?? 'info'): Logger {
   return pino({ name, level, redact: { paths: [...REDACT_PATHS], censor: '[redacted]' } });
 }
+
+/**
+ * Writes plain text (the demo's banner) through the logger's own stream: pino buffers
+ * its lines and writes them later, so text written to process.stdout directly would
+ * land among the log lines logged before it.
+ */
+export function writeInOrder(log: Logger, text: string): void {
+  const stream = (log as unknown as Record<symbol, { write?: (s: string) => unknown } | undefined>)[
+    pino.symbols.streamSym
+  ];
+  if (typeof stream?.write === 'function') stream.write(text);
+  else process.stdout.write(text);
+}

@@ -196,6 +196,8 @@ export class RoutingPipeline {
       return undefined;
     }
     return provider(request.body, request.model, request.kind).catch((err: unknown) => {
+      // The provider's own answer for the client (a prompt over the context length), not a failure.
+      if (err instanceof GatewayError) throw err;
       this.#d.log.warn({ err, requestId }, 'prompt tokenization failed; routing without blocks');
       return undefined;
     });

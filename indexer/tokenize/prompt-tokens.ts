@@ -1,6 +1,7 @@
 import { performance } from 'node:perf_hooks';
 import type { BlockHasher } from '../index/block-hash.js';
 import { UnsupportedPromptError } from './chat-template.js';
+import { boundIds, boundText } from './context-bound.js';
 import type { RemoteChatRequest, RemoteTokenizer } from './remote-tokenizer.js';
 import type { PromptTokenizer } from './tokenizer.js';
 
@@ -33,28 +34,49 @@ interface ChatPrompt {
 
 type CompletionPrompt = { text: string; addSpecialTokens: boolean } | { ids: number[] };
 
+export interface LocalSourceOptions {
+  /**
+   * The model's context length: a prompt with at least this many tokens is refused with
+   * ContextLengthError, and tokenization stops as soon as that is certain (context-bound.ts).
+   */
+  maxModelLen?: number | undefined;
+}
+
 /** Local source: the model's tokenizer and chat template, in this process, with the segment cache. */
-export function localTokenSource(tokenizer: PromptTokenizer): PromptTokenSource {
+export function localTokenSource(tokenizer: PromptTokenizer, options: LocalSourceOptions = {}): PromptTokenSource {
+  const limit = options.maxModelLen;
+  // With truncate_prompt_tokens the engine keeps the prompt's tail, so a long prompt is no error.
+  const bounded = (body: Record<string, unknown>) => (limit !== undefined && !truncates(body) ? limit : undefined);
+  const bound = async (text: string, body: Record<string, unknown>) => {
+    const l = bounded(body);
+    if (l !== undefined) await boundText(text, l, tokenizer.lengths, (prefix) => tokenizer.countTokens(prefix));
+  };
+  const checked = (ids: number[], body: Record<string, unknown>) => {
+    const l = bounded(body);
+    if (l !== undefined) boundIds(ids, l);
+    return truncate(ids, body);
+  };
   return {
     async tokenize(body, kind) {
       if (kind === 'chat') {
         const chat = chatPrompt(body);
         // A per-request template may or may not be honoured by the server (vLLM gates it); do not guess.
         if (!chat || chat.chatTemplate !== undefined || !tokenizer.hasChatTemplate) return undefined;
-        const ids = await tokenizer.tokenizeChat(chat.messages, {
+        const text = tokenizer.renderChat(chat.messages, {
           tools: chat.tools,
           documents: chat.documents,
           templateKwargs: chat.templateKwargs,
           addGenerationPrompt: chat.addGenerationPrompt,
           continueFinalMessage: chat.continueFinalMessage,
-          addSpecialTokens: chat.addSpecialTokens,
         });
-        return truncate(ids, body);
+        await bound(text, body);
+        return checked(await tokenizer.encodeCached(text, chat.addSpecialTokens), body);
       }
       const prompt = completionPrompt(body);
       if (!prompt) return undefined;
-      if ('ids' in prompt) return truncate(prompt.ids, body);
-      return truncate(await tokenizer.tokenizeCompletion(prompt.text, prompt.addSpecialTokens), body);
+      if ('ids' in prompt) return checked(prompt.ids, body);
+      await bound(prompt.text, body);
+      return checked(await tokenizer.tokenizeCompletion(prompt.text, prompt.addSpecialTokens), body);
     },
   };
 }
@@ -164,6 +186,11 @@ function completionPrompt(body: Record<string, unknown>): CompletionPrompt | und
   if (typeof prompt === 'string') return { text: prompt, addSpecialTokens };
   if (Array.isArray(prompt) && prompt.length > 0 && prompt.every(isTokenId)) return { ids: prompt as number[] };
   return undefined;
+}
+
+function truncates(body: Record<string, unknown>): boolean {
+  const n = body.truncate_prompt_tokens;
+  return typeof n === 'number' && Number.isInteger(n) && n > 0;
 }
 
 /** vLLM's `truncate_prompt_tokens`: keep the last N tokens (left truncation). */

@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { LRUCache } from 'lru-cache';
 import { Tokenizer } from 'tokenizers';
 import { ChatTemplate, type ChatRenderOptions } from './chat-template.js';
+import { tokenLengths, type TokenLengths } from './context-bound.js';
 
 export interface TokenizerOptions {
   /** Upper bound on the segment cache, in bytes (token ids plus keys). Default 64 MiB. */
@@ -47,6 +48,7 @@ export class PromptTokenizer {
   readonly #segments: LRUCache<string, Uint32Array>;
   readonly #inflight = new Map<string, Promise<Uint32Array>>();
   readonly #affixes: { prefix: number[]; suffix: number[] } | undefined;
+  #lengths: TokenLengths = { maxCharsPerToken: 1, modelMaxLength: undefined };
   #hits = 0;
   #misses = 0;
   #batches = 0;
@@ -70,8 +72,12 @@ export class PromptTokenizer {
 
   /** Loads `tokenizer.json` and `tokenizer_config.json` (chat template, special tokens) from a model directory. */
   static async load(dir: string, options: TokenizerOptions = {}): Promise<PromptTokenizer> {
-    const tokenizerJson = await readFile(join(dir, 'tokenizer.json'), 'utf8').catch((err: Error) => {
-      throw new Error(`cannot read tokenizer.json in ${dir}: ${err.message}`);
+    const tokenizerJson = await readFile(join(dir, 'tokenizer.json'), 'utf8').catch((err: NodeJS.ErrnoException) => {
+      throw new Error(
+        err.code === 'ENOENT'
+          ? `no tokenizer.json in ${dir}`
+          : `cannot read ${join(dir, 'tokenizer.json')}: ${err.code ?? err.message}`,
+      );
     });
     const tokenizer = Tokenizer.fromString(tokenizerJson);
     // transformers turns both off per call unless asked; vLLM never asks for padding here.
@@ -81,7 +87,19 @@ export class PromptTokenizer {
     const splitter = addedTokenSplitter(parsed.added_tokens ?? []);
     const templates = await loadTemplates(dir);
     const affixes = await specialAffixes(tokenizer);
-    return new PromptTokenizer(tokenizer, templates, splitter, affixes, options);
+    const loaded = new PromptTokenizer(tokenizer, templates, splitter, affixes, options);
+    loaded.#lengths = await tokenLengths(dir, parsed);
+    return loaded;
+  }
+
+  /** What bounds a prompt's tokenization (context-bound.ts). */
+  get lengths(): TokenLengths {
+    return this.#lengths;
+  }
+
+  /** Token count of a text alone, uncached: for probing a prefix of a huge prompt. */
+  async countTokens(text: string): Promise<number> {
+    return (await this.#tokenizer.encode(text, null, { addSpecialTokens: false })).getIds().length;
   }
 
   get hasChatTemplate(): boolean {
@@ -129,7 +147,7 @@ export class PromptTokenizer {
   async encodeCached(text: string, addSpecialTokens = false): Promise<number[]> {
     if (addSpecialTokens && !this.#affixes) return this.encode(text, true);
     const pieces = this.#splitter.split(text);
-    const parts: (Uint32Array | number | undefined)[] = new Array(pieces.length);
+    const parts = new Array<Uint32Array | number | undefined>(pieces.length);
     const misses = new Map<string, number[]>();
     for (let i = 0; i < pieces.length; i++) {
       const piece = pieces[i];

@@ -1,7 +1,6 @@
 import t from 'tap';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createServer, type ServerResponse } from 'node:http';
-import { connect, createServer as createTcpServer, type AddressInfo } from 'node:net';
+import { createServer as createTcpServer, type AddressInfo } from 'node:net';
 import { pino } from 'pino';
 import { Registry } from 'prom-client';
 import { request } from 'undici';
@@ -9,6 +8,7 @@ import { parseConfig } from '../../../config/load.js';
 import { Fleet } from '../../../gateway/fleet/fleet.js';
 import { startGateway, type Gateway } from '../../../gateway/gateway.js';
 import { LoadSharing, loadSharingConfigSchema, type LoadTransport } from '../../../gateway/fleet/load-sharing.js';
+import { startNats } from '../../fixtures/nats.js';
 
 const log = pino({ level: 'silent' });
 type Teardown = { teardown(fn: () => unknown): void };
@@ -171,38 +171,6 @@ const until = async (check: () => Promise<boolean> | boolean, ms = 10_000, what 
     await new Promise((r) => setTimeout(r, 30));
   }
 };
-
-/** Starts `nats-server` on a free loopback port; fails (never skips) when it is not installed. */
-async function startNats(t: Teardown): Promise<string> {
-  const probe = spawnSync('nats-server', ['--version']);
-  if (probe.error)
-    throw new Error(
-      `nats-server is required for this test and was not found on PATH (${probe.error.message}); install it: apt-get install nats-server`,
-    );
-  const port = await freePort();
-  const child: ChildProcess = spawn('nats-server', ['-a', '127.0.0.1', '-p', String(port)], { stdio: 'ignore' });
-  t.teardown(
-    () =>
-      new Promise<void>((r) => {
-        if (child.exitCode !== null) return r();
-        child.once('exit', () => r());
-        child.kill('SIGTERM');
-      }),
-  );
-  await until(
-    () =>
-      new Promise<boolean>((r) => {
-        const s = connect(port, '127.0.0.1', () => {
-          s.destroy();
-          r(true);
-        });
-        s.on('error', () => r(false));
-      }),
-    10_000,
-    'nats-server listening',
-  );
-  return `nats://127.0.0.1:${port}`;
-}
 
 /** A worker that holds every completion until `release()`. */
 async function holdingWorker(t: Teardown): Promise<{ url: string; held: () => number; release: () => void }> {

@@ -121,13 +121,13 @@ t.test('bad input', async (t) => {
     const dry = async (b: unknown) =>
       (await (await post(`${adminUrl}/debug/route`, JSON.stringify(b))).body.json()) as {
         worker: string;
-        context: { promptBlocks?: number };
+        context: { fullBlocksHashed?: number };
       };
     const media = await dry(body);
     t.equal(media.worker, 'a');
-    t.equal(media.context.promptBlocks, undefined, 'routed without blocks');
+    t.equal(media.context.fullBlocksHashed, undefined, 'routed without blocks');
     const text = await dry({ model: 'm', messages: [{ role: 'user', content: 'describe this '.repeat(40) }] });
-    t.ok((text.context.promptBlocks ?? 0) > 0, 'a text prompt has blocks');
+    t.ok((text.context.fullBlocksHashed ?? 0) > 0, 'a text prompt has blocks');
     const workers = (await (await request(`${adminUrl}/debug/workers`)).body.json()) as {
       workers: { load: Record<string, number> }[];
     };
