@@ -7,6 +7,7 @@ import { serverConfigSchema } from '../gateway/front/server.js';
 import { modelsConfigSchema } from '../gateway/fleet/models-config.js';
 import { disaggConfigSchema } from '../gateway/disagg/config.js';
 import { loadSharingConfigSchema } from '../gateway/fleet/load-sharing.js';
+import { flowConfigSchema } from '../gateway/flow/config.js';
 
 /**
  * The whole gateway config, assembled from the sections that live beside the
@@ -23,6 +24,8 @@ export const gatewayConfigSchema = z.strictObject({
   disaggregation: disaggConfigSchema.prefault({}),
   /** Off when absent: share in-flight load with the other gateway replicas over NATS (gateway/fleet/load-sharing.ts). */
   loadSharing: loadSharingConfigSchema.optional(),
+  /** Off by default: priority classes, tenant fairness and SLO-aware admission (gateway/flow/). */
+  flow: flowConfigSchema.prefault({}),
 });
 
 export type GatewayConfig = z.infer<typeof gatewayConfigSchema>;

@@ -20,6 +20,7 @@ import { dropWorkerSeries, FrontTracker, registerLifecycleMetrics } from './ops/
 import { buildRouting, LivePipeline, poolSignature, restartOnlyChanges, type RoutingDeps } from './routing/reload.js';
 import { Disaggregation } from './disagg/two-leg.js';
 import { LoadSharing, natsTransport } from './fleet/load-sharing.js';
+import { FlowControl } from './flow/flow.js';
 
 export interface GatewayOptions {
   log: Logger;
@@ -176,6 +177,12 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
   });
   // --- end disaggregation ---
 
+  // --- flow control (gateway/flow/): off unless `flow.enabled` ---
+  const flow = config.flow.enabled
+    ? new FlowControl({ config: config.flow, registry: metrics.registry, log, blockSize })
+    : undefined;
+  // --- end flow control ---
+
   await health.start();
   const front = new FrontTracker(
     createFrontHandler({
@@ -188,12 +195,13 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
       log,
       blockSize,
       disagg,
+      flow,
     }),
   );
   const frontServer = createServer(frontServerOptions(config.server), requireHost(front.handler));
   frontServer.on('clientError', answerClientError).on('checkExpectation', answerExpectation);
   const admin = createServer(
-    createAdminHandler({ fleet, pipeline, token: config.admin.token, indexStats: options.indexStats, disagg }),
+    createAdminHandler({ fleet, pipeline, token: config.admin.token, indexStats: options.indexStats, disagg, flow }),
   );
   const url = await listen(frontServer, config.server.host, config.server.port);
   const adminUrl = await listen(admin, config.admin.host, config.admin.port);
@@ -251,6 +259,7 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
         models: config.models,
         disaggregation: config.disaggregation,
         loadSharing: config.loadSharing,
+        flow: config.flow,
         fleet: { ...next.fleet, health: config.fleet.health, discovery: config.fleet.discovery },
       };
       pipeline.swap(built.pipeline, built.strategy);
@@ -272,6 +281,7 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
     close() {
       closing ??= (async () => {
         sync.close();
+        flow?.close();
         await Promise.all([closeServer(frontServer), closeServer(admin)]);
         await health.stop();
         await sharing?.close();

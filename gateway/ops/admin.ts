@@ -6,6 +6,7 @@ import type { Fleet } from '../fleet/fleet.js';
 import type { RoutingPipeline } from '../routing/pipeline.js';
 import type { DisaggAdmin } from '../disagg/two-leg.js';
 import { parseInference, readBody } from '../front/request.js';
+import type { FlowControl } from '../flow/flow.js';
 
 /** The admin listener: loopback only by default; with a token, anyone holding it. */
 export const adminConfigSchema = z.strictObject({
@@ -24,6 +25,8 @@ export interface AdminDeps {
   readonly indexStats?: (() => unknown) | undefined;
   /** Prefill/decode disaggregation: its section of `/debug/route`, and `/debug/planner`. */
   readonly disagg?: DisaggAdmin | undefined;
+  /** Flow control: `/debug/flow`, and predicted TTFT per candidate in `/debug/route`. */
+  readonly flow?: FlowControl | undefined;
 }
 
 /** True for 127.0.0.0/8 and ::1, in plain or IPv4-mapped form. */
@@ -72,6 +75,8 @@ export function createAdminHandler(d: AdminDeps): (req: IncomingMessage, res: Se
     const path = (req.url ?? '/').split('?')[0];
     if (path === '/debug/workers' && req.method === 'GET') return json(res, 200, workers(d));
     if (path === '/debug/experiments' && req.method === 'GET') return json(res, 200, d.pipeline.summary());
+    if (path === '/debug/flow' && req.method === 'GET')
+      return json(res, 200, d.flow?.summary(d.fleet.workers) ?? { enabled: false });
     if (path === '/debug/planner' && req.method === 'GET')
       return json(res, 200, d.disagg?.plannerReport() ?? { pools: [] });
     if (path === '/debug/route' && req.method === 'POST') {
@@ -156,6 +161,7 @@ async function debugRoute(d: AdminDeps, req: IncomingMessage): Promise<unknown> 
       promptBlocks: ctx.blocks?.hashes.length,
     },
     disaggregation: d.disagg?.handles(routed) ? await d.disagg.explain(routed) : undefined,
+    flow: d.flow?.explain(routed, headers),
   };
 }
 

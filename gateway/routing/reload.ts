@@ -183,6 +183,7 @@ const RESTART_KEYS: readonly (readonly string[])[] = [
   ['models'],
   ['disaggregation'],
   ['loadSharing'],
+  ['flow'],
   ['fleet', 'health'],
   ['fleet', 'discovery'],
 ];
