@@ -27,14 +27,14 @@ const bad: [string, unknown, RegExp][] = [
     { classes: [{ name: 'gold' }, { name: 'bronze' }] },
     /flow\.defaultClass: 'standard' is not a class \(classes: gold, bronze\)/,
   ],
-  ['a badly named class', { classes: [{ name: 'Gold Tier' }], defaultClass: 'Gold Tier' }, /flow\.classes\[0\]\.name: /],
+  [
+    'a badly named class',
+    { classes: [{ name: 'Gold Tier' }], defaultClass: 'Gold Tier' },
+    /flow\.classes\[0\]\.name: /,
+  ],
   ['no classes', { classes: [] }, /flow\.classes: /],
   ['a negative TTL', { classes: [{ name: 'standard', ttlMs: -1 }] }, /flow\.classes\[0\]\.ttlMs: /],
-  [
-    'an unknown SLO policy',
-    { classes: [{ name: 'standard', onSloMiss: 'panic' }] },
-    /flow\.classes\[0\]\.onSloMiss: /,
-  ],
+  ['an unknown SLO policy', { classes: [{ name: 'standard', onSloMiss: 'panic' }] }, /flow\.classes\[0\]\.onSloMiss: /],
   ['an unknown class key', { classes: [{ name: 'standard', prio: 1 }] }, /flow\.classes\[0\]: unknown key 'prio'/],
   [
     'an API key mapped to an unknown class',

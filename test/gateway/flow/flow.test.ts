@@ -88,7 +88,10 @@ class FakeRes extends EventEmitter {
   }
 }
 
-function flow(t: { teardown(fn: () => unknown): void }, input: Record<string, unknown>): { flow: FlowControl; config: FlowConfig } {
+function flow(
+  t: { teardown(fn: () => unknown): void },
+  input: Record<string, unknown>,
+): { flow: FlowControl; config: FlowConfig } {
   const config = flowConfigSchema.parse({ enabled: true, pollMs: 5, ...input });
   const f = new FlowControl({ config, registry: new Registry(), log: pino({ level: 'silent' }), blockSize: BLOCK });
   t.teardown(() => f.close());
