@@ -113,6 +113,8 @@ export async function runStrategy(
   trace: readonly TraceRequest[],
   fleet: FleetShape,
   onProgress?: (p: Progress) => void,
+  /** The multi-tenant bench: extra top-level config sections (`flow`) and per-request headers. */
+  more: { extra?: Record<string, unknown>; headers?: (index: number) => Record<string, string> } = {},
 ): Promise<RunResult> {
   const started = performance.now();
   const sim = await spawnSimFleet(fleet.workers, simArgs(fleet, EVENT_STRATEGIES.has(strategy)), { timeoutMs: 60_000 });
@@ -121,7 +123,10 @@ export async function runStrategy(
   let gateway: ReadyChild | undefined;
   try {
     const config = join(tmp, 'kvgate.yaml');
-    writeFileSync(config, stringify(benchGatewayConfig(sim.workers, fleet.blockSize, { strategy, params })));
+    writeFileSync(
+      config,
+      stringify(benchGatewayConfig(sim.workers, fleet.blockSize, { strategy, params }, more.extra)),
+    );
     gateway = await startBenchGateway(config);
     // Let the gateway's KV-event subscriptions connect before the first request.
     await new Promise((r) => setTimeout(r, 1000));
@@ -131,6 +136,7 @@ export async function runStrategy(
       trace,
       speedup: fleet.speedup,
       onProgress,
+      headers: more.headers,
     });
     const workers = await Promise.all(
       sim.workers.map(async (w) => {
