@@ -99,7 +99,12 @@ export function benchGatewayConfig(
 
 /** `kvgate serve --config file` as a child process, resolved once it is ready. */
 export function startBenchGateway(configFile: string): Promise<ReadyChild> {
-  return spawnUntilReady([CLI, 'serve', '--config', configFile], 'gateway ready', { KVGATE_LOG_LEVEL: 'info' }, 60_000);
+  return spawnUntilReady(
+    [CLI, 'serve', '--config', configFile],
+    'gateway ready',
+    { KVGATE_LOG_LEVEL: 'info' },
+    180_000,
+  );
 }
 
 /**
@@ -117,7 +122,9 @@ export async function runStrategy(
   more: { extra?: Record<string, unknown>; headers?: (index: number) => Record<string, string> } = {},
 ): Promise<RunResult> {
   const started = performance.now();
-  const sim = await spawnSimFleet(fleet.workers, simArgs(fleet, EVENT_STRATEGIES.has(strategy)), { timeoutMs: 60_000 });
+  const sim = await spawnSimFleet(fleet.workers, simArgs(fleet, EVENT_STRATEGIES.has(strategy)), {
+    timeoutMs: 180_000,
+  });
   const clientCpu = process.cpuUsage();
   const tmp = mkdtempSync(join(tmpdir(), 'kvgate-replay-'));
   let gateway: ReadyChild | undefined;

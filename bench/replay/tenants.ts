@@ -19,9 +19,9 @@ import { readTrace, type TraceRequest } from './trace.js';
  */
 const TENANTS = ['noisy', 'noisy', 'noisy', 'alpha', 'beta', 'gamma'];
 const WELL_BEHAVED = ['alpha', 'beta', 'gamma'];
-const CLASSES = ['critical', 'standard', 'sheddable'] as const;
+type FlowClass = 'critical' | 'standard' | 'sheddable';
 /** TTFT targets (simulated seconds) for goodput, per class. */
-const TARGET_S: Record<(typeof CLASSES)[number], number> = { critical: 5, standard: 15, sheddable: 30 };
+const TARGET_S: Record<FlowClass, number> = { critical: 5, standard: 15, sheddable: 30 };
 
 /** Conversations are keyed by their first own prompt block: every turn resends it. */
 function mix(n: number, salt: number): number {
@@ -31,7 +31,7 @@ function mix(n: number, salt: number): number {
   return (h ^ (h >>> 13)) >>> 0;
 }
 
-export function assign(req: TraceRequest): { tenant: string; cls: (typeof CLASSES)[number] } {
+export function assign(req: TraceRequest): { tenant: string; cls: FlowClass } {
   // Block 0 is a system prompt most conversations share; the next block is the conversation's own.
   const conv = req.hashIds[1] ?? req.hashIds[0] ?? 0;
   const tenant = TENANTS[mix(conv, 1) % TENANTS.length];
