@@ -32,9 +32,9 @@ function uncached(routed: Routed, decision: Decision, id: string, blockSize: num
 }
 
 /**
- * Chooses the worker for a request about to leave the gateway. The strategy's pick stands
- * while it has room; when it is saturated, or the request was held (`fresh` false), the
- * strategy chooses again among the workers with room, so cache affinity still counts.
+ * Chooses the worker for a request about to leave the gateway. A new request (`fresh`) keeps
+ * the strategy's pick while any candidate has room; a held one is re-chosen by the strategy
+ * among the workers with room at release time, so cache affinity still counts.
  * With a TTFT budget, a pick predicted to miss it gives way to the best-cached candidate
  * predicted to meet it; with none, `onSloMiss` decides.
  */
@@ -53,7 +53,10 @@ export function place(
   if (open.length === 0) return { kind: 'saturated' };
   let decision = routed.decision;
   let worker: Worker = routed.worker;
-  if (!fresh || !open.includes(worker)) {
+  // A new request keeps the strategy's pick while any candidate has room, as without flow control:
+  // moving it off a saturated favourite would trade its cache hits for a shorter queue the strategy
+  // already weighed. A held request is released into the room that opened, so it is re-chosen there.
+  if (!fresh) {
     decision = routed.strategy.choose(routed.ctx, open);
     worker = open.find((w) => w.id === decision.worker.id) ?? open[0];
   }
