@@ -99,6 +99,11 @@ export const flowConfigSchema = z
         decay: z.number().gt(0).lt(1).default(0.95),
       })
       .prefault({}),
+    /**
+     * A held request whose re-chosen worker is still saturated waits this long for it (its cached
+     * prefix) before going to whichever worker has room.
+     */
+    affinityWaitMs: z.number().int().min(0).default(500),
     /** How often held requests are re-checked when no request finishing wakes them. */
     pollMs: z.number().int().min(1).max(1000).default(20),
   })

@@ -230,7 +230,10 @@ export class FlowControl {
         hopeless.push(h);
         return false;
       }
-      const p = place(h.routed, this.model, this.#blockSize, budget, h.id.cls.onSloMiss, false);
+      const p = place(h.routed, this.model, this.#blockSize, budget, h.id.cls.onSloMiss, false, {
+        waitedMs: now - h.arrival,
+        waitMs: this.#c.affinityWaitMs,
+      });
       if (p.kind !== 'go') return false;
       h.placement = p;
       return true;

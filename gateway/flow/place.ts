@@ -34,7 +34,7 @@ function uncached(routed: Routed, decision: Decision, id: string, blockSize: num
 /**
  * Chooses the worker for a request about to leave the gateway. A new request (`fresh`) keeps
  * the strategy's pick while any candidate has room; a held one is re-chosen by the strategy
- * among the workers with room at release time, so cache affinity still counts.
+ * at release time, so cache affinity still counts.
  * With a TTFT budget, a pick predicted to miss it gives way to the best-cached candidate
  * predicted to meet it; with none, `onSloMiss` decides.
  */
@@ -45,6 +45,7 @@ export function place(
   budgetMs: number | undefined,
   onSloMiss: FlowClassConfig['onSloMiss'],
   fresh: boolean,
+  affinity: { waitedMs: number; waitMs: number } = { waitedMs: 0, waitMs: 0 },
 ): Placement {
   const all = routed.candidates.filter((w) => w.available);
   // Nothing to wait for: the proxy answers no-healthy-worker as it would without flow control.
@@ -57,8 +58,15 @@ export function place(
   // moving it off a saturated favourite would trade its cache hits for a shorter queue the strategy
   // already weighed. A held request is released into the room that opened, so it is re-chosen there.
   if (!fresh) {
-    decision = routed.strategy.choose(routed.ctx, open);
-    worker = open.find((w) => w.id === decision.worker.id) ?? open[0];
+    // Released: the strategy picks again over every candidate; a pick without room is waited for
+    // up to `affinityWaitMs` (its cache is worth a short wait), then the strategy picks among those with room.
+    decision = routed.strategy.choose(routed.ctx, all);
+    worker = all.find((w) => w.id === decision.worker.id) ?? all[0];
+    if (!open.includes(worker)) {
+      if (affinity.waitedMs < affinity.waitMs) return { kind: 'saturated' };
+      decision = routed.strategy.choose(routed.ctx, open);
+      worker = open.find((w) => w.id === decision.worker.id) ?? open[0];
+    }
   }
   if (budgetMs !== undefined && model.predictMs(worker, uncached(routed, decision, worker.id, blockSize)) > budgetMs) {
     let best: Worker | undefined;

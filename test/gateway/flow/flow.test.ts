@@ -326,3 +326,17 @@ t.test('bad flow headers are 400s naming the header', async (t) => {
     /x-kvgate-ttft-ms must be a positive whole number of milliseconds/,
   );
 });
+
+t.test("a held request waits a little for the strategy's favourite, then takes any room", async (t) => {
+  const { flow: f } = flow(t, { saturation: { default: { prefillTokens: 1000 } }, affinityWaitMs: 150 });
+  const [a, b] = [worker('a'), worker('b')];
+  saturate(a);
+  saturate(b);
+  const started = Date.now();
+  const { out } = call(f, routed([a, b], strategy({ a: 10 }, 'a')));
+  saturate(b, 0);
+  f.kick();
+  const pass = await out;
+  t.equal(pass?.routed.worker.id, 'b', 'released to the worker with room once the wait for the favourite ran out');
+  t.ok(Date.now() - started >= 140, 'not before affinityWaitMs');
+});
