@@ -8,6 +8,7 @@ import { modelsConfigSchema } from '../gateway/fleet/models-config.js';
 import { disaggConfigSchema } from '../gateway/disagg/config.js';
 import { loadSharingConfigSchema } from '../gateway/fleet/load-sharing.js';
 import { loraConfigSchema } from '../gateway/fleet/adapters.js';
+import { flowConfigSchema } from '../gateway/flow/config.js';
 
 /**
  * The whole gateway config, assembled from the sections that live beside the
@@ -26,6 +27,8 @@ export const gatewayConfigSchema = z.strictObject({
   lora: loraConfigSchema.prefault({}),
   /** Off when absent: share in-flight load with the other gateway replicas over NATS (gateway/fleet/load-sharing.ts). */
   loadSharing: loadSharingConfigSchema.optional(),
+  /** Off by default: priority classes, tenant fairness and SLO-aware admission (gateway/flow/). */
+  flow: flowConfigSchema.prefault({}),
 });
 
 export type GatewayConfig = z.infer<typeof gatewayConfigSchema>;

@@ -28,6 +28,7 @@ import { buildKvServices, clearIndexWhenDown } from './kv-services.js';
 import { FleetAdapters } from './fleet/adapters.js';
 import { createLoraAdmin } from './ops/lora-admin.js';
 import { listen } from './ops/startup-error.js';
+import { FlowControl } from './flow/flow.js';
 
 export interface GatewayOptions {
   log: Logger;
@@ -204,6 +205,12 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
     });
   }
 
+  // --- flow control (gateway/flow/): off unless `flow.enabled` ---
+  const flow = config.flow.enabled
+    ? new FlowControl({ config: config.flow, registry: metrics.registry, log, blockSize })
+    : undefined;
+  // --- end flow control ---
+
   // --- servers and discovery ---
   const front = new FrontTracker(
     createFrontHandler({
@@ -216,6 +223,7 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
       log,
       blockSize,
       disagg,
+      flow,
     }),
   );
   const frontServer = createServer(frontServerOptions(config.server), requireHost(front.handler));
@@ -227,6 +235,7 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
       token: config.admin.token,
       indexStats: () => kv.stats(),
       disagg,
+      flow,
       lora: createLoraAdmin({
         fleet,
         transport,
@@ -259,6 +268,7 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
       await discovery?.stop();
       sync.close();
       adapters.close();
+      flow?.close();
       await Promise.all([closeServer(frontServer), closeServer(admin)]);
       await health.stop();
       await sharing?.close();
@@ -334,6 +344,7 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
         disaggregation: config.disaggregation,
         loadSharing: config.loadSharing,
         lora: config.lora,
+        flow: config.flow,
         fleet: { ...next.fleet, health: config.fleet.health, discovery: config.fleet.discovery },
       };
       pipeline.swap(built.pipeline, built.strategy);

@@ -18,6 +18,8 @@ export interface RequestResult {
   worker?: string;
   /** Prompt blocks the gateway expected the worker to hold (`x-kvgate-cached-blocks`), when it said. */
   predictedCachedBlocks?: number;
+  /** The HTTP status (429: shed by the gateway's flow control). */
+  status?: number;
 }
 
 export interface LoadOptions {
@@ -30,6 +32,8 @@ export interface LoadOptions {
   /** Called with the finished count every `progressMs`, and once at the end. */
   onProgress?: (p: Progress) => void;
   progressMs?: number;
+  /** Extra request headers per trace index (the multi-tenant bench: tenant and priority class). */
+  headers?: (index: number) => Record<string, string>;
 }
 
 export interface Progress {
@@ -112,7 +116,14 @@ const TAIL = 4096;
  * chunk holding an event with a non-empty `choices` is the first token; only
  * the last few KB are kept, to read the usage event and `[DONE]` at the end.
  */
-function one(pool: Pool, req: TraceRequest, index: number, model: string, lateMs: number): Promise<RequestResult> {
+function one(
+  pool: Pool,
+  req: TraceRequest,
+  index: number,
+  model: string,
+  lateMs: number,
+  extraHeaders: Record<string, string> = {},
+): Promise<RequestResult> {
   const start = performance.now();
   const r: RequestResult = {
     index,
@@ -150,13 +161,14 @@ function one(pool: Pool, req: TraceRequest, index: number, model: string, lateMs
       {
         path: '/v1/completions',
         method: 'POST',
-        headers: { 'content-type': 'application/json' },
+        headers: { 'content-type': 'application/json', ...extraHeaders },
         body: requestBody(req, model),
       },
       {
         onRequestStart() {},
         onResponseStart(_c, statusCode, headers) {
           status = statusCode;
+          r.status = statusCode;
           const worker = headers['x-kvgate-worker'];
           if (typeof worker === 'string') r.worker = worker;
           const predicted = headers['x-kvgate-cached-blocks'];
@@ -234,7 +246,7 @@ export async function replay(opts: LoadOptions): Promise<RequestResult[]> {
       lateCount++;
       sent++;
       pending.push(
-        one(pool, trace[i], i, opts.model, late).then((r) => {
+        one(pool, trace[i], i, opts.model, late, opts.headers?.(i)).then((r) => {
           results[i] = r;
           done++;
           if (!r.ok) failed++;

@@ -102,7 +102,12 @@ export function benchGatewayConfig(
 
 /** `kvgate serve --config file` as a child process, resolved once it is ready. */
 export function startBenchGateway(configFile: string): Promise<ReadyChild> {
-  return spawnUntilReady([CLI, 'serve', '--config', configFile], 'gateway ready', { KVGATE_LOG_LEVEL: 'info' }, 60_000);
+  return spawnUntilReady(
+    [CLI, 'serve', '--config', configFile],
+    'gateway ready',
+    { KVGATE_LOG_LEVEL: 'info' },
+    180_000,
+  );
 }
 
 /**
@@ -116,15 +121,22 @@ export async function runStrategy(
   trace: readonly TraceRequest[],
   fleet: FleetShape,
   onProgress?: (p: Progress) => void,
+  /** The multi-tenant bench: extra top-level config sections (`flow`) and per-request headers. */
+  more: { extra?: Record<string, unknown>; headers?: (index: number) => Record<string, string> } = {},
 ): Promise<RunResult> {
   const started = performance.now();
-  const sim = await spawnSimFleet(fleet.workers, simArgs(fleet, EVENT_STRATEGIES.has(strategy)), { timeoutMs: 60_000 });
+  const sim = await spawnSimFleet(fleet.workers, simArgs(fleet, EVENT_STRATEGIES.has(strategy)), {
+    timeoutMs: 180_000,
+  });
   const clientCpu = process.cpuUsage();
   const tmp = mkdtempSync(join(tmpdir(), 'kvgate-replay-'));
   let gateway: ReadyChild | undefined;
   try {
     const config = join(tmp, 'kvgate.yaml');
-    writeFileSync(config, stringify(benchGatewayConfig(sim.workers, fleet.blockSize, { strategy, params })));
+    writeFileSync(
+      config,
+      stringify(benchGatewayConfig(sim.workers, fleet.blockSize, { strategy, params }, more.extra)),
+    );
     gateway = await startBenchGateway(config);
     // Let the gateway's KV-event subscriptions connect before the first request.
     await new Promise((r) => setTimeout(r, 1000));
@@ -135,6 +147,7 @@ export async function runStrategy(
       trace,
       speedup: fleet.speedup,
       onProgress,
+      headers: more.headers,
     });
     const gatewayCpuAtEnd = procCpuS(gateway.child.pid);
     const workers = await Promise.all(

@@ -19,6 +19,7 @@ import { parseInference, readBody, requireJsonContentType, type InferenceKind } 
 import { passthroughConfigSchema } from '../proxy/passthrough-routes.js';
 import { rerouter } from '../proxy/retry.js';
 import type { DisaggHook } from '../disagg/two-leg.js';
+import type { FlowControl, FlowPass } from '../flow/flow.js';
 
 /** The public listener. */
 export const serverConfigSchema = z.strictObject({
@@ -62,6 +63,8 @@ export interface FrontDeps {
   readonly blockSize: number;
   /** Prefill/decode disaggregation (gateway/disagg/): takes the requests of pools that have prefill workers. */
   readonly disagg?: DisaggHook | undefined;
+  /** Flow control (gateway/flow/): priorities, tenant fairness, SLO-aware admission; absent when `flow.enabled` is off. */
+  readonly flow?: FlowControl | undefined;
 }
 
 /** `GET /v1/models/{id}`: answered from the fleet's model cards, never passed through. */
@@ -100,6 +103,12 @@ export function createFrontHandler(d: FrontDeps): (req: IncomingMessage, res: Se
       // --- disaggregation hook (gateway/disagg/): pools with prefill workers take the two-leg path ---
       if (d.disagg?.handles(routed)) return void d.disagg.serve({ req, res, routed, requestId, started, route, path });
       // --- end disaggregation hook ---
+      // --- flow control hook (gateway/flow/): may hold the request, move it to another worker, or shed it (429) ---
+      let pass = d.flow?.gate(routed, req.headers, res, requestId);
+      if (pass instanceof Promise) pass = await pass;
+      if (pass === null) return;
+      if (pass) routed = pass.routed;
+      // --- end flow control hook ---
       const { ctx, decision, worker } = routed;
       const blocks = requestBlocks(ctx.promptTokens, request.maxTokens, d.blockSize);
       const ticket = d.fleet.start(worker, ctx.promptTokens, blocks);
@@ -140,7 +149,7 @@ export function createFrontHandler(d: FrontDeps): (req: IncomingMessage, res: Se
           dataParallelRank: decision.dataParallelRank,
           reroute: rerouter(d.fleet, routed),
           arm,
-          observer: new RequestOutcome(d.metrics, strategy, arm, armStats, started),
+          observer: flowObserved(pass, new RequestOutcome(d.metrics, strategy, arm, armStats, started)),
         },
         upstreamHeaders,
         res,
@@ -209,6 +218,9 @@ export function createFrontHandler(d: FrontDeps): (req: IncomingMessage, res: Se
     d.passthrough.handle(req, res);
   };
 }
+
+/** With flow control, the response also reports its latencies back to it (TTFT learning, SLO attainment). */
+const flowObserved = (pass: FlowPass | undefined, observer: RequestOutcome) => pass?.observe(observer) ?? observer;
 
 function json(res: ServerResponse, status: number, body: unknown): void {
   const text = JSON.stringify(body);

@@ -6,6 +6,7 @@ import type { Fleet } from '../fleet/fleet.js';
 import type { RoutingPipeline } from '../routing/pipeline.js';
 import type { DisaggAdmin } from '../disagg/two-leg.js';
 import { parseInference, readBody } from '../front/request.js';
+import type { FlowControl } from '../flow/flow.js';
 
 /** The admin listener: loopback only by default; with a token, anyone holding it. */
 export const adminConfigSchema = z.strictObject({
@@ -26,6 +27,8 @@ export interface AdminDeps {
   readonly disagg?: DisaggAdmin | undefined;
   /** LoRA adapters across the fleet (gateway/ops/lora-admin.ts); true when it answered the request. */
   readonly lora?: ((req: IncomingMessage, res: ServerResponse, path: string) => boolean) | undefined;
+  /** Flow control: `/debug/flow`, and predicted TTFT per candidate in `/debug/route`. */
+  readonly flow?: FlowControl | undefined;
 }
 
 /** True for 127.0.0.0/8 and ::1, in plain or IPv4-mapped form. */
@@ -83,6 +86,8 @@ export function createAdminHandler(d: AdminDeps): (req: IncomingMessage, res: Se
     if (path === '/debug/workers' && req.method === 'GET') return json(res, 200, workers(d));
     if (path.startsWith('/lora') && d.lora?.(req, res, path)) return;
     if (path === '/debug/experiments' && req.method === 'GET') return json(res, 200, d.pipeline.summary());
+    if (path === '/debug/flow' && req.method === 'GET')
+      return json(res, 200, d.flow?.summary(d.fleet.workers) ?? { enabled: false });
     if (path === '/debug/planner' && req.method === 'GET')
       return json(res, 200, d.disagg?.plannerReport() ?? { pools: [] });
     if (path === '/debug/route' && req.method === 'POST') {
@@ -177,6 +182,7 @@ async function debugRoute(d: AdminDeps, req: IncomingMessage): Promise<unknown> 
       fullBlocksHashed: ctx.blocks?.hashes.length,
     },
     disaggregation: d.disagg?.handles(routed) ? await d.disagg.explain(routed) : undefined,
+    flow: d.flow?.explain(routed, headers),
   };
 }
 

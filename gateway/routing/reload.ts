@@ -191,6 +191,7 @@ const RESTART_KEYS: readonly (readonly string[])[] = [
   ['disaggregation'],
   ['loadSharing'],
   ['lora'],
+  ['flow'],
   ['fleet', 'health'],
   ['fleet', 'discovery'],
 ];
