@@ -1,5 +1,6 @@
 import type { Logger } from 'pino';
 import { z } from 'zod';
+import { PAYLOAD_FORMAT_NAMES } from './formats.js';
 import type { EventSource } from './source.js';
 import { TrtllmPollSource } from './trtllm-source.js';
 import { ZmqEventSource } from './zmq-source.js';
@@ -15,6 +16,8 @@ export const zmqEventSourceConfigSchema = z.strictObject({
   replayEndpoint: zmqEndpoint.optional(),
   topic: z.string().default(''),
   mode: z.enum(['connect', 'bind']).default('connect'),
+  /** Payload format of frame 3 (see formats.ts). */
+  format: z.enum(PAYLOAD_FORMAT_NAMES).default('msgpack'),
   replayTimeoutMs: z.number().int().min(10).default(2000),
 });
 
@@ -23,6 +26,7 @@ export const trtllmEventSourceConfigSchema = z.strictObject({
   /** trtllm-serve base URL; defaults to the worker's own URL. */
   url: z.url({ protocol: /^https?$/ }).optional(),
   intervalMs: z.number().int().min(10).default(100),
+  format: z.enum(PAYLOAD_FORMAT_NAMES).default('trtllm-json'),
   /** Tokens per KV block; inferred from the events when absent. */
   blockSize: z.number().int().min(1).optional(),
 });
@@ -34,6 +38,47 @@ export const eventSourceConfigSchema = z.preprocess(
 );
 export type EventSourceConfig = z.infer<typeof eventSourceConfigSchema>;
 
+interface SourceDefaults {
+  workerUrl?: string;
+  now?: () => number;
+}
+
+type Transport<C> = (c: C, workerId: string, log: Logger | undefined, defaults: SourceDefaults) => EventSource;
+type ConfigOf<T extends EventSourceConfig['type']> = Extract<EventSourceConfig, { type: T }>;
+
+/**
+ * Transports by config `type`. A new transport is its file, its schema in the
+ * union above, and one line here; the payload format is chosen separately by `format`.
+ */
+const TRANSPORTS: { [T in EventSourceConfig['type']]: Transport<ConfigOf<T>> } = {
+  zmq: (c, workerId, log, d) =>
+    new ZmqEventSource({
+      workerId,
+      endpoint: c.endpoint,
+      replayEndpoint: c.replayEndpoint,
+      topic: c.topic,
+      mode: c.mode,
+      format: c.format,
+      replayTimeoutMs: c.replayTimeoutMs,
+      log,
+      now: d.now,
+    }),
+  'trtllm-http': (c, workerId, log, d) => {
+    const url = c.url ?? d.workerUrl;
+    if (url === undefined)
+      throw new Error(`worker ${workerId}: trtllm-http kv events need a url (or the worker's url)`);
+    return new TrtllmPollSource({
+      workerId,
+      url,
+      intervalMs: c.intervalMs,
+      blockSize: c.blockSize,
+      format: c.format,
+      log,
+      now: d.now,
+    });
+  },
+};
+
 /**
  * Builds the adapter for one worker. `config` is the parsed schema output, or raw
  * input (it is parsed here, so a bad block throws a zod error naming the field).
@@ -42,29 +87,8 @@ export function createEventSource(
   config: EventSourceConfig | z.input<typeof eventSourceConfigSchema>,
   workerId: string,
   log?: Logger,
-  defaults: { workerUrl?: string; now?: () => number } = {},
+  defaults: SourceDefaults = {},
 ): EventSource {
   const c = eventSourceConfigSchema.parse(config);
-  if (c.type === 'zmq') {
-    return new ZmqEventSource({
-      workerId,
-      endpoint: c.endpoint,
-      replayEndpoint: c.replayEndpoint,
-      topic: c.topic,
-      mode: c.mode,
-      replayTimeoutMs: c.replayTimeoutMs,
-      log,
-      now: defaults.now,
-    });
-  }
-  const url = c.url ?? defaults.workerUrl;
-  if (url === undefined) throw new Error(`worker ${workerId}: trtllm-http kv events need a url (or the worker's url)`);
-  return new TrtllmPollSource({
-    workerId,
-    url,
-    intervalMs: c.intervalMs,
-    blockSize: c.blockSize,
-    log,
-    now: defaults.now,
-  });
+  return (TRANSPORTS[c.type] as Transport<EventSourceConfig>)(c, workerId, log, defaults);
 }

@@ -9,7 +9,8 @@ import type { KvEventBatch } from './types.js';
  */
 export interface EventSink {
   apply(batch: KvEventBatch): void;
-  reset(reason: string): void;
+  /** `rank` given: only that data-parallel rank's sequence broke; otherwise the whole worker. */
+  reset(reason: string, rank?: number | null): void;
 }
 
 /** Counters every source keeps, for `/debug/workers` and metrics. */

@@ -244,5 +244,7 @@ t.test('newer replay framing with a topic frame is accepted', async (t) => {
   await sink.until(() => sink.batches.length === Number(next), 'the replayed batches');
   t.strictSame(seqs(sink), inOrder(Number(next)));
   t.equal(sink.batches[0].dataParallelRank, 3);
-  t.equal(requests.at(-1), next - 3n, 'replay asked from the first missing seq');
+  // From our last seq, not the first missing one: the engine must send our last batch back to prove it did not restart.
+  t.equal(requests.at(-1), next - 4n, 'replay asked from our last seq');
+  t.strictSame(sink.resets, [], 'the same bytes came back: no restart');
 });
