@@ -6,9 +6,6 @@ import { registerKvMetrics } from './ops/kv-metrics.js';
 import { buildKvServices } from './kv-services.js';
 import { registerMemoryMetrics } from './ops/lifecycle.js';
 
-/** How long events a worker sent before going down may still be arriving. */
-const STALE_EVENTS_MS = 500;
-
 export interface KvGatewayOptions {
   log: Logger;
   defaultMetrics?: boolean;
@@ -42,20 +39,8 @@ export async function startKvGateway(config: GatewayConfig, options: KvGatewayOp
     workerHooks: { added: (w) => kv.addWorker(w), removed: (id) => kv.removeWorker(id) },
   });
   const fleet = gateway.fleet;
-  // A worker that went down (health failed, breaker opened) takes its cache with it, as far as
-  // routing can tell: drop its blocks now, and once more a moment later, because events it sent just
-  // before dying may still sit in our socket. Its event source reconnects by itself and rebuilds
-  // them; an engine restart also restarts its sequence numbers, which resets the worker again.
-  const clear = (id: string) => {
-    for (const indexer of kv.indexers.values()) indexer.clearWorker(id);
-  };
-  fleet.onStatus((worker, up) => {
-    if (up) return;
-    clear(worker.id);
-    setTimeout(() => {
-      if (worker.down && fleet.has(worker)) clear(worker.id);
-    }, STALE_EVENTS_MS).unref();
-  });
+  // A worker that fails health checks keeps its index (kv-services explains why); its return triggers a replay probe.
+  fleet.onStatus((worker, up) => kv.workerStatus(worker.id, up));
   await kv.start();
 
   let discovery: Discovery | undefined;

@@ -34,6 +34,13 @@ export interface KvServices {
   addWorker(worker: WorkerConfig): Promise<void>;
   /** A worker left: stops its event source, then drops its index entries. */
   removeWorker(id: string): Promise<void>;
+  /**
+   * A worker's health changed. Going down keeps its index: the engine keeps
+   * its cache through a blip, and routing skips the worker anyway. Coming back
+   * probes its event stream: the replay from our last batch fills what was
+   * lost meanwhile, and clears the index only if the engine restarted.
+   */
+  workerStatus(id: string, up: boolean): void;
   start(): Promise<void>;
   stop(): Promise<void>;
 }
@@ -125,6 +132,9 @@ export async function buildKvServices(config: GatewayConfig, options: KvServices
         await source?.stop();
         for (const indexer of indexers.values()) indexer.clearWorker(id);
       }),
+    workerStatus(id, up) {
+      if (up) sources.get(id)?.probe();
+    },
     async start() {
       started = true;
       for (const [id, source] of [...sources]) await source.start(sinkOf.get(id)!);

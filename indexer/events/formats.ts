@@ -1,12 +1,12 @@
-import { decodeKvBatchPayload, KvDecodeError } from './decode-msgpack.js';
+import { decodeKvBatchPayload, KvDecodeError, type SkipCounts } from './decode-msgpack.js';
 import { decodeTrtllmEvents } from './decode-trtllm.js';
 import type { KvEventBatch } from './types.js';
 
 export interface DecodedPayload {
   /** In sequence order. */
   batches: KvEventBatch[];
-  /** Events dropped on purpose (other medium, remote, unknown type, malformed). */
-  skipped: number;
+  /** Events dropped, each alone, by reason. */
+  skipped: SkipCounts;
 }
 
 /**
@@ -41,7 +41,7 @@ export const PAYLOAD_FORMATS = {
       const d = decodeKvBatchPayload(typeof payload === 'string' ? Buffer.from(payload) : payload);
       return {
         batches: [{ seq, ts: d.ts, dataParallelRank: d.dataParallelRank, events: d.events }],
-        skipped: d.skipped,
+        skipped: d.skippedByReason,
       };
     },
   }),
@@ -52,7 +52,7 @@ export const PAYLOAD_FORMATS = {
       decode(payload) {
         const d = decodeTrtllmEvents(text(payload), { blockSize: options.blockSize, maxWindowSize, now: options.now });
         maxWindowSize = d.maxWindowSize;
-        return { batches: d.batches, skipped: d.skipped };
+        return { batches: d.batches, skipped: d.skippedByReason };
       },
     };
   },

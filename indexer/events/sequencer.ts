@@ -36,8 +36,8 @@ export interface SequencerStats {
   gaps: number;
   resets: number;
   batchesReplayed: number;
-  /** Restarts noticed by a replay whose history did not continue ours (the sequence need not go backwards). */
-  restartsDetected: number;
+  /** Restarts noticed: the sequence went backwards, or a replay's history did not continue ours. */
+  restarts: number;
   /** Replays that brought batches we had missed (late join, gap, probe after a quiet loss or a health blip). */
   catchUps: number;
   /** Probes sent (reconnect, health recovery, periodic). */
@@ -96,7 +96,7 @@ export class Sequencer {
     gaps: 0,
     resets: 0,
     batchesReplayed: 0,
-    restartsDetected: 0,
+    restarts: 0,
     catchUps: 0,
     probes: 0,
     lastCatchUpAt: null,
@@ -144,6 +144,7 @@ export class Sequencer {
     if (last === null) return this.baseline(item);
     if (item.seq === last + 1n) return this.deliver(item, false);
     if (item.seq <= last) {
+      this.counters.restarts++;
       this.doReset(`sequence went backwards from ${last} to ${item.seq} (publisher restarted)`);
       return this.baseline(item);
     }
@@ -254,7 +255,7 @@ export class Sequencer {
    * hold blocks the engine does not; clear it and learn the new history from 0.
    */
   private restarted(session: Session, why: string, first?: SequencedItem): void {
-    this.counters.restartsDetected++;
+    this.counters.restarts++;
     this.doReset(`engine history does not continue ours (${why}): restarted or replay buffer overrun`);
     this.endSession(session);
     this.session = null;

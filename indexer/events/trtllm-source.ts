@@ -1,6 +1,7 @@
 import type { Logger } from 'pino';
 import { request } from 'undici';
 import { KvDecodeError } from './decode-msgpack.js';
+import { SourceDiagnostics } from './diagnostics.js';
 import { createDecoder, type PayloadDecoder, type PayloadFormat } from './formats.js';
 import { Sequencer } from './sequencer.js';
 import type { EventSink, EventSource, EventSourceStats } from './source.js';
@@ -24,7 +25,6 @@ export interface TrtllmPollSourceOptions {
 }
 
 export interface TrtllmPollSourceStats extends EventSourceStats {
-  eventsSkipped: number;
   /** Consecutive failed polls (0 while healthy). */
   failures: number;
 }
@@ -49,6 +49,7 @@ export class TrtllmPollSource implements EventSource {
   private wake: (() => void) | undefined;
   private readonly decoder: PayloadDecoder;
   private readonly sequencers = new Map<number, Sequencer>();
+  private readonly diag: SourceDiagnostics;
   private readonly counters: TrtllmPollSourceStats;
 
   constructor(options: TrtllmPollSourceOptions) {
@@ -57,6 +58,7 @@ export class TrtllmPollSource implements EventSource {
     this.url = `${options.url.replace(/\/+$/, '')}/kv_cache_events`;
     this.now = options.now ?? Date.now;
     this.intervalMs = options.intervalMs ?? 100;
+    this.diag = new SourceDiagnostics(options.workerId, options.log, this.now);
     this.decoder = createDecoder(options.format ?? 'trtllm-json', { blockSize: options.blockSize, now: this.now });
     this.counters = {
       endpoint: this.url,
@@ -69,7 +71,14 @@ export class TrtllmPollSource implements EventSource {
       decodeErrors: 0,
       lastBatchAt: null,
       lagMs: null,
+      skippedByReason: {},
       eventsSkipped: 0,
+      suppressedWarnings: 0,
+      ignoredTimestamps: 0,
+      restarts: 0,
+      catchUps: 0,
+      lastCatchUpAt: null,
+      probes: 0,
       failures: 0,
     };
   }
@@ -90,8 +99,26 @@ export class TrtllmPollSource implements EventSource {
 
   stats(): TrtllmPollSourceStats {
     let gaps = 0;
-    for (const s of this.sequencers.values()) gaps += s.stats().gaps;
-    return { ...this.counters, gaps };
+    let restarts = 0;
+    for (const s of this.sequencers.values()) {
+      const q = s.stats();
+      gaps += q.gaps;
+      restarts += q.restarts;
+    }
+    const d = this.diag;
+    return {
+      ...this.counters,
+      gaps,
+      restarts,
+      skippedByReason: { ...d.skipped },
+      eventsSkipped: d.skippedTotal,
+      suppressedWarnings: d.suppressedWarnings,
+    };
+  }
+
+  /** Nothing to replay from: trtllm-serve's queue is drained by each poll. */
+  probe(): void {
+    this.wake?.();
   }
 
   private async run(): Promise<void> {
@@ -142,10 +169,10 @@ export class TrtllmPollSource implements EventSource {
     } catch (err) {
       if (!(err instanceof KvDecodeError)) throw err;
       this.counters.decodeErrors++;
-      this.opts.log?.warn({ worker: this.workerId, err: err.message }, 'undecodable kv_cache_events response skipped');
+      this.diag.warn({ err: err.message }, 'undecodable kv_cache_events response skipped');
       return;
     }
-    this.counters.eventsSkipped += decoded.skipped;
+    this.diag.addSkips(decoded.skipped);
     for (const batch of decoded.batches) {
       if (this.stopped) return;
       this.sequencerFor(batch.dataParallelRank).push({ seq: batch.seq, batch });

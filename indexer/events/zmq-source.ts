@@ -1,5 +1,6 @@
 import type { Logger } from 'pino';
 import { Dealer, Subscriber } from 'zeromq';
+import { MAX_PLAUSIBLE_SEQ, SourceDiagnostics } from './diagnostics.js';
 import { createDecoder, type PayloadDecoder, type PayloadFormat } from './formats.js';
 import { Sequencer, type Replayer, type SequencedItem } from './sequencer.js';
 import type { EventSink, EventSource, EventSourceStats } from './source.js';
@@ -18,14 +19,18 @@ export interface ZmqEventSourceOptions {
   format?: PayloadFormat;
   /** How long a replay may take before we give up and reset; default 2000 ms. */
   replayTimeoutMs?: number;
+  /**
+   * Period of the replay probe while connected (0: off); default 5000 ms. It
+   * bounds how long a batch lost at the end of a quiet period, or a restart
+   * that left the sequence above ours, stays unnoticed: one period plus one
+   * replay round trip.
+   */
+  probeIntervalMs?: number;
   log?: Logger;
   now?: () => number;
 }
 
-export interface ZmqEventSourceStats extends EventSourceStats {
-  /** Events the decoder dropped on purpose (other medium, remote, unknown type, malformed). */
-  eventsSkipped: number;
-}
+export type ZmqEventSourceStats = EventSourceStats;
 
 const END_SEQ = Buffer.alloc(8, 0xff);
 
@@ -48,6 +53,8 @@ export class ZmqEventSource implements EventSource {
   private readonly now: () => number;
   private readonly decoder: PayloadDecoder;
   private readonly sequencer: Sequencer;
+  private readonly diag: SourceDiagnostics;
+  private probeTimer: NodeJS.Timeout | undefined;
   private sub: Subscriber | undefined;
   private sink: EventSink | undefined;
   private loop: Promise<void> | undefined;
@@ -59,6 +66,7 @@ export class ZmqEventSource implements EventSource {
     this.opts = options;
     this.now = options.now ?? Date.now;
     this.decoder = createDecoder(options.format ?? 'msgpack');
+    this.diag = new SourceDiagnostics(options.workerId, options.log, this.now);
     const replayer = options.replayEndpoint === undefined ? undefined : this.replayer(options.replayEndpoint);
     this.sequencer = new Sequencer({
       workerId: options.workerId,
@@ -79,7 +87,14 @@ export class ZmqEventSource implements EventSource {
       decodeErrors: 0,
       lastBatchAt: null,
       lagMs: null,
+      skippedByReason: {},
       eventsSkipped: 0,
+      suppressedWarnings: 0,
+      ignoredTimestamps: 0,
+      restarts: 0,
+      catchUps: 0,
+      lastCatchUpAt: null,
+      probes: 0,
     };
   }
 
@@ -91,6 +106,8 @@ export class ZmqEventSource implements EventSource {
     this.sub = sub;
     sub.events.on('connect', () => {
       this.counters.connected = true;
+      // A (re)connect is where batches get lost and where a restarted engine shows up: check at once.
+      this.sequencer.probe();
     });
     sub.events.on('accept', () => {
       this.counters.connected = true;
@@ -107,10 +124,18 @@ export class ZmqEventSource implements EventSource {
       throw err;
     }
     this.loop = this.receiveLoop(sub);
+    const every = this.opts.probeIntervalMs ?? 5000;
+    if (every > 0 && this.opts.replayEndpoint !== undefined) {
+      this.probeTimer = setInterval(() => {
+        if (this.counters.connected) this.sequencer.probe();
+      }, every);
+      this.probeTimer.unref();
+    }
   }
 
   async stop(): Promise<void> {
     this.stopped = true;
+    clearInterval(this.probeTimer);
     this.sequencer.stop();
     if (this.sub && !this.sub.closed) this.sub.close();
     this.counters.connected = false;
@@ -124,7 +149,22 @@ export class ZmqEventSource implements EventSource {
 
   stats(): ZmqEventSourceStats {
     const s = this.sequencer.stats();
-    return { ...this.counters, lastSeq: s.lastSeq, gaps: s.gaps, resets: s.resets, batchesReplayed: s.batchesReplayed };
+    const d = this.diag;
+    return {
+      ...this.counters,
+      lastSeq: s.lastSeq,
+      gaps: s.gaps,
+      resets: s.resets,
+      batchesReplayed: s.batchesReplayed,
+      restarts: s.restarts,
+      catchUps: s.catchUps,
+      lastCatchUpAt: s.lastCatchUpAt,
+      probes: s.probes,
+      skippedByReason: { ...d.skipped },
+      eventsSkipped: d.skippedTotal,
+      suppressedWarnings: d.suppressedWarnings,
+      ignoredTimestamps: d.ignoredTimestamps,
+    };
   }
 
   private async receiveLoop(sub: Subscriber): Promise<void> {
@@ -140,10 +180,18 @@ export class ZmqEventSource implements EventSource {
         this.counters.decodeErrors++;
         continue;
       }
-      const item = this.decode(frames[1].readBigUInt64BE(), frames[2]);
+      const seq = frames[1].readBigUInt64BE();
+      if (seq > MAX_PLAUSIBLE_SEQ) {
+        // Taking it would make every later batch look like a restart.
+        this.diag.skip('bad-seq');
+        this.diag.warn({ seq: seq.toString() }, 'kv event batch with an impossible sequence number skipped');
+        continue;
+      }
+      const item = this.decode(seq, frames[2]);
       if (item.batch) {
         this.counters.lastBatchAt = this.now();
-        this.counters.lagMs = this.counters.lastBatchAt - item.batch.ts * 1000;
+        const lag = this.diag.lagMs(this.counters.lastBatchAt, item.batch.ts);
+        if (lag !== null) this.counters.lagMs = lag;
       }
       this.sequencer.push(item);
     }
@@ -152,14 +200,11 @@ export class ZmqEventSource implements EventSource {
   private decode(seq: bigint, payload: Buffer): SequencedItem {
     try {
       const d = this.decoder.decode(payload, seq);
-      this.counters.eventsSkipped += d.skipped;
+      this.diag.addSkips(d.skipped);
       return { seq, batch: d.batches[0] ?? null, payload };
     } catch (err) {
       this.counters.decodeErrors++;
-      this.opts.log?.warn(
-        { worker: this.workerId, seq: seq.toString(), err: (err as Error).message },
-        'undecodable kv event batch skipped',
-      );
+      this.diag.warn({ seq: seq.toString(), err: (err as Error).message }, 'undecodable kv event batch skipped');
       return { seq, batch: null, payload };
     }
   }

@@ -117,14 +117,29 @@ t.test('sliding-window events are skipped', async (t) => {
   );
 });
 
-t.test('bad responses throw KvDecodeError', async (t) => {
-  for (const bad of [
-    '{"detail": "x"}',
-    '[{"event_id": 1}]',
-    '[{"event_id": "1", "data": {"type": "removed", "block_hashes": []}}]',
-    '[{"event_id": 1, "data": {"type": "removed", "block_hashes": [1.5]}}]',
-    '[{"event_id": 1, "data": {"type": "stored", "blocks": [{"block_hash": 1, "tokens": [{"token_id": -1}]}]}}]',
-  ]) {
-    t.throws(() => decodeTrtllmEvents(bad), KvDecodeError, bad);
+t.test('a response that is not an event array throws KvDecodeError', async (t) => {
+  t.throws(() => decodeTrtllmEvents('{"detail": "x"}'), KvDecodeError);
+});
+
+t.test('a bad event costs only itself; it keeps its id when it has one', async (t) => {
+  const good = '{"event_id": 3, "data": {"type": "removed", "block_hashes": [7]}}';
+  for (const [bad, keepsId] of [
+    ['{"event_id": 2}', true],
+    ['{"event_id": 2, "data": {"type": "removed", "block_hashes": [1.5]}}', true],
+    ['{"event_id": 2, "data": {"type": "stored", "blocks": [{"block_hash": 1, "tokens": [{"token_id": -1}]}]}}', true],
+    ['{"event_id": "2", "data": {"type": "removed", "block_hashes": []}}', false],
+  ] as const) {
+    const d = decodeTrtllmEvents(`[${bad}, ${good}]`);
+    t.strictSame(
+      d.batches.map((b) => [b.seq, b.events.length]),
+      keepsId
+        ? [
+            [2n, 0],
+            [3n, 1],
+          ]
+        : [[3n, 1]],
+      bad,
+    );
+    t.strictSame(d.skippedByReason, { malformed: 1 });
   }
 });
