@@ -224,10 +224,17 @@ export function decodeTrtllmEvents(jsonText: string, options: TrtllmDecodeOption
           if (r.skipped > 0) skip('inconsistent');
         } else {
           if (!Array.isArray(data.block_hashes)) throw new KvDecodeError('removed event has no block_hashes array');
-          // The JSON does not say which pool a removal is from; the primary pool is the one routing cares about.
-          events.push({ kind: 'removed', engineHashes: data.block_hashes.map(toHash), tier: 'gpu' });
+          // The JSON does not say which pool a removal is from: the block leaves whichever tiers hold it.
+          events.push({ kind: 'removed', engineHashes: data.block_hashes.map(toHash), tier: 'gpu', allTiers: true });
         }
-      } else if (data.type !== 'created' && data.type !== 'updated') {
+      } else if (data.type === 'updated') {
+        // Priority changes do not move data; a cache_level change moves the block between GPU and host memory.
+        const level = data.cache_level;
+        if (isObj(level) && typeof level.new_value === 'number') {
+          const tier: KvTier = level.new_value > 0 ? 'cpu' : 'gpu';
+          events.push({ kind: 'moved', engineHashes: [toHash(data.block_hash)], tier });
+        }
+      } else if (data.type !== 'created') {
         skip('unknown-type');
       }
     } catch (err) {

@@ -1,6 +1,6 @@
 import type { BlockHasher } from './block-hash.js';
 import type { EventSink } from '../events/source.js';
-import type { BlocksRemoved, BlocksStored, EngineBlockHash, KvEventBatch } from '../events/types.js';
+import type { BlocksMoved, BlocksRemoved, BlocksStored, EngineBlockHash, KvEventBatch } from '../events/types.js';
 import { EngineHashMap } from './engine-hash-map.js';
 import type { KvIndex } from './kv-index.js';
 import { ALL_TIERS, RadixIndex, targetKey, tierFlag, type MatchCounts, type TargetKey } from './radix-index.js';
@@ -203,6 +203,7 @@ export class KvIndexer implements KvIndex<KvEventBatch> {
     for (const ev of batch.events) {
       if (ev.kind === 'stored') this.applyStored(workerId, w, t, ev);
       else if (ev.kind === 'removed') this.applyRemoved(w, t, ev);
+      else if (ev.kind === 'moved') this.applyMoved(w, t, ev);
       else {
         this.clearTargetState(t);
         w.targets.delete(batch.dataParallelRank ?? NO_RANK);
@@ -270,8 +271,22 @@ export class KvIndexer implements KvIndex<KvEventBatch> {
     w.stats.blocksStored += i;
   }
 
+  private applyMoved(w: WorkerState, t: TargetState, ev: BlocksMoved): void {
+    const flag = tierFlag(ev.tier);
+    for (const h of ev.engineHashes) {
+      const node = this.resolve(t, h);
+      if (node < 0) {
+        w.stats.unknownRemoved++;
+        continue;
+      }
+      // Add the new tier before dropping the others, so the node is never briefly unheld (and freed).
+      this.index.addToNode(node, t.id, flag);
+      this.index.dropFromNode(node, t.id, ALL_TIERS & ~flag);
+    }
+  }
+
   private applyRemoved(w: WorkerState, t: TargetState, ev: BlocksRemoved): void {
-    const mask = tierFlag(ev.tier);
+    const mask = ev.allTiers ? ALL_TIERS : tierFlag(ev.tier);
     for (const h of ev.engineHashes) {
       const node = this.resolve(t, h);
       if (node < 0) {

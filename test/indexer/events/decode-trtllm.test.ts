@@ -72,11 +72,15 @@ t.test('stored, removed, created, updated', async (t) => {
   );
   t.strictSame(
     d.batches[2].events,
-    [{ kind: 'removed', engineHashes: [18446744073709551615n, 9007199254740993n], tier: 'gpu' }],
-    '2^53+1 exact',
+    [{ kind: 'removed', engineHashes: [18446744073709551615n, 9007199254740993n], tier: 'gpu', allTiers: true }],
+    '2^53+1 exact; a removal leaves every tier',
   );
   t.strictSame(d.batches[0].events, [], 'created ignored');
-  t.strictSame(d.batches[3].events, [], 'updated ignored');
+  t.strictSame(
+    d.batches[3].events,
+    [{ kind: 'moved', engineHashes: [101n], tier: 'cpu' }],
+    'updated cache level applied',
+  );
   t.strictSame(
     d.batches[4].events,
     [
@@ -143,3 +147,25 @@ t.test('a bad event costs only itself; it keeps its id when it has one', async (
     t.strictSame(d.skippedByReason, { malformed: 1 });
   }
 });
+
+t.test(
+  'updated: a cache_level change moves the block; priority alone does nothing; removals leave every tier',
+  async (t) => {
+    const d = decodeTrtllmEvents(
+      `[{"event_id": 1, "data": {"type": "updated", "block_hash": 7, "cache_level": {"old_value": 0, "new_value": 1}, "priority": null}},
+      {"event_id": 2, "data": {"type": "updated", "block_hash": 7, "cache_level": null, "priority": {"old_value": 35, "new_value": 90}}},
+      {"event_id": 3, "data": {"type": "updated", "block_hash": 7, "cache_level": {"old_value": 1, "new_value": 0}}},
+      {"event_id": 4, "data": {"type": "removed", "block_hashes": [7]}}]`,
+    );
+    t.strictSame(
+      d.batches.map((b) => b.events),
+      [
+        [{ kind: 'moved', engineHashes: [7n], tier: 'cpu' }],
+        [],
+        [{ kind: 'moved', engineHashes: [7n], tier: 'gpu' }],
+        [{ kind: 'removed', engineHashes: [7n], tier: 'gpu', allTiers: true }],
+      ],
+    );
+    t.equal(d.skipped, 0);
+  },
+);
