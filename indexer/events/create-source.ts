@@ -1,6 +1,7 @@
 import type { Logger } from 'pino';
 import { z } from 'zod';
 import { PAYLOAD_FORMAT_NAMES } from './formats.js';
+import { offsetPort, RankedEventSource } from './ranked-source.js';
 import type { EventSource } from './source.js';
 import { TrtllmPollSource } from './trtllm-source.js';
 import { ZmqEventSource } from './zmq-source.js';
@@ -9,17 +10,47 @@ const zmqEndpoint = z
   .string()
   .regex(/^(tcp|ipc|inproc):\/\/.+/, 'must be a ZeroMQ endpoint such as tcp://127.0.0.1:5557');
 
-export const zmqEventSourceConfigSchema = z.strictObject({
-  type: z.literal('zmq'),
-  /** The engine's PUB endpoint (vLLM/SGLang `endpoint`, with the worker's host instead of `*`). */
-  endpoint: zmqEndpoint,
-  replayEndpoint: zmqEndpoint.optional(),
-  topic: z.string().default(''),
-  mode: z.enum(['connect', 'bind']).default('connect'),
-  /** Payload format of frame 3 (see formats.ts). */
-  format: z.enum(PAYLOAD_FORMAT_NAMES).default('msgpack'),
-  replayTimeoutMs: z.number().int().min(10).default(2000),
-});
+const rankEndpointsSchema = z.strictObject({ endpoint: zmqEndpoint, replayEndpoint: zmqEndpoint.optional() });
+
+export const zmqEventSourceConfigSchema = z
+  .strictObject({
+    type: z.literal('zmq'),
+    /** The engine's PUB endpoint (vLLM/SGLang `endpoint`, with the worker's host instead of `*`). */
+    endpoint: zmqEndpoint,
+    replayEndpoint: zmqEndpoint.optional(),
+    topic: z.string().default(''),
+    mode: z.enum(['connect', 'bind']).default('connect'),
+    /** Payload format of frame 3 (see formats.ts). */
+    format: z.enum(PAYLOAD_FORMAT_NAMES).default('msgpack'),
+    replayTimeoutMs: z.number().int().min(10).default(2000),
+    /** Replay probe period while connected (0: off); bounds how long a quiet loss or a hidden restart goes unnoticed. */
+    probeIntervalMs: z.number().int().min(0).default(5000),
+    /**
+     * Data-parallel ranks of this worker, vLLM's way: rank r publishes on `endpoint`'s port + r and replays on
+     * `replayEndpoint`'s port + r. Each rank is its own subscription, sequence and replay, and its own target.
+     */
+    dataParallelSize: z.number().int().min(1).max(1024).optional(),
+    /** Or each rank's endpoints, in rank order, when they do not follow vLLM's offsets (`endpoint` is then rank 0's). */
+    ranks: z.array(rankEndpointsSchema).min(1).optional(),
+  })
+  .superRefine((c, ctx) => {
+    if (c.dataParallelSize !== undefined && c.ranks !== undefined)
+      ctx.addIssue({ code: 'custom', path: ['ranks'], message: 'give dataParallelSize or ranks, not both' });
+    const n = c.dataParallelSize ?? 1;
+    if (n > 1 && c.replayEndpoint !== undefined) {
+      const port = (e: string) => Number(/:(\d+)$/.exec(e)?.[1] ?? NaN);
+      const pub = port(c.endpoint);
+      const rep = port(c.replayEndpoint);
+      if (!Number.isFinite(pub) || !Number.isFinite(rep))
+        ctx.addIssue({ code: 'custom', path: ['dataParallelSize'], message: 'needs tcp://host:port endpoints' });
+      else if (Math.abs(pub - rep) < n)
+        ctx.addIssue({
+          code: 'custom',
+          path: ['replayEndpoint'],
+          message: `with dataParallelSize ${n}, publish ports ${pub}..${pub + n - 1} and replay ports ${rep}..${rep + n - 1} overlap; put the replay port at least ${n} away`,
+        });
+    }
+  });
 
 export const trtllmEventSourceConfigSchema = z.strictObject({
   type: z.literal('trtllm-http'),
@@ -51,18 +82,35 @@ type ConfigOf<T extends EventSourceConfig['type']> = Extract<EventSourceConfig, 
  * union above, and one line here; the payload format is chosen separately by `format`.
  */
 const TRANSPORTS: { [T in EventSourceConfig['type']]: Transport<ConfigOf<T>> } = {
-  zmq: (c, workerId, log, d) =>
-    new ZmqEventSource({
+  zmq: (c, workerId, log, d) => {
+    const one = (endpoint: string, replayEndpoint: string | undefined, rank?: number) =>
+      new ZmqEventSource({
+        workerId,
+        endpoint,
+        replayEndpoint,
+        rank,
+        topic: c.topic,
+        mode: c.mode,
+        format: c.format,
+        replayTimeoutMs: c.replayTimeoutMs,
+        probeIntervalMs: c.probeIntervalMs,
+        log,
+        now: d.now,
+      });
+    if (c.ranks !== undefined)
+      return new RankedEventSource(
+        workerId,
+        c.ranks.map((r, i) => one(r.endpoint, r.replayEndpoint, i)),
+      );
+    const n = c.dataParallelSize;
+    if (n === undefined) return one(c.endpoint, c.replayEndpoint);
+    return new RankedEventSource(
       workerId,
-      endpoint: c.endpoint,
-      replayEndpoint: c.replayEndpoint,
-      topic: c.topic,
-      mode: c.mode,
-      format: c.format,
-      replayTimeoutMs: c.replayTimeoutMs,
-      log,
-      now: d.now,
-    }),
+      Array.from({ length: n }, (_, r) =>
+        one(offsetPort(c.endpoint, r), c.replayEndpoint === undefined ? undefined : offsetPort(c.replayEndpoint, r), r),
+      ),
+    );
+  },
   'trtllm-http': (c, workerId, log, d) => {
     const url = c.url ?? d.workerUrl;
     if (url === undefined)

@@ -15,6 +15,8 @@ export interface ZmqEventSourceOptions {
   topic?: string;
   /** connect (default): we connect to a binding engine. bind: the engine connects to us. */
   mode?: 'connect' | 'bind';
+  /** Data-parallel rank this stream belongs to (one subscription per rank); its batches are that rank's. */
+  rank?: number;
   /** Payload format of frame 3; default msgpack. */
   format?: PayloadFormat;
   /** How long a replay may take before we give up and reset; default 2000 ms. */
@@ -70,6 +72,7 @@ export class ZmqEventSource implements EventSource {
     const replayer = options.replayEndpoint === undefined ? undefined : this.replayer(options.replayEndpoint);
     this.sequencer = new Sequencer({
       workerId: options.workerId,
+      rank: options.rank ?? null,
       replayer,
       replayTimeoutMs: options.replayTimeoutMs,
       log: options.log,
@@ -201,7 +204,9 @@ export class ZmqEventSource implements EventSource {
     try {
       const d = this.decoder.decode(payload, seq);
       this.diag.addSkips(d.skipped);
-      return { seq, batch: d.batches[0] ?? null, payload };
+      const batch = d.batches[0] ?? null;
+      const rank = this.opts.rank;
+      return { seq, batch: batch && rank !== undefined ? { ...batch, dataParallelRank: rank } : batch, payload };
     } catch (err) {
       this.counters.decodeErrors++;
       this.diag.warn({ seq: seq.toString(), err: (err as Error).message }, 'undecodable kv event batch skipped');
@@ -221,7 +226,8 @@ export class ZmqEventSource implements EventSource {
 
   private resetSink(reason: string): void {
     try {
-      this.sink?.reset(reason);
+      if (this.opts.rank === undefined) this.sink?.reset(reason);
+      else this.sink?.reset(reason, this.opts.rank);
     } catch (err) {
       this.opts.log?.error({ worker: this.workerId, err }, 'kv event sink failed to reset');
     }

@@ -117,6 +117,7 @@ t.test('config schema and factory', async (t) => {
     mode: 'connect',
     format: 'msgpack',
     replayTimeoutMs: 2000,
+    probeIntervalMs: 5000,
   });
   t.strictSame(eventSourceConfigSchema.parse({ type: 'trtllm-http' }), {
     type: 'trtllm-http',
