@@ -132,7 +132,7 @@ const TRANSPORTS: { [T in EventSourceConfig['type']]: Transport<ConfigOf<T>> } =
  * input (it is parsed here, so a bad block throws a zod error naming the field).
  */
 export function createEventSource(
-  config: EventSourceConfig | z.input<typeof eventSourceConfigSchema>,
+  config: EventSourceConfig | Record<string, unknown>,
   workerId: string,
   log?: Logger,
   defaults: SourceDefaults = {},

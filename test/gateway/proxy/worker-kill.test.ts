@@ -133,7 +133,7 @@ t.test('kill a worker under load, then bring it back', async (t) => {
     (events?.resets ?? 0) >= 1,
     `the restarted engine's sequence restart reset its index (${JSON.stringify(events)})`,
   );
-  t.ok(((events as { restarts?: number } | undefined)?.restarts ?? 0) >= 1, 'counted as a restart');
+  t.ok((events?.restarts ?? 0) >= 1, 'counted as a restart');
 
   stop = true;
   await Promise.all(load);

@@ -1,4 +1,4 @@
-import t from 'tap';
+import t, { type Test } from 'tap';
 import OpenAI from 'openai';
 import { request } from 'undici';
 import { eventually, metricValue, MODEL, startGateway } from '../../fixtures/gateway.js';
@@ -15,7 +15,7 @@ interface Events {
   probes: number;
 }
 
-async function setup(t: Tap.Test) {
+async function setup(t: Test) {
   const teardown = t.teardown.bind(t);
   const sim = await startSimProcess(teardown, 'w0', ['--speedup', '50'], true);
   const { url, adminUrl } = await startGateway(
