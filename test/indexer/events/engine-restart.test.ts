@@ -71,14 +71,14 @@ t.test(
     await sim.restart();
     // The new process's first batches never reach the gateway (lost while the subscriber reconnects).
     await drop(sim, oldLast + 3);
-    await eventually(async () => (await debugWorker(adminUrl, 'w0')).healthy || undefined, 15_000);
+    await eventually(async () => (await debugWorker(adminUrl, 'w0')).healthy || undefined, 30_000);
     const NEW = 'The new process serves something else entirely. '.repeat(2);
     for (let i = 0; i < oldLast + 5; i++) await complete(`request ${i}: ${NEW.repeat(6)}`);
 
     const after = await eventually(async () => {
       const s = await state();
       return s.events.restarts >= 1 && Number(s.events.lastSeq) >= oldLast + 4 ? s : undefined;
-    }, 15_000);
+    }, 30_000);
     t.ok(after.events.resets >= 1, `restart noticed: ${JSON.stringify(after.events)}`);
     t.equal(await predicted(`part 0: ${OLD}`), 0, 'no hit predicted on blocks the new engine never cached');
     t.ok((await predicted(`request 0: ${NEW.repeat(6)}`)) >= 4, "the new engine's blocks, replayed, are indexed");
@@ -96,10 +96,10 @@ t.test('a health blip keeps the index; a batch lost in a quiet period is found b
   // The engine process freezes (a stuck driver, a long GC): health fails, the cache is still there.
   sim.proc.child.kill('SIGSTOP');
   t.teardown(() => sim.proc.child.kill('SIGCONT'));
-  await eventually(async () => !(await debugWorker(adminUrl, 'w0')).healthy || undefined, 15_000);
+  await eventually(async () => !(await debugWorker(adminUrl, 'w0')).healthy || undefined, 30_000);
   t.equal((await state()).blocks >= blocks, true, 'a worker failing health checks keeps its index');
   sim.proc.child.kill('SIGCONT');
-  await eventually(async () => (await debugWorker(adminUrl, 'w0')).healthy || undefined, 15_000);
+  await eventually(async () => (await debugWorker(adminUrl, 'w0')).healthy || undefined, 30_000);
   t.equal(await predicted(OLD), blocks, 'back up: still predicted, nothing to rebuild');
 
   // One batch lost, then silence: no later batch reveals the gap.
@@ -112,7 +112,7 @@ t.test('a health blip keeps the index; a batch lost in a quiet period is found b
       const s = await state();
       return s.events.catchUps >= 1 && (await predicted(LOST)) >= 4 ? s : undefined;
     },
-    15_000,
+    30_000,
     100,
   );
   t.comment(`lost batch recovered ${Date.now() - t0} ms after the request (probe period 5000 ms)`);
