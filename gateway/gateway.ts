@@ -24,7 +24,7 @@ import { buildRouting, LivePipeline, poolSignature, restartOnlyChanges, type Rou
 import { Disaggregation } from './disagg/two-leg.js';
 import { PdSplit } from './disagg/split.js';
 import { LoadSharing, natsTransport } from './fleet/load-sharing.js';
-import { buildKvServices, clearIndexWhenDown } from './kv-services.js';
+import { buildKvServices } from './kv-services.js';
 import { FleetAdapters } from './fleet/adapters.js';
 import { createLoraAdmin } from './ops/lora-admin.js';
 import { listen } from './ops/startup-error.js';
@@ -117,7 +117,8 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
   });
   registerKvMetrics(metrics.registry, kv);
   registerMemoryMetrics(metrics.registry, kv.tokenizers);
-  clearIndexWhenDown(fleet, kv);
+  // A worker that fails health checks keeps its index (kv-services explains why); its return triggers a replay probe.
+  fleet.onStatus((worker, up) => kv.workerStatus(worker.id, up));
   const health = new HealthChecker(fleet, config.fleet.health, log, options.healthProbe);
 
   // --- routing: request -> policy -> strategy, over the fleet and the index ---

@@ -22,8 +22,6 @@ import { ContextLengthError } from '../indexer/tokenize/context-bound.js';
 import { contextLengthError } from './front/engine-errors.js';
 import type { PrefixMatcher } from './routing/strategies/strategy.js';
 
-/** How long events a worker sent before going down may still be arriving. */
-const STALE_EVENTS_MS = 500;
 
 /** What the KV-aware parts of the gateway share: one index per model, its event sources, and prompt hashing. */
 export interface KvServices {
@@ -39,6 +37,13 @@ export interface KvServices {
   addWorker(worker: WorkerConfig): Promise<void>;
   /** A worker left: stops its event source, then drops its index entries. */
   removeWorker(id: string): Promise<void>;
+  /**
+   * A worker's health changed. Going down keeps its index: the engine keeps
+   * its cache through a blip, and routing skips the worker anyway. Coming back
+   * probes its event stream: the replay from our last batch fills what was
+   * lost meanwhile, and clears the index only if the engine restarted.
+   */
+  workerStatus(id: string, up: boolean): void;
   start(): Promise<void>;
   stop(): Promise<void>;
 }
@@ -135,6 +140,9 @@ export async function buildKvServices(config: GatewayConfig, options: KvServices
         await source?.stop();
         for (const indexer of indexers.values()) indexer.clearWorker(id);
       }),
+    workerStatus(id, up) {
+      if (up) sources.get(id)?.probe();
+    },
     async start() {
       started = true;
       for (const [id, source] of [...sources]) await source.start(sinkOf.get(id)!);
@@ -198,24 +206,6 @@ export async function buildKvServices(config: GatewayConfig, options: KvServices
   return services;
 }
 
-/**
- * A worker that went down (health failed, breaker opened) takes its cache with it, as far as
- * routing can tell: drop its blocks now, and once more a moment later, because events it sent just
- * before dying may still sit in our socket. Its event source reconnects by itself and rebuilds
- * them; an engine restart also restarts its sequence numbers, which resets the worker again.
- */
-export function clearIndexWhenDown(fleet: Fleet, kv: Pick<KvServices, 'indexers'>): void {
-  const clear = (id: string) => {
-    for (const indexer of kv.indexers.values()) indexer.clearWorker(id);
-  };
-  fleet.onStatus((worker, up) => {
-    if (up) return;
-    clear(worker.id);
-    setTimeout(() => {
-      if (worker.down && fleet.has(worker)) clear(worker.id);
-    }, STALE_EVENTS_MS).unref();
-  });
-}
 
 function singleMatcher(index: KvIndexer): KvServices['matcher'] {
   return { match: (h) => index.match(h), blocksOf: (t) => index.blocksOf(t) };

@@ -85,10 +85,39 @@ export function registerKvMetrics(registry: Registry, kv: Pick<KvServices, 'inde
       'KV event payloads that could not be decoded and were dropped',
       'decodeErrors',
     ],
+    [
+      'kvgate_kv_event_restarts_total',
+      'Engine restarts noticed (sequence went backwards, or a replay showed a history that is not ours)',
+      'restarts',
+    ],
+    ['kvgate_kv_event_catchups_total', 'Replays that recovered KV event batches the gateway had missed', 'catchUps'],
+    ['kvgate_kv_event_probes_total', 'Replay probes sent (reconnect, health recovery, periodic)', 'probes'],
+    [
+      'kvgate_kv_event_warnings_suppressed_total',
+      'KV event warnings not logged because of the per-worker rate limit',
+      'suppressedWarnings',
+    ],
   ] as const;
   for (const [name, help, field] of sourceCounters) {
     cumulative(registry, name, help, () => [...kv.sources].map(([worker, s]) => [worker, s.stats()[field]]));
   }
+  const skipped = new Map<string, number>();
+  new Counter({
+    name: 'kvgate_kv_events_skipped_total',
+    help: 'KV events skipped alone (the rest of their batch applied), per worker and reason',
+    labelNames: ['worker', 'reason'],
+    registers,
+    collect() {
+      for (const [worker, s] of kv.sources) {
+        for (const [reason, value] of Object.entries(s.stats().skippedByReason)) {
+          const key = `${worker}\u0000${reason}`;
+          const prev = skipped.get(key) ?? 0;
+          this.inc({ worker, reason }, value >= prev ? value - prev : value);
+          skipped.set(key, value);
+        }
+      }
+    },
+  });
   const indexCounters = [
     ['kvgate_kv_blocks_stored_total', 'Blocks stored by KV events, per worker', 'blocksStored'],
     ['kvgate_kv_blocks_removed_total', 'Blocks removed by KV events, per worker', 'blocksRemoved'],

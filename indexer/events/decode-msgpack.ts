@@ -6,13 +6,27 @@ export class KvDecodeError extends Error {
   override readonly name = 'KvDecodeError';
 }
 
+/**
+ * Why an event was not applied. malformed: not a valid event of its type;
+ * unknown-type: a type we do not index; other-medium: DISK/EXTERNAL storage;
+ * foreign: another node's blocks or another KV cache group; inconsistent:
+ * its token count does not match its blocks.
+ */
+export type SkipReason = 'malformed' | 'unknown-type' | 'other-medium' | 'foreign' | 'inconsistent';
+export type SkipCounts = Partial<Record<SkipReason, number>>;
+
+export function addSkips(into: SkipCounts, from: SkipCounts): void {
+  for (const [k, v] of Object.entries(from) as [SkipReason, number][]) into[k] = (into[k] ?? 0) + v;
+}
+
 export interface DecodedKvPayload {
   /** Engine timestamp, seconds since the epoch. */
   ts: number;
   dataParallelRank: number | null;
   events: KvEvent[];
-  /** Events dropped on purpose: unknown type, other medium, remote, other KV group, malformed. */
+  /** Events dropped (each alone; the rest of the batch still applies). */
   skipped: number;
+  skippedByReason: SkipCounts;
 }
 
 // 64-bit ints always come back as bigint (hashes exceed 2^53); smaller forms as number.
@@ -95,7 +109,7 @@ function loraNameOf(f: Fields): string | null {
   return null;
 }
 
-function buildStored(f: Fields): KvEvent | null {
+function buildStored(f: Fields): KvEvent | SkipReason {
   const engineHashes = toHashList(f.block_hashes, 'block_hashes');
   const parentEngineHash =
     f.parent_block_hash === null || f.parent_block_hash === undefined
@@ -105,15 +119,18 @@ function buildStored(f: Fields): KvEvent | null {
   const blockSize = toSmallInt(f.block_size, 'block_size');
   const tier = toTier(f.medium);
   const loraName = loraNameOf(f);
-  if (tier === null || isForeign(f)) return null;
-  if (blockSize <= 0 || engineHashes.length === 0 || tokenIds.length !== engineHashes.length * blockSize) return null;
+  if (tier === null) return 'other-medium';
+  if (isForeign(f)) return 'foreign';
+  if (blockSize <= 0 || engineHashes.length === 0 || tokenIds.length !== engineHashes.length * blockSize)
+    return 'inconsistent';
   return { kind: 'stored', engineHashes, parentEngineHash, tokenIds, blockSize, tier, loraName };
 }
 
-function buildRemoved(f: Fields): KvEvent | null {
+function buildRemoved(f: Fields): KvEvent | SkipReason {
   const engineHashes = toHashList(f.block_hashes, 'block_hashes');
   const tier = toTier(f.medium);
-  if (tier === null || isForeign(f)) return null;
+  if (tier === null) return 'other-medium';
+  if (isForeign(f)) return 'foreign';
   return { kind: 'removed', engineHashes, tier };
 }
 
@@ -151,7 +168,7 @@ function positionalFields(tag: string, a: unknown[]): Fields | null {
   }
 }
 
-function decodeEvent(raw: unknown): KvEvent | null {
+function decodeEvent(raw: unknown): KvEvent | SkipReason {
   let tag: unknown;
   let fields: Fields | null;
   if (isMap(raw)) {
@@ -162,7 +179,7 @@ function decodeEvent(raw: unknown): KvEvent | null {
     tag = raw[0];
     if (typeof tag !== 'string') fail('positional event does not start with its type name');
     fields = positionalFields(tag, raw);
-    if (fields === null) return null;
+    if (fields === null) return 'unknown-type';
   } else {
     return fail('event is neither a map nor an array');
   }
@@ -174,7 +191,7 @@ function decodeEvent(raw: unknown): KvEvent | null {
     case 'AllBlocksCleared':
       return { kind: 'cleared' };
     default:
-      return null;
+      return 'unknown-type';
   }
 }
 
@@ -183,7 +200,8 @@ function decodeEvent(raw: unknown): KvEvent | null {
  * shapes), SGLang or TRT-LLM's ZMQ publisher. The outer batch is positional
  * `[ts, events, dp_rank?]` in every release; a map `{ts, events,
  * data_parallel_rank}` is accepted too (seen in one vLLM branch snapshot).
- * Throws KvDecodeError on anything that is not such a batch.
+ * Throws KvDecodeError on anything that is not such a batch; a bad event
+ * inside a good batch is skipped alone and counted by reason.
  */
 export function decodeKvBatchPayload(payload: Buffer | Uint8Array): DecodedKvPayload {
   let outer: unknown;
@@ -211,11 +229,23 @@ export function decodeKvBatchPayload(payload: Buffer | Uint8Array): DecodedKvPay
   if (!Array.isArray(eventsRaw)) fail('batch events must be an array');
   const dataParallelRank = rankRaw === undefined || rankRaw === null ? null : toSmallInt(rankRaw, 'data_parallel_rank');
   const events: KvEvent[] = [];
+  const skippedByReason: SkipCounts = {};
   let skipped = 0;
   for (const raw of eventsRaw) {
-    const ev = decodeEvent(raw);
-    if (ev === null) skipped++;
-    else events.push(ev);
+    let ev: KvEvent | SkipReason;
+    try {
+      ev = decodeEvent(raw);
+    } catch (err) {
+      // One bad event costs only itself: the others in its batch are fine, and dropping them would leave a silent hole.
+      if (!(err instanceof KvDecodeError)) throw err;
+      ev = 'malformed';
+    }
+    if (typeof ev === 'string') {
+      skipped++;
+      skippedByReason[ev] = (skippedByReason[ev] ?? 0) + 1;
+    } else {
+      events.push(ev);
+    }
   }
-  return { ts, dataParallelRank, events, skipped };
+  return { ts, dataParallelRank, events, skipped, skippedByReason };
 }

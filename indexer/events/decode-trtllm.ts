@@ -1,4 +1,4 @@
-import { KvDecodeError } from './decode-msgpack.js';
+import { KvDecodeError, type SkipCounts, type SkipReason } from './decode-msgpack.js';
 import type { EngineBlockHash, KvEvent, KvEventBatch, KvTier } from './types.js';
 
 /**
@@ -108,6 +108,7 @@ export interface TrtllmDecoded {
   /** One batch per event, in response (= event id) order; `created`/`updated`/skipped events give empty batches so ids stay contiguous. */
   batches: KvEventBatch[];
   skipped: number;
+  skippedByReason: SkipCounts;
   /** Largest `window_size` seen, including this response: pass it back in next time. */
   maxWindowSize: number | undefined;
 }
@@ -177,7 +178,8 @@ function storedEvents(data: Obj, blockSize: number | undefined): { events: KvEve
 
 /**
  * Decodes the JSON array returned by trtllm-serve `POST /kv_cache_events`.
- * `event_id` becomes the batch seq, `attention_dp_rank` the rank.
+ * `event_id` becomes the batch seq, `attention_dp_rank` the rank. Only a
+ * body that is not a JSON array throws; a bad event is skipped alone.
  */
 export function decodeTrtllmEvents(jsonText: string, options: TrtllmDecodeOptions = {}): TrtllmDecoded {
   const parsed = parseJsonLossless(jsonText);
@@ -193,34 +195,57 @@ export function decodeTrtllmEvents(jsonText: string, options: TrtllmDecodeOption
   }
   const ts = (options.now ?? Date.now)() / 1000;
   const batches: KvEventBatch[] = [];
-  let skipped = 0;
+  const skippedByReason: SkipCounts = {};
+  const skip = (reason: SkipReason) => (skippedByReason[reason] = (skippedByReason[reason] ?? 0) + 1);
   for (const ev of parsed) {
-    if (!isObj(ev) || !isObj(ev.data) || typeof ev.data.type !== 'string')
-      throw new KvDecodeError('event must be {event_id, data: {type, ...}}');
-    const idRaw = ev.event_id;
-    if (!(typeof idRaw === 'number' && Number.isInteger(idRaw)) && typeof idRaw !== 'bigint')
-      throw new KvDecodeError('event_id must be an integer');
-    const rank = typeof ev.attention_dp_rank === 'number' ? ev.attention_dp_rank : null;
-    const events: KvEvent[] = [];
-    const data = ev.data;
-    const otherWindow =
-      typeof ev.window_size === 'number' && maxWindowSize !== undefined && ev.window_size < maxWindowSize;
-    if (data.type === 'stored' || data.type === 'removed') {
-      if (otherWindow) {
-        skipped++;
-      } else if (data.type === 'stored') {
-        const r = storedEvents(data, options.blockSize);
-        events.push(...r.events);
-        skipped += r.skipped;
-      } else {
-        if (!Array.isArray(data.block_hashes)) throw new KvDecodeError('removed event has no block_hashes array');
-        // The JSON does not say which pool a removal is from; the primary pool is the one routing cares about.
-        events.push({ kind: 'removed', engineHashes: data.block_hashes.map(toHash), tier: 'gpu' });
-      }
-    } else if (data.type !== 'created' && data.type !== 'updated') {
-      skipped++;
+    const idRaw = isObj(ev) ? ev.event_id : undefined;
+    if (!(typeof idRaw === 'number' && Number.isInteger(idRaw) && idRaw >= 0) && typeof idRaw !== 'bigint') {
+      // Without a usable id the event cannot even hold its place in the sequence.
+      skip('malformed');
+      continue;
     }
+    const rank = isObj(ev) && typeof ev.attention_dp_rank === 'number' ? ev.attention_dp_rank : null;
+    const events: KvEvent[] = [];
+    try {
+      const data = (ev as Obj).data;
+      if (!isObj(data) || typeof data.type !== 'string')
+        throw new KvDecodeError('event must be {event_id, data: {type, ...}}');
+      const otherWindow =
+        isObj(ev) &&
+        typeof ev.window_size === 'number' &&
+        maxWindowSize !== undefined &&
+        ev.window_size < maxWindowSize;
+      if (data.type === 'stored' || data.type === 'removed') {
+        if (otherWindow) {
+          skip('foreign');
+        } else if (data.type === 'stored') {
+          const r = storedEvents(data, options.blockSize);
+          events.push(...r.events);
+          if (r.skipped > 0) skip('inconsistent');
+        } else {
+          if (!Array.isArray(data.block_hashes)) throw new KvDecodeError('removed event has no block_hashes array');
+          // The JSON does not say which pool a removal is from: the block leaves whichever tiers hold it.
+          events.push({ kind: 'removed', engineHashes: data.block_hashes.map(toHash), tier: 'gpu', allTiers: true });
+        }
+      } else if (data.type === 'updated') {
+        // Priority changes do not move data; a cache_level change moves the block between GPU and host memory.
+        const level = data.cache_level;
+        if (isObj(level) && typeof level.new_value === 'number') {
+          const tier: KvTier = level.new_value > 0 ? 'cpu' : 'gpu';
+          events.push({ kind: 'moved', engineHashes: [toHash(data.block_hash)], tier });
+        }
+      } else if (data.type !== 'created') {
+        skip('unknown-type');
+      }
+    } catch (err) {
+      if (!(err instanceof KvDecodeError)) throw err;
+      events.length = 0;
+      skip('malformed');
+    }
+    // Skipped events still take their id (an empty batch), so the ids stay contiguous.
     batches.push({ seq: BigInt(idRaw), ts, dataParallelRank: rank, events });
   }
-  return { batches, skipped, maxWindowSize };
+  let skipped = 0;
+  for (const n of Object.values(skippedByReason)) skipped += n;
+  return { batches, skipped, skippedByReason, maxWindowSize };
 }

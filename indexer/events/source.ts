@@ -1,3 +1,4 @@
+import type { SkipCountsAll } from './diagnostics.js';
 import type { KvEventBatch } from './types.js';
 
 /**
@@ -9,7 +10,8 @@ import type { KvEventBatch } from './types.js';
  */
 export interface EventSink {
   apply(batch: KvEventBatch): void;
-  reset(reason: string): void;
+  /** `rank` given: only that data-parallel rank's sequence broke; otherwise the whole worker. */
+  reset(reason: string, rank?: number | null): void;
 }
 
 /** Counters every source keeps, for `/debug/workers` and metrics. */
@@ -28,8 +30,23 @@ export interface EventSourceStats {
   decodeErrors: number;
   /** Wall-clock ms (Date.now) of the last batch received, null before the first. */
   lastBatchAt: number | null;
-  /** Receive time minus engine timestamp of the last batch, in ms. */
+  /** Receive time minus engine timestamp of the last batch, in ms; null while the engine's stamps are implausible. */
   lagMs: number | null;
+  /** Events (or whole batches, for `bad-seq`) skipped, by reason; each skip costs only itself. */
+  skippedByReason: SkipCountsAll;
+  /** Sum of `skippedByReason`. */
+  eventsSkipped: number;
+  /** Warnings not logged because of the per-worker rate limit. */
+  suppressedWarnings: number;
+  /** Batches whose engine timestamp was too far from our clock to mean anything (lag left as it was). */
+  ignoredTimestamps: number;
+  /** Engine restarts noticed (sequence went backwards, or a replay proved the history is not ours). */
+  restarts: number;
+  /** Replays that recovered batches we had missed; and when the last one did (ms, Date.now). */
+  catchUps: number;
+  lastCatchUpAt: number | null;
+  /** Replay probes sent (reconnect, health recovery, periodic). */
+  probes: number;
 }
 
 /**
@@ -41,4 +58,10 @@ export interface EventSource {
   start(sink: EventSink): Promise<void>;
   stop(): Promise<void>;
   stats(): EventSourceStats;
+  /**
+   * Checks with the engine that nothing was lost and it did not restart (replay
+   * from our last batch). Called when the worker comes back from a health
+   * failure. A no-op for transports that cannot replay.
+   */
+  probe(): void;
 }

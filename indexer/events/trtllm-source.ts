@@ -1,8 +1,11 @@
 import type { Logger } from 'pino';
 import { request } from 'undici';
 import { KvDecodeError } from './decode-msgpack.js';
-import { decodeTrtllmEvents } from './decode-trtllm.js';
+import { SourceDiagnostics } from './diagnostics.js';
+import { createDecoder, type PayloadDecoder, type PayloadFormat } from './formats.js';
+import { Sequencer } from './sequencer.js';
 import type { EventSink, EventSource, EventSourceStats } from './source.js';
+import type { KvEventBatch } from './types.js';
 
 export interface TrtllmPollSourceOptions {
   workerId: string;
@@ -15,12 +18,13 @@ export interface TrtllmPollSourceOptions {
   requestTimeoutMs?: number;
   /** Tokens per KV block (trtllm `tokens_per_block`); when unset, inferred per event from its first block. */
   blockSize?: number;
+  /** Payload format of the response body; default trtllm-json. */
+  format?: PayloadFormat;
   log?: Logger;
   now?: () => number;
 }
 
 export interface TrtllmPollSourceStats extends EventSourceStats {
-  eventsSkipped: number;
   /** Consecutive failed polls (0 while healthy). */
   failures: number;
 }
@@ -29,8 +33,8 @@ export interface TrtllmPollSourceStats extends EventSourceStats {
  * Polls trtllm-serve's `POST /kv_cache_events`, which drains the engine's
  * event queue, so nothing can be replayed: an event id that skips ahead (the
  * engine's bounded queue overflowed) or goes backwards (restart) resets the
- * worker's index. Ids are tracked per attention-DP rank, since each rank
- * numbers its own events.
+ * worker's index. Ids are sequenced per attention-DP rank (one Sequencer
+ * each, without a replayer), since each rank numbers its own events.
  */
 export class TrtllmPollSource implements EventSource {
   readonly workerId: string;
@@ -43,8 +47,9 @@ export class TrtllmPollSource implements EventSource {
   private stopped = false;
   private abort = new AbortController();
   private wake: (() => void) | undefined;
-  private lastSeqByRank = new Map<number, bigint>();
-  private maxWindowSize: number | undefined;
+  private readonly decoder: PayloadDecoder;
+  private readonly sequencers = new Map<number, Sequencer>();
+  private readonly diag: SourceDiagnostics;
   private readonly counters: TrtllmPollSourceStats;
 
   constructor(options: TrtllmPollSourceOptions) {
@@ -53,6 +58,8 @@ export class TrtllmPollSource implements EventSource {
     this.url = `${options.url.replace(/\/+$/, '')}/kv_cache_events`;
     this.now = options.now ?? Date.now;
     this.intervalMs = options.intervalMs ?? 100;
+    this.diag = new SourceDiagnostics(options.workerId, options.log, this.now);
+    this.decoder = createDecoder(options.format ?? 'trtllm-json', { blockSize: options.blockSize, now: this.now });
     this.counters = {
       endpoint: this.url,
       connected: false,
@@ -64,7 +71,14 @@ export class TrtllmPollSource implements EventSource {
       decodeErrors: 0,
       lastBatchAt: null,
       lagMs: null,
+      skippedByReason: {},
       eventsSkipped: 0,
+      suppressedWarnings: 0,
+      ignoredTimestamps: 0,
+      restarts: 0,
+      catchUps: 0,
+      lastCatchUpAt: null,
+      probes: 0,
       failures: 0,
     };
   }
@@ -84,7 +98,27 @@ export class TrtllmPollSource implements EventSource {
   }
 
   stats(): TrtllmPollSourceStats {
-    return { ...this.counters };
+    let gaps = 0;
+    let restarts = 0;
+    for (const s of this.sequencers.values()) {
+      const q = s.stats();
+      gaps += q.gaps;
+      restarts += q.restarts;
+    }
+    const d = this.diag;
+    return {
+      ...this.counters,
+      gaps,
+      restarts,
+      skippedByReason: { ...d.skipped },
+      eventsSkipped: d.skippedTotal,
+      suppressedWarnings: d.suppressedWarnings,
+    };
+  }
+
+  /** Nothing to replay from: trtllm-serve's queue is drained by each poll. */
+  probe(): void {
+    this.wake?.();
   }
 
   private async run(): Promise<void> {
@@ -131,49 +165,56 @@ export class TrtllmPollSource implements EventSource {
     if (res.statusCode !== 200) throw new Error(`HTTP ${res.statusCode}: ${text.slice(0, 200)}`);
     let decoded;
     try {
-      decoded = decodeTrtllmEvents(text, {
-        blockSize: this.opts.blockSize,
-        maxWindowSize: this.maxWindowSize,
-        now: this.now,
-      });
+      decoded = this.decoder.decode(text, null);
     } catch (err) {
       if (!(err instanceof KvDecodeError)) throw err;
       this.counters.decodeErrors++;
-      this.opts.log?.warn({ worker: this.workerId, err: err.message }, 'undecodable kv_cache_events response skipped');
+      this.diag.warn({ err: err.message }, 'undecodable kv_cache_events response skipped');
       return;
     }
-    this.maxWindowSize = decoded.maxWindowSize;
-    this.counters.eventsSkipped += decoded.skipped;
+    this.diag.addSkips(decoded.skipped);
     for (const batch of decoded.batches) {
       if (this.stopped) return;
-      const rank = batch.dataParallelRank ?? -1;
-      const last = this.lastSeqByRank.get(rank);
-      if (last !== undefined && batch.seq !== last + 1n) {
-        if (batch.seq <= last) {
-          this.reset(`event ids went backwards from ${last} to ${batch.seq} (engine restarted)`);
-        } else {
-          this.counters.gaps++;
-          this.reset(`event ids jumped from ${last} to ${batch.seq}: events lost`);
-        }
-      }
-      this.lastSeqByRank.set(rank, batch.seq);
+      this.sequencerFor(batch.dataParallelRank).push({ seq: batch.seq, batch });
       this.counters.lastSeq = batch.seq;
       this.counters.lastBatchAt = this.now();
-      // Empty batches stand for created/updated events: they only keep the ids contiguous.
-      if (batch.events.length === 0) continue;
-      this.counters.batchesApplied++;
-      try {
-        this.sink?.apply(batch);
-      } catch (err) {
-        this.opts.log?.error({ worker: this.workerId, err }, 'kv event sink failed to apply a batch');
-      }
     }
   }
 
-  private reset(reason: string): void {
-    this.counters.resets++;
-    this.lastSeqByRank.clear();
-    this.opts.log?.warn({ worker: this.workerId, reason }, 'kv index reset for worker');
+  /** Each attention-DP rank numbers its own events. */
+  private sequencerFor(rank: number | null): Sequencer {
+    const key = rank ?? -1;
+    let s = this.sequencers.get(key);
+    if (!s) {
+      s = new Sequencer({
+        workerId: this.workerId,
+        rank,
+        log: this.opts.log,
+        deliver: (item) => this.deliver(item.batch),
+        reset: (reason) => {
+          this.counters.resets++;
+          // A gap is the engine's bounded queue overflowing; a restart resets every rank's numbering anyway.
+          for (const other of this.sequencers.values()) if (other !== s) other.forget();
+          this.resetSink(reason);
+        },
+      });
+      this.sequencers.set(key, s);
+    }
+    return s;
+  }
+
+  private deliver(batch: KvEventBatch | null): void {
+    // Empty batches stand for created/updated events: they only keep the ids contiguous.
+    if (this.stopped || batch === null || batch.events.length === 0) return;
+    this.counters.batchesApplied++;
+    try {
+      this.sink?.apply(batch);
+    } catch (err) {
+      this.opts.log?.error({ worker: this.workerId, err }, 'kv event sink failed to apply a batch');
+    }
+  }
+
+  private resetSink(reason: string): void {
     try {
       this.sink?.reset(reason);
     } catch (err) {

@@ -32,13 +32,22 @@ export interface BlocksRemoved {
   readonly kind: 'removed';
   readonly engineHashes: readonly EngineBlockHash[];
   readonly tier: KvTier;
+  /** The engine does not say which tier (TRT-LLM's JSON): the blocks leave every tier they are held in. */
+  readonly allTiers?: boolean;
+}
+
+/** Blocks moved to another tier (TRT-LLM `updated` with a `cache_level` change); tokens are unchanged. */
+export interface BlocksMoved {
+  readonly kind: 'moved';
+  readonly engineHashes: readonly EngineBlockHash[];
+  readonly tier: KvTier;
 }
 
 export interface AllBlocksCleared {
   readonly kind: 'cleared';
 }
 
-export type KvEvent = BlocksStored | BlocksRemoved | AllBlocksCleared;
+export type KvEvent = BlocksStored | BlocksRemoved | BlocksMoved | AllBlocksCleared;
 
 /** One published batch: one scheduler step of one data-parallel rank. */
 export interface KvEventBatch {

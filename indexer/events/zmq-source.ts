@@ -1,8 +1,9 @@
 import type { Logger } from 'pino';
 import { Dealer, Subscriber } from 'zeromq';
-import { decodeKvBatchPayload } from './decode-msgpack.js';
+import { MAX_PLAUSIBLE_SEQ, SourceDiagnostics } from './diagnostics.js';
+import { createDecoder, type PayloadDecoder, type PayloadFormat } from './formats.js';
+import { Sequencer, type Replayer, type SequencedItem } from './sequencer.js';
 import type { EventSink, EventSource, EventSourceStats } from './source.js';
-import type { KvEventBatch } from './types.js';
 
 export interface ZmqEventSourceOptions {
   workerId: string;
@@ -14,34 +15,26 @@ export interface ZmqEventSourceOptions {
   topic?: string;
   /** connect (default): we connect to a binding engine. bind: the engine connects to us. */
   mode?: 'connect' | 'bind';
+  /** Data-parallel rank this stream belongs to (one subscription per rank); its batches are that rank's. */
+  rank?: number;
+  /** Payload format of frame 3; default msgpack. */
+  format?: PayloadFormat;
   /** How long a replay may take before we give up and reset; default 2000 ms. */
   replayTimeoutMs?: number;
+  /**
+   * Period of the replay probe while connected (0: off); default 5000 ms. It
+   * bounds how long a batch lost at the end of a quiet period, or a restart
+   * that left the sequence above ours, stays unnoticed: one period plus one
+   * replay round trip.
+   */
+  probeIntervalMs?: number;
   log?: Logger;
   now?: () => number;
 }
 
-export interface ZmqEventSourceStats extends EventSourceStats {
-  /** Events the decoder dropped on purpose (other medium, remote, unknown type, malformed). */
-  eventsSkipped: number;
-}
-
-/** A batch by seq; `batch` is null when its payload could not be decoded (it still takes its seq). */
-interface Item {
-  seq: bigint;
-  batch: KvEventBatch | null;
-}
-
-interface ReplaySession {
-  from: bigint;
-  /** gap: we had state and lost batches. catchup: we joined late and want the engine's history. */
-  mode: 'gap' | 'catchup';
-  dealer: Dealer;
-  timer: NodeJS.Timeout;
-}
+export type ZmqEventSourceStats = EventSourceStats;
 
 const END_SEQ = Buffer.alloc(8, 0xff);
-/** Live batches held while a replay runs; past this the replay is abandoned. */
-const MAX_HELD = 100_000;
 
 function seq8(seq: bigint): Buffer {
   const b = Buffer.allocUnsafe(8);
@@ -51,42 +44,41 @@ function seq8(seq: bigint): Buffer {
 
 /**
  * Subscribes to one engine's ZMQ KV event stream (vLLM, SGLang, TRT-LLM's
- * vLLM-compatible publisher) and delivers batches to the sink strictly in
- * sequence order.
- *
- * Sequence handling: seq == last+1 is applied; a jump forward is a gap,
- * filled by asking the engine's ROUTER to replay from last+1 over a DEALER
- * (REQ cannot receive a multi-message reply) while newer live batches wait.
- * If replay is missing, slow, or the engine no longer buffers the lost
- * batches, the sink is reset and we continue from what we have. A seq that
- * does not move forward means the publisher restarted (vLLM counts from 0
- * per process): reset and take it as the new baseline.
- *
- * Late join: when the first batch we see has seq > 0 and a replay endpoint is
- * known, we replay from 0 first, so a gateway started after the engine learns
- * the blocks cached before it arrived (as far as the engine's buffer reaches).
+ * vLLM-compatible publisher). Ordering, gaps, replay and restarts are the
+ * Sequencer's; this file is the transport: the SUB socket for live batches and
+ * a DEALER to the engine's ROUTER for replays (REQ cannot receive a
+ * multi-message reply).
  */
 export class ZmqEventSource implements EventSource {
   readonly workerId: string;
   private readonly opts: ZmqEventSourceOptions;
   private readonly now: () => number;
-  private readonly replayTimeoutMs: number;
+  private readonly decoder: PayloadDecoder;
+  private readonly sequencer: Sequencer;
+  private readonly diag: SourceDiagnostics;
+  private probeTimer: NodeJS.Timeout | undefined;
   private sub: Subscriber | undefined;
   private sink: EventSink | undefined;
   private loop: Promise<void> | undefined;
   private stopped = false;
-  private lastSeq: bigint | null = null;
-  private replay: ReplaySession | null = null;
-  private held: Item[] = [];
-  /** Set while draining after a failed replay, so a new baseline does not immediately ask again. */
-  private replaySuppressed = false;
   private readonly counters: ZmqEventSourceStats;
 
   constructor(options: ZmqEventSourceOptions) {
     this.workerId = options.workerId;
     this.opts = options;
     this.now = options.now ?? Date.now;
-    this.replayTimeoutMs = options.replayTimeoutMs ?? 2000;
+    this.decoder = createDecoder(options.format ?? 'msgpack');
+    this.diag = new SourceDiagnostics(options.workerId, options.log, this.now);
+    const replayer = options.replayEndpoint === undefined ? undefined : this.replayer(options.replayEndpoint);
+    this.sequencer = new Sequencer({
+      workerId: options.workerId,
+      rank: options.rank ?? null,
+      replayer,
+      replayTimeoutMs: options.replayTimeoutMs,
+      log: options.log,
+      deliver: (item) => this.deliver(item),
+      reset: (reason) => this.resetSink(reason),
+    });
     this.counters = {
       endpoint: options.endpoint,
       connected: false,
@@ -98,7 +90,14 @@ export class ZmqEventSource implements EventSource {
       decodeErrors: 0,
       lastBatchAt: null,
       lagMs: null,
+      skippedByReason: {},
       eventsSkipped: 0,
+      suppressedWarnings: 0,
+      ignoredTimestamps: 0,
+      restarts: 0,
+      catchUps: 0,
+      lastCatchUpAt: null,
+      probes: 0,
     };
   }
 
@@ -110,6 +109,8 @@ export class ZmqEventSource implements EventSource {
     this.sub = sub;
     sub.events.on('connect', () => {
       this.counters.connected = true;
+      // A (re)connect is where batches get lost and where a restarted engine shows up: check at once.
+      this.sequencer.probe();
     });
     sub.events.on('accept', () => {
       this.counters.connected = true;
@@ -126,20 +127,47 @@ export class ZmqEventSource implements EventSource {
       throw err;
     }
     this.loop = this.receiveLoop(sub);
+    const every = this.opts.probeIntervalMs ?? 5000;
+    if (every > 0 && this.opts.replayEndpoint !== undefined) {
+      this.probeTimer = setInterval(() => {
+        if (this.counters.connected) this.sequencer.probe();
+      }, every);
+      this.probeTimer.unref();
+    }
   }
 
   async stop(): Promise<void> {
     this.stopped = true;
-    if (this.replay) this.closeSession(this.replay);
-    this.replay = null;
-    this.held = [];
+    clearInterval(this.probeTimer);
+    this.sequencer.stop();
     if (this.sub && !this.sub.closed) this.sub.close();
     this.counters.connected = false;
     await this.loop;
   }
 
+  /** Asks the engine for anything after our last batch, and whether it is still the same process. */
+  probe(): void {
+    this.sequencer.probe();
+  }
+
   stats(): ZmqEventSourceStats {
-    return { ...this.counters, lastSeq: this.lastSeq };
+    const s = this.sequencer.stats();
+    const d = this.diag;
+    return {
+      ...this.counters,
+      lastSeq: s.lastSeq,
+      gaps: s.gaps,
+      resets: s.resets,
+      batchesReplayed: s.batchesReplayed,
+      restarts: s.restarts,
+      catchUps: s.catchUps,
+      lastCatchUpAt: s.lastCatchUpAt,
+      probes: s.probes,
+      skippedByReason: { ...d.skipped },
+      eventsSkipped: d.skippedTotal,
+      suppressedWarnings: d.suppressedWarnings,
+      ignoredTimestamps: d.ignoredTimestamps,
+    };
   }
 
   private async receiveLoop(sub: Subscriber): Promise<void> {
@@ -155,74 +183,40 @@ export class ZmqEventSource implements EventSource {
         this.counters.decodeErrors++;
         continue;
       }
-      const item = this.decode(frames[1].readBigUInt64BE(), frames[2]);
+      const seq = frames[1].readBigUInt64BE();
+      if (seq > MAX_PLAUSIBLE_SEQ) {
+        // Taking it would make every later batch look like a restart.
+        this.diag.skip('bad-seq');
+        this.diag.warn({ seq: seq.toString() }, 'kv event batch with an impossible sequence number skipped');
+        continue;
+      }
+      const item = this.decode(seq, frames[2]);
       if (item.batch) {
         this.counters.lastBatchAt = this.now();
-        this.counters.lagMs = this.counters.lastBatchAt - item.batch.ts * 1000;
+        const lag = this.diag.lagMs(this.counters.lastBatchAt, item.batch.ts);
+        if (lag !== null) this.counters.lagMs = lag;
       }
-      this.onLive(item);
+      this.sequencer.push(item);
     }
   }
 
-  private decode(seq: bigint, payload: Buffer): Item {
+  private decode(seq: bigint, payload: Buffer): SequencedItem {
     try {
-      const d = decodeKvBatchPayload(payload);
-      this.counters.eventsSkipped += d.skipped;
-      return { seq, batch: { seq, ts: d.ts, dataParallelRank: d.dataParallelRank, events: d.events } };
+      const d = this.decoder.decode(payload, seq);
+      this.diag.addSkips(d.skipped);
+      const batch = d.batches[0] ?? null;
+      const rank = this.opts.rank;
+      return { seq, batch: batch && rank !== undefined ? { ...batch, dataParallelRank: rank } : batch, payload };
     } catch (err) {
       this.counters.decodeErrors++;
-      this.opts.log?.warn(
-        { worker: this.workerId, seq: seq.toString(), err: (err as Error).message },
-        'undecodable kv event batch skipped',
-      );
-      return { seq, batch: null };
+      this.diag.warn({ seq: seq.toString(), err: (err as Error).message }, 'undecodable kv event batch skipped');
+      return { seq, batch: null, payload };
     }
   }
 
-  private onLive(item: Item): void {
-    if (this.stopped) return;
-    if (this.replay) {
-      this.held.push(item);
-      if (this.held.length > MAX_HELD) this.finishReplay(this.replay, 'too many batches arrived while replaying');
-      return;
-    }
-    const last = this.lastSeq;
-    if (last === null) return this.baseline(item);
-    if (item.seq === last + 1n) return this.apply(item, false);
-    if (item.seq <= last) {
-      this.reset(`sequence went backwards from ${last} to ${item.seq} (publisher restarted)`);
-      return this.baseline(item);
-    }
-    this.counters.gaps++;
-    if (this.opts.replayEndpoint !== undefined && !this.replaySuppressed) {
-      this.opts.log?.warn(
-        { worker: this.workerId, from: (last + 1n).toString(), to: item.seq.toString() },
-        'kv event gap, requesting replay',
-      );
-      this.held.push(item);
-      this.startReplay(last + 1n, 'gap');
-      return;
-    }
-    this.reset(`kv event gap: batches ${last + 1n}..${item.seq - 1n} lost and no replay available`);
-    this.baseline(item);
-  }
-
-  private baseline(item: Item): void {
-    if (item.seq > 0n && this.opts.replayEndpoint !== undefined && !this.replaySuppressed) {
-      this.held.push(item);
-      this.startReplay(0n, 'catchup');
-      return;
-    }
-    this.apply(item, false);
-  }
-
-  private apply(item: Item, replayed: boolean): void {
-    if (this.stopped) return;
-    this.lastSeq = item.seq;
-    if (!item.batch) return;
+  private deliver(item: SequencedItem): void {
+    if (this.stopped || !item.batch) return;
     this.counters.batchesApplied++;
-    // Only batches we never received live count as replayed; the replay also resends the held ones.
-    if (replayed && !(this.held.length > 0 && item.seq >= this.held[0].seq)) this.counters.batchesReplayed++;
     try {
       this.sink?.apply(item.batch);
     } catch (err) {
@@ -230,45 +224,12 @@ export class ZmqEventSource implements EventSource {
     }
   }
 
-  private reset(reason: string): void {
-    this.counters.resets++;
-    this.lastSeq = null;
-    this.opts.log?.warn({ worker: this.workerId, reason }, 'kv index reset for worker');
+  private resetSink(reason: string): void {
     try {
-      this.sink?.reset(reason);
+      if (this.opts.rank === undefined) this.sink?.reset(reason);
+      else this.sink?.reset(reason, this.opts.rank);
     } catch (err) {
       this.opts.log?.error({ worker: this.workerId, err }, 'kv event sink failed to reset');
-    }
-  }
-
-  private startReplay(from: bigint, mode: ReplaySession['mode']): void {
-    const dealer = new Dealer({ linger: 0, sendTimeout: this.replayTimeoutMs });
-    const session: ReplaySession = {
-      from,
-      mode,
-      dealer,
-      timer: setTimeout(
-        () => this.finishReplay(session, `replay timed out after ${this.replayTimeoutMs} ms`),
-        this.replayTimeoutMs,
-      ),
-    };
-    this.replay = session;
-    void this.runSession(session);
-  }
-
-  private async runSession(session: ReplaySession): Promise<void> {
-    const { dealer } = session;
-    try {
-      dealer.connect(this.opts.replayEndpoint!);
-      // DEALER must send REQ's empty delimiter itself: the ROUTER sees [identity, "", start_seq].
-      await dealer.send([Buffer.alloc(0), seq8(session.from)]);
-      while (this.replay === session) {
-        const frames = await dealer.receive();
-        if (this.replay !== session) return;
-        this.onReplayFrames(session, frames);
-      }
-    } catch (err) {
-      if (this.replay === session) this.finishReplay(session, `replay failed: ${(err as Error).message}`);
     }
   }
 
@@ -277,51 +238,34 @@ export class ZmqEventSource implements EventSource {
    * [delimiter, topic, seq8, payload] (newer vLLM, TRT-LLM): the last two
    * frames are always seq and payload; seq ff*8 with an empty payload ends it.
    */
-  private onReplayFrames(session: ReplaySession, frames: Buffer[]): void {
-    if (frames.length < 2) return;
-    const seqFrame = frames[frames.length - 2];
-    if (seqFrame.length !== 8) return;
-    if (seqFrame.equals(END_SEQ)) return this.finishReplay(session, null);
-    const item = this.decode(seqFrame.readBigUInt64BE(), frames[frames.length - 1]);
-    const last = this.lastSeq;
-    if (last === null) return this.apply(item, true);
-    if (item.seq <= last) return; // already applied (or the held live copy will be skipped later)
-    if (item.seq === last + 1n) return this.apply(item, true);
-    // The engine no longer buffers what we lost: start over from here.
-    this.reset(`replay from ${session.from} started at ${item.seq}: batches ${last + 1n}..${item.seq - 1n} are gone`);
-    this.apply(item, true);
-  }
-
-  /** Ends the session; `failure` null means the end marker arrived. Then the held live batches are processed. */
-  private finishReplay(session: ReplaySession, failure: string | null): void {
-    if (this.replay !== session) return;
-    this.replay = null;
-    this.closeSession(session);
-    if (failure !== null) {
-      this.opts.log?.warn({ worker: this.workerId, mode: session.mode, reason: failure }, 'kv event replay failed');
-      // A late joiner has nothing to clear; a gap means the index is missing batches.
-      if (session.mode === 'gap') this.reset(failure);
-      this.replaySuppressed = true;
-    }
-    const held = this.held.sort((a, b) => (a.seq < b.seq ? -1 : a.seq > b.seq ? 1 : 0));
-    this.held = [];
-    try {
-      for (let i = 0; i < held.length; i++) {
-        if (this.replay) {
-          this.held.push(...held.slice(i));
-          break;
+  private replayer(endpoint: string): Replayer {
+    const sendTimeout = this.opts.replayTimeoutMs ?? 2000;
+    return {
+      replay: async (from, onItem, signal) => {
+        const dealer = new Dealer({ linger: 0, sendTimeout });
+        const close = () => {
+          if (!dealer.closed) dealer.close();
+        };
+        signal.addEventListener('abort', close);
+        try {
+          dealer.connect(endpoint);
+          // DEALER must send REQ's empty delimiter itself: the ROUTER sees [identity, "", start_seq].
+          await dealer.send([Buffer.alloc(0), seq8(from)]);
+          while (!signal.aborted) {
+            const frames = await dealer.receive();
+            if (signal.aborted || frames.length < 2) continue;
+            const seqFrame = frames[frames.length - 2];
+            if (seqFrame.length !== 8) continue;
+            if (seqFrame.equals(END_SEQ)) return;
+            onItem(this.decode(seqFrame.readBigUInt64BE(), frames[frames.length - 1]));
+          }
+        } catch (err) {
+          if (!signal.aborted) throw err;
+        } finally {
+          signal.removeEventListener('abort', close);
+          close();
         }
-        const last = this.lastSeq;
-        if (last !== null && held[i].seq <= last) continue; // came in through the replay already
-        this.onLive(held[i]);
-      }
-    } finally {
-      this.replaySuppressed = false;
-    }
-  }
-
-  private closeSession(session: ReplaySession): void {
-    clearTimeout(session.timer);
-    if (!session.dealer.closed) session.dealer.close();
+      },
+    };
   }
 }

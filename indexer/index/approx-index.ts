@@ -1,4 +1,13 @@
-import { ALL_TIERS, RadixIndex, TIER_GPU, type MatchCounts, type TargetKey } from './radix-index.js';
+import type { KvIndex, RoutedBlocks } from './kv-index.js';
+import {
+  ALL_TIERS,
+  parseTargetKey,
+  RadixIndex,
+  targetKey,
+  TIER_GPU,
+  type MatchCounts,
+  type TargetKey,
+} from './radix-index.js';
 import { U64Table, splitU64 } from './u64-table.js';
 
 export interface ApproxIndexOptions {
@@ -39,7 +48,7 @@ interface RoutingRecord {
  * target, each block remembers the generation of its latest record, so only
  * the latest record's expiry drops it.
  */
-export class ApproxIndex {
+export class ApproxIndex implements KvIndex<RoutedBlocks> {
   private readonly index: RadixIndex;
   private readonly ttlMs: number;
   private readonly maxBlocks: number;
@@ -94,6 +103,10 @@ export class ApproxIndex {
     this.recordedBlocks += k;
   }
 
+  apply(workerId: string, batch: RoutedBlocks): void {
+    this.record(targetKey(workerId, batch.dataParallelRank ?? null), batch.hashes);
+  }
+
   match(hashes: readonly bigint[]): Map<TargetKey, MatchCounts> {
     this.sweep(this.now());
     return this.index.match(hashes);
@@ -102,6 +115,15 @@ export class ApproxIndex {
   /** Blocks remembered for a target (Dynamo's smaller-tree tie-break). */
   treeSize(target: TargetKey): number {
     return this.index.blocksOf(target);
+  }
+
+  blocksOf(target: TargetKey): number {
+    return this.index.blocksOf(target);
+  }
+
+  clearWorker(workerId: string): void {
+    for (const target of [...this.latest.keys()])
+      if (parseTargetKey(target).workerId === workerId) this.clearTarget(target);
   }
 
   clearTarget(target: TargetKey): void {

@@ -1,7 +1,8 @@
 import type { BlockHasher } from './block-hash.js';
 import type { EventSink } from '../events/source.js';
-import type { BlocksRemoved, BlocksStored, EngineBlockHash, KvEventBatch } from '../events/types.js';
+import type { BlocksMoved, BlocksRemoved, BlocksStored, EngineBlockHash, KvEventBatch } from '../events/types.js';
 import { EngineHashMap } from './engine-hash-map.js';
+import type { KvIndex } from './kv-index.js';
 import { ALL_TIERS, RadixIndex, targetKey, tierFlag, type MatchCounts, type TargetKey } from './radix-index.js';
 import { SCRATCH32, SCRATCH64 } from './u64-table.js';
 
@@ -73,7 +74,7 @@ const NO_RANK = -1;
  * share one node; removing either drops the hold. That can only under-count
  * a match, never invent one.
  */
-export class KvIndexer {
+export class KvIndexer implements KvIndex<KvEventBatch> {
   private readonly hasher: BlockHasher;
   private readonly model: string;
   private readonly blockSize: number;
@@ -101,8 +102,8 @@ export class KvIndexer {
   /** The sink an EventSource for `workerId` feeds. */
   sinkFor(workerId: string): EventSink {
     return {
-      apply: (batch) => this.applyBatch(workerId, batch),
-      reset: () => this.resetWorker(workerId),
+      apply: (batch) => this.apply(workerId, batch),
+      reset: (_reason, rank) => this.resetWorker(workerId, rank),
     };
   }
 
@@ -196,12 +197,13 @@ export class KvIndexer {
     return t;
   }
 
-  private applyBatch(workerId: string, batch: KvEventBatch): void {
+  apply(workerId: string, batch: KvEventBatch): void {
     const w = this.worker(workerId);
     let t = this.target(workerId, w, batch.dataParallelRank);
     for (const ev of batch.events) {
       if (ev.kind === 'stored') this.applyStored(workerId, w, t, ev);
       else if (ev.kind === 'removed') this.applyRemoved(w, t, ev);
+      else if (ev.kind === 'moved') this.applyMoved(w, t, ev);
       else {
         this.clearTargetState(t);
         w.targets.delete(batch.dataParallelRank ?? NO_RANK);
@@ -269,8 +271,22 @@ export class KvIndexer {
     w.stats.blocksStored += i;
   }
 
+  private applyMoved(w: WorkerState, t: TargetState, ev: BlocksMoved): void {
+    const flag = tierFlag(ev.tier);
+    for (const h of ev.engineHashes) {
+      const node = this.resolve(t, h);
+      if (node < 0) {
+        w.stats.unknownRemoved++;
+        continue;
+      }
+      // Add the new tier before dropping the others, so the node is never briefly unheld (and freed).
+      this.index.addToNode(node, t.id, flag);
+      this.index.dropFromNode(node, t.id, ALL_TIERS & ~flag);
+    }
+  }
+
   private applyRemoved(w: WorkerState, t: TargetState, ev: BlocksRemoved): void {
-    const mask = tierFlag(ev.tier);
+    const mask = ev.allTiers ? ALL_TIERS : tierFlag(ev.tier);
     for (const h of ev.engineHashes) {
       const node = this.resolve(t, h);
       if (node < 0) {
@@ -305,9 +321,14 @@ export class KvIndexer {
     this.index.clearTarget(t.key);
   }
 
-  private resetWorker(workerId: string): void {
+  /** `rank` undefined: the whole worker; otherwise only that data-parallel rank's target. */
+  private resetWorker(workerId: string, rank?: number | null): void {
     const w = this.worker(workerId);
     w.stats.resets++;
-    this.clearWorker(workerId);
+    if (rank === undefined) return this.clearWorker(workerId);
+    const t = w.targets.get(rank ?? NO_RANK);
+    if (!t) return;
+    this.clearTargetState(t);
+    w.targets.delete(rank ?? NO_RANK);
   }
 }

@@ -358,6 +358,11 @@ export class RadixIndex {
     return n;
   }
 
+  /** Adds tiers `flags` of holder `id` to an existing `node`. */
+  addToNode(node: number, id: number, flags: number): void {
+    if (this.addHolder(node, id, flags)) this.blocks[id]++;
+  }
+
   /**
    * Clears `mask` tiers of holder `id` on `node`. Returns the tiers it still
    * holds there, 0 if it no longer holds the block, -1 if it never did.

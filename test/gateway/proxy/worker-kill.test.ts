@@ -7,9 +7,9 @@ import { debugWorker, debugWorkers, faultConfig, startSimProcess } from '../../f
 /**
  * Kill one of three workers (each its own `kvgate sim` process) under load:
  * non-streamed requests never fail, streams already under way on it end with
- * an SSE error event, its breaker opens and its index is dropped; restarted on
- * the same ports, it gets traffic back through a half-open probe and its index
- * is rebuilt from the new process's events.
+ * an SSE error event, its breaker opens (its index is kept: down is not dead);
+ * restarted on the same ports, it gets traffic back through a half-open probe,
+ * the restart is noticed and its index is rebuilt from the new process's events.
  */
 const PROMPT = 'Resilience drill: the gateway must keep serving while a worker dies. '.repeat(6);
 
@@ -102,8 +102,9 @@ t.test('kill a worker under load, then bring it back', async (t) => {
     return v.breaker.transitions.open >= 1 && !v.available ? v : undefined;
   });
   t.pass(`breaker opened: ${JSON.stringify(w.breaker)}`);
-  await eventually(async () => (await blocksOf(victim)) === 0 || undefined);
-  t.pass('its index entries are dropped');
+  // Down is not dead: a blip keeps the engine's cache, so the index stays (routing skips the worker anyway)
+  // until the worker comes back and its event stream says whether it restarted.
+  t.ok((await blocksOf(victim)) > 0, 'its index is kept while it is down');
   // Requests picked for the victim just before its breaker opened may still be
   // failing over when the breaker opens, so the release is checked eventually.
   const released = await eventually(async () => {
@@ -132,6 +133,7 @@ t.test('kill a worker under load, then bring it back', async (t) => {
     (events?.resets ?? 0) >= 1,
     `the restarted engine's sequence restart reset its index (${JSON.stringify(events)})`,
   );
+  t.ok((events?.restarts ?? 0) >= 1, 'counted as a restart');
 
   stop = true;
   await Promise.all(load);

@@ -43,11 +43,29 @@ t.test('notes fixtures decode to domain events', async (t) => {
     tier: 'gpu',
     loraName: null,
   };
-  t.strictSame(dec(NOTES_CURRENT_STORED), { ts: NOTES_TS, dataParallelRank: 0, events: [expected], skipped: 0 });
-  t.strictSame(dec(NOTES_LEGACY_STORED), { ts: NOTES_TS, dataParallelRank: 0, events: [expected], skipped: 0 });
+  t.strictSame(dec(NOTES_CURRENT_STORED), {
+    ts: NOTES_TS,
+    dataParallelRank: 0,
+    events: [expected],
+    skipped: 0,
+    skippedByReason: {},
+  });
+  t.strictSame(dec(NOTES_LEGACY_STORED), {
+    ts: NOTES_TS,
+    dataParallelRank: 0,
+    events: [expected],
+    skipped: 0,
+    skippedByReason: {},
+  });
   t.strictSame(dec(NOTES_CURRENT_REMOVED).events, [{ kind: 'removed', engineHashes: [NOTES_HASH], tier: 'gpu' }]);
   t.strictSame(dec(NOTES_CURRENT_CLEARED).events, [{ kind: 'cleared' }]);
-  t.strictSame(dec(NOTES_EMPTY_BATCH), { ts: NOTES_TS, dataParallelRank: 0, events: [], skipped: 0 });
+  t.strictSame(dec(NOTES_EMPTY_BATCH), {
+    ts: NOTES_TS,
+    dataParallelRank: 0,
+    events: [],
+    skipped: 0,
+    skippedByReason: {},
+  });
 });
 
 t.test('legacy short forms and SGLang shapes', async (t) => {
@@ -118,7 +136,13 @@ t.test('hash encodings, outer map, unknown fields', async (t) => {
   );
   t.equal(small.events[0].kind === 'stored' && small.events[0].loraName, 'sql-lora');
   const outerMap = dec(pack({ ts: 3.25, events: [{ type: 'AllBlocksCleared' }], data_parallel_rank: 4 }));
-  t.strictSame(outerMap, { ts: 3.25, dataParallelRank: 4, events: [{ kind: 'cleared' }], skipped: 0 });
+  t.strictSame(outerMap, {
+    ts: 3.25,
+    dataParallelRank: 4,
+    events: [{ kind: 'cleared' }],
+    skipped: 0,
+    skippedByReason: {},
+  });
   const max = Buffer.from(
     '93cb41da3054981000009184a474797065ac426c6f636b52656d6f766564ac626c6f636b5f68617368657391cfffffffffffffffffa66d656469756da3475055a967726f75705f6964780000',
     'hex',
@@ -150,6 +174,7 @@ t.test('skipped events are counted, not fatal', async (t) => {
   );
   t.equal(d.skipped, 7);
   t.equal(d.events.length, 1);
+  t.strictSame(d.skippedByReason, { 'unknown-type': 2, 'other-medium': 2, foreign: 2, inconsistent: 1 });
 });
 
 t.test('wrong shapes throw KvDecodeError', async (t) => {
@@ -161,12 +186,28 @@ t.test('wrong shapes throw KvDecodeError', async (t) => {
     ['short array', pack([1])],
     ['events not array', pack([1, 'x', 0])],
     ['ts not number', pack(['x', [], 0])],
-    ['event scalar', pack([1, [7], 0])],
-    ['map without type', pack([1, [{ block_hashes: [] }], 0])],
-    ['hash not int', pack([1, [storedMap({ block_hashes: ['x'] })], 0])],
-    ['negative token', pack([1, [storedMap({ token_ids: [1, 2, 3, -4] })], 0])],
-    ['positional stored too short', pack([1, [['BlockStored', [1n], null]], 0])],
     ['trailing bytes', Buffer.concat([Buffer.from(NOTES_EMPTY_BATCH, 'hex'), Buffer.from([0])])],
   ];
   for (const [name, buf] of bad) t.throws(() => decodeKvBatchPayload(buf), KvDecodeError, name);
+});
+
+t.test('a malformed event costs only itself: the rest of its batch decodes', async (t) => {
+  const bad: [string, unknown][] = [
+    ['event scalar', 7],
+    ['map without type', { block_hashes: [] }],
+    ['hash not int', storedMap({ block_hashes: ['x'] })],
+    ['negative token', storedMap({ token_ids: [1, 2, 3, -4] })],
+    ['positional stored too short', ['BlockStored', [1n], null]],
+    ['medium not a string', storedMap({ medium: 5 })],
+  ];
+  for (const [name, ev] of bad) {
+    const d = decodeKvBatchPayload(pack([1, [storedMap(), ev, { type: 'AllBlocksCleared' }], 0]));
+    t.strictSame(
+      d.events.map((e) => e.kind),
+      ['stored', 'cleared'],
+      `${name}: the good events are kept`,
+    );
+    t.strictSame(d.skippedByReason, { malformed: 1 }, `${name}: counted as malformed`);
+    t.equal(d.skipped, 1);
+  }
 });

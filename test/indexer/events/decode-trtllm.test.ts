@@ -72,11 +72,15 @@ t.test('stored, removed, created, updated', async (t) => {
   );
   t.strictSame(
     d.batches[2].events,
-    [{ kind: 'removed', engineHashes: [18446744073709551615n, 9007199254740993n], tier: 'gpu' }],
-    '2^53+1 exact',
+    [{ kind: 'removed', engineHashes: [18446744073709551615n, 9007199254740993n], tier: 'gpu', allTiers: true }],
+    '2^53+1 exact; a removal leaves every tier',
   );
   t.strictSame(d.batches[0].events, [], 'created ignored');
-  t.strictSame(d.batches[3].events, [], 'updated ignored');
+  t.strictSame(
+    d.batches[3].events,
+    [{ kind: 'moved', engineHashes: [101n], tier: 'cpu' }],
+    'updated cache level applied',
+  );
   t.strictSame(
     d.batches[4].events,
     [
@@ -117,14 +121,51 @@ t.test('sliding-window events are skipped', async (t) => {
   );
 });
 
-t.test('bad responses throw KvDecodeError', async (t) => {
-  for (const bad of [
-    '{"detail": "x"}',
-    '[{"event_id": 1}]',
-    '[{"event_id": "1", "data": {"type": "removed", "block_hashes": []}}]',
-    '[{"event_id": 1, "data": {"type": "removed", "block_hashes": [1.5]}}]',
-    '[{"event_id": 1, "data": {"type": "stored", "blocks": [{"block_hash": 1, "tokens": [{"token_id": -1}]}]}}]',
-  ]) {
-    t.throws(() => decodeTrtllmEvents(bad), KvDecodeError, bad);
+t.test('a response that is not an event array throws KvDecodeError', async (t) => {
+  t.throws(() => decodeTrtllmEvents('{"detail": "x"}'), KvDecodeError);
+});
+
+t.test('a bad event costs only itself; it keeps its id when it has one', async (t) => {
+  const good = '{"event_id": 3, "data": {"type": "removed", "block_hashes": [7]}}';
+  for (const [bad, keepsId] of [
+    ['{"event_id": 2}', true],
+    ['{"event_id": 2, "data": {"type": "removed", "block_hashes": [1.5]}}', true],
+    ['{"event_id": 2, "data": {"type": "stored", "blocks": [{"block_hash": 1, "tokens": [{"token_id": -1}]}]}}', true],
+    ['{"event_id": "2", "data": {"type": "removed", "block_hashes": []}}', false],
+  ] as const) {
+    const d = decodeTrtllmEvents(`[${bad}, ${good}]`);
+    t.strictSame(
+      d.batches.map((b) => [b.seq, b.events.length]),
+      keepsId
+        ? [
+            [2n, 0],
+            [3n, 1],
+          ]
+        : [[3n, 1]],
+      bad,
+    );
+    t.strictSame(d.skippedByReason, { malformed: 1 });
   }
 });
+
+t.test(
+  'updated: a cache_level change moves the block; priority alone does nothing; removals leave every tier',
+  async (t) => {
+    const d = decodeTrtllmEvents(
+      `[{"event_id": 1, "data": {"type": "updated", "block_hash": 7, "cache_level": {"old_value": 0, "new_value": 1}, "priority": null}},
+      {"event_id": 2, "data": {"type": "updated", "block_hash": 7, "cache_level": null, "priority": {"old_value": 35, "new_value": 90}}},
+      {"event_id": 3, "data": {"type": "updated", "block_hash": 7, "cache_level": {"old_value": 1, "new_value": 0}}},
+      {"event_id": 4, "data": {"type": "removed", "block_hashes": [7]}}]`,
+    );
+    t.strictSame(
+      d.batches.map((b) => b.events),
+      [
+        [{ kind: 'moved', engineHashes: [7n], tier: 'cpu' }],
+        [],
+        [{ kind: 'moved', engineHashes: [7n], tier: 'gpu' }],
+        [{ kind: 'removed', engineHashes: [7n], tier: 'gpu', allTiers: true }],
+      ],
+    );
+    t.equal(d.skipped, 0);
+  },
+);

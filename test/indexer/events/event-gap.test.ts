@@ -8,12 +8,13 @@ import { debugWorkers, faultConfig, startSimProcess } from '../../fixtures/resil
 t.test('dropped KV events are replayed from the engine', async (t) => {
   const teardown = t.teardown.bind(t);
   const sim = await startSimProcess(teardown, 'w0', ['--speedup', '50'], true);
-  const { url, adminUrl } = await startGateway(
-    teardown,
-    faultConfig([{ id: 'w0', url: sim.line.url, kvEvents: sim.line.kvEvents, kvReplay: sim.line.kvReplay }], {
-      routing: { strategy: 'kv' },
-    }),
-  );
+  const config = faultConfig(
+    [{ id: 'w0', url: sim.line.url, kvEvents: sim.line.kvEvents, kvReplay: sim.line.kvReplay }],
+    { routing: { strategy: 'kv' } },
+  ) as { fleet: { workers: { kvEvents: Record<string, unknown> }[] } };
+  // The periodic replay probe would also find the dropped batches; this test is about the gap path.
+  config.fleet.workers[0].kvEvents.probeIntervalMs = 0;
+  const { url, adminUrl } = await startGateway(teardown, config);
   const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: 'unused', maxRetries: 0 });
   const events = async () => (await debugWorkers(adminUrl)).index?.workers?.w0?.events;
   const blocks = async () => (await debugWorkers(adminUrl)).index?.workers?.w0?.index?.blocks ?? 0;

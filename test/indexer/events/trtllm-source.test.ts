@@ -115,9 +115,16 @@ t.test('config schema and factory', async (t) => {
     replayEndpoint: 'tcp://w1:5558',
     topic: '',
     mode: 'connect',
+    format: 'msgpack',
     replayTimeoutMs: 2000,
+    probeIntervalMs: 5000,
   });
-  t.strictSame(eventSourceConfigSchema.parse({ type: 'trtllm-http' }), { type: 'trtllm-http', intervalMs: 100 });
+  t.strictSame(eventSourceConfigSchema.parse({ type: 'trtllm-http' }), {
+    type: 'trtllm-http',
+    intervalMs: 100,
+    format: 'trtllm-json',
+  });
+  t.throws(() => eventSourceConfigSchema.parse({ endpoint: 'tcp://w1:5557', format: 'protobuf' }), /format/);
   t.throws(() => eventSourceConfigSchema.parse({ endpoint: 'http://w1:5557' }), /ZeroMQ endpoint/);
   t.throws(() => eventSourceConfigSchema.parse({ type: 'nats', endpoint: 'x' }));
   t.throws(() => eventSourceConfigSchema.parse({ endpoint: 'tcp://w1:5557', typo: 1 }));

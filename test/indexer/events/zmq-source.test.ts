@@ -244,5 +244,59 @@ t.test('newer replay framing with a topic frame is accepted', async (t) => {
   await sink.until(() => sink.batches.length === Number(next), 'the replayed batches');
   t.strictSame(seqs(sink), inOrder(Number(next)));
   t.equal(sink.batches[0].dataParallelRank, 3);
-  t.equal(requests.at(-1), next - 3n, 'replay asked from the first missing seq');
+  // From our last seq, not the first missing one: the engine must send our last batch back to prove it did not restart.
+  t.equal(requests.at(-1), next - 4n, 'replay asked from our last seq');
+  t.strictSame(sink.resets, [], 'the same bytes came back: no restart');
 });
+
+t.test(
+  'seq 2^64-1 and an absurd timestamp do not corrupt last-seq or lag; a bad event costs only itself',
+  async (t) => {
+    const { Publisher } = await import('zeromq');
+    const { encodeVllmBatch } = await import('../../../bench/sim/kv-encode.js');
+    const { Packr } = await import('msgpackr');
+    const pub = new Publisher({ linger: 0 });
+    t.teardown(() => pub.close());
+    await pub.bind('tcp://127.0.0.1:*');
+    const sink = new RecordingSink();
+    const source = await startSource(t, sink, { endpoint: pub.lastEndpoint!, topic: 'kv', probeIntervalMs: 0 });
+    const seq8 = (seq: bigint) => {
+      const b = Buffer.alloc(8);
+      b.writeBigUInt64BE(seq);
+      return b;
+    };
+    const good = (n: number, ts = Date.now() / 1000) =>
+      encodeVllmBatch({ ts, events: [storedEvent(n)], dataParallelRank: 0 }, 'current');
+    let next = 0n;
+    const timer = setInterval(() => void pub.send(['kv', seq8(next++), good(Number(next))]), 20);
+    await sink.until(() => sink.batches.length > 0, 'first batch').finally(() => clearInterval(timer));
+    await sink.until(() => sink.batches.length === Number(next) - Number(sink.batches[0].seq), 'warm-up');
+    const lagBefore = source.stats().lagMs;
+    await pub.send(['kv', seq8((1n << 64n) - 1n), good(1)]);
+    await pub.send(['kv', seq8(next++), good(2, 1e300)]);
+    // One batch: a good event, a malformed one, another good one.
+    const packr = new Packr({ useRecords: false });
+    const mixed = packr.pack([
+      Date.now() / 1000,
+      [
+        { type: 'AllBlocksCleared' },
+        { type: 'BlockStored', block_hashes: ['not a hash'], parent_block_hash: null, token_ids: [1], block_size: 1 },
+        { type: 'AllBlocksCleared' },
+      ],
+      0,
+    ]);
+    await pub.send(['kv', seq8(next++), mixed]);
+    await sink.until(() => sink.batches.at(-1)!.seq === next - 1n, 'the batches after the bad ones');
+    const s = source.stats();
+    t.equal(s.lastSeq, next - 1n, 'last seq is the real one');
+    t.strictSame(s.skippedByReason, { 'bad-seq': 1, malformed: 1 });
+    t.equal(s.ignoredTimestamps, 1);
+    t.ok(s.lagMs !== null && Math.abs(s.lagMs) < 60_000, `lag stays sane (${s.lagMs}, before ${lagBefore})`);
+    t.strictSame(
+      sink.batches.at(-1)!.events.map((e) => e.kind),
+      ['cleared', 'cleared'],
+      'the good events of the mixed batch are applied',
+    );
+    t.strictSame(sink.resets, [], 'no reset: nothing was lost');
+  },
+);

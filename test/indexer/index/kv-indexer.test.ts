@@ -203,3 +203,20 @@ t.test('an engine hash re-stored with other content moves to the new block; malf
   t.equal(ix.stats().perWorker.w.blocks, 2, 'only full blocks indexed');
   t.throws(() => new KvIndexer({ hasher, model: MODEL, blockSize: 0 }), RangeError);
 });
+
+t.test('TensorRT-LLM cache levels: a removal without a tier leaves every tier; `moved` changes the tier', async (t) => {
+  const { ix, prompt } = setup();
+  const w = ix.sinkFor('trt');
+  const p = prompt(toks(8));
+  w.apply(batch([stored([1n], null, toks(4), { tier: 'cpu' }), stored([2n], 1n, toks(4, 5))]));
+  t.same(ix.match(p).get('trt'), { blocks: 2, gpuBlocks: 1 }, 'the first block is offloaded');
+  w.apply(batch([{ kind: 'moved', engineHashes: [1n], tier: 'gpu' }]));
+  t.same(ix.match(p).get('trt'), { blocks: 2, gpuBlocks: 2 }, 'moved back to GPU');
+  w.apply(batch([{ kind: 'moved', engineHashes: [2n], tier: 'cpu' }]));
+  t.same(ix.match(p).get('trt'), { blocks: 2, gpuBlocks: 1 });
+  w.apply(batch([{ kind: 'removed', engineHashes: [2n], tier: 'gpu', allTiers: true }]));
+  t.same(ix.match(p).get('trt'), { blocks: 1, gpuBlocks: 1 }, 'a block held at cache level 1 is removed');
+  w.apply(batch([{ kind: 'moved', engineHashes: [99n], tier: 'cpu' }]));
+  t.equal(ix.stats().perWorker.trt.unknownRemoved, 1, 'an unknown block counts, nothing breaks');
+  t.equal(ix.blocksOf('trt'), 1);
+});
