@@ -101,15 +101,15 @@ async function runShape(shape: Shape, trace: readonly TraceRequest[], gbps: numb
       : '–';
     const paths: Record<string, number> = {};
     for (const m of metrics.matchAll(/^kvgate_disagg_requests_total\{path="(\w+)"\} (\d+)/gm))
-      paths[m[1]] = Number(m[2]);
+      paths[m[1]!] = Number(m[2]);
     let hits = 0,
       queries = 0,
       loaded = 0;
     for (const w of sim.workers) {
       const s = (await (await request(`${w.url}/sim/stats`)).body.json()) as Record<string, number>;
-      hits += s.prefixHitTokens;
-      queries += s.prefixQueryTokens;
-      loaded += s.kvLoadTokens;
+      hits += s.prefixHitTokens!;
+      queries += s.prefixQueryTokens!;
+      loaded += s.kvLoadTokens!;
       process.stderr.write(
         `[${shape.name}] ${w.worker} (${shape.roles[sim.workers.indexOf(w)]}): prefill computed ${s.prefillTokensComputed}, loaded ${s.kvLoadTokens} (failures ${s.kvLoadFailures}), preemptions ${s.preemptions}, steps ${s.steps}, generated ${s.generatedTokens}\n`,
       );

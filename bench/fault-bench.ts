@@ -142,7 +142,7 @@ async function main(): Promise<void> {
   const params = jsonObjectFlag('params', values.params, '{"reuseCredit":3}');
   const ids = ['w0', 'w1', 'w2', 'w3'];
   const fleets = await Promise.all(ids.map((id) => startWorker(id)));
-  const infos = fleets.map((f) => f.workers[0]);
+  const infos = fleets.map((f) => f.workers[0]!);
   const tmp = mkdtempSync(join(tmpdir(), 'kvgate-fault-'));
   const config = join(tmp, 'kvgate.yaml');
   writeFileSync(
@@ -159,7 +159,7 @@ async function main(): Promise<void> {
           kvEvents: { endpoint: w.kvEvents, replayEndpoint: w.kvReplay },
         })),
       },
-      models: { [MODEL]: { tokenizer: { type: 'local', dir: TOKENIZER }, blockSize: infos[0].blockSize } },
+      models: { [MODEL]: { tokenizer: { type: 'local', dir: TOKENIZER }, blockSize: infos[0]!.blockSize } },
       routing: { strategy: values.strategy, params },
     }),
   );
@@ -182,10 +182,10 @@ async function main(): Promise<void> {
   const schedule = async () => {
     const wait = (ms: number) => new Promise((r) => setTimeout(r, Math.max(0, ms - (performance.now() - t0))));
     await wait(KILL_AT);
-    fleets[1].child.kill('SIGKILL');
+    fleets[1]!.child.kill('SIGKILL');
     events.push({ at: performance.now() - t0, what: 'w1 SIGKILL' });
     await wait(DROP_AT);
-    const r = await request(`${infos[2].url}/sim/drop-kv-events`, {
+    const r = await request(`${infos[2]!.url}/sim/drop-kv-events`, {
       method: 'POST',
       body: JSON.stringify({ count: 20 }),
       headers: { 'content-type': 'application/json' },

@@ -76,7 +76,7 @@ const engineHash = (hashId: number, j: number) =>
   BigInt.asUintN(64, BigInt(hashId * PER_CHUNK + j + 1) * 0x9e3779b97f4a7c15n);
 
 function assign(r: Request, workers: number): number {
-  const key = r.hash_ids[Math.min(1, r.hash_ids.length - 1)];
+  const key = r.hash_ids[Math.min(1, r.hash_ids.length - 1)]!;
   return (Math.imul(key, 0x9e3779b1) >>> 0) % workers;
 }
 
@@ -109,7 +109,7 @@ function eventsFor(r: Request, w: SimWorker): { events: KvEvent[]; stored: numbe
   };
   const current = new Set(r.hash_ids);
   for (let k = 0; k < r.hash_ids.length; k++) {
-    const id = r.hash_ids[k];
+    const id = r.hash_ids[k]!;
     const need = blocksOfChunk(r, k);
     if (need <= 0) break;
     const have = w.chunks.get(id) ?? 0;
@@ -124,7 +124,7 @@ function eventsFor(r: Request, w: SimWorker): { events: KvEvent[]; stored: numbe
     const toks = fillChunk(id);
     for (let j = have; j < need; j++) {
       run.hashes.push(engineHash(id, j));
-      for (let i = j * BS; i < (j + 1) * BS; i++) run.tokens.push(toks[i]);
+      for (let i = j * BS; i < (j + 1) * BS; i++) run.tokens.push(toks[i]!);
     }
     stored += need - have;
     w.used += need - have;
@@ -133,7 +133,7 @@ function eventsFor(r: Request, w: SimWorker): { events: KvEvent[]; stored: numbe
   flush();
   // Like vLLM, free a request's blocks tail first: its first chunks stay most recently used.
   for (let k = r.hash_ids.length - 1; k >= 0; k--) {
-    const id = r.hash_ids[k];
+    const id = r.hash_ids[k]!;
     const n = w.chunks.get(id);
     if (n === undefined) continue;
     w.chunks.delete(id);
@@ -156,8 +156,8 @@ function promptTokens(r: Request): number[] {
   for (let k = 0; k < r.hash_ids.length; k++) {
     const n = blocksOfChunk(r, k);
     if (n <= 0) break;
-    const toks = fillChunk(r.hash_ids[k]);
-    for (let i = 0; i < n * BS; i++) tokens.push(toks[i]);
+    const toks = fillChunk(r.hash_ids[k]!);
+    for (let i = 0; i < n * BS; i++) tokens.push(toks[i]!);
   }
   return tokens;
 }
@@ -172,7 +172,7 @@ function memNow(): number {
   const m = process.memoryUsage();
   return m.heapUsed + m.arrayBuffers;
 }
-const pct = (xs: number[], p: number) => xs[Math.min(xs.length - 1, Math.floor((p / 100) * xs.length))];
+const pct = (xs: number[], p: number) => xs[Math.min(xs.length - 1, Math.floor((p / 100) * xs.length))] ?? NaN;
 const fmt = (n: number, d = 1) => n.toLocaleString('en-US', { maximumFractionDigits: d });
 
 interface RunResult {
@@ -208,9 +208,9 @@ function timeMatch(
     result = indexer.match(hashes);
     times.push(Number(process.hrtime.bigint() - t0) / 1000);
   }
-  const first = times[0];
+  const first = times[0]!;
   times.sort((a, b) => a - b);
-  return { first, median: times[MATCH_REPS >> 1], result };
+  return { first, median: times[MATCH_REPS >> 1]!, result };
 }
 
 async function run(hasher: BlockHasher, workers: number): Promise<RunResult> {
@@ -229,7 +229,7 @@ async function run(hasher: BlockHasher, workers: number): Promise<RunResult> {
     const pending: { w: number; batch: KvEventBatch }[] = [];
     for (const r of requests.slice(start, start + WINDOW)) {
       const w = assign(r, workers);
-      const ev = eventsFor(r, sims[w]);
+      const ev = eventsFor(r, sims[w]!);
       stored += ev.stored;
       removed += ev.removed;
       events += ev.events.length;
@@ -237,7 +237,7 @@ async function run(hasher: BlockHasher, workers: number): Promise<RunResult> {
     }
     gc?.(); // the event generator's garbage is not the indexer's cost
     const t0 = process.hrtime.bigint();
-    for (const p of pending) sinks[p.w].apply(p.batch);
+    for (const p of pending) sinks[p.w]!.apply(p.batch);
     applyNs += process.hrtime.bigint() - t0;
     if ((start / WINDOW) % 8 === 0)
       process.stderr.write(
@@ -258,7 +258,7 @@ async function run(hasher: BlockHasher, workers: number): Promise<RunResult> {
   let hashedBlocks = 0;
   let hashNs = 0n;
   for (let i = 0; i < requests.length; i++) {
-    const r = requests[i];
+    const r = requests[i]!;
     const tokens = promptTokens(r);
     const h0 = process.hrtime.bigint();
     const hashes = hasher.hashBlocks(tokens, BS, seed);
@@ -307,7 +307,7 @@ async function rawInsert(hasher: BlockHasher): Promise<{ blocks: number; perSec:
   const ix = new RadixIndex({ maxNodes: 20_000_000 });
   let blocks = 0;
   const t0 = process.hrtime.bigint();
-  for (let i = 0; i < chains.length; i++) blocks += ix.insert(`w${i % 8}`, undefined, chains[i], 'gpu');
+  for (let i = 0; i < chains.length; i++) blocks += ix.insert(`w${i % 8}`, undefined, chains[i]!, 'gpu');
   return { blocks, perSec: blocks / (Number(process.hrtime.bigint() - t0) / 1e9) };
 }
 

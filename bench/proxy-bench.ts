@@ -49,7 +49,7 @@ const scenarios = [
 
 async function main(): Promise<void> {
   const sim = await spawnSimFleet(1, ['--port', '0', '--speedup', values.speedup, '--max-num-seqs', '1024']);
-  const worker = sim.workers[0];
+  const worker = sim.workers[0]!;
   const tmp = mkdtempSync(join(tmpdir(), 'kvgate-bench-'));
   const config = join(tmp, 'kvgate.yaml');
   writeFileSync(
@@ -83,7 +83,7 @@ async function main(): Promise<void> {
           });
           if (res.errors > 0 || res.non2xx > 0)
             throw new Error(`${target}: ${res.errors} errors, ${res.non2xx} non-2xx`);
-          results[s.name][target].push(res);
+          results[s.name]![target]!.push(res);
           process.stderr.write(
             ` ${Math.round(res.requests.average)} req/s, p50 ${res.latency.p50} ms, mean ${res.latency.average} ms\n`,
           );
@@ -102,10 +102,10 @@ function report(results: Record<string, Record<string, Result[]>>): void {
   const summary: Record<string, unknown> = {};
   for (const [scenario, byTarget] of Object.entries(results)) {
     const stat = (target: string) => ({
-      rps: median(byTarget[target].map((r) => r.requests.average)),
-      p50: median(byTarget[target].map((r) => r.latency.p50)),
-      p99: median(byTarget[target].map((r) => r.latency.p99)),
-      mean: median(byTarget[target].map((r) => r.latency.average)),
+      rps: median(byTarget[target]!.map((r) => r.requests.average)),
+      p50: median(byTarget[target]!.map((r) => r.latency.p50)),
+      p99: median(byTarget[target]!.map((r) => r.latency.p99)),
+      mean: median(byTarget[target]!.map((r) => r.latency.average)),
     });
     // autocannon's latencies are whole milliseconds; with one connection, 1/throughput is the exact time per request.
     const connectionsUsed = scenarios.find((x) => x.name === scenario)!.connections;

@@ -119,11 +119,11 @@ async function runReplicas(
     for (let i = 0; i < n; i++) gateways.push(await startBenchGateway(config));
     await new Promise((r) => setTimeout(r, 1000));
     // Replica k gets requests k, k+n, ...; its replay starts late by its first request's offset, so every request keeps its trace time.
-    const first = trace[0].timestamp;
+    const first = trace[0]!.timestamp;
     const ways = idle ? 1 : n;
     const parts = gateways.slice(0, ways).map((g, k) => {
       const subset = trace.filter((_, i) => i % ways === k);
-      const delay = subset.length ? (subset[0].timestamp - first) / fleet.speedup : 0;
+      const delay = subset.length ? (subset[0]!.timestamp - first) / fleet.speedup : 0;
       return new Promise((r) => setTimeout(r, delay)).then(() =>
         replay({ url: g.ready.url as string, model: MODEL, trace: subset, speedup: fleet.speedup }),
       );
@@ -212,7 +212,7 @@ async function main(argv: string[]): Promise<void> {
       `[${row.label} gateway(s)] cpu s sim ${row.cpuS.sim.toFixed(0)} gateways ${row.cpuS.gateways.toFixed(0)}, TTFT mean ${s.ttft.mean.toFixed(3)} s p90 ${s.ttft.p90.toFixed(3)} s, hit ${(s.hitRate * 100).toFixed(1)}%, failed ${s.failed}, imbalance ${s.prefillImbalance.toFixed(2)}, late p99 ${s.lateness.p99.toFixed(0)} ms\n`,
     );
   }
-  const base = rows[0].summary;
+  const base = rows[0]!.summary;
   const pct = (a: number, b: number) => `${a >= b ? '+' : ''}${(((a - b) / b) * 100).toFixed(1)}%`;
   const table = markdownTable(
     [

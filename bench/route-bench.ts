@@ -62,13 +62,13 @@ function prose(words: number, seed: number): string {
   const out: string[] = [];
   for (let i = 0; i < words; i++) {
     s = (Math.imul(s, 1103515245) + 12345) >>> 0;
-    out.push(WORDS[(s >>> 8) % WORDS.length]);
+    out.push(WORDS[(s >>> 8) % WORDS.length]!);
   }
   return out.join(' ');
 }
 
 const pct = (xs: number[], p: number) =>
-  [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor((p / 100) * xs.length))];
+  [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor((p / 100) * xs.length))] ?? NaN;
 
 async function main(): Promise<void> {
   const workers = Number(values.workers);
@@ -136,7 +136,7 @@ async function main(): Promise<void> {
   const cache = async (worker: number, messages: unknown[]) => {
     const ids = await tokenizer.tokenizeChat(messages);
     const blocks = Math.floor(ids.length / 16);
-    sinks[worker].apply({
+    sinks[worker]!.apply({
       seq: seq++,
       ts: Date.now() / 1000,
       dataParallelRank: null,
@@ -197,7 +197,7 @@ async function main(): Promise<void> {
   const text = `# Whole routing decision (parse, template, tokenize, hash, match, score)
 
 Command: \`npm run bench:route -- --conversations ${conversations} --tokens ${targetTokens} --workers ${workers}\`
-Date: ${new Date().toISOString()}; ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, Node ${process.version}, load average ${loadavg()[0].toFixed(1)} at the end.
+Date: ${new Date().toISOString()}; ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, Node ${process.version}, load average ${loadavg()[0]!.toFixed(1)} at the end.
 Index: ${workers} workers, every earlier turn of each conversation cached on its home worker (${Object.values(indexer.stats().perWorker).reduce((s, w) => s + w.blocks, 0)} blocks in all). Strategy \`kv\`; ${correct}/${conversations} final turns routed to their home worker.
 
 ${table}

@@ -69,7 +69,7 @@ function text(chars: number, seed: number): string {
   let length = 0;
   while (length < chars) {
     state = (Math.imul(state, 1103515245) + 12345) >>> 0;
-    const word = WORDS[(state >>> 8) % WORDS.length];
+    const word = WORDS[(state >>> 8) % WORDS.length]!;
     parts.push(word);
     length += word.length + 1;
   }
@@ -89,7 +89,7 @@ interface Sample {
 
 function pct(xs: number[], p: number): number {
   const sorted = [...xs].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? NaN;
 }
 
 async function run(tok: PromptTokenizer, targetTokens: number, count: number): Promise<Sample[]> {
@@ -178,7 +178,7 @@ await run(tok, 2000, 3); // JIT warm-up
 out('# Tokenization benchmark (Qwen3 tokenizer, native `tokenizers` binding)');
 out();
 out(
-  `Node ${process.version}, ${new Date().toISOString()}, tokenizer load ${loadMs.toFixed(0)} ms, load average ${loadavg()[0].toFixed(1)} at start. Times in ms per request; block size ${BLOCK_SIZE}.`,
+  `Node ${process.version}, ${new Date().toISOString()}, tokenizer load ${loadMs.toFixed(0)} ms, load average ${loadavg()[0]!.toFixed(1)} at start. Times in ms per request; block size ${BLOCK_SIZE}.`,
 );
 out();
 out(

@@ -35,7 +35,7 @@ export function loadConfigFile(file: string, env: NodeJS.ProcessEnv = process.en
   }
   const doc = parseDocument(text, { prettyErrors: false, uniqueKeys: true });
   if (doc.errors.length > 0) {
-    const e = doc.errors[0];
+    const e = doc.errors[0]!;
     const where = e.linePos?.[0] ? ` (line ${e.linePos[0].line}, column ${e.linePos[0].col})` : '';
     throw new ConfigError(`kvgate: ${file}${where}: invalid YAML: ${e.message.split('\n')[0]}`);
   }
@@ -48,7 +48,7 @@ export function parseConfig(raw: unknown, source: string, env: NodeJS.ProcessEnv
     throw new ConfigError(`kvgate: ${source}: the config must be a mapping of sections (server, fleet, routing, ...)`);
   const withEnv = applyEnv(structuredClone(raw) as Record<string, unknown>, env);
   const parsed = gatewayConfigSchema.safeParse(withEnv);
-  if (!parsed.success) throw new ConfigError(`kvgate: ${source}: ${describeIssue(parsed.error.issues[0])}`);
+  if (!parsed.success) throw new ConfigError(`kvgate: ${source}: ${describeIssue(parsed.error.issues[0]!)}`);
   const config = parsed.data;
   try {
     config.routing.params = parseStrategyParams(config.routing.strategy, config.routing.params) as Record<
@@ -78,7 +78,7 @@ function applyEnv(raw: Record<string, unknown>, env: NodeJS.ProcessEnv): Record<
       if (typeof next !== 'object' || next === null) node[key] = {};
       node = node[key] as Record<string, unknown>;
     }
-    node[o.path[o.path.length - 1]] = typed;
+    node[o.path[o.path.length - 1]!] = typed;
   }
   return raw;
 }

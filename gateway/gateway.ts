@@ -25,7 +25,7 @@ export interface GatewayOptions {
   log: Logger;
   /** Services for strategies, by name (e.g. `kvIndexer`); see `StrategyDeps.services`. */
   services?: Record<string, unknown>;
-  promptBlocks?: PromptBlocksProvider;
+  promptBlocks?: PromptBlocksProvider | undefined;
   /** Extra admin stats, e.g. the KV index's, shown in `/debug/workers`. */
   indexStats?: () => unknown;
   healthProbe?: HealthProbe;
@@ -34,7 +34,7 @@ export interface GatewayOptions {
   /** Adds metrics of the services (e.g. the KV index) to the gateway's registry. */
   onMetrics?: (registry: Registry) => void;
   /** Registers prom-client's process metrics (off in tests that start many gateways). */
-  defaultMetrics?: boolean;
+  defaultMetrics?: boolean | undefined;
   /** Told when workers join or leave at runtime (the KV event sources). */
   workerHooks?: WorkerHooks;
 }

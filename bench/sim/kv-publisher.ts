@@ -8,11 +8,11 @@ export interface KvPublisherOptions {
   /** vLLM semantics: PUB binds if the endpoint contains '*' or '::' or starts with ipc:// or inproc://, else connects. */
   endpoint: string;
   /** ROUTER for replay requests; always binds. */
-  replayEndpoint?: string;
+  replayEndpoint?: string | undefined;
   /** Frame 0 of every message; default ''. */
-  topic?: string;
+  topic?: string | undefined;
   /** current = vLLM >= 0.24 tagged-map inner events; legacy = vLLM <= 0.23 positional arrays. */
-  format?: 'current' | 'legacy';
+  format?: 'current' | 'legacy' | undefined;
   /** Stamped into every batch; default 0 (vLLM stamps its DP rank). */
   dataParallelRank?: number | null;
   /** Batches kept for replay, default 10_000 (vLLM's buffer_steps). */
@@ -199,10 +199,10 @@ export class KvEventPublisher {
       }
       if (this.closed) return;
       const [identity, delimiter, start] = frames;
-      if (frames.length !== 3 || delimiter.length !== 0 || start.length !== 8) continue;
+      if (frames.length !== 3 || !identity || delimiter?.length !== 0 || start?.length !== 8) continue;
       const from = start.readBigUInt64BE();
       for (let i = 0; i < this.ring.length; i++) {
-        const entry = this.ring[(this.ringStart + i) % this.ring.length];
+        const entry = this.ring[(this.ringStart + i) % this.ring.length]!;
         if (entry.seq >= from) this.routerQueue!.push([identity, EMPTY, seqBytes(entry.seq), entry.payload]);
       }
       this.routerQueue!.push([identity, EMPTY, END_SEQ, EMPTY]);

@@ -38,7 +38,7 @@ export class SimTokenizer {
     for (const word of FILLER.split(/(?= )/)) {
       const ids = await prompt.encode(word, false);
       if (ids.length !== 1) continue;
-      fillerIds.push(ids[0]);
+      fillerIds.push(ids[0]!);
       fillerTexts.push(word);
     }
     if (fillerIds.length === 0) throw new Error(`tokenizer in ${dir} encodes no filler word as a single token`);
@@ -54,11 +54,11 @@ export class SimTokenizer {
 
   /** The k-th generated token: the filler sentence, over and over. */
   outputToken(index: number): number {
-    return this.fillerIds[index % this.fillerIds.length];
+    return this.fillerIds[index % this.fillerIds.length]!;
   }
 
   outputText(index: number): string {
-    return this.fillerTexts[index % this.fillerTexts.length];
+    return this.fillerTexts[index % this.fillerTexts.length]!;
   }
 
   async decode(ids: number[]): Promise<string> {

@@ -78,7 +78,7 @@ export async function demoCommand(argv: string[]): Promise<void> {
           : {}),
       })),
     },
-    models: { [MODEL]: { tokenizer: { type: 'local', dir: tokenizerDir }, blockSize: fleet.workers[0].blockSize } },
+    models: { [MODEL]: { tokenizer: { type: 'local', dir: tokenizerDir }, blockSize: fleet.workers[0]!.blockSize } },
     routing: { strategy },
   };
   let gateway;

@@ -270,7 +270,7 @@ export class Disaggregation {
       const remaining = plan.prefillCandidates.filter((w) => !tried.has(w) && w.available);
       if (attempt >= d.config.prefillRetries || remaining.length === 0) return { kind: 'failed' };
       const next = job.routed.strategy.choose(ctx, remaining);
-      worker = remaining.find((w) => w.id === next.worker.id) ?? remaining[0];
+      worker = remaining.find((w) => w.id === next.worker.id) ?? remaining[0]!;
     }
   }
 
@@ -390,7 +390,7 @@ export class Disaggregation {
       d.metrics.retry(w.id, r.kind);
       const left = remaining();
       const next = routed.strategy.choose(ctx, left);
-      worker = left.find((x) => x.id === next.worker.id) ?? left[0];
+      worker = left.find((x) => x.id === next.worker.id) ?? left[0]!;
     }
   }
 }

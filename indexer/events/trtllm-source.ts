@@ -14,9 +14,9 @@ export interface TrtllmPollSourceOptions {
   maxBackoffMs?: number;
   requestTimeoutMs?: number;
   /** Tokens per KV block (trtllm `tokens_per_block`); when unset, inferred per event from its first block. */
-  blockSize?: number;
-  log?: Logger;
-  now?: () => number;
+  blockSize?: number | undefined;
+  log?: Logger | undefined;
+  now?: (() => number) | undefined;
 }
 
 export interface TrtllmPollSourceStats extends EventSourceStats {

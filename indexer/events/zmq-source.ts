@@ -9,15 +9,15 @@ export interface ZmqEventSourceOptions {
   /** The engine's PUB endpoint (connect mode, e.g. tcp://worker:5557) or ours to bind (bind mode). */
   endpoint: string;
   /** The engine's ROUTER replay endpoint; without it a gap clears the worker's index. */
-  replayEndpoint?: string;
+  replayEndpoint?: string | undefined;
   /** Subscription prefix on frame 0; default '' (everything). */
   topic?: string;
   /** connect (default): we connect to a binding engine. bind: the engine connects to us. */
   mode?: 'connect' | 'bind';
   /** How long a replay may take before we give up and reset; default 2000 ms. */
   replayTimeoutMs?: number;
-  log?: Logger;
-  now?: () => number;
+  log?: Logger | undefined;
+  now?: (() => number) | undefined;
 }
 
 export interface ZmqEventSourceStats extends EventSourceStats {
@@ -151,11 +151,11 @@ export class ZmqEventSource implements EventSource {
         if (!this.stopped) this.opts.log?.error({ worker: this.workerId, err }, 'kv event subscriber failed');
         return;
       }
-      if (frames.length !== 3 || frames[1].length !== 8) {
+      if (frames.length !== 3 || frames[1]!.length !== 8) {
         this.counters.decodeErrors++;
         continue;
       }
-      const item = this.decode(frames[1].readBigUInt64BE(), frames[2]);
+      const item = this.decode(frames[1]!.readBigUInt64BE(), frames[2]!);
       if (item.batch) {
         this.counters.lastBatchAt = this.now();
         this.counters.lagMs = this.counters.lastBatchAt - item.batch.ts * 1000;
@@ -222,7 +222,7 @@ export class ZmqEventSource implements EventSource {
     if (!item.batch) return;
     this.counters.batchesApplied++;
     // Only batches we never received live count as replayed; the replay also resends the held ones.
-    if (replayed && !(this.held.length > 0 && item.seq >= this.held[0].seq)) this.counters.batchesReplayed++;
+    if (replayed && !(this.held.length > 0 && item.seq >= this.held[0]!.seq)) this.counters.batchesReplayed++;
     try {
       this.sink?.apply(item.batch);
     } catch (err) {
@@ -279,10 +279,10 @@ export class ZmqEventSource implements EventSource {
    */
   private onReplayFrames(session: ReplaySession, frames: Buffer[]): void {
     if (frames.length < 2) return;
-    const seqFrame = frames[frames.length - 2];
+    const seqFrame = frames[frames.length - 2]!;
     if (seqFrame.length !== 8) return;
     if (seqFrame.equals(END_SEQ)) return this.finishReplay(session, null);
-    const item = this.decode(seqFrame.readBigUInt64BE(), frames[frames.length - 1]);
+    const item = this.decode(seqFrame.readBigUInt64BE(), frames[frames.length - 1]!);
     const last = this.lastSeq;
     if (last === null) return this.apply(item, true);
     if (item.seq <= last) return; // already applied (or the held live copy will be skipped later)
@@ -312,8 +312,8 @@ export class ZmqEventSource implements EventSource {
           break;
         }
         const last = this.lastSeq;
-        if (last !== null && held[i].seq <= last) continue; // came in through the replay already
-        this.onLive(held[i]);
+        if (last !== null && held[i]!.seq <= last) continue; // came in through the replay already
+        this.onLive(held[i]!);
       }
     } finally {
       this.replaySuppressed = false;

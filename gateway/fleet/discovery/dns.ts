@@ -102,7 +102,7 @@ export class DnsDiscovery implements Discovery {
 
   #worker(address: string): DiscoveredWorker {
     const c = this.#config;
-    const prefix = c.idPrefix ?? c.name.split('.')[0];
+    const prefix = c.idPrefix ?? c.name.split('.')[0]!;
     const w: DiscoveredWorker = {
       id: workerId(prefix, address),
       url: `${c.scheme}://${hostPort(address, c.port)}`,

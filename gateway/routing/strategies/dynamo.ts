@@ -59,7 +59,7 @@ export function createDynamoStrategy(
       const scores: CandidateScore[] = new Array(n);
       let min = Infinity;
       for (let i = 0; i < n; i++) {
-        const w = candidates[i];
+        const w = candidates[i]!;
         const overlapBlocks = matches?.get(w.id)?.blocks ?? 0;
         const potentialPrefillTokens = w.load.prefillTokens + Math.max(0, isl - overlapBlocks * blockSize);
         const potentialPrefillBlocks = potentialPrefillTokens / blockSize;
@@ -92,9 +92,9 @@ export function createDynamoStrategy(
         const treeSize = treeSizeOf(matcher);
         tied = 0;
         for (let i = 0; i < n; i++) {
-          if (Math.abs(logits[i] - min) >= TIE_EPSILON) continue;
-          const m = matches?.get(candidates[i].id);
-          const tree = treeSize ? treeSize(m?.target ?? candidates[i].id) : 0;
+          if (Math.abs(logits[i]! - min) >= TIE_EPSILON) continue;
+          const m = matches?.get(candidates[i]!.id);
+          const tree = treeSize ? treeSize(m?.target ?? candidates[i]!.id) : 0;
           if (best < 0 || tree < bestTree) {
             best = i;
             bestTree = tree;
@@ -104,7 +104,7 @@ export function createDynamoStrategy(
           }
         }
       }
-      const worker = candidates[best];
+      const worker = candidates[best]!;
       const m = matches?.get(worker.id);
       const decision: Decision = {
         worker,
@@ -112,7 +112,7 @@ export function createDynamoStrategy(
           rule: p.temperature > 0 ? `softmax(T=${p.temperature}) over ${RULE}` : RULE,
           index: overlapSource(ctx, matcher, 'kv events index'),
           overlapScoreWeight: p.overlapScoreWeight,
-          ...scores[best].terms,
+          ...scores[best]!.terms,
           ...(p.temperature > 0
             ? {}
             : {

@@ -84,7 +84,7 @@ export function chooseByKvCost(
     topAt = -1;
   const shared = new Float64Array(n);
   for (let i = 0; i < n; i++) {
-    const m = matches?.get(candidates[i].id);
+    const m = matches?.get(candidates[i]!.id);
     const o = m?.weighted ?? 0;
     overlaps[i] = o;
     // Whole blocks against a tier-weighted overlap: with CPU-tier blocks this credits slightly less, never more.
@@ -102,14 +102,14 @@ export function chooseByKvCost(
   let best = 0;
   let ties = 1;
   for (let i = 0; i < n; i++) {
-    const w = candidates[i];
-    const overlap = overlaps[i];
+    const w = candidates[i]!;
+    const overlap = overlaps[i]!;
     // Only what no other candidate holds earns the reuse credit: a prefix that other workers
     // hold too stays cached there whatever this request does, so crediting it would keep
     // traffic off a worker that just joined. Nor does a prefix that several requests branch
     // from (a system prompt held by one worker): crediting it would pin every request that
     // uses it to that worker, and a restarted worker would never get its share back.
-    const exclusive = Math.max(0, overlap - Math.max(i === topAt ? second : top, shared[i]));
+    const exclusive = Math.max(0, overlap - Math.max(i === topAt ? second : top, shared[i]!));
     const prefillBlocks = Math.max(0, promptBlocks - overlap);
     const queuedPrefillBlocks = w.load.prefillTokens / blockSize;
     const decodeBlocks = w.load.decodeBlocks;
@@ -120,7 +120,7 @@ export function chooseByKvCost(
       worker: w.id,
       terms: {
         overlapBlocks: round(overlap),
-        sharedPrefixBlocks: shared[i],
+        sharedPrefixBlocks: shared[i]!,
         exclusiveBlocks: round(exclusive),
         promptBlocks: round(promptBlocks),
         prefillBlocks: round(prefillBlocks),
@@ -130,12 +130,12 @@ export function chooseByKvCost(
       },
     };
     if (i === 0 || params.temperature > 0) continue;
-    const b = costs[best];
+    const b = costs[best]!;
     if (cost < b && !sameCost(cost, b)) {
       best = i;
       ties = 1;
     } else if (sameCost(cost, b)) {
-      const c = compareLoad(w, candidates[best]);
+      const c = compareLoad(w, candidates[best]!);
       if (c < 0) {
         best = i;
         ties = 1;
@@ -148,7 +148,7 @@ export function chooseByKvCost(
     best = softmaxSample(costs, params.temperature, ctx.random);
     ties = 1;
   }
-  const worker = candidates[best];
+  const worker = candidates[best]!;
   const m = matches?.get(worker.id);
   const decision: Decision = {
     worker,
@@ -156,7 +156,7 @@ export function chooseByKvCost(
       rule: params.temperature > 0 ? `softmax(T=${params.temperature}) over ${RULE}` : RULE,
       index: overlapSource(ctx, matcher, indexName),
       prefillWeight: params.prefillWeight,
-      ...scores[best].terms,
+      ...scores[best]!.terms,
       ...(m && m.blocks !== m.gpuBlocks ? { cpuTierBlocks: m.blocks - m.gpuBlocks } : {}),
       ties,
     },

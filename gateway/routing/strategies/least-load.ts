@@ -17,10 +17,10 @@ export function leastLoaded(
   ctx: RouteContext,
   candidates: readonly WorkerView[],
 ): { worker: WorkerView; ties: number } {
-  let best = candidates[0];
+  let best = candidates[0]!;
   let ties = 1;
   for (let i = 1; i < candidates.length; i++) {
-    const w = candidates[i];
+    const w = candidates[i]!;
     const c = compareLoad(w, best);
     if (c < 0) {
       best = w;

@@ -76,7 +76,7 @@ export function createLlmdPreciseStrategy(
       let bestTotal = -Infinity;
       let ties = 1;
       for (let i = 0; i < n; i++) {
-        const w = candidates[i];
+        const w = candidates[i]!;
         const run = matches?.get(w.id)?.blocks ?? 0;
         let prefix: number;
         if (p.prefixNormalization === 'prompt') prefix = promptBlocks > 0 ? Math.min(1, run / promptBlocks) : 0;
@@ -105,7 +105,7 @@ export function createLlmdPreciseStrategy(
           ties = 1;
         }
       }
-      const worker = candidates[best];
+      const worker = candidates[best]!;
       const m = matches?.get(worker.id);
       const decision: Decision = {
         worker,
@@ -118,7 +118,7 @@ export function createLlmdPreciseStrategy(
             p.kvCapacityBlocks === null
               ? 'decode blocks relative to the busiest candidate'
               : `decode blocks / ${p.kvCapacityBlocks}`,
-          ...scores[best].terms,
+          ...scores[best]!.terms,
           ties,
         },
         predictedCachedBlocks: m?.blocks ?? 0,

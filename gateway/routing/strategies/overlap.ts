@@ -133,17 +133,17 @@ export function softmaxSample(costs: ArrayLike<number>, temperature: number, ran
   let min = Infinity;
   let max = -Infinity;
   for (let i = 0; i < n; i++) {
-    const c = costs[i];
+    const c = costs[i]!;
     if (c < min) min = c;
     if (c > max) max = c;
   }
   if (!(max > min)) return Math.min(n - 1, Math.floor(random() * n));
   const scale = 1 / ((max - min) * temperature);
   let sum = 0;
-  for (let i = 0; i < n; i++) sum += Math.exp(-(costs[i] - min) * scale);
+  for (let i = 0; i < n; i++) sum += Math.exp(-(costs[i]! - min) * scale);
   let r = random() * sum;
   for (let i = 0; i < n; i++) {
-    r -= Math.exp(-(costs[i] - min) * scale);
+    r -= Math.exp(-(costs[i]! - min) * scale);
     if (r < 0) return i;
   }
   return n - 1;
@@ -161,10 +161,10 @@ export function round(x: number): number {
 
 /** Least in-flight requests, ties at random (reservoir sampling over the tied set). */
 export function leastInflight(ctx: RouteContext, candidates: readonly WorkerView[]): WorkerView {
-  let best = candidates[0];
+  let best = candidates[0]!;
   let ties = 1;
   for (let i = 1; i < candidates.length; i++) {
-    const w = candidates[i];
+    const w = candidates[i]!;
     const d = w.load.inflightRequests - best.load.inflightRequests;
     if (d < 0) {
       best = w;

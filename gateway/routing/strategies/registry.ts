@@ -81,7 +81,7 @@ export function parseStrategyParams(name: string, params: unknown): unknown {
     throw new StrategyConfigError(['strategy'], `unknown strategy '${name}' (known: ${strategyNames().join(', ')})`);
   const parsed = entry.params.safeParse(params ?? {});
   if (!parsed.success) {
-    const issue = parsed.error.issues[0];
+    const issue = parsed.error.issues[0]!;
     const keys = issue.code === 'unrecognized_keys' ? ` ${issue.keys.map((k) => `'${k}'`).join(', ')}` : '';
     throw new StrategyConfigError(['params', ...(issue.path as (string | number)[])], `${issue.message}${keys}`);
   }

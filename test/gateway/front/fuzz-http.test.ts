@@ -18,7 +18,7 @@ const CONCURRENCY = 32;
 
 type Rand = () => number;
 const int = (r: Rand, n: number) => Math.floor(r() * n);
-const pick = <T>(r: Rand, xs: readonly T[]): T => xs[int(r, xs.length)];
+const pick = <T>(r: Rand, xs: readonly T[]): T => xs[int(r, xs.length)]!;
 
 /** One generated case: either sent through undici or written raw to a socket. */
 type Case =
@@ -28,7 +28,7 @@ type Case =
       method: string;
       path: string;
       headers: Record<string, string>;
-      body?: Buffer;
+      body?: Buffer | undefined;
       mayPass: boolean;
     }
   | { kind: string; via: 'raw'; bytes: Buffer };
@@ -366,7 +366,7 @@ async function runCase(pool: Pool, url: string, c: Case, tally: Tally): Promise<
       method: c.method,
       path: c.path,
       headers: c.headers,
-      body: c.body,
+      body: c.body ?? null,
       headersTimeout: 30_000,
       bodyTimeout: 30_000,
     });
@@ -411,7 +411,7 @@ t.test(`fuzz: ${CASES} malformed requests`, async (t) => {
     },
   ) as { models: Record<string, Record<string, unknown>> };
   // A small token cache, so its (bounded, intended) growth does not hide or fake a leak in the RSS check.
-  config.models[MODEL].tokenCacheMiB = 8;
+  config.models[MODEL]!.tokenCacheMiB = 8;
   const { url, gateway } = await startGateway(t.teardown.bind(t), config);
   const pool = new Pool(url, { connections: CONCURRENCY, pipelining: 1 });
   t.teardown(() => pool.destroy());

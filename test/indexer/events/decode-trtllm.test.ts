@@ -71,14 +71,14 @@ t.test('stored, removed, created, updated', async (t) => {
     'stored flattens tokens and stops at the partial block',
   );
   t.strictSame(
-    d.batches[2].events,
+    d.batches[2]!.events,
     [{ kind: 'removed', engineHashes: [18446744073709551615n, 9007199254740993n], tier: 'gpu' }],
     '2^53+1 exact',
   );
-  t.strictSame(d.batches[0].events, [], 'created ignored');
-  t.strictSame(d.batches[3].events, [], 'updated ignored');
+  t.strictSame(d.batches[0]!.events, [], 'created ignored');
+  t.strictSame(d.batches[3]!.events, [], 'updated ignored');
   t.strictSame(
-    d.batches[4].events,
+    d.batches[4]!.events,
     [
       {
         kind: 'stored',
@@ -93,7 +93,7 @@ t.test('stored, removed, created, updated', async (t) => {
     'secondary level is cpu',
   );
   t.equal(
-    decodeTrtllmEvents(text, { now, blockSize: 4 }).batches[4].events.length,
+    decodeTrtllmEvents(text, { now, blockSize: 4 }).batches[4]!.events.length,
     0,
     'a known block size rejects the partial block',
   );
