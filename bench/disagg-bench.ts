@@ -172,9 +172,9 @@ async function main(): Promise<void> {
   const thresholds = (values.thresholds ?? '1024,4096').split(',').map(Number);
   const trace = readTrace(values.trace ?? DEFAULT_TRACE, limit);
   const shapeOf = describeTrace(trace);
-  const pd = [...Array(prefill).fill('prefill'), ...Array(workers - prefill).fill('decode')] as string[];
+  const pd = [...Array<string>(prefill).fill('prefill'), ...Array<string>(workers - prefill).fill('decode')];
   const shapes: Shape[] = [
-    { name: `aggregated ×${workers} (kv)`, roles: Array(workers).fill('both'), disaggregation: {} },
+    { name: `aggregated ×${workers} (kv)`, roles: Array<string>(workers).fill('both'), disaggregation: {} },
     { name: `P/D ${prefill}:${workers - prefill}, always`, roles: pd, disaggregation: { mode: 'always' } },
     ...thresholds.map((th) => ({
       name: `P/D ${prefill}:${workers - prefill}, conditional ≥${th}`,

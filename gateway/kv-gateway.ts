@@ -23,6 +23,7 @@ export interface KvGatewayOptions {
  * fleet (workers joining get an event source, workers leaving lose theirs).
  */
 export async function startKvGateway(config: GatewayConfig, options: KvGatewayOptions): Promise<Gateway> {
+  // eslint-disable-next-line prefer-const -- workerUrlFor may run before the assignment; a const would throw there
   let gateway: Gateway | undefined;
   const { log } = options;
   const kv = await buildKvServices(config, {

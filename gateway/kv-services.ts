@@ -1,7 +1,7 @@
 import { resolve } from 'node:path';
 import type { Logger } from 'pino';
 import type { GatewayConfig } from '../config/schema.js';
-import { createBlockHasher, type BlockHasher } from '../indexer/index/block-hash.js';
+import { createBlockHasher } from '../indexer/index/block-hash.js';
 import { createEventSource } from '../indexer/events/create-source.js';
 import type { EventSink, EventSource } from '../indexer/events/source.js';
 import { KvIndexer } from '../indexer/index/kv-indexer.js';

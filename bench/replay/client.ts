@@ -197,7 +197,7 @@ export async function replay(opts: LoadOptions): Promise<RequestResult[]> {
     bodyTimeout: 0,
     keepAliveTimeout: 60_000,
   });
-  const results: RequestResult[] = new Array(trace.length);
+  const results = new Array<RequestResult>(trace.length);
   const t0 = performance.now();
   const first = trace[0]?.timestamp ?? 0;
   let done = 0,

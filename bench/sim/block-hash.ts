@@ -14,6 +14,7 @@ export type BlockHasher = (parent: bigint | null, tokens: readonly number[], sta
  * by default it is random, as vLLM's NONE_HASH is.
  */
 export async function createBlockHasher(rootSeed?: bigint): Promise<BlockHasher> {
+  // eslint-disable-next-line @typescript-eslint/unbound-method -- xxhash-wasm's functions are closures, not methods
   const { h64Raw } = await xxhash();
   const root = rootSeed ?? randomU64();
   let words = new Uint32Array(16);

@@ -39,6 +39,7 @@ export type EventSourceConfig = z.infer<typeof eventSourceConfigSchema>;
  * input (it is parsed here, so a bad block throws a zod error naming the field).
  */
 export function createEventSource(
+  // eslint-disable-next-line @typescript-eslint/no-redundant-type-constituents -- the union documents what callers pass
   config: EventSourceConfig | z.input<typeof eventSourceConfigSchema>,
   workerId: string,
   log?: Logger,

@@ -60,7 +60,7 @@ export class EngineHashMap {
       this.table.fill(slot < 0 ? ~slot : slot, lo, hi, node, check);
       return prev;
     }
-    const other = (this.other ??= new Map());
+    const other = (this.other ??= new Map<EngineBlockHash, number>());
     const packed = other.get(h);
     other.set(h, node * CHECK_SPAN + check);
     if (packed === undefined) return -1;

@@ -129,7 +129,7 @@ export class PromptTokenizer {
   async encodeCached(text: string, addSpecialTokens = false): Promise<number[]> {
     if (addSpecialTokens && !this.#affixes) return this.encode(text, true);
     const pieces = this.#splitter.split(text);
-    const parts: (Uint32Array | number | undefined)[] = new Array(pieces.length);
+    const parts = new Array<Uint32Array | number | undefined>(pieces.length);
     const misses = new Map<string, number[]>();
     for (let i = 0; i < pieces.length; i++) {
       const piece = pieces[i]!;

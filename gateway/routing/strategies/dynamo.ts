@@ -56,7 +56,7 @@ export function createDynamoStrategy(
       const requestBlocks = Math.ceil(isl / blockSize);
       const n = candidates.length;
       const logits = new Float64Array(n);
-      const scores: CandidateScore[] = new Array(n);
+      const scores = new Array<CandidateScore>(n);
       let min = Infinity;
       for (let i = 0; i < n; i++) {
         const w = candidates[i]!;

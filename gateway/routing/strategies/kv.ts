@@ -98,7 +98,7 @@ export function chooseByKvCost(
     }
   }
   const costs = new Float64Array(n);
-  const scores: CandidateScore[] = new Array(n);
+  const scores = new Array<CandidateScore>(n);
   let best = 0;
   let ties = 1;
   for (let i = 0; i < n; i++) {

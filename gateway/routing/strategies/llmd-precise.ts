@@ -71,7 +71,7 @@ export function createLlmdPreciseStrategy(
       }
       const kvDenominator = p.kvCapacityBlocks ?? decodeMax;
 
-      const scores: CandidateScore[] = new Array(n);
+      const scores = new Array<CandidateScore>(n);
       let best = 0;
       let bestTotal = -Infinity;
       let ties = 1;

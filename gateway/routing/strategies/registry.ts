@@ -34,6 +34,7 @@ export interface StrategyEntry<P = unknown> {
   create(params: P, deps: StrategyDeps): Strategy;
 }
 
+/* eslint-disable @typescript-eslint/no-explicit-any, @typescript-eslint/no-unsafe-argument -- each entry pairs its own schema with its own factory */
 const entries = new Map<string, StrategyEntry<any>>([
   ['random', { params: randomParamsSchema, create: (p) => createRandomStrategy(p) }],
   ['round-robin', { params: roundRobinParamsSchema, create: (p) => createRoundRobinStrategy(p) }],
@@ -49,6 +50,7 @@ const entries = new Map<string, StrategyEntry<any>>([
   ],
   ['llmd-precise', { params: llmdPreciseParamsSchema, create: (p, d) => createLlmdPreciseStrategy(p, d) }],
 ]);
+/* eslint-enable @typescript-eslint/no-explicit-any, @typescript-eslint/no-unsafe-argument */
 
 /**
  * Adds a strategy by name (= its file name = its metric label). The KV strategies
