@@ -21,14 +21,17 @@ const FILLER =
  */
 export class SimTokenizer {
   #decoder: Promise<Tokenizer> | undefined;
+  readonly #dir: string;
 
   private constructor(
     readonly prompt: PromptTokenizer,
-    private readonly dir: string,
+    dir: string,
     readonly vocabSize: number,
     readonly fillerIds: readonly number[],
     readonly fillerTexts: readonly string[],
-  ) {}
+  ) {
+    this.#dir = dir;
+  }
 
   static async load(dir: string): Promise<SimTokenizer> {
     const prompt = await PromptTokenizer.load(dir);
@@ -72,7 +75,7 @@ export class SimTokenizer {
   }
 
   #loadDecoder(): Promise<Tokenizer> {
-    this.#decoder ??= readFile(join(this.dir, 'tokenizer.json'), 'utf8').then((json) => Tokenizer.fromString(json));
+    this.#decoder ??= readFile(join(this.#dir, 'tokenizer.json'), 'utf8').then((json) => Tokenizer.fromString(json));
     return this.#decoder;
   }
 }
