@@ -1,7 +1,6 @@
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { request } from 'undici';
 import { stringify } from 'yaml';
@@ -13,6 +12,12 @@ import { benchGatewayConfig, MODEL, simArgs, startBenchGateway } from './replay/
 import { distribution } from './replay/summary.js';
 import { describeTrace, readTrace, type TraceRequest } from './replay/trace.js';
 import { spawnSimFleet } from './sim/spawn.js';
+
+import { parseBenchFlags } from './lib/flags.js';
+const HELP = `Replays a prefix of the Mooncake conversation trace on simulated workers, aggregated (kv) and
+P/D-disaggregated (always, and conditional at each threshold); writes bench/results/disagg.md.
+Usage: node dist/bench/disagg-bench.js [flags]
+The trace defaults to ../shared/traces/mooncake/conversation_trace.jsonl from the repository root.`;
 
 /**
  * Replays a prefix of the Mooncake conversation trace through the gateway on
@@ -152,7 +157,7 @@ function summarise(
 let speedup = 25;
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({
+  const { values } = parseBenchFlags(HELP, {
     options: {
       trace: { type: 'string' },
       limit: { type: 'string' },

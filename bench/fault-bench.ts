@@ -3,12 +3,15 @@ import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
 import { Agent, request } from 'undici';
 import { stringify } from 'yaml';
 import { markdownTable, spawnUntilReady } from './lib/child.js';
-import { jsonObjectFlag, UsageError } from './lib/flags.js';
+import { jsonObjectFlag, parseBenchFlags, UsageError } from './lib/flags.js';
 import { spawnSimFleet, type SimFleet, type SimWorkerInfo } from './sim/spawn.js';
+
+const HELP = `Fault run: steady load on four simulated workers while one is killed and restarted and another
+loses KV event batches; reports outcomes, p99 TTFT before/during/after and the gateway's peak RSS.
+Usage: npm run bench:fault -- [flags]   (--params is a JSON object of strategy parameters)`;
 
 /**
  * Fault run (not a test): steady load on four simulated workers, each in its
@@ -21,7 +24,7 @@ import { spawnSimFleet, type SimFleet, type SimWorkerInfo } from './sim/spawn.js
  *   npm run bench:fault -- [--duration 150] [--clients 16] [--speedup 1]
  *     [--kill-at 40] [--restart-at 70] [--drop-at 55] [--stream-share 0.5] [--strategy kv] [--params JSON]
  */
-const { values } = parseArgs({
+const { values } = parseBenchFlags(HELP, {
   options: {
     duration: { type: 'string', default: '150' },
     clients: { type: 'string', default: '16' },

@@ -1,12 +1,17 @@
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
 import { createBlockHasher, type BlockHasher } from '../indexer/index/block-hash.js';
 import type { KvEvent, KvEventBatch } from '../indexer/events/types.js';
 import { KvIndexer } from '../indexer/index/kv-indexer.js';
 import { RadixIndex } from '../indexer/index/radix-index.js';
+
+import { parseBenchFlags, sharedTrace } from './lib/flags.js';
+const HELP = `Index benchmark: replays the Mooncake conversation trace as KV events into the indexer and
+measures insert rate, match latency and memory; writes bench/results/index-bench.md.
+Usage: node --expose-gc dist/bench/index-bench.js [flags]
+The trace defaults to ../shared/traces/mooncake/conversation_trace.jsonl from the repository root.`;
 
 /**
  * Index benchmark (not a test): replays the Mooncake conversation trace as KV
@@ -23,7 +28,7 @@ import { RadixIndex } from '../indexer/index/radix-index.js';
  * missing chunks become one `stored` event per contiguous run (the last chunk
  * cut to input_length, full blocks only), evicted chunks a `removed` event.
  */
-const { values } = parseArgs({
+const { values } = parseBenchFlags(HELP, {
   options: {
     trace: { type: 'string' },
     workers: { type: 'string', default: '8,64' },
@@ -33,8 +38,7 @@ const { values } = parseArgs({
     out: { type: 'string', default: fileURLToPath(new URL('../../bench/results', import.meta.url)) },
   },
 });
-const repoRoot = fileURLToPath(new URL('../..', import.meta.url));
-const tracePath = values.trace ?? resolve(repoRoot, '../shared/traces/mooncake/conversation_trace.jsonl');
+const tracePath = values.trace ?? sharedTrace('mooncake/conversation_trace.jsonl');
 const workerCounts = values.workers.split(',').map(Number);
 const BS = Number(values['block-size']);
 const WORKER_BLOCKS = Number(values['worker-blocks']);

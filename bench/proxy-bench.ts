@@ -3,10 +3,14 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
 import { stringify } from 'yaml';
 import { markdownTable, median, spawnUntilReady } from './lib/child.js';
 import { spawnSimFleet } from './sim/spawn.js';
+
+import { parseBenchFlags } from './lib/flags.js';
+const HELP = `Proxy overhead: the same load against a simulated worker directly, through kvgate (round-robin),
+and through a bare undici pass-through, interleaved round by round; writes bench/results/proxy-overhead.*.
+Usage: npm run bench:proxy -- [flags]`;
 
 /**
  * Proxy overhead: the same load against (a) a simulated worker directly,
@@ -16,7 +20,7 @@ import { spawnSimFleet } from './sim/spawn.js';
  *
  *   npm run bench:proxy -- [--duration 8] [--rounds 3] [--connections 32]
  */
-const { values } = parseArgs({
+const { values } = parseBenchFlags(HELP, {
   options: {
     duration: { type: 'string', default: '8' },
     rounds: { type: 'string', default: '3' },

@@ -3,18 +3,22 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { request } from 'undici';
 import { stringify } from 'yaml';
 import { markdownTable, procCpuS, type ReadyChild } from './lib/child.js';
-import { jsonObjectFlag, UsageError } from './lib/flags.js';
+import { jsonObjectFlag, parseBenchFlags, UsageError } from './lib/flags.js';
 import { replay, type RequestResult } from './replay/client.js';
 import { DEFAULT_TRACE, FLEET_DEFAULTS } from './replay/replay.js';
 import { benchGatewayConfig, MODEL, simArgs, startBenchGateway, type FleetShape } from './replay/run.js';
 import { summarise, type StrategySummary, type WorkerStats } from './replay/summary.js';
 import { describeTrace, readTrace, upperBound, type TraceRequest } from './replay/trace.js';
 import { spawnSimFleet } from './sim/spawn.js';
+
+const HELP = `What running N gateway replicas costs: one simulated fleet, N kvgate serve processes, the trace
+dealt round-robin to them; mean TTFT and prefix-cache hit rate per N (--share-load needs nats-server).
+Usage: node dist/bench/replicas-bench.js [flags]   (--params is a JSON object of strategy parameters)
+The trace defaults to ../shared/traces/mooncake/conversation_trace.jsonl from the repository root.`;
 
 /**
  * What running several gateway replicas costs (issue 9, "Scaling out"). Each
@@ -160,7 +164,7 @@ async function runReplicas(
 }
 
 async function main(argv: string[]): Promise<void> {
-  const { values } = parseArgs({
+  const { values } = parseBenchFlags(HELP, {
     args: argv,
     strict: true,
     options: {

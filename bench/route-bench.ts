@@ -3,7 +3,6 @@ import { cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
 import { pino } from 'pino';
 import { parseConfig } from '../config/load.js';
 import { buildKvServices } from '../gateway/kv-services.js';
@@ -15,6 +14,11 @@ import { parseInference } from '../gateway/front/request.js';
 import { createStrategy } from '../gateway/routing/strategies/registry.js';
 import { markdownTable } from './lib/child.js';
 
+import { parseBenchFlags } from './lib/flags.js';
+const HELP = `The whole routing decision in process (parse, template, tokenize, hash, index walk, score) with the
+index holding earlier turns of each conversation; writes bench/results/route-bench.md.
+Usage: npm run bench:route -- [flags]`;
+
 /**
  * The whole routing decision, in process: parse the body, render the chat
  * template, tokenize (segment cache warm or cold), hash the blocks, walk the
@@ -24,7 +28,7 @@ import { markdownTable } from './lib/child.js';
  *
  *   npm run bench:route -- [--conversations 40] [--tokens 8192]
  */
-const { values } = parseArgs({
+const { values } = parseBenchFlags(HELP, {
   options: {
     conversations: { type: 'string', default: '40' },
     tokens: { type: 'string', default: '8192' },

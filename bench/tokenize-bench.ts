@@ -3,9 +3,12 @@ import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
 import { createBlockHasher } from '../indexer/index/block-hash.js';
 import { PromptTokenizer } from '../indexer/tokenize/tokenizer.js';
+
+import { parseBenchFlags } from './lib/flags.js';
+const HELP = `Tokenization cost of growing multi-turn chat requests, cold and warm; writes bench/results/tokenize-bench.md.
+Usage: node dist/bench/tokenize-bench.js [flags]`;
 
 /**
  * Tokenization cost of multi-turn chat requests, cold and warm.
@@ -17,7 +20,7 @@ import { PromptTokenizer } from '../indexer/tokenize/tokenizer.js';
  * but the new turn cached); "cold" is a whole-text native encode with no cache,
  * and "cold, cached path" the segmented path on an empty cache.
  */
-const { values } = parseArgs({
+const { values } = parseBenchFlags(HELP, {
   options: {
     conversations: { type: 'string', default: '30' },
     tokenizer: {
