@@ -7,7 +7,7 @@ import type { EngineBlockHash, KvEvent, KvTier } from '../../indexer/events/type
  * fixint/uint8/16/32/64, never the signed forms), floats always float64,
  * str8 for 32..255-byte strings. msgpackr's Packr picks differently in places
  * (float32 for some numbers, records extension, int64 for bigints), hence
- * this hand-written writer; test/wire/encode.test.ts pins it to the notes' hex.
+ * this hand-written writer; test/bench/sim/encode.test.ts pins it to msgspec's bytes.
  */
 class MsgpackWriter {
   #buf = Buffer.allocUnsafe(256);

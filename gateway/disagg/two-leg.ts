@@ -59,7 +59,7 @@ const DEFAULT_OUTPUT_TOKENS = 256;
 
 /**
  * Disaggregated serving through the gateway, as vLLM's reference proxy does it
- * with NixlConnector (engine-wire-formats.md §4), for pools that have prefill
+ * with NixlConnector (docs/engine-wire-formats.md, P/D), for pools that have prefill
  * workers: decide (decide.ts), send the prefill leg (stream off, 1 token,
  * `kv_transfer_params.do_remote_decode`), pass the engine's `kv_transfer_params`
  * with the original request to the decode worker, stream its answer back. One

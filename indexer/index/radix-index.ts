@@ -35,10 +35,10 @@ export interface MatchCounts {
  * differ when a chat template re-renders the answer), a retried or regenerated
  * turn adds one, a document asked a few questions a few more: keeping those on
  * one worker saves cache capacity. A system prompt that many users share soon has
- * far more. On the whole Mooncake replay a threshold of 4 cost 0.15 points of hit
- * rate (35.63% of tokens against 35.77% at 8 and 35.78% with no threshold) for 1%
- * lower mean TTFT; at 8 a restarted worker still gets its share back at once
- * (bench/results/fault-run.md).
+ * far more. On the whole Mooncake replay a lower threshold traded a little hit
+ * rate for a little mean TTFT and no threshold changed little (that comparison is
+ * not kept in bench/results/; `npm run bench:replay` reruns it); at 8 a restarted
+ * worker still gets its share back at once (bench/results/fault-run.md).
  */
 export const SHARED_PREFIX_CHILDREN = 8;
 

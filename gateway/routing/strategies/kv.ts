@@ -30,16 +30,12 @@ export const kvParamsSchema = z.strictObject({
    * several request streams share (see chooseByKvCost).
    * 0 = only the immediate saving (a greedy choice that moves conversations
    * away from their cache at the first queue, and copies their prefix around).
-   * Tuned on the Mooncake replay: the hit rate rises with it (on the first
-   * 2,000 requests 74% of the reachable bound at 0, 91% at 3, 99.6% at 50;
-   * bench/results/replay-sweep.md) because a moved conversation pays its whole
-   * history again and adds it to another worker's queue. On the whole trace
-   * 200 is level with the stickiest baseline's hit rate (llm-d's; the two trade
-   * places by ±0.1 point between runs) where 50 stayed ~0.3 points of the
-   * bound below it for ~4% lower mean TTFT (bench/results/replay-conversation.md
-   * has the run at 200). At 200 a conversation moves only off a hot spot: with
-   * 32 blocks that only its worker holds, when that worker's prefill queue is
-   * ~100k tokens longer than another's.
+   * The hit rate rises with it because a moved conversation pays its whole
+   * history again and adds it to another worker's queue; the default was tuned
+   * on the Mooncake replay (figures: bench/results/replay-sweep.md and
+   * bench/results/replay-conversation.md). At the default a conversation moves
+   * only off a hot spot: with 32 blocks that only its worker holds, when that
+   * worker's prefill queue is about 200 × 32 blocks longer than another's.
    */
   reuseCredit: z.number().min(0).max(10_000).default(200),
   /** Worth of a CPU-offloaded block relative to a GPU one (it must be copied back first). */

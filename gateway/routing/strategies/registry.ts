@@ -53,9 +53,8 @@ const entries = new Map<string, StrategyEntry<any>>([
 /* eslint-enable @typescript-eslint/no-explicit-any, @typescript-eslint/no-unsafe-argument */
 
 /**
- * Adds a strategy by name (= its file name = its metric label). The KV strategies
- * register here, e.g.
- * `registerStrategy('kv', { params: kvParamsSchema, create: createKvStrategy })`.
+ * Adds a strategy by name (= its file name = its metric label) at run time, for
+ * tests and extensions; the built-in strategies are the static map above.
  */
 export function registerStrategy<P>(name: string, entry: StrategyEntry<P>): void {
   entries.set(name, entry);

@@ -2,7 +2,7 @@ import t from 'tap';
 import { KvDecodeError } from '../../../indexer/events/decode-msgpack.js';
 import { decodeTrtllmEvents, parseJsonLossless } from '../../../indexer/events/decode-trtllm.js';
 
-// Shapes from TRT-LLM's KVCacheEventSerializer as summarised in the notes §3.1.
+// Shapes from TRT-LLM's KVCacheEventSerializer (docs/engine-wire-formats.md, pull API).
 const tok = (ids: number[]) => ids.map((id) => ({ type: 'unique_token', token_id: id, token_extra_id: 0 }));
 const now = () => 1_700_000_000_000;
 
