@@ -1,11 +1,16 @@
 // Counts leaf assertions in tap's saved TAP streams (one file per test file) and
 // prints 'N passed, N failed' as the last line. Exits 1 when anything failed or
 // when there were no results at all, so an empty run never looks green.
+// Checks that ran before the tests (lint, typecheck) and failed are passed as
+// `--checks-failed N` and count as N more failures.
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { Parser } from 'tap-parser';
 
-const dir = process.argv[2] ?? '.tap/test-results';
+const args = process.argv.slice(2);
+const at = args.indexOf('--checks-failed');
+const checksFailed = at >= 0 ? Number(args.splice(at, 2)[1]) || 0 : 0;
+const dir = args[0] ?? '.tap/test-results';
 const files = [];
 const walk = (d) => {
   let entries = [];
@@ -23,7 +28,7 @@ const walk = (d) => {
 walk(dir);
 
 let passed = 0;
-let failed = 0;
+let failed = checksFailed;
 for (const file of files) {
   const parser = new Parser();
   // Every subtest is a child parser whose summary line is also an assert of its

@@ -1,7 +1,6 @@
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { request } from 'undici';
 import { stringify } from 'yaml';
@@ -13,6 +12,12 @@ import { benchGatewayConfig, MODEL, simArgs, startBenchGateway } from './replay/
 import { distribution } from './replay/summary.js';
 import { describeTrace, readTrace, type TraceRequest } from './replay/trace.js';
 import { spawnSimFleet } from './sim/spawn.js';
+
+import { parseBenchFlags } from './lib/flags.js';
+const HELP = `Replays a prefix of the Mooncake conversation trace on simulated workers, aggregated (kv) and
+P/D-disaggregated (always, and conditional at each threshold); writes bench/results/disagg.md.
+Usage: node dist/bench/disagg-bench.js [flags]
+The trace defaults to ../shared/traces/mooncake/conversation_trace.jsonl from the repository root.`;
 
 /**
  * Replays a prefix of the Mooncake conversation trace through the gateway on
@@ -101,15 +106,15 @@ async function runShape(shape: Shape, trace: readonly TraceRequest[], gbps: numb
       : '–';
     const paths: Record<string, number> = {};
     for (const m of metrics.matchAll(/^kvgate_disagg_requests_total\{path="(\w+)"\} (\d+)/gm))
-      paths[m[1]] = Number(m[2]);
+      paths[m[1]!] = Number(m[2]);
     let hits = 0,
       queries = 0,
       loaded = 0;
     for (const w of sim.workers) {
       const s = (await (await request(`${w.url}/sim/stats`)).body.json()) as Record<string, number>;
-      hits += s.prefixHitTokens;
-      queries += s.prefixQueryTokens;
-      loaded += s.kvLoadTokens;
+      hits += s.prefixHitTokens!;
+      queries += s.prefixQueryTokens!;
+      loaded += s.kvLoadTokens!;
       process.stderr.write(
         `[${shape.name}] ${w.worker} (${shape.roles[sim.workers.indexOf(w)]}): prefill computed ${s.prefillTokensComputed}, loaded ${s.kvLoadTokens} (failures ${s.kvLoadFailures}), preemptions ${s.preemptions}, steps ${s.steps}, generated ${s.generatedTokens}\n`,
       );
@@ -152,7 +157,7 @@ function summarise(
 let speedup = 25;
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({
+  const { values } = parseBenchFlags(HELP, {
     options: {
       trace: { type: 'string' },
       limit: { type: 'string' },
@@ -172,9 +177,9 @@ async function main(): Promise<void> {
   const thresholds = (values.thresholds ?? '1024,4096').split(',').map(Number);
   const trace = readTrace(values.trace ?? DEFAULT_TRACE, limit);
   const shapeOf = describeTrace(trace);
-  const pd = [...Array(prefill).fill('prefill'), ...Array(workers - prefill).fill('decode')] as string[];
+  const pd = [...Array<string>(prefill).fill('prefill'), ...Array<string>(workers - prefill).fill('decode')];
   const shapes: Shape[] = [
-    { name: `aggregated ×${workers} (kv)`, roles: Array(workers).fill('both'), disaggregation: {} },
+    { name: `aggregated ×${workers} (kv)`, roles: Array<string>(workers).fill('both'), disaggregation: {} },
     { name: `P/D ${prefill}:${workers - prefill}, always`, roles: pd, disaggregation: { mode: 'always' } },
     ...thresholds.map((th) => ({
       name: `P/D ${prefill}:${workers - prefill}, conditional ≥${th}`,

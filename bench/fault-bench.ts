@@ -3,12 +3,15 @@ import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
 import { Agent, request } from 'undici';
 import { stringify } from 'yaml';
 import { markdownTable, spawnUntilReady } from './lib/child.js';
-import { jsonObjectFlag, UsageError } from './lib/flags.js';
+import { jsonObjectFlag, parseBenchFlags, UsageError } from './lib/flags.js';
 import { spawnSimFleet, type SimFleet, type SimWorkerInfo } from './sim/spawn.js';
+
+const HELP = `Fault run: steady load on four simulated workers while one is killed and restarted and another
+loses KV event batches; reports outcomes, p99 TTFT before/during/after and the gateway's peak RSS.
+Usage: npm run bench:fault -- [flags]   (--params is a JSON object of strategy parameters)`;
 
 /**
  * Fault run (not a test): steady load on four simulated workers, each in its
@@ -21,7 +24,7 @@ import { spawnSimFleet, type SimFleet, type SimWorkerInfo } from './sim/spawn.js
  *   npm run bench:fault -- [--duration 150] [--clients 16] [--speedup 1]
  *     [--kill-at 40] [--restart-at 70] [--drop-at 55] [--stream-share 0.5] [--strategy kv] [--params JSON]
  */
-const { values } = parseArgs({
+const { values } = parseBenchFlags(HELP, {
   options: {
     duration: { type: 'string', default: '150' },
     clients: { type: 'string', default: '16' },
@@ -142,7 +145,7 @@ async function main(): Promise<void> {
   const params = jsonObjectFlag('params', values.params, '{"reuseCredit":3}');
   const ids = ['w0', 'w1', 'w2', 'w3'];
   const fleets = await Promise.all(ids.map((id) => startWorker(id)));
-  const infos = fleets.map((f) => f.workers[0]);
+  const infos = fleets.map((f) => f.workers[0]!);
   const tmp = mkdtempSync(join(tmpdir(), 'kvgate-fault-'));
   const config = join(tmp, 'kvgate.yaml');
   writeFileSync(
@@ -159,7 +162,7 @@ async function main(): Promise<void> {
           kvEvents: { endpoint: w.kvEvents, replayEndpoint: w.kvReplay },
         })),
       },
-      models: { [MODEL]: { tokenizer: { type: 'local', dir: TOKENIZER }, blockSize: infos[0].blockSize } },
+      models: { [MODEL]: { tokenizer: { type: 'local', dir: TOKENIZER }, blockSize: infos[0]!.blockSize } },
       routing: { strategy: values.strategy, params },
     }),
   );
@@ -182,10 +185,10 @@ async function main(): Promise<void> {
   const schedule = async () => {
     const wait = (ms: number) => new Promise((r) => setTimeout(r, Math.max(0, ms - (performance.now() - t0))));
     await wait(KILL_AT);
-    fleets[1].child.kill('SIGKILL');
+    fleets[1]!.child.kill('SIGKILL');
     events.push({ at: performance.now() - t0, what: 'w1 SIGKILL' });
     await wait(DROP_AT);
-    const r = await request(`${infos[2].url}/sim/drop-kv-events`, {
+    const r = await request(`${infos[2]!.url}/sim/drop-kv-events`, {
       method: 'POST',
       body: JSON.stringify({ count: 20 }),
       headers: { 'content-type': 'application/json' },

@@ -1,6 +1,6 @@
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import xxhash from 'xxhash-wasm';
@@ -8,6 +8,12 @@ import { createBlockHasher, type BlockHasher } from '../indexer/index/block-hash
 import type { KvEvent, KvEventBatch } from '../indexer/events/types.js';
 import { KvIndexer } from '../indexer/index/kv-indexer.js';
 import { RadixIndex } from '../indexer/index/radix-index.js';
+
+import { parseBenchFlags, sharedTrace } from './lib/flags.js';
+const HELP = `Index benchmark: replays the Mooncake conversation trace as KV events into the indexer and
+measures insert rate, match latency and memory; writes bench/results/index-bench.md.
+Usage: node --expose-gc dist/bench/index-bench.js [flags]
+The trace defaults to ../shared/traces/mooncake/conversation_trace.jsonl from the repository root.`;
 
 /**
  * Index benchmark (not a test): replays the Mooncake conversation trace as KV
@@ -24,7 +30,7 @@ import { RadixIndex } from '../indexer/index/radix-index.js';
  * missing chunks become one `stored` event per contiguous run (the last chunk
  * cut to input_length, full blocks only), evicted chunks a `removed` event.
  */
-const { values } = parseArgs({
+const { values } = parseBenchFlags(HELP, {
   options: {
     trace: { type: 'string' },
     workers: { type: 'string', default: '8,64' },
@@ -34,8 +40,7 @@ const { values } = parseArgs({
     out: { type: 'string', default: fileURLToPath(new URL('../../bench/results', import.meta.url)) },
   },
 });
-const repoRoot = fileURLToPath(new URL('../..', import.meta.url));
-const tracePath = values.trace ?? resolve(repoRoot, '../shared/traces/mooncake/conversation_trace.jsonl');
+const tracePath = values.trace ?? sharedTrace('mooncake/conversation_trace.jsonl');
 const workerCounts = values.workers.split(',').map(Number);
 const BS = Number(values['block-size']);
 const WORKER_BLOCKS = Number(values['worker-blocks']);
@@ -77,7 +82,7 @@ const engineHash = (hashId: number, j: number) =>
   BigInt.asUintN(64, BigInt(hashId * PER_CHUNK + j + 1) * 0x9e3779b97f4a7c15n);
 
 function assign(r: Request, workers: number): number {
-  const key = r.hash_ids[Math.min(1, r.hash_ids.length - 1)];
+  const key = r.hash_ids[Math.min(1, r.hash_ids.length - 1)]!;
   return (Math.imul(key, 0x9e3779b1) >>> 0) % workers;
 }
 
@@ -110,7 +115,7 @@ function eventsFor(r: Request, w: SimWorker): { events: KvEvent[]; stored: numbe
   };
   const current = new Set(r.hash_ids);
   for (let k = 0; k < r.hash_ids.length; k++) {
-    const id = r.hash_ids[k];
+    const id = r.hash_ids[k]!;
     const need = blocksOfChunk(r, k);
     if (need <= 0) break;
     const have = w.chunks.get(id) ?? 0;
@@ -125,7 +130,7 @@ function eventsFor(r: Request, w: SimWorker): { events: KvEvent[]; stored: numbe
     const toks = fillChunk(id);
     for (let j = have; j < need; j++) {
       run.hashes.push(engineHash(id, j));
-      for (let i = j * BS; i < (j + 1) * BS; i++) run.tokens.push(toks[i]);
+      for (let i = j * BS; i < (j + 1) * BS; i++) run.tokens.push(toks[i]!);
     }
     stored += need - have;
     w.used += need - have;
@@ -134,7 +139,7 @@ function eventsFor(r: Request, w: SimWorker): { events: KvEvent[]; stored: numbe
   flush();
   // Like vLLM, free a request's blocks tail first: its first chunks stay most recently used.
   for (let k = r.hash_ids.length - 1; k >= 0; k--) {
-    const id = r.hash_ids[k];
+    const id = r.hash_ids[k]!;
     const n = w.chunks.get(id);
     if (n === undefined) continue;
     w.chunks.delete(id);
@@ -157,8 +162,8 @@ function promptTokens(r: Request): number[] {
   for (let k = 0; k < r.hash_ids.length; k++) {
     const n = blocksOfChunk(r, k);
     if (n <= 0) break;
-    const toks = fillChunk(r.hash_ids[k]);
-    for (let i = 0; i < n * BS; i++) tokens.push(toks[i]);
+    const toks = fillChunk(r.hash_ids[k]!);
+    for (let i = 0; i < n * BS; i++) tokens.push(toks[i]!);
   }
   return tokens;
 }
@@ -173,7 +178,7 @@ function memNow(): number {
   const m = process.memoryUsage();
   return m.heapUsed + m.arrayBuffers;
 }
-const pct = (xs: number[], p: number) => xs[Math.min(xs.length - 1, Math.floor((p / 100) * xs.length))];
+const pct = (xs: number[], p: number) => xs[Math.min(xs.length - 1, Math.floor((p / 100) * xs.length))] ?? NaN;
 const fmt = (n: number, d = 1) => n.toLocaleString('en-US', { maximumFractionDigits: d });
 
 interface RunResult {
@@ -210,9 +215,9 @@ function timeMatch(
     result = indexer.match(hashes);
     times.push(Number(process.hrtime.bigint() - t0) / 1000);
   }
-  const first = times[0];
+  const first = times[0]!;
   times.sort((a, b) => a - b);
-  return { first, median: times[MATCH_REPS >> 1], result };
+  return { first, median: times[MATCH_REPS >> 1]!, result };
 }
 
 async function run(hasher: BlockHasher, workers: number): Promise<RunResult> {
@@ -231,7 +236,7 @@ async function run(hasher: BlockHasher, workers: number): Promise<RunResult> {
     const pending: { w: number; batch: KvEventBatch }[] = [];
     for (const r of requests.slice(start, start + WINDOW)) {
       const w = assign(r, workers);
-      const ev = eventsFor(r, sims[w]);
+      const ev = eventsFor(r, sims[w]!);
       stored += ev.stored;
       removed += ev.removed;
       events += ev.events.length;
@@ -239,7 +244,7 @@ async function run(hasher: BlockHasher, workers: number): Promise<RunResult> {
     }
     gc?.(); // the event generator's garbage is not the indexer's cost
     const t0 = process.hrtime.bigint();
-    for (const p of pending) sinks[p.w].apply(p.batch);
+    for (const p of pending) sinks[p.w]!.apply(p.batch);
     applyNs += process.hrtime.bigint() - t0;
     if ((start / WINDOW) % 8 === 0)
       process.stderr.write(
@@ -261,7 +266,7 @@ async function run(hasher: BlockHasher, workers: number): Promise<RunResult> {
   let hashNs = 0n;
   let perBlockNs = 0n;
   for (let i = 0; i < requests.length; i++) {
-    const r = requests[i];
+    const r = requests[i]!;
     const tokens = promptTokens(r);
     const h0 = process.hrtime.bigint();
     const hashes = hasher.hashBlocks(tokens, BS, seed);
@@ -317,7 +322,7 @@ async function rawInsert(hasher: BlockHasher): Promise<{ blocks: number; perSec:
   const ix = new RadixIndex({ maxNodes: 20_000_000 });
   let blocks = 0;
   const t0 = process.hrtime.bigint();
-  for (let i = 0; i < chains.length; i++) blocks += ix.insert(`w${i % 8}`, undefined, chains[i], 'gpu');
+  for (let i = 0; i < chains.length; i++) blocks += ix.insert(`w${i % 8}`, undefined, chains[i]!, 'gpu');
   return { blocks, perSec: blocks / (Number(process.hrtime.bigint() - t0) / 1e9) };
 }
 

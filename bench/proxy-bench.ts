@@ -3,11 +3,15 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
 import { stringify } from 'yaml';
 import { markdownTable, median, spawnUntilReady } from './lib/child.js';
 import { startPeerProxies } from './lib/peer-proxies.js';
 import { spawnSimFleet } from './sim/spawn.js';
+
+import { parseBenchFlags } from './lib/flags.js';
+const HELP = `Proxy overhead: the same load against a simulated worker directly, through kvgate (round-robin),
+and through a bare undici pass-through, interleaved round by round; writes bench/results/proxy-overhead.*.
+Usage: npm run bench:proxy -- [flags]`;
 
 /**
  * Proxy overhead: the same load against (a) a simulated worker directly,
@@ -18,7 +22,7 @@ import { spawnSimFleet } from './sim/spawn.js';
  *
  *   npm run bench:proxy -- [--duration 8] [--rounds 3] [--connections 32]
  */
-const { values } = parseArgs({
+const { values } = parseBenchFlags(HELP, {
   options: {
     duration: { type: 'string', default: '8' },
     rounds: { type: 'string', default: '3' },
@@ -51,7 +55,7 @@ const scenarios = [
 
 async function main(): Promise<void> {
   const sim = await spawnSimFleet(1, ['--port', '0', '--speedup', values.speedup, '--max-num-seqs', '1024']);
-  const worker = sim.workers[0];
+  const worker = sim.workers[0]!;
   const tmp = mkdtempSync(join(tmpdir(), 'kvgate-bench-'));
   const config = join(tmp, 'kvgate.yaml');
   writeFileSync(
@@ -96,7 +100,7 @@ async function main(): Promise<void> {
           });
           if (res.errors > 0 || res.non2xx > 0)
             throw new Error(`${target}: ${res.errors} errors, ${res.non2xx} non-2xx`);
-          results[s.name][target].push(res);
+          results[s.name]![target]!.push(res);
           process.stderr.write(
             ` ${Math.round(res.requests.average)} req/s, p50 ${res.latency.p50} ms, mean ${res.latency.average} ms\n`,
           );
@@ -123,10 +127,10 @@ function report(results: Record<string, Record<string, Result[]>>, missing: stri
   const summary: Record<string, unknown> = {};
   for (const [scenario, byTarget] of Object.entries(results)) {
     const stat = (target: string) => ({
-      rps: median(byTarget[target].map((r) => r.requests.average)),
-      p50: median(byTarget[target].map((r) => r.latency.p50)),
-      p99: median(byTarget[target].map((r) => r.latency.p99)),
-      mean: median(byTarget[target].map((r) => r.latency.average)),
+      rps: median(byTarget[target]!.map((r) => r.requests.average)),
+      p50: median(byTarget[target]!.map((r) => r.latency.p50)),
+      p99: median(byTarget[target]!.map((r) => r.latency.p99)),
+      mean: median(byTarget[target]!.map((r) => r.latency.average)),
     });
     // autocannon's latencies are whole milliseconds; with one connection, 1/throughput is the exact time per request.
     const connectionsUsed = scenarios.find((x) => x.name === scenario)!.connections;

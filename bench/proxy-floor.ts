@@ -7,8 +7,16 @@ import { Pool } from 'undici';
  * one undici Pool, body in, response streamed back, no parsing, no routing.
  * Run as `node dist/bench/proxy-floor.js UPSTREAM_URL`; prints its URL.
  */
+const USAGE = 'usage: node dist/bench/proxy-floor.js UPSTREAM_URL (a bare undici pass-through; prints its own URL)';
 const upstream = process.argv[2];
-if (!upstream) throw new Error('usage: proxy-floor UPSTREAM_URL');
+if (upstream === '--help' || upstream === '-h') {
+  console.log(USAGE);
+  process.exit(0);
+}
+if (!upstream) {
+  console.error(USAGE);
+  process.exit(2);
+}
 const pool = new Pool(upstream, { connections: null, headersTimeout: 0, bodyTimeout: 0 });
 const server = createServer((req, res) => {
   const chunks: Buffer[] = [];

@@ -3,18 +3,22 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { request } from 'undici';
 import { stringify } from 'yaml';
 import { markdownTable, procCpuS, type ReadyChild } from './lib/child.js';
-import { jsonObjectFlag, UsageError } from './lib/flags.js';
+import { jsonObjectFlag, parseBenchFlags, UsageError } from './lib/flags.js';
 import { replay, type RequestResult } from './replay/client.js';
 import { DEFAULT_TRACE, FLEET_DEFAULTS } from './replay/replay.js';
 import { benchGatewayConfig, MODEL, simArgs, startBenchGateway, type FleetShape } from './replay/run.js';
 import { summarise, type StrategySummary, type WorkerStats } from './replay/summary.js';
 import { describeTrace, readTrace, upperBound, type TraceRequest } from './replay/trace.js';
 import { spawnSimFleet } from './sim/spawn.js';
+
+const HELP = `What running N gateway replicas costs: one simulated fleet, N kvgate serve processes, the trace
+dealt round-robin to them; mean TTFT and prefix-cache hit rate per N (--share-load needs nats-server).
+Usage: node dist/bench/replicas-bench.js [flags]   (--params is a JSON object of strategy parameters)
+The trace defaults to ../shared/traces/mooncake/conversation_trace.jsonl from the repository root.`;
 
 /**
  * What running several gateway replicas costs (issue 9, "Scaling out"). Each
@@ -119,11 +123,11 @@ async function runReplicas(
     for (let i = 0; i < n; i++) gateways.push(await startBenchGateway(config));
     await new Promise((r) => setTimeout(r, 1000));
     // Replica k gets requests k, k+n, ...; its replay starts late by its first request's offset, so every request keeps its trace time.
-    const first = trace[0].timestamp;
+    const first = trace[0]!.timestamp;
     const ways = idle ? 1 : n;
     const parts = gateways.slice(0, ways).map((g, k) => {
       const subset = trace.filter((_, i) => i % ways === k);
-      const delay = subset.length ? (subset[0].timestamp - first) / fleet.speedup : 0;
+      const delay = subset.length ? (subset[0]!.timestamp - first) / fleet.speedup : 0;
       return new Promise((r) => setTimeout(r, delay)).then(() =>
         replay({ url: g.ready.url as string, model: MODEL, trace: subset, speedup: fleet.speedup }),
       );
@@ -160,7 +164,7 @@ async function runReplicas(
 }
 
 async function main(argv: string[]): Promise<void> {
-  const { values } = parseArgs({
+  const { values } = parseBenchFlags(HELP, {
     args: argv,
     strict: true,
     options: {
@@ -212,7 +216,7 @@ async function main(argv: string[]): Promise<void> {
       `[${row.label} gateway(s)] cpu s sim ${row.cpuS.sim.toFixed(0)} gateways ${row.cpuS.gateways.toFixed(0)}, TTFT mean ${s.ttft.mean.toFixed(3)} s p90 ${s.ttft.p90.toFixed(3)} s, hit ${(s.hitRate * 100).toFixed(1)}%, failed ${s.failed}, imbalance ${s.prefillImbalance.toFixed(2)}, late p99 ${s.lateness.p99.toFixed(0)} ms\n`,
     );
   }
-  const base = rows[0].summary;
+  const base = rows[0]!.summary;
   const pct = (a: number, b: number) => `${a >= b ? '+' : ''}${(((a - b) / b) * 100).toFixed(1)}%`;
   const table = markdownTable(
     [

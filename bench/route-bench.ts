@@ -3,7 +3,6 @@ import { cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
 import { pino } from 'pino';
 import { parseConfig } from '../config/load.js';
 import { buildKvServices } from '../gateway/kv-services.js';
@@ -15,6 +14,11 @@ import { parseInference } from '../gateway/front/request.js';
 import { createStrategy } from '../gateway/routing/strategies/registry.js';
 import { ChatTemplate } from '../indexer/tokenize/chat-template.js';
 import { markdownTable } from './lib/child.js';
+
+import { parseBenchFlags } from './lib/flags.js';
+const HELP = `The whole routing decision in process (parse, template, tokenize, hash, index walk, score) with the
+index holding earlier turns of each conversation; writes bench/results/route-bench.md.
+Usage: npm run bench:route -- [flags]`;
 
 /**
  * The whole routing decision, in process: parse the body, render the chat
@@ -28,7 +32,7 @@ import { markdownTable } from './lib/child.js';
  *
  *   npm run bench:route -- [--conversations 40,10,3] [--tokens 8192,32768,131072]
  */
-const { values } = parseArgs({
+const { values } = parseBenchFlags(HELP, {
   options: {
     conversations: { type: 'string', default: '40,10,3' },
     tokens: { type: 'string', default: '8192,32768,131072' },
@@ -66,13 +70,13 @@ function prose(words: number, seed: number): string {
   const out: string[] = [];
   for (let i = 0; i < words; i++) {
     s = (Math.imul(s, 1103515245) + 12345) >>> 0;
-    out.push(WORDS[(s >>> 8) % WORDS.length]);
+    out.push(WORDS[(s >>> 8) % WORDS.length]!);
   }
   return out.join(' ');
 }
 
 const pct = (xs: number[], p: number) =>
-  [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor((p / 100) * xs.length))];
+  [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor((p / 100) * xs.length))] ?? NaN;
 
 // Bench-only switch between the incremental render and the whole one, so both run side by side.
 let wholeRender = false;
@@ -171,7 +175,7 @@ async function main(): Promise<void> {
   const cache = async (worker: number, messages: unknown[]) => {
     const ids = await tokenizer.tokenizeChat(messages);
     const blocks = Math.floor(ids.length / 16);
-    sinks[worker].apply({
+    sinks[worker]!.apply({
       seq: seq++,
       ts: Date.now() / 1000,
       dataParallelRank: null,

@@ -3,9 +3,12 @@ import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
 import { createBlockHasher } from '../indexer/index/block-hash.js';
 import { PromptTokenizer } from '../indexer/tokenize/tokenizer.js';
+
+import { parseBenchFlags } from './lib/flags.js';
+const HELP = `Tokenization cost of growing multi-turn chat requests, cold and warm; writes bench/results/tokenize-bench.md.
+Usage: node dist/bench/tokenize-bench.js [flags]`;
 
 /**
  * Tokenization cost of multi-turn chat requests, cold and warm.
@@ -17,7 +20,7 @@ import { PromptTokenizer } from '../indexer/tokenize/tokenizer.js';
  * but the new turn cached); "cold" is a whole-text native encode with no cache,
  * and "cold, cached path" the segmented path on an empty cache.
  */
-const { values } = parseArgs({
+const { values } = parseBenchFlags(HELP, {
   options: {
     conversations: { type: 'string', default: '30' },
     tokenizer: {
@@ -69,7 +72,7 @@ function text(chars: number, seed: number): string {
   let length = 0;
   while (length < chars) {
     state = (Math.imul(state, 1103515245) + 12345) >>> 0;
-    const word = WORDS[(state >>> 8) % WORDS.length];
+    const word = WORDS[(state >>> 8) % WORDS.length]!;
     parts.push(word);
     length += word.length + 1;
   }
@@ -89,7 +92,7 @@ interface Sample {
 
 function pct(xs: number[], p: number): number {
   const sorted = [...xs].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? NaN;
 }
 
 async function run(tok: PromptTokenizer, targetTokens: number, count: number): Promise<Sample[]> {
@@ -178,7 +181,7 @@ await run(tok, 2000, 3); // JIT warm-up
 out('# Tokenization benchmark (Qwen3 tokenizer, native `tokenizers` binding)');
 out();
 out(
-  `Node ${process.version}, ${new Date().toISOString()}, tokenizer load ${loadMs.toFixed(0)} ms, load average ${loadavg()[0].toFixed(1)} at start. Times in ms per request; block size ${BLOCK_SIZE}.`,
+  `Node ${process.version}, ${new Date().toISOString()}, tokenizer load ${loadMs.toFixed(0)} ms, load average ${loadavg()[0]!.toFixed(1)} at start. Times in ms per request; block size ${BLOCK_SIZE}.`,
 );
 out();
 out(

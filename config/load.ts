@@ -32,7 +32,7 @@ export function loadConfigFile(file: string, env: NodeJS.ProcessEnv = process.en
   }
   const doc = parseDocument(text, { prettyErrors: false, uniqueKeys: true });
   if (doc.errors.length > 0) {
-    const e = doc.errors[0];
+    const e = doc.errors[0]!;
     const where = e.linePos?.[0] ? ` (line ${e.linePos[0].line}, column ${e.linePos[0].col})` : '';
     throw new ConfigError(`kvgate: ${file}${where}: invalid YAML: ${e.message.split('\n')[0]}`);
   }
@@ -81,7 +81,7 @@ function applyEnv(raw: Record<string, unknown>, env: NodeJS.ProcessEnv): Record<
       if (typeof next !== 'object' || next === null) node[key] = {};
       node = node[key] as Record<string, unknown>;
     }
-    node[o.path[o.path.length - 1]] = typed;
+    node[o.path[o.path.length - 1]!] = typed;
   }
   return raw;
 }

@@ -82,7 +82,10 @@ export async function buildKvServices(config: GatewayConfig, options: KvServices
   const indexerFor = (model: string): KvIndexer => {
     let indexer = indexers.get(model);
     if (!indexer) {
-      indexers.set(model, (indexer = new KvIndexer({ hasher, model, blockSize: config.models[model].blockSize, log })));
+      indexers.set(
+        model,
+        (indexer = new KvIndexer({ hasher, model, blockSize: config.models[model]!.blockSize, log })),
+      );
       current = indexers.size === 1 ? singleMatcher(indexer) : multiMatcher([...indexers.values()]);
     }
     return indexer;

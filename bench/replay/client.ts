@@ -30,7 +30,7 @@ export interface LoadOptions {
   speedup: number;
   connections?: number;
   /** Called with the finished count every `progressMs`, and once at the end. */
-  onProgress?: (p: Progress) => void;
+  onProgress?: ((p: Progress) => void) | undefined;
   progressMs?: number;
   /** Extra request headers per trace index (the multi-tenant bench: tenant and priority class). */
   headers?: (index: number) => Record<string, string>;
@@ -57,7 +57,7 @@ let idText: string[] | undefined;
 function joinIds(ids: readonly number[]): string {
   idText ??= Array.from({ length: PROMPT_VOCAB }, (_, i) => String(i));
   const parts = new Array<string>(ids.length);
-  for (let i = 0; i < ids.length; i++) parts[i] = idText[ids[i]]!;
+  for (let i = 0; i < ids.length; i++) parts[i] = idText[ids[i]!]!;
   return parts.join(',');
 }
 
@@ -75,7 +75,7 @@ function blockJson(id: number, length: number): string {
 export function requestBody(req: TraceRequest, model: string): string {
   const parts: string[] = [];
   for (let j = 0; j < req.hashIds.length; j++) {
-    parts.push(blockJson(req.hashIds[j], Math.min(TRACE_BLOCK_TOKENS, req.inputLength - j * TRACE_BLOCK_TOKENS)));
+    parts.push(blockJson(req.hashIds[j]!, Math.min(TRACE_BLOCK_TOKENS, req.inputLength - j * TRACE_BLOCK_TOKENS)));
   }
   return `{"model":${JSON.stringify(model)},"prompt":[${parts.join(',')}],"max_tokens":${Math.max(1, req.outputLength)},"stream":true,"stream_options":{"include_usage":true}}`;
 }
@@ -209,7 +209,7 @@ export async function replay(opts: LoadOptions): Promise<RequestResult[]> {
     bodyTimeout: 0,
     keepAliveTimeout: 60_000,
   });
-  const results: RequestResult[] = new Array(trace.length);
+  const results = new Array<RequestResult>(trace.length);
   const t0 = performance.now();
   const first = trace[0]?.timestamp ?? 0;
   let done = 0,
@@ -238,7 +238,7 @@ export async function replay(opts: LoadOptions): Promise<RequestResult[]> {
   const pending: Promise<void>[] = [];
   try {
     for (let i = 0; i < trace.length; i++) {
-      const due = t0 + (trace[i].timestamp - first) / speedup;
+      const due = t0 + (trace[i]!.timestamp - first) / speedup;
       const wait = due - performance.now();
       if (wait > 1) await new Promise((r) => setTimeout(r, wait));
       const late = Math.max(0, performance.now() - due);

@@ -1,14 +1,18 @@
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
-import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
-import { jsonObjectFlag, UsageError } from '../lib/flags.js';
+import { jsonObjectFlag, parseBenchFlags, sharedTrace, UsageError } from '../lib/flags.js';
 import type { Progress } from './client.js';
 import { renderMarkdown, type ReplayReport } from './report.js';
 import { runStrategy, type FleetShape } from './run.js';
 import { gatewayCpuMsPerRequest, summarise, type StrategySummary } from './summary.js';
 import { replaySvg } from './svg.js';
 import { describeTrace, readTrace, upperBound } from './trace.js';
+
+const HELP = `Replays a Mooncake-format trace through the gateway, once per strategy, each on a fresh simulated
+fleet; writes bench/results/replay-<name>.{md,json,svg}.
+Usage: npm run bench:replay -- [flags]   (--params is a JSON object of strategy parameters)
+The trace defaults to ../shared/traces/mooncake/conversation_trace.jsonl from the repository root.`;
 
 /**
  * Replays a Mooncake-format trace through the gateway, once per strategy, each
@@ -27,7 +31,8 @@ export const ALL_STRATEGIES = [
   'sglang-cache-aware',
   'llmd-precise',
 ];
-export const DEFAULT_TRACE = '/work/shared/traces/mooncake/conversation_trace.jsonl';
+/** The shared Mooncake trace, found beside the repository (`../shared/traces/` from its root). */
+export const DEFAULT_TRACE = sharedTrace('mooncake/conversation_trace.jsonl');
 
 /**
  * Fleet defaults (the README explains them).
@@ -79,7 +84,7 @@ export function parseReplayFlags(argv: string[]): {
   out: string;
   name: string;
 } {
-  const { values } = parseArgs({
+  const { values } = parseBenchFlags(HELP, {
     args: argv,
     options: {
       trace: { type: 'string' },

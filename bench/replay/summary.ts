@@ -10,7 +10,7 @@ export interface WorkerStats {
   preemptions: number;
   evictions: number;
   /** Real ms the engine fell behind its own clock (absent from older workers: 0). */
-  lostMs?: number;
+  lostMs?: number | undefined;
 }
 
 export interface Dist {
@@ -66,7 +66,7 @@ export function percentile(sorted: readonly number[], p: number): number {
   const pos = (sorted.length - 1) * p;
   const lo = Math.floor(pos);
   const hi = Math.ceil(pos);
-  return sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo);
+  return sorted[lo]! + (sorted[hi]! - sorted[lo]!) * (pos - lo);
 }
 
 export function mean(values: readonly number[]): number {

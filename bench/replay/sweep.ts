@@ -43,8 +43,19 @@ interface Cell {
   simLagMs: number;
 }
 
+const HELP = `Sensitivity of kv to its prefill weight and KV capacity per worker (a grid), then to its reuse credit
+(a line): one replay per point on a fresh fleet; writes bench/results/replay-sweep.{md,json,svg}.
+Usage: npm run bench:sweep -- [--prefill-weights 1,4,16] [--kv-blocks-grid 65536,163840,327680]
+         [--reuse-credits 0,3,20,50,200] [replay flags]   (--limit defaults to 2000 here)
+Replay flags: see \`npm run bench:replay -- --help\`. The trace defaults to
+../shared/traces/mooncake/conversation_trace.jsonl from the repository root.`;
+
 async function main(): Promise<void> {
   const argv = process.argv.slice(2);
+  if (argv.includes('--help') || argv.includes('-h')) {
+    console.log(HELP);
+    return;
+  }
   const defaults = kvParamsSchema.parse({});
   const weights = takeList(argv, '--prefill-weights', [1, 4, 16]);
   const capacities = takeList(argv, '--kv-blocks-grid', [65_536, 163_840, 327_680]);

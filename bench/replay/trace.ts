@@ -23,7 +23,7 @@ export function parseTrace(text: string, limit = Infinity): TraceRequest[] {
   const out: TraceRequest[] = [];
   const lines = text.split('\n');
   for (let i = 0; i < lines.length && out.length < limit; i++) {
-    const line = lines[i].trim();
+    const line = lines[i]!.trim();
     if (line === '') continue;
     let raw: Record<string, unknown>;
     try {
@@ -79,7 +79,7 @@ export function blockTokens(hashId: number, out: number[] = [], length = TRACE_B
 export function promptTokens(req: TraceRequest): number[] {
   const out: number[] = [];
   for (let j = 0; j < req.hashIds.length; j++) {
-    blockTokens(req.hashIds[j], out, Math.min(TRACE_BLOCK_TOKENS, req.inputLength - j * TRACE_BLOCK_TOKENS));
+    blockTokens(req.hashIds[j]!, out, Math.min(TRACE_BLOCK_TOKENS, req.inputLength - j * TRACE_BLOCK_TOKENS));
   }
   return out;
 }
@@ -120,7 +120,7 @@ export function upperBound(trace: readonly TraceRequest[], engineBlockSize = 1):
     let run = 0;
     let open = true;
     for (let j = 0; j < r.hashIds.length; j++) {
-      const id = r.hashIds[j];
+      const id = r.hashIds[j]!;
       const len = Math.min(TRACE_BLOCK_TOKENS, r.inputLength - j * TRACE_BLOCK_TOKENS);
       const seen = seenLen.get(id);
       blocks++;

@@ -42,5 +42,5 @@ export async function createBlockHasher(rootSeed?: bigint): Promise<BlockHasher>
 
 function randomU64(): bigint {
   const words = crypto.getRandomValues(new Uint32Array(2));
-  return (BigInt(words[0]) << 32n) | BigInt(words[1]);
+  return (BigInt(words[0]!) << 32n) | BigInt(words[1]!);
 }

@@ -110,7 +110,7 @@ export class KvCache {
     const found: number[] = [];
     for (let b = 0; b < maxBlocks; b++) {
       this.hashBlocks(seq, b + 1);
-      const block = this.#byHash.get(seq.blockHashes[b]);
+      const block = this.#byHash.get(seq.blockHashes[b]!);
       if (block === undefined) break;
       found.push(block);
     }
@@ -128,7 +128,7 @@ export class KvCache {
     for (const b of prefix) if (this.#refs[b] === 0) revived++;
     if (Math.max(needed, 0) + revived > this.freeBlocks) return false;
     for (const b of prefix) {
-      if (this.#refs[b]++ === 0) this.#lru.delete(b);
+      if (this.#refs[b]!++ === 0) this.#lru.delete(b);
       seq.blockIds.push(b);
     }
     if (prefix.length > 0) seq.committedBlocks = seq.blockIds.length;
@@ -152,7 +152,7 @@ export class KvCache {
       const stored: SimStoredEvent = {
         kind: 'stored',
         engineHashes: seq.blockHashes.slice(runStart, end),
-        parentEngineHash: runStart === 0 ? null : seq.blockHashes[runStart - 1],
+        parentEngineHash: runStart === 0 ? null : seq.blockHashes[runStart - 1]!,
         tokenIds: seq.tokens.slice(runStart * this.blockSize, end * this.blockSize),
         blockSize: this.blockSize,
         tier: 'gpu',
@@ -163,8 +163,8 @@ export class KvCache {
       runStart = -1;
     };
     for (let b = seq.committedBlocks; b < full; b++) {
-      const hash = seq.blockHashes[b];
-      const block = seq.blockIds[b];
+      const hash = seq.blockHashes[b]!;
+      const block = seq.blockIds[b]!;
       if (this.#byHash.has(hash) || this.#hashOf[block] !== undefined) {
         flush(b);
         continue;
@@ -183,8 +183,8 @@ export class KvCache {
    */
   free(seq: CacheSeq): void {
     for (let i = seq.blockIds.length - 1; i >= 0; i--) {
-      const b = seq.blockIds[i];
-      if (--this.#refs[b] > 0) continue;
+      const b = seq.blockIds[i]!;
+      if (--this.#refs[b]! > 0) continue;
       if (this.#hashOf[b] !== undefined) this.#lru.set(b, b);
       else this.#freeEmpty.push(b);
     }

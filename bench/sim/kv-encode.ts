@@ -10,152 +10,152 @@ export type SimStoredEvent = BlocksStored & { readonly loraId?: number | null };
  * fixint/uint8/16/32/64, never the signed forms), floats always float64,
  * str8 for 32..255-byte strings. msgpackr's Packr picks differently in places
  * (float32 for some numbers, records extension, int64 for bigints), hence
- * this hand-written writer; test/wire/encode.test.ts pins it to the notes' hex.
+ * this hand-written writer; test/bench/sim/encode.test.ts pins it to msgspec's bytes.
  */
 class MsgpackWriter {
-  private buf = Buffer.allocUnsafe(256);
-  private pos = 0;
+  #buf = Buffer.allocUnsafe(256);
+  #pos = 0;
 
-  private ensure(n: number): void {
-    if (this.pos + n <= this.buf.length) return;
-    const next = Buffer.allocUnsafe(Math.max(this.buf.length * 2, this.pos + n));
-    this.buf.copy(next, 0, 0, this.pos);
-    this.buf = next;
+  #ensure(n: number): void {
+    if (this.#pos + n <= this.#buf.length) return;
+    const next = Buffer.allocUnsafe(Math.max(this.#buf.length * 2, this.#pos + n));
+    this.#buf.copy(next, 0, 0, this.#pos);
+    this.#buf = next;
   }
 
-  private byte(b: number): void {
-    this.ensure(1);
-    this.buf[this.pos++] = b;
+  #byte(b: number): void {
+    this.#ensure(1);
+    this.#buf[this.#pos++] = b;
   }
 
   nil(): void {
-    this.byte(0xc0);
+    this.#byte(0xc0);
   }
 
   float64(x: number): void {
-    this.ensure(9);
-    this.buf[this.pos] = 0xcb;
-    this.buf.writeDoubleBE(x, this.pos + 1);
-    this.pos += 9;
+    this.#ensure(9);
+    this.#buf[this.#pos] = 0xcb;
+    this.#buf.writeDoubleBE(x, this.#pos + 1);
+    this.#pos += 9;
   }
 
   int(x: number | bigint): void {
-    this.ensure(9);
-    const b = this.buf;
+    this.#ensure(9);
+    const b = this.#buf;
     // Fast path for token ids and small numbers; BigInt for the rest (hashes).
     if (typeof x === 'number' && x >= 0 && x < 0x10000 && Number.isInteger(x)) {
-      if (x < 128) b[this.pos++] = x;
+      if (x < 128) b[this.#pos++] = x;
       else if (x < 0x100) {
-        b[this.pos++] = 0xcc;
-        b[this.pos++] = x;
+        b[this.#pos++] = 0xcc;
+        b[this.#pos++] = x;
       } else {
-        b[this.pos] = 0xcd;
-        b.writeUInt16BE(x, this.pos + 1);
-        this.pos += 3;
+        b[this.#pos] = 0xcd;
+        b.writeUInt16BE(x, this.#pos + 1);
+        this.#pos += 3;
       }
       return;
     }
     const v = BigInt(x);
     if (v >= 0n) {
-      if (v < 128n) b[this.pos++] = Number(v);
+      if (v < 128n) b[this.#pos++] = Number(v);
       else if (v < 0x100n) {
-        b[this.pos++] = 0xcc;
-        b[this.pos++] = Number(v);
+        b[this.#pos++] = 0xcc;
+        b[this.#pos++] = Number(v);
       } else if (v < 0x10000n) {
-        b[this.pos] = 0xcd;
-        b.writeUInt16BE(Number(v), this.pos + 1);
-        this.pos += 3;
+        b[this.#pos] = 0xcd;
+        b.writeUInt16BE(Number(v), this.#pos + 1);
+        this.#pos += 3;
       } else if (v < 0x1_0000_0000n) {
-        b[this.pos] = 0xce;
-        b.writeUInt32BE(Number(v), this.pos + 1);
-        this.pos += 5;
+        b[this.#pos] = 0xce;
+        b.writeUInt32BE(Number(v), this.#pos + 1);
+        this.#pos += 5;
       } else if (v < 1n << 64n) {
-        b[this.pos] = 0xcf;
-        b.writeBigUInt64BE(v, this.pos + 1);
-        this.pos += 9;
+        b[this.#pos] = 0xcf;
+        b.writeBigUInt64BE(v, this.#pos + 1);
+        this.#pos += 9;
       } else throw new RangeError(`integer ${v} does not fit in 64 bits`);
     } else {
-      if (v >= -32n) b[this.pos++] = Number(v) & 0xff;
+      if (v >= -32n) b[this.#pos++] = Number(v) & 0xff;
       else if (v >= -0x80n) {
-        b[this.pos] = 0xd0;
-        b.writeInt8(Number(v), this.pos + 1);
-        this.pos += 2;
+        b[this.#pos] = 0xd0;
+        b.writeInt8(Number(v), this.#pos + 1);
+        this.#pos += 2;
       } else if (v >= -0x8000n) {
-        b[this.pos] = 0xd1;
-        b.writeInt16BE(Number(v), this.pos + 1);
-        this.pos += 3;
+        b[this.#pos] = 0xd1;
+        b.writeInt16BE(Number(v), this.#pos + 1);
+        this.#pos += 3;
       } else if (v >= -0x8000_0000n) {
-        b[this.pos] = 0xd2;
-        b.writeInt32BE(Number(v), this.pos + 1);
-        this.pos += 5;
+        b[this.#pos] = 0xd2;
+        b.writeInt32BE(Number(v), this.#pos + 1);
+        this.#pos += 5;
       } else if (v >= -(1n << 63n)) {
-        b[this.pos] = 0xd3;
-        b.writeBigInt64BE(v, this.pos + 1);
-        this.pos += 9;
+        b[this.#pos] = 0xd3;
+        b.writeBigInt64BE(v, this.#pos + 1);
+        this.#pos += 9;
       } else throw new RangeError(`integer ${v} does not fit in 64 bits`);
     }
   }
 
   str(s: string): void {
     const n = Buffer.byteLength(s, 'utf8');
-    this.ensure(n + 5);
-    const b = this.buf;
-    if (n < 32) b[this.pos++] = 0xa0 | n;
+    this.#ensure(n + 5);
+    const b = this.#buf;
+    if (n < 32) b[this.#pos++] = 0xa0 | n;
     else if (n < 0x100) {
-      b[this.pos++] = 0xd9;
-      b[this.pos++] = n;
+      b[this.#pos++] = 0xd9;
+      b[this.#pos++] = n;
     } else if (n < 0x10000) {
-      b[this.pos] = 0xda;
-      b.writeUInt16BE(n, this.pos + 1);
-      this.pos += 3;
+      b[this.#pos] = 0xda;
+      b.writeUInt16BE(n, this.#pos + 1);
+      this.#pos += 3;
     } else {
-      b[this.pos] = 0xdb;
-      b.writeUInt32BE(n, this.pos + 1);
-      this.pos += 5;
+      b[this.#pos] = 0xdb;
+      b.writeUInt32BE(n, this.#pos + 1);
+      this.#pos += 5;
     }
-    this.pos += b.write(s, this.pos, 'utf8');
+    this.#pos += b.write(s, this.#pos, 'utf8');
   }
 
   bin(data: Uint8Array): void {
     const n = data.length;
-    this.ensure(n + 5);
-    const b = this.buf;
+    this.#ensure(n + 5);
+    const b = this.#buf;
     if (n < 0x100) {
-      b[this.pos++] = 0xc4;
-      b[this.pos++] = n;
+      b[this.#pos++] = 0xc4;
+      b[this.#pos++] = n;
     } else if (n < 0x10000) {
-      b[this.pos] = 0xc5;
-      b.writeUInt16BE(n, this.pos + 1);
-      this.pos += 3;
+      b[this.#pos] = 0xc5;
+      b.writeUInt16BE(n, this.#pos + 1);
+      this.#pos += 3;
     } else {
-      b[this.pos] = 0xc6;
-      b.writeUInt32BE(n, this.pos + 1);
-      this.pos += 5;
+      b[this.#pos] = 0xc6;
+      b.writeUInt32BE(n, this.#pos + 1);
+      this.#pos += 5;
     }
-    b.set(data, this.pos);
-    this.pos += n;
+    b.set(data, this.#pos);
+    this.#pos += n;
   }
 
   arrayHeader(n: number): void {
-    this.header(n, 0x90, 0xdc, 0xdd);
+    this.#header(n, 0x90, 0xdc, 0xdd);
   }
 
   mapHeader(n: number): void {
-    this.header(n, 0x80, 0xde, 0xdf);
+    this.#header(n, 0x80, 0xde, 0xdf);
   }
 
-  private header(n: number, fix: number, h16: number, h32: number): void {
-    this.ensure(5);
-    const b = this.buf;
-    if (n < 16) b[this.pos++] = fix | n;
+  #header(n: number, fix: number, h16: number, h32: number): void {
+    this.#ensure(5);
+    const b = this.#buf;
+    if (n < 16) b[this.#pos++] = fix | n;
     else if (n < 0x10000) {
-      b[this.pos] = h16;
-      b.writeUInt16BE(n, this.pos + 1);
-      this.pos += 3;
+      b[this.#pos] = h16;
+      b.writeUInt16BE(n, this.#pos + 1);
+      this.#pos += 3;
     } else {
-      b[this.pos] = h32;
-      b.writeUInt32BE(n, this.pos + 1);
-      this.pos += 5;
+      b[this.#pos] = h32;
+      b.writeUInt32BE(n, this.#pos + 1);
+      this.#pos += 5;
     }
   }
 
@@ -165,7 +165,7 @@ class MsgpackWriter {
   }
 
   finish(): Buffer {
-    return Buffer.from(this.buf.subarray(0, this.pos));
+    return Buffer.from(this.#buf.subarray(0, this.#pos));
   }
 }
 

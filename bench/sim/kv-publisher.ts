@@ -8,11 +8,11 @@ export interface KvPublisherOptions {
   /** vLLM semantics: PUB binds if the endpoint contains '*' or '::' or starts with ipc:// or inproc://, else connects. */
   endpoint: string;
   /** ROUTER for replay requests; always binds. */
-  replayEndpoint?: string;
+  replayEndpoint?: string | undefined;
   /** Frame 0 of every message; default ''. */
-  topic?: string;
+  topic?: string | undefined;
   /** current = vLLM >= 0.24 tagged-map inner events; legacy = vLLM <= 0.23 positional arrays. */
-  format?: 'current' | 'legacy';
+  format?: 'current' | 'legacy' | undefined;
   /** Stamped into every batch; default 0 (vLLM stamps its DP rank). */
   dataParallelRank?: number | null;
   /** Batches kept for replay, default 10_000 (vLLM's buffer_steps). */
@@ -53,35 +53,39 @@ type Frames = Buffer[];
  * so the synchronous `publish()` can fire and forget.
  */
 class SendQueue {
-  private readonly queue: Frames[] = [];
-  private running = false;
-  private closed = false;
+  readonly #queue: Frames[] = [];
+  #running = false;
+  #closed = false;
 
-  constructor(private readonly send: (frames: Frames) => Promise<void>) {}
+  readonly #send: (frames: Frames) => Promise<void>;
+
+  constructor(send: (frames: Frames) => Promise<void>) {
+    this.#send = send;
+  }
 
   push(frames: Frames): void {
-    if (this.closed) return;
-    this.queue.push(frames);
-    if (!this.running) void this.pump();
+    if (this.#closed) return;
+    this.#queue.push(frames);
+    if (!this.#running) void this.#pump();
   }
 
   close(): void {
-    this.closed = true;
-    this.queue.length = 0;
+    this.#closed = true;
+    this.#queue.length = 0;
   }
 
-  private async pump(): Promise<void> {
-    this.running = true;
-    while (!this.closed && this.queue.length > 0) {
-      const frames = this.queue.shift()!;
+  async #pump(): Promise<void> {
+    this.#running = true;
+    while (!this.#closed && this.#queue.length > 0) {
+      const frames = this.#queue.shift()!;
       try {
-        await this.send(frames);
+        await this.#send(frames);
       } catch {
         // PUB/ROUTER without `mandatory` drop what they cannot deliver; a failed
         // send here means the socket is closing, and the subscriber detects any loss by seq.
       }
     }
-    this.running = false;
+    this.#running = false;
   }
 }
 
@@ -93,39 +97,43 @@ export class KvEventPublisher {
   readonly endpoint: string;
   readonly replayEndpoint: string | undefined;
 
-  private seq = 0n;
-  private dropRemaining = 0;
+  #seq = 0n;
+  #dropRemaining = 0;
   /** Ring of the last `bufferSteps` batches (array shift would be O(n) per publish). */
-  private readonly ring: { seq: bigint; payload: Buffer }[] = [];
-  private ringStart = 0;
-  private readonly topic: Buffer;
-  private readonly format: 'current' | 'legacy';
-  private readonly dpRank: number | null;
-  private readonly bufferSteps: number;
-  private readonly now: () => number;
-  private readonly pubQueue: SendQueue;
-  private readonly routerQueue: SendQueue | undefined;
-  private closed = false;
-  private replayLoop: Promise<void> | undefined;
+  readonly #ring: { seq: bigint; payload: Buffer }[] = [];
+  #ringStart = 0;
+  readonly #topic: Buffer;
+  readonly #format: 'current' | 'legacy';
+  readonly #dpRank: number | null;
+  readonly #bufferSteps: number;
+  readonly #now: () => number;
+  readonly #pubQueue: SendQueue;
+  readonly #routerQueue: SendQueue | undefined;
+  #closed = false;
+  #replayLoop: Promise<void> | undefined;
+  readonly #pub: Publisher;
+  readonly #router: Router | undefined;
 
   private constructor(
-    private readonly pub: Publisher,
-    private readonly router: Router | undefined,
+    pub: Publisher,
+    router: Router | undefined,
     endpoint: string,
     replayEndpoint: string | undefined,
     options: KvPublisherOptions,
   ) {
+    this.#pub = pub;
+    this.#router = router;
     this.endpoint = endpoint;
     this.replayEndpoint = replayEndpoint;
-    this.topic = Buffer.from(options.topic ?? '', 'utf8');
-    this.format = options.format ?? 'current';
-    this.dpRank = options.dataParallelRank === undefined ? 0 : options.dataParallelRank;
-    this.bufferSteps = Math.max(0, Math.floor(options.bufferSteps ?? 10_000));
-    this.now = options.now ?? Date.now;
-    this.pubQueue = new SendQueue((frames) => pub.send(frames));
+    this.#topic = Buffer.from(options.topic ?? '', 'utf8');
+    this.#format = options.format ?? 'current';
+    this.#dpRank = options.dataParallelRank === undefined ? 0 : options.dataParallelRank;
+    this.#bufferSteps = Math.max(0, Math.floor(options.bufferSteps ?? 10_000));
+    this.#now = options.now ?? Date.now;
+    this.#pubQueue = new SendQueue((frames) => pub.send(frames));
     if (router) {
-      this.routerQueue = new SendQueue((frames) => router.send(frames));
-      this.replayLoop = this.serveReplays(router);
+      this.#routerQueue = new SendQueue((frames) => router.send(frames));
+      this.#replayLoop = this.#serveReplays(router);
     }
   }
 
@@ -156,30 +164,30 @@ export class KvEventPublisher {
   }
 
   get nextSeq(): bigint {
-    return this.seq;
+    return this.#seq;
   }
 
   /** Publishes one batch (one scheduler step). An empty list publishes nothing. */
   publish(events: readonly KvEvent[]): void {
-    if (this.closed || events.length === 0) return;
-    const payload = encodeVllmBatch({ ts: this.now() / 1000, events, dataParallelRank: this.dpRank }, this.format);
-    const seq = this.seq++;
-    if (this.ring.length < this.bufferSteps) {
-      this.ring.push({ seq, payload });
-    } else if (this.bufferSteps > 0) {
-      this.ring[this.ringStart] = { seq, payload };
-      this.ringStart = (this.ringStart + 1) % this.bufferSteps;
+    if (this.#closed || events.length === 0) return;
+    const payload = encodeVllmBatch({ ts: this.#now() / 1000, events, dataParallelRank: this.#dpRank }, this.#format);
+    const seq = this.#seq++;
+    if (this.#ring.length < this.#bufferSteps) {
+      this.#ring.push({ seq, payload });
+    } else if (this.#bufferSteps > 0) {
+      this.#ring[this.#ringStart] = { seq, payload };
+      this.#ringStart = (this.#ringStart + 1) % this.#bufferSteps;
     }
-    if (this.dropRemaining > 0) {
-      this.dropRemaining--;
+    if (this.#dropRemaining > 0) {
+      this.#dropRemaining--;
       return;
     }
-    this.pubQueue.push([this.topic, seqBytes(seq), payload]);
+    this.#pubQueue.push([this.#topic, seqBytes(seq), payload]);
   }
 
   /** The next `count` batches get sequence numbers and are buffered for replay but NOT sent. */
   dropNext(count: number): void {
-    this.dropRemaining += Math.max(0, Math.floor(count));
+    this.#dropRemaining += Math.max(0, Math.floor(count));
   }
 
   /**
@@ -189,7 +197,7 @@ export class KvEventPublisher {
    * before seq8 (`[identity, "", topic, seq8, payload]`); the gateway's
    * ZmqEventSource accepts both.
    */
-  private async serveReplays(router: Router): Promise<void> {
+  async #serveReplays(router: Router): Promise<void> {
     for (;;) {
       let frames: Buffer[];
       try {
@@ -197,25 +205,25 @@ export class KvEventPublisher {
       } catch {
         return; // socket closed
       }
-      if (this.closed) return;
+      if (this.#closed) return;
       const [identity, delimiter, start] = frames;
-      if (frames.length !== 3 || delimiter.length !== 0 || start.length !== 8) continue;
+      if (frames.length !== 3 || !identity || delimiter?.length !== 0 || start?.length !== 8) continue;
       const from = start.readBigUInt64BE();
-      for (let i = 0; i < this.ring.length; i++) {
-        const entry = this.ring[(this.ringStart + i) % this.ring.length];
-        if (entry.seq >= from) this.routerQueue!.push([identity, EMPTY, seqBytes(entry.seq), entry.payload]);
+      for (let i = 0; i < this.#ring.length; i++) {
+        const entry = this.#ring[(this.#ringStart + i) % this.#ring.length]!;
+        if (entry.seq >= from) this.#routerQueue!.push([identity, EMPTY, seqBytes(entry.seq), entry.payload]);
       }
-      this.routerQueue!.push([identity, EMPTY, END_SEQ, EMPTY]);
+      this.#routerQueue!.push([identity, EMPTY, END_SEQ, EMPTY]);
     }
   }
 
   async close(): Promise<void> {
-    if (this.closed) return;
-    this.closed = true;
-    this.pubQueue.close();
-    this.routerQueue?.close();
-    this.pub.close();
-    this.router?.close();
-    await this.replayLoop;
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#pubQueue.close();
+    this.#routerQueue?.close();
+    this.#pub.close();
+    this.#router?.close();
+    await this.#replayLoop;
   }
 }

@@ -40,7 +40,7 @@ async function ttft(url: string, prompt: string): Promise<{ ms: number; cached: 
 function promptText(tokens: number, salt: number): string {
   const words = ['cache', 'block', 'token', 'engine', 'router', 'prefix', 'memory', 'request', 'worker', 'batch'];
   const out: string[] = [`Run ${salt}:`];
-  for (let i = 0; out.length < tokens - 4; i++) out.push(words[(i * 7 + salt) % words.length]);
+  for (let i = 0; out.length < tokens - 4; i++) out.push(words[(i * 7 + salt) % words.length]!);
   return out.join(' ');
 }
 

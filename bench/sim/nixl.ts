@@ -5,7 +5,7 @@ import type { RemotePrefill } from './sim-request.js';
 
 /**
  * The NixlConnector side of a simulated worker (vLLM's P/D disaggregation
- * through a proxy, engine-wire-formats.md §4).
+ * through a proxy, docs/engine-wire-formats.md, P/D).
  *
  * Prefill side: a request with `kv_transfer_params.do_remote_decode: true`
  * runs normally (the proxy asks for 1 token), its blocks stay referenced, and

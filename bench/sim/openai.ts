@@ -140,7 +140,7 @@ async function completionPrompt(prompt: unknown, ctx: OpenAiContext): Promise<nu
     if (typeof prompt[0] === 'number') return tokenIds(prompt, ctx, 'prompt');
     if (prompt.length > 1)
       throw bad('the simulator accepts one prompt per request (batched prompts are not supported)', 'prompt');
-    const only = prompt[0];
+    const only: unknown = prompt[0];
     if (typeof only === 'string') return ctx.tokenizer.prompt.tokenizeCompletion(only);
     if (Array.isArray(only) && only.length > 0) return tokenIds(only, ctx, 'prompt');
   }

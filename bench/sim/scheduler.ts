@@ -175,7 +175,7 @@ export class Scheduler {
     const plan: Scheduled[] = [];
     let preempted = false;
     for (let i = 0; i < this.running.length && budget > 0; i++) {
-      const req = this.running[i];
+      const req = this.running[i]!;
       const n = Math.min(req.tokens.length - req.numComputed, budget);
       let ok = cache.allocate(req, req.numComputed + n);
       while (!ok) {
@@ -196,7 +196,7 @@ export class Scheduler {
       this.running.length + this.loading.length < maxNumSeqs &&
       budget > 0
     ) {
-      const req = this.waiting[0];
+      const req = this.waiting[0]!;
       const prefix = cache.findPrefix(req);
       const cached = prefix.length * cache.blockSize;
       const load = this.#startLoad(req, prefix, cached);

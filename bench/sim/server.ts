@@ -135,7 +135,7 @@ export function createSimHandler(deps: SimServerDeps): (req: IncomingMessage, re
     const headers: Record<string, string> = {};
     const requestId = req.headers['x-request-id'];
     if (typeof requestId === 'string') headers['x-request-id'] = requestId;
-    const path = (req.url ?? '/').split('?')[0];
+    const path = (req.url ?? '/').split('?')[0]!;
     const route = routes[path];
     const handler = route?.[req.method ?? 'GET'];
     if (!route) return sendJson(res, 404, { detail: 'Not Found' }, headers);

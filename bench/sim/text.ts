@@ -21,14 +21,17 @@ const FILLER =
  */
 export class SimTokenizer {
   #decoder: Promise<Tokenizer> | undefined;
+  readonly #dir: string;
 
   private constructor(
     readonly prompt: PromptTokenizer,
-    private readonly dir: string,
+    dir: string,
     readonly vocabSize: number,
     readonly fillerIds: readonly number[],
     readonly fillerTexts: readonly string[],
-  ) {}
+  ) {
+    this.#dir = dir;
+  }
 
   static async load(dir: string): Promise<SimTokenizer> {
     const prompt = await PromptTokenizer.load(dir);
@@ -38,7 +41,7 @@ export class SimTokenizer {
     for (const word of FILLER.split(/(?= )/)) {
       const ids = await prompt.encode(word, false);
       if (ids.length !== 1) continue;
-      fillerIds.push(ids[0]);
+      fillerIds.push(ids[0]!);
       fillerTexts.push(word);
     }
     if (fillerIds.length === 0) throw new Error(`tokenizer in ${dir} encodes no filler word as a single token`);
@@ -54,11 +57,11 @@ export class SimTokenizer {
 
   /** The k-th generated token: the filler sentence, over and over. */
   outputToken(index: number): number {
-    return this.fillerIds[index % this.fillerIds.length];
+    return this.fillerIds[index % this.fillerIds.length]!;
   }
 
   outputText(index: number): string {
-    return this.fillerTexts[index % this.fillerTexts.length];
+    return this.fillerTexts[index % this.fillerTexts.length]!;
   }
 
   async decode(ids: number[]): Promise<string> {
@@ -72,7 +75,7 @@ export class SimTokenizer {
   }
 
   #loadDecoder(): Promise<Tokenizer> {
-    this.#decoder ??= readFile(join(this.dir, 'tokenizer.json'), 'utf8').then((json) => Tokenizer.fromString(json));
+    this.#decoder ??= readFile(join(this.#dir, 'tokenizer.json'), 'utf8').then((json) => Tokenizer.fromString(json));
     return this.#decoder;
   }
 }

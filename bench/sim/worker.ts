@@ -17,41 +17,41 @@ import { DEFAULT_TIMING, type TimingModel } from './timing.js';
 export interface SimKvEventsOptions {
   /** vLLM semantics: binds when it contains `*` (all interfaces), connects otherwise. `tcp://127.0.0.1:*` = a free port. */
   endpoint: string;
-  replayEndpoint?: string;
-  format?: 'current' | 'legacy';
-  topic?: string;
+  replayEndpoint?: string | undefined;
+  format?: 'current' | 'legacy' | undefined;
+  topic?: string | undefined;
 }
 
 export interface SimWorkerOptions {
-  id?: string;
-  host?: string;
+  id?: string | undefined;
+  host?: string | undefined;
   /** 0 = a free port. */
-  port?: number;
-  model?: string;
+  port?: number | undefined;
+  model?: string | undefined;
   /** A loaded tokenizer (shared by the workers of one process), or a directory to load one from. */
-  tokenizer?: SimTokenizer;
-  tokenizerDir?: string;
-  blockSize?: number;
-  kvBlocks?: number;
-  maxNumBatchedTokens?: number;
-  maxNumSeqs?: number;
-  maxModelLen?: number;
+  tokenizer?: SimTokenizer | undefined;
+  tokenizerDir?: string | undefined;
+  blockSize?: number | undefined;
+  kvBlocks?: number | undefined;
+  maxNumBatchedTokens?: number | undefined;
+  maxNumSeqs?: number | undefined;
+  maxModelLen?: number | undefined;
   /** Tokens a chat request without max_tokens generates before "EOS". */
-  defaultChatTokens?: number;
+  defaultChatTokens?: number | undefined;
   /** vLLM's --stream-interval (default 1: one SSE chunk per token). */
-  streamInterval?: number;
-  timing?: Partial<TimingModel>;
-  kvEvents?: SimKvEventsOptions;
+  streamInterval?: number | undefined;
+  timing?: Partial<TimingModel> | undefined;
+  kvEvents?: SimKvEventsOptions | undefined;
   /** Fixes the block-hash root seed (default random per worker, as vLLM without PYTHONHASHSEED). */
-  hashSeed?: bigint;
-  logger?: Logger;
+  hashSeed?: bigint | undefined;
+  logger?: Logger | undefined;
   /**
    * P/D role, for labels and the ready line only: like vLLM with NixlConnector
    * (kv_role kv_both), every worker can serve either leg; the proxy decides.
    */
-  role?: SimRole;
+  role?: SimRole | undefined;
   /** KV transfer model of the NixlConnector simulation (see nixl.ts). */
-  nixl?: Partial<Omit<NixlOptions, 'speedup'>>;
+  nixl?: Partial<Omit<NixlOptions, 'speedup'>> | undefined;
 }
 
 export type SimRole = 'both' | 'prefill' | 'decode';

@@ -55,7 +55,7 @@ function decodeParams(transferWeight: number): KvParams {
 }
 
 const byId = <W extends WorkerView>(list: readonly W[], d: Decision): W =>
-  list.find((w) => w.id === d.worker.id) ?? list[0];
+  list.find((w) => w.id === d.worker.id) ?? list[0]!;
 
 /**
  * Conditional disaggregation. The decode side is every `decode` or `both`

@@ -66,7 +66,7 @@ class Busy {
   }
 
   ms(from: number, now: number): number {
-    while (this.#intervals.length > 0 && this.#intervals[0][1] < from) this.#intervals.shift();
+    while (this.#intervals.length > 0 && this.#intervals[0]![1] < from) this.#intervals.shift();
     let sum = 0;
     for (const [s, e] of this.#intervals) sum += e - Math.max(s, from);
     if (this.#inflight > 0) sum += now - Math.max(this.#since, from);
@@ -88,7 +88,7 @@ const MAX_EVENTS = 200_000;
 
 function prune<T>(list: Timed<T>[], from: number): void {
   let i = 0;
-  while (i < list.length && list[i].t <= from) i++; // the window is (now − W, now]
+  while (i < list.length && list[i]!.t <= from) i++; // the window is (now − W, now]
   if (i > 0) list.splice(0, i);
   if (list.length > MAX_EVENTS) list.splice(0, list.length - MAX_EVENTS);
 }
@@ -96,7 +96,7 @@ function prune<T>(list: Timed<T>[], from: number): void {
 const sum = (xs: readonly number[]) => xs.reduce((a, b) => a + b, 0);
 const mean = (xs: readonly number[]) => (xs.length ? sum(xs) / xs.length : null);
 const p90 = (xs: readonly number[]) =>
-  xs.length ? [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(xs.length * 0.9))] : null;
+  xs.length ? [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(xs.length * 0.9))]! : null;
 const round = (x: number | null) => (x === null || !Number.isFinite(x) ? null : Math.round(x * 1000) / 1000);
 
 export class Planner {

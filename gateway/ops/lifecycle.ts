@@ -25,9 +25,9 @@ export class FrontTracker {
     // One shared listener (`this` is the response): nothing allocated per request.
     const release = function (this: ServerResponse): void {
       active.delete(this);
-      if (active.size === 0) tracker.#idle?.();
+      if (active.size === 0) self.#idle?.();
     };
-    const tracker = this;
+    const self = this;
     this.handler = (req, res) => {
       if (this.#draining) {
         res.setHeader('connection', 'close');

@@ -31,7 +31,7 @@ export class GatewayMetrics {
   readonly #shadowPredicted: Histogram<'strategy' | 'shadow'>;
   readonly #cache = new Map<string, unknown>();
 
-  constructor(fleet: Fleet, options: { defaultMetrics?: boolean } = {}) {
+  constructor(fleet: Fleet, options: { defaultMetrics?: boolean | undefined } = {}) {
     const registers = [this.registry];
     // `arm` is the A/B experiment arm, `none` outside experiments.
     this.#requests = new Counter({

@@ -41,7 +41,7 @@ export class UsageSniffer {
   scan(chunk: Buffer): void {
     let state = this.#state;
     bytes: for (let i = 0; i < chunk.length; i++) {
-      const b = chunk[i];
+      const b = chunk[i]!;
       switch (state) {
         case Idle:
           if (b !== QUOTE && chunk.length - i > LONG_RUN) {

@@ -158,13 +158,13 @@ export class Experiment implements ExperimentSpec {
   /** Picks the arm: by hash of the key when there is one, else by `random()`. */
   assign(key: string | undefined, random: () => number): Arm {
     const u = key === undefined ? random() : unitHash(`${this.name}\0${key}`);
-    const target = u * this.#cumulative[this.#cumulative.length - 1];
-    for (let i = 0; i < this.arms.length; i++) if (target < this.#cumulative[i]) return this.arms[i];
-    return this.arms[this.arms.length - 1];
+    const target = u * this.#cumulative[this.#cumulative.length - 1]!;
+    for (let i = 0; i < this.arms.length; i++) if (target < this.#cumulative[i]!) return this.arms[i]!;
+    return this.arms[this.arms.length - 1]!;
   }
 
   summary(): Record<string, unknown> {
-    const total = this.#cumulative[this.#cumulative.length - 1];
+    const total = this.#cumulative[this.#cumulative.length - 1]!;
     const arms = this.arms.map((a) => ({
       name: a.name,
       strategy: a.strategy.name,

@@ -173,7 +173,7 @@ export function poolSignature(routing: RoutingConfig, members: readonly PoolMemb
   if (names.length === 0) return '';
   return JSON.stringify(
     names.map((name) => {
-      const p = routing.pools[name];
+      const p = routing.pools[name]!;
       const ids = p.workers
         ? p.workers.filter((id) => members.some((m) => m.id === id))
         : members.filter((m) => Object.entries(p.labels!).every(([k, v]) => m.labels[k] === v)).map((m) => m.id);

@@ -215,7 +215,7 @@ export function decodeKvBatchPayload(payload: Buffer | Uint8Array): DecodedKvPay
   let rankRaw: unknown;
   if (Array.isArray(outer)) {
     if (outer.length < 2) fail(`batch array has ${outer.length} elements, expected [ts, events, dp_rank]`);
-    [tsRaw, eventsRaw, rankRaw] = outer;
+    [tsRaw, eventsRaw, rankRaw] = outer as unknown[];
   } else if (isMap(outer)) {
     tsRaw = outer.ts;
     eventsRaw = outer.events;

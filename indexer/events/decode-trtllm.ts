@@ -97,9 +97,9 @@ export function parseJsonLossless(text: string): unknown {
 
 export interface TrtllmDecodeOptions {
   /** Tokens per KV block; when unset, the first block of each `stored` event decides. */
-  blockSize?: number;
+  blockSize?: number | undefined;
   /** Largest attention window seen so far; events for smaller (sliding) windows are skipped. */
-  maxWindowSize?: number;
+  maxWindowSize?: number | undefined;
   /** ms clock for the batch ts (the JSON carries none), default Date.now. */
   now?: () => number;
 }

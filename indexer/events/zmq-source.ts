@@ -10,7 +10,7 @@ export interface ZmqEventSourceOptions {
   /** The engine's PUB endpoint (connect mode, e.g. tcp://worker:5557) or ours to bind (bind mode). */
   endpoint: string;
   /** The engine's ROUTER replay endpoint; without it a gap clears the worker's index. */
-  replayEndpoint?: string;
+  replayEndpoint?: string | undefined;
   /** Subscription prefix on frame 0; default '' (everything). */
   topic?: string;
   /** connect (default): we connect to a binding engine. bind: the engine connects to us. */
@@ -179,7 +179,7 @@ export class ZmqEventSource implements EventSource {
         if (!this.stopped) this.opts.log?.error({ worker: this.workerId, err }, 'kv event subscriber failed');
         return;
       }
-      if (frames.length !== 3 || frames[1].length !== 8) {
+      if (frames.length !== 3 || frames[1]!.length !== 8) {
         this.counters.decodeErrors++;
         continue;
       }

@@ -80,7 +80,7 @@ export class ApproxIndex implements KvIndex<RoutedBlocks> {
     const n = Math.min(hashes.length, this.maxBlocks);
     if (n === 0) return;
     while (this.recordedBlocks + n > this.maxBlocks && this.head < this.queue.length) {
-      this.drop(this.queue[this.head++]);
+      this.drop(this.queue[this.head++]!);
       this.evictedEarly++;
     }
     this.gen = (this.gen + 1) & 0x7fffffff;
@@ -92,12 +92,12 @@ export class ApproxIndex implements KvIndex<RoutedBlocks> {
     let parent = -1;
     let k = 0;
     for (; k < n; k++) {
-      splitU64(hashes[k], hl);
-      parent = this.index.insertOne(id, parent, hl[0], hl[1], TIER_GPU);
+      splitU64(hashes[k]!, hl);
+      parent = this.index.insertOne(id, parent, hl[0]!, hl[1]!, TIER_GPU);
       if (parent < 0) break;
       halves[2 * k] = hl[0]!;
       halves[2 * k + 1] = hl[1]!;
-      table.set(hl[0], hl[1], this.gen);
+      table.set(hl[0]!, hl[1]!, this.gen);
     }
     this.queue.push({ target, gen: this.gen, expiresAt: now + this.ttlMs, halves: halves.subarray(0, 2 * k) });
     this.recordedBlocks += k;
@@ -148,8 +148,8 @@ export class ApproxIndex implements KvIndex<RoutedBlocks> {
 
   private sweep(now: number): void {
     const q = this.queue;
-    while (this.head < q.length && q[this.head].expiresAt <= now) {
-      this.drop(q[this.head++]);
+    while (this.head < q.length && q[this.head]!.expiresAt <= now) {
+      this.drop(q[this.head++]!);
       this.expired++;
     }
     if (this.head > 1024 && this.head * 2 > q.length) {
@@ -166,10 +166,10 @@ export class ApproxIndex implements KvIndex<RoutedBlocks> {
     const id = this.index.idOf(rec.target, false);
     const h = rec.halves;
     for (let j = 0; j < h.length; j += 2) {
-      const slot = table.find(h[j], h[j + 1]);
+      const slot = table.find(h[j]!, h[j + 1]!);
       if (slot < 0 || table.valueAt(slot) !== rec.gen) continue;
       table.deleteSlot(slot);
-      const node = this.index.lookup(h[j], h[j + 1]);
+      const node = this.index.lookup(h[j]!, h[j + 1]!);
       if (node >= 0 && id >= 0) this.index.dropFromNode(node, id, ALL_TIERS);
     }
     if (table.size === 0) this.clearTarget(rec.target);

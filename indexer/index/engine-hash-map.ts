@@ -35,7 +35,7 @@ export class EngineHashMap {
   /** Node for `h`, or -1; sets `lastCheck`. */
   get(h: EngineBlockHash): number {
     if (this.split(h)) {
-      const slot = this.table.find(this.w32[0], this.w32[1]);
+      const slot = this.table.find(this.w32[0]!, this.w32[1]!);
       if (slot < 0) return -1;
       this.lastCheck = this.table.checkAt(slot);
       return this.table.valueAt(slot);
@@ -49,8 +49,8 @@ export class EngineHashMap {
   /** Maps `h` to (node, check) and returns the node it mapped to before, or -1 (`lastCheck` = its check). One probe. */
   put(h: EngineBlockHash, node: number, check: number): number {
     if (this.split(h)) {
-      const lo = this.w32[0];
-      const hi = this.w32[1];
+      const lo = this.w32[0]!;
+      const hi = this.w32[1]!;
       const slot = this.table.probe(lo, hi);
       let prev = -1;
       if (slot >= 0) {
@@ -60,7 +60,7 @@ export class EngineHashMap {
       this.table.fill(slot < 0 ? ~slot : slot, lo, hi, node, check);
       return prev;
     }
-    const other = (this.other ??= new Map());
+    const other = (this.other ??= new Map<EngineBlockHash, number>());
     const packed = other.get(h);
     other.set(h, node * CHECK_SPAN + check);
     if (packed === undefined) return -1;
@@ -69,12 +69,12 @@ export class EngineHashMap {
   }
 
   set(h: EngineBlockHash, node: number, check: number): void {
-    if (this.split(h)) this.table.set(this.w32[0], this.w32[1], node, check);
+    if (this.split(h)) this.table.set(this.w32[0]!, this.w32[1]!, node, check);
     else (this.other ??= new Map()).set(h, node * CHECK_SPAN + check);
   }
 
   delete(h: EngineBlockHash): void {
-    if (this.split(h)) this.table.delete(this.w32[0], this.w32[1]);
+    if (this.split(h)) this.table.delete(this.w32[0]!, this.w32[1]!);
     else this.other?.delete(h);
   }
 

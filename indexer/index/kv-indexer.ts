@@ -250,13 +250,13 @@ export class KvIndexer implements KvIndex<KvEventBatch> {
     let i = 0;
     for (; i < full; i++) {
       SCRATCH64[0] = ours[i]!;
-      const lo = SCRATCH32[0];
-      const node = index.insertOne(t.id, parent, lo, SCRATCH32[1], flags);
+      const lo = SCRATCH32[0]!;
+      const node = index.insertOne(t.id, parent, lo, SCRATCH32[1]!, flags);
       if (node < 0) {
         w.stats.rejectedBlocks += full - i;
         break;
       }
-      const prev = engine.put(ev.engineHashes[i], node, EngineHashMap.checkOf(lo));
+      const prev = engine.put(ev.engineHashes[i]!, node, EngineHashMap.checkOf(lo));
       // An engine hash re-stored with other content: release the old block (if still the one mapped).
       if (
         prev >= 0 &&

@@ -35,16 +35,16 @@ export interface MatchCounts {
  * differ when a chat template re-renders the answer), a retried or regenerated
  * turn adds one, a document asked a few questions a few more: keeping those on
  * one worker saves cache capacity. A system prompt that many users share soon has
- * far more. On the whole Mooncake replay a threshold of 4 cost 0.15 points of hit
- * rate (35.63% of tokens against 35.77% at 8 and 35.78% with no threshold) for 1%
- * lower mean TTFT; at 8 a restarted worker still gets its share back at once
- * (bench/results/fault-run.md).
+ * far more. On the whole Mooncake replay a lower threshold traded a little hit
+ * rate for a little mean TTFT and no threshold changed little (that comparison is
+ * not kept in bench/results/; `npm run bench:replay` reruns it); at 8 a restarted
+ * worker still gets its share back at once (bench/results/fault-run.md).
  */
 export const SHARED_PREFIX_CHILDREN = 8;
 
 export interface RadixIndexOptions {
   /** Node cap; when full, new nodes are refused and counted in `rejectedInserts`. */
-  maxNodes?: number;
+  maxNodes?: number | undefined;
 }
 
 export interface RadixIndexStats {
@@ -137,7 +137,7 @@ export class RadixIndex {
   /** Blocks (nodes) `target` holds on any tier. */
   blocksOf(target: TargetKey): number {
     const id = this.ids.get(target);
-    return id === undefined ? 0 : this.blocks[id];
+    return id === undefined ? 0 : this.blocks[id]!;
   }
 
   /** Inserts a chain of our block hashes under `parent` (our hash, undefined = root) for `target`, on `tier`. Returns the blocks indexed. */
@@ -146,7 +146,7 @@ export class RadixIndex {
     const hl = this.hl;
     if (parent !== undefined) {
       splitU64(parent, hl);
-      p = this.table.get(hl[0], hl[1]);
+      p = this.table.get(hl[0]!, hl[1]!);
       if (p < 0) {
         this.unknownParents++;
         return 0;
@@ -157,7 +157,7 @@ export class RadixIndex {
     let done = 0;
     for (let i = 0; i < hashes.length; i++) {
       SCRATCH64[0] = hashes[i]!;
-      p = this.insertOne(id, p, SCRATCH32[0], SCRATCH32[1], flags);
+      p = this.insertOne(id, p, SCRATCH32[0]!, SCRATCH32[1]!, flags);
       if (p < 0) break;
       done++;
     }
@@ -173,7 +173,7 @@ export class RadixIndex {
     let removed = 0;
     for (const h of hashes) {
       splitU64(h, hl);
-      const n = this.table.get(hl[0], hl[1]);
+      const n = this.table.get(hl[0]!, hl[1]!);
       if (n >= 0 && this.dropFromNode(n, id, mask) === 0) removed++;
     }
     return removed;
@@ -183,7 +183,7 @@ export class RadixIndex {
   clearTarget(target: TargetKey): void {
     const id = this.ids.get(target);
     if (id === undefined) return;
-    if (this.blocks[id] > 0) {
+    if (this.blocks[id]! > 0) {
       const nd = this.nd;
       for (let n = 0; n < this.bump; n++) {
         if (nd[n * STRIDE + F_PARENT] !== FREE) this.dropFromNode(n, id, ALL_TIERS);
@@ -207,20 +207,20 @@ export class RadixIndex {
     if (n === 0 || this.count === 0) return out;
     const nd = this.nd;
     const hl = this.hl;
-    splitU64(hashes[0], hl);
-    let cur = this.table.get(hl[0], hl[1]);
+    splitU64(hashes[0]!, hl);
+    let cur = this.table.get(hl[0]!, hl[1]!);
     if (cur < 0 || nd[cur * STRIDE + F_PARENT] !== -1) return out;
-    let shared = nd[cur * STRIDE + F_CHILDREN] >= SHARED_PREFIX_CHILDREN ? 1 : 0;
+    let shared = nd[cur * STRIDE + F_CHILDREN]! >= SHARED_PREFIX_CHILDREN ? 1 : 0;
     const actId = this.actId;
     const actGpu = this.actGpu;
     let na = 0;
     for (let f = F_T0; f <= F_T1; f++) {
-      const e = nd[cur * STRIDE + f];
+      const e = nd[cur * STRIDE + f]!;
       if (e === -1) break;
       actId[na] = e >>> 2;
       actGpu[na++] = e & TIER_GPU;
     }
-    if (nd[cur * STRIDE + F_EXTRA] > 0) {
+    if (nd[cur * STRIDE + F_EXTRA]! > 0) {
       for (const e of this.extra.get(cur)!) {
         actId[na] = e >>> 2;
         actGpu[na++] = e & TIER_GPU;
@@ -229,30 +229,30 @@ export class RadixIndex {
     let i = 1;
     for (; i < n && na > 0; i++) {
       SCRATCH64[0] = hashes[i]!;
-      const lo = SCRATCH32[0] | 0;
-      const hi = SCRATCH32[1] | 0;
-      let next = nd[cur * STRIDE + F_HINT];
+      const lo = SCRATCH32[0]! | 0;
+      const hi = SCRATCH32[1]! | 0;
+      let next = nd[cur * STRIDE + F_HINT]!;
       if (next < 0 || nd[next * STRIDE + F_LO] !== lo || nd[next * STRIDE + F_HI] !== hi) {
         next = this.table.get(lo, hi);
         if (next < 0 || nd[next * STRIDE + F_PARENT] !== cur) break;
       }
       const b = next * STRIDE;
-      const h0 = nd[b + F_T0];
-      const h1 = nd[b + F_T1];
+      const h0 = nd[b + F_T0]!;
+      const h1 = nd[b + F_T1]!;
       let k = 0;
       if (nd[b + F_EXTRA] === 0) {
         // At most two holders, inline: no stamping needed.
         const id0 = h0 === -1 ? -1 : h0 >>> 2;
         const id1 = h1 === -1 ? -1 : h1 >>> 2;
         for (let a = 0; a < na; a++) {
-          const id = actId[a];
+          const id = actId[a]!;
           if (id === id0) {
             actId[k] = id;
-            actGpu[k++] = actGpu[a] + (h0 & TIER_GPU);
+            actGpu[k++] = actGpu[a]! + (h0 & TIER_GPU);
           } else if (id === id1) {
             actId[k] = id;
-            actGpu[k++] = actGpu[a] + (h1 & TIER_GPU);
-          } else this.finish(out, id, i, actGpu[a], shared);
+            actGpu[k++] = actGpu[a]! + (h1 & TIER_GPU);
+          } else this.finish(out, id, i, actGpu[a]!, shared);
         }
       } else {
         const ep = this.nextEpoch();
@@ -267,18 +267,18 @@ export class RadixIndex {
           sf[e >>> 2] = e & 3;
         }
         for (let a = 0; a < na; a++) {
-          const id = actId[a];
+          const id = actId[a]!;
           if (stamp[id] === ep) {
             actId[k] = id;
-            actGpu[k++] = actGpu[a] + (sf[id] & TIER_GPU);
-          } else this.finish(out, id, i, actGpu[a], shared);
+            actGpu[k++] = actGpu[a]! + (sf[id]! & TIER_GPU);
+          } else this.finish(out, id, i, actGpu[a]!, shared);
         }
       }
       na = k;
       cur = next;
-      if (nd[b + F_CHILDREN] >= SHARED_PREFIX_CHILDREN) shared = i + 1;
+      if (nd[b + F_CHILDREN]! >= SHARED_PREFIX_CHILDREN) shared = i + 1;
     }
-    for (let a = 0; a < na; a++) this.finish(out, actId[a], i, actGpu[a], shared);
+    for (let a = 0; a < na; a++) this.finish(out, actId[a]!, i, actGpu[a]!, shared);
     return out;
   }
 
@@ -325,7 +325,7 @@ export class RadixIndex {
 
   /** Low half of a node's hash as int32 (a cheap check that a node index still means the same block). */
   nodeLo(node: number): number {
-    return this.nd[node * STRIDE + F_LO];
+    return this.nd[node * STRIDE + F_LO]!;
   }
 
   isLive(node: number): boolean {
@@ -333,7 +333,7 @@ export class RadixIndex {
   }
 
   nodeHash(node: number): bigint {
-    return joinU64(this.nd[node * STRIDE + F_LO], this.nd[node * STRIDE + F_HI]);
+    return joinU64(this.nd[node * STRIDE + F_LO]!, this.nd[node * STRIDE + F_HI]!);
   }
 
   /** Adds holder `id` with `flags` to the block (lo, hi) under `parentNode` (-1 root). Returns the node, or -1 when the cap refused it. One table probe. */
@@ -354,7 +354,7 @@ export class RadixIndex {
       // Point the parent's hint at the most recently stored path.
       this.nd[parentNode * STRIDE + F_HINT] = n;
     }
-    if (this.addHolder(n, id, flags)) this.blocks[id]++;
+    if (this.addHolder(n, id, flags)) this.blocks[id]!++;
     return n;
   }
 
@@ -371,11 +371,11 @@ export class RadixIndex {
     const nd = this.nd;
     const b = node * STRIDE;
     let at: number; // F_T0, F_T1, or -1 for the extras
-    if (nd[b + F_T0] !== -1 && nd[b + F_T0] >>> 2 === id) at = F_T0;
-    else if (nd[b + F_T1] !== -1 && nd[b + F_T1] >>> 2 === id) at = F_T1;
+    if (nd[b + F_T0] !== -1 && nd[b + F_T0]! >>> 2 === id) at = F_T0;
+    else if (nd[b + F_T1] !== -1 && nd[b + F_T1]! >>> 2 === id) at = F_T1;
     else at = -1;
     if (at >= 0) {
-      const rest = nd[b + at] & 3 & ~mask;
+      const rest = nd[b + at]! & 3 & ~mask;
       if (rest !== 0) {
         nd[b + at] = (id << 2) | rest;
         return rest;
@@ -387,16 +387,16 @@ export class RadixIndex {
       const list = this.extra.get(node)!;
       const k = list.findIndex((e) => e >>> 2 === id);
       if (k < 0) return -1;
-      const rest = list[k] & 3 & ~mask;
+      const rest = list[k]! & 3 & ~mask;
       if (rest !== 0) {
         list[k] = (id << 2) | rest;
         return rest;
       }
       list[k] = list[list.length - 1]!;
       list.pop();
-      if (--nd[b + F_EXTRA] === 0) this.extra.delete(node);
+      if (--nd[b + F_EXTRA]! === 0) this.extra.delete(node);
     }
-    this.blocks[id]--;
+    this.blocks[id]!--;
     if (nd[b + F_T0] === -1 && nd[b + F_CHILDREN] === 0) this.freeNode(node);
     return 0;
   }
@@ -411,7 +411,7 @@ export class RadixIndex {
     sharedBlocks: number,
   ): void {
     if (blocks > 0)
-      out.set(this.names[id], sharedBlocks > 0 ? { blocks, gpuBlocks, sharedBlocks } : { blocks, gpuBlocks });
+      out.set(this.names[id]!, sharedBlocks > 0 ? { blocks, gpuBlocks, sharedBlocks } : { blocks, gpuBlocks });
   }
 
   private nextEpoch(): number {
@@ -428,7 +428,7 @@ export class RadixIndex {
     if (this.nd[b + F_EXTRA] === 0) return -1;
     const list = this.extra.get(n)!;
     const e = list.pop()!;
-    if (--this.nd[b + F_EXTRA] === 0) this.extra.delete(n);
+    if (--this.nd[b + F_EXTRA]! === 0) this.extra.delete(n);
     return e;
   }
 
@@ -436,7 +436,7 @@ export class RadixIndex {
     const nd = this.nd;
     const b = n * STRIDE;
     for (let f = F_T0; f <= F_T1; f++) {
-      const e = nd[b + f];
+      const e = nd[b + f]!;
       if (e === -1) {
         nd[b + f] = (id << 2) | flags;
         return true;
@@ -446,17 +446,17 @@ export class RadixIndex {
         return false;
       }
     }
-    if (nd[b + F_EXTRA] > 0) {
+    if (nd[b + F_EXTRA]! > 0) {
       const list = this.extra.get(n)!;
       for (let k = 0; k < list.length; k++) {
-        if (list[k] >>> 2 === id) {
-          list[k] = list[k] | flags;
+        if (list[k]! >>> 2 === id) {
+          list[k] = list[k]! | flags;
           return false;
         }
       }
       list.push((id << 2) | flags);
     } else this.extra.set(n, [(id << 2) | flags]);
-    nd[b + F_EXTRA]++;
+    nd[b + F_EXTRA]!++;
     return true;
   }
 
@@ -478,7 +478,7 @@ export class RadixIndex {
     nd[b + F_EXTRA] = 0;
     this.count++;
     if (parent >= 0) {
-      nd[parent * STRIDE + F_CHILDREN]++;
+      nd[parent * STRIDE + F_CHILDREN]!++;
       nd[parent * STRIDE + F_HINT] = n;
     }
     return n;
@@ -489,14 +489,14 @@ export class RadixIndex {
     const nd = this.nd;
     for (;;) {
       const b = n * STRIDE;
-      this.table.delete(nd[b + F_LO], nd[b + F_HI]);
-      const p = nd[b + F_PARENT];
+      this.table.delete(nd[b + F_LO]!, nd[b + F_HI]!);
+      const p = nd[b + F_PARENT]!;
       nd[b + F_PARENT] = FREE;
       this.freeList.push(n);
       this.count--;
       if (p < 0) return;
       const pb = p * STRIDE;
-      nd[pb + F_CHILDREN]--;
+      nd[pb + F_CHILDREN]!--;
       if (nd[pb + F_HINT] === n) nd[pb + F_HINT] = -1;
       if (nd[pb + F_CHILDREN] !== 0 || nd[pb + F_T0] !== -1) return;
       n = p;

@@ -45,7 +45,7 @@ export function splitU64(h: bigint, out: Uint32Array): void {
 export function joinU64(lo: number, hi: number): bigint {
   scratch32[0] = lo;
   scratch32[1] = hi;
-  return scratch64[0];
+  return scratch64[0]!;
 }
 
 export class U64Table {
@@ -99,11 +99,11 @@ export class U64Table {
   /** Value stored for the key, or -1. */
   get(lo: number, hi: number): number {
     const p = this.find(lo, hi);
-    return p < 0 ? -1 : this.slots[(p << 2) + 2] - 1;
+    return p < 0 ? -1 : this.slots[(p << 2) + 2]! - 1;
   }
 
   valueAt(slot: number): number {
-    return this.slots[(slot << 2) + 2] - 1;
+    return this.slots[(slot << 2) + 2]! - 1;
   }
 
   /**
@@ -135,7 +135,7 @@ export class U64Table {
   }
 
   checkAt(slot: number): number {
-    return this.slots[(slot << 2) + 3];
+    return this.slots[(slot << 2) + 3]!;
   }
 
   /** Inserts or overwrites. `value` must be >= 0. */
@@ -161,7 +161,7 @@ export class U64Table {
       j = (j + 1) & mask;
       const b = j << 2;
       if (s[b + 2] === EMPTY) break;
-      const h = this.home(s[b], s[b + 1]);
+      const h = this.home(s[b]!, s[b + 1]!);
       // Move j into the hole unless its home lies cyclically in (hole, j].
       const inRange = hole <= j ? h > hole && h <= j : h > hole || h <= j;
       if (inRange) continue;
@@ -181,7 +181,7 @@ export class U64Table {
   forEach(fn: (value: number, check: number, lo: number, hi: number) => void): void {
     const s = this.slots;
     for (let b = 0; b < s.length; b += 4) {
-      if (s[b + 2] !== EMPTY) fn(s[b + 2] - 1, s[b + 3], s[b] >>> 0, s[b + 1] >>> 0);
+      if (s[b + 2] !== EMPTY) fn(s[b + 2]! - 1, s[b + 3]!, s[b]! >>> 0, s[b + 1]! >>> 0);
     }
   }
 
@@ -202,7 +202,7 @@ export class U64Table {
     const mask = this.mask;
     for (let b = 0; b < old.length; b += 4) {
       if (old[b + 2] === EMPTY) continue;
-      let p = this.home(old[b], old[b + 1]);
+      let p = this.home(old[b]!, old[b + 1]!);
       while (s[(p << 2) + 2] !== EMPTY) p = (p + 1) & mask;
       const d = p << 2;
       s[d] = old[b]!;

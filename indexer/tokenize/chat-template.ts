@@ -163,7 +163,7 @@ function partText(part: unknown, index: number): string | undefined {
   if (!isObject(part)) throw new UnsupportedPromptError(`messages[${index}].content has a part that is not an object`);
   const type = part.type;
   if (typeof type === 'string' && type in TEXT_PARTS) {
-    const value = part[TEXT_PARTS[type]];
+    const value = part[TEXT_PARTS[type]!];
     if (value === undefined || value === null) return undefined;
     if (typeof value !== 'string')
       throw new UnsupportedPromptError(`messages[${index}].content has a ${type} part whose text is not a string`);
@@ -259,7 +259,7 @@ function usePythonStrip(node: unknown): void {
     if (method === 'strip' || method === 'lstrip' || method === 'rstrip') {
       const Identifier = n.callee.property.constructor as new (value: string) => unknown;
       n.args = [n.callee.object, ...(n.args ?? [])];
-      n.callee = new Identifier(`__kvgate_py_${method}`) as typeof n.callee;
+      n.callee = new Identifier(`__kvgate_py_${method}`) as NonNullable<typeof n.callee>;
     }
   }
   for (const value of Object.values(node)) if (value && typeof value === 'object') usePythonStrip(value);
@@ -277,8 +277,8 @@ function pyStripChars(value: unknown, chars: unknown, left: boolean, right: bool
   const cps = Array.from(value);
   let start = 0;
   let end = cps.length;
-  if (left) while (start < end && set.has(cps[start])) start++;
-  if (right) while (end > start && set.has(cps[end - 1])) end--;
+  if (left) while (start < end && set.has(cps[start]!)) start++;
+  if (right) while (end > start && set.has(cps[end - 1]!)) end--;
   return cps.slice(start, end).join('');
 }
 

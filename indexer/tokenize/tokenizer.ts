@@ -150,7 +150,7 @@ export class PromptTokenizer {
     const parts = new Array<Uint32Array | number | undefined>(pieces.length);
     const misses = new Map<string, number[]>();
     for (let i = 0; i < pieces.length; i++) {
-      const piece = pieces[i];
+      const piece = pieces[i]!;
       if (typeof piece === 'number') {
         parts[i] = piece;
         continue;
@@ -205,7 +205,7 @@ export class PromptTokenizer {
       this.#batches += 1;
       const batch = this.#tokenizer.encodeBatch(fresh, { addSpecialTokens: false });
       fresh.forEach((piece, k) => {
-        const one = batch.then((encodings) => Uint32Array.from(encodings[k].getIds()));
+        const one = batch.then((encodings) => Uint32Array.from(encodings[k]!.getIds()));
         this.#inflight.set(piece, one);
         const slots = misses.get(piece)!;
         waits.push(
@@ -361,7 +361,7 @@ export function addedTokenSplitter(added: readonly AddedTokenSpec[]): SegmentSpl
       const raw = text.split(pattern);
       const out: (string | number)[] = [];
       for (let i = 0; i < raw.length; i++) {
-        const piece = raw[i];
+        const piece = raw[i]!;
         if (i % 2 === 1) out.push(ids.get(piece)!);
         else if (piece.length > 0) out.push(piece);
       }

@@ -21,7 +21,7 @@ t.test('defaults fill every section', async (t) => {
   t.equal(c.routing.strategy, 'least-load');
   t.equal(c.routing.sessionHeader, 'x-session-id');
   t.equal(c.upstream.headersTimeoutMs, 600_000, 'no 300 s cut-off for long generations');
-  t.equal(c.fleet.workers[0].role, 'both');
+  t.equal(c.fleet.workers[0]!.role, 'both');
 });
 
 t.test('environment overrides the file, and is validated too', async (t) => {

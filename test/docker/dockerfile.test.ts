@@ -59,19 +59,19 @@ function parseDockerfile(text: string): Stage[] {
     pending = '';
     if (line === '') continue;
     const m = line.match(/^(\w+)\s+(.*)$/)!;
-    const op = m[1].toUpperCase();
+    const op = m[1]!.toUpperCase();
     if (op === 'FROM') {
-      const f = m[2].match(/^(\S+)(?:\s+AS\s+(\S+))?$/i)!;
+      const f = m[2]!.match(/^(\S+)(?:\s+AS\s+(\S+))?$/i)!;
       stages.push({
         name: f[2] ?? String(stages.length),
-        from: f[1],
+        from: f[1]!,
         instructions: [],
         root: '',
         workdir: '/',
         env: {},
       });
     } else {
-      stages[stages.length - 1].instructions.push({ op, args: m[2] });
+      stages[stages.length - 1]!.instructions.push({ op, args: m[2]! });
     }
   }
   return stages;
@@ -119,7 +119,7 @@ function words(args: string): string[] {
 
 const dockerfile = readFileSync(join(ROOT, 'docker/Dockerfile'), 'utf8');
 const stages = parseDockerfile(dockerfile);
-const runtime = stages[stages.length - 1];
+const runtime = stages[stages.length - 1]!;
 const single = (stage: Stage, op: string) => stage.instructions.filter((i) => i.op === op).map((i) => i.args);
 
 t.test('the Dockerfile: multi-stage, node:20-slim runtime, non-root, healthcheck, entrypoint', async (t) => {
@@ -132,7 +132,7 @@ t.test('the Dockerfile: multi-stage, node:20-slim runtime, non-root, healthcheck
   );
   const runs = (s: Stage) => single(s, 'RUN').map((r) => r.replace(/--mount=\S+\s+/g, ''));
   t.same(
-    runs(stages[0]),
+    runs(stages[0]!),
     ['npm ci --ignore-scripts --no-audit --no-fund', 'npm run build'],
     'build: npm ci, npm run build',
   );
@@ -142,8 +142,8 @@ t.test('the Dockerfile: multi-stage, node:20-slim runtime, non-root, healthcheck
     'runtime: production dependencies only',
   );
   t.same(single(runtime, 'USER'), ['node'], "runs as the image's unprivileged node user");
-  t.same(JSON.parse(single(runtime, 'ENTRYPOINT')[0]), ['node', 'dist/gateway/cli/cli.js']);
-  t.same(JSON.parse(single(runtime, 'CMD')[0]), ['serve', '--config', '/etc/kvgate/kvgate.yaml']);
+  t.same(JSON.parse(single(runtime, 'ENTRYPOINT')[0]!), ['node', 'dist/gateway/cli/cli.js']);
+  t.same(JSON.parse(single(runtime, 'CMD')[0]!), ['serve', '--config', '/etc/kvgate/kvgate.yaml']);
   t.match(single(runtime, 'HEALTHCHECK')[0], /CMD \["node", "-e", ".*\/health.*"\]/);
   t.ok(
     single(runtime, 'COPY').some((c) => c.startsWith('--from=build /src/dist')),
@@ -190,7 +190,7 @@ t.test('the build steps, run in a clean copy of the repository, give a working r
         stage.workdir = posix.resolve(stage.workdir, args);
         mkdirSync(inStage('.'), { recursive: true });
       } else if (op === 'ENV') {
-        for (const m of args.matchAll(/(\w+)=(\S+)/g)) stage.env[m[1]] = m[2]!;
+        for (const m of args.matchAll(/(\w+)=(\S+)/g)) stage.env[m[1]!] = m[2]!;
       } else if (op === 'COPY') {
         const w = words(args);
         const from = w.find((x) => x.startsWith('--from='))?.slice(7);
@@ -252,7 +252,7 @@ t.test('the build steps, run in a clean copy of the repository, give a working r
   );
 
   // The image's HEALTHCHECK command, run against a gateway started from the runtime stage.
-  const health = JSON.parse(single(runtime, 'HEALTHCHECK')[0].replace(/^.*?CMD\s+/, '')) as string[];
+  const health = JSON.parse(single(runtime, 'HEALTHCHECK')[0]!.replace(/^.*?CMD\s+/, '')) as string[];
   const procs: ChildProcess[] = [];
   t.teardown(() => {
     for (const p of procs) p.kill('SIGKILL');
@@ -291,16 +291,18 @@ t.test('the build steps, run in a clean copy of the repository, give a working r
     server: { host: '127.0.0.1', port: 0 },
     admin: { port: 0 },
     fleet: {
-      workers: [{ id: 'sim-0', url: worker.url, models: ['Qwen/Qwen3-0.6B'], kvEvents: { endpoint: worker.kvEvents } }],
+      workers: [
+        { id: 'sim-0', url: worker!.url, models: ['Qwen/Qwen3-0.6B'], kvEvents: { endpoint: worker!.kvEvents } },
+      ],
     },
   };
   writeFileSync(join(work, 'kvgate.yaml'), stringify(config));
   const [ready] = await start(['serve', '--config', join(work, 'kvgate.yaml')], 'gateway ready');
-  const port = new URL(String(ready.url)).port;
+  const port = new URL(String(ready!.url)).port;
   const check = (p: string) =>
-    spawnSync(health[0], health.slice(1), { cwd: app, env: { ...env, KVGATE_PORT: p }, timeout: 10_000 }).status;
+    spawnSync(health[0]!, health.slice(1), { cwd: app, env: { ...env, KVGATE_PORT: p }, timeout: 10_000 }).status;
   t.equal(check(port), 0, 'the HEALTHCHECK passes against the running gateway');
-  procs[1].kill('SIGTERM');
-  await new Promise((r) => procs[1].once('exit', r));
+  procs[1]!.kill('SIGTERM');
+  await new Promise((r) => procs[1]!.once('exit', r));
   t.equal(check(port), 1, 'and fails once it is gone');
 });

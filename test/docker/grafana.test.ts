@@ -23,7 +23,7 @@ function sourceMetricNames(): Set<string> {
       const p = join(dir, f);
       if (statSync(p).isDirectory()) walk(p);
       else if (f.endsWith('.ts'))
-        for (const m of readFileSync(p, 'utf8').matchAll(/['"`](kvgate_[a-z0-9_]+)['"`]/g)) names.add(m[1]);
+        for (const m of readFileSync(p, 'utf8').matchAll(/['"`](kvgate_[a-z0-9_]+)['"`]/g)) names.add(m[1]!);
     }
   };
   walk(join(ROOT, 'gateway'));

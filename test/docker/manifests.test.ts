@@ -18,7 +18,7 @@ function load(file: string): Obj[] {
   const docs = parseAllDocuments(readFileSync(join(K8S, file), 'utf8'), { uniqueKeys: true });
   return (Array.isArray(docs) ? docs : [docs])
     .map((d) => {
-      if (d.errors.length > 0) throw new Error(`${file}: ${d.errors[0].message}`);
+      if (d.errors.length > 0) throw new Error(`${file}: ${d.errors[0]!.message}`);
       return d.toJS() as Obj;
     })
     .filter((d) => d !== null);
@@ -60,7 +60,7 @@ function commentedDiscovery(text: string): unknown {
   for (const l of lines.slice(start + 1)) {
     const m = l.match(/^\s*# {3}(.*)$/);
     if (!m) break;
-    block.push(m[1]);
+    block.push(m[1]!);
   }
   return discoveryConfigSchema.parse(parseYaml(block.join('\n')));
 }
@@ -111,7 +111,7 @@ t.test('gateway.yaml: the ConfigMap is a valid kvgate config; the discovery bloc
   t.equal(config.server.host, '0.0.0.0', 'reachable from the Service');
   t.equal(config.server.port, 8080);
   t.equal(config.routing.strategy, 'kv');
-  const w = config.fleet.workers[0];
+  const w = config.fleet.workers[0]!;
   t.match(w.url, /^http:\/\/vllm\.inference\.svc\.cluster\.local:8000$/, 'the static worker is the vLLM Service');
   const discovery = commentedDiscovery(text) as Obj;
   t.ok(discovery, 'a commented discovery block is present');
@@ -216,7 +216,7 @@ t.test('vllm.yaml: KV events enabled, and the labels, annotations and ports disc
   t.equal(gw.models['Qwen/Qwen3-8B']?.blockSize, 16, "the gateway's block size is vLLM's");
   t.equal(ann[ANNOTATIONS.models], 'Qwen/Qwen3-8B');
   t.equal(
-    gw.fleet.workers[0].kvEvents?.type === 'zmq' && gw.fleet.workers[0].kvEvents.topic,
+    gw.fleet.workers[0]!.kvEvents?.type === 'zmq' && gw.fleet.workers[0]!.kvEvents.topic,
     kv.topic,
     "the gateway subscribes to vLLM's topic",
   );
@@ -236,7 +236,7 @@ t.test('compose: the simulated fleet and its config agree; the commented vLLM va
   t.equal(sim.command[0], 'sim');
   t.equal(flag('--host'), '0.0.0.0', 'reachable from the gateway container');
   const mount = (gw.volumes as string[]).find((v) => v.endsWith(':/etc/kvgate/kvgate.yaml:ro'))!;
-  const file = join(ROOT, 'docker', mount.split(':')[0]);
+  const file = join(ROOT, 'docker', mount.split(':')[0]!);
   const config = parseConfig(parseYaml(readFileSync(file, 'utf8')), file, {});
   const n = Number(flag('--workers'));
   t.equal(config.fleet.workers.length, n, 'one configured worker per simulated worker');
@@ -282,7 +282,7 @@ t.test('compose: the simulated fleet and its config agree; the commented vLLM va
   t.equal(kv.enable_kv_cache_events, true);
   t.same(v0.deploy.resources.reservations.devices[0].capabilities, ['gpu'], 'a GPU reservation');
   t.equal(variant.services['vllm-1'].image, v0.image, 'vllm-1 extends vllm-0');
-  const vmount = (variant.services.gateway.volumes as string[])[0].split(':')[0];
+  const vmount = (variant.services.gateway.volumes as string[])[0]!.split(':')[0]!;
   const vconfig = parseConfig(parseYaml(readFileSync(join(ROOT, 'docker', vmount), 'utf8')), vmount, {});
   t.same(
     vconfig.fleet.workers.map((w) => w.url),
@@ -334,6 +334,6 @@ t.test(
         { endpoint: `tcp://10.2.0.${5 + i}:5557`, replayEndpoint: `tcp://10.2.0.${5 + i}:5558`, topic: 'kv-events' },
       ]),
     );
-    t.equal(workers[0].labels['kvgate.io/pool'], 'qwen3-8b', 'Pod labels become worker labels (for pools)');
+    t.equal(workers[0]!.labels['kvgate.io/pool'], 'qwen3-8b', 'Pod labels become worker labels (for pools)');
   },
 );

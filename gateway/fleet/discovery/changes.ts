@@ -32,10 +32,13 @@ export class ChangeEmitter {
   #lastList: DiscoveredWorker[] = [];
   #onChange: ((workers: DiscoveredWorker[]) => void) | undefined;
 
-  constructor(
-    private readonly log: Logger | undefined,
-    private readonly source: string,
-  ) {}
+  readonly #log: Logger | undefined;
+  readonly #source: string;
+
+  constructor(log: Logger | undefined, source: string) {
+    this.#log = log;
+    this.#source = source;
+  }
 
   attach(onChange: (workers: DiscoveredWorker[]) => void): void {
     this.#onChange = onChange;
@@ -52,11 +55,11 @@ export class ChangeEmitter {
     const previous = this.#lastList;
     this.#last = key;
     this.#lastList = workers;
-    if (this.log !== undefined) {
+    if (this.#log !== undefined) {
       const d = diffWorkers(previous, workers);
-      this.log.info(
+      this.#log.info(
         {
-          discovery: this.source,
+          discovery: this.#source,
           workers: workers.length,
           added: d.added.map((w) => w.id),
           removed: d.removed.map((w) => w.id),

@@ -90,10 +90,10 @@ export class DnsDiscovery implements Discovery {
     if (family !== 'ipv4') lookups.push(this.#resolver.resolve6(name));
     const results = await Promise.allSettled(lookups);
     const addresses: string[] = [];
-    let failure: unknown;
+    let failure: Error | undefined;
     for (const r of results) {
       if (r.status === 'fulfilled') addresses.push(...r.value);
-      else if (!NO_RECORDS.has((r.reason as NodeJS.ErrnoException)?.code ?? '')) failure = r.reason;
+      else if (!NO_RECORDS.has((r.reason as NodeJS.ErrnoException)?.code ?? '')) failure = r.reason as Error;
     }
     // One family failing outright while the other answered is still a failure: its workers would vanish.
     if (failure !== undefined) throw failure;
@@ -102,7 +102,7 @@ export class DnsDiscovery implements Discovery {
 
   #worker(address: string): DiscoveredWorker {
     const c = this.#config;
-    const prefix = c.idPrefix ?? c.name.split('.')[0];
+    const prefix = c.idPrefix ?? c.name.split('.')[0]!;
     const w: DiscoveredWorker = {
       id: workerId(prefix, address),
       url: `${c.scheme}://${hostPort(address, c.port)}`,

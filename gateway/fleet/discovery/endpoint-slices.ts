@@ -71,7 +71,7 @@ export function workersFromSlices(
     for (const ep of slice.endpoints ?? []) {
       // The API: "a nil value indicates an unknown state ... consumers should interpret this as ready".
       if (ep.conditions?.ready === false || ep.addresses.length === 0) continue;
-      const address = ep.addresses[0];
+      const address = ep.addresses[0]!;
       const pod =
         ep.targetRef?.kind === 'Pod' && ep.targetRef.name !== undefined ? pods.get(ep.targetRef.name) : undefined;
       const id =
@@ -131,7 +131,7 @@ function httpPort(slice: EndpointSlice, wanted: number | string | undefined): nu
   if (typeof wanted === 'number') return wanted;
   if (typeof wanted === 'string') return namedPort(slice, wanted);
   const ports = slice.ports ?? [];
-  return namedPort(slice, PORT_NAMES.http) ?? (ports.length === 1 ? ports[0].port : undefined);
+  return namedPort(slice, PORT_NAMES.http) ?? (ports.length === 1 ? ports[0]!.port : undefined);
 }
 
 function namedPort(slice: EndpointSlice, name: string): number | undefined {

@@ -123,7 +123,7 @@ export class KubernetesDiscovery implements Discovery {
 
   #path(extra: Record<string, string>): string {
     const q = new URLSearchParams({ labelSelector: this.#selector, ...extra });
-    return `/apis/discovery.k8s.io/v1/namespaces/${encodeURIComponent(this.#namespace)}/endpointslices?${q}`;
+    return `/apis/discovery.k8s.io/v1/namespaces/${encodeURIComponent(this.#namespace)}/endpointslices?${q.toString()}`;
   }
 
   async #run(conn: KubeConnection, firstAttempt: () => void): Promise<void> {

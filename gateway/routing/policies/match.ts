@@ -122,7 +122,7 @@ export function compileMatch(config: MatchConfig | undefined): Matcher {
   }
   for (const [name, cond] of Object.entries(config.headers ?? {})) checks.push(headerMatcher(name, cond));
   if (checks.length === 0) return () => true;
-  if (checks.length === 1) return checks[0];
+  if (checks.length === 1) return checks[0]!;
   return (i) => {
     for (const c of checks) if (!c(i)) return false;
     return true;

@@ -57,7 +57,7 @@ export function createDynamoStrategy(params: DynamoParams, deps: Pick<StrategyDe
       const scores = new Array<CandidateScore>(n);
       let min = Infinity;
       for (let i = 0; i < n; i++) {
-        const w = candidates[i];
+        const w = candidates[i]!;
         const overlapBlocks = matches?.get(w.id)?.blocks ?? 0;
         const potentialPrefillTokens = w.load.prefillTokens + Math.max(0, isl - overlapBlocks * blockSize);
         const potentialPrefillBlocks = potentialPrefillTokens / blockSize;

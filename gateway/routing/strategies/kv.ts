@@ -29,16 +29,12 @@ export const kvParamsSchema = z.strictObject({
    * several request streams share (see chooseByKvCost).
    * 0 = only the immediate saving (a greedy choice that moves conversations
    * away from their cache at the first queue, and copies their prefix around).
-   * Tuned on the Mooncake replay: the hit rate rises with it (on the first
-   * 2,000 requests 74% of the reachable bound at 0, 91% at 3, 99.6% at 50;
-   * bench/results/replay-sweep.md) because a moved conversation pays its whole
-   * history again and adds it to another worker's queue. On the whole trace
-   * 200 is level with the stickiest baseline's hit rate (llm-d's; the two trade
-   * places by ±0.1 point between runs) where 50 stayed ~0.3 points of the
-   * bound below it for ~4% lower mean TTFT (bench/results/replay-conversation.md
-   * has the run at 200). At 200 a conversation moves only off a hot spot: with
-   * 32 blocks that only its worker holds, when that worker's prefill queue is
-   * ~100k tokens longer than another's.
+   * The hit rate rises with it because a moved conversation pays its whole
+   * history again and adds it to another worker's queue; the default was tuned
+   * on the Mooncake replay (figures: bench/results/replay-sweep.md and
+   * bench/results/replay-conversation.md). At the default a conversation moves
+   * only off a hot spot: with 32 blocks that only its worker holds, when that
+   * worker's prefill queue is about 200 × 32 blocks longer than another's.
    */
   reuseCredit: z.number().min(0).max(10_000).default(200),
   /** Worth of a CPU-offloaded block relative to a GPU one (it must be copied back first). */
@@ -80,7 +76,7 @@ export function chooseByKvCost(
     topAt = -1;
   const shared = new Float64Array(n);
   for (let i = 0; i < n; i++) {
-    const m = matches?.get(candidates[i].id);
+    const m = matches?.get(candidates[i]!.id);
     const o = m?.weighted ?? 0;
     overlaps[i] = o;
     // Whole blocks against a tier-weighted overlap: with CPU-tier blocks this credits slightly less, never more.
@@ -96,14 +92,14 @@ export function chooseByKvCost(
   const costs = new Float64Array(n);
   const scores = new Array<CandidateScore>(n);
   for (let i = 0; i < n; i++) {
-    const w = candidates[i];
-    const overlap = overlaps[i];
+    const w = candidates[i]!;
+    const overlap = overlaps[i]!;
     // Only what no other candidate holds earns the reuse credit: a prefix that other workers
     // hold too stays cached there whatever this request does, so crediting it would keep
     // traffic off a worker that just joined. Nor does a prefix that several requests branch
     // from (a system prompt held by one worker): crediting it would pin every request that
     // uses it to that worker, and a restarted worker would never get its share back.
-    const exclusive = Math.max(0, overlap - Math.max(i === topAt ? second : top, shared[i]));
+    const exclusive = Math.max(0, overlap - Math.max(i === topAt ? second : top, shared[i]!));
     const prefillBlocks = Math.max(0, promptBlocks - overlap);
     const queuedPrefillBlocks = w.load.prefillTokens / blockSize;
     const decodeBlocks = w.load.decodeBlocks;
@@ -114,7 +110,7 @@ export function chooseByKvCost(
       worker: w.id,
       terms: {
         overlapBlocks: round(overlap),
-        sharedPrefixBlocks: shared[i],
+        sharedPrefixBlocks: shared[i]!,
         exclusiveBlocks: round(exclusive),
         promptBlocks: round(promptBlocks),
         prefillBlocks: round(prefillBlocks),

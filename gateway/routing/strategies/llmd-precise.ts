@@ -73,7 +73,7 @@ export function createLlmdPreciseStrategy(
       const scores = new Array<CandidateScore>(n);
       const totals = new Float64Array(n);
       for (let i = 0; i < n; i++) {
-        const w = candidates[i];
+        const w = candidates[i]!;
         const run = matches?.get(w.id)?.blocks ?? 0;
         let prefix: number;
         if (p.prefixNormalization === 'prompt') prefix = promptBlocks > 0 ? Math.min(1, run / promptBlocks) : 0;

@@ -16,12 +16,12 @@ export function createPowerOfTwoStrategy(_params: PowerOfTwoParams = {}): Strate
     name: 'power-of-two',
     choose(ctx: RouteContext, candidates: readonly WorkerView[]): Decision {
       const n = candidates.length;
-      if (n === 1) return { worker: candidates[0], explain: { rule: 'only candidate' } };
+      if (n === 1) return { worker: candidates[0]!, explain: { rule: 'only candidate' } };
       const i = Math.floor(ctx.random() * n);
       let j = Math.floor(ctx.random() * (n - 1));
       if (j >= i) j++;
-      const a = candidates[i];
-      const b = candidates[j];
+      const a = candidates[i]!;
+      const b = candidates[j]!;
       const c = compareLoad(a, b);
       const worker = c < 0 ? a : c > 0 ? b : ctx.random() < 0.5 ? a : b;
       return {

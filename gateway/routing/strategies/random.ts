@@ -12,7 +12,7 @@ export function createRandomStrategy(_params: RandomParams = {}): Strategy {
   return {
     name: 'random',
     choose(ctx: RouteContext, candidates: readonly WorkerView[]): Decision {
-      const worker = candidates[Math.floor(ctx.random() * candidates.length)];
+      const worker = candidates[Math.floor(ctx.random() * candidates.length)]!;
       return { worker, explain: { rule: 'uniform random', of: candidates.length } };
     },
   };

@@ -34,11 +34,11 @@ const entries = new Map<string, StrategyEntry>([
   ['sglang-cache-aware', entry(sglangCacheAwareParamsSchema, (p, d) => createSglangCacheAwareStrategy(p, d))],
   ['llmd-precise', entry(llmdPreciseParamsSchema, (p, d) => createLlmdPreciseStrategy(p, d))],
 ]);
+/* eslint-enable @typescript-eslint/no-explicit-any, @typescript-eslint/no-unsafe-argument */
 
 /**
- * Adds a strategy by name (= its file name = its metric label). The KV strategies
- * register here, e.g.
- * `registerStrategy('kv', { params: kvParamsSchema, create: createKvStrategy })`.
+ * Adds a strategy by name (= its file name = its metric label) at run time, for
+ * tests and extensions; the built-in strategies are the static map above.
  */
 export function registerStrategy<P>(name: string, e: StrategyEntry<P>): void {
   entries.set(
@@ -69,7 +69,7 @@ export function parseStrategyParams(name: string, params: unknown): unknown {
     throw new StrategyConfigError(['strategy'], `unknown strategy '${name}' (known: ${strategyNames().join(', ')})`);
   const parsed = entry.params.safeParse(params ?? {});
   if (!parsed.success) {
-    const issue = parsed.error.issues[0];
+    const issue = parsed.error.issues[0]!;
     const keys = issue.code === 'unrecognized_keys' ? ` ${issue.keys.map((k) => `'${k}'`).join(', ')}` : '';
     throw new StrategyConfigError(['params', ...(issue.path as (string | number)[])], `${issue.message}${keys}`);
   }

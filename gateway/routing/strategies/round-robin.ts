@@ -16,7 +16,7 @@ export function createRoundRobinStrategy(_params: RoundRobinParams = {}): Strate
     choose(_ctx: RouteContext, candidates: readonly WorkerView[]): Decision {
       const index = cursor++ % candidates.length;
       if (cursor >= Number.MAX_SAFE_INTEGER) cursor = 0;
-      return { worker: candidates[index], explain: { rule: 'next in turn', index, of: candidates.length } };
+      return { worker: candidates[index]!, explain: { rule: 'next in turn', index, of: candidates.length } };
     },
   };
 }

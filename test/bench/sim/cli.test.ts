@@ -19,7 +19,7 @@ const sim = startCli([
 ]);
 t.teardown(() => sim.stop());
 const [ready] = await sim.waitFor('sim worker ready');
-const client = new OpenAI({ baseURL: `${ready.url as string}/v1`, apiKey: 'unused', maxRetries: 0 });
+const client = new OpenAI({ baseURL: `${ready!.url as string}/v1`, apiKey: 'unused', maxRetries: 0 });
 
 t.test('the ready line has every field the conventions promise', async (t) => {
   t.match(ready, {
@@ -36,8 +36,8 @@ t.test('the ready line has every field the conventions promise', async (t) => {
 t.test('openai client: completions, non-streaming and streaming with include_usage', async (t) => {
   const prompt = 'Tell me about the KV cache. '.repeat(20);
   const first = await client.completions.create({ model: MODEL, prompt, max_tokens: 5 });
-  t.equal(first.choices[0].finish_reason, 'length');
-  t.ok(first.choices[0].text.length > 0);
+  t.equal(first.choices[0]!.finish_reason, 'length');
+  t.ok(first.choices[0]!.text.length > 0);
   t.equal(first.usage!.completion_tokens, 5);
   const stream = await client.completions.create({
     model: MODEL,
@@ -49,7 +49,7 @@ t.test('openai client: completions, non-streaming and streaming with include_usa
   const texts: string[] = [];
   let usage: OpenAI.CompletionUsage | null | undefined;
   for await (const chunk of stream) {
-    if (chunk.choices.length > 0) texts.push(chunk.choices[0].text);
+    if (chunk.choices.length > 0) texts.push(chunk.choices[0]!.text);
     if (chunk.usage) usage = chunk.usage;
   }
   t.equal(texts.length, 4, 'one chunk per token');
@@ -66,8 +66,8 @@ t.test('openai client: chat, non-streaming and streaming, cached tokens on a rep
   ];
   const cold = await client.chat.completions.create({ model: MODEL, messages, max_tokens: 6 });
   t.equal(cold.object, 'chat.completion');
-  t.equal(cold.choices[0].message.role, 'assistant');
-  t.equal(cold.choices[0].finish_reason, 'length');
+  t.equal(cold.choices[0]!.message.role, 'assistant');
+  t.equal(cold.choices[0]!.finish_reason, 'length');
   t.equal(cold.usage!.completion_tokens, 6);
   t.equal(cold.usage!.prompt_tokens_details!.cached_tokens, 0);
   const stream = await client.chat.completions.create({
@@ -87,13 +87,13 @@ t.test('openai client: chat, non-streaming and streaming, cached tokens on a rep
     }
     if (chunk.usage) usage = chunk.usage;
   }
-  t.equal(deltas[0].role, 'assistant');
+  t.equal(deltas[0]!.role, 'assistant');
   t.equal(deltas.filter((d) => d.content).length, 3);
   t.equal(finish, 'length');
   t.equal(usage!.prompt_tokens, cold.usage!.prompt_tokens);
   t.ok(usage!.prompt_tokens_details!.cached_tokens! > 0);
   const noCap = await client.chat.completions.create({ model: MODEL, messages: [{ role: 'user', content: 'hi' }] });
-  t.equal(noCap.choices[0].finish_reason, 'stop', 'without max_tokens a simulated EOS ends the answer');
+  t.equal(noCap.choices[0]!.finish_reason, 'stop', 'without max_tokens a simulated EOS ends the answer');
 });
 
 t.test('openai client surfaces vLLM errors', async (t) => {
@@ -114,8 +114,8 @@ t.test('--workers 2: two ready lines, two ports; SIGTERM exits 0', async (t) => 
     lines.map((l) => l.worker),
     ['w0', 'w1'],
   );
-  t.not(lines[0].url, lines[1].url);
-  t.not(lines[0].kvEvents, lines[1].kvEvents);
+  t.not(lines[0]!.url, lines[1]!.url);
+  t.not(lines[0]!.kvEvents, lines[1]!.kvEvents);
   for (const l of lines) t.equal((await fetch(`${l.url as string}/health`)).status, 200);
   t.equal(await p.stop('SIGTERM'), 0);
 });

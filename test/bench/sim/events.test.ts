@@ -18,8 +18,8 @@ interface Batch {
 
 function decode(frames: Buffer[]): Batch {
   const [, seq, payload] = frames;
-  const [ts, events, rank] = unpackr.unpack(payload) as [number, Event[], unknown];
-  return { seq: seq.readBigUInt64BE(), ts, events, rank };
+  const [ts, events, rank] = unpackr.unpack(payload!) as [number, Event[], unknown];
+  return { seq: seq!.readBigUInt64BE(), ts, events, rank };
 }
 
 /**
@@ -95,25 +95,26 @@ t.test('stored blocks arrive as vLLM tagged-map events with u64 hashes, chained 
     sub.batches
       .flatMap((b) => b.events)
       .filter(
-        (e) => e.type === 'BlockStored' && (e.token_ids as number[])[0] >= 1000 && (e.token_ids as number[])[0] < 2000,
+        (e) =>
+          e.type === 'BlockStored' && (e.token_ids as number[])[0]! >= 1000 && (e.token_ids as number[])[0]! < 2000,
       );
   await sub.until(() => ours().length >= 2);
   const stored = ours();
   const [first, second] = stored;
-  t.equal((first.block_hashes as bigint[]).length, 2);
-  t.equal(typeof (first.block_hashes as bigint[])[0], 'bigint', 'hashes are u64 (msgpack uint 64)');
-  t.equal(first.parent_block_hash, null);
-  t.same(first.token_ids, ids(1000, 32));
-  t.equal(first.block_size, 16);
-  t.equal(first.medium, 'GPU');
-  t.same(second.token_ids, ids(1032, 16));
-  t.equal(second.parent_block_hash, (first.block_hashes as bigint[])[1], 'parent = last block of the shared prefix');
-  t.equal(sub.batches[0].rank, 0);
-  t.ok(Math.abs(sub.batches[0].ts - Date.now() / 1000) < 60, 'ts is epoch seconds');
+  t.equal((first!.block_hashes as bigint[]).length, 2);
+  t.equal(typeof (first!.block_hashes as bigint[])[0], 'bigint', 'hashes are u64 (msgpack uint 64)');
+  t.equal(first!.parent_block_hash, null);
+  t.same(first!.token_ids, ids(1000, 32));
+  t.equal(first!.block_size, 16);
+  t.equal(first!.medium, 'GPU');
+  t.same(second!.token_ids, ids(1032, 16));
+  t.equal(second!.parent_block_hash, (first!.block_hashes as bigint[])[1], 'parent = last block of the shared prefix');
+  t.equal(sub.batches[0]!.rank, 0);
+  t.ok(Math.abs(sub.batches[0]!.ts - Date.now() / 1000) < 60, 'ts is epoch seconds');
   const seqs = sub.batches.map((b) => b.seq);
   t.same(
     seqs,
-    seqs.map((_, i) => seqs[0] + BigInt(i)),
+    seqs.map((_, i) => seqs[0]! + BigInt(i)),
     'sequence numbers count up without gaps',
   );
 });
@@ -175,13 +176,13 @@ t.test('dropped batches are withheld from PUB and come back through replay', asy
   for (;;) {
     const frames = (await dealer.receive()) as Buffer[];
     replies.push(frames);
-    if (frames[1].equals(Buffer.alloc(8, 0xff))) break;
+    if (frames[1]!.equals(Buffer.alloc(8, 0xff))) break;
   }
   t.equal(replies.length, 3, 'two batches and the end marker');
-  const [, seq0, payload0] = replies[0];
+  const [, seq0, payload0] = replies[0] as [Buffer, Buffer, Buffer];
   t.equal(seq0.readBigUInt64BE(), dropped);
   const [, events] = unpackr.unpack(payload0) as [number, Event[]];
-  t.same(events[0].token_ids, ids(1, 32), 'the withheld batch');
+  t.same(events[0]!.token_ids, ids(1, 32), 'the withheld batch');
 });
 
 t.test('reset-prefix-cache publishes AllBlocksCleared; legacy format sends positional events', async (t) => {
@@ -193,8 +194,8 @@ t.test('reset-prefix-cache publishes AllBlocksCleared; legacy format sends posit
   t.equal(res.status, 200);
   await sub.until(() => sub.batches.length >= n + 2);
   const [stored, cleared] = sub.batches.slice(n).map((b) => b.events[0] as unknown as unknown[]);
-  t.equal(stored[0], 'BlockStored');
-  t.same(stored[3], ids(1, 32));
+  t.equal(stored![0], 'BlockStored');
+  t.same(stored![3], ids(1, 32));
   t.same(cleared, ['AllBlocksCleared']);
   const again = await complete(w.url, ids(1, 32), 1);
   t.equal(again.usage.prompt_tokens_details.cached_tokens, 0, 'nothing cached after the reset');

@@ -44,10 +44,10 @@ t.test('a repeated prompt hits whole blocks; the last token is always recomputed
   t.same(run(c, first), { ok: true, cached: 0 });
   const ev = stored(c.drainEvents());
   t.equal(ev.length, 1);
-  t.equal(ev[0].engineHashes.length, 3);
-  t.equal(ev[0].parentEngineHash, null);
-  t.same(ev[0].tokenIds, range(1, 12));
-  t.equal(ev[0].blockSize, BS);
+  t.equal(ev[0]!.engineHashes.length, 3);
+  t.equal(ev[0]!.parentEngineHash, null);
+  t.same(ev[0]!.tokenIds, range(1, 12));
+  t.equal(ev[0]!.blockSize, BS);
   c.free(first);
   t.equal(c.stats().usedBlocks, 0);
   t.equal(c.stats().cachedBlocks, 3, 'freed blocks stay cached');
@@ -69,9 +69,9 @@ t.test('a partial prefix hits up to the first differing block; stored events cha
   const b = seq([...range(1, 8), 99, 98, 97, 96, 95]);
   t.same(run(c, b), { ok: true, cached: 8 });
   const [ev] = stored(c.drainEvents());
-  t.equal(ev.engineHashes.length, 1, 'only the new full block is stored');
-  t.equal(ev.parentEngineHash, first.engineHashes[1], 'parent = hash of the last shared block');
-  t.same(ev.tokenIds, [99, 98, 97, 96]);
+  t.equal(ev!.engineHashes.length, 1, 'only the new full block is stored');
+  t.equal(ev!.parentEngineHash, first!.engineHashes[1], 'parent = hash of the last shared block');
+  t.same(ev!.tokenIds, [99, 98, 97, 96]);
   t.equal(b.blockIds.length, 4, 'a partial tail block is held but never stored');
   t.equal(a.blockIds[0], b.blockIds[0], 'shared prefix blocks are the same physical blocks');
 });
@@ -92,7 +92,7 @@ t.test('LRU eviction takes only free blocks, least recently freed first, and emi
   t.ok(run(c, d).ok);
   const rm = removed(c.drainEvents());
   t.equal(rm.length, 1, 'evictions of one step coalesce into one event');
-  t.same(new Set(rm[0].engineHashes), new Set(hashes[0]), "a's blocks were evicted, b's kept");
+  t.same(new Set(rm[0]!.engineHashes), new Set(hashes[0]), "a's blocks were evicted, b's kept");
   t.equal(c.findPrefix(seq(range(101, 9))).length, 2, 'b still hits');
   t.equal(c.findPrefix(seq(range(1, 9))).length, 0, 'a is gone');
   t.equal(c.findPrefix(seq(range(201, 9))).length, 2, 'the held sequence was never a candidate');

@@ -11,7 +11,7 @@ t.test('kvgate demo serves the openai client through kv routing, and stops clean
   let stdout = '';
   demo.child.stdout?.on('data', (d: Buffer) => (stdout += String(d)));
   const [ready] = await demo.waitFor('gateway ready', 1, 45_000);
-  const client = new OpenAI({ baseURL: `${ready.url as string}/v1`, apiKey: 'unused', maxRetries: 0 });
+  const client = new OpenAI({ baseURL: `${ready!.url as string}/v1`, apiKey: 'unused', maxRetries: 0 });
   const { data, response } = await client.chat.completions
     .create({ model: 'Qwen/Qwen3-0.6B', messages: [{ role: 'user', content: 'Hello!' }], max_tokens: 8 })
     .withResponse();

@@ -25,7 +25,7 @@ t.test('a dead decode worker: an error for the client, no hang; the prefill bloc
   t.match((err as InstanceType<typeof OpenAI.APIError>).error, { type: 'upstream_error', code: 'upstream_connect' });
   t.ok(Date.now() - started < 10_000, 'answered promptly');
   const s = await eventually(async () => {
-    const x = await f.stats(f.workers[0]);
+    const x = await f.stats(f.workers[0]!);
     return x.nixlExpired === 1 ? x : undefined;
   });
   t.equal(s.kvBlocksUsed, 0, 'nobody pulled: the prefill worker freed its blocks after the abort timeout');

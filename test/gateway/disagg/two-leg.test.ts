@@ -14,15 +14,15 @@ const EVENTS = ['--kv-events', 'tcp://127.0.0.1:*', '--kv-events-replay', 'tcp:/
 t.test('prefill on the prefill worker, decode elsewhere; short prompts stay aggregated', async (t) => {
   const teardown = t.teardown.bind(t);
   const { workers } = await startSim(teardown, 3, ['--speedup', '10', '--role', 'prefill,decode,decode', ...EVENTS]);
-  t.equal(workers[0].role, 'prefill', 'the ready line carries the role');
-  t.match(workers[0].engineId, /^[0-9a-f-]{36}$/);
+  t.equal(workers[0]!.role, 'prefill', 'the ready line carries the role');
+  t.match(workers[0]!.engineId, /^[0-9a-f-]{36}$/);
   const { url, adminUrl } = await startGateway(
     teardown,
     pdConfig(workers, ['prefill', 'decode', 'decode'], { minUncachedTokens: 256 }),
   );
   const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: 'unused', maxRetries: 0 });
   const stats = async (i: number) =>
-    (await (await request(`${workers[i].url}/sim/stats`)).body.json()) as Record<string, number>;
+    (await (await request(`${workers[i]!.url}/sim/stats`)).body.json()) as Record<string, number>;
 
   const chat = [{ role: 'user' as const, content: longText('chat', 800) }];
   const one = await client.chat.completions.create({ model: MODEL, messages: chat, max_tokens: 6 }).withResponse();

@@ -64,7 +64,7 @@ t.test('add and remove: new candidate arrays, a removed worker drains until forg
     'the old array is left as it was',
   );
 
-  const a = fleet.workers[0];
+  const a = fleet.workers[0]!;
   const ticket = fleet.start(a, 100, 2);
   t.equal(fleet.remove('a'), a);
   t.same(

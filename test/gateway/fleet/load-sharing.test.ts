@@ -246,7 +246,7 @@ t.test("two gateways over a real nats-server see each other's in-flight load", a
   const held = [complete(a), complete(a), complete(a)];
   await until(() => w1.held() + w2.held() === 3, 10_000, 'requests reach the workers');
   const viaA = await inflight(a);
-  t.equal(viaA.w1 + viaA.w2, 3);
+  t.equal(viaA.w1! + viaA.w2!, 3);
   await until(async () => JSON.stringify(await inflight(b)) === JSON.stringify(viaA), 10_000, "B shows A's load");
   t.same(
     b.fleet.get('w1')!.localLoad.inflightRequests + b.fleet.get('w2')!.localLoad.inflightRequests,
@@ -258,10 +258,10 @@ t.test("two gateways over a real nats-server see each other's in-flight load", a
   t.match(scrape, /kvgate_load_sharing_snapshots_total\{direction="received"\} [1-9]/);
 
   // B routes its own request to the worker that is less loaded counting A's requests.
-  const lighter = viaA.w1 < viaA.w2 ? 'w1' : 'w2';
+  const lighter = viaA.w1! < viaA.w2! ? 'w1' : 'w2';
   const fromB = complete(b);
   await until(() => w1.held() + w2.held() === 4, 10_000, "B's request reaches a worker");
-  t.equal((await inflight(b))[lighter], viaA[lighter] + 1, `B chose ${lighter}, the less loaded one fleet-wide`);
+  t.equal((await inflight(b))[lighter], viaA[lighter]! + 1, `B chose ${lighter}, the less loaded one fleet-wide`);
 
   w1.release();
   w2.release();

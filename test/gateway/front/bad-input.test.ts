@@ -1,3 +1,4 @@
+import { Readable } from 'node:stream';
 import t from 'tap';
 import { request } from 'undici';
 import { startGateway } from '../../fixtures/gateway.js';
@@ -94,9 +95,11 @@ t.test('bad input', async (t) => {
     const big = await request(`${url}/v1/completions`, {
       method: 'POST',
       headers: { 'content-type': 'application/json' },
-      body: (async function* () {
-        for (let i = 0; i < 40; i++) yield Buffer.alloc(4096, 0x20);
-      })(),
+      body: Readable.from(
+        (async function* () {
+          for (let i = 0; i < 40; i++) yield Buffer.alloc(4096, 0x20);
+        })(),
+      ),
     }).catch((err: Error) => err);
     if (big instanceof Error) t.pass(`the connection was closed mid-upload (${big.message})`);
     else {
@@ -132,7 +135,7 @@ t.test('bad input', async (t) => {
       workers: { load: Record<string, number> }[];
     };
     t.same(
-      Object.values(workers.workers[0].load).filter((v) => v !== 0),
+      Object.values(workers.workers[0]!.load).filter((v) => v !== 0),
       [],
       'load accounting is back to zero after a 1e15-token request',
     );

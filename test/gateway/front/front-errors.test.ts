@@ -33,7 +33,7 @@ async function fakeWorker(teardown: (fn: () => unknown) => void): Promise<FakeWo
       return;
     }
     let body = '';
-    req.on('data', (c: Buffer) => (body += c));
+    req.on('data', (c: Buffer) => (body += c.toString()));
     req.on('end', () => {
       res.writeHead(200, {
         'content-type': 'application/json',
@@ -139,7 +139,7 @@ t.test('front: errors, passthrough and headers', async (t) => {
           },
           (res) => {
             let body = '';
-            res.on('data', (c: Buffer) => (body += c));
+            res.on('data', (c: Buffer) => (body += c.toString()));
             res.on('end', () => resolve({ status: res.statusCode!, headers: res.headers, body }));
           },
         );

@@ -18,7 +18,7 @@ const CONCURRENCY = 32;
 
 type Rand = () => number;
 const int = (r: Rand, n: number) => Math.floor(r() * n);
-const pick = <T>(r: Rand, xs: readonly T[]): T => xs[int(r, xs.length)];
+const pick = <T>(r: Rand, xs: readonly T[]): T => xs[int(r, xs.length)]!;
 
 /** One generated case: either sent through undici or written raw to a socket. */
 type Case =
@@ -28,7 +28,7 @@ type Case =
       method: string;
       path: string;
       headers: Record<string, string>;
-      body?: Buffer;
+      body?: Buffer | undefined;
       mayPass: boolean;
     }
   | { kind: string; via: 'raw'; bytes: Buffer };
@@ -97,6 +97,7 @@ function randomJson(r: Rand, depth: number): unknown {
     case 1:
       return r() < 0.5;
     case 2:
+      // eslint-disable-next-line no-loss-of-precision -- a number JSON cannot carry exactly is the point
       return pick(r, [0, -0, 1e308, -1e-308, 2 ** 53 + 1, 123456789012345678901234567890, r() * 1e6]);
     case 3:
       return randomString(r, 20);
@@ -366,7 +367,7 @@ async function runCase(pool: Pool, url: string, c: Case, tally: Tally): Promise<
       method: c.method,
       path: c.path,
       headers: c.headers,
-      body: c.body,
+      body: c.body ?? null,
       headersTimeout: 30_000,
       bodyTimeout: 30_000,
     });
@@ -411,7 +412,7 @@ t.test(`fuzz: ${CASES} malformed requests`, async (t) => {
     },
   ) as { models: Record<string, Record<string, unknown>> };
   // A small token cache, so its (bounded, intended) growth does not hide or fake a leak in the RSS check.
-  config.models[MODEL].tokenCacheMiB = 8;
+  config.models[MODEL]!.tokenCacheMiB = 8;
   const { url, gateway } = await startGateway(t.teardown.bind(t), config);
   const pool = new Pool(url, { connections: CONCURRENCY, pipelining: 1 });
   t.teardown(() => pool.destroy());

@@ -154,7 +154,6 @@ t.test(
       { KVGATE_TEST_KEY_B: KEY_B, KVGATE_LOG_LEVEL: 'trace' },
     );
     const evilHost = new URL(evil.url).host;
-    const frontHost = new URL(url).host;
     const auth = { authorization: `Bearer ${CLIENT_SECRET}` };
     const completion = (model: string, extra: Record<string, unknown> = {}) =>
       JSON.stringify({ model, prompt: 'hi', ...extra });

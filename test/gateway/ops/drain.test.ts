@@ -68,8 +68,8 @@ t.test('SIGTERM: the stream in flight completes, /ready says 503, new connection
   const text = c.text();
   const [stream, ready] = text.split(/(?=HTTP\/1\.1 503)/);
   t.match(stream, /^HTTP\/1\.1 200 /, 'the stream answered 200');
-  t.ok(stream.includes('data: [DONE]'), 'and ended normally with data: [DONE]');
-  t.notOk(stream.includes('"error"'), 'no error event');
+  t.ok(stream!.includes('data: [DONE]'), 'and ended normally with data: [DONE]');
+  t.notOk(stream!.includes('"error"'), 'no error event');
   t.match(ready ?? '', /^HTTP\/1\.1 503 /, '/ready answers 503 while draining');
   t.match(ready ?? '', /connection: close/i, 'with connection: close');
   t.match(ready ?? '', /"draining":true/);

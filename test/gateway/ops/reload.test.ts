@@ -123,14 +123,14 @@ t.test('SIGHUP under load: strategy changes, a worker joins, another drains; no 
     'every long stream ended with [DONE]',
   );
   t.ok(
-    long.some((s) => s.worker === w0.worker && s.endedAt > Number(reloaded.time)),
+    long.some((s) => s.worker === w0.worker && s.endedAt > Number(reloaded!.time)),
     'a stream on the removed worker outlived the reload (drained, not cut)',
   );
-  t.same(reloaded.added, [w2.worker]);
-  t.same(reloaded.removed, [w0.worker]);
-  t.equal(reloaded.strategy, 'kv');
+  t.same(reloaded!.added, [w2.worker]);
+  t.same(reloaded!.removed, [w0.worker]);
+  t.equal(reloaded!.strategy, 'kv');
   const [drained] = await g.gateway.waitFor('worker drained', 1, 15_000);
-  t.equal(drained.worker, w0.worker);
+  t.equal(drained!.worker, w0.worker);
   const afterDrain = Date.now();
   await eventually(() => traffic.outcomes.some((o) => o.at > afterDrain && o.worker === w2.worker), 15_000);
   await eventually(() => traffic.outcomes.filter((o) => o.at > afterDrain).length >= 30, 15_000);
@@ -139,14 +139,14 @@ t.test('SIGHUP under load: strategy changes, a worker joins, another drains; no 
   writeFileSync(g.configFile, stringify(config([w1, w2], 'fastest')));
   g.gateway.child.kill('SIGHUP');
   const [rejected] = await g.gateway.waitFor('config reload rejected', 1, 10_000);
-  t.match(String(rejected.error), /routing\.strategy: unknown strategy 'fastest'/, 'the log line says why');
+  t.match(String(rejected!.error), /routing\.strategy: unknown strategy 'fastest'/, 'the log line says why');
   writeFileSync(
     g.configFile,
     stringify(config([w1, w2], 'kv', { server: { host: '127.0.0.1', port: 0, keepAliveTimeoutMs: 5000 } })),
   );
   g.gateway.child.kill('SIGHUP');
   const [restart] = await g.gateway.waitFor('config change needs a restart to take effect', 1, 10_000);
-  t.same(restart.keys, ['server']);
+  t.same(restart!.keys, ['server']);
   const settled = Date.now();
   await eventually(() => traffic.outcomes.filter((o) => o.at > settled).length >= 20, 15_000);
   await traffic.stop();
@@ -193,13 +193,13 @@ t.test('--watch-config: a changed file is reloaded without a signal', async (t) 
   const [ready] = await gateway.waitFor('gateway ready', 1, 30_000);
   writeFileSync(file, stringify(config([w0, w1], 'least-load')));
   const [reloaded] = await gateway.waitFor('config reloaded', 1, 10_000);
-  t.same(reloaded.added, [w1.worker]);
-  t.equal(reloaded.strategy, 'least-load');
+  t.same(reloaded!.added, [w1.worker]);
+  t.equal(reloaded!.strategy, 'least-load');
   await eventually(
-    async () => (await debugWorkers(String(ready.adminUrl))).workers.find((w) => w.id === w1.worker)?.available,
+    async () => (await debugWorkers(String(ready!.adminUrl))).workers.find((w) => w.id === w1.worker)?.available,
     10_000,
   );
-  const res = await request(`${String(ready.url)}/v1/completions`, {
+  const res = await request(`${String(ready!.url)}/v1/completions`, {
     method: 'POST',
     headers: { 'content-type': 'application/json' },
     body: JSON.stringify({ model: MODEL, prompt: 'hi', max_tokens: 2 }),

@@ -18,7 +18,7 @@ t.test('through the gateway with the openai client', async (t) => {
     t.equal(data.object, 'chat.completion');
     t.equal(data.usage?.completion_tokens, 12);
     t.ok((data.usage?.prompt_tokens ?? 0) > 5);
-    t.ok(data.choices[0].message.content!.length > 0);
+    t.ok(data.choices[0]!.message.content!.length > 0);
     t.match(response.headers.get('x-kvgate-worker'), /^sim-\d$/);
     t.equal(response.headers.get('x-kvgate-strategy'), 'round-robin');
   });
@@ -49,7 +49,7 @@ t.test('through the gateway with the openai client', async (t) => {
     t.equal(c.usage?.completion_tokens, 7);
     const s = await client.completions.create({ model: MODEL, prompt: [1, 2, 3, 4, 5], max_tokens: 5, stream: true });
     let n = 0;
-    for await (const chunk of s) n += chunk.choices.length > 0 && chunk.choices[0].text !== '' ? 1 : 0;
+    for await (const chunk of s) n += chunk.choices.length > 0 && chunk.choices[0]!.text !== '' ? 1 : 0;
     t.equal(n, 5);
   });
 

@@ -86,7 +86,7 @@ t.test('kill a worker under load, then bring it back', async (t) => {
     stop = true;
   });
   await new Promise((r) => setTimeout(r, 500));
-  const victimSim = sims[1];
+  const victimSim = sims[1]!;
   await victimSim.kill();
 
   const broken = streams.find((s) => s.worker === victim)!;
@@ -99,7 +99,7 @@ t.test('kill a worker under load, then bring it back', async (t) => {
   t.ok(broken.chunks > 1, `it had delivered ${broken.chunks} chunks first`);
   const w = await eventually(async () => {
     const v = await debugWorker(adminUrl, victim);
-    return v.breaker.transitions.open >= 1 && !v.available ? v : undefined;
+    return v.breaker.transitions.open! >= 1 && !v.available ? v : undefined;
   });
   t.pass(`breaker opened: ${JSON.stringify(w.breaker)}`);
   // Down is not dead: a blip keeps the engine's cache, so the index stays (routing skips the worker anyway)
@@ -124,7 +124,7 @@ t.test('kill a worker under load, then bring it back', async (t) => {
   const back = await debugWorker(adminUrl, victim);
   t.equal(back.breaker.state, 'closed');
   t.ok(
-    back.breaker.transitions['half-open'] >= 1 && back.breaker.transitions.closed >= 1,
+    back.breaker.transitions['half-open']! >= 1 && back.breaker.transitions.closed! >= 1,
     `probed and closed: ${JSON.stringify(back.breaker.transitions)}`,
   );
   await eventually(async () => (await blocksOf(victim)) > 0, 10_000);

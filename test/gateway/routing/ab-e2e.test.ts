@@ -92,7 +92,7 @@ t.test('a 50/50 kv vs round-robin experiment: sticky arms, labelled metrics, sha
           .create({ model: MODEL, messages: c.messages, max_tokens: 8 }, { headers })
           .withResponse();
         [arm, strategy] = [r.response.headers.get('x-kvgate-arm'), r.response.headers.get('x-kvgate-strategy')];
-        answer = r.data.choices[0].message.content ?? '';
+        answer = r.data.choices[0]!.message.content ?? '';
       } else {
         // Streaming, with the usage chunk at the end: the gateway reads cached tokens from it.
         const r = await client.chat.completions
@@ -144,7 +144,7 @@ t.test('a 50/50 kv vs round-robin experiment: sticky arms, labelled metrics, sha
   for (const [arm, strategy] of [
     ['kv', 'kv'],
     ['rr', 'round-robin'],
-  ]) {
+  ] as const) {
     const labels = { strategy, arm };
     t.equal(
       metricValue(metrics, 'kvgate_time_to_first_token_seconds_count', labels) !== undefined,

@@ -71,7 +71,7 @@ t.test('a request sharing a long prefix goes to the worker that cached it', asyn
 
   const second = [
     ...first,
-    { role: 'assistant' as const, content: one.data.choices[0].message.content ?? '' },
+    { role: 'assistant' as const, content: one.data.choices[0]!.message.content ?? '' },
     { role: 'user' as const, content: 'And why does routing matter?' },
   ];
   const two = await client.chat.completions.create({ model: MODEL, messages: second, max_tokens: 8 }).withResponse();
@@ -156,8 +156,8 @@ t.test('an overloaded home worker loses a request with only a modest prefix matc
     candidates: { worker: string; terms: Record<string, number> }[];
   };
   const homeTerms = dry.candidates.find((c) => c.worker === home)!.terms;
-  t.ok(homeTerms.overlapBlocks > 0, `home still holds ${homeTerms.overlapBlocks} blocks of it`);
-  t.ok(homeTerms.decodeBlocks > 1000, 'and carries the long generation as decode load');
+  t.ok(homeTerms.overlapBlocks! > 0, `home still holds ${homeTerms.overlapBlocks} blocks of it`);
+  t.ok(homeTerms.decodeBlocks! > 1000, 'and carries the long generation as decode load');
 });
 
 t.test('a system prompt many requests share is not pinned to its worker when that worker is loaded', async (t) => {
@@ -192,10 +192,10 @@ t.test('a system prompt many requests share is not pinned to its worker when tha
   // That many different questions continue from the system prompt: the index calls it shared.
   const terms = await eventually(async () => {
     const c = (await route(ask(SHARED_PREFIX_CHILDREN))).candidates.find((x) => x.worker === home)!.terms;
-    return c.sharedPrefixBlocks > 0 ? c : undefined;
+    return c.sharedPrefixBlocks! > 0 ? c : undefined;
   });
   t.ok(
-    terms.overlapBlocks >= terms.sharedPrefixBlocks && terms.sharedPrefixBlocks >= 20,
+    terms.overlapBlocks! >= terms.sharedPrefixBlocks! && terms.sharedPrefixBlocks! >= 20,
     `home holds ${terms.overlapBlocks} blocks, ${terms.sharedPrefixBlocks} of them a shared prefix`,
   );
   t.equal(terms.exclusiveBlocks, 0, 'no reuse credit for the shared prefix');
@@ -247,15 +247,15 @@ t.test('multi-turn sessions: kv routing raises the fleet prefix-cache hit rate o
       for (const messages of conversations) {
         messages.push({ role: 'user', content: `Question ${turn}: tell me more about topic ${turn}.` });
         const r = await client.chat.completions.create({ model: MODEL, messages, max_tokens: 16 });
-        messages.push({ role: 'assistant', content: r.choices[0].message.content ?? '' });
+        messages.push({ role: 'assistant', content: r.choices[0]!.message.content ?? '' });
       }
       await new Promise((r) => setTimeout(r, 100)); // let the turn's KV events reach the index
     }
     rates[strategy] = await fleetHitRate(workers);
   }
   t.ok(
-    rates.kv > rates['round-robin'] + 0.2,
-    `hit rate kv ${rates.kv.toFixed(2)} vs round-robin ${rates['round-robin'].toFixed(2)}`,
+    rates.kv! > rates['round-robin']! + 0.2,
+    `hit rate kv ${rates.kv!.toFixed(2)} vs round-robin ${rates['round-robin']!.toFixed(2)}`,
   );
-  t.ok(rates.kv > 0.6, `kv hit rate ${rates.kv.toFixed(2)}`);
+  t.ok(rates.kv! > 0.6, `kv hit rate ${rates.kv!.toFixed(2)}`);
 });

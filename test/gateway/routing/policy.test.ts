@@ -1,4 +1,4 @@
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { GatewayError } from '../../../gateway/front/errors.js';
 import { RoutingSetupError } from '../../../gateway/routing/policy.js';
 import type { PromptBlocks } from '../../../gateway/routing/strategies/strategy.js';
@@ -13,13 +13,7 @@ const FLEET = [
 ];
 const TOKEN = 'a-very-secret-admin-token';
 
-const rejects = async (
-  t: typeof import('tap').default,
-  p: Promise<unknown>,
-  status: number,
-  code: string,
-  message: RegExp,
-) => {
+const rejects = async (t: Test, p: Promise<unknown>, status: number, code: string, message: RegExp) => {
   const err = await p.then(
     () => undefined,
     (e: unknown) => e,

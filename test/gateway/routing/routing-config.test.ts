@@ -25,10 +25,10 @@ t.test('a plain routing.strategy config still works, and policies get defaults',
     'inline',
     {},
   );
-  t.same(e.routing.experiments[0].stickyBy, { header: 'x-user-id' });
-  t.equal(e.routing.experiments[0].arms[0].weight, 1);
+  t.same(e.routing.experiments[0]!.stickyBy, { header: 'x-user-id' });
+  t.equal(e.routing.experiments[0]!.arms[0]!.weight, 1);
   t.same(
-    parseConfig(config({ experiments: [{ name: 'ab', arms }] }), 'inline', {}).routing.experiments[0].stickyBy,
+    parseConfig(config({ experiments: [{ name: 'ab', arms }] }), 'inline', {}).routing.experiments[0]!.stickyBy,
     'session',
   );
 });

@@ -14,7 +14,7 @@ registerStrategy('spy-last', {
     name: 'spy-last',
     choose: (_ctx, candidates) => {
       spy.chose.push(candidates.map((w) => ({ ...w.load })));
-      return { worker: candidates[candidates.length - 1], explain: {} };
+      return { worker: candidates[candidates.length - 1]!, explain: {} };
     },
     onRouted: () => {
       spy.routed++;
@@ -40,7 +40,7 @@ t.test('shadow strategies decide after the request, record agreement, and never 
   await tick();
   t.equal(spy.chose.length, 1);
   t.same(
-    spy.chose[0][0],
+    spy.chose[0]![0],
     { inflightRequests: 0, prefillRequests: 0, prefillTokens: 0, decodeRequests: 0, decodeBlocks: 0 },
     "shadows see the fleet as the real strategy did, without this request's own load",
   );

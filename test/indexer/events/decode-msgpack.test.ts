@@ -88,9 +88,9 @@ t.test('legacy short forms and SGLang shapes', async (t) => {
     ['8 with metadata map', SGLANG_STORED_8_META],
     ['6', SGLANG_STORED_6],
   ]) {
-    const d = dec(hex);
+    const d = dec(hex!);
     t.equal(d.events.length, 1, `SGLang ${name}-element`);
-    const ev = d.events[0];
+    const ev = d.events[0]!;
     t.ok(ev.kind === 'stored' && ev.engineHashes[0] === SGLANG_HASH_VALUE, 'signed int64 hash kept exactly');
   }
   const cpu = dec(pack([1, [['BlockStored', [1n], 9n, [5, 6], 2, 3, 'CPU_PINNED']], 2]));
@@ -130,11 +130,11 @@ t.test('hash encodings, outer map, unknown fields', async (t) => {
   });
   const small = dec(pack([2.5, [storedMap({ block_hashes: [5], lora_name: 'sql-lora' })], 1]));
   t.equal(
-    small.events[0].kind === 'stored' && small.events[0].engineHashes[0],
+    small.events[0]!.kind === 'stored' && small.events[0]!.engineHashes[0],
     5n,
     'small int hash normalised to bigint',
   );
-  t.equal(small.events[0].kind === 'stored' && small.events[0].loraName, 'sql-lora');
+  t.equal(small.events[0]!.kind === 'stored' && small.events[0]!.loraName, 'sql-lora');
   const outerMap = dec(pack({ ts: 3.25, events: [{ type: 'AllBlocksCleared' }], data_parallel_rank: 4 }));
   t.strictSame(outerMap, {
     ts: 3.25,

@@ -2,7 +2,7 @@ import t from 'tap';
 import { KvDecodeError } from '../../../indexer/events/decode-msgpack.js';
 import { decodeTrtllmEvents, parseJsonLossless } from '../../../indexer/events/decode-trtllm.js';
 
-// Shapes from TRT-LLM's KVCacheEventSerializer as summarised in the notes §3.1.
+// Shapes from TRT-LLM's KVCacheEventSerializer (docs/engine-wire-formats.md, pull API).
 const tok = (ids: number[]) => ids.map((id) => ({ type: 'unique_token', token_id: id, token_extra_id: 0 }));
 const now = () => 1_700_000_000_000;
 
@@ -82,7 +82,7 @@ t.test('stored, removed, created, updated', async (t) => {
     'updated cache level applied',
   );
   t.strictSame(
-    d.batches[4].events,
+    d.batches[4]!.events,
     [
       {
         kind: 'stored',
@@ -97,7 +97,7 @@ t.test('stored, removed, created, updated', async (t) => {
     'secondary level is cpu',
   );
   t.equal(
-    decodeTrtllmEvents(text, { now, blockSize: 4 }).batches[4].events.length,
+    decodeTrtllmEvents(text, { now, blockSize: 4 }).batches[4]!.events.length,
     0,
     'a known block size rejects the partial block',
   );

@@ -19,7 +19,7 @@ const BS = 16;
 
 type Rand = () => number;
 const int = (r: Rand, n: number) => Math.floor(r() * n);
-const pick = <T>(r: Rand, xs: readonly T[]): T => xs[int(r, xs.length)];
+const pick = <T>(r: Rand, xs: readonly T[]): T => xs[int(r, xs.length)]!;
 const hash64 = (r: Rand) => ((BigInt(int(r, 2 ** 32)) << 31n) ^ BigInt(int(r, 2 ** 31))) | 1n;
 const tokens = (r: Rand, blocks: number) => Array.from({ length: blocks * BS }, () => int(r, 150_000));
 
@@ -68,14 +68,14 @@ class Expected {
     const events: KvEvent[] = [];
     for (let i = 0, n = 1 + int(r, 3); i < n; i++) {
       if (this.live.length > 4 && r() < 0.3) {
-        const h = this.live.splice(int(r, this.live.length), 1)[0];
+        const h = this.live.splice(int(r, this.live.length), 1)[0]!;
         events.push({ kind: 'removed', engineHashes: [h], tier: 'gpu' });
         continue;
       }
       const blocks = 1 + int(r, 3);
       const hashes = Array.from({ length: blocks }, () => hash64(r));
       // A child of a live block (its parent must still be indexed) or a new root.
-      const parent = this.live.length > 0 && r() < 0.5 ? this.live[int(r, this.live.length)] : null;
+      const parent = this.live.length > 0 && r() < 0.5 ? this.live[int(r, this.live.length)]! : null;
       events.push({
         kind: 'stored',
         engineHashes: hashes,
@@ -286,13 +286,13 @@ t.test(`fuzz: ${MALFORMED} malformed KV event payloads`, async (t) => {
   const config = fleetConfig(workers, { strategy: 'kv' }) as {
     fleet: { workers: { id: string; kvEvents?: unknown }[] };
   };
-  config.fleet.workers[1].kvEvents = { endpoint: pub.lastEndpoint! };
+  config.fleet.workers[1]!.kvEvents = { endpoint: pub.lastEndpoint! };
   const { url, adminUrl, gateway } = await startGateway(t.teardown.bind(t), config);
-  const [real, fake] = [workers[0].worker, workers[1].worker];
+  const [real, fake] = [workers[0]!.worker, workers[1]!.worker];
 
   // Real blocks for the other worker, straight from its own engine.
   for (let i = 0; i < 4; i++) {
-    const r = await request(`${workers[0].url}/v1/completions`, {
+    const r = await request(`${workers[0]!.url}/v1/completions`, {
       method: 'POST',
       headers: { 'content-type': 'application/json' },
       body: JSON.stringify({ model: MODEL, prompt: `story ${i}: ${'once upon a time '.repeat(30)}`, max_tokens: 2 }),

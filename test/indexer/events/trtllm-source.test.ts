@@ -1,6 +1,6 @@
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { createEventSource, eventSourceConfigSchema } from '../../../indexer/events/create-source.js';
 import { TrtllmPollSource } from '../../../indexer/events/trtllm-source.js';
 import { ZmqEventSource } from '../../../indexer/events/zmq-source.js';
@@ -10,7 +10,7 @@ const stored = (id: number | string, hash: string, tokens: number[]) =>
   `{"event_id": ${id}, "window_size": 64, "data": {"type": "stored", "parent_hash": null, "blocks": [{"type": "stored_block", "block_hash": ${hash}, "tokens": [${tokens.map((x) => `{"type": "unique_token", "token_id": ${x}, "token_extra_id": 0}`).join(',')}], "cache_level": 0}]}}`;
 
 /** A stand-in for trtllm-serve: each POST /kv_cache_events drains the queued responses, like the real endpoint. */
-async function fakeTrtllm(t: Parameters<Parameters<typeof t.test>[1]>[0]) {
+async function fakeTrtllm(t: Test) {
   const queue: string[] = [];
   let polls = 0;
   let failNext = 0;
@@ -54,7 +54,7 @@ t.test('polls, decodes big hashes exactly, resets on id jumps and restarts', asy
   await sink.until(() => sink.batches.length === 2, 'two stored batches');
   const ev = sink.batches.map((b) => b.events[0]);
   t.strictSame(
-    ev.map((e) => e.kind === 'stored' && e.engineHashes[0]),
+    ev.map((e) => e!.kind === 'stored' && e!.engineHashes[0]),
     [18446744073709551615n, -9223372036854775808n],
   );
   t.strictSame(

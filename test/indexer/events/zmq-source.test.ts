@@ -49,8 +49,8 @@ t.test('round trip: batches arrive in order, late joiner catches up from 0 by re
     const total = Number(pub.nextSeq);
     await sink.until(() => sink.batches.length === total, `${total} batches`);
     t.strictSame(seqs(sink), inOrder(total), `${format}: every seq once, in order`);
-    t.equal(hashOf(sink.batches[total - 1]), 1019n + (1n << 63n));
-    t.equal(sink.batches[0].dataParallelRank, 0);
+    t.equal(hashOf(sink.batches[total - 1]!), 1019n + (1n << 63n));
+    t.equal(sink.batches[0]!.dataParallelRank, 0);
     t.strictSame(sink.resets, []);
     const s = source.stats();
     t.equal(s.connected, true);
@@ -110,7 +110,7 @@ t.test('replay endpoint that never answers: times out, resets', async (t) => {
     replayTimeoutMs: 300,
   });
   await warmUp(pub, sink);
-  await sink.until(() => sink.batches.length === Number(pub.nextSeq) - Number(sink.batches[0].seq), 'warm-up batches');
+  await sink.until(() => sink.batches.length === Number(pub.nextSeq) - Number(sink.batches[0]!.seq), 'warm-up batches');
   pub.dropNext(1);
   pub.publish([storedEvent(1)]);
   pub.publish([storedEvent(2)]);
@@ -223,6 +223,7 @@ t.test('newer replay framing with a topic frame is accepted', async (t) => {
   const requests: bigint[] = [];
   void (async () => {
     for await (const [id, , start] of router) {
+      if (!id || !start) continue;
       const from = start.readBigUInt64BE();
       requests.push(from);
       // vLLM main / TRT-LLM: [identity, "", topic, seq8, payload], end [identity, "", "", ff*8, ""].

@@ -18,7 +18,7 @@ t.test('known vector pins the layout: parent u64 LE, then tokens as u32 LE, xxh6
   t.equal(b0, x.h64Raw(first, seed));
   const second = new Uint8Array(8 + 16);
   const dv2 = new DataView(second.buffer);
-  dv2.setBigUint64(0, b0, true);
+  dv2.setBigUint64(0, b0!, true);
   [5, 6, 7, 8].forEach((v, i) => dv2.setUint32(8 + 4 * i, v, true));
   t.equal(b1, x.h64Raw(second, seed));
   // And one literal value, so a change of xxhash-wasm or of the layout is noticed.

@@ -66,12 +66,12 @@ t.test('stored events are re-hashed with our hasher and chained through the pare
   t.same(Object.fromEntries(ix.match(p)), { w1: { blocks: 4, gpuBlocks: 4 } });
   t.same(ix.match(prompt([...toks(8), 99, 98, 97, 96])).get('w1'), { blocks: 2, gpuBlocks: 2 });
   const s = ix.stats().perWorker.w1;
-  t.equal(s.blocks, 4);
-  t.equal(s.blocksStored, 4);
-  t.equal(s.eventsApplied, 3);
-  t.equal(s.lastSeq, String(seq));
-  t.equal(s.lastBatchTs, 1_700_000_000.5);
-  t.equal(s.lastAppliedAt, 42);
+  t.equal(s!.blocks, 4);
+  t.equal(s!.blocksStored, 4);
+  t.equal(s!.eventsApplied, 3);
+  t.equal(s!.lastSeq, String(seq));
+  t.equal(s!.lastBatchTs, 1_700_000_000.5);
+  t.equal(s!.lastAppliedAt, 42);
   t.equal(ix.treeSize('w1'), 4);
 });
 
@@ -86,12 +86,12 @@ t.test('removed resolves engine hashes (bigint and string), leading-only semanti
   a.apply(batch([removed([e(2)])]));
   b.apply(batch([removed(['h3', 'unknown'])]));
   t.same(Object.fromEntries(ix.match(p)), { a: { blocks: 1, gpuBlocks: 1 }, b: { blocks: 2, gpuBlocks: 2 } });
-  t.equal(ix.stats().perWorker.a.blocksRemoved, 1);
-  t.equal(ix.stats().perWorker.b.unknownRemoved, 1);
-  t.equal(ix.stats().perWorker.a.blocks, 3, 'a still holds blocks 1, 3, 4');
+  t.equal(ix.stats().perWorker.a!.blocksRemoved, 1);
+  t.equal(ix.stats().perWorker.b!.unknownRemoved, 1);
+  t.equal(ix.stats().perWorker.a!.blocks, 3, 'a still holds blocks 1, 3, 4');
   // A removed block's engine hash no longer resolves: a stored event under it is an unknown parent.
   a.apply(batch([stored([e(9)], e(2), toks(4, 17))]));
-  t.equal(ix.stats().perWorker.a.unknownParent, 1);
+  t.equal(ix.stats().perWorker.a!.unknownParent, 1);
 });
 
 t.test('cleared and reset drop only that worker (all ranks on reset)', async (t) => {
@@ -106,8 +106,8 @@ t.test('cleared and reset drop only that worker (all ranks on reset)', async (t)
   t.same([...ix.match(p).keys()].sort(), ['a', 'a#1', 'b'], 'events after a clear in the same batch apply');
   ix.sinkFor('a').reset('sequence went backwards');
   t.same([...ix.match(p).keys()], ['b']);
-  t.equal(ix.stats().perWorker.a.resets, 1);
-  t.equal(ix.stats().perWorker.a.blocks, 0);
+  t.equal(ix.stats().perWorker.a!.resets, 1);
+  t.equal(ix.stats().perWorker.a!.blocks, 0);
   t.equal(ix.stats().nodes, 2, 'b still holds its nodes');
   ix.sinkFor('a').apply(batch([stored([1n, 2n], null, toks(8))]));
   t.same([...ix.match(p).keys()].sort(), ['a', 'b'], 'rebuilt from new events');
@@ -124,7 +124,7 @@ t.test('data-parallel ranks are separate targets with their own engine-hash maps
   s.apply(batch([removed([2n])], 1)); // unknown on rank 1: must not touch rank 0
   const m = ix.match(prompt(toks(12)));
   t.same(Object.fromEntries(m), { 'w#0': { blocks: 3, gpuBlocks: 3 }, 'w#1': { blocks: 1, gpuBlocks: 1 } });
-  t.equal(ix.stats().perWorker.w.blocks, 4);
+  t.equal(ix.stats().perWorker.w!.blocks, 4);
   t.same(ix.stats().perTarget, { 'w#0': 3, 'w#1': 1 });
 });
 
@@ -132,7 +132,7 @@ t.test('unknown parent: skipped and counted, no orphan that could match', async 
   const { ix, prompt } = setup();
   const s = ix.sinkFor('w');
   s.apply(batch([stored([10n], 999n, toks(4, 5))]));
-  t.equal(ix.stats().perWorker.w.unknownParent, 1);
+  t.equal(ix.stats().perWorker.w!.unknownParent, 1);
   t.equal(ix.stats().nodes, 0);
   // A prompt whose second block has those tokens does not match through the orphan.
   t.equal(ix.match(prompt(toks(8))).size, 0);
@@ -144,11 +144,11 @@ t.test('block size mismatch: counted, skipped, warned once per worker', async (t
   s.apply(batch([stored([1n], null, toks(16), { blockSize: 16 })]));
   s.apply(batch([stored([2n], null, toks(16), { blockSize: 16 })]));
   ix.sinkFor('v').apply(batch([stored([1n], null, toks(16), { blockSize: 16 })]));
-  t.equal(ix.stats().perWorker.w.blockSizeMismatch, 2);
+  t.equal(ix.stats().perWorker.w!.blockSizeMismatch, 2);
   t.equal(ix.stats().blockSizeMismatches, 3);
   t.equal(warnings.length, 2, 'once per worker');
-  t.match(warnings[0].obj, { worker: 'w', configuredBlockSize: BS, eventBlockSize: 16 });
-  t.match(warnings[0].msg, /block size/);
+  t.match(warnings[0]!.obj, { worker: 'w', configuredBlockSize: BS, eventBlockSize: 16 });
+  t.match(warnings[0]!.msg, /block size/);
   t.equal(ix.match(prompt(toks(16))).size, 0);
 });
 
@@ -182,9 +182,9 @@ t.test('node cap: refused blocks are counted and later events under them are unk
   const st = ix.stats();
   t.equal(st.nodes, 3);
   t.equal(st.rejectedInserts, 1);
-  t.equal(st.perWorker.w.rejectedBlocks, 2);
+  t.equal(st.perWorker.w!.rejectedBlocks, 2);
   s.apply(batch([stored([6n], 5n, toks(4, 21))]));
-  t.equal(ix.stats().perWorker.w.unknownParent, 1);
+  t.equal(ix.stats().perWorker.w!.unknownParent, 1);
   s.apply(batch([removed([3n])]));
   s.apply(batch([stored([7n], 2n, toks(4, 50))]));
   t.equal(ix.stats().nodes, 3, 'room again after a removal');
@@ -199,8 +199,8 @@ t.test('an engine hash re-stored with other content moves to the new block; malf
   t.same(ix.match(prompt(toks(4, 100))).get('w'), { blocks: 1, gpuBlocks: 1 });
   t.equal(ix.stats().nodes, 1);
   s.apply(batch([stored([2n, 3n], null, toks(6, 200))]));
-  t.equal(ix.stats().perWorker.w.malformed, 1);
-  t.equal(ix.stats().perWorker.w.blocks, 2, 'only full blocks indexed');
+  t.equal(ix.stats().perWorker.w!.malformed, 1);
+  t.equal(ix.stats().perWorker.w!.blocks, 2, 'only full blocks indexed');
   t.throws(() => new KvIndexer({ hasher, model: MODEL, blockSize: 0 }), RangeError);
 });
 

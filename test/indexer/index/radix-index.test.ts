@@ -33,7 +33,7 @@ t.test('insert under a parent, match leading blocks across targets', async (t) =
     b: { blocks: 3, gpuBlocks: 3 },
     c: { blocks: 3, gpuBlocks: 3 },
   });
-  t.same(ix.match([h[1], h[2]]).size, 0, 'a prompt must start at a root block');
+  t.same(ix.match([h[1]!, h[2]!]).size, 0, 'a prompt must start at a root block');
   t.same(ix.match([]).size, 0);
   t.same(ix.match(chain(100, 3)).size, 0);
   // A prompt diverging after block 5 matches 5 blocks at most.
@@ -47,9 +47,9 @@ t.test('leading-only: holding block 3 but not block 2 counts 2', async (t) => {
   const h = chain(1, 5);
   ix.insert('a', undefined, h, 'gpu');
   ix.insert('b', undefined, h, 'gpu');
-  t.equal(ix.remove('a', [h[2]]), 1);
+  t.equal(ix.remove('a', [h[2]!]), 1);
   t.same(Object.fromEntries(ix.match(h)), { a: { blocks: 2, gpuBlocks: 2 }, b: { blocks: 5, gpuBlocks: 5 } });
-  ix.remove('b', [h[0]]);
+  ix.remove('b', [h[0]!]);
   t.same(Object.fromEntries(ix.match(h)), { a: { blocks: 2, gpuBlocks: 2 } });
   t.equal(ix.blocksOf('a'), 4);
   t.equal(ix.blocksOf('b'), 4);
@@ -62,9 +62,9 @@ t.test('tiers: gpuBlocks counts the GPU blocks among the leading ones', async (t
   ix.insert('a', h[2], h.slice(3), 'cpu');
   ix.insert('a', undefined, h.slice(0, 1), 'cpu'); // block 0 on both tiers
   t.same(ix.match(h).get('a'), { blocks: 6, gpuBlocks: 3 });
-  t.equal(ix.remove('a', [h[0]], 'gpu'), 0, 'still held on CPU');
+  t.equal(ix.remove('a', [h[0]!], 'gpu'), 0, 'still held on CPU');
   t.same(ix.match(h).get('a'), { blocks: 6, gpuBlocks: 2 });
-  t.equal(ix.remove('a', [h[0]], 'cpu'), 1);
+  t.equal(ix.remove('a', [h[0]!], 'cpu'), 1);
   t.equal(ix.match(h).size, 0);
 });
 
@@ -101,7 +101,7 @@ t.test('many targets sharing a prefix; removal while shared', async (t) => {
   t.same(m.get('w7'), { blocks: 6, gpuBlocks: 6, sharedBlocks: 4 });
   t.same(m.get('w8'), { blocks: 4, gpuBlocks: 4, sharedBlocks: 4 });
   t.same(m.get('w3'), { blocks: 4, gpuBlocks: 4, sharedBlocks: 4 });
-  for (let w = 0; w < 40; w += 2) ix.remove(`w${w}`, [base[1]]);
+  for (let w = 0; w < 40; w += 2) ix.remove(`w${w}`, [base[1]!]);
   const m2 = ix.match(base);
   t.equal(m2.size, 40);
   t.same(m2.get('w0'), { blocks: 1, gpuBlocks: 1 });
@@ -132,7 +132,7 @@ t.test('grows past its initial capacity and stays consistent under churn', async
     ix.insert(`w${c % 7}`, undefined, h, 'gpu');
   }
   t.equal(ix.size, 6000);
-  for (let c = 0; c < 300; c += 2) ix.remove(`w${c % 7}`, chains[c].slice(10));
+  for (let c = 0; c < 300; c += 2) ix.remove(`w${c % 7}`, chains[c]!.slice(10));
   t.equal(ix.size, 6000 - 150 * 10);
   const wrong = chains.filter((h, c) => ix.match(h).get(`w${c % 7}`)?.blocks !== (c % 2 ? 20 : 10));
   t.equal(wrong.length, 0, 'every chain matches its remaining length');

@@ -5,7 +5,7 @@ t.test("split and join are exact, negative int64 wraps to its two's complement",
   const hl = new Uint32Array(2);
   splitU64(0x0123456789abcdefn, hl);
   t.same([hl[0], hl[1]], [0x89abcdef, 0x01234567]);
-  t.equal(joinU64(hl[0], hl[1]), 0x0123456789abcdefn);
+  t.equal(joinU64(hl[0]!, hl[1]!), 0x0123456789abcdefn);
   splitU64(-1n, hl);
   t.same([hl[0], hl[1]], [0xffffffff, 0xffffffff]);
 });

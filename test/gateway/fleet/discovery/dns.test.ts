@@ -92,7 +92,7 @@ t.test('records become workers; changes are emitted with added and removed worke
   resolver.v4 = ['10.0.0.11'];
   resolver.v6 = ['fd00::7'];
   const after = await next;
-  const diff = diffWorkers(rec.seen[0], after);
+  const diff = diffWorkers(rec.seen[0]!, after);
   t.same(
     diff.added.map((w) => w.id),
     ['vllm-fd00::7'],
@@ -114,7 +114,7 @@ t.test('a failed lookup keeps the fleet; NXDOMAIN empties it', async (t) => {
   const rec = recorder();
   t.teardown(() => d.stop());
   await d.start(rec.onChange);
-  t.equal(rec.seen[0].length, 1);
+  t.equal(rec.seen[0]!.length, 1);
 
   resolver.v4 = dnsError('ETIMEOUT');
   const calls = resolver.calls;

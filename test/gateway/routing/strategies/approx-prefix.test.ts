@@ -37,7 +37,7 @@ t.test('entries expire after the TTL', async (t) => {
   const s = approx(() => now, { ttlSeconds: 120 });
   const workers = [worker('w1'), worker('w2')];
   const prompt = hashes(20, 5n);
-  s.onRouted!(ctx({ hashes: prompt }), { worker: workers[1], explain: {} });
+  s.onRouted!(ctx({ hashes: prompt }), { worker: workers[1]!, explain: {} });
   now += 119_000;
   let d = s.choose(ctx({ hashes: prompt }), workers);
   t.equal(d.worker.id, 'w2');
@@ -45,14 +45,14 @@ t.test('entries expire after the TTL', async (t) => {
   now += 2_000;
   d = s.choose(ctx({ hashes: prompt }), workers);
   t.equal(d.predictedCachedBlocks, 0, 'forgotten after 120 s');
-  t.equal(d.candidates![1].terms['overlapBlocks'], 0);
+  t.equal(d.candidates![1]!.terms['overlapBlocks'], 0);
 });
 
 t.test('records the data-parallel rank the decision named', async (t) => {
   const s = approx(() => 0);
   const workers = [worker('w1'), worker('w2')];
   const prompt = hashes(12, 6n);
-  s.onRouted!(ctx({ hashes: prompt }), { worker: workers[0], explain: {}, dataParallelRank: 2 });
+  s.onRouted!(ctx({ hashes: prompt }), { worker: workers[0]!, explain: {}, dataParallelRank: 2 });
   const d = s.choose(ctx({ hashes: prompt }), workers);
   t.equal(d.worker.id, 'w1');
   t.equal(d.dataParallelRank, 2);

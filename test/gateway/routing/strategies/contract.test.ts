@@ -1,4 +1,4 @@
-import t from 'tap';
+import t, { type Test } from 'tap';
 import {
   createStrategy,
   parseStrategyParams,
@@ -18,7 +18,7 @@ const fleet = () => [
   worker('w3', { inflightRequests: 1, decodeRequests: 1, decodeBlocks: 40 }),
 ];
 
-function checkDecision(t: Tap.Test, name: string, d: Decision, ids: string[]): void {
+function checkDecision(t: Test, name: string, d: Decision, ids: string[]): void {
   t.ok(ids.includes(d.worker.id), `${name} chose a candidate (${d.worker.id})`);
   const json = JSON.stringify(d.explain);
   t.same(JSON.parse(json), d.explain, `${name}: explain survives JSON`);

@@ -25,7 +25,7 @@ t.test('logit = weight × potential prefill blocks + potential decode blocks, lo
     d.candidates!.map((c) => c.terms['logit']),
     [24.25, 23.25],
   );
-  t.same(d.candidates![0].terms, {
+  t.same(d.candidates![0]!.terms, {
     overlapBlocks: 3,
     potentialPrefillTokens: 84,
     potentialPrefillBlocks: 5.25,
@@ -51,7 +51,7 @@ t.test('ties go to the smaller tree, then at random', async (t) => {
   const s = dynamo(fakeMatcher({}));
   const random = seeded(9);
   const share = shares(3000, () => s.choose(ctx({ promptTokens: 100, hashes: hashes(6), random }), idle).worker.id);
-  for (const id of ['w1', 'w2', 'w3']) t.ok(Math.abs(share[id] - 1 / 3) < 0.05, `${id} share ${share[id]}`);
+  for (const id of ['w1', 'w2', 'w3']) t.ok(Math.abs(share[id]! - 1 / 3) < 0.05, `${id} share ${share[id]}`);
 });
 
 t.test('logits within 1e-5 tie (Dynamo epsilon)', async (t) => {
@@ -69,9 +69,9 @@ t.test('temperature samples by the normalised softmax', async (t) => {
   const random = seeded(5);
   const share = shares(20_000, () => s.choose(ctx({ promptTokens: 100, hashes: hashes(6), random }), ws).worker.id);
   const e = [1, Math.exp(-1), Math.exp(-2)];
-  const z = e[0] + e[1] + e[2];
+  const z = e[0]! + e[1]! + e[2]!;
   ['w1', 'w2', 'w3'].forEach((id, i) =>
-    t.ok(Math.abs(share[id] - e[i] / z) < 0.015, `${id}: ${share[id]} vs ${(e[i] / z).toFixed(3)}`),
+    t.ok(Math.abs(share[id]! - e[i]! / z) < 0.015, `${id}: ${share[id]} vs ${(e[i]! / z).toFixed(3)}`),
   );
 });
 

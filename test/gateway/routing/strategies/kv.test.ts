@@ -36,7 +36,7 @@ t.test('a heavily loaded worker with a modest overlap loses to an idle one', asy
   const workers = [worker('w1'), worker('w2', { prefillTokens: 100 * BLOCK, prefillRequests: 5, inflightRequests: 5 })];
   const d = kv(fakeMatcher({ w2: 10 })).choose(ctx({ hashes: hashes(64) }), workers);
   t.equal(d.worker.id, 'w1');
-  t.equal(d.candidates![1].terms['cost'], 154);
+  t.equal(d.candidates![1]!.terms['cost'], 154);
   // Decode blocks weigh in too: 64 − 60 + 0 + 70 decode = 74 > 64.
   const busyDecode = [worker('w1'), worker('w2', { decodeBlocks: 70, decodeRequests: 3, inflightRequests: 3 })];
   t.equal(kv(fakeMatcher({ w2: 60 })).choose(ctx({ hashes: hashes(64) }), busyDecode).worker.id, 'w1');
@@ -64,7 +64,7 @@ t.test('equal costs go to the less loaded worker, then at random', async (t) => 
   const s = kv(fakeMatcher({}));
   const random = seeded(42);
   const share = shares(3000, () => s.choose(ctx({ hashes: hashes(8), random }), fleet()).worker.id);
-  for (const id of ['w1', 'w2', 'w3']) t.ok(Math.abs(share[id] - 1 / 3) < 0.05, `${id} share ${share[id]}`);
+  for (const id of ['w1', 'w2', 'w3']) t.ok(Math.abs(share[id]! - 1 / 3) < 0.05, `${id} share ${share[id]}`);
 });
 
 t.test('temperature samples in proportion to the normalised softmax', async (t) => {
@@ -76,7 +76,7 @@ t.test('temperature samples in proportion to the normalised softmax', async (t) 
   const z = 1 + Math.exp(-0.5) + Math.exp(-1);
   const expected = { w1: 1 / z, w2: Math.exp(-0.5) / z, w3: Math.exp(-1) / z };
   for (const [id, p] of Object.entries(expected))
-    t.ok(Math.abs(share[id] - p) < 0.015, `${id}: ${share[id]} vs ${p.toFixed(3)}`);
+    t.ok(Math.abs(share[id]! - p) < 0.015, `${id}: ${share[id]} vs ${p.toFixed(3)}`);
   const d = s.choose(ctx({ hashes: hashes(4), random }), workers);
   t.match(d.explain['rule'], /softmax\(T=1\)/);
 });
@@ -86,7 +86,7 @@ t.test('CPU-tier blocks count 0.75 by default, never more than 1', async (t) => 
   // w1: 40 blocks, all offloaded -> 30; w2: 32 on GPU -> 32.
   let d = kv(fakeMatcher({ w1: [40, 0], w2: 32 })).choose(ctx({ hashes: hashes(64) }), workers);
   t.equal(d.worker.id, 'w2');
-  t.equal(d.candidates![0].terms['overlapBlocks'], 30);
+  t.equal(d.candidates![0]!.terms['overlapBlocks'], 30);
   // 10 GPU + 30 CPU -> 10 + 22.5 = 32.5 > 32.
   d = kv(fakeMatcher({ w1: [40, 10], w2: 32 })).choose(ctx({ hashes: hashes(64) }), workers);
   t.equal(d.worker.id, 'w1');
@@ -116,7 +116,7 @@ t.test(
     );
     const d = kv(m, { reuseCredit: 1 }).choose(ctx({ hashes: hashes(64) }), workers);
     t.equal(d.worker.id, 'w1', 'credited: the cache is worth keeping');
-    t.equal(d.candidates![0].terms['cost'], 34);
+    t.equal(d.candidates![0]!.terms['cost'], 34);
     t.match(d.explain['rule'], /reuseCredit/);
     // The credit is bounded: a deep enough queue still sends the request elsewhere (24 + 120 − 40 = 104 > 64).
     const swamped = [worker('w1', { prefillTokens: 120 * BLOCK }), worker('w2')];
@@ -226,8 +226,8 @@ t.test('no reuse credit for a prefix many requests share: a restarted worker get
   // A conversation's own 20 blocks (no other request branches from them) keep the credit and stay.
   const own = defaults({ w1: 20 }).choose(ctx({ hashes: hashes(24) }), busier);
   t.equal(own.worker.id, 'w1');
-  t.equal(own.candidates![0].terms['exclusiveBlocks'], 20);
+  t.equal(own.candidates![0]!.terms['exclusiveBlocks'], 20);
   // Only the part beyond the shared prefix is credited.
   const partly = defaults({ w1: [20, 20, 12] }).choose(ctx({ hashes: hashes(24) }), busier);
-  t.equal(partly.candidates![0].terms['exclusiveBlocks'], 8);
+  t.equal(partly.candidates![0]!.terms['exclusiveBlocks'], 8);
 });

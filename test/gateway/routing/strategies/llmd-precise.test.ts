@@ -26,7 +26,7 @@ t.test('weighted sum of prefix, kv-utilization and queue scores; highest wins', 
     d.candidates!.map((c) => c.terms['score']),
     [3, 1, 1],
   );
-  t.same(d.candidates![1].terms, {
+  t.same(d.candidates![1]!.terms, {
     prefixRunBlocks: 4,
     prefixScore: 0,
     queueWaiting: 0,
@@ -51,7 +51,7 @@ t.test('load scorers can outvote the prefix scorer', async (t) => {
   const random = seeded(11);
   const share = shares(2000, () => s.choose(ctx({ hashes: hashes(10), random }), fleet()).worker.id);
   t.equal(share['w3'], undefined);
-  t.ok(Math.abs(share['w1'] - 0.5) < 0.05 && Math.abs(share['w2'] - 0.5) < 0.05, JSON.stringify(share));
+  t.ok(Math.abs(share['w1']! - 0.5) < 0.05 && Math.abs(share['w2']! - 0.5) < 0.05, JSON.stringify(share));
   // queue 4: w2 = 4 beats w1 = 1 + .5 + 2 = 3.5.
   t.equal(
     llmd(matcher(), { prefixWeight: 1, queueWeight: 4 }).choose(ctx({ hashes: hashes(10) }), fleet()).worker.id,
@@ -83,7 +83,7 @@ t.test("llm-d's min-max quirk: the shortest holder scores like a non-holder; a s
   );
   const sole = llmd(fakeMatcher({ w3: 1 })).choose(ctx({ hashes: hashes(10) }), idle);
   t.equal(sole.worker.id, 'w3');
-  t.equal(sole.candidates![2].terms['prefixScore'], 1);
+  t.equal(sole.candidates![2]!.terms['prefixScore'], 1);
 });
 
 t.test('without blocks only the load scorers count', async (t) => {

@@ -78,7 +78,7 @@ t.test('equally deep matches go to the less loaded holder, then at random', asyn
   const even = [worker('a'), worker('b'), worker('c')];
   const share = shares(2000, () => s.choose(ctx({ hashes: hashes(10), random }), even).worker.id);
   t.equal(share['c'], undefined);
-  t.ok(Math.abs(share['a'] - 0.5) < 0.05, JSON.stringify(share));
+  t.ok(Math.abs(share['a']! - 0.5) < 0.05, JSON.stringify(share));
 });
 
 t.test('approx source: the tree learns from every routing decision, balanced or not', async (t) => {
@@ -115,7 +115,7 @@ t.test('approx entries expire after the TTL', async (t) => {
   );
   const prompt = hashes(10, 9n);
   const workers = [worker('a'), worker('b', { inflightRequests: 2 })];
-  s.onRouted!(ctx({ hashes: prompt }), { worker: workers[1], explain: {} });
+  s.onRouted!(ctx({ hashes: prompt }), { worker: workers[1]!, explain: {} });
   now = 59_000;
   t.equal(s.choose(ctx({ hashes: prompt }), workers).worker.id, 'b');
   now = 60_001;

@@ -1,0 +1,33 @@
+import { spawnSync } from 'node:child_process';
+import { resolve } from 'node:path';
+import t from 'tap';
+
+// Every bench script answers --help before it starts anything, and says where its trace comes from.
+const SCRIPTS = [
+  'disagg-bench',
+  'fault-bench',
+  'index-bench',
+  'proxy-bench',
+  'proxy-floor',
+  'replicas-bench',
+  'route-bench',
+  'tokenize-bench',
+  'replay/replay',
+  'replay/sweep',
+];
+const TAKES_TRACE = new Set(['disagg-bench', 'index-bench', 'replicas-bench', 'replay/replay', 'replay/sweep']);
+
+for (const script of SCRIPTS) {
+  t.test(`${script} --help`, async (t) => {
+    const r = spawnSync(process.execPath, [`dist/bench/${script}.js`, '--help'], { encoding: 'utf8', timeout: 30_000 });
+    t.equal(r.status, 0, r.stderr);
+    t.match(r.stdout, /usage/i);
+    if (TAKES_TRACE.has(script)) t.match(r.stdout, /\.\.\/shared\/traces\/.* from the repository root/);
+  });
+}
+
+t.test('the default trace is resolved beside the repository, not at a machine path', async (t) => {
+  const { DEFAULT_TRACE } = await import('../../bench/replay/replay.js');
+  t.match(DEFAULT_TRACE, /[/\\]shared[/\\]traces[/\\]mooncake[/\\]conversation_trace\.jsonl$/);
+  t.equal(DEFAULT_TRACE, resolve(process.cwd(), '../shared/traces/mooncake/conversation_trace.jsonl'));
+});
