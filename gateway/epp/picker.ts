@@ -42,6 +42,9 @@ export interface Pick {
   readonly cachedBlocks: number | undefined;
   readonly ticket: LoadTicket;
   readonly outcome: RequestOutcome | undefined;
+  readonly arm: string;
+  /** `performance.now()` when the request's headers arrived at the picker. */
+  readonly started: number;
 }
 
 const KINDS: Record<string, InferenceKind> = { '/v1/chat/completions': 'chat', '/v1/completions': 'completion' };
@@ -89,6 +92,8 @@ export class Picker {
         cachedBlocks: undefined,
         ticket,
         outcome: undefined,
+        arm: 'none',
+        started,
       };
     }
     const request = parseInference(body, kind);
@@ -117,12 +122,15 @@ export class Picker {
       cachedBlocks: decision.predictedCachedBlocks,
       ticket,
       outcome: new RequestOutcome(this.#d.metrics, strategy.name, arm, armStats, started),
+      arm,
+      started,
     };
   }
 
   /** The first response body byte: the request moves from prefill to decode on its worker. */
   firstByte(p: Pick): void {
     this.#d.fleet.firstToken(p.ticket);
+    this.#d.metrics.ttft(p.strategy, p.worker.id, (performance.now() - p.started) / 1000, p.arm);
   }
 
   /** The response ended (`status`), or the stream broke (499). Releases the load; idempotent via the ticket. */
@@ -130,7 +138,8 @@ export class Picker {
     if (p.ticket.phase === 'done') return;
     this.#d.fleet.finish(p.ticket);
     p.outcome?.end(status);
-    this.#d.metrics.request('epp', p.worker.id, p.strategy, status);
+    this.#d.metrics.request('epp', p.worker.id, p.strategy, status, p.arm);
+    this.#d.metrics.duration(p.strategy, p.worker.id, (performance.now() - p.started) / 1000, p.arm);
   }
 }
 
