@@ -33,6 +33,7 @@ const API_VERSIONS: Record<string, string> = {
   Deployment: 'apps/v1',
   Role: 'rbac.authorization.k8s.io/v1',
   RoleBinding: 'rbac.authorization.k8s.io/v1',
+  InferencePool: 'inference.networking.k8s.io/v1',
 };
 
 const files = readdirSync(K8S)
@@ -79,7 +80,7 @@ function portNumber(container: Obj, port: number | string): number {
 }
 
 t.test('every manifest parses; kinds, apiVersions, names and namespaces are set', async (t) => {
-  t.same(files, ['gateway.yaml', 'namespace.yaml', 'sidecar.yaml', 'vllm.yaml']);
+  t.same(files, ['epp.yaml', 'gateway.yaml', 'namespace.yaml', 'sidecar.yaml', 'vllm.yaml']);
   for (const [file, docs] of all) {
     t.ok(docs.length > 0, `${file} has documents`);
     for (const d of docs) {
@@ -337,3 +338,120 @@ t.test(
     t.equal(workers[0].labels['kvgate.io/pool'], 'qwen3-8b', 'Pod labels become worker labels (for pools)');
   },
 );
+
+/**
+ * The fields of the published InferencePool CRD (inference.networking.k8s.io/v1, Gateway API
+ * Inference Extension v1.0), written out as checks: unknown fields fail as the API server's
+ * structural schema would prune or reject them.
+ */
+function inferencePoolErrors(pool: Obj): string[] {
+  const errors: string[] = [];
+  const only = (o: Obj, keys: string[], where: string) => {
+    for (const k of Object.keys(o)) if (!keys.includes(k)) errors.push(`${where}.${k}: unknown field`);
+  };
+  const spec = pool.spec as Obj | undefined;
+  if (!spec) return ['spec: required'];
+  only(spec, ['selector', 'targetPorts', 'endpointPickerRef'], 'spec');
+  const sel = spec.selector as Obj | undefined;
+  if (!sel) errors.push('spec.selector: required');
+  else {
+    only(sel, ['matchLabels'], 'spec.selector');
+    const labels = sel.matchLabels as Obj | undefined;
+    if (!labels || Object.keys(labels).length === 0 || Object.keys(labels).length > 64)
+      errors.push('spec.selector.matchLabels: 1 to 64 labels');
+    for (const [k, v] of Object.entries(labels ?? {}))
+      if (
+        typeof v !== 'string' ||
+        !/^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$/.test(v) ||
+        !/^([a-z0-9.-]+\/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$/.test(k)
+      )
+        errors.push(`spec.selector.matchLabels.${k}: not a valid label`);
+  }
+  const ports = spec.targetPorts as Obj[] | undefined;
+  if (!Array.isArray(ports) || ports.length < 1 || ports.length > 8) errors.push('spec.targetPorts: 1 to 8 entries');
+  else {
+    for (const [i, p] of ports.entries()) {
+      only(p, ['number'], `spec.targetPorts[${i}]`);
+      if (!Number.isInteger(p.number) || p.number < 1 || p.number > 65535)
+        errors.push(`spec.targetPorts[${i}].number: an integer 1-65535`);
+    }
+    if (new Set(ports.map((p) => p.number)).size !== ports.length)
+      errors.push('spec.targetPorts: numbers must be unique');
+  }
+  const ref = spec.endpointPickerRef as Obj | undefined;
+  if (!ref) errors.push('spec.endpointPickerRef: required');
+  else {
+    only(ref, ['group', 'kind', 'name', 'port', 'failureMode'], 'spec.endpointPickerRef');
+    if (typeof ref.name !== 'string' || !/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/.test(ref.name))
+      errors.push('spec.endpointPickerRef.name: required, a DNS label');
+    const kind = (ref.kind as string | undefined) ?? 'Service';
+    if (ref.group !== undefined && typeof ref.group !== 'string') errors.push('spec.endpointPickerRef.group: a string');
+    if (kind === 'Service' && (ref.group ?? '') === '' && ref.port === undefined)
+      errors.push('spec.endpointPickerRef.port: required when kind is Service');
+    if (ref.port !== undefined) {
+      only(ref.port, ['number'], 'spec.endpointPickerRef.port');
+      if (!Number.isInteger(ref.port.number) || ref.port.number < 1 || ref.port.number > 65535)
+        errors.push('spec.endpointPickerRef.port.number: an integer 1-65535');
+    }
+    if (ref.failureMode !== undefined && !['FailOpen', 'FailClose'].includes(ref.failureMode))
+      errors.push('spec.endpointPickerRef.failureMode: FailOpen or FailClose');
+  }
+  return errors;
+}
+
+t.test('epp.yaml: the InferencePool is valid v1 and points at the kvgate EPP', async (t) => {
+  const pool = find('epp.yaml', 'InferencePool');
+  t.same(inferencePoolErrors(pool), [], 'valid against the v1 fields');
+  t.same(
+    inferencePoolErrors({
+      spec: {
+        selector: { matchLabels: {} },
+        targetPorts: [],
+        endpointPickerRef: { name: 'x', failureMode: 'Maybe', extra: 1 },
+      },
+    }),
+    [
+      'spec.selector.matchLabels: 1 to 64 labels',
+      'spec.targetPorts: 1 to 8 entries',
+      'spec.endpointPickerRef.extra: unknown field',
+      'spec.endpointPickerRef.port: required when kind is Service',
+      'spec.endpointPickerRef.failureMode: FailOpen or FailClose',
+    ],
+    'the check itself catches mistakes',
+  );
+  // The picker Service exists, on the gRPC port the pool names, served by the epp Deployment.
+  const svc = find('epp.yaml', 'Service', pool.spec.endpointPickerRef.name);
+  const grpcPort = svc.spec.ports.find((p: Obj) => p.port === pool.spec.endpointPickerRef.port.number);
+  t.ok(grpcPort, "the Service has the pool's EPP port");
+  const dep = find('epp.yaml', 'Deployment', 'kvgate-epp');
+  const c = dep.spec.template.spec.containers[0];
+  t.equal(c.args[0], 'epp');
+  t.equal(
+    portNumber(c, grpcPort.targetPort),
+    Number(c.args[c.args.indexOf('--grpc-port') + 1]),
+    'targetPort is the gRPC port',
+  );
+  t.equal(c.livenessProbe.grpc.port, 9002);
+  for (const [k, v] of Object.entries(svc.spec.selector))
+    t.equal(dep.spec.template.metadata.labels[k], v, 'the Service selects the EPP Pods');
+  // The pool selects the vLLM Pods, on their HTTP port, as the EPP's discovery does.
+  const vllm = find('vllm.yaml', 'Deployment', 'vllm');
+  for (const [k, v] of Object.entries(pool.spec.selector.matchLabels))
+    t.equal(vllm.spec.template.metadata.labels[k], v, `the pool selects the vLLM Pods (${k})`);
+  const engine = vllm.spec.template.spec.containers[0];
+  t.equal(pool.spec.targetPorts[0].number, portNumber(engine, 'http'), "the target port is vLLM's HTTP port");
+  const { config } = gatewayConfig(find('epp.yaml', 'ConfigMap', 'kvgate-epp-config'), 'epp.yaml ConfigMap');
+  const d = config.fleet.discovery as Obj;
+  t.equal(d.type, 'kubernetes');
+  t.equal(
+    d.labelSelector,
+    Object.entries(pool.spec.selector.matchLabels)
+      .map(([k, v]) => `${k}=${v}`)
+      .join(','),
+  );
+  // RBAC: read-only, and bound to the EPP's ServiceAccount.
+  const role = find('epp.yaml', 'Role', 'kvgate-epp');
+  for (const r of role.rules) t.same(r.verbs, ['get', 'list', 'watch'], `read-only on ${r.resources}`);
+  const binding = find('epp.yaml', 'RoleBinding', 'kvgate-epp');
+  t.equal(binding.subjects[0].name, dep.spec.template.spec.serviceAccountName);
+});
