@@ -20,7 +20,7 @@ const indexedBlocks = async (adminUrl: string) => {
   return Object.values(body.index?.workers ?? {}).reduce((n, w) => n + (w.index?.blocks ?? 0), 0);
 };
 
-t.test('a conversation routes the same through the EPP and the proxy', async (t) => {
+void t.test('a conversation routes the same through the EPP and the proxy', async (t) => {
   const teardown = t.teardown.bind(t);
   const { workers } = await startSim(teardown, 4, ['--speedup', '20', ...EVENTS]);
   const config = fleetConfig(workers, { strategy: 'kv' });

@@ -36,7 +36,7 @@ const endpoint = (w: SimWorkerLine) => new URL(w.url).host;
 const chat = (content: string, extra: Record<string, unknown> = {}) =>
   Buffer.from(JSON.stringify({ model: MODEL, messages: [{ role: 'user', content }], max_tokens: 4, ...extra }));
 
-t.test('the ext_proc protocol: headers, chunked bodies, subset hints, responses, errors', async (t) => {
+void t.test('the ext_proc protocol: headers, chunked bodies, subset hints, responses, errors', async (t) => {
   const teardown = t.teardown.bind(t);
   const { workers } = await startSim(teardown, 3, ['--speedup', '20']);
   const { envoy, url } = await startEpp(teardown, fleetConfig(workers, { strategy: 'least-load' }));
