@@ -5,6 +5,7 @@ import { fileURLToPath } from 'node:url';
 import { parseAllDocuments, parse as parseYaml } from 'yaml';
 import { parseConfig } from '../../config/load.js';
 import { discoveryConfigSchema } from '../../gateway/fleet/discovery/discovery.js';
+import { inferencePoolErrors } from '../fixtures/inference-pool.js';
 import { ANNOTATIONS, workersFromSlices, type EndpointSlice } from '../../gateway/fleet/discovery/endpoint-slices.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
@@ -338,66 +339,6 @@ t.test(
     t.equal(workers[0].labels['kvgate.io/pool'], 'qwen3-8b', 'Pod labels become worker labels (for pools)');
   },
 );
-
-/**
- * The fields of the published InferencePool CRD (inference.networking.k8s.io/v1, Gateway API
- * Inference Extension v1.0), written out as checks: unknown fields fail as the API server's
- * structural schema would prune or reject them.
- */
-function inferencePoolErrors(pool: Obj): string[] {
-  const errors: string[] = [];
-  const only = (o: Obj, keys: string[], where: string) => {
-    for (const k of Object.keys(o)) if (!keys.includes(k)) errors.push(`${where}.${k}: unknown field`);
-  };
-  const spec = pool.spec as Obj | undefined;
-  if (!spec) return ['spec: required'];
-  only(spec, ['selector', 'targetPorts', 'endpointPickerRef'], 'spec');
-  const sel = spec.selector as Obj | undefined;
-  if (!sel) errors.push('spec.selector: required');
-  else {
-    only(sel, ['matchLabels'], 'spec.selector');
-    const labels = sel.matchLabels as Obj | undefined;
-    if (!labels || Object.keys(labels).length === 0 || Object.keys(labels).length > 64)
-      errors.push('spec.selector.matchLabels: 1 to 64 labels');
-    for (const [k, v] of Object.entries(labels ?? {}))
-      if (
-        typeof v !== 'string' ||
-        !/^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$/.test(v) ||
-        !/^([a-z0-9.-]+\/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$/.test(k)
-      )
-        errors.push(`spec.selector.matchLabels.${k}: not a valid label`);
-  }
-  const ports = spec.targetPorts as Obj[] | undefined;
-  if (!Array.isArray(ports) || ports.length < 1 || ports.length > 8) errors.push('spec.targetPorts: 1 to 8 entries');
-  else {
-    for (const [i, p] of ports.entries()) {
-      only(p, ['number'], `spec.targetPorts[${i}]`);
-      if (!Number.isInteger(p.number) || p.number < 1 || p.number > 65535)
-        errors.push(`spec.targetPorts[${i}].number: an integer 1-65535`);
-    }
-    if (new Set(ports.map((p) => p.number)).size !== ports.length)
-      errors.push('spec.targetPorts: numbers must be unique');
-  }
-  const ref = spec.endpointPickerRef as Obj | undefined;
-  if (!ref) errors.push('spec.endpointPickerRef: required');
-  else {
-    only(ref, ['group', 'kind', 'name', 'port', 'failureMode'], 'spec.endpointPickerRef');
-    if (typeof ref.name !== 'string' || !/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/.test(ref.name))
-      errors.push('spec.endpointPickerRef.name: required, a DNS label');
-    const kind = (ref.kind as string | undefined) ?? 'Service';
-    if (ref.group !== undefined && typeof ref.group !== 'string') errors.push('spec.endpointPickerRef.group: a string');
-    if (kind === 'Service' && (ref.group ?? '') === '' && ref.port === undefined)
-      errors.push('spec.endpointPickerRef.port: required when kind is Service');
-    if (ref.port !== undefined) {
-      only(ref.port, ['number'], 'spec.endpointPickerRef.port');
-      if (!Number.isInteger(ref.port.number) || ref.port.number < 1 || ref.port.number > 65535)
-        errors.push('spec.endpointPickerRef.port.number: an integer 1-65535');
-    }
-    if (ref.failureMode !== undefined && !['FailOpen', 'FailClose'].includes(ref.failureMode))
-      errors.push('spec.endpointPickerRef.failureMode: FailOpen or FailClose');
-  }
-  return errors;
-}
 
 t.test('epp.yaml: the InferencePool is valid v1 and points at the kvgate EPP', async (t) => {
   const pool = find('epp.yaml', 'InferencePool');
