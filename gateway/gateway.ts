@@ -20,6 +20,7 @@ import {
 } from './fleet/discovery/discovery.js';
 import { FleetSync, type FleetChange } from './fleet/fleet-sync.js';
 import { dropWorkerSeries, FrontTracker, registerLifecycleMetrics, registerMemoryMetrics } from './ops/lifecycle.js';
+import type { RoutingPipeline } from './routing/pipeline.js';
 import { buildRouting, LivePipeline, poolSignature, restartOnlyChanges, type RoutingDeps } from './routing/reload.js';
 import { Disaggregation } from './disagg/two-leg.js';
 import { PdSplit } from './disagg/split.js';
@@ -58,6 +59,10 @@ export interface Gateway {
   readonly metrics: GatewayMetrics;
   /** Which worker has which LoRA adapter loaded. */
   readonly adapters: FleetAdapters;
+  /** The routing core (request -> policy -> strategy), for fronts other than the HTTP proxy (the EPP, gateway/epp/). */
+  readonly pipeline: RoutingPipeline;
+  /** KV block size of the models, for load accounting. */
+  readonly blockSize: number;
   /** The config in force (the last one `reload` accepted). */
   readonly config: GatewayConfig;
   readonly draining: boolean;
@@ -320,6 +325,8 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
     fleet,
     metrics,
     adapters,
+    pipeline,
+    blockSize,
     get config() {
       return config;
     },

@@ -17,6 +17,10 @@ const commands: Record<string, SubCommand> = {
     summary: 'run the gateway in front of a fleet described by a config file',
     run: async (argv) => (await import('./serve.js')).serveCommand(argv),
   },
+  epp: {
+    summary: 'run as the Endpoint Picker of a Gateway API InferencePool (Envoy ext_proc)',
+    run: async (argv) => (await import('./epp.js')).eppCommand(argv),
+  },
   sim: {
     summary: 'run simulated vLLM workers (OpenAI API, KV events over ZeroMQ)',
     run: async (argv) => (await import('../../bench/sim/cli.js')).simCommand(argv),

@@ -88,13 +88,17 @@ export class RoutingPipeline {
     });
   }
 
-  /** `path` may carry a query string (policies match on the path without it). */
+  /**
+   * `path` may carry a query string (policies match on the path without it).
+   * `eligible` narrows the candidates further (the EPP's subset hint from the proxy in front).
+   */
   route(
     request: InferenceRequest,
     path: string,
     headers: IncomingHttpHeaders,
     requestId: string,
     clientAddress?: string,
+    eligible?: (worker: Worker) => boolean,
   ): Routed | Promise<Routed> {
     const started = performance.now();
     const sessionKey = this.#d.honourSession === false ? undefined : first(headers[this.#d.sessionHeader]);
@@ -118,10 +122,11 @@ export class RoutingPipeline {
             requestId,
             blocks,
             started,
+            eligible,
           ),
         );
     }
-    return this.#select(input, path, requestId, undefined, started);
+    return this.#select(input, path, requestId, undefined, started, eligible);
   }
 
   /**
@@ -153,10 +158,11 @@ export class RoutingPipeline {
     requestId: string,
     blocks: PromptBlocks | undefined,
     started: number,
+    eligible?: (worker: Worker) => boolean,
   ): Routed | Promise<Routed> {
     const selection = this.#d.policy.select(input);
     try {
-      const all = this.#candidates(input.model, selection);
+      const all = this.#candidates(input.model, selection, eligible);
       const split = this.#d.split?.(input.model, selection.pool, all);
       const candidates = split ? split.decode : all;
       // The split decides on uncached prefill tokens, so it needs the prompt's blocks whatever the strategy.
@@ -203,10 +209,11 @@ export class RoutingPipeline {
     });
   }
 
-  #candidates(model: string, selection: Selection): readonly Worker[] {
+  #candidates(model: string, selection: Selection, eligible?: (worker: Worker) => boolean): readonly Worker[] {
     const adapterWorkers = this.#d.adapters?.candidates(model);
     const all = adapterWorkers ?? this.#d.fleet.candidates(model);
-    const candidates = selection.pool ? selection.pool.filter(all) : all;
+    const pooled = selection.pool ? selection.pool.filter(all) : all;
+    const candidates = eligible ? pooled.filter(eligible) : pooled;
     if (candidates.length > 0) return candidates;
     if (adapterWorkers !== undefined && !this.#d.adapters!.loadedAnywhere(model)) {
       throw new GatewayError(
@@ -220,7 +227,9 @@ export class RoutingPipeline {
     if (adapterWorkers === undefined && !this.#d.fleet.servesModel(model)) {
       throw new GatewayError(404, `The model '${model}' does not exist`, 'not_found_error', 'model_not_found', 'model');
     }
-    const where = selection.pool ? ` in pool '${selection.pool.name}' (${selection.rule})` : '';
+    const where =
+      (selection.pool ? ` in pool '${selection.pool.name}' (${selection.rule})` : '') +
+      (eligible ? ' among the eligible endpoints' : '');
     throw new GatewayError(
       503,
       `no healthy worker${where} serves model '${model}'`,

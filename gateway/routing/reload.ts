@@ -3,7 +3,7 @@ import type { IncomingHttpHeaders } from 'node:http';
 import type { Logger } from 'pino';
 import type { GatewayConfig } from '../../config/schema.js';
 import { GatewayError } from '../front/errors.js';
-import type { Fleet, LoadTicket } from '../fleet/fleet.js';
+import type { Fleet, LoadTicket, Worker } from '../fleet/fleet.js';
 import type { GatewayMetrics } from '../ops/metrics.js';
 import { RoutingPipeline, type CandidateSplit, type PromptBlocksProvider, type Routed } from './pipeline.js';
 import { PoolError, resolvePools } from './policies/pools.js';
@@ -74,8 +74,9 @@ export class LivePipeline extends RoutingPipeline {
     headers: IncomingHttpHeaders,
     requestId: string,
     clientAddress?: string,
+    eligible?: (worker: Worker) => boolean,
   ): Routed | Promise<Routed> {
-    return this.#current.route(request, path, headers, requestId, clientAddress);
+    return this.#current.route(request, path, headers, requestId, clientAddress, eligible);
   }
 
   override shadow(routed: Routed, ticket: LoadTicket): void {

@@ -5,6 +5,7 @@ import { fileURLToPath } from 'node:url';
 import { parseAllDocuments, parse as parseYaml } from 'yaml';
 import { parseConfig } from '../../config/load.js';
 import { discoveryConfigSchema } from '../../gateway/fleet/discovery/discovery.js';
+import { inferencePoolErrors } from '../fixtures/inference-pool.js';
 import { ANNOTATIONS, workersFromSlices, type EndpointSlice } from '../../gateway/fleet/discovery/endpoint-slices.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
@@ -33,6 +34,7 @@ const API_VERSIONS: Record<string, string> = {
   Deployment: 'apps/v1',
   Role: 'rbac.authorization.k8s.io/v1',
   RoleBinding: 'rbac.authorization.k8s.io/v1',
+  InferencePool: 'inference.networking.k8s.io/v1',
 };
 
 const files = readdirSync(K8S)
@@ -79,7 +81,7 @@ function portNumber(container: Obj, port: number | string): number {
 }
 
 t.test('every manifest parses; kinds, apiVersions, names and namespaces are set', async (t) => {
-  t.same(files, ['gateway.yaml', 'namespace.yaml', 'sidecar.yaml', 'vllm.yaml']);
+  t.same(files, ['epp.yaml', 'gateway.yaml', 'namespace.yaml', 'sidecar.yaml', 'vllm.yaml']);
   for (const [file, docs] of all) {
     t.ok(docs.length > 0, `${file} has documents`);
     for (const d of docs) {
@@ -337,3 +339,60 @@ t.test(
     t.equal(workers[0]!.labels['kvgate.io/pool'], 'qwen3-8b', 'Pod labels become worker labels (for pools)');
   },
 );
+
+t.test('epp.yaml: the InferencePool is valid v1 and points at the kvgate EPP', async (t) => {
+  const pool = find('epp.yaml', 'InferencePool');
+  t.same(inferencePoolErrors(pool), [], 'valid against the v1 fields');
+  t.same(
+    inferencePoolErrors({
+      spec: {
+        selector: { matchLabels: {} },
+        targetPorts: [],
+        endpointPickerRef: { name: 'x', failureMode: 'Maybe', extra: 1 },
+      },
+    }),
+    [
+      'spec.selector.matchLabels: 1 to 64 labels',
+      'spec.targetPorts: 1 to 8 entries',
+      'spec.endpointPickerRef.extra: unknown field',
+      'spec.endpointPickerRef.port: required when kind is Service',
+      'spec.endpointPickerRef.failureMode: FailOpen or FailClose',
+    ],
+    'the check itself catches mistakes',
+  );
+  // The picker Service exists, on the gRPC port the pool names, served by the epp Deployment.
+  const svc = find('epp.yaml', 'Service', pool.spec.endpointPickerRef.name);
+  const grpcPort = svc.spec.ports.find((p: Obj) => p.port === pool.spec.endpointPickerRef.port.number);
+  t.ok(grpcPort, "the Service has the pool's EPP port");
+  const dep = find('epp.yaml', 'Deployment', 'kvgate-epp');
+  const c = dep.spec.template.spec.containers[0];
+  t.equal(c.args[0], 'epp');
+  t.equal(
+    portNumber(c, grpcPort.targetPort),
+    Number(c.args[c.args.indexOf('--grpc-port') + 1]),
+    'targetPort is the gRPC port',
+  );
+  t.equal(c.livenessProbe.grpc.port, 9002);
+  for (const [k, v] of Object.entries(svc.spec.selector))
+    t.equal(dep.spec.template.metadata.labels[k], v, 'the Service selects the EPP Pods');
+  // The pool selects the vLLM Pods, on their HTTP port, as the EPP's discovery does.
+  const vllm = find('vllm.yaml', 'Deployment', 'vllm');
+  for (const [k, v] of Object.entries(pool.spec.selector.matchLabels))
+    t.equal(vllm.spec.template.metadata.labels[k], v, `the pool selects the vLLM Pods (${k})`);
+  const engine = vllm.spec.template.spec.containers[0];
+  t.equal(pool.spec.targetPorts[0].number, portNumber(engine, 'http'), "the target port is vLLM's HTTP port");
+  const { config } = gatewayConfig(find('epp.yaml', 'ConfigMap', 'kvgate-epp-config'), 'epp.yaml ConfigMap');
+  const d = config.fleet.discovery as Obj;
+  t.equal(d.type, 'kubernetes');
+  t.equal(
+    d.labelSelector,
+    Object.entries(pool.spec.selector.matchLabels)
+      .map(([k, v]) => `${k}=${v}`)
+      .join(','),
+  );
+  // RBAC: read-only, and bound to the EPP's ServiceAccount.
+  const role = find('epp.yaml', 'Role', 'kvgate-epp');
+  for (const r of role.rules) t.same(r.verbs, ['get', 'list', 'watch'], `read-only on ${r.resources}`);
+  const binding = find('epp.yaml', 'RoleBinding', 'kvgate-epp');
+  t.equal(binding.subjects[0].name, dep.spec.template.spec.serviceAccountName);
+});

@@ -1,0 +1,149 @@
+import t from 'tap';
+import { request } from 'undici';
+import { fleetConfig, metricValue, MODEL, startSim, writeConfig, type SimWorkerLine } from '../../fixtures/gateway.js';
+import { startCli } from '../../fixtures/processes.js';
+import { EnvoyStandIn, splitInto } from '../../fixtures/envoy.js';
+
+/**
+ * `kvgate epp` end to end: the simulator as the model servers, and the test
+ * as Envoy (tests/fixtures/envoy.ts) speaking ext_proc over real gRPC.
+ */
+type Teardown = (fn: () => unknown) => void;
+
+async function startEpp(teardown: Teardown, config: unknown) {
+  const file = writeConfig(teardown, config);
+  const epp = startCli([
+    'epp',
+    '--config',
+    file,
+    '--grpc-host',
+    '127.0.0.1',
+    '--grpc-port',
+    '0',
+    '--port',
+    '0',
+    '--admin-port',
+    '0',
+  ]);
+  teardown(() => epp.stop());
+  const [ready] = await epp.waitFor('epp ready', 1, 60_000);
+  const envoy = new EnvoyStandIn(ready.grpcAddress as string);
+  teardown(() => envoy.close());
+  return { epp, envoy, url: ready.url as string };
+}
+
+const endpoint = (w: SimWorkerLine) => new URL(w.url).host;
+const chat = (content: string, extra: Record<string, unknown> = {}) =>
+  Buffer.from(JSON.stringify({ model: MODEL, messages: [{ role: 'user', content }], max_tokens: 4, ...extra }));
+
+void t.test('the ext_proc protocol: headers, chunked bodies, subset hints, responses, errors', async (t) => {
+  const teardown = t.teardown.bind(t);
+  const { workers } = await startSim(teardown, 3, ['--speedup', '20']);
+  const { envoy, url } = await startEpp(teardown, fleetConfig(workers, { strategy: 'least-load' }));
+  const all = new Set(workers.map(endpoint));
+
+  t.equal(await envoy.check(''), 'SERVING', 'liveness');
+  t.equal(await envoy.check('readiness'), 'SERVING', 'readiness');
+  t.equal(await envoy.check('envoy.service.ext_proc.v3.ExternalProcessor'), 'SERVING', 'the processor service');
+
+  await t.test('a header-only request gets an endpoint in the header and the metadata', async (t) => {
+    const r = await envoy.process({ path: '/v1/models' });
+    t.ok(r.header && all.has(r.header), `picked ${r.header}`);
+    t.equal(r.metadata, r.header, 'same value in envoy.lb metadata');
+  });
+
+  await t.test('a body split in many chunks, one inside a UTF-8 sequence, comes back whole', async (t) => {
+    const body = chat('Grüße aus München — naïve café, 日本語のテキスト. '.repeat(20));
+    const at = body.indexOf(Buffer.from('ü')) + 1; // between the two bytes of 'ü'
+    const chunks = [body.subarray(0, at), ...splitInto(body.subarray(at), 37)];
+    t.ok(chunks.length > 30);
+    const r = await envoy.process({ path: '/v1/chat/completions', chunks });
+    t.notOk(r.immediate, 'routed');
+    const picked = r.header!.split(',');
+    t.ok(all.has(picked[0]), `picked ${picked[0]}`);
+    t.equal(picked.length, 3, 'two ordered fallbacks from the ranking');
+    t.equal(new Set(picked).size, 3, 'distinct endpoints');
+    t.equal(r.metadata, r.header);
+    t.ok(Buffer.concat(r.requestBody).equals(body), 'body streamed back unchanged');
+  });
+
+  await t.test('a 1 MB prompt is routed and streamed back in chunks under Envoy limits', async (t) => {
+    const body = Buffer.from(JSON.stringify({ model: MODEL, prompt: 'kv cache '.repeat(116_509), max_tokens: 1 }));
+    t.ok(body.length > 1024 * 1024);
+    const r = await envoy.process({ path: '/v1/completions', chunks: splitInto(body, 64) });
+    t.notOk(r.immediate);
+    t.ok(r.requestBody.length >= 17, `${r.requestBody.length} chunks`);
+    t.ok(
+      r.requestBody.every((c) => c.length <= 62 * 1024),
+      'every chunk at most 62 KiB',
+    );
+    t.ok(Buffer.concat(r.requestBody).equals(body));
+  });
+
+  await t.test('subset hints narrow the choice; an empty eligible set answers 503', async (t) => {
+    const only = endpoint(workers[2]);
+    for (let i = 0; i < 3; i++) {
+      const r = await envoy.process({ path: '/v1/chat/completions', chunks: [chat(`hint ${i}`)], subset: [only] });
+      t.equal(r.header, only, 'only the hinted endpoint');
+    }
+    const none = await envoy.process({ path: '/v1/chat/completions', chunks: [chat('x')], subset: [] });
+    t.equal(none.immediate?.status, 503);
+    t.match(JSON.parse(none.immediate!.body), { error: { code: 'no_healthy_worker', type: 'service_unavailable' } });
+    const stranger = await envoy.process({ path: '/v1/chat/completions', chunks: [chat('x')], subset: ['10.9.9.9:1'] });
+    t.equal(stranger.immediate?.status, 503, 'a hint naming no known endpoint');
+    const headerOnly = await envoy.process({ path: '/v1/models', subset: [] });
+    t.equal(headerOnly.immediate?.status, 503, 'header-only too');
+  });
+
+  await t.test('bad bodies get a 4xx immediate response with an OpenAI error', async (t) => {
+    const r = await envoy.process({
+      path: '/v1/chat/completions',
+      chunks: [Buffer.from('{"model": "'), Buffer.from('x"')],
+    });
+    t.equal(r.immediate?.status, 400);
+    t.match(JSON.parse(r.immediate!.body), { error: { code: 'invalid_json', type: 'invalid_request_error' } });
+    const unknown = await envoy.process({ path: '/v1/chat/completions', chunks: [chat('x', { model: 'nope' })] });
+    t.equal(unknown.immediate?.status, 404);
+  });
+
+  await t.test('a streamed response passes through and is accounted, served endpoint fed back', async (t) => {
+    const body = chat('Tell me a story.', { stream: true, max_tokens: 16, stream_options: { include_usage: true } });
+    const r = await envoy.process({ path: '/v1/chat/completions', chunks: [body], forward: true });
+    t.equal(r.upstreamStatus, 200);
+    const text = Buffer.concat(r.responseBody).toString('utf8');
+    t.match(text, /data: \[DONE\]/, 'the SSE stream came back through the processor');
+    t.match(text, /"usage"/);
+    const metrics = await (await request(`${url}/metrics`)).body.text();
+    t.ok(
+      (metricValue(metrics, 'kvgate_requests_total', { route: 'epp', status: '200' }) ?? 0) >= 1,
+      'the request is counted when its response ended',
+    );
+    t.ok((metricValue(metrics, 'kvgate_time_to_first_token_seconds_count') ?? 0) >= 1, 'TTFT observed');
+    t.equal(
+      metricValue(metrics, 'kvgate_inflight_requests', { worker: r.setHeaders['x-kvgate-worker'] }) ?? 0,
+      0,
+      'load released',
+    );
+  });
+
+  await t.test('a client cancel mid-stream releases the load', async (t) => {
+    const body = chat('A long answer please.', { stream: true, max_tokens: 400 });
+    const r = await envoy.process({
+      path: '/v1/chat/completions',
+      chunks: [body],
+      forward: true,
+      cancelAfterChunks: 2,
+    });
+    t.equal(r.upstreamStatus, 200);
+    const worker = r.setHeaders['x-kvgate-worker'];
+    let inflight = -1;
+    for (let i = 0; i < 100 && inflight !== 0; i++) {
+      await new Promise((res) => setTimeout(res, 100));
+      inflight =
+        metricValue(await (await request(`${url}/metrics`)).body.text(), 'kvgate_inflight_requests', { worker }) ?? 0;
+    }
+    t.equal(inflight, 0, 'in-flight back to 0 after the cancel');
+    const metrics = await (await request(`${url}/metrics`)).body.text();
+    t.ok((metricValue(metrics, 'kvgate_requests_total', { route: 'epp', status: '499' }) ?? 0) >= 1, 'counted as 499');
+  });
+});
