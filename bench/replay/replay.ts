@@ -172,8 +172,12 @@ async function main(argv: string[]): Promise<void> {
   const summaries: StrategySummary[] = [];
   for (const [i, strategy] of o.strategies.entries()) {
     const label = `${i + 1}/${o.strategies.length} ${strategy}`;
-    const run = await runStrategy(strategy, o.params[strategy] ?? {}, trace, o.fleet, (p) =>
-      process.stderr.write(progressLine(label, p)),
+    const run = await runStrategy(
+      strategy,
+      fleetAwareParams(strategy, o.params[strategy], o.fleet),
+      trace,
+      o.fleet,
+      (p) => process.stderr.write(progressLine(label, p)),
     );
     lastResults = run.results;
     const s = summarise(strategy, run.results, run.workers, bound, o.fleet.speedup);
@@ -218,4 +222,19 @@ if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
     process.stderr.write(`${(err as Error).stack ?? String(err)}\n`);
     process.exit(1);
   });
+}
+
+/**
+ * Gives the baselines what their upstream reads from the engine: llm-d's scorer the
+ * absolute KV usage (capacity = the simulated `kvBlocks`), Dynamo's router queue the
+ * engines' max-num-batched-tokens. Explicit `--params` win.
+ */
+export function fleetAwareParams(
+  strategy: string,
+  params: Record<string, unknown> | undefined,
+  fleet: FleetShape,
+): Record<string, unknown> {
+  if (strategy === 'llmd-precise') return { kvCapacityBlocks: fleet.kvBlocks, ...params };
+  if (strategy === 'dynamo') return { maxNumBatchedTokens: fleet.maxNumBatchedTokens, ...params };
+  return params ?? {};
 }

@@ -5,6 +5,7 @@ import { DEFAULT_BREAKER, WorkerBreaker, type BreakerConfig } from '../proxy/bre
 import type { WorkerLoad, WorkerRole, WorkerView } from '../routing/strategies/strategy.js';
 import { workerAuthShape } from '../proxy/upstream-auth.js';
 import { discoveryConfigSchema } from './discovery/discovery.js';
+import { ActiveSequences, type TicketPrompt } from './active-sequences.js';
 
 export const workerConfigSchema = z.strictObject({
   id: z.string().regex(/^[A-Za-z0-9._:-]+$/, 'worker id may use letters, digits and . _ : - only'),
@@ -89,6 +90,7 @@ export class Worker implements WorkerView {
   lastCheckAt: number | undefined;
   lastError: string | undefined;
   readonly breaker: WorkerBreaker;
+  readonly active = new ActiveSequences();
 
   constructor(
     config: WorkerConfig,
@@ -165,6 +167,10 @@ export interface LoadTicket {
   readonly worker: Worker;
   readonly promptTokens: number;
   readonly blocks: number;
+  /** Uncached prompt tokens, block hashes, output blocks: see `ActiveShare`. */
+  readonly uncachedTokens: number;
+  readonly hashes: readonly bigint[];
+  readonly outputBlocks: number;
   phase: 'prefill' | 'decode' | 'done';
 }
 
@@ -312,21 +318,23 @@ export class Fleet {
   }
 
   /** Counts a routed request as prefill on its worker. */
-  start(worker: Worker, promptTokens: number, blocks: number): LoadTicket {
+  start(worker: Worker, promptTokens: number, blocks: number, prompt: TicketPrompt = {}): LoadTicket {
     this.#bump(worker, 1, 1, promptTokens, 0, 0);
-    return { worker, promptTokens, blocks, phase: 'prefill' };
+    return { worker, promptTokens, blocks, ...worker.active.start(promptTokens, blocks, prompt), phase: 'prefill' };
   }
 
   /** The first token arrived: the request moves from prefill to decode. */
   firstToken(t: LoadTicket): void {
     if (t.phase !== 'prefill') return;
     this.#bump(t.worker, 0, -1, -t.promptTokens, 1, t.blocks);
+    t.worker.active.firstToken(t);
     t.phase = 'decode';
   }
 
   /** The request finished, failed or was aborted. Idempotent. */
   finish(t: LoadTicket): void {
     if (t.phase === 'done') return;
+    t.worker.active.finish(t);
     if (t.phase === 'prefill') this.#bump(t.worker, -1, -1, -t.promptTokens, 0, 0);
     else this.#bump(t.worker, -1, 0, 0, -1, -t.blocks);
     t.phase = 'done';

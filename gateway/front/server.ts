@@ -111,7 +111,12 @@ export function createFrontHandler(d: FrontDeps): (req: IncomingMessage, res: Se
       // --- end flow control hook ---
       const { ctx, decision, worker } = routed;
       const blocks = requestBlocks(ctx.promptTokens, request.maxTokens, d.blockSize);
-      const ticket = d.fleet.start(worker, ctx.promptTokens, blocks);
+      const cachedTokens = (decision.predictedCachedBlocks ?? 0) * (ctx.blocks?.blockSize ?? d.blockSize);
+      const ticket = d.fleet.start(worker, ctx.promptTokens, blocks, {
+        uncachedTokens: ctx.promptTokens - cachedTokens,
+        hashes: ctx.blocks?.hashes,
+        promptBlocks: Math.ceil(ctx.promptTokens / (ctx.blocks?.blockSize ?? d.blockSize)),
+      });
       routed.strategy.onRouted?.(ctx, decision);
       const { arm, armStats } = routed.selection;
       const responseHeaders: Record<string, string> = {

@@ -8,47 +8,67 @@ export const dynamoParamsSchema = z.strictObject({
   overlapScoreWeight: z.number().min(0).max(1000).default(1),
   /** Dynamo's `--router-temperature`: 0 = argmin, > 0 = softmax sampling. */
   temperature: z.number().min(0).max(100).default(0),
+  /** Dynamo's `--router-track-output-blocks` (off upstream): add in-flight requests' expected output blocks. */
+  trackOutputBlocks: z.boolean().default(false),
+  /** Credit for a prefix block held in host memory, relative to a GPU block (Dynamo 0.75). */
+  hostTierWeight: z.number().min(0).max(1).default(0.75),
+  /** Credit for a block on disk (Dynamo 0.25). Our index does not tell disk from host: unused until it does. */
+  diskTierWeight: z.number().min(0).max(1).default(0.25),
+  /**
+   * Dynamo's `--router-queue-threshold` (the Python frontend's default 4.0; the Rust library's None):
+   * requests wait in the router while every worker's active prefill tokens exceed this
+   * multiple of `maxNumBatchedTokens`. kvgate's strategies cannot hold a request, so the
+   * decision only reports when Dynamo would have queued it. null = off.
+   */
+  routerQueueThreshold: z.number().min(0).max(1000).nullable().default(4),
+  /** The engine's `max-num-batched-tokens` the threshold is relative to (vLLM's default 8192). */
+  maxNumBatchedTokens: z.number().int().min(1).default(8192),
 });
 export type DynamoParams = z.infer<typeof dynamoParamsSchema>;
-
-/** Dynamo compares logits with this tolerance before its tree-size tie-break. */
-const TIE_EPSILON = 1e-5;
 
 const RULE = 'lowest overlapScoreWeight*potentialPrefillBlocks+potentialDecodeBlocks (Dynamo)';
 
 /**
- * NVIDIA Dynamo's default KV router cost, as in ai-dynamo/dynamo
- * `lib/llm/src/kv_router/scheduler.rs` (`DefaultWorkerSelector::select_worker`
- * and `softmax_sample`, v0.4–v1.x; later moved to
- * `lib/kv-router/src/scheduling/selector.rs`):
+ * NVIDIA Dynamo's default KV router cost. Models ai-dynamo/dynamo as of its
+ * 2026 releases (v0.9–v1.0, `lib/kv-router/src/scheduling/selector.rs` and the
+ * active-sequence tracking in `lib/kv-router/src/sequences/`; the same cost as
+ * `lib/llm/src/kv_router/scheduler.rs` of v0.4–v0.8), with upstream's defaults:
  *
- *   potential_prefill_tokens = active_prefill_tokens + (isl − overlap_blocks × block_size)
- *   potential_decode_blocks  = active_blocks + request blocks not already active
+ *   credit_blocks            = gpu_overlap + 0.75 × host_overlap (+ 0.25 × disk_overlap)
+ *   potential_prefill_tokens = active uncached prefill tokens + max(0, isl − credit_blocks × block_size)
+ *   potential_decode_blocks  = unique active block hashes + request blocks not already active
  *   logit = overlap_score_weight × potential_prefill_tokens / block_size + potential_decode_blocks
  *
- * Lowest logit wins; logits within 1e-5 of the minimum tie, broken by the
- * smaller index tree (the matcher's tree size, when it has one), then at random.
- * Temperature > 0 samples `p ∝ exp(−(c − c_min)/((c_max − c_min)·T))`.
+ * "Active uncached prefill tokens" is, per request awaiting its first token, its
+ * prompt less what the router predicted cached (recorded on the load ticket).
+ * Active blocks are the distinct prompt block hashes of in-flight requests
+ * (a prefix shared by several counts once), released when the request ends;
+ * expected output blocks are added only with `trackOutputBlocks` (off upstream).
+ * Lowest logit wins; exactly equal logits tie, broken by the smaller index tree
+ * (when the matcher has tree sizes), then at random. Temperature > 0 samples
+ * `p ∝ exp(−(c − c_min)/((c_max − c_min)·T))`.
  *
- * Mapped onto the gateway's load tracking: active_prefill_tokens = prompt tokens
- * of requests awaiting their first token; active_blocks = decode blocks plus the
- * blocks of those prefilling prompts (Dynamo counts a request's blocks from
- * routing on). The gateway cannot see which of this prompt's blocks are held
- * by other in-flight requests, so all request blocks count as new (Dynamo's
- * value when no concurrent request shares the prefix). Overlap counts blocks
- * on any tier: Dynamo's index of that era did not weigh tiers.
+ * What kvgate cannot do as upstream: the router queue (`routerQueueThreshold`)
+ * is reported, not enforced; active blocks are this replica's own requests;
+ * workers with no block view (hand-built test fleets) fall back to the
+ * prompt-token load, with all of the request's blocks counted as new.
  * @example createDynamoStrategy({ overlapScoreWeight: 1, temperature: 0 }, deps).choose(ctx, workers)
  */
-export function createDynamoStrategy(params: DynamoParams, deps: Pick<StrategyDeps, 'index' | 'blockSize'>): Strategy {
+export function createDynamoStrategy(
+  params: Partial<DynamoParams>,
+  deps: Pick<StrategyDeps, 'index' | 'blockSize'>,
+): Strategy {
   const p = dynamoParamsSchema.parse(params);
   const matcher = deps.index;
   const treeSize = treeSizeOf(matcher);
   const tieBreak = treeSize ? 'smaller tree, then random' : 'random (index has no tree sizes)';
+  const queueTokens = p.routerQueueThreshold === null ? Infinity : p.routerQueueThreshold * p.maxNumBatchedTokens;
   return {
     name: 'dynamo',
     needsPromptBlocks: true,
     choose(ctx: RouteContext, candidates: readonly WorkerView[]): Decision {
       const blockSize = ctx.blocks?.blockSize ?? deps.blockSize;
+      const hashes = ctx.blocks?.hashes ?? [];
       const matches = matchWorkers(ctx, matcher, 1);
       const isl = ctx.promptTokens;
       const requestBlocks = Math.ceil(isl / blockSize);
@@ -56,13 +76,27 @@ export function createDynamoStrategy(params: DynamoParams, deps: Pick<StrategyDe
       const logits = new Float64Array(n);
       const scores = new Array<CandidateScore>(n);
       let min = Infinity;
+      let allBusy = true;
       for (let i = 0; i < n; i++) {
         const w = candidates[i]!;
-        const overlapBlocks = matches?.get(w.id)?.blocks ?? 0;
-        const potentialPrefillTokens = w.load.prefillTokens + Math.max(0, isl - overlapBlocks * blockSize);
+        const m = matches?.get(w.id);
+        const overlapBlocks = m?.blocks ?? 0;
+        const gpu = m ? Math.min(m.gpuBlocks, m.blocks) : 0;
+        const creditBlocks = gpu + p.hostTierWeight * (overlapBlocks - gpu);
+        const a = w.active;
+        const activePrefillTokens = a ? a.prefillUncachedTokens : w.load.prefillTokens;
+        if (activePrefillTokens <= queueTokens) allBusy = false;
+        const potentialPrefillTokens = activePrefillTokens + Math.max(0, isl - creditBlocks * blockSize);
         const potentialPrefillBlocks = potentialPrefillTokens / blockSize;
-        const activeBlocks = w.load.decodeBlocks + Math.ceil(w.load.prefillTokens / blockSize);
-        const potentialDecodeBlocks = activeBlocks + requestBlocks;
+        let activeBlocks: number;
+        let newBlocks = requestBlocks;
+        if (a) {
+          activeBlocks = a.uniqueBlocks + (p.trackOutputBlocks ? a.outputBlocks : 0);
+          for (const h of hashes) if (a.has(h)) newBlocks--;
+        } else {
+          activeBlocks = w.load.decodeBlocks + Math.ceil(w.load.prefillTokens / blockSize);
+        }
+        const potentialDecodeBlocks = activeBlocks + newBlocks;
         const logit = p.overlapScoreWeight * potentialPrefillBlocks + potentialDecodeBlocks;
         logits[i] = logit;
         if (logit < min) min = logit;
@@ -70,9 +104,11 @@ export function createDynamoStrategy(params: DynamoParams, deps: Pick<StrategyDe
           worker: w.id,
           terms: {
             overlapBlocks,
-            potentialPrefillTokens,
+            creditBlocks: round(creditBlocks),
+            potentialPrefillTokens: round(potentialPrefillTokens),
             potentialPrefillBlocks: round(potentialPrefillBlocks),
             activeBlocks,
+            newBlocks,
             potentialDecodeBlocks,
             logit: round(logit),
           },
@@ -84,8 +120,8 @@ export function createDynamoStrategy(params: DynamoParams, deps: Pick<StrategyDe
       if (p.temperature > 0) {
         best = softmaxSample(logits, p.temperature, ctx.random);
       } else {
-        // Among the tied minimum: smallest tree, then random.
-        const outside = (i: number) => Math.abs(logits[i] - min) >= TIE_EPSILON;
+        // Only exactly equal logits tie (Dynamo compares them as they are); then smallest tree, then random.
+        const outside = (i: number) => logits[i] !== min;
         const trees = new Float64Array(n);
         for (let i = 0; treeSize && i < n; i++) {
           if (!outside(i)) trees[i] = treeSize(matches?.get(candidates[i].id)?.target ?? candidates[i].id);
@@ -96,6 +132,10 @@ export function createDynamoStrategy(params: DynamoParams, deps: Pick<StrategyDe
         rule: p.temperature > 0 ? `softmax(T=${p.temperature}) over ${RULE}` : RULE,
         index: overlapSource(ctx, matcher, 'kv events index'),
         overlapScoreWeight: p.overlapScoreWeight,
+        trackOutputBlocks: p.trackOutputBlocks,
+        ...(allBusy && n > 0
+          ? { routerQueue: 'Dynamo would hold this request: every worker is over the threshold' }
+          : {}),
         ...scores[best].terms,
         ...(p.temperature > 0 ? {} : { tied, tieBreak }),
       }));

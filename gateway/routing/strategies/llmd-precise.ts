@@ -13,16 +13,19 @@ export const llmdPreciseParamsSchema = z.strictObject({
    */
   prefixNormalization: z.enum(['min-max', 'prompt']).default('min-max'),
   /**
-   * KV blocks per worker, to turn decode blocks into a usage fraction. When
-   * null, usage is decode blocks relative to the busiest candidate (the gateway
-   * scrapes no `vllm:kv_cache_usage_perc` yet).
+   * KV blocks per worker, so usage is the absolute fraction llm-d's scorer reads
+   * (`vllm:kv_cache_usage_perc`). Set it whenever the capacity is known (the
+   * simulator's `kvBlocks`, the engine's `num_gpu_blocks`); the gateway scrapes
+   * no worker `/metrics` yet. null: usage relative to the busiest candidate.
    */
   kvCapacityBlocks: z.number().int().min(1).nullable().default(null),
 });
 export type LlmdPreciseParams = z.infer<typeof llmdPreciseParamsSchema>;
 
 /**
- * llm-d's inference scheduler with the precise prefix-cache profile: each
+ * llm-d's inference scheduler with the precise prefix-cache profile. Models
+ * llm-d/llm-d-inference-scheduler as of its v0.4 release line (2026 guides) and
+ * the gateway-api-inference-extension scorers it embeds. Each
  * scorer gives every endpoint a score in [0, 1]; the weighted sum wins
  * (`max-score-picker`, ties at random). Followed:
  * - llm-d/llm-d-inference-scheduler `pkg/plugins/scorer/precise_prefix_cache.go`
@@ -36,9 +39,16 @@ export type LlmdPreciseParams = z.infer<typeof llmdPreciseParamsSchema>;
  *   guide `guides/precise-prefix-cache-aware/scheduler/precise-prefix-cache-aware.values.yaml`
  *   and the scheduler's `deploy/config/epp-precise-prefix-cache-config.yaml`
  *   (earlier guides, v0.5, used 3 / 2 / 2: the same ordering).
- * Our inputs: the run is the matcher's leading blocks (any tier); the queue is
- * the worker's requests awaiting their first token; KV usage is decode blocks
- * over `kvCapacityBlocks`, or relative to the busiest candidate.
+ * Our inputs: the run is the matcher's leading blocks (any tier). KV usage is
+ * the blocks in-flight requests hold (distinct prompt blocks plus expected
+ * output, as the engine counts allocated blocks; decode blocks on hand-built
+ * views) over `kvCapacityBlocks`, the absolute fraction upstream reads.
+ * The queue differs: upstream reads the engine's waiting queue
+ * (`vllm:num_requests_waiting`, requests not yet scheduled); kvgate counts its own
+ * requests awaiting their first token, which also includes requests already
+ * prefilling (running, not waiting) and leaves out other clients' requests and
+ * other replicas'. Under a backlog both grow together; on an idle engine kvgate's
+ * count is 1 while upstream's is 0 during a prefill.
  * @example createLlmdPreciseStrategy({ prefixWeight: 2, kvUtilizationWeight: 1, queueWeight: 1 }, deps)
  */
 export function createLlmdPreciseStrategy(
@@ -66,7 +76,7 @@ export function createLlmdPreciseStrategy(
         const q = w.load.prefillRequests;
         if (q < qMin) qMin = q;
         if (q > qMax) qMax = q;
-        if (w.load.decodeBlocks > decodeMax) decodeMax = w.load.decodeBlocks;
+        if (usedBlocks(w) > decodeMax) decodeMax = usedBlocks(w);
       }
       const kvDenominator = p.kvCapacityBlocks ?? decodeMax;
 
@@ -79,7 +89,7 @@ export function createLlmdPreciseStrategy(
         if (p.prefixNormalization === 'prompt') prefix = promptBlocks > 0 ? Math.min(1, run / promptBlocks) : 0;
         else prefix = run === 0 ? 0 : runMax === runMin ? 1 : (run - runMin) / (runMax - runMin);
         const queue = qMax === qMin ? 1 : (qMax - w.load.prefillRequests) / (qMax - qMin);
-        const usage = kvDenominator > 0 ? Math.min(1, w.load.decodeBlocks / kvDenominator) : 0;
+        const usage = kvDenominator > 0 ? Math.min(1, usedBlocks(w) / kvDenominator) : 0;
         const kvUtilization = 1 - usage;
         const total = p.prefixWeight * prefix + p.kvUtilizationWeight * kvUtilization + p.queueWeight * queue;
         totals[i] = total;
@@ -109,11 +119,16 @@ export function createLlmdPreciseStrategy(
         prefixNormalization: p.prefixNormalization,
         kvUsageFrom:
           p.kvCapacityBlocks === null
-            ? 'decode blocks relative to the busiest candidate'
-            : `decode blocks / ${p.kvCapacityBlocks}`,
+            ? 'held blocks relative to the busiest candidate'
+            : `held blocks / ${p.kvCapacityBlocks} (absolute)`,
         ...scores[best].terms,
         ties,
       }));
     },
   };
+}
+
+/** Blocks the worker's in-flight requests hold, as an engine's KV usage counts them. */
+function usedBlocks(w: WorkerView): number {
+  return w.active ? w.active.uniqueBlocks + w.active.outputBlocks : w.load.decodeBlocks;
 }

@@ -14,13 +14,18 @@ export const sglangCacheAwareParamsSchema = z.strictObject({
   /** `approx`: SGLang's own tree, fed by routing decisions (faithful). `events`: the KV events index. */
   source: z.enum(['approx', 'events']).default('approx'),
   ...approxIndexParams,
+  // SGLang evicts by size only (LRU down to `max_tree_size` per tenant), never by age: the TTL is off (1 day).
+  ttlSeconds: approxIndexParams.ttlSeconds.default(86_400),
 });
 export type SglangCacheAwareParams = z.infer<typeof sglangCacheAwareParamsSchema>;
 
 /**
- * SGLang router's `cache_aware` policy, as in sgl-project/sglang
- * `sgl-router/src/policies/cache_aware.rs` (now `sgl-model-gateway/src/policies/cache_aware.rs`),
- * defaults from the Rust CLI (0.3 / 64 / 1.5):
+ * SGLang router's `cache_aware` policy. Models sgl-project/sglang as of its
+ * 2026 releases (sglang-router v0.3, `sgl-model-gateway/src/policies/cache_aware.rs`
+ * and `tree.rs`; formerly `sgl-router/src/policies/cache_aware.rs`), with the
+ * command line's defaults (cache threshold 0.3, balance 64 / 1.5, which both the
+ * Rust CLI and the Python launcher ship), not the library's `CacheAwareConfig`
+ * defaults (0.5 / 32 / 1.1):
  * 1. load = the router's in-flight requests per worker; the fleet is imbalanced
  *    when `max − min > balance_abs_threshold` AND `max > balance_rel_threshold × min`:
  *    then the least-loaded worker (ties at random);
@@ -30,9 +35,11 @@ export type SglangCacheAwareParams = z.infer<typeof sglangCacheAwareParamsSchema
  * In both cases the request is inserted into the tree for the chosen worker.
  * Differences: SGLang matches raw text characters in a per-model tree; we match
  * our KV blocks (match_rate = matched blocks × block size / prompt tokens), and
- * the approximate tree forgets entries after a TTL instead of LRU-trimming to
- * `max_tree_size` every `eviction_interval_secs`. Equally deep matches go to
- * the less loaded worker, then at random.
+ * eviction is oldest-first over all workers once `maxBlocks` is reached (upstream:
+ * LRU leaves per tenant down to `max_tree_size` every `eviction_interval_secs`);
+ * like upstream there is no age limit by default. Equally deep matches go, as
+ * upstream's tree returns the tenant that last touched the matched node, to the
+ * worker most recently routed a request (ties that never were: at random).
  * @example createSglangCacheAwareStrategy({ cacheThreshold: 0.3 }, deps).choose(ctx, workers)
  */
 export function createSglangCacheAwareStrategy(
@@ -43,6 +50,9 @@ export function createSglangCacheAwareStrategy(
   const approx: RecordingMatcher | undefined = p.source === 'approx' ? createApproxMatcher(p, deps.now) : undefined;
   const indexName = p.source === 'approx' ? 'approximate tree (routing decisions)' : 'kv events index';
   const matcher: PrefixMatcher | undefined = approx ?? deps.index;
+  // Routing sequence number of each worker's latest request: the tree's "last tenant" at equal depth.
+  const lastRouted = new Map<string, number>();
+  let seq = 0;
 
   return {
     name: 'sglang-cache-aware',
@@ -70,12 +80,12 @@ export function createSglangCacheAwareStrategy(
 
       const matches = matchWorkers(ctx, matcher, 1);
       const index = overlapSource(ctx, matcher, indexName);
-      // Deepest match first, then fewer in-flight requests, then random; workers matching nothing take no part.
+      // Deepest match first, then the last tenant routed to, then random; workers matching nothing take no part.
       const blocksAt = (i: number) => matches?.get(candidates[i].id)?.blocks ?? 0;
+      const lastAt = (i: number) => lastRouted.get(candidates[i].id) ?? -1;
       const { index: deepestAt } = argminRandomTie(
         candidates.length,
-        (i, b) =>
-          blocksAt(b) - blocksAt(i) || candidates[i].load.inflightRequests - candidates[b].load.inflightRequests,
+        (i, b) => blocksAt(b) - blocksAt(i) || lastAt(b) - lastAt(i),
         ctx.random,
         (i) => blocksAt(i) === 0,
       );
@@ -114,6 +124,7 @@ export function createSglangCacheAwareStrategy(
     },
     onRouted(ctx: RouteContext, decision: Decision): void {
       // SGLang inserts the request for whichever worker was chosen, load-balanced or not.
+      lastRouted.set(decision.worker.id, ++seq);
       if (approx && ctx.blocks && ctx.blocks.hashes.length > 0) approx.record(decision.worker.id, ctx.blocks.hashes);
     },
   };

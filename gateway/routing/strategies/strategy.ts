@@ -33,6 +33,19 @@ export interface WorkerView {
   readonly role: WorkerRole;
   readonly labels: Readonly<Record<string, string>>;
   readonly load: Readonly<WorkerLoad>;
+  /** This replica's in-flight requests at block grain (absent on hand-built views: strategies fall back to `load`). */
+  readonly active?: ActiveBlocksView | undefined;
+}
+
+/** Per-worker view of in-flight requests as Dynamo's active-sequence tracking sees them (gateway/fleet/active-sequences.ts). */
+export interface ActiveBlocksView {
+  /** Prompt tokens not predicted cached (prompt − predicted cached blocks × block size) of requests awaiting their first token. */
+  readonly prefillUncachedTokens: number;
+  /** Distinct prompt block hashes held by in-flight requests: a prefix shared by several counts once. */
+  readonly uniqueBlocks: number;
+  /** Expected output blocks (`max_tokens`, or the default) of in-flight requests. */
+  readonly outputBlocks: number;
+  has(hash: bigint): boolean;
 }
 
 /** One request's routing view, built once per request and shared by every strategy that looks at it. */

@@ -4,6 +4,7 @@ import {
   createLlmdPreciseStrategy,
   llmdPreciseParamsSchema,
 } from '../../../../gateway/routing/strategies/llmd-precise.js';
+import { ActiveSequences } from '../../../../gateway/fleet/active-sequences.js';
 import { ctx, deps, fakeMatcher, hashes, seeded, shares, worker } from '../../../fixtures/strategy-fleet.js';
 
 const llmd = (matcher: PrefixMatcher | undefined, params: Record<string, unknown> = {}) =>
@@ -71,7 +72,39 @@ t.test('prompt normalisation and an absolute KV capacity', async (t) => {
     [2.85, 2.3, 1],
   );
   t.equal(d.worker.id, 'w1');
-  t.equal(d.explain['kvUsageFrom'], 'decode blocks / 200');
+  t.equal(d.explain['kvUsageFrom'], 'held blocks / 200 (absolute)');
+});
+
+t.test('with a known capacity the usage is absolute: a lightly used fleet is not scored as full', async (t) => {
+  // Both nearly idle (10 and 20 of 1000 blocks), kv weight 3. Relative to the busiest, w2 looks
+  // full: w1 = 3 × .5 + 0 = 1.5 beats w2 = 0 + 1 (queue). Absolute: w1 = 2.97, w2 = 2.94 + 1 = 3.94.
+  const ws = [worker('w1', { decodeBlocks: 10, prefillRequests: 1 }), worker('w2', { decodeBlocks: 20 })];
+  const relative = llmd(fakeMatcher({}), { kvUtilizationWeight: 3 }).choose(ctx({ hashes: hashes(10) }), ws);
+  t.same(
+    relative.candidates!.map((c) => c.terms['kvUsage']),
+    [0.5, 1],
+  );
+  t.equal(relative.worker.id, 'w1');
+  const absolute = llmd(fakeMatcher({}), { kvUtilizationWeight: 3, kvCapacityBlocks: 1000 }).choose(
+    ctx({ hashes: hashes(10) }),
+    ws,
+  );
+  t.same(
+    absolute.candidates!.map((c) => c.terms['kvUsage']),
+    [0.01, 0.02],
+  );
+  t.equal(absolute.worker.id, 'w2');
+});
+
+t.test('usage counts the blocks in-flight requests hold, shared prefixes once, as the engine does', async (t) => {
+  const active = new ActiveSequences();
+  const shared = hashes(40, 5n);
+  // Two requests sharing 40 prompt blocks, 10 output blocks each: 40 + 20 = 60 held, not 100.
+  active.start(640, 50, { hashes: shared, promptBlocks: 40 });
+  active.start(640, 50, { hashes: shared, promptBlocks: 40 });
+  const w1 = { ...worker('w1', { decodeBlocks: 100 }), active };
+  const d = llmd(fakeMatcher({}), { kvCapacityBlocks: 200 }).choose(ctx({ hashes: hashes(10) }), [w1, worker('w2')]);
+  t.equal(d.candidates![0].terms['kvUsage'], 0.3);
 });
 
 t.test("llm-d's min-max quirk: the shortest holder scores like a non-holder; a sole holder scores 1", async (t) => {

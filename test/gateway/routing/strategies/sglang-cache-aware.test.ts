@@ -12,13 +12,13 @@ const events = (matcher: PrefixMatcher, params: Record<string, unknown> = {}) =>
     deps({ index: matcher }),
   );
 
-t.test('defaults are the Rust CLI ones', async (t) => {
+t.test('defaults are the command line ones (not the library 0.5 / 32 / 1.1), with no age limit', async (t) => {
   t.same(sglangCacheAwareParamsSchema.parse({}), {
     cacheThreshold: 0.3,
     balanceAbsThreshold: 64,
     balanceRelThreshold: 1.5,
     source: 'approx',
-    ttlSeconds: 120,
+    ttlSeconds: 86_400,
     maxBlocks: 1_000_000,
   });
 });
@@ -70,9 +70,25 @@ t.test('balanced: follow the cache only above the match-rate threshold', async (
   );
 });
 
-t.test('equally deep matches go to the less loaded holder, then at random', async (t) => {
+t.test('equally deep matches go to the last tenant routed to, not the less loaded one', async (t) => {
   const workers = [worker('a', { inflightRequests: 2 }), worker('b', { inflightRequests: 1 }), worker('c')];
-  t.equal(events(fakeMatcher({ a: 6, b: 6 })).choose(ctx({ hashes: hashes(10) }), workers).worker.id, 'b');
+  const last = events(fakeMatcher({ a: 6, b: 6 }));
+  last.onRouted!(ctx({ hashes: hashes(10) }), { worker: workers[1], explain: {} });
+  last.onRouted!(ctx({ hashes: hashes(10) }), { worker: workers[0], explain: {} });
+  // `a` was routed to last: it takes the tie although `b` is less loaded.
+  t.equal(last.choose(ctx({ hashes: hashes(10) }), workers).worker.id, 'a');
+  // A deeper match still beats recency.
+  t.equal(
+    last.choose(ctx({ hashes: hashes(10) }), [...workers, worker('d')]).worker.id,
+    'a',
+    'c and d hold nothing, so they take no part',
+  );
+  const deeper = events(fakeMatcher({ a: 6, b: 7 }));
+  deeper.onRouted!(ctx({ hashes: hashes(10) }), { worker: workers[0], explain: {} });
+  t.equal(deeper.choose(ctx({ hashes: hashes(10) }), workers).worker.id, 'b');
+});
+
+t.test('equal depth and no routing history: at random', async (t) => {
   const s = events(fakeMatcher({ a: 6, b: 6 }));
   const random = seeded(4);
   const even = [worker('a'), worker('b'), worker('c')];

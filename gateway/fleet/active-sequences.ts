@@ -1,0 +1,68 @@
+import type { ActiveBlocksView } from '../routing/strategies/strategy.js';
+
+/** What the router knows of a request's prompt beyond its length (absent: nothing cached, no hashes). */
+export interface TicketPrompt {
+  uncachedTokens?: number | undefined;
+  hashes?: readonly bigint[] | undefined;
+  /** Blocks of the prompt alone; the ticket's other blocks are expected output. */
+  promptBlocks?: number | undefined;
+}
+
+/** The part of a load ticket this tracker takes and gives back. */
+export interface ActiveShare {
+  /** Prompt tokens not predicted cached on the worker: what its prefill still has to compute. */
+  readonly uncachedTokens: number;
+  readonly hashes: readonly bigint[];
+  readonly outputBlocks: number;
+  readonly phase: 'prefill' | 'decode' | 'done';
+}
+
+/**
+ * Per-worker record of what in-flight requests hold, at the grain Dynamo's
+ * active-sequence tracking uses: prompt tokens still to compute (the uncached
+ * part, until the first token) and the prompt's block hashes, each counted once
+ * however many in-flight requests share it (until the request ends).
+ * Reference-counted so a prefix shared by several requests leaves only with the last.
+ */
+export class ActiveSequences implements ActiveBlocksView {
+  prefillUncachedTokens = 0;
+  /** Expected output blocks of in-flight requests (for Dynamo's optional output-block tracking). */
+  outputBlocks = 0;
+  readonly #refs = new Map<bigint, number>();
+
+  get uniqueBlocks(): number {
+    return this.#refs.size;
+  }
+
+  has(hash: bigint): boolean {
+    return this.#refs.has(hash);
+  }
+
+  start(promptTokens: number, blocks: number, prompt: TicketPrompt): Omit<ActiveShare, 'phase'> {
+    const uncachedTokens = Math.min(promptTokens, Math.max(0, prompt.uncachedTokens ?? promptTokens));
+    const hashes = prompt.hashes ?? [];
+    const outputBlocks = Math.max(0, blocks - (prompt.promptBlocks ?? blocks));
+    this.prefillUncachedTokens += uncachedTokens;
+    this.outputBlocks += outputBlocks;
+    for (const h of hashes) this.#refs.set(h, (this.#refs.get(h) ?? 0) + 1);
+    return { uncachedTokens, hashes, outputBlocks };
+  }
+
+  /** Call before the ticket leaves prefill. */
+  firstToken(t: ActiveShare): void {
+    if (t.phase === 'prefill') this.prefillUncachedTokens -= t.uncachedTokens;
+  }
+
+  /** Call once, before the ticket is marked done. */
+  finish(t: ActiveShare): void {
+    if (t.phase === 'done') return;
+    this.firstToken(t);
+    this.outputBlocks -= t.outputBlocks;
+    for (const h of t.hashes) {
+      const n = this.#refs.get(h);
+      if (n === undefined) continue;
+      if (n <= 1) this.#refs.delete(h);
+      else this.#refs.set(h, n - 1);
+    }
+  }
+}
