@@ -12,7 +12,7 @@ const bad = (message: string, param: string) => new SimHttpError(400, message, '
 
 function texts(value: unknown, param: string): string[] {
   if (typeof value === 'string') return [value];
-  if (Array.isArray(value) && value.length > 0 && value.every((v) => typeof v === 'string')) return value as string[];
+  if (Array.isArray(value) && value.length > 0 && value.every((v) => typeof v === 'string')) return value;
   throw bad(`${param} must be a string or a non-empty list of strings`, param);
 }
 

@@ -19,7 +19,7 @@ const MAX_STORED = 10_000;
 const stored = new WeakMap<OpenAiContext, Map<string, { response: Obj; messages: Obj[] }>>();
 const storeOf = (ctx: OpenAiContext) => {
   let s = stored.get(ctx);
-  if (!s) stored.set(ctx, (s = new Map()));
+  if (!s) stored.set(ctx, (s = new Map<string, { response: Obj; messages: Obj[] }>()));
   return s;
 };
 
@@ -56,7 +56,8 @@ async function promptOf(shape: () => ChatShape, ctx: OpenAiContext): Promise<{ i
 }
 
 function budget(ctx: OpenAiContext, promptLen: number, explicit: number | undefined): number {
-  if (promptLen >= ctx.maxModelLen) throw bad(`the prompt has ${promptLen} tokens, over max_model_len ${ctx.maxModelLen}`);
+  if (promptLen >= ctx.maxModelLen)
+    throw bad(`the prompt has ${promptLen} tokens, over max_model_len ${ctx.maxModelLen}`);
   return explicit ?? Math.max(1, Math.min(ctx.defaultChatTokens, ctx.maxModelLen - promptLen));
 }
 
@@ -69,7 +70,11 @@ export async function createResponse(d: SimServerDeps, req: IncomingMessage, res
   if (typeof body.previous_response_id === 'string') {
     const prev = store.get(body.previous_response_id);
     if (!prev)
-      throw new SimHttpError(404, `Response with id '${body.previous_response_id}' not found.`, 'invalid_request_error');
+      throw new SimHttpError(
+        404,
+        `Response with id '${body.previous_response_id}' not found.`,
+        'invalid_request_error',
+      );
     previous = [...prev.messages, { role: 'assistant', content: outputText(prev.response) }];
   }
   const { ids, messages } = await promptOf(() => responsesToChat(body, previous), d.ctx);
@@ -163,12 +168,18 @@ export async function createResponse(d: SimServerDeps, req: IncomingMessage, res
 function outputText(response: Obj): string {
   const out = (response.output as Obj[] | undefined) ?? [];
   return out
-    .flatMap((item) => ((item.content as Obj[] | undefined) ?? []).map((c) => (typeof c.text === 'string' ? c.text : '')))
+    .flatMap((item) =>
+      ((item.content as Obj[] | undefined) ?? []).map((c) => (typeof c.text === 'string' ? c.text : '')),
+    )
     .join('');
 }
 
+/** Throws stay inside the promise, where the router answers them. */
+export const storedResponse = (d: SimServerDeps, req: IncomingMessage, res: ServerResponse, h: Headers) =>
+  Promise.resolve().then(() => storedResponseSync(d, req, res, h));
+
 /** `GET|DELETE /v1/responses/{id}` and `POST /v1/responses/{id}/cancel`; other paths under it are 404. */
-export async function storedResponse(d: SimServerDeps, req: IncomingMessage, res: ServerResponse, h: Headers) {
+function storedResponseSync(d: SimServerDeps, req: IncomingMessage, res: ServerResponse, h: Headers) {
   const path = (req.url ?? '/').split('?')[0];
   const m = /^\/v1\/responses\/([^/]+)(\/cancel)?$/.exec(path);
   const method = req.method ?? 'GET';

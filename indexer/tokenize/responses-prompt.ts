@@ -58,7 +58,10 @@ function responsesItem(item: unknown, i: number): Obj {
     return { role: item.role, content: partsText(item.content, `${param}.content`) };
   if (type === 'function_call_output' && typeof item.output === 'string')
     return { role: 'tool', content: item.output, tool_call_id: item.call_id };
-  throw new UnconvertiblePromptError(`${param}: item type '${String(type)}' is not reproduced by the gateway`, param);
+  throw new UnconvertiblePromptError(
+    `${param}: item type ${JSON.stringify(type)} is not reproduced by the gateway`,
+    param,
+  );
 }
 
 /**
