@@ -24,6 +24,11 @@ function vector(ids: readonly number[]): number[] {
   return v.map((x) => x / norm);
 }
 
+/** `encoding_format: "base64"` (the OpenAI client's default): little-endian float32s, as vLLM sends them. */
+function encode(v: number[], format: unknown): number[] | string {
+  return format === 'base64' ? Buffer.from(new Float32Array(v).buffer).toString('base64') : v;
+}
+
 const dot = (a: number[], b: number[]) => a.reduce((s, x, i) => s + x * b[i], 0);
 
 /**
@@ -59,7 +64,7 @@ export function poolingHandler(route: PoolingRoute) {
             object: 'list',
             created,
             model,
-            data: vecs.map((embedding, index) => ({ index, object: 'embedding', embedding })),
+            data: vecs.map((v, index) => ({ index, object: 'embedding', embedding: encode(v, body.encoding_format) })),
             usage,
           };
         else if (route === 'pooling')
