@@ -18,7 +18,7 @@ const indexedBlocks = async (adminUrl: string, worker: string) => {
   return body.index?.workers?.[worker]?.index?.blocks ?? 0;
 };
 
-t.test('a Messages conversation stays on its worker with the predicted cache hits', async (t) => {
+void t.test('a Messages conversation stays on its worker with the predicted cache hits', async (t) => {
   const teardown = t.teardown.bind(t);
   const { workers } = await startSim(teardown, 3, ['--speedup', '20', ...EVENTS]);
   const { url, adminUrl } = await startGateway(teardown, fleetConfig(workers, { strategy: 'kv' }));
@@ -82,7 +82,7 @@ t.test('a Messages conversation stays on its worker with the predicted cache hit
   t.match(await bad.body.json(), { error: { param: 'max_tokens' } });
 });
 
-t.test('an embeddings burst spreads by load; score and rerank are routed with the model check', async (t) => {
+void t.test('an embeddings burst spreads by load; score and rerank are routed with the model check', async (t) => {
   const teardown = t.teardown.bind(t);
   const { workers } = await startSim(teardown, 3, ['--speedup', '1']);
   // One session header would send every request to one worker under `session`; pooling routes go by load instead.

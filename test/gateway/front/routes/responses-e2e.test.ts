@@ -19,7 +19,7 @@ const indexedBlocks = async (adminUrl: string, worker: string) => {
   return body.index?.workers?.[worker]?.index?.blocks ?? 0;
 };
 
-t.test('a Responses conversation stays on its worker with the predicted cache hits', async (t) => {
+void t.test('a Responses conversation stays on its worker with the predicted cache hits', async (t) => {
   const teardown = t.teardown.bind(t);
   const { workers } = await startSim(teardown, 3, ['--speedup', '20', ...EVENTS]);
   const { url, adminUrl } = await startGateway(teardown, fleetConfig(workers, { strategy: 'kv' }));
@@ -96,7 +96,7 @@ t.test('a Responses conversation stays on its worker with the predicted cache hi
   t.match(await bad.body.json(), { error: { param: 'input', code: 'missing_required_parameter' } });
 });
 
-t.test('a previous_response_id whose worker is gone gets a clear 4xx', async (t) => {
+void t.test('a previous_response_id whose worker is gone gets a clear 4xx', async (t) => {
   const teardown = t.teardown.bind(t);
   const a = await startSim(teardown, 1, ['--speedup', '20']);
   const b = await startSim(teardown, 1, ['--speedup', '20']);
