@@ -51,7 +51,8 @@ export class ResponseStore {
     this.#cache = new LRUCache<string, StoredResponse>({
       max: config.maxStored,
       ttl: config.ttlMs,
-      ...(now ? { perf: { now } } : {}),
+      // An injected clock must be read on every lookup, not cached for ttlResolution.
+      ...(now ? { perf: { now }, ttlResolution: 0 } : {}),
     });
   }
 
