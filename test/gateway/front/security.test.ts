@@ -175,7 +175,9 @@ t.test(
       const expected: Record<string, string | undefined> = { a: `Bearer ${KEY_A}`, b: `Bearer ${KEY_B}`, c: undefined };
       const seen = new Set<string>();
       for (let i = 0; i < 6; i++) {
-        const r = keep(await send(`${url}/v1/audio/transcriptions`, 'POST', auth, JSON.stringify({ model: 'ma', input: 'x' })));
+        const r = keep(
+          await send(`${url}/v1/audio/transcriptions`, 'POST', auth, JSON.stringify({ model: 'ma', input: 'x' })),
+        );
         t.equal(r.status, 200);
         const e = echoed(r);
         seen.add(e.worker);
@@ -218,7 +220,9 @@ t.test(
         'x-normal': 'n',
       };
       const routed = keep(await send(`${url}/v1/completions`, 'POST', hop, completion('mc', { hop_response: true })));
-      const pass = keep(await send(`${url}/v1/audio/transcriptions`, 'POST', hop, JSON.stringify({ hop_response: true })));
+      const pass = keep(
+        await send(`${url}/v1/audio/transcriptions`, 'POST', hop, JSON.stringify({ hop_response: true })),
+      );
       for (const [what, r] of [
         ['routed', routed],
         ['passthrough', pass],
