@@ -24,6 +24,8 @@ import {
   type ResponseHead,
 } from './openai.js';
 import type { FinishReason, Scheduler } from './scheduler.js';
+import { poolingHandler } from './pooling.js';
+import { createMessage, createResponse, storedResponse } from './responses.js';
 
 export interface SimStats {
   id: string;
@@ -93,6 +95,14 @@ const routes: Record<string, Record<string, Handler>> = {
   '/v1/unload_lora_adapter': {
     POST: async (d, q, res, h) => sendText(res, d.ctx.loras.unload(asObject(await readJson(q))), h),
   },
+  '/v1/responses': { POST: createResponse },
+  '/v1/messages': { POST: createMessage },
+  '/v1/embeddings': { POST: poolingHandler('embeddings') },
+  '/pooling': { POST: poolingHandler('pooling') },
+  '/score': { POST: poolingHandler('score') },
+  '/v1/score': { POST: poolingHandler('score') },
+  '/rerank': { POST: poolingHandler('rerank') },
+  '/v1/rerank': { POST: poolingHandler('rerank') },
   '/tokenize': { POST: tokenize },
   '/detokenize': { POST: detokenize },
   '/metrics': {
@@ -130,13 +140,16 @@ const routes: Record<string, Record<string, Handler>> = {
   },
 };
 
+const responsesById: Record<string, Handler> = { GET: storedResponse, DELETE: storedResponse, POST: storedResponse };
+
 export function createSimHandler(deps: SimServerDeps): (req: IncomingMessage, res: ServerResponse) => void {
   return (req, res) => {
     const headers: Record<string, string> = {};
     const requestId = req.headers['x-request-id'];
     if (typeof requestId === 'string') headers['x-request-id'] = requestId;
     const path = (req.url ?? '/').split('?')[0]!;
-    const route = routes[path];
+    // Stored responses are addressed by id; the handler checks the rest of the path and the method.
+    const route = path.startsWith('/v1/responses/') ? responsesById : routes[path];
     const handler = route?.[req.method ?? 'GET'];
     if (!route) return sendJson(res, 404, { detail: 'Not Found' }, headers);
     if (!handler) return sendJson(res, 405, { detail: 'Method Not Allowed' }, headers);
@@ -153,7 +166,7 @@ export function createSimHandler(deps: SimServerDeps): (req: IncomingMessage, re
   };
 }
 
-function sendJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string>): void {
+export function sendJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string>): void {
   if (res.headersSent) {
     res.destroy();
     return;
@@ -174,7 +187,7 @@ function sendText(res: ServerResponse, text: string, headers: Record<string, str
     .end(text);
 }
 
-async function readJson(req: IncomingMessage): Promise<unknown> {
+export async function readJson(req: IncomingMessage): Promise<unknown> {
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const chunk of req as AsyncIterable<Buffer>) {

@@ -15,8 +15,10 @@ import type { Passthrough } from '../proxy/passthrough.js';
 import type { RoutingPipeline } from '../routing/pipeline.js';
 import { ADMIN_TOKEN_HEADER } from '../routing/policies/overrides.js';
 import { RequestOutcome } from '../proxy/usage-sniffer.js';
-import { parseInference, readBody, requireJsonContentType, type InferenceKind } from './request.js';
+import { readBody, requireJsonContentType } from './request.js';
 import { passthroughConfigSchema } from '../proxy/passthrough-routes.js';
+import { responsesConfigSchema, ResponseStore } from './routes/responses.js';
+import { ownerOf, routedRoute, serveStoredResponse, steer, type Prepared } from './routes/routed.js';
 import { rerouter } from '../proxy/retry.js';
 import type { DisaggHook } from '../disagg/two-leg.js';
 import type { FlowControl, FlowPass } from '../flow/flow.js';
@@ -49,6 +51,8 @@ export const serverConfigSchema = z.strictObject({
   drainTimeoutMs: z.number().int().min(0).default(30_000),
   /** Which engine routes the pass-through forwards; state-changing ones are refused unless listed here. */
   passthrough: passthroughConfigSchema.prefault({}),
+  /** Which worker stored which Responses API response (gateway/front/routes/responses.ts). */
+  responses: responsesConfigSchema.prefault({}),
 });
 export type ServerConfig = z.infer<typeof serverConfigSchema>;
 
@@ -77,10 +81,11 @@ const MODEL_PREFIX = '/v1/models/';
  */
 export function createFrontHandler(d: FrontDeps): (req: IncomingMessage, res: ServerResponse) => void {
   const admission = new Admission(d.config.overload, d.metrics.registry);
+  const store = new ResponseStore(d.config.responses);
   const inference = async (
     req: IncomingMessage,
     res: ServerResponse,
-    kind: InferenceKind,
+    parse: (raw: Buffer) => Prepared,
     route: string,
     path: string,
   ): Promise<void> => {
@@ -95,13 +100,17 @@ export function createFrontHandler(d: FrontDeps): (req: IncomingMessage, res: Se
       const raw = await readBody(req, d.config.maxBodyBytes);
       // After the body, not before as vLLM does: a broken framing is reported as such, and the connection stays usable.
       requireJsonContentType(req.headers['content-type']);
-      const request = parseInference(raw, kind);
-      let routed = d.pipeline.route(request, path, req.headers, requestId, req.socket.remoteAddress);
-      if (routed instanceof Promise) routed = await routed;
+      const prepared = parse(raw);
+      const { request } = prepared;
+      const owner = ownerOf(d.fleet, prepared);
+      let piped = d.pipeline.route(request, path, req.headers, requestId, req.socket.remoteAddress);
+      if (piped instanceof Promise) piped = await piped;
+      let routed = steer(d.fleet, piped, prepared, owner);
       strategy = routed.strategy.name;
       if (res.destroyed) return;
       // --- disaggregation hook (gateway/disagg/): pools with prefill workers take the two-leg path ---
-      if (d.disagg?.handles(routed)) return void d.disagg.serve({ req, res, routed, requestId, started, route, path });
+      if (prepared.disagg && d.disagg?.handles(routed))
+        return void d.disagg.serve({ req, res, routed, requestId, started, route, path });
       // --- end disaggregation hook ---
       // --- flow control hook (gateway/flow/): may hold the request, move it to another worker, or shed it (429) ---
       let pass = d.flow?.gate(routed, req.headers, res, requestId);
@@ -138,6 +147,8 @@ export function createFrontHandler(d: FrontDeps): (req: IncomingMessage, res: Se
         passAuthorization: d.transport.config.passClientAuthorization,
       });
       delete upstreamHeaders[ADMIN_TOKEN_HEADER];
+      const outcome = flowObserved(pass, new RequestOutcome(d.metrics, strategy, arm, armStats, started));
+      const observer = prepared.observe?.(outcome);
       forward(
         d,
         {
@@ -152,9 +163,16 @@ export function createFrontHandler(d: FrontDeps): (req: IncomingMessage, res: Se
           responseHeaders,
           started,
           dataParallelRank: decision.dataParallelRank,
-          reroute: rerouter(d.fleet, routed),
+          // A pinned request can run nowhere else.
+          reroute: owner ? undefined : rerouter(d.fleet, routed),
           arm,
-          observer: flowObserved(pass, new RequestOutcome(d.metrics, strategy, arm, armStats, started)),
+          observer: observer ?? outcome,
+          workerHeader: observer
+            ? (w) => {
+                observer.worker = w.id;
+                return w.id;
+              }
+            : undefined,
         },
         upstreamHeaders,
         res,
@@ -176,15 +194,14 @@ export function createFrontHandler(d: FrontDeps): (req: IncomingMessage, res: Se
     const q = url.indexOf('?');
     const path = q === -1 ? url : url.slice(0, q);
     const method = req.method;
+    const routedPath = routedRoute(path, store);
+    if (routedPath) {
+      if (method !== 'POST') return methodNotAllowed(res, 'POST');
+      void inference(req, res, routedPath.parse, routedPath.route, url);
+      return;
+    }
+    if (serveStoredResponse(req, res, path, store, d.fleet, d.passthrough)) return;
     switch (path) {
-      case '/v1/chat/completions':
-        if (method !== 'POST') return methodNotAllowed(res, 'POST');
-        void inference(req, res, 'chat', 'chat', url);
-        return;
-      case '/v1/completions':
-        if (method !== 'POST') return methodNotAllowed(res, 'POST');
-        void inference(req, res, 'completion', 'completions', url);
-        return;
       case '/health':
         return json(res, 200, { status: 'ok' });
       case '/ready': {

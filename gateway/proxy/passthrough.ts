@@ -67,7 +67,8 @@ export class Passthrough {
     });
   }
 
-  handle(req: IncomingMessage, res: ServerResponse): void {
+  /** `target`: a worker that must answer (e.g. the one that stored a response); any healthy one otherwise. */
+  handle(req: IncomingMessage, res: ServerResponse, target?: Worker): void {
     const url = req.url ?? '/';
     const q = url.indexOf('?');
     const path = q === -1 ? url : url.slice(0, q);
@@ -81,7 +82,7 @@ export class Passthrough {
       sendError(res, refused);
       return;
     }
-    const worker = this.#fleet.anyHealthy();
+    const worker = target ?? this.#fleet.anyHealthy();
     if (!worker) {
       sendError(
         res,

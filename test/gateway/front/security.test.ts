@@ -174,7 +174,9 @@ t.test(
       const expected: Record<string, string | undefined> = { a: `Bearer ${KEY_A}`, b: `Bearer ${KEY_B}`, c: undefined };
       const seen = new Set<string>();
       for (let i = 0; i < 6; i++) {
-        const r = keep(await send(`${url}/v1/embeddings`, 'POST', auth, JSON.stringify({ model: 'ma', input: 'x' })));
+        const r = keep(
+          await send(`${url}/v1/audio/transcriptions`, 'POST', auth, JSON.stringify({ model: 'ma', input: 'x' })),
+        );
         t.equal(r.status, 200);
         const e = echoed(r);
         seen.add(e.worker);
@@ -191,7 +193,7 @@ t.test(
         host: evilHost,
       };
       const routed = keep(await send(`${url}/v1/completions`, 'POST', spoof, completion('mc')));
-      const pass = keep(await send(`${url}/v1/embeddings`, 'POST', spoof, JSON.stringify({ input: 'x' })));
+      const pass = keep(await send(`${url}/v1/audio/transcriptions`, 'POST', spoof, JSON.stringify({ input: 'x' })));
       for (const [what, r] of [
         ['routed', routed],
         ['passthrough', pass],
@@ -217,7 +219,9 @@ t.test(
         'x-normal': 'n',
       };
       const routed = keep(await send(`${url}/v1/completions`, 'POST', hop, completion('mc', { hop_response: true })));
-      const pass = keep(await send(`${url}/v1/embeddings`, 'POST', hop, JSON.stringify({ hop_response: true })));
+      const pass = keep(
+        await send(`${url}/v1/audio/transcriptions`, 'POST', hop, JSON.stringify({ hop_response: true })),
+      );
       for (const [what, r] of [
         ['routed', routed],
         ['passthrough', pass],
@@ -239,7 +243,7 @@ t.test(
         const body = completion('ma');
         for (const target of [
           `http://${evilHost}/v1/completions`,
-          `http://${evilHost}/v1/embeddings`,
+          `http://${evilHost}/v1/audio/transcriptions`,
           `//${evilHost}/v1/completions`,
         ]) {
           const r = await rawExchange(url, [
@@ -327,7 +331,7 @@ t.test('passClientAuthorization: the client credential goes to workers without a
   t.equal(echoed(toA).headers.authorization, `Bearer ${KEY_A}`, 'a worker key still wins');
   const seen = new Map<string, unknown>();
   for (let i = 0; i < 4; i++) {
-    const e = echoed(await send(`${url}/v1/embeddings`, 'POST', auth, '{}'));
+    const e = echoed(await send(`${url}/v1/audio/transcriptions`, 'POST', auth, '{}'));
     seen.set(e.worker, e.headers.authorization);
   }
   t.same(
