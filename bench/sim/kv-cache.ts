@@ -15,6 +15,8 @@ export interface CacheSeq {
   committedBlocks: number;
   /** The LoRA adapter the sequence runs with: its blocks only ever match the same adapter's. */
   readonly lora?: { readonly name: string; readonly id: number } | null;
+  /** vLLM's `cache_salt`: an extra key of the first block only; the chain carries it on. */
+  readonly cacheSalt?: string | null;
 }
 
 export interface KvCacheOptions {
@@ -96,7 +98,8 @@ export class KvCache {
     const bs = this.blockSize;
     for (let b = seq.blockHashes.length; b < count; b++) {
       const parent = b === 0 ? null : seq.blockHashes[b - 1];
-      seq.blockHashes.push(this.#hasher(parent, seq.tokens, b * bs, (b + 1) * bs, seq.lora?.name));
+      const salt = b === 0 ? seq.cacheSalt : null;
+      seq.blockHashes.push(this.#hasher(parent, seq.tokens, b * bs, (b + 1) * bs, seq.lora?.name, salt));
     }
   }
 
@@ -158,6 +161,7 @@ export class KvCache {
         tier: 'gpu',
         loraName: seq.lora?.name ?? null,
         loraId: seq.lora?.id ?? null,
+        ...(runStart === 0 && seq.cacheSalt ? { cacheSalt: seq.cacheSalt } : {}),
       };
       this.#events.push(stored);
       runStart = -1;

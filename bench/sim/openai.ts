@@ -48,6 +48,8 @@ export interface GenerationRequest {
   includeUsage: boolean;
   /** The adapter the request named, or null for the base model. */
   lora: SimLora | null;
+  /** vLLM's `cache_salt`: mixed into the first block's hash, so only same-salt requests share blocks. */
+  cacheSalt: string | null;
 }
 
 type Body = Record<string, unknown>;
@@ -86,8 +88,15 @@ function optBool(body: Body, key: string): boolean | undefined {
   return v;
 }
 
-function common(body: Body, ctx: OpenAiContext): { stream: boolean; includeUsage: boolean; lora: SimLora | null } {
+function common(
+  body: Body,
+  ctx: OpenAiContext,
+): { stream: boolean; includeUsage: boolean; lora: SimLora | null; cacheSalt: string | null } {
   const lora = checkModel(body, ctx);
+  const salt = body.cache_salt;
+  if (salt !== undefined && salt !== null && (typeof salt !== 'string' || salt === ''))
+    throw bad("Parameter 'cache_salt' must be a non-empty string if provided.", 'cache_salt');
+  const cacheSalt = typeof salt === 'string' ? salt : null;
   const n = optInt(body, 'n', 1);
   if (n !== undefined && n !== 1) throw bad(`n=${n} is not supported by the simulator: only n=1`, 'n');
   const stream = optBool(body, 'stream') ?? false;
@@ -98,7 +107,7 @@ function common(body: Body, ctx: OpenAiContext): { stream: boolean; includeUsage
       throw bad('stream_options must be an object', 'stream_options');
   }
   const includeUsage = stream && (options as { include_usage?: unknown } | null | undefined)?.include_usage === true;
-  return { stream, includeUsage, lora };
+  return { stream, includeUsage, lora, cacheSalt };
 }
 
 function checkLength(promptLen: number, maxTokens: number, ctx: OpenAiContext): void {
@@ -149,12 +158,21 @@ async function completionPrompt(prompt: unknown, ctx: OpenAiContext): Promise<nu
 
 export async function parseCompletion(raw: unknown, ctx: OpenAiContext): Promise<GenerationRequest> {
   const body = asObject(raw);
-  const { stream, includeUsage, lora } = common(body, ctx);
+  const { stream, includeUsage, lora, cacheSalt } = common(body, ctx);
   if (body.prompt === undefined) throw bad('prompt is required', 'prompt');
   const maxTokens = optInt(body, 'max_tokens', 1) ?? 16;
   const promptTokens = await completionPrompt(body.prompt, ctx);
   checkLength(promptTokens.length, maxTokens, ctx);
-  return { kind: 'completion', promptTokens, maxTokens, finishReason: 'length', stream, includeUsage, lora };
+  return {
+    kind: 'completion',
+    promptTokens,
+    maxTokens,
+    finishReason: 'length',
+    stream,
+    includeUsage,
+    lora,
+    cacheSalt,
+  };
 }
 
 export interface ChatInput {
@@ -202,7 +220,7 @@ export async function tokenizeChatInput(input: ChatInput, ctx: OpenAiContext): P
 
 export async function parseChat(raw: unknown, ctx: OpenAiContext): Promise<GenerationRequest> {
   const body = asObject(raw);
-  const { stream, includeUsage, lora } = common(body, ctx);
+  const { stream, includeUsage, lora, cacheSalt } = common(body, ctx);
   const input = chatInput(body);
   const explicit = optInt(body, 'max_completion_tokens', 1) ?? optInt(body, 'max_tokens', 1);
   const promptTokens = await tokenizeChatInput(input, ctx);
@@ -217,6 +235,7 @@ export async function parseChat(raw: unknown, ctx: OpenAiContext): Promise<Gener
     stream,
     includeUsage,
     lora,
+    cacheSalt,
   };
 }
 

@@ -224,6 +224,7 @@ async function generate(
     maxTokens: parsed.maxTokens,
     finishReason: parsed.finishReason,
     lora: parsed.lora,
+    cacheSalt: parsed.cacheSalt,
     keepBlocks,
     remote:
       transfer.kind === 'decode-from-remote' ? d.nixl.remote(transfer.params, parsed.promptTokens.length) : undefined,

@@ -157,7 +157,7 @@ export function createPromptBlocksProvider(options: PromptBlocksOptions): Prompt
     return {
       tokenCount: ids.length,
       blockSize: options.blockSize,
-      hashes: options.hasher.hashBlocks(ids, options.blockSize, seed),
+      hashes: options.hasher.hashBlocks(ids, options.blockSize, seed, undefined, saltOf(body)),
     };
   };
 }
@@ -197,6 +197,11 @@ function truncates(body: Record<string, unknown>): boolean {
 function truncate(ids: number[], body: Record<string, unknown>): number[] {
   const n = body.truncate_prompt_tokens;
   return typeof n === 'number' && Number.isInteger(n) && n > 0 && ids.length > n ? ids.slice(ids.length - n) : ids;
+}
+
+/** vLLM's `cache_salt` (chat and completions): blocks computed under one salt are reused only by requests with the same salt. */
+function saltOf(body: Record<string, unknown>): string | null {
+  return typeof body.cache_salt === 'string' && body.cache_salt !== '' ? body.cache_salt : null;
 }
 
 function isTokenId(value: unknown): boolean {
