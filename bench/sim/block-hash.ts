@@ -13,7 +13,7 @@ export type BlockHasher = (
   end: number,
   /** The LoRA adapter's name: like vLLM's block-hash extra keys, it changes every block's hash, not just the first. */
   lora?: string | null,
-  /** vLLM's `cache_salt`, passed for the first block only (vLLM's extra keys carry it there alone). */
+  /** Other extra keys: vLLM's `cache_salt` (first block only) and the hashes of media the block covers. */
   salt?: string | null,
 ) => bigint;
 

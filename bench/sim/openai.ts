@@ -1,3 +1,4 @@
+import { mediaMessages, mediaSpans, type MediaSpan } from './media.js';
 import type { ChatMessage } from '../../indexer/tokenize/chat-template.js';
 import type { SimTokenizer } from './text.js';
 import type { SimLora, SimLoras } from './lora.js';
@@ -50,6 +51,7 @@ export interface GenerationRequest {
   lora: SimLora | null;
   /** vLLM's `cache_salt`: mixed into the first block's hash, so only same-salt requests share blocks. */
   cacheSalt: string | null;
+  mediaSpans?: MediaSpan[];
 }
 
 type Body = Record<string, unknown>;
@@ -180,6 +182,8 @@ export interface ChatInput {
   tools: unknown[] | undefined;
   addGenerationPrompt: boolean;
   templateKwargs: Record<string, unknown> | undefined;
+  /** Media parts (now placeholders in `messages`), by identity, in prompt order. */
+  media: string[];
 }
 
 export function chatInput(body: Body): ChatInput {
@@ -198,8 +202,10 @@ export function chatInput(body: Body): ChatInput {
   if (addGenerationPrompt && optBool(body, 'continue_final_message')) {
     throw bad('Cannot set both `continue_final_message` and `add_generation_prompt` to True.');
   }
+  const mm = mediaMessages(messages);
   return {
-    messages: messages as ChatMessage[],
+    messages: mm.messages as ChatMessage[],
+    media: mm.media,
     tools: (body.tools as unknown[] | null | undefined) ?? undefined,
     addGenerationPrompt,
     templateKwargs: (kwargs as Record<string, unknown> | null | undefined) ?? undefined,
@@ -236,6 +242,7 @@ export async function parseChat(raw: unknown, ctx: OpenAiContext): Promise<Gener
     includeUsage,
     lora,
     cacheSalt,
+    mediaSpans: await mediaSpans(promptTokens, input.media, ctx.tokenizer),
   };
 }
 

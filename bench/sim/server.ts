@@ -225,6 +225,7 @@ async function generate(
     finishReason: parsed.finishReason,
     lora: parsed.lora,
     cacheSalt: parsed.cacheSalt,
+    mediaSpans: parsed.mediaSpans,
     keepBlocks,
     remote:
       transfer.kind === 'decode-from-remote' ? d.nixl.remote(transfer.params, parsed.promptTokens.length) : undefined,
