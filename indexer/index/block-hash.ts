@@ -65,7 +65,7 @@ export async function createBlockHasher(): Promise<BlockHasher> {
       // A salt belongs to the root block; a chain continued from a parent already carries it.
       if (!salt || parent !== undefined || blocks === 0) return chain(tokens, blockSize, blocks, seed, parent ?? 0n);
       const first = chain(tokens, blockSize, 1, x.h64(`salt\u0000${salt}`, seed), 0n);
-      const rest = Array.from(tokens as ArrayLike<number>).slice(blockSize);
+      const rest = Array.from(tokens).slice(blockSize);
       return first.concat(chain(rest, blockSize, blocks - 1, seed, first[0]));
     },
   };
