@@ -1,4 +1,5 @@
 import { resolve } from 'node:path';
+import { MEDIA_START } from '../indexer/tokenize/media.js';
 import type { Logger } from 'pino';
 import type { GatewayConfig } from '../config/schema.js';
 import { createBlockHasher } from '../indexer/index/block-hash.js';
@@ -21,7 +22,6 @@ import { StartupError } from './ops/startup-error.js';
 import { ContextLengthError } from '../indexer/tokenize/context-bound.js';
 import { contextLengthError } from './front/engine-errors.js';
 import type { PrefixMatcher } from './routing/strategies/strategy.js';
-
 
 /** What the KV-aware parts of the gateway share: one index per model, its event sources, and prompt hashing. */
 export interface KvServices {
@@ -157,6 +157,7 @@ export async function buildKvServices(config: GatewayConfig, options: KvServices
   };
   for (const [model, mc] of Object.entries(config.models)) {
     let source: PromptTokenSource | undefined;
+    let mediaStartId: number | undefined;
     if (mc.tokenizer.type === 'local') {
       const dir = resolve(mc.tokenizer.dir);
       const tokenizer = await PromptTokenizer.load(dir, { cacheBytes: mc.tokenCacheMiB * 1024 * 1024 }).catch(
@@ -165,6 +166,9 @@ export async function buildKvServices(config: GatewayConfig, options: KvServices
         },
       );
       tokenizers.set(model, tokenizer);
+      // Only a tokenizer that has the media start as one special token can locate media in a prompt.
+      const start = await tokenizer.encode(MEDIA_START, false);
+      if (start.length === 1) mediaStartId = start[0];
       source = localTokenSource(tokenizer, { maxModelLen: mc.maxModelLen ?? tokenizer.lengths.modelMaxLength });
     } else if (mc.tokenizer.type === 'remote') {
       const remote = await RemoteTokenizer.create({
@@ -181,6 +185,7 @@ export async function buildKvServices(config: GatewayConfig, options: KvServices
         source,
         hasher: hasher,
         blockSize: mc.blockSize,
+        mediaStartId,
         seedFor: (lora) => hasher.seedFor(model, lora),
         loraOf: (name) => (name !== model && baseOfName(name) === model ? name : null),
         observe: options.onTokenized,
@@ -208,7 +213,6 @@ export async function buildKvServices(config: GatewayConfig, options: KvServices
   }
   return services;
 }
-
 
 function singleMatcher(index: KvIndexer): KvServices['matcher'] {
   return { match: (h) => index.match(h), blocksOf: (t) => index.blocksOf(t) };

@@ -13,6 +13,8 @@ export type BlockHasher = (
   end: number,
   /** The LoRA adapter's name: like vLLM's block-hash extra keys, it changes every block's hash, not just the first. */
   lora?: string | null,
+  /** Other extra keys: vLLM's `cache_salt` (first block only) and the hashes of media the block covers. */
+  salt?: string | null,
 ) => bigint;
 
 /**
@@ -29,14 +31,17 @@ export async function createBlockHasher(rootSeed?: bigint): Promise<BlockHasher>
     if (key === undefined) loraKeys.set(name, (key = x.h64(`lora\u0000${name}`, root)));
     return key;
   };
+  const saltKey = (salt: string): bigint => x.h64(`salt\u0000${salt}`, root);
   let words = new Uint32Array(16);
-  return (parent, tokens, start, end, lora) => {
+  return (parent, tokens, start, end, lora, salt) => {
     const n = end - start;
     if (words.length < n) words = new Uint32Array(n);
     for (let i = 0; i < n; i++) words[i] = tokens[start + i]!;
     const seed = parent ?? root;
     // Uint32Array is little-endian on every platform Node supports.
-    return x.h64Raw(new Uint8Array(words.buffer, 0, n * 4), lora ? seed ^ loraKey(lora) : seed);
+    let key = lora ? seed ^ loraKey(lora) : seed;
+    if (salt) key ^= saltKey(salt);
+    return x.h64Raw(new Uint8Array(words.buffer, 0, n * 4), key);
   };
 }
 

@@ -2,6 +2,7 @@ import { LRUCache } from 'lru-cache';
 import type { KvEvent } from '../../indexer/events/types.js';
 import type { BlockHasher } from './block-hash.js';
 import type { SimStoredEvent } from './kv-encode.js';
+import { mediaKeysOf, type MediaSpan } from './media.js';
 
 /** What the cache needs to know about a sequence holding blocks. */
 export interface CacheSeq {
@@ -15,6 +16,9 @@ export interface CacheSeq {
   committedBlocks: number;
   /** The LoRA adapter the sequence runs with: its blocks only ever match the same adapter's. */
   readonly lora?: { readonly name: string; readonly id: number } | null;
+  /** vLLM's `cache_salt`: an extra key of the first block only; the chain carries it on. */
+  readonly cacheSalt?: string | null;
+  readonly mediaSpans?: readonly MediaSpan[];
 }
 
 export interface KvCacheOptions {
@@ -96,7 +100,11 @@ export class KvCache {
     const bs = this.blockSize;
     for (let b = seq.blockHashes.length; b < count; b++) {
       const parent = b === 0 ? null : seq.blockHashes[b - 1];
-      seq.blockHashes.push(this.#hasher(parent, seq.tokens, b * bs, (b + 1) * bs, seq.lora?.name));
+      // vLLM's extra keys: the salt on the first block, the content hash of any media the block covers.
+      const keys = mediaKeysOf(seq.mediaSpans ?? [], b * bs, (b + 1) * bs);
+      if (b === 0 && seq.cacheSalt) keys.unshift(seq.cacheSalt);
+      const extra = keys.length === 0 ? null : keys.join('\u0000');
+      seq.blockHashes.push(this.#hasher(parent, seq.tokens, b * bs, (b + 1) * bs, seq.lora?.name, extra));
     }
   }
 
@@ -158,6 +166,7 @@ export class KvCache {
         tier: 'gpu',
         loraName: seq.lora?.name ?? null,
         loraId: seq.lora?.id ?? null,
+        ...(runStart === 0 && seq.cacheSalt ? { cacheSalt: seq.cacheSalt } : {}),
       };
       this.#events.push(stored);
       runStart = -1;

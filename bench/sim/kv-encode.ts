@@ -195,14 +195,20 @@ function writeLoraId(w: MsgpackWriter, ev: SimStoredEvent): void {
   else w.int(ev.loraId);
 }
 
-/** One entry per block: vLLM's extra keys of a plain-text block are None, an adapter's block carries `(lora_name,)`. */
+/**
+ * One entry per block, as vLLM orders them: `(lora_name?, cache_salt?)`, the
+ * salt on the first block of a prompt only; None when a block has no keys.
+ */
 function writeExtraKeys(w: MsgpackWriter, ev: BlocksStored): void {
   w.arrayHeader(ev.engineHashes.length);
   for (let i = 0; i < ev.engineHashes.length; i++) {
-    if (ev.loraName === null) w.nil();
+    const keys: string[] = [];
+    if (ev.loraName !== null) keys.push(ev.loraName);
+    if (i === 0 && ev.parentEngineHash === null && ev.cacheSalt) keys.push(ev.cacheSalt);
+    if (keys.length === 0) w.nil();
     else {
-      w.arrayHeader(1);
-      w.str(ev.loraName);
+      w.arrayHeader(keys.length);
+      for (const k of keys) w.str(k);
     }
   }
 }

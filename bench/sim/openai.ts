@@ -1,3 +1,4 @@
+import { mediaMessages, mediaSpans, type MediaSpan } from './media.js';
 import type { ChatMessage } from '../../indexer/tokenize/chat-template.js';
 import type { SimTokenizer } from './text.js';
 import type { SimLora, SimLoras } from './lora.js';
@@ -48,6 +49,9 @@ export interface GenerationRequest {
   includeUsage: boolean;
   /** The adapter the request named, or null for the base model. */
   lora: SimLora | null;
+  /** vLLM's `cache_salt`: mixed into the first block's hash, so only same-salt requests share blocks. */
+  cacheSalt: string | null;
+  mediaSpans?: MediaSpan[];
 }
 
 type Body = Record<string, unknown>;
@@ -86,8 +90,15 @@ function optBool(body: Body, key: string): boolean | undefined {
   return v;
 }
 
-function common(body: Body, ctx: OpenAiContext): { stream: boolean; includeUsage: boolean; lora: SimLora | null } {
+function common(
+  body: Body,
+  ctx: OpenAiContext,
+): { stream: boolean; includeUsage: boolean; lora: SimLora | null; cacheSalt: string | null } {
   const lora = checkModel(body, ctx);
+  const salt = body.cache_salt;
+  if (salt !== undefined && salt !== null && (typeof salt !== 'string' || salt === ''))
+    throw bad("Parameter 'cache_salt' must be a non-empty string if provided.", 'cache_salt');
+  const cacheSalt = typeof salt === 'string' ? salt : null;
   const n = optInt(body, 'n', 1);
   if (n !== undefined && n !== 1) throw bad(`n=${n} is not supported by the simulator: only n=1`, 'n');
   const stream = optBool(body, 'stream') ?? false;
@@ -98,7 +109,7 @@ function common(body: Body, ctx: OpenAiContext): { stream: boolean; includeUsage
       throw bad('stream_options must be an object', 'stream_options');
   }
   const includeUsage = stream && (options as { include_usage?: unknown } | null | undefined)?.include_usage === true;
-  return { stream, includeUsage, lora };
+  return { stream, includeUsage, lora, cacheSalt };
 }
 
 function checkLength(promptLen: number, maxTokens: number, ctx: OpenAiContext): void {
@@ -149,12 +160,21 @@ async function completionPrompt(prompt: unknown, ctx: OpenAiContext): Promise<nu
 
 export async function parseCompletion(raw: unknown, ctx: OpenAiContext): Promise<GenerationRequest> {
   const body = asObject(raw);
-  const { stream, includeUsage, lora } = common(body, ctx);
+  const { stream, includeUsage, lora, cacheSalt } = common(body, ctx);
   if (body.prompt === undefined) throw bad('prompt is required', 'prompt');
   const maxTokens = optInt(body, 'max_tokens', 1) ?? 16;
   const promptTokens = await completionPrompt(body.prompt, ctx);
   checkLength(promptTokens.length, maxTokens, ctx);
-  return { kind: 'completion', promptTokens, maxTokens, finishReason: 'length', stream, includeUsage, lora };
+  return {
+    kind: 'completion',
+    promptTokens,
+    maxTokens,
+    finishReason: 'length',
+    stream,
+    includeUsage,
+    lora,
+    cacheSalt,
+  };
 }
 
 export interface ChatInput {
@@ -162,6 +182,8 @@ export interface ChatInput {
   tools: unknown[] | undefined;
   addGenerationPrompt: boolean;
   templateKwargs: Record<string, unknown> | undefined;
+  /** Media parts (now placeholders in `messages`), by identity, in prompt order. */
+  media: string[];
 }
 
 export function chatInput(body: Body): ChatInput {
@@ -180,8 +202,10 @@ export function chatInput(body: Body): ChatInput {
   if (addGenerationPrompt && optBool(body, 'continue_final_message')) {
     throw bad('Cannot set both `continue_final_message` and `add_generation_prompt` to True.');
   }
+  const mm = mediaMessages(messages);
   return {
-    messages: messages as ChatMessage[],
+    messages: mm.messages as ChatMessage[],
+    media: mm.media,
     tools: (body.tools as unknown[] | null | undefined) ?? undefined,
     addGenerationPrompt,
     templateKwargs: (kwargs as Record<string, unknown> | null | undefined) ?? undefined,
@@ -202,7 +226,7 @@ export async function tokenizeChatInput(input: ChatInput, ctx: OpenAiContext): P
 
 export async function parseChat(raw: unknown, ctx: OpenAiContext): Promise<GenerationRequest> {
   const body = asObject(raw);
-  const { stream, includeUsage, lora } = common(body, ctx);
+  const { stream, includeUsage, lora, cacheSalt } = common(body, ctx);
   const input = chatInput(body);
   const explicit = optInt(body, 'max_completion_tokens', 1) ?? optInt(body, 'max_tokens', 1);
   const promptTokens = await tokenizeChatInput(input, ctx);
@@ -217,6 +241,8 @@ export async function parseChat(raw: unknown, ctx: OpenAiContext): Promise<Gener
     stream,
     includeUsage,
     lora,
+    cacheSalt,
+    mediaSpans: await mediaSpans(promptTokens, input.media, ctx.tokenizer),
   };
 }
 

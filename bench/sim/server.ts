@@ -237,6 +237,8 @@ async function generate(
     maxTokens: parsed.maxTokens,
     finishReason: parsed.finishReason,
     lora: parsed.lora,
+    cacheSalt: parsed.cacheSalt,
+    mediaSpans: parsed.mediaSpans,
     keepBlocks,
     remote:
       transfer.kind === 'decode-from-remote' ? d.nixl.remote(transfer.params, parsed.promptTokens.length) : undefined,

@@ -1,3 +1,4 @@
+import type { MediaSpan } from './media.js';
 import type { CacheSeq } from './kv-cache.js';
 import type { SimLora } from './lora.js';
 
@@ -32,6 +33,10 @@ export interface SimRequestInit {
   remote?: RemotePrefill | undefined;
   /** The adapter the request runs with; its name is part of every block hash, as in vLLM's extra keys. */
   lora?: SimLora | null | undefined;
+  /** vLLM's `cache_salt`: part of the first block's hash (and so of every block after it). */
+  cacheSalt?: string | null | undefined;
+  /** Media placeholders in the prompt: the blocks covering them are keyed by the media's content. */
+  mediaSpans?: readonly MediaSpan[] | undefined;
   /**
    * The prefill side of disaggregation: the blocks stay referenced after the
    * request finishes, until `Scheduler.release` (the decode side pulled them, or they expired).
@@ -43,6 +48,8 @@ export interface SimRequestInit {
 export class SimRequest implements CacheSeq {
   readonly tokens: number[];
   readonly lora: SimLora | null;
+  readonly cacheSalt: string | null;
+  readonly mediaSpans: readonly MediaSpan[];
   blockIds: number[] = [];
   blockHashes: bigint[] = [];
   committedBlocks = 0;
@@ -63,6 +70,8 @@ export class SimRequest implements CacheSeq {
   ) {
     this.tokens = [...init.promptTokens];
     this.lora = init.lora ?? null;
+    this.cacheSalt = init.cacheSalt ?? null;
+    this.mediaSpans = init.mediaSpans ?? [];
     this.promptLength = init.promptTokens.length;
     this.arrivalMs = now;
   }

@@ -168,7 +168,14 @@ async function debugRoute(d: AdminDeps, req: IncomingMessage): Promise<unknown> 
     arm: routed.selection.arm,
     rule: routed.selection.rule,
     pool: routed.selection.pool?.name ?? null,
-    explain: decision.explain,
+    // Say where prompt hashing stopped (media), so a short prediction is not mistaken for a cold cache.
+    explain: ctx.blocks?.stoppedAt
+      ? {
+          ...(decision.explain as object | undefined),
+          stoppedAt: ctx.blocks.stoppedAt.reason,
+          stoppedAtBlock: ctx.blocks.stoppedAt.block,
+        }
+      : decision.explain,
     predictedCachedBlocks: decision.predictedCachedBlocks,
     dataParallelRank: decision.dataParallelRank,
     candidates: decision.candidates ?? routed.candidates.map((c) => ({ worker: c.id, terms: { ...c.load } })),

@@ -109,6 +109,23 @@ function loraNameOf(f: Fields): string | null {
   return null;
 }
 
+/**
+ * vLLM puts the request's cache_salt last in the first block's extra keys
+ * (after the LoRA name and any multimodal hashes); SGLang sends `cache_salt`
+ * itself. A multimodal hash there without a salt is read as a salt too, which
+ * only keeps that root block from matching unsalted text, as the engine would.
+ */
+function cacheSaltOf(f: Fields, parent: EngineBlockHash | null, loraName: string | null): string | null {
+  if (parent !== null) return null;
+  if (typeof f.cache_salt === 'string' && f.cache_salt !== '') return f.cache_salt;
+  const first: unknown = Array.isArray(f.extra_keys) ? f.extra_keys[0] : undefined;
+  if (!Array.isArray(first) || first.length === 0) return null;
+  const last: unknown = first[first.length - 1];
+  if (typeof last !== 'string' || last === '') return null;
+  // `(lora_name,)` alone is the adapter's key, not a salt.
+  return first.length === 1 && (last === f.lora_name || last === loraName) ? null : last;
+}
+
 function buildStored(f: Fields): KvEvent | SkipReason {
   const engineHashes = toHashList(f.block_hashes, 'block_hashes');
   const parentEngineHash =
@@ -123,7 +140,9 @@ function buildStored(f: Fields): KvEvent | SkipReason {
   if (isForeign(f)) return 'foreign';
   if (blockSize <= 0 || engineHashes.length === 0 || tokenIds.length !== engineHashes.length * blockSize)
     return 'inconsistent';
-  return { kind: 'stored', engineHashes, parentEngineHash, tokenIds, blockSize, tier, loraName };
+  const cacheSalt = cacheSaltOf(f, parentEngineHash, loraName);
+  const ev: KvEvent = { kind: 'stored', engineHashes, parentEngineHash, tokenIds, blockSize, tier, loraName };
+  return cacheSalt === null ? ev : { ...ev, cacheSalt };
 }
 
 function buildRemoved(f: Fields): KvEvent | SkipReason {
@@ -153,8 +172,11 @@ function positionalFields(tag: string, a: unknown[]): Fields | null {
         lora_id: a[5],
         medium: a[6],
       };
-      if (isMap(a[7])) f.lora_name = a[7].lora_name;
-      else f.lora_name = a[7];
+      if (isMap(a[7])) {
+        f.lora_name = a[7].lora_name;
+        f.cache_salt = a[7].cache_salt;
+      } else f.lora_name = a[7];
+      f.extra_keys = a[8];
       f.group_idx = a[9];
       return f;
     }

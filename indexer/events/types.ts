@@ -26,6 +26,11 @@ export interface BlocksStored {
   readonly tier: KvTier;
   /** LoRA adapter the blocks belong to; null for the base model. */
   readonly loraName: string | null;
+  /**
+   * The request's `cache_salt`, from the first block's extra keys; only a root
+   * run (parentEngineHash null) can carry it, later blocks inherit it through the chain.
+   */
+  readonly cacheSalt?: string | null;
 }
 
 export interface BlocksRemoved {

@@ -13,12 +13,23 @@ import { createChainHasher } from './xxh64-chain.js';
  * prompt the 8 parent bytes are all zero. Chaining makes a block's hash
  * identify its whole prefix, so the index can key a node by its hash alone;
  * the seed keeps models and LoRA adapters apart (their blocks never match).
+ *
+ * A `cache_salt` is mixed into the first block only (its seed becomes
+ * xxh64("salt\0" + salt, seed)), as vLLM puts the salt in block 0's extra keys:
+ * the chain carries it to every later block, so an event for a child block,
+ * which never names the salt, still hashes to the salted chain.
  */
 export interface BlockHasher {
   /** Seed for a model and optional LoRA adapter: blocks of different adapters never match. */
   seedFor(model: string, loraName?: string | null): bigint;
   /** Chained hashes of the FULL blocks of `tokens` (a trailing partial block is ignored). `parent` continues a chain. */
-  hashBlocks(tokens: ArrayLike<number>, blockSize: number, seed: bigint, parent?: bigint): bigint[];
+  hashBlocks(
+    tokens: ArrayLike<number>,
+    blockSize: number,
+    seed: bigint,
+    parent?: bigint,
+    salt?: string | null,
+  ): bigint[];
 }
 
 const SEED_DOMAIN = 'kvgate/block-hash/v1';
@@ -40,11 +51,22 @@ export async function createBlockHasher(): Promise<BlockHasher> {
       return x.h64(`${SEED_DOMAIN}\u0000${model}\u0000${loraName ?? ''}`, 0n);
     },
 
-    hashBlocks(tokens: ArrayLike<number>, blockSize: number, seed: bigint, parent?: bigint): bigint[] {
+    hashBlocks(
+      tokens: ArrayLike<number>,
+      blockSize: number,
+      seed: bigint,
+      parent?: bigint,
+      salt?: string | null,
+    ): bigint[] {
       if (!Number.isInteger(blockSize) || blockSize <= 0) {
         throw new RangeError(`blockSize must be a positive integer, got ${blockSize}`);
       }
-      return chain(tokens, blockSize, Math.floor(tokens.length / blockSize), seed, parent ?? 0n);
+      const blocks = Math.floor(tokens.length / blockSize);
+      // A salt belongs to the root block; a chain continued from a parent already carries it.
+      if (!salt || parent !== undefined || blocks === 0) return chain(tokens, blockSize, blocks, seed, parent ?? 0n);
+      const first = chain(tokens, blockSize, 1, x.h64(`salt\u0000${salt}`, seed), 0n);
+      const rest = Array.from(tokens).slice(blockSize);
+      return first.concat(chain(rest, blockSize, blocks - 1, seed, first[0]));
     },
   };
 }

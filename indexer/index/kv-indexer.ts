@@ -242,7 +242,7 @@ export class KvIndexer implements KvIndex<KvEventBatch> {
     }
     const n = ev.engineHashes.length;
     if (ev.tokenIds.length !== n * bs) w.stats.malformed++;
-    const ours = this.hasher.hashBlocks(ev.tokenIds, bs, this.seedFor(ev.loraName), parentHash);
+    const ours = this.hasher.hashBlocks(ev.tokenIds, bs, this.seedFor(ev.loraName), parentHash, ev.cacheSalt);
     const full = Math.min(n, ours.length);
     const flags = tierFlag(ev.tier);
     const index = this.index;

@@ -35,7 +35,7 @@ const TEXT_PARTS: Record<string, string> = {
   refusal: 'refusal',
   thinking: 'thinking',
 };
-const MEDIA_TYPES = new Set([
+export const MEDIA_TYPES: ReadonlySet<string> = new Set([
   'image_url',
   'input_image',
   'image_pil',

@@ -1,6 +1,7 @@
 import { performance } from 'node:perf_hooks';
 import type { BlockHasher } from '../index/block-hash.js';
 import { UnsupportedPromptError } from './chat-template.js';
+import { withMediaPlaceholders } from './media.js';
 import { boundIds, boundText } from './context-bound.js';
 import type { RemoteChatRequest, RemoteTokenizer } from './remote-tokenizer.js';
 import type { PromptTokenizer } from './tokenizer.js';
@@ -13,6 +14,8 @@ export interface PromptBlocks {
   readonly blockSize: number;
   /** Chained block hashes, one per full block, in prompt order. */
   readonly hashes: readonly bigint[];
+  /** Hashing stopped before this block, which covers media the engine keys by content (`hashes.length` === block). */
+  readonly stoppedAt?: { readonly reason: 'multimodal'; readonly block: number };
 }
 
 /** Turns an OpenAI request body into the token ids the engine will compute; undefined when it cannot say exactly. */
@@ -118,6 +121,8 @@ export interface PromptBlocksOptions {
   seedFor: (lora: string | null, model: string) => bigint;
   /** Maps a request's model name to its LoRA adapter name, or null for a base model. */
   loraOf?: (model: string) => string | null;
+  /** Token id of MEDIA_START in the tokenizer; without it a prompt with media parts is not hashed at all. */
+  mediaStartId?: number;
   /** Called after each tokenization that produced ids (for the tokenization-time metric). */
   observe?: (seconds: number, tokens: number, kind: PromptKind) => void;
   now?: () => number;
@@ -144,9 +149,11 @@ export function createPromptBlocksProvider(options: PromptBlocksOptions): Prompt
   return async (body, model, kind) => {
     const k: PromptKind = kind ?? (Array.isArray(body.messages) ? 'chat' : 'completion');
     const started = now();
+    const media = k === 'chat' && Array.isArray(body.messages) ? withMediaPlaceholders(body.messages) : undefined;
+    if (media && options.mediaStartId === undefined) return undefined;
     let ids: number[] | undefined;
     try {
-      ids = await options.source.tokenize(body, k);
+      ids = await options.source.tokenize(media ? { ...body, messages: media.messages } : body, k);
     } catch (err) {
       if (err instanceof UnsupportedPromptError) return undefined;
       throw err;
@@ -154,10 +161,15 @@ export function createPromptBlocksProvider(options: PromptBlocksOptions): Prompt
     if (!ids) return undefined;
     options.observe?.((now() - started) / 1000, ids.length, k);
     const seed = options.seedFor(options.loraOf?.(model) ?? null, model);
+    const bs = options.blockSize;
+    const mediaAt = media ? ids.indexOf(options.mediaStartId!) : -1;
+    const stop = mediaAt >= 0 ? Math.floor(mediaAt / bs) : undefined;
+    const hashed = stop === undefined ? ids : ids.slice(0, stop * bs);
     return {
       tokenCount: ids.length,
-      blockSize: options.blockSize,
-      hashes: options.hasher.hashBlocks(ids, options.blockSize, seed),
+      blockSize: bs,
+      hashes: options.hasher.hashBlocks(hashed, bs, seed, undefined, saltOf(body)),
+      ...(stop === undefined ? {} : { stoppedAt: { reason: 'multimodal' as const, block: stop } }),
     };
   };
 }
@@ -197,6 +209,11 @@ function truncates(body: Record<string, unknown>): boolean {
 function truncate(ids: number[], body: Record<string, unknown>): number[] {
   const n = body.truncate_prompt_tokens;
   return typeof n === 'number' && Number.isInteger(n) && n > 0 && ids.length > n ? ids.slice(ids.length - n) : ids;
+}
+
+/** vLLM's `cache_salt` (chat and completions): blocks computed under one salt are reused only by requests with the same salt. */
+function saltOf(body: Record<string, unknown>): string | null {
+  return typeof body.cache_salt === 'string' && body.cache_salt !== '' ? body.cache_salt : null;
 }
 
 function isTokenId(value: unknown): boolean {

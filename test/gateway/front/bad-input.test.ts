@@ -120,15 +120,18 @@ t.test('bad input', async (t) => {
     t.equal(r.statusCode, 200);
     const echo = (await r.body.json()) as { body: string };
     t.same(JSON.parse(echo.body), body, 'the body was forwarded unchanged, max_tokens included');
-    // The dry run shows why: media parts make the prompt non-reproducible, so no blocks; text-only has them.
+    // The dry run shows why: hashing stops at the first block covering media (here the first block); text-only has blocks.
     const dry = async (b: unknown) =>
       (await (await post(`${adminUrl}/debug/route`, JSON.stringify(b))).body.json()) as {
         worker: string;
+        explain?: { stoppedAt?: string; stoppedAtBlock?: number };
         context: { fullBlocksHashed?: number };
       };
     const media = await dry(body);
     t.equal(media.worker, 'a');
-    t.equal(media.context.fullBlocksHashed, undefined, 'routed without blocks');
+    t.equal(media.explain?.stoppedAt, 'multimodal', 'hashing stopped at the media');
+    t.equal(media.explain?.stoppedAtBlock, 0, 'the media sits in the first block');
+    t.equal(media.context.fullBlocksHashed, 0, 'no block before it to route by');
     const text = await dry({ model: 'm', messages: [{ role: 'user', content: 'describe this '.repeat(40) }] });
     t.ok((text.context.fullBlocksHashed ?? 0) > 0, 'a text prompt has blocks');
     const workers = (await (await request(`${adminUrl}/debug/workers`)).body.json()) as {

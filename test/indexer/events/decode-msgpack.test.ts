@@ -211,3 +211,20 @@ t.test('a malformed event costs only itself: the rest of its batch decodes', asy
     t.equal(d.skipped, 1);
   }
 });
+
+t.test('cache_salt: from the first block extra keys (vLLM) or the metadata map (SGLang), root runs only', async (t) => {
+  const salt = (ev: Record<string, unknown>) => {
+    const [e] = decodeKvBatchPayload(pack([1, [ev], 0])).events;
+    return e?.kind === 'stored' ? (e.cacheSalt ?? null) : 'not stored';
+  };
+  t.equal(salt(storedMap({ extra_keys: [['alice']] })), 'alice');
+  t.equal(salt(storedMap({ extra_keys: [['sql', 'alice']], lora_name: 'sql' })), 'alice', 'after the LoRA name');
+  t.equal(salt(storedMap({ extra_keys: [['sql']], lora_name: 'sql' })), null, 'the LoRA name alone is no salt');
+  t.equal(salt(storedMap({ extra_keys: [null] })), null);
+  t.equal(salt(storedMap({ extra_keys: [['alice']], parent_block_hash: 3n })), null, 'a child run inherits it');
+  t.equal(salt(storedMap({ cache_salt: 'bob' })), 'bob');
+  const positional = ['BlockStored', [1n], null, [1, 2, 3, 4], 4, null, 'GPU', null, [['carol']], 0];
+  t.equal(salt(positional as unknown as Record<string, unknown>), 'carol', 'positional extra_keys');
+  const [sglang] = dec(SGLANG_STORED_8_META).events;
+  t.equal(sglang?.kind === 'stored' ? sglang.cacheSalt : undefined, 'salt', 'SGLang metadata map');
+});

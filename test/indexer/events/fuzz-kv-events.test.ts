@@ -56,7 +56,7 @@ const cat = (...parts: Buffer[]) => Buffer.concat(parts);
 
 interface Message {
   frames: Buffer[];
-  expect: 'valid' | 'error' | 'skip' | 'unknown-parent';
+  expect: 'valid' | 'error' | 'skip' | 'malformed' | 'unknown-parent';
 }
 
 /** The index model: hashes stored and not removed, each its own block (tokens are unique). */
@@ -123,7 +123,11 @@ function malformed(r: Rand, exp: Expected): { payload: Buffer; expect: Message['
       return { payload: cat(mp.arr(1), ts), expect: 'error' };
     case 4: {
       const depth = pick(r, [100, 10_000, 200_000]);
-      return { payload: cat(mp.arr(3), ts, Buffer.alloc(depth, 0x91), mp.nil, mp.nil), expect: 'error' };
+      // Shallow nesting decodes to a batch whose one event is no event (skipped alone); deep nesting is no msgpack we accept.
+      return {
+        payload: cat(mp.arr(3), ts, Buffer.alloc(depth, 0x91), mp.nil, mp.nil),
+        expect: depth === 100 ? 'malformed' : 'error',
+      };
     }
     case 5:
       // Claimed lengths far beyond the data.
@@ -136,27 +140,22 @@ function malformed(r: Rand, exp: Expected): { payload: Buffer; expect: Message['
         expect: 'error',
       };
     case 6: {
-      // Valid stored and cleared events followed by a broken one: the whole batch is dropped, nothing applied.
+      // A valid stored event (a new root) beside a broken one: the broken one is skipped alone, the block is indexed.
+      const h = hash64(r);
       const stored = cat(
         mp.arr(5),
         mp.str('BlockStored'),
         mp.arr(1),
-        mp.u64(hash64(r)),
+        mp.u64(h),
         mp.nil,
         cat(mp.arr(BS), ...tokens(r, 1).map((x) => mp.int(x % 100))),
         mp.int(BS),
       );
+      exp.live.push(h);
+      exp.stored++;
       return {
-        payload: cat(
-          mp.arr(3),
-          ts,
-          mp.arr(3),
-          stored,
-          cat(mp.arr(1), mp.str('AllBlocksCleared')),
-          mp.str('garbage'),
-          mp.nil,
-        ),
-        expect: 'error',
+        payload: cat(mp.arr(3), ts, mp.arr(2), stored, mp.str('garbage'), mp.nil),
+        expect: 'malformed',
       };
     }
     case 7: {
@@ -176,7 +175,8 @@ function malformed(r: Rand, exp: Expected): { payload: Buffer; expect: Message['
         cat(mp.arr(2), mp.str('BlockRemoved'), mp.int(7)),
         cat(mp.arr(2), mp.int(7), mp.nil),
       ]);
-      return { payload: cat(mp.arr(3), ts, mp.arr(1), bad, mp.nil), expect: 'error' };
+      // The batch itself decodes; its one event is skipped as malformed (no decode error, no gap).
+      return { payload: cat(mp.arr(3), ts, mp.arr(1), bad, mp.nil), expect: 'malformed' };
     }
     case 8:
       // Unknown event types decode and are skipped.
@@ -261,7 +261,14 @@ function malformed(r: Rand, exp: Expected): { payload: Buffer; expect: Message['
 
 interface WorkerStats {
   index?: { blocks: number; unknownParent: number };
-  events?: { lastSeq: string | null; decodeErrors: number; resets: number; gaps: number; batchesApplied: number };
+  events?: {
+    lastSeq: string | null;
+    decodeErrors: number;
+    resets: number;
+    gaps: number;
+    batchesApplied: number;
+    skippedByReason: Record<string, number>;
+  };
 }
 
 async function workerStats(adminUrl: string, id: string): Promise<WorkerStats> {
@@ -333,7 +340,7 @@ t.test(`fuzz: ${MALFORMED} malformed KV event payloads`, async (t) => {
 
   const random = seeded(SEED);
   const exp = new Expected();
-  const counts = { valid: 0, error: 0, skip: 0, 'unknown-parent': 0, badFrames: 0 };
+  const counts = { valid: 0, error: 0, skip: 0, malformed: 0, 'unknown-parent': 0, badFrames: 0 };
   const started = Date.now();
   for (let i = 0; i < MALFORMED; i++) {
     if (i % 8 === 0) {
@@ -379,6 +386,11 @@ t.test(`fuzz: ${MALFORMED} malformed KV event payloads`, async (t) => {
     after.events!.decodeErrors,
     counts.error + counts.badFrames,
     'every undecodable payload and bad framing was counted',
+  );
+  t.equal(
+    after.events!.skippedByReason.malformed ?? 0,
+    counts.malformed,
+    'every malformed event inside a decodable batch was skipped alone and counted',
   );
   t.equal(after.index!.unknownParent, counts['unknown-parent'], 'orphan BlockStored events were counted and skipped');
   t.equal(after.index!.blocks, exp.live.length, 'the index holds exactly the valid blocks');

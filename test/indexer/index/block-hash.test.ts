@@ -115,3 +115,24 @@ t.test('whole-chain hashing equals one xxh64 per block, for any block size, seed
   t.equal(h.seedFor('m', null), x.h64('kvgate/block-hash/v1\u0000m\u0000', 0n), 'seedFor after growth');
   t.same(h.hashBlocks([1, 2, 3], 4, 0n), [], 'no full block');
 });
+
+t.test('cache_salt goes into the first block only; the chain carries it on', async (t) => {
+  const h = await createBlockHasher();
+  const seed = h.seedFor('m');
+  const toks = tokens(16 * 3);
+  const plain = h.hashBlocks(toks, 16, seed);
+  const salted = h.hashBlocks(toks, 16, seed, undefined, 'tenant-a');
+  t.equal(salted.length, 3);
+  for (let i = 0; i < 3; i++) t.not(salted[i], plain[i], `block ${i} differs from the unsalted chain`);
+  t.not(h.hashBlocks(toks, 16, seed, undefined, 'tenant-b')[0], salted[0], 'another salt, another chain');
+  t.same(h.hashBlocks(toks, 16, seed, undefined, null), plain, 'null salt = none');
+  t.same(h.hashBlocks(toks, 16, seed, undefined, ''), plain, 'empty salt = none');
+  // An engine event for a child block names no salt: continuing from the salted parent gives the same hashes.
+  t.same(h.hashBlocks(toks.slice(16), 16, seed, salted[0]), salted.slice(1));
+  t.same(
+    h.hashBlocks(toks.slice(16), 16, seed, salted[0], 'ignored'),
+    salted.slice(1),
+    'a salt under a parent is ignored',
+  );
+  t.same(h.hashBlocks(toks.slice(0, 8), 16, seed, undefined, 'tenant-a'), [], 'no full block, no hash');
+});

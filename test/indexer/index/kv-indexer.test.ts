@@ -16,7 +16,7 @@ function stored(
   engineHashes: (bigint | string)[],
   parent: bigint | string | null,
   tokenIds: number[],
-  opts: { tier?: KvTier; lora?: string | null; blockSize?: number } = {},
+  opts: { tier?: KvTier; lora?: string | null; blockSize?: number; salt?: string | null } = {},
 ): KvEvent {
   return {
     kind: 'stored',
@@ -26,6 +26,7 @@ function stored(
     blockSize: opts.blockSize ?? BS,
     tier: opts.tier ?? 'gpu',
     loraName: opts.lora ?? null,
+    ...(opts.salt ? { cacheSalt: opts.salt } : {}),
   };
 }
 const removed = (engineHashes: (bigint | string)[], tier: KvTier = 'gpu'): KvEvent => ({
@@ -159,6 +160,22 @@ t.test('LoRA blocks never match base-model blocks', async (t) => {
   t.same([...ix.match(prompt(toks(8))).keys()], ['base']);
   t.same([...ix.match(prompt(toks(8), 'sql-adapter')).keys()], ['lora']);
   t.equal(ix.match(prompt(toks(8), 'other')).size, 0);
+});
+
+t.test('salted blocks match only requests with the same cache_salt', async (t) => {
+  const { ix } = setup();
+  const s = ix.sinkFor('salted');
+  // The root run names the salt (vLLM: the first block's extra keys); the child run does not.
+  s.apply(batch([stored([1n, 2n], null, toks(8), { salt: 'alice' })]));
+  s.apply(batch([stored([3n], 2n, toks(4, 9))]));
+  ix.sinkFor('plain').apply(batch([stored([7n], null, toks(4))]));
+  const seed = ix.seedFor(null);
+  const salted = (salt: string | null) => hasher.hashBlocks(toks(12), BS, seed, undefined, salt);
+  t.equal(ix.match(salted('alice')).get('salted')?.blocks, 3, 'same salt: all three blocks, the child too');
+  t.notOk(ix.match(salted('alice')).has('plain'), 'a salted request never matches unsalted blocks');
+  t.notOk(ix.match(salted('bob')).has('salted'), 'another salt: nothing');
+  t.notOk(ix.match(salted(null)).has('salted'), 'no salt: nothing');
+  t.equal(ix.match(salted(null)).get('plain')?.blocks, 1);
 });
 
 t.test('tiers: CPU copies count as blocks, not gpuBlocks; tier-specific removal', async (t) => {

@@ -137,3 +137,59 @@ t.test('segment cache is bounded by bytes', async (t) => {
   const again = await tokenizer.tokenizeChat([{ role: 'user', content: longText(2000, 1) }]);
   t.same(again, await tokenizer.encode(tokenizer.renderChat([{ role: 'user', content: longText(2000, 1) }]), false));
 });
+
+t.test('cache_salt and media parts: salted chains, hashing stops at the first media block', async (t) => {
+  const tokenizer = await PromptTokenizer.load(QWEN3_TOKENIZER_DIR);
+  const hasher = await createBlockHasher();
+  const [mediaStartId] = await tokenizer.encode('<|vision_start|>', false);
+  const options = { source: localTokenSource(tokenizer), hasher, blockSize: 16 };
+  const provider = createPromptBlocksProvider({ ...options, mediaStartId, seedFor: () => hasher.seedFor(MODEL) });
+  const system = { role: 'system', content: longText(400, 3) };
+  const text = [system, { role: 'user', content: 'describe it' }];
+  const plain = await provider({ model: MODEL, messages: text }, MODEL, 'chat');
+  const salted = await provider({ model: MODEL, messages: text, cache_salt: 'a' }, MODEL, 'chat');
+  const ids = await tokenizer.tokenizeChat(text);
+  t.same(salted!.hashes, hasher.hashBlocks(ids, 16, hasher.seedFor(MODEL), undefined, 'a'), 'salt in the first block');
+  t.not(salted!.hashes[0], plain!.hashes[0]);
+  t.same(
+    (await provider({ model: MODEL, prompt: 'hello '.repeat(40), cache_salt: 'a' }, MODEL, 'completion'))!.hashes,
+    hasher.hashBlocks(
+      await tokenizer.tokenizeCompletion('hello '.repeat(40)),
+      16,
+      hasher.seedFor(MODEL),
+      undefined,
+      'a',
+    ),
+    'completions too',
+  );
+
+  const image = (url: string) => [
+    system,
+    {
+      role: 'user',
+      content: [
+        { type: 'text', text: 'describe it' },
+        { type: 'image_url', image_url: { url } },
+      ],
+    },
+  ];
+  const withImage = await provider({ model: MODEL, messages: image('https://x/cat.png') }, MODEL, 'chat');
+  const systemIds = await tokenizer.tokenizeChat([system], { addGenerationPrompt: false });
+  const before = Math.floor(systemIds.length / 16);
+  t.ok(before > 10, `${before} text blocks before the image`);
+  t.ok(withImage!.stoppedAt, 'stopped');
+  t.equal(withImage!.stoppedAt!.reason, 'multimodal');
+  const stop = withImage!.stoppedAt!.block;
+  t.equal(withImage!.hashes.length, stop, 'nothing hashed from the media block on');
+  t.ok(stop >= before - 1 && stop <= before + 1, `stops at block ${stop}, where the user turn starts`);
+  t.same(withImage!.hashes, plain!.hashes.slice(0, stop), 'the text blocks before it are exact');
+  const other = await provider({ model: MODEL, messages: image('https://x/dog.png') }, MODEL, 'chat');
+  t.same(other!.hashes, withImage!.hashes, 'another image: the same text blocks, nothing more');
+
+  const noMedia = createPromptBlocksProvider({ ...options, seedFor: () => hasher.seedFor(MODEL) });
+  t.equal(
+    await noMedia({ model: MODEL, messages: image('https://x/cat.png') }, MODEL, 'chat'),
+    undefined,
+    'a tokenizer without the media token: no blocks at all',
+  );
+});
