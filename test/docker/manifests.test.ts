@@ -363,7 +363,10 @@ t.test('vllm-disagg.yaml: KEDA scales each role from the metric the planner expo
     const ref = so.spec.scaleTargetRef;
     t.same([ref.apiVersion, ref.kind], ['apps/v1', 'Deployment']);
     const dep = deployments.get(ref.name);
-    t.ok(dep, `${role}: the target Deployment ${ref.name} exists in the manifests`);
+    if (!dep) {
+      t.fail(`${role}: the target Deployment ${ref.name} exists in the manifests`);
+      continue;
+    }
     const pod = dep.spec.template;
     t.equal(pod.metadata.annotations[ANNOTATIONS.role], role, `${role}: its Pods announce the role to discovery`);
     t.ok(pod.metadata.labels['kvgate.io/pool'], `${role}: a pool label`);
@@ -388,10 +391,10 @@ t.test('vllm-disagg.yaml: KEDA scales each role from the metric the planner expo
     t.equal(trig.metadata.metricType, 'AverageValue');
     t.equal(trig.metadata.threshold, '1');
   }
-  const [p, d] = ['prefill', 'decode'].map((r) => deployments.get(`vllm-${r}`));
+  const [p, d] = ['prefill', 'decode'].map((r) => deployments.get(`vllm-${r}`) ?? {});
   t.same(
-    p.spec.template.metadata.labels['kvgate.io/pool'],
-    d.spec.template.metadata.labels['kvgate.io/pool'],
+    p.spec?.template.metadata.labels['kvgate.io/pool'],
+    d.spec?.template.metadata.labels['kvgate.io/pool'],
     'both roles in one pool',
   );
 });
