@@ -20,6 +20,7 @@ import { passthroughConfigSchema } from '../proxy/passthrough-routes.js';
 import { rerouter } from '../proxy/retry.js';
 import type { DisaggHook } from '../disagg/two-leg.js';
 import type { FlowControl, FlowPass } from '../flow/flow.js';
+import { requeryAsk, requeryConfigSchema, runRequery } from './requery.js';
 
 /** The public listener. */
 export const serverConfigSchema = z.strictObject({
@@ -49,6 +50,8 @@ export const serverConfigSchema = z.strictObject({
   drainTimeoutMs: z.number().int().min(0).default(30_000),
   /** Which engine routes the pass-through forwards; state-changing ones are refused unless listed here. */
   passthrough: passthroughConfigSchema.prefault({}),
+  /** `kvgate_requery` rounds run by the gateway (gateway/front/requery.ts); refused unless enabled. */
+  requery: requeryConfigSchema.prefault({}),
 });
 export type ServerConfig = z.infer<typeof serverConfigSchema>;
 
@@ -96,10 +99,19 @@ export function createFrontHandler(d: FrontDeps): (req: IncomingMessage, res: Se
       // After the body, not before as vLLM does: a broken framing is reported as such, and the connection stays usable.
       requireJsonContentType(req.headers['content-type']);
       const request = parseInference(raw, kind);
+      const ask = requeryAsk(request.body, kind, d.config.requery);
       let routed = d.pipeline.route(request, path, req.headers, requestId, req.socket.remoteAddress);
       if (routed instanceof Promise) routed = await routed;
       strategy = routed.strategy.name;
       if (res.destroyed) return;
+      // --- re-query hook (gateway/front/requery.ts): every round on the routed worker, aggregated ---
+      if (ask) {
+        routed.strategy.onRouted?.(routed.ctx, routed.decision);
+        const job = { ask, body: request.body, worker: routed.worker, strategy, route, path, requestId };
+        const more = { headers: req.headers, clientAddress: req.socket.remoteAddress, blockSize: d.blockSize };
+        return void runRequery(d, { ...job, ...more, promptTokens: routed.ctx.promptTokens }, res);
+      }
+      // --- end re-query hook ---
       // --- disaggregation hook (gateway/disagg/): pools with prefill workers take the two-leg path ---
       if (d.disagg?.handles(routed)) return void d.disagg.serve({ req, res, routed, requestId, started, route, path });
       // --- end disaggregation hook ---
