@@ -12,6 +12,7 @@ import { benchGatewayConfig, MODEL, simArgs, startBenchGateway } from './replay/
 import { distribution } from './replay/summary.js';
 import { describeTrace, readTrace, type TraceRequest } from './replay/trace.js';
 import { spawnSimFleet } from './sim/spawn.js';
+import { shiftBench } from './disagg-shift.js';
 
 import { parseBenchFlags } from './lib/flags.js';
 const HELP = `Replays a prefix of the Mooncake conversation trace on simulated workers, aggregated (kv) and
@@ -26,7 +27,30 @@ The trace defaults to ../shared/traces/mooncake/conversation_trace.jsonl from th
  * conditional disaggregation at one or more thresholds. Writes bench/results/disagg.md.
  *
  *   node dist/bench/disagg-bench.js [--limit 1000] [--workers 8] [--prefill 3] [--speedup 25] [--thresholds 1024,4096]
+ *
+ * With `--shift`, the shifting-mix run instead (bench/disagg-shift.ts), written to bench/results/disagg-shift.md.
  */
+const HELP = `Usage: node dist/bench/disagg-bench.js [options]   (npm run bench:disagg -- [options])
+
+Replays the Mooncake conversation trace on simulated workers: aggregated, fixed P/D split, conditional
+disaggregation. Writes bench/results/disagg.md.
+  --trace FILE         JSONL trace (default: ${DEFAULT_TRACE})
+  --limit N            first N requests (default 1000)
+  --workers N          simulated workers (default 8)
+  --prefill N          prefill workers of the P/D split (default 3)
+  --speedup X          simulator and replay speed-up (default 25)
+  --thresholds A,B     conditional minUncachedTokens values (default 1024,4096)
+  --gbps X             KV transfer bandwidth, Gbit/s (default 100)
+  --out DIR            results directory (default bench/results)
+  --help               this text
+
+Shifting mix (--shift): the second half's prompts grow --factor times; runs a fixed split and one where the
+planner's advice is applied every --interval seconds (roles switched by config reload). Writes
+bench/results/disagg-shift.md.
+  --shift
+  --factor X           prompt growth in the second half (default 2)
+  --interval S         real seconds between applying the advice (default 2)
+`;
 /** An 8B-class model's KV per token in bf16 (32 layers × 8 KV heads × 128 × 2 (K,V) × 2 bytes), the size of model the replay timing stands for. */
 const BYTES_PER_TOKEN = 131_072;
 
@@ -167,8 +191,16 @@ async function main(): Promise<void> {
       thresholds: { type: 'string' },
       gbps: { type: 'string' },
       out: { type: 'string' },
+      shift: { type: 'boolean' },
+      factor: { type: 'string' },
+      interval: { type: 'string' },
+      help: { type: 'boolean' },
     },
   });
+  if (values.help) {
+    process.stdout.write(HELP);
+    return;
+  }
   const limit = Number(values.limit ?? 1000);
   const workers = Number(values.workers ?? 8);
   const prefill = Number(values.prefill ?? 3);
@@ -176,6 +208,24 @@ async function main(): Promise<void> {
   const gbps = Number(values.gbps ?? 100);
   const thresholds = (values.thresholds ?? '1024,4096').split(',').map(Number);
   const trace = readTrace(values.trace ?? DEFAULT_TRACE, limit);
+  const out = values.out ?? fileURLToPath(new URL('../../bench/results', import.meta.url));
+  if (values.shift) {
+    const md = await shiftBench({
+      trace,
+      traceName: values.trace ?? DEFAULT_TRACE,
+      workers,
+      prefill,
+      speedup,
+      gbps,
+      bytesPerToken: BYTES_PER_TOKEN,
+      factor: Number(values.factor ?? 2),
+      intervalS: Number(values.interval ?? 2),
+    });
+    mkdirSync(out, { recursive: true });
+    writeFileSync(join(out, 'disagg-shift.md'), md);
+    process.stdout.write(md);
+    return;
+  }
   const shapeOf = describeTrace(trace);
   const pd = [...Array<string>(prefill).fill('prefill'), ...Array<string>(workers - prefill).fill('decode')];
   const shapes: Shape[] = [
@@ -237,7 +287,6 @@ ${table}
 
 ${process.env.DISAGG_NOTES ?? ''}
 `;
-  const out = values.out ?? fileURLToPath(new URL('../../bench/results', import.meta.url));
   mkdirSync(out, { recursive: true });
   writeFileSync(join(out, 'disagg.md'), md);
   process.stdout.write(md);

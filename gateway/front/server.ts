@@ -22,6 +22,7 @@ import { ownerOf, routedRoute, serveStoredResponse, steer, type Prepared } from 
 import { rerouter } from '../proxy/retry.js';
 import type { DisaggHook } from '../disagg/two-leg.js';
 import type { FlowControl, FlowPass } from '../flow/flow.js';
+import { requeryAsk, requeryConfigSchema, runRequery } from './requery.js';
 
 /** The public listener. */
 export const serverConfigSchema = z.strictObject({
@@ -53,6 +54,8 @@ export const serverConfigSchema = z.strictObject({
   passthrough: passthroughConfigSchema.prefault({}),
   /** Which worker stored which Responses API response (gateway/front/routes/responses.ts). */
   responses: responsesConfigSchema.prefault({}),
+  /** `kvgate_requery` rounds run by the gateway (gateway/front/requery.ts); refused unless enabled. */
+  requery: requeryConfigSchema.prefault({}),
 });
 export type ServerConfig = z.infer<typeof serverConfigSchema>;
 
@@ -102,12 +105,21 @@ export function createFrontHandler(d: FrontDeps): (req: IncomingMessage, res: Se
       requireJsonContentType(req.headers['content-type']);
       const prepared = parse(raw);
       const { request } = prepared;
+      const ask = requeryAsk(request.body, request.kind, d.config.requery);
       const owner = ownerOf(d.fleet, prepared);
       let piped = d.pipeline.route(request, path, req.headers, requestId, req.socket.remoteAddress);
       if (piped instanceof Promise) piped = await piped;
       let routed = steer(d.fleet, piped, prepared, owner);
       strategy = routed.strategy.name;
       if (res.destroyed) return;
+      // --- re-query hook (gateway/front/requery.ts): every round on the routed worker, aggregated ---
+      if (ask) {
+        routed.strategy.onRouted?.(routed.ctx, routed.decision);
+        const job = { ask, body: request.body, worker: routed.worker, strategy, route, path, requestId };
+        const more = { headers: req.headers, clientAddress: req.socket.remoteAddress, blockSize: d.blockSize };
+        return void runRequery(d, { ...job, ...more, promptTokens: routed.ctx.promptTokens }, res);
+      }
+      // --- end re-query hook ---
       // --- disaggregation hook (gateway/disagg/): pools with prefill workers take the two-leg path ---
       if (prepared.disagg && d.disagg?.handles(routed))
         return void d.disagg.serve({ req, res, routed, requestId, started, route, path });

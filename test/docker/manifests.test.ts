@@ -6,6 +6,9 @@ import { parseAllDocuments, parse as parseYaml } from 'yaml';
 import { parseConfig } from '../../config/load.js';
 import { discoveryConfigSchema } from '../../gateway/fleet/discovery/discovery.js';
 import { inferencePoolErrors } from '../fixtures/inference-pool.js';
+import { Registry } from 'prom-client';
+import { Planner } from '../../gateway/disagg/planner.js';
+import { plannerConfigSchema } from '../../gateway/disagg/config.js';
 import { ANNOTATIONS, workersFromSlices, type EndpointSlice } from '../../gateway/fleet/discovery/endpoint-slices.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
@@ -35,6 +38,7 @@ const API_VERSIONS: Record<string, string> = {
   Role: 'rbac.authorization.k8s.io/v1',
   RoleBinding: 'rbac.authorization.k8s.io/v1',
   InferencePool: 'inference.networking.k8s.io/v1',
+  ScaledObject: 'keda.sh/v1alpha1',
 };
 
 const files = readdirSync(K8S)
@@ -81,7 +85,7 @@ function portNumber(container: Obj, port: number | string): number {
 }
 
 t.test('every manifest parses; kinds, apiVersions, names and namespaces are set', async (t) => {
-  t.same(files, ['epp.yaml', 'gateway.yaml', 'namespace.yaml', 'sidecar.yaml', 'vllm.yaml']);
+  t.same(files, ['epp.yaml', 'gateway.yaml', 'namespace.yaml', 'sidecar.yaml', 'vllm-disagg.yaml', 'vllm.yaml']);
   for (const [file, docs] of all) {
     t.ok(docs.length > 0, `${file} has documents`);
     for (const d of docs) {
@@ -395,4 +399,61 @@ t.test('epp.yaml: the InferencePool is valid v1 and points at the kvgate EPP', a
   for (const r of role.rules) t.same(r.verbs, ['get', 'list', 'watch'], `read-only on ${r.resources}`);
   const binding = find('epp.yaml', 'RoleBinding', 'kvgate-epp');
   t.equal(binding.subjects[0].name, dep.spec.template.spec.serviceAccountName);
+});
+
+t.test('vllm-disagg.yaml: KEDA scales each role from the metric the planner exports, without flapping', async (t) => {
+  // The metric names the gateway really registers.
+  const registry = new Registry();
+  new Planner(
+    plannerConfigSchema.parse({}),
+    () => 0,
+    () => ({ prefill: 0, decode: 0, both: 0 }),
+  ).register(registry);
+  const exported = new Set(registry.getMetricsAsArray().map((m) => m.name));
+  const docs = all.get('vllm-disagg.yaml')!;
+  const deployments = new Map(docs.filter((d) => d.kind === 'Deployment').map((d) => [d.metadata.name, d]));
+  const scaled = docs.filter((d) => d.kind === 'ScaledObject');
+  t.same(
+    scaled.map((s) => s.metadata.name),
+    ['vllm-prefill', 'vllm-decode'],
+  );
+  for (const role of ['prefill', 'decode']) {
+    const so = scaled.find((s) => s.metadata.name === `vllm-${role}`)!;
+    const ref = so.spec.scaleTargetRef;
+    t.same([ref.apiVersion, ref.kind], ['apps/v1', 'Deployment']);
+    const dep = deployments.get(ref.name);
+    if (!dep) {
+      t.fail(`${role}: the target Deployment ${ref.name} exists in the manifests`);
+      continue;
+    }
+    const pod = dep.spec.template;
+    t.equal(pod.metadata.annotations[ANNOTATIONS.role], role, `${role}: its Pods announce the role to discovery`);
+    t.ok(pod.metadata.labels['kvgate.io/pool'], `${role}: a pool label`);
+    t.ok(so.spec.minReplicaCount >= 1, `${role}: never scaled to zero`);
+    t.ok(so.spec.maxReplicaCount > so.spec.minReplicaCount);
+    t.ok(so.spec.cooldownPeriod > 0);
+    const behavior = so.spec.advanced.horizontalPodAutoscalerConfig.behavior;
+    t.ok(behavior.scaleUp.stabilizationWindowSeconds >= 60, `${role}: scale-up stabilisation window`);
+    t.ok(
+      behavior.scaleDown.stabilizationWindowSeconds >= behavior.scaleUp.stabilizationWindowSeconds,
+      `${role}: scale down more slowly than up`,
+    );
+    t.equal(so.spec.triggers.length, 1);
+    const trig = so.spec.triggers[0];
+    t.equal(trig.type, 'prometheus');
+    t.match(trig.metadata.serverAddress, /^https?:\/\//);
+    const metric = `kvgate_recommended_${role}_workers`;
+    t.ok(exported.has(metric), `${metric} is exported by the planner`);
+    const names = [...(trig.metadata.query as string).matchAll(/kvgate_[a-z_]+/g)].map((m) => m[0]);
+    t.same(names, [metric], `${role}: the query reads ${metric}`);
+    // AverageValue with threshold 1: desired replicas = ceil(advice / 1) = the advice.
+    t.equal(trig.metadata.metricType, 'AverageValue');
+    t.equal(trig.metadata.threshold, '1');
+  }
+  const [p, d] = ['prefill', 'decode'].map((r) => deployments.get(`vllm-${r}`) ?? {});
+  t.same(
+    p.spec?.template.metadata.labels['kvgate.io/pool'],
+    d.spec?.template.metadata.labels['kvgate.io/pool'],
+    'both roles in one pool',
+  );
 });
