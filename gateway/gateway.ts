@@ -187,6 +187,8 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
       replicaId,
       now,
       registry: metrics.registry,
+      // Bench-only decision trace (bench/replicas-bench.ts --trace-decisions).
+      tracePath: process.env.KVGATE_LOAD_TRACE && `${process.env.KVGATE_LOAD_TRACE}-${replicaId}.jsonl`,
     });
   }
 
