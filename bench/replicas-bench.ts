@@ -40,15 +40,39 @@ interface Row {
   summary: StrategySummary;
   perReplica: number[];
   cpuS: { sim: number; gateways: number };
+  /** Mean TTFT (s) of the trace's second half: where the fault row's kill bites. */
+  secondHalfTtft: number;
+  /** Load-sharing NATS messages published per request, all replicas together. */
+  messagesPerRequest: number | undefined;
+}
+
+/** How a row shares load: not at all, deltas as they happen (+ heartbeat snapshots), or snapshots only. */
+interface Sharing {
+  publishIntervalMs: number;
+  deltas: boolean;
 }
 
 /** A `nats-server` on a free loopback port, for `--share-load`. */
-async function startNats(): Promise<{ url: string; stop: () => Promise<void> }> {
+async function freePort(): Promise<number> {
   const probe = createServer();
   await new Promise<void>((r) => probe.listen(0, '127.0.0.1', () => r()));
   const port = (probe.address() as { port: number }).port;
   await new Promise<void>((r) => probe.close(() => r()));
-  const child = spawn('nats-server', ['-a', '127.0.0.1', '-p', String(port)], { stdio: 'ignore' });
+  return port;
+}
+
+/** Messages published to the NATS server so far (its monitoring endpoint's `in_msgs`). */
+async function natsPublished(monitor: string): Promise<number> {
+  const varz = (await (await request(`${monitor}/varz`)).body.json()) as { in_msgs: number };
+  return varz.in_msgs;
+}
+
+async function startNats(): Promise<{ url: string; monitor: string; stop: () => Promise<void> }> {
+  const port = await freePort();
+  const mport = await freePort();
+  const child = spawn('nats-server', ['-a', '127.0.0.1', '-p', String(port), '-m', String(mport)], {
+    stdio: 'ignore',
+  });
   const failed = new Promise<never>((_, reject) =>
     child.once('error', (err) =>
       reject(new Error(`cannot start nats-server (install it: apt-get install nats-server): ${err.message}`)),
@@ -71,7 +95,7 @@ async function startNats(): Promise<{ url: string; stop: () => Promise<void> }> 
         s.on('error', () => r(false));
       }),
     ]);
-    if (up) return { url: `nats://127.0.0.1:${port}`, stop };
+    if (up) return { url: `nats://127.0.0.1:${port}`, monitor: `http://127.0.0.1:${mport}`, stop };
     if (i > 100) {
       await stop();
       throw new Error('nats-server did not start listening');
@@ -92,7 +116,8 @@ async function runReplicas(
   trace: readonly TraceRequest[],
   fleet: FleetShape,
   idle = false,
-  shareLoad?: { publishIntervalMs: number },
+  shareLoad?: Sharing,
+  kill = false,
 ): Promise<Row> {
   const sim = await spawnSimFleet(fleet.workers, simArgs(fleet, true), { timeoutMs: 60_000 });
   let nats: Awaited<ReturnType<typeof startNats>> | undefined;
@@ -114,6 +139,7 @@ async function runReplicas(
                   nats: { servers: [nats.url] },
                   publishIntervalMs: shareLoad.publishIntervalMs,
                   staleAfterMs: Math.max(2000, 4 * shareLoad.publishIntervalMs),
+                  deltas: shareLoad.deltas,
                 },
               }
             : {},
@@ -125,16 +151,36 @@ async function runReplicas(
     // Replica k gets requests k, k+n, ...; its replay starts late by its first request's offset, so every request keeps its trace time.
     const first = trace[0]!.timestamp;
     const ways = idle ? 1 : n;
-    const parts = gateways.slice(0, ways).map((g, k) => {
-      const subset = trace.filter((_, i) => i % ways === k);
-      const delay = subset.length ? (subset[0]!.timestamp - first) / fleet.speedup : 0;
+    // Fault row: the last replica is killed when the trace is half way; its later requests go round-robin to the others.
+    const half = trace[Math.floor(trace.length / 2)].timestamp;
+    const victim = kill ? n - 1 : -1;
+    const schedules: { g: number; reqs: { r: TraceRequest; i: number }[] }[] = [];
+    const dealt = trace.map((r, i) => ({ r, i }));
+    for (let k = 0; k < ways; k++) {
+      const mine = dealt.filter(({ i }) => i % ways === k);
+      if (k !== victim) schedules.push({ g: k, reqs: mine });
+      else {
+        schedules.push({ g: k, reqs: mine.filter(({ r }) => r.timestamp < half) });
+        const moved = mine.filter(({ r }) => r.timestamp >= half);
+        for (let j = 0; j < n - 1; j++) schedules.push({ g: j, reqs: moved.filter((_, x) => x % (n - 1) === j) });
+      }
+    }
+    if (kill) setTimeout(() => gateways[victim].child.kill('SIGKILL'), (half - first) / fleet.speedup - 1).unref();
+    const parts = schedules.map(({ g, reqs }) => {
+      const delay = reqs.length ? (reqs[0].r.timestamp - first) / fleet.speedup : 0;
       return new Promise((r) => setTimeout(r, delay)).then(() =>
-        replay({ url: g.ready.url as string, model: MODEL, trace: subset, speedup: fleet.speedup }),
+        replay({
+          url: gateways[g].ready.url as string,
+          model: MODEL,
+          trace: reqs.map((x) => x.r),
+          speedup: fleet.speedup,
+        }),
       );
     });
     const perPart = await Promise.all(parts);
     const results: RequestResult[] = [];
-    perPart.forEach((rs, k) => rs.forEach((r, j) => results.push({ ...r, index: j * ways + k })));
+    perPart.forEach((rs, p) => rs.forEach((r, j) => results.push({ ...r, index: schedules[p].reqs[j].i })));
+    const messages = nats ? await natsPublished(nats.monitor) : undefined;
     const workers: WorkerStats[] = await Promise.all(
       sim.workers.map(async (w) => {
         const s = (await (await request(`${w.url}/sim/stats`)).body.json()) as WorkerStats;
@@ -148,13 +194,21 @@ async function runReplicas(
         };
       }),
     );
-    const cpuS = { sim: procCpuS(sim.child.pid), gateways: gateways.reduce((a, g) => a + procCpuS(g.child.pid), 0) };
+    const cpuS = {
+      sim: procCpuS(sim.child.pid),
+      gateways: gateways.reduce((a, g) => a + (procCpuS(g.child.pid) || 0), 0),
+    };
+    const late = results.filter((r) => trace[r.index].timestamp >= half && r.ok);
+    const perGateway = new Array<number>(n).fill(0);
+    schedules.forEach(({ g, reqs }) => (perGateway[g] += reqs.length));
     return {
       replicas: n,
-      label: `${idle ? `${n}, all via one (control)` : String(n)}${shareLoad ? `, shared load (${shareLoad.publishIntervalMs} ms)` : ''}`,
+      secondHalfTtft: (late.reduce((a, r) => a + r.ttftMs, 0) / Math.max(1, late.length) / 1000) * fleet.speedup,
+      messagesPerRequest: messages === undefined ? undefined : messages / trace.length,
+      label: `${idle ? `${n}, all via one (control)` : String(n)}${kill ? ', one killed half way' : ''}${shareLoad ? (shareLoad.deltas ? ', shared load (deltas)' : `, shared load (snapshots ${shareLoad.publishIntervalMs} ms)`) : ''}`,
       cpuS,
       summary: summarise(strategy, results, workers, upperBound(trace, fleet.blockSize), fleet.speedup),
-      perReplica: perPart.map((p) => p.length),
+      perReplica: idle ? [trace.length] : perGateway,
     };
   } finally {
     await Promise.all([...gateways.map((g) => g.stop()), sim.stop()]);
@@ -179,6 +233,10 @@ async function main(argv: string[]): Promise<void> {
       'share-load': { type: 'boolean' },
       'share-interval': { type: 'string' },
       params: { type: 'string' },
+      'share-mode': { type: 'string' },
+      'compare-sharing': { type: 'boolean' },
+      kill: { type: 'boolean' },
+      'trace-decisions': { type: 'string' },
     },
   });
   const limit = Number(values.limit ?? 1000);
@@ -205,11 +263,30 @@ async function main(argv: string[]): Promise<void> {
   );
   const shareInterval = Number(values['share-interval'] ?? 100);
   if (!(shareInterval >= 10)) throw new Error('bad flag: --share-interval MS (>= 10)');
-  const shareLoad = values['share-load'] === true ? { publishIntervalMs: shareInterval } : undefined;
+  const mode = values['share-mode'] ?? 'deltas';
+  if (mode !== 'deltas' && mode !== 'snapshots') throw new Error('bad flag: --share-mode deltas|snapshots');
+  const sharing: Sharing = { publishIntervalMs: shareInterval, deltas: mode === 'deltas' };
+  const shareLoad = values['share-load'] === true ? sharing : undefined;
   const idle = values.idle === undefined ? [] : values.idle.split(',').map(Number);
+  type Plan = { n: number; control: boolean; share: Sharing | undefined; kill: boolean };
+  const plans: Plan[] = [];
+  for (const n of replicas) {
+    if (values['compare-sharing']) plans.push({ n, control: false, share: undefined, kill: false });
+    plans.push({ n, control: false, share: values['compare-sharing'] ? sharing : shareLoad, kill: false });
+  }
+  for (const n of idle) plans.push({ n, control: true, share: shareLoad, kill: false });
+  if (values.kill) plans.push({ n: 4, control: false, share: sharing, kill: true });
+  const decisions = values['trace-decisions'];
+  if (decisions) mkdirSync(decisions, { recursive: true });
   const rows: Row[] = [];
-  for (const [n, control] of [...replicas.map((r) => [r, false] as const), ...idle.map((r) => [r, true] as const)]) {
-    const row = await runReplicas(n, strategy, params, trace, fleet, control, shareLoad);
+  for (const [i, { n, control, share, kill }] of plans.entries()) {
+    // Read by gateway/gateway.ts: each replica appends its load changes to <prefix>-<replica>.jsonl.
+    if (decisions)
+      process.env.KVGATE_LOAD_TRACE = join(
+        decisions,
+        `row${i}-n${n}${share ? (share.deltas ? '-deltas' : '-snapshots') : ''}${kill ? '-kill' : ''}`,
+      );
+    const row = await runReplicas(n, strategy, params, trace, fleet, control, share, kill);
     rows.push(row);
     const s = row.summary;
     process.stderr.write(
@@ -230,8 +307,10 @@ async function main(argv: string[]): Promise<void> {
       'prefill imbalance',
       'client late p99 (ms)',
       'CPU s: sim / gateways',
+      'TTFT mean, 2nd half (s)',
+      'NATS msgs / request',
     ],
-    rows.map(({ label, summary: s, perReplica, cpuS }) => [
+    rows.map(({ label, summary: s, perReplica, cpuS, secondHalfTtft, messagesPerRequest }) => [
       label,
       `${s.requests} (${perReplica.join('/')})`,
       s.failed,
@@ -242,11 +321,13 @@ async function main(argv: string[]): Promise<void> {
       s.prefillImbalance.toFixed(2),
       s.lateness.p99.toFixed(0),
       `${cpuS.sim.toFixed(0)} / ${cpuS.gateways.toFixed(0)}`,
+      secondHalfTtft.toFixed(3),
+      messagesPerRequest === undefined ? '-' : messagesPerRequest.toFixed(1),
     ]),
   );
   const md =
     `# Gateway replicas splitting one trace\n\n\`node dist/bench/replicas-bench.js ${argv.join(' ')}\` on ${new Date().toISOString().slice(0, 10)}: ${trace.length} requests of ${tracePath.split('/').pop()}, ` +
-    `${fleet.workers} simulated workers (replay fleet defaults, speed-up ${fleet.speedup}), strategy \`${strategy}\`${values.params ? ` with \`${values.params}\`` : ''}, requests dealt round-robin to the gateways${values['share-load'] ? ', in-flight load shared between them over NATS (`loadSharing`, publishIntervalMs ${shareInterval})' : ''}. ` +
+    `${fleet.workers} simulated workers (replay fleet defaults, speed-up ${fleet.speedup}), strategy \`${strategy}\`${values.params ? ` with \`${values.params}\`` : ''}, requests dealt round-robin to the gateways${shareLoad || values['compare-sharing'] ? `, in-flight load shared between them over NATS where the row says (\`loadSharing\`, ${mode}, publishIntervalMs ${shareInterval})` : ''}. ` +
     `Times are simulated seconds.\n\n${table}\n`;
   const out = values.out ?? fileURLToPath(new URL('../../bench/results', import.meta.url));
   mkdirSync(out, { recursive: true });

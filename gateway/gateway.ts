@@ -208,7 +208,11 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
       replicaId,
       now,
       registry: metrics.registry,
+      // Bench-only decision trace (bench/replicas-bench.ts --trace-decisions).
+      tracePath: process.env.KVGATE_LOAD_TRACE && `${process.env.KVGATE_LOAD_TRACE}-${replicaId}.jsonl`,
     });
+  } else {
+    log.info('load sharing off (no loadSharing): with several replicas, each routes on its own in-flight load');
   }
 
   // --- flow control (gateway/flow/): off unless `flow.enabled` ---

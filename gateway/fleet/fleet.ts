@@ -164,6 +164,8 @@ export interface FleetOptions {
 
 /** What one request holds on a worker, so finishing releases exactly what starting took. */
 export interface LoadTicket {
+  /** Unique per fleet: names the request in load-sharing deltas. */
+  readonly id: number;
   readonly worker: Worker;
   readonly promptTokens: number;
   readonly blocks: number;
@@ -203,6 +205,9 @@ export class Fleet {
   readonly #log: Logger | undefined;
   readonly #breakerConfig: BreakerConfig | undefined;
   readonly #sharedLoad: boolean;
+  #tickets = 0;
+  /** Told of every change to this replica's own load, as it happens (load sharing publishes it as a delta). */
+  onLocalLoad: ((ticket: LoadTicket, delta: readonly number[]) => void) | undefined;
 
   constructor(configs: readonly WorkerConfig[], options: FleetOptions = {}) {
     this.#log = options.log;
@@ -319,14 +324,22 @@ export class Fleet {
 
   /** Counts a routed request as prefill on its worker. */
   start(worker: Worker, promptTokens: number, blocks: number, prompt: TicketPrompt = {}): LoadTicket {
-    this.#bump(worker, 1, 1, promptTokens, 0, 0);
-    return { worker, promptTokens, blocks, ...worker.active.start(promptTokens, blocks, prompt), phase: 'prefill' };
+    const t: LoadTicket = {
+      id: ++this.#tickets,
+      worker,
+      promptTokens,
+      blocks,
+      ...worker.active.start(promptTokens, blocks, prompt),
+      phase: 'prefill',
+    };
+    this.#bump(t, 1, 1, promptTokens, 0, 0);
+    return t;
   }
 
   /** The first token arrived: the request moves from prefill to decode. */
   firstToken(t: LoadTicket): void {
     if (t.phase !== 'prefill') return;
-    this.#bump(t.worker, 0, -1, -t.promptTokens, 1, t.blocks);
+    this.#bump(t, 0, -1, -t.promptTokens, 1, t.blocks);
     t.worker.active.firstToken(t);
     t.phase = 'decode';
   }
@@ -335,8 +348,8 @@ export class Fleet {
   finish(t: LoadTicket): void {
     if (t.phase === 'done') return;
     t.worker.active.finish(t);
-    if (t.phase === 'prefill') this.#bump(t.worker, -1, -1, -t.promptTokens, 0, 0);
-    else this.#bump(t.worker, -1, 0, 0, -1, -t.blocks);
+    if (t.phase === 'prefill') this.#bump(t, -1, -1, -t.promptTokens, 0, 0);
+    else this.#bump(t, -1, 0, 0, -1, -t.blocks);
     t.phase = 'done';
   }
 
@@ -351,15 +364,17 @@ export class Fleet {
   }
 
   #bump(
-    w: Worker,
+    t: LoadTicket,
     inflight: number,
     prefillRequests: number,
     prefillTokens: number,
     decodeRequests: number,
     decodeBlocks: number,
   ): void {
+    const w = t.worker;
     bump(w.localLoad, inflight, prefillRequests, prefillTokens, decodeRequests, decodeBlocks);
     if (w.load !== w.localLoad) bump(w.load, inflight, prefillRequests, prefillTokens, decodeRequests, decodeBlocks);
+    this.onLocalLoad?.(t, [inflight, prefillRequests, prefillTokens, decodeRequests, decodeBlocks]);
   }
 
   #create(config: WorkerConfig): Worker {

@@ -1,15 +1,24 @@
+import { createWriteStream, type WriteStream } from 'node:fs';
 import type { Logger } from 'pino';
 import { Counter, Gauge, type Registry } from 'prom-client';
 import { z } from 'zod';
-import type { Fleet } from './fleet.js';
+import type { Fleet, LoadTicket } from './fleet.js';
 import type { WorkerLoad } from '../routing/strategies/strategy.js';
+
+export { natsTransport } from './load-sharing-nats.js';
 
 /**
  * Several gateway replicas agree on the KV index (each subscribes to every
- * worker's events) but each sees only its own in-flight requests, which costs
- * TTFT once the fleet queues (bench/results/replicas.md). With `loadSharing` set,
- * every replica publishes its own per-worker load every `publishIntervalMs` and
- * adds the other replicas' latest snapshots to what its strategies read.
+ * worker's events) but each sees only its own in-flight requests. With
+ * `loadSharing` set, every change to a replica's own load (a request routed,
+ * its first token, its end) is published as a delta at once, batched per
+ * event-loop tick, and applied by the others as it arrives: periodic snapshots
+ * alone arrive after the next replica has already decided on a stale view
+ * (bench/results/replicas.md). A full snapshot every `publishIntervalMs` is the
+ * heartbeat: it resynchronises a replica that missed deltas, and a replica not
+ * heard from within `staleAfterMs` no longer counts. A replica that joins (or
+ * reconnects) asks the others for a snapshot, so it converges within one round
+ * trip, at the latest by the next heartbeat.
  */
 export const loadSharingConfigSchema = z
   .strictObject({
@@ -22,9 +31,12 @@ export const loadSharingConfigSchema = z
       .string()
       .regex(/^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$/, 'a NATS subject such as kvgate.load (no wildcards)')
       .default('kvgate.load'),
-    publishIntervalMs: z.number().int().min(10).default(100),
+    /** Full snapshot (heartbeat) interval. */
+    publishIntervalMs: z.number().int().min(10).default(500),
     /** A replica not heard from for this long is gone (died, partitioned): its load no longer counts. */
     staleAfterMs: z.number().int().min(50).default(2000),
+    /** Publish each load change as it happens; false = snapshots only (the pre-delta behaviour, kept for comparison). */
+    deltas: z.boolean().default(true),
   })
   .refine((c) => c.staleAfterMs > 2 * c.publishIntervalMs, {
     message: 'staleAfterMs must exceed twice publishIntervalMs',
@@ -32,26 +44,40 @@ export const loadSharingConfigSchema = z
   });
 export type LoadSharingConfig = z.infer<typeof loadSharingConfigSchema>;
 
-/** How snapshots travel; NATS in production (`natsTransport`), a fake in tests. */
+/** How messages travel; NATS core pub/sub in production (`natsTransport`), a fake in tests. */
 export interface LoadTransport {
   publish(data: Uint8Array): void;
-  /** Delivers every snapshot on the subject, this replica's own included. */
-  subscribe(handler: (data: Uint8Array) => void): void;
+  /**
+   * Delivers every message on the subject, this replica's own included, in each
+   * sender's order. `onUp` runs on each (re)connection: what was sent meanwhile was lost.
+   */
+  subscribe(handler: (data: Uint8Array) => void, onUp?: () => void): void;
   close(): Promise<void>;
 }
 
+/** Per worker: inflight, prefillRequests, prefillTokens, decodeRequests, decodeBlocks. */
+type Counts = number[];
 /**
- * On the wire (JSON): `{ r: replica id, w: { workerId: [inflight, prefillRequests,
- * prefillTokens, decodeRequests, decodeBlocks] } }`. Idle workers are left out
- * (absent = zero). Ages are taken from the receiver's clock, never the sender's.
+ * On the wire (JSON), always `r` (replica id) and one of:
+ * - snapshot `{ s, w: { workerId: Counts } }` (idle workers left out), `s` the sequence of the last delta batch in it;
+ * - delta batch `{ s, d: [[workerId, ...Counts, requestId], ...] }`, `s` one more than the previous batch;
+ * - snapshot request `{ q: 1 }`.
+ * Ages are taken from the receiver's clock, never the sender's.
  */
-interface Snapshot {
+interface Message {
   r: string;
-  w: Record<string, number[]>;
+  s?: number;
+  w?: Record<string, Counts>;
+  d?: unknown[][];
+  q?: number;
 }
 interface Peer {
   at: number;
-  loads: Record<string, number[]>;
+  /** False until its first snapshot: deltas on an unknown base would be wrong, so they wait for one. */
+  synced: boolean;
+  seq: number;
+  loads: Map<string, Counts>;
+  askedAt: number;
 }
 
 export interface LoadSharingDeps {
@@ -62,6 +88,8 @@ export interface LoadSharingDeps {
   replicaId: string;
   now?: () => number;
   registry?: Registry;
+  /** Bench-only: a JSON line per local load change with this replica's own and combined view (decision analysis). */
+  tracePath?: string | undefined;
 }
 
 export class LoadSharing {
@@ -69,19 +97,22 @@ export class LoadSharing {
   readonly #d: LoadSharingDeps;
   readonly #now: () => number;
   readonly #peers = new Map<string, Peer>();
-  /** Worker ids given a remote share last time, so a share that fell to zero is cleared. */
-  #withRemote = new Set<string>();
   #timer: NodeJS.Timeout | undefined;
-  #sent = 0;
-  #received = 0;
+  #pending: unknown[][] = [];
+  #snapshotDue = false;
+  #flushScheduled = false;
+  #seq = 0;
+  readonly #count = { snapshotsSent: 0, snapshotsReceived: 0, deltaBatchesSent: 0, deltasSent: 0, deltasReceived: 0 };
   readonly #encoder = new TextEncoder();
   readonly #decoder = new TextDecoder();
+  readonly #trace: WriteStream | undefined;
 
   constructor(deps: LoadSharingDeps) {
     this.#d = deps;
     this.replicaId = deps.replicaId;
     this.#now = deps.now ?? Date.now;
     if (deps.registry) this.#registerMetrics(deps.registry);
+    if (deps.tracePath) this.#trace = createWriteStream(deps.tracePath, { flags: 'a' });
   }
 
   /** Replicas heard from within `staleAfterMs`. */
@@ -90,94 +121,201 @@ export class LoadSharing {
   }
 
   start(): void {
-    this.#d.transport.subscribe((data) => this.receive(data));
+    this.#d.fleet.onLocalLoad = (t, delta) => this.#local(t, delta);
+    this.#d.transport.subscribe(
+      (data) => this.receive(data),
+      () => this.#joined(),
+    );
     this.#timer = setInterval(() => this.tick(), this.#d.config.publishIntervalMs);
     this.#timer.unref();
   }
 
-  /** One interval: publish our own load, drop replicas gone quiet. */
+  /** One heartbeat: publish our full load, drop replicas gone quiet. */
   tick(): void {
     this.publish();
     this.expire();
   }
 
+  /** Publishes pending deltas, then a full snapshot of this replica's load. */
   publish(): void {
-    const w: Record<string, number[]> = {};
+    this.#snapshotDue = false;
+    this.flush();
+    const w: Record<string, Counts> = {};
     for (const [id, l] of this.#d.fleet.localLoads()) {
       if (l.inflightRequests !== 0)
         w[id] = [l.inflightRequests, l.prefillRequests, l.prefillTokens, l.decodeRequests, l.decodeBlocks];
     }
-    this.#d.transport.publish(this.#encoder.encode(JSON.stringify({ r: this.replicaId, w } satisfies Snapshot)));
-    this.#sent++;
+    this.#send({ r: this.replicaId, s: this.#seq, w });
+    this.#count.snapshotsSent++;
+  }
+
+  /** Sends what this tick gathered: one delta batch, and a snapshot if a peer asked for one. */
+  flush(): void {
+    this.#flushScheduled = false;
+    if (this.#pending.length > 0) {
+      const d = this.#pending;
+      this.#pending = [];
+      this.#send({ r: this.replicaId, s: ++this.#seq, d });
+      this.#count.deltaBatchesSent++;
+      this.#count.deltasSent += d.length;
+    }
+    if (this.#snapshotDue) this.publish();
+  }
+
+  /** Asks every other replica for a snapshot (on joining and on reconnecting). */
+  requestSnapshots(): void {
+    this.#send({ r: this.replicaId, q: 1 });
   }
 
   receive(data: Uint8Array): void {
-    let s: Snapshot;
+    let m: Message;
     try {
-      s = JSON.parse(this.#decoder.decode(data)) as Snapshot;
-      if (typeof s?.r !== 'string' || typeof s.w !== 'object' || s.w === null) throw new Error('not a load snapshot');
+      m = JSON.parse(this.#decoder.decode(data)) as Message;
+      if (typeof m?.r !== 'string') throw new Error('no replica id');
     } catch (err) {
-      this.#d.log.debug({ error: (err as Error).message }, 'load sharing: ignored a malformed snapshot');
+      this.#d.log.debug({ error: (err as Error).message }, 'load sharing: ignored a malformed message');
       return;
     }
-    if (s.r === this.replicaId) return;
-    if (!this.#peers.has(s.r)) this.#d.log.info({ replica: s.r }, 'load sharing: replica joined');
-    this.#peers.set(s.r, { at: this.#now(), loads: s.w });
-    this.#received++;
-    this.#apply();
+    if (m.r === this.replicaId) return;
+    const now = this.#now();
+    let peer = this.#peers.get(m.r);
+    if (!peer) {
+      this.#d.log.info({ replica: m.r }, 'load sharing: replica joined');
+      this.#peers.set(m.r, (peer = { at: now, synced: false, seq: 0, loads: new Map(), askedAt: -Infinity }));
+    }
+    peer.at = now;
+    if (m.q === 1) return this.#schedule(true);
+    if (typeof m.w === 'object' && m.w !== null) return this.#snapshot(peer, m.w, num(m.s));
+    if (Array.isArray(m.d)) return this.#deltas(peer, m.d, num(m.s));
   }
 
   /** Forgets replicas not heard from within `staleAfterMs`; their load stops counting. */
   expire(): void {
     const cutoff = this.#now() - this.#d.config.staleAfterMs;
-    let changed = false;
     for (const [id, p] of this.#peers) {
       if (p.at >= cutoff) continue;
       this.#peers.delete(id);
-      changed = true;
       this.#d.log.info({ replica: id }, 'load sharing: replica gone quiet, its load no longer counts');
+      for (const w of p.loads.keys()) this.#sum(w);
     }
-    if (changed) this.#apply();
-  }
-
-  /** Sums the fresh peers' snapshots per worker and hands each worker its share. */
-  #apply(): void {
-    const sums = new Map<string, WorkerLoad>();
-    for (const p of this.#peers.values()) {
-      for (const [id, v] of Object.entries(p.loads)) {
-        if (!Array.isArray(v)) continue;
-        let sum = sums.get(id);
-        if (!sum)
-          sums.set(
-            id,
-            (sum = { inflightRequests: 0, prefillRequests: 0, prefillTokens: 0, decodeRequests: 0, decodeBlocks: 0 }),
-          );
-        sum.inflightRequests += num(v[0]);
-        sum.prefillRequests += num(v[1]);
-        sum.prefillTokens += num(v[2]);
-        sum.decodeRequests += num(v[3]);
-        sum.decodeBlocks += num(v[4]);
-      }
-    }
-    const fleet = this.#d.fleet;
-    for (const id of this.#withRemote) if (!sums.has(id)) fleet.setRemoteLoad(id, undefined);
-    for (const [id, sum] of sums) fleet.setRemoteLoad(id, sum);
-    this.#withRemote = new Set(sums.keys());
   }
 
   async close(): Promise<void> {
     clearInterval(this.#timer);
-    for (const id of this.#withRemote) this.#d.fleet.setRemoteLoad(id, undefined);
+    const fleet = this.#d.fleet;
+    fleet.onLocalLoad = undefined;
+    const touched = new Set<string>();
+    for (const p of this.#peers.values()) for (const w of p.loads.keys()) touched.add(w);
     this.#peers.clear();
-    this.#withRemote.clear();
+    for (const w of touched) fleet.setRemoteLoad(w, undefined);
     await this.#d.transport.close();
+    await new Promise<void>((r) => (this.#trace ? this.#trace.end(r) : r()));
+  }
+
+  #joined(): void {
+    this.requestSnapshots();
+    this.#schedule(true);
+  }
+
+  #local(t: LoadTicket, delta: readonly number[]): void {
+    if (this.#trace) this.#traceLine(t, delta);
+    if (!this.#d.config.deltas) return;
+    this.#pending.push([t.worker.id, ...delta, t.id]);
+    this.#schedule(false);
+  }
+
+  #schedule(snapshot: boolean): void {
+    if (snapshot) this.#snapshotDue = true;
+    if (this.#flushScheduled) return;
+    this.#flushScheduled = true;
+    setImmediate(() => this.flush());
+  }
+
+  #snapshot(peer: Peer, w: Record<string, unknown>, seq: number): void {
+    this.#count.snapshotsReceived++;
+    const old = peer.loads;
+    peer.loads = new Map();
+    for (const [id, v] of Object.entries(w))
+      if (Array.isArray(v))
+        peer.loads.set(
+          id,
+          [0, 1, 2, 3, 4].map((i) => num(v[i])),
+        );
+    peer.synced = true;
+    peer.seq = seq;
+    for (const id of old.keys()) if (!peer.loads.has(id)) this.#sum(id);
+    for (const id of peer.loads.keys()) this.#sum(id);
+  }
+
+  #deltas(peer: Peer, d: unknown[][], seq: number): void {
+    this.#count.deltasReceived += d.length;
+    if (!peer.synced || seq !== peer.seq + 1) {
+      // Joined mid-stream, or a batch was lost: ask for a snapshot (once per heartbeat) and skip until it comes.
+      if (peer.synced)
+        this.#d.log.debug({ replica: this.replicaId, seq, expected: peer.seq + 1 }, 'load sharing: delta gap');
+      peer.synced = false;
+      const now = this.#now();
+      if (now - peer.askedAt >= this.#d.config.publishIntervalMs) {
+        peer.askedAt = now;
+        this.requestSnapshots();
+      }
+      return;
+    }
+    peer.seq = seq;
+    const touched = new Set<string>();
+    for (const e of d) {
+      if (!Array.isArray(e) || typeof e[0] !== 'string') continue;
+      let c = peer.loads.get(e[0]);
+      if (!c) peer.loads.set(e[0], (c = [0, 0, 0, 0, 0]));
+      for (let i = 0; i < 5; i++) c[i] += finite(e[i + 1]);
+      if (c[0] <= 0) peer.loads.delete(e[0]);
+      touched.add(e[0]);
+    }
+    for (const id of touched) this.#sum(id);
+  }
+
+  /** Sums the synced peers' load on one worker and hands it to the fleet. */
+  #sum(id: string): void {
+    let sum: WorkerLoad | undefined;
+    for (const p of this.#peers.values()) {
+      const c = p.loads.get(id);
+      if (!c) continue;
+      sum ??= { inflightRequests: 0, prefillRequests: 0, prefillTokens: 0, decodeRequests: 0, decodeBlocks: 0 };
+      sum.inflightRequests += Math.max(0, c[0]);
+      sum.prefillRequests += Math.max(0, c[1]);
+      sum.prefillTokens += Math.max(0, c[2]);
+      sum.decodeRequests += Math.max(0, c[3]);
+      sum.decodeBlocks += Math.max(0, c[4]);
+    }
+    this.#d.fleet.setRemoteLoad(id, sum);
+  }
+
+  #send(m: Message): void {
+    this.#d.transport.publish(this.#encoder.encode(JSON.stringify(m)));
+  }
+
+  #traceLine(t: LoadTicket, delta: readonly number[]): void {
+    const view = (l: WorkerLoad) => [l.inflightRequests, l.prefillTokens, l.decodeBlocks];
+    const ws = this.#d.fleet.workers;
+    this.#trace!.write(
+      `${JSON.stringify({
+        t: Date.now(),
+        r: this.replicaId,
+        id: t.id,
+        w: t.worker.id,
+        d: delta,
+        tok: t.promptTokens,
+        local: ws.map((w) => view(w.localLoad)),
+        seen: ws.map((w) => view(w.load)),
+      })}\n`,
+    );
   }
 
   #registerMetrics(registry: Registry): void {
     const self = this;
     new Gauge({
       name: 'kvgate_load_sharing_peers',
-      help: 'Other gateway replicas whose in-flight load snapshots are fresh',
+      help: 'Other gateway replicas heard from within staleAfterMs',
       registers: [registry],
       collect() {
         this.set(self.peers);
@@ -185,13 +323,33 @@ export class LoadSharing {
     });
     new Counter({
       name: 'kvgate_load_sharing_snapshots_total',
-      help: 'Load snapshots published by this replica (sent) and taken from other replicas (received)',
+      help: 'Full load snapshots published by this replica (sent) and taken from other replicas (received)',
       labelNames: ['direction'],
       registers: [registry],
       collect() {
         this.reset();
-        this.inc({ direction: 'sent' }, self.#sent);
-        this.inc({ direction: 'received' }, self.#received);
+        this.inc({ direction: 'sent' }, self.#count.snapshotsSent);
+        this.inc({ direction: 'received' }, self.#count.snapshotsReceived);
+      },
+    });
+    new Counter({
+      name: 'kvgate_load_sharing_deltas_total',
+      help: 'Load deltas (one per routed request, first token and end) published by this replica and received from others',
+      labelNames: ['direction'],
+      registers: [registry],
+      collect() {
+        this.reset();
+        this.inc({ direction: 'sent' }, self.#count.deltasSent);
+        this.inc({ direction: 'received' }, self.#count.deltasReceived);
+      },
+    });
+    new Counter({
+      name: 'kvgate_load_sharing_delta_batches_total',
+      help: 'NATS messages carrying deltas published by this replica (one per event-loop tick with changes)',
+      registers: [registry],
+      collect() {
+        this.reset();
+        this.inc(self.#count.deltaBatchesSent);
       },
     });
   }
@@ -201,78 +359,7 @@ export class LoadSharing {
 function num(v: unknown): number {
   return typeof v === 'number' && Number.isFinite(v) && v > 0 ? v : 0;
 }
-
-/**
- * Snapshots over NATS core pub/sub. A server that cannot be reached is logged
- * once, and routing carries on with local load only (other replicas' snapshots
- * expire); we retry the first connection ourselves, the client reconnects later ones.
- */
-export function natsTransport(config: LoadSharingConfig, log: Logger, name: string): LoadTransport {
-  let nc: import('nats').NatsConnection | undefined;
-  let handler: ((data: Uint8Array) => void) | undefined;
-  let closed = false;
-  let up = false;
-  let wake: (() => void) | undefined;
-  const down = (reason: string) => {
-    if (!up) return;
-    up = false;
-    log.warn(
-      { servers: config.nats.servers, reason },
-      "load sharing: NATS unreachable, routing on this replica's own load until it is back",
-    );
-  };
-  const ready = (async () => {
-    const { connect, Events } = await import('nats');
-    let warned = false;
-    while (!closed) {
-      try {
-        nc = await connect({ servers: config.nats.servers, name, maxReconnectAttempts: -1, reconnectTimeWait: 1000 });
-        break;
-      } catch (err) {
-        if (!warned)
-          log.warn(
-            { servers: config.nats.servers, error: (err as Error).message },
-            "load sharing: NATS unreachable, routing on this replica's own load; retrying",
-          );
-        warned = true;
-        await new Promise<void>((r) => {
-          wake = r;
-          setTimeout(r, 1000).unref();
-        });
-      }
-    }
-    if (!nc) return;
-    if (closed) return void (await nc.close().catch(() => {}));
-    up = true;
-    log.info({ server: nc.getServer(), subject: config.subject }, 'load sharing: connected to NATS');
-    nc.subscribe(config.subject, {
-      callback: (err, msg) => {
-        if (!err) handler?.(msg.data);
-      },
-    });
-    void (async () => {
-      for await (const s of nc.status()) {
-        if (s.type === Events.Disconnect) down(String(s.data));
-        else if (s.type === Events.Reconnect && !up) {
-          up = true;
-          log.info({ server: String(s.data) }, 'load sharing: reconnected to NATS');
-        }
-      }
-    })().catch(() => {});
-  })().catch((err: unknown) => log.error({ error: (err as Error).message }, 'load sharing: NATS client failed'));
-  return {
-    publish(data) {
-      // While disconnected the client would buffer and replay stale snapshots; better to send none.
-      if (up && nc && !nc.isClosed()) nc.publish(config.subject, data);
-    },
-    subscribe(h) {
-      handler = h;
-    },
-    async close() {
-      closed = true;
-      wake?.();
-      await ready;
-      if (nc && !nc.isClosed()) await nc.drain().catch(() => nc?.close());
-    },
-  };
+/** Deltas may be negative, but finite. */
+function finite(v: unknown): number {
+  return typeof v === 'number' && Number.isFinite(v) ? v : 0;
 }

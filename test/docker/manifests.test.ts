@@ -85,7 +85,7 @@ function portNumber(container: Obj, port: number | string): number {
 }
 
 t.test('every manifest parses; kinds, apiVersions, names and namespaces are set', async (t) => {
-  t.same(files, ['epp.yaml', 'gateway.yaml', 'namespace.yaml', 'sidecar.yaml', 'vllm-disagg.yaml', 'vllm.yaml']);
+  t.same(files, ['epp.yaml', 'gateway.yaml', 'namespace.yaml', 'nats.yaml', 'sidecar.yaml', 'vllm-disagg.yaml', 'vllm.yaml']);
   for (const [file, docs] of all) {
     t.ok(docs.length > 0, `${file} has documents`);
     for (const d of docs) {
@@ -456,4 +456,34 @@ t.test('vllm-disagg.yaml: KEDA scales each role from the metric the planner expo
     d.spec?.template.metadata.labels['kvgate.io/pool'],
     'both roles in one pool',
   );
+});
+
+t.test('load sharing: NATS is started wherever the config turns loadSharing on', async (t) => {
+  // Kubernetes: the gateway's config points at nats.yaml's Service.
+  const { config } = gatewayConfig(find('gateway.yaml', 'ConfigMap', 'kvgate-config'), 'gateway.yaml');
+  const url = new URL(config.loadSharing!.nats.servers[0]);
+  const svc = find('nats.yaml', 'Service', 'nats');
+  const dep = find('nats.yaml', 'Deployment', 'nats');
+  t.equal(url.hostname, `${svc.metadata.name}.${svc.metadata.namespace}.svc.cluster.local`);
+  t.equal(Number(url.port), svc.spec.ports[0].port, 'the Service port the config names');
+  const nats = podContainers(dep)[0];
+  t.equal(portNumber(nats, svc.spec.ports[0].targetPort), 4222);
+  t.ok(nats.args.includes('4222'), 'nats-server listens on the client port');
+  for (const [k, v] of Object.entries(svc.spec.selector))
+    t.equal(dep.spec.template.metadata.labels[k], v, 'the Service selects the NATS Pod');
+
+  // Compose: the `replicas` profile runs NATS and every gateway mounting a loadSharing config.
+  const compose = parseYaml(readFileSync(join(ROOT, 'docker/compose.yaml'), 'utf8'), { uniqueKeys: true }) as Obj;
+  const sharing = Object.entries(compose.services as Record<string, Obj>).filter(([, s]) =>
+    (s.volumes as string[] | undefined)?.some((v) => v.includes('compose-replicas')),
+  );
+  t.equal(sharing.length, 2, 'two load-sharing gateway replicas');
+  const file = join(ROOT, 'docker/kvgate.compose-replicas.yaml');
+  const cfg = parseConfig(parseYaml(readFileSync(file, 'utf8')), file, {});
+  const host = new URL(cfg.loadSharing!.nats.servers[0]).hostname;
+  t.ok(compose.services[host], `the NATS server (${host}) is a compose service`);
+  for (const [name, s] of sharing) {
+    t.same(s.profiles, compose.services[host].profiles, `${name} runs in the same profile as NATS`);
+    t.ok(s.depends_on[host], `${name} starts after NATS`);
+  }
 });

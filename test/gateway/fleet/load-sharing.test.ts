@@ -32,12 +32,13 @@ function fakeBus() {
   return { transport };
 }
 
-t.test('merge and expiry with a fake transport', async (t) => {
+t.test('snapshots only (deltas: false): merge and expiry with a fake transport', async (t) => {
   let clock = 1000;
   const now = () => clock;
   const config = loadSharingConfigSchema.parse({
     nats: { servers: ['nats://unused'] },
     publishIntervalMs: 100,
+    deltas: false,
     staleAfterMs: 500,
   });
   const bus = fakeBus();
@@ -151,7 +152,8 @@ t.test('config: stale window must cover a couple of intervals', async (t) => {
   t.throws(() => loadSharingConfigSchema.parse({ nats: { servers: ['nats://x'] }, subject: 'kvgate.>' }), /subject/);
   t.match(loadSharingConfigSchema.parse({ nats: { servers: ['nats://x'] } }), {
     subject: 'kvgate.load',
-    publishIntervalMs: 100,
+    publishIntervalMs: 500,
+    deltas: true,
     staleAfterMs: 2000,
   });
 });
