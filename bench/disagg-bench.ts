@@ -15,10 +15,6 @@ import { spawnSimFleet } from './sim/spawn.js';
 import { shiftBench } from './disagg-shift.js';
 
 import { parseBenchFlags } from './lib/flags.js';
-const HELP = `Replays a prefix of the Mooncake conversation trace on simulated workers, aggregated (kv) and
-P/D-disaggregated (always, and conditional at each threshold); writes bench/results/disagg.md.
-Usage: node dist/bench/disagg-bench.js [flags]
-The trace defaults to ../shared/traces/mooncake/conversation_trace.jsonl from the repository root.`;
 
 /**
  * Replays a prefix of the Mooncake conversation trace through the gateway on

@@ -82,7 +82,7 @@ export interface ProcessingRequest {
   response_body?: HttpBody;
   request_trailers?: object;
   response_trailers?: object;
-  metadata_context?: { filter_metadata?: Record<string, Struct> };
+  metadata_context?: { filter_metadata?: Record<string, Struct> } | undefined;
 }
 
 export interface HeaderMutation {
