@@ -246,7 +246,7 @@ export async function replay(opts: LoadOptions): Promise<RequestResult[]> {
       lateCount++;
       sent++;
       pending.push(
-        one(pool, trace[i], i, opts.model, late, opts.headers?.(i)).then((r) => {
+        one(pool, trace[i]!, i, opts.model, late, opts.headers?.(i)).then((r) => {
           results[i] = r;
           done++;
           if (!r.ok) failed++;

@@ -95,7 +95,7 @@ export class KvCache {
   hashBlocks(seq: CacheSeq, count: number): void {
     const bs = this.blockSize;
     for (let b = seq.blockHashes.length; b < count; b++) {
-      const parent = b === 0 ? null : seq.blockHashes[b - 1];
+      const parent = b === 0 ? null : seq.blockHashes[b - 1]!;
       seq.blockHashes.push(this.#hasher(parent, seq.tokens, b * bs, (b + 1) * bs, seq.lora?.name));
     }
   }

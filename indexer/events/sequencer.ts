@@ -189,7 +189,7 @@ export class Sequencer {
     this.last = item.seq;
     this.lastPayload = item.payload ?? null;
     // Only batches we never received live count as replayed; the replay also resends the held ones.
-    if (replayed && !(this.held.length > 0 && item.seq >= this.held[0].seq)) {
+    if (replayed && !(this.held.length > 0 && item.seq >= this.held[0]!.seq)) {
       if (this.session) this.session.recovered++;
       if (item.batch) this.counters.batchesReplayed++;
     }
@@ -294,8 +294,8 @@ export class Sequencer {
           break;
         }
         const last = this.last;
-        if (last !== null && held[i].seq <= last) continue; // came in through the replay already
-        this.push(held[i]);
+        if (last !== null && held[i]!.seq <= last) continue; // came in through the replay already
+        this.push(held[i]!);
       }
     } finally {
       this.suppressed = false;

@@ -183,14 +183,14 @@ export class ZmqEventSource implements EventSource {
         this.counters.decodeErrors++;
         continue;
       }
-      const seq = frames[1].readBigUInt64BE();
+      const seq = frames[1]!.readBigUInt64BE();
       if (seq > MAX_PLAUSIBLE_SEQ) {
         // Taking it would make every later batch look like a restart.
         this.diag.skip('bad-seq');
         this.diag.warn({ seq: seq.toString() }, 'kv event batch with an impossible sequence number skipped');
         continue;
       }
-      const item = this.decode(seq, frames[2]);
+      const item = this.decode(seq, frames[2]!);
       if (item.batch) {
         this.counters.lastBatchAt = this.now();
         const lag = this.diag.lagMs(this.counters.lastBatchAt, item.batch.ts);
@@ -254,10 +254,10 @@ export class ZmqEventSource implements EventSource {
           while (!signal.aborted) {
             const frames = await dealer.receive();
             if (signal.aborted || frames.length < 2) continue;
-            const seqFrame = frames[frames.length - 2];
+            const seqFrame = frames[frames.length - 2]!;
             if (seqFrame.length !== 8) continue;
             if (seqFrame.equals(END_SEQ)) return;
-            onItem(this.decode(seqFrame.readBigUInt64BE(), frames[frames.length - 1]));
+            onItem(this.decode(seqFrame.readBigUInt64BE(), frames[frames.length - 1]!));
           }
         } catch (err) {
           if (!signal.aborted) throw err;

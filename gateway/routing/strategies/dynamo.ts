@@ -85,18 +85,18 @@ export function createDynamoStrategy(params: DynamoParams, deps: Pick<StrategyDe
         best = softmaxSample(logits, p.temperature, ctx.random);
       } else {
         // Among the tied minimum: smallest tree, then random.
-        const outside = (i: number) => Math.abs(logits[i] - min) >= TIE_EPSILON;
+        const outside = (i: number) => Math.abs(logits[i]! - min) >= TIE_EPSILON;
         const trees = new Float64Array(n);
         for (let i = 0; treeSize && i < n; i++) {
-          if (!outside(i)) trees[i] = treeSize(matches?.get(candidates[i].id)?.target ?? candidates[i].id);
+          if (!outside(i)) trees[i] = treeSize(matches?.get(candidates[i]!.id)?.target ?? candidates[i]!.id);
         }
-        ({ index: best, ties: tied } = argminRandomTie(n, (i, b) => trees[i] - trees[b], ctx.random, outside));
+        ({ index: best, ties: tied } = argminRandomTie(n, (i, b) => trees[i]! - trees[b]!, ctx.random, outside));
       }
-      return matchDecision(candidates[best], matches, scores, () => ({
+      return matchDecision(candidates[best]!, matches, scores, () => ({
         rule: p.temperature > 0 ? `softmax(T=${p.temperature}) over ${RULE}` : RULE,
         index: overlapSource(ctx, matcher, 'kv events index'),
         overlapScoreWeight: p.overlapScoreWeight,
-        ...scores[best].terms,
+        ...scores[best]!.terms,
         ...(p.temperature > 0 ? {} : { tied, tieBreak }),
       }));
     },

@@ -71,11 +71,11 @@ export function createSglangCacheAwareStrategy(
       const matches = matchWorkers(ctx, matcher, 1);
       const index = overlapSource(ctx, matcher, indexName);
       // Deepest match first, then fewer in-flight requests, then random; workers matching nothing take no part.
-      const blocksAt = (i: number) => matches?.get(candidates[i].id)?.blocks ?? 0;
+      const blocksAt = (i: number) => matches?.get(candidates[i]!.id)?.blocks ?? 0;
       const { index: deepestAt } = argminRandomTie(
         candidates.length,
         (i, b) =>
-          blocksAt(b) - blocksAt(i) || candidates[i].load.inflightRequests - candidates[b].load.inflightRequests,
+          blocksAt(b) - blocksAt(i) || candidates[i]!.load.inflightRequests - candidates[b]!.load.inflightRequests,
         ctx.random,
         (i) => blocksAt(i) === 0,
       );
