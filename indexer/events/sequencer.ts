@@ -22,13 +22,13 @@ export interface Replayer {
 export interface SequencerOptions {
   workerId: string;
   /** Data-parallel rank this sequence belongs to, for the reset (null: the whole worker). */
-  rank?: number | null;
-  replayer?: Replayer;
+  rank?: number | null | undefined;
+  replayer?: Replayer | undefined;
   /** How long a replay may take before we give up; default 2000 ms. */
-  replayTimeoutMs?: number;
+  replayTimeoutMs?: number | undefined;
   deliver(item: SequencedItem, replayed: boolean): void;
   reset(reason: string): void;
-  log?: Logger;
+  log?: Logger | undefined;
 }
 
 export interface SequencerStats {

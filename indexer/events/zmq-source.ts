@@ -12,24 +12,24 @@ export interface ZmqEventSourceOptions {
   /** The engine's ROUTER replay endpoint; without it a gap clears the worker's index. */
   replayEndpoint?: string | undefined;
   /** Subscription prefix on frame 0; default '' (everything). */
-  topic?: string;
+  topic?: string | undefined;
   /** connect (default): we connect to a binding engine. bind: the engine connects to us. */
-  mode?: 'connect' | 'bind';
+  mode?: 'connect' | 'bind' | undefined;
   /** Data-parallel rank this stream belongs to (one subscription per rank); its batches are that rank's. */
-  rank?: number;
+  rank?: number | undefined;
   /** Payload format of frame 3; default msgpack. */
-  format?: PayloadFormat;
+  format?: PayloadFormat | undefined;
   /** How long a replay may take before we give up and reset; default 2000 ms. */
-  replayTimeoutMs?: number;
+  replayTimeoutMs?: number | undefined;
   /**
    * Period of the replay probe while connected (0: off); default 5000 ms. It
    * bounds how long a batch lost at the end of a quiet period, or a restart
    * that left the sequence above ours, stays unnoticed: one period plus one
    * replay round trip.
    */
-  probeIntervalMs?: number;
-  log?: Logger;
-  now?: () => number;
+  probeIntervalMs?: number | undefined;
+  log?: Logger | undefined;
+  now?: (() => number) | undefined;
 }
 
 export type ZmqEventSourceStats = EventSourceStats;

@@ -117,10 +117,10 @@ export interface PromptBlocksOptions {
   /** Hash seed for the adapter (null: base model); `model` is the request's model name. */
   seedFor: (lora: string | null, model: string) => bigint;
   /** Maps a request's model name to its LoRA adapter name, or null for a base model. */
-  loraOf?: (model: string) => string | null;
+  loraOf?: ((model: string) => string | null) | undefined;
   /** Called after each tokenization that produced ids (for the tokenization-time metric). */
-  observe?: (seconds: number, tokens: number, kind: PromptKind) => void;
-  now?: () => number;
+  observe?: ((seconds: number, tokens: number, kind: PromptKind) => void) | undefined;
+  now?: (() => number) | undefined;
 }
 
 export type PromptBlocksFn = (

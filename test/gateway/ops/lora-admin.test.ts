@@ -131,7 +131,7 @@ void t.test('LoRA load/unload across a pool; adapter traffic follows the adapter
         ],
       );
       t.same(loaded.json.loadedOn, [ids[0], ids[1]]);
-      t.same(await simAdapters(workers[2].url), [], 'the worker outside the pool has no adapter');
+      t.same(await simAdapters(workers[2]!.url), [], 'the worker outside the pool has no adapter');
       const again = await admin('/lora/load', { lora_name: ADAPTER, lora_path: '/adapters/sql', workers: [ids[0]] });
       t.equal(again.status, 200);
       t.equal(again.json.results?.[0].outcome, 'already_loaded');
