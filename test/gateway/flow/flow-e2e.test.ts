@@ -136,7 +136,7 @@ t.test(
       if (i >= 2) errors.push(Math.abs(predicted - observed) / observed);
     }
     errors.sort((a, b) => a - b);
-    const median = errors[Math.floor(errors.length / 2)];
+    const median = errors[Math.floor(errors.length / 2)]!;
     const mean = errors.reduce((s, e) => s + e, 0) / errors.length;
     t.comment(rows.join('\n'));
     t.comment(

@@ -23,7 +23,7 @@ function strategy(cached: Record<string, number> = {}, pick?: string): Strategy 
   return {
     name: 'test',
     choose(_ctx, candidates: readonly WorkerView[]): Decision {
-      let best = candidates[0];
+      let best = candidates[0]!;
       for (const c of candidates) if (c.load.prefillTokens < best.load.prefillTokens) best = c;
       if (pick) best = candidates.find((c) => c.id === pick) ?? best;
       return {

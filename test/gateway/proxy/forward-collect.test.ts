@@ -58,7 +58,7 @@ function rig(t: { teardown(fn: () => unknown): void }, urls: string[], breaker =
   const run = (check: (status: number, body: Buffer) => { kind: 'no_params'; message: string } | undefined) =>
     new Promise<Collected>((resolve) => {
       const res = Object.assign(new EventEmitter(), { destroyed: false }) as unknown as ServerResponse;
-      const first = fleet.workers[0];
+      const first = fleet.workers[0]!;
       forward(
         { fleet, metrics, transport, random: () => 0.5 },
         {
