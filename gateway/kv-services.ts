@@ -15,13 +15,12 @@ import {
 import type { MatchCounts } from '../indexer/index/radix-index.js';
 import { RemoteTokenizer } from '../indexer/tokenize/remote-tokenizer.js';
 import { PromptTokenizer } from '../indexer/tokenize/tokenizer.js';
-import type { Fleet, WorkerConfig } from './fleet/fleet.js';
+import type { WorkerConfig } from './fleet/fleet.js';
 import type { PromptBlocksProvider } from './routing/pipeline.js';
 import { StartupError } from './ops/startup-error.js';
 import { ContextLengthError } from '../indexer/tokenize/context-bound.js';
 import { contextLengthError } from './front/engine-errors.js';
 import type { PrefixMatcher } from './routing/strategies/strategy.js';
-
 
 /** What the KV-aware parts of the gateway share: one index per model, its event sources, and prompt hashing. */
 export interface KvServices {
@@ -208,7 +207,6 @@ export async function buildKvServices(config: GatewayConfig, options: KvServices
   }
   return services;
 }
-
 
 function singleMatcher(index: KvIndexer): KvServices['matcher'] {
   return { match: (h) => index.match(h), blocksOf: (t) => index.blocksOf(t) };

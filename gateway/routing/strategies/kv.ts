@@ -125,7 +125,8 @@ export function chooseByKvCost(
       ? { index: softmaxSample(costs, params.temperature, ctx.random), ties: 1 }
       : argminRandomTie(
           n,
-          (i, b) => (sameCost(costs[i]!, costs[b]!) ? compareLoad(candidates[i]!, candidates[b]!) : costs[i]! - costs[b]!),
+          (i, b) =>
+            sameCost(costs[i]!, costs[b]!) ? compareLoad(candidates[i]!, candidates[b]!) : costs[i]! - costs[b]!,
           ctx.random,
         );
   return matchDecision(candidates[best]!, matches, scores, (m) => ({
