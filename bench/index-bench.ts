@@ -2,7 +2,6 @@ import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
 import xxhash from 'xxhash-wasm';
 import { createBlockHasher, type BlockHasher } from '../indexer/index/block-hash.js';
 import type { KvEvent, KvEventBatch } from '../indexer/events/types.js';

@@ -147,7 +147,7 @@ function report(results: Record<string, Record<string, Result[]>>, missing: stri
         perRequest(s).toFixed(3),
       ]);
     }
-    const { direct: a, kvgate: b, floor: c } = stats;
+    const [a, b, c] = [stats.direct!, stats.kvgate!, stats.floor!];
     rows.push([
       scenario,
       '**b/a, b/c (throughput)**',
@@ -157,7 +157,7 @@ function report(results: Record<string, Record<string, Result[]>>, missing: stri
       `b−a ${(perRequest(b) - perRequest(a)).toFixed(3)}, b−c ${(perRequest(b) - perRequest(c)).toFixed(3)}`,
     ]);
     for (const peer of ['nginx', 'haproxy'].filter((p) => stats[p])) {
-      const d = stats[peer];
+      const d = stats[peer]!;
       rows.push([
         scenario,
         `**b/${peer} (throughput)**`,

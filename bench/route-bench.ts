@@ -197,7 +197,7 @@ async function main(): Promise<void> {
   const summary: string[] = [];
   let conversationId = 0;
   for (const [sizeIndex, targetTokens] of sizes.entries()) {
-    const conversations = counts[sizeIndex];
+    const conversations = counts[sizeIndex]!;
     const samples: Record<string, Sample[]> = {
       'warm, incremental': [],
       'warm, whole': [],
@@ -226,7 +226,7 @@ async function main(): Promise<void> {
       for (const whole of order) {
         wholeRender = whole;
         const w = await decide(messages);
-        samples[`warm, ${whole ? 'whole' : 'incremental'}`].push(w);
+        samples[`warm, ${whole ? 'whole' : 'incremental'}`]!.push(w);
         if (!whole) {
           tokens = w.routed.ctx.blocks!.tokenCount;
           if (w.routed.worker.id === `w${home}`) correct++;
@@ -235,7 +235,7 @@ async function main(): Promise<void> {
       for (const whole of order) {
         wholeRender = whole;
         tokenizer.clearCache();
-        samples[`cold, ${whole ? 'whole' : 'incremental'}`].push(await decide(messages));
+        samples[`cold, ${whole ? 'whole' : 'incremental'}`]!.push(await decide(messages));
       }
       wholeRender = false;
       process.stderr.write(`\r~${targetTokens} tokens: conversation ${c + 1}/${conversations}`);
@@ -265,7 +265,7 @@ async function main(): Promise<void> {
   const text = `# Whole routing decision (parse, template, tokenize, hash, match, score)
 
 Command: \`npm run bench:route -- --conversations ${values.conversations} --tokens ${values.tokens} --workers ${workers}\`
-Date: ${new Date().toISOString()}; ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, Node ${process.version}, load average ${loadavg()[0].toFixed(1)} at the end (a shared machine: figures are noisy).
+Date: ${new Date().toISOString()}; ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, Node ${process.version}, load average ${loadavg()[0]!.toFixed(1)} at the end (a shared machine: figures are noisy).
 Index: ${workers} workers, every earlier turn of each conversation cached on its home worker (${Object.values(indexer.stats().perWorker).reduce((s, w) => s + w.blocks, 0)} blocks in all). Strategy \`kv\`; ${summary.join('; ')}.
 "incremental" renders the chat template pass by pass from its cache (indexer/tokenize/incremental-render.ts); "whole" renders it whole for every request, as before, in the same run on the same conversations.
 "warm": earlier turns rendered and in the segment cache; "cold": every cache emptied first. "loop stall": the longest event-loop delay during one decision (a chain of 1 ms timers; the largest gap between two, less 1 ms).

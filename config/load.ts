@@ -47,7 +47,7 @@ export function parseConfig(raw: unknown, source: string, env: NodeJS.ProcessEnv
   const parsed = gatewayConfigSchema.safeParse(withEnv);
   if (!parsed.success) {
     const issue = firstIssue(parsed.error.issues);
-    const missing = parsed.error.issues[0].path.at(-1);
+    const missing = parsed.error.issues[0]!.path.at(-1);
     throw new ConfigError(
       `kvgate: ${source}: ${describeIssue(issue)}${issue !== parsed.error.issues[0] && typeof missing === 'string' ? ` (did you mean '${missing}'?)` : ''}`,
     );
@@ -91,7 +91,7 @@ function applyEnv(raw: Record<string, unknown>, env: NodeJS.ProcessEnv): Record<
  * cause, so it is reported first when both are about the same object.
  */
 function firstIssue(issues: readonly z.core.$ZodIssue[]): z.core.$ZodIssue {
-  const first = issues[0];
+  const first = issues[0]!;
   const unknown = issues.find(
     (i) =>
       i.code === 'unrecognized_keys' &&

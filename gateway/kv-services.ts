@@ -16,7 +16,7 @@ import {
 import type { MatchCounts } from '../indexer/index/radix-index.js';
 import { RemoteTokenizer } from '../indexer/tokenize/remote-tokenizer.js';
 import { PromptTokenizer } from '../indexer/tokenize/tokenizer.js';
-import type { Fleet, WorkerConfig } from './fleet/fleet.js';
+import type { WorkerConfig } from './fleet/fleet.js';
 import type { PromptBlocksProvider } from './routing/pipeline.js';
 import { StartupError } from './ops/startup-error.js';
 import { ContextLengthError } from '../indexer/tokenize/context-bound.js';

@@ -28,12 +28,12 @@ export interface LoadOptions {
   trace: readonly TraceRequest[];
   /** Arrival times are divided by this. */
   speedup: number;
-  connections?: number;
+  connections?: number | undefined;
   /** Called with the finished count every `progressMs`, and once at the end. */
   onProgress?: ((p: Progress) => void) | undefined;
-  progressMs?: number;
+  progressMs?: number | undefined;
   /** Extra request headers per trace index (the multi-tenant bench: tenant and priority class). */
-  headers?: (index: number) => Record<string, string>;
+  headers?: ((index: number) => Record<string, string>) | undefined;
 }
 
 export interface Progress {
@@ -246,7 +246,7 @@ export async function replay(opts: LoadOptions): Promise<RequestResult[]> {
       lateCount++;
       sent++;
       pending.push(
-        one(pool, trace[i], i, opts.model, late, opts.headers?.(i)).then((r) => {
+        one(pool, trace[i]!, i, opts.model, late, opts.headers?.(i)).then((r) => {
           results[i] = r;
           done++;
           if (!r.ok) failed++;

@@ -34,7 +34,7 @@ function mix(n: number, salt: number): number {
 export function assign(req: TraceRequest): { tenant: string; cls: FlowClass } {
   // Block 0 is a system prompt most conversations share; the next block is the conversation's own.
   const conv = req.hashIds[1] ?? req.hashIds[0] ?? 0;
-  const tenant = TENANTS[mix(conv, 1) % TENANTS.length];
+  const tenant = TENANTS[mix(conv, 1) % TENANTS.length]!;
   const c = mix(conv, 2) % 100;
   return { tenant, cls: c < 15 ? 'critical' : c < 70 ? 'standard' : 'sheddable' };
 }
@@ -59,7 +59,7 @@ function flowConfig(prefillTokens: number, speedup: number): Record<string, unkn
 const pct = (xs: number[], p: number) => {
   if (xs.length === 0) return NaN;
   const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))];
+  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]!;
 };
 
 interface Group {
@@ -85,7 +85,7 @@ interface RunSummary {
 function group(results: RequestResult[], labels: ReturnType<typeof assign>[], speedup: number, durS: number): Group {
   const ok = results.filter((r) => r.ok);
   const ttft = ok.map((r) => (r.ttftMs * speedup) / 1000);
-  const good = ok.filter((r) => (r.ttftMs * speedup) / 1000 <= TARGET_S[labels[r.index].cls]).length;
+  const good = ok.filter((r) => (r.ttftMs * speedup) / 1000 <= TARGET_S[labels[r.index]!.cls]).length;
   return {
     requests: results.length,
     ok: ok.length,
@@ -100,10 +100,10 @@ function group(results: RequestResult[], labels: ReturnType<typeof assign>[], sp
 function summarise(name: string, run: RunResult, labels: ReturnType<typeof assign>[], f: FleetShape, durS: number) {
   const by = (key: (l: ReturnType<typeof assign>) => string) => {
     const out: Record<string, Group> = {};
-    const keys = [...new Set(run.results.map((r) => key(labels[r.index])))].sort();
+    const keys = [...new Set(run.results.map((r) => key(labels[r.index]!)))].sort();
     for (const k of keys)
       out[k] = group(
-        run.results.filter((r) => key(labels[r.index]) === k),
+        run.results.filter((r) => key(labels[r.index]!) === k),
         labels,
         f.speedup,
         durS,
@@ -119,7 +119,7 @@ function summarise(name: string, run: RunResult, labels: ReturnType<typeof assig
     byTenant: by((l) => l.tenant),
     byClass: by((l) => l.cls),
     wellBehaved: group(
-      run.results.filter((r) => WELL_BEHAVED.includes(labels[r.index].tenant)),
+      run.results.filter((r) => WELL_BEHAVED.includes(labels[r.index]!.tenant)),
       labels,
       f.speedup,
       durS,
@@ -153,8 +153,8 @@ async function main(argv: string[]): Promise<void> {
   const prefillTokens = int('prefill-tokens', 32_768, 1);
   const trace = readTrace(values.trace ?? DEFAULT_TRACE, limit);
   const labels = trace.map(assign);
-  const durS = (trace[trace.length - 1].timestamp - trace[0].timestamp) / 1000;
-  const headers = (i: number) => ({ 'x-kvgate-tenant': labels[i].tenant, 'x-kvgate-priority': labels[i].cls });
+  const durS = (trace[trace.length - 1]!.timestamp - trace[0]!.timestamp) / 1000;
+  const headers = (i: number) => ({ 'x-kvgate-tenant': labels[i]!.tenant, 'x-kvgate-priority': labels[i]!.cls });
   const kvParams = { prefillWeight: 2 };
   const progress = (label: string) => (p: Parameters<typeof progressLine>[1]) =>
     process.stderr.write(progressLine(label, p));
@@ -166,21 +166,21 @@ async function main(argv: string[]): Promise<void> {
   const on = await runStrategy('kv', kvParams, trace, fleet, progress('flow on'), { headers, extra });
   runs.push(summarise('flow on', on, labels, fleet, durS));
   // The reference: the same flow control without the noisy tenant (also the "normal load" run).
-  const keep = trace.map((_, i) => i).filter((i) => labels[i].tenant !== 'noisy');
-  const quietTrace = keep.map((i) => trace[i]);
-  const quietLabels = keep.map((i) => labels[i]);
+  const keep = trace.map((_, i) => i).filter((i) => labels[i]!.tenant !== 'noisy');
+  const quietTrace = keep.map((i) => trace[i]!);
+  const quietLabels = keep.map((i) => labels[i]!);
   const quiet = await runStrategy('kv', kvParams, quietTrace, fleet, progress('noisy removed'), {
-    headers: (i) => ({ 'x-kvgate-tenant': quietLabels[i].tenant, 'x-kvgate-priority': quietLabels[i].cls }),
+    headers: (i) => ({ 'x-kvgate-tenant': quietLabels[i]!.tenant, 'x-kvgate-priority': quietLabels[i]!.cls }),
     extra,
   });
   runs.push(summarise('flow on, noisy tenant removed', quiet, quietLabels, fleet, durS));
 
-  const [offS, onS, quietS] = runs;
+  const [offS, onS, quietS] = runs as [RunSummary, RunSummary, RunSummary];
   const targets = {
     wellBehavedP99Ratio: onS.wellBehaved.p99 / quietS.wellBehaved.p99,
     wellBehavedP99RatioOff: offS.wellBehaved.p99 / quietS.wellBehaved.p99,
-    criticalP99Ratio: onS.byClass.critical.p99 / quietS.byClass.critical.p99,
-    criticalP99RatioOff: offS.byClass.critical.p99 / quietS.byClass.critical.p99,
+    criticalP99Ratio: onS.byClass.critical!.p99 / quietS.byClass.critical!.p99,
+    criticalP99RatioOff: offS.byClass.critical!.p99 / quietS.byClass.critical!.p99,
     hitRateDeltaPoints: (onS.hitRate - offS.hitRate) * 100,
   };
   const report = {
@@ -212,7 +212,7 @@ function render(r: {
   runs: RunSummary[];
   targets: Record<string, number>;
 }): string {
-  const f = (x: number, d = 2) => (Number.isFinite(x) ? x.toFixed(d) : '-');
+  const f = (x: number | undefined, d = 2) => (x !== undefined && Number.isFinite(x) ? x.toFixed(d) : '-');
   const row = (run: string, key: string, g: Group) =>
     `| ${run} | ${key} | ${g.requests} | ${g.ok} | ${g.shed} | ${g.failed} | ${f(g.p50)} | ${f(g.p99)} | ${f(g.goodput)} |`;
   const lines = [

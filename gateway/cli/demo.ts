@@ -89,7 +89,7 @@ export async function demoCommand(argv: string[]): Promise<void> {
     models: {
       [MODEL]: {
         tokenizer: { type: 'local', dir: tokenizerDir },
-        blockSize: fleet.workers[0].blockSize,
+        blockSize: fleet.workers[0]!.blockSize,
         maxModelLen: MAX_MODEL_LEN,
       },
     },

@@ -61,11 +61,11 @@ export function place(
     // Released: the strategy picks again over every candidate; a pick without room is waited for
     // up to `affinityWaitMs` (its cache is worth a short wait), then the strategy picks among those with room.
     decision = routed.strategy.choose(routed.ctx, all);
-    worker = all.find((w) => w.id === decision.worker.id) ?? all[0];
+    worker = all.find((w) => w.id === decision.worker.id) ?? all[0]!;
     if (!open.includes(worker)) {
       if (affinity.waitedMs < affinity.waitMs) return { kind: 'saturated' };
       decision = routed.strategy.choose(routed.ctx, open);
-      worker = open.find((w) => w.id === decision.worker.id) ?? open[0];
+      worker = open.find((w) => w.id === decision.worker.id) ?? open[0]!;
     }
   }
   if (budgetMs !== undefined && model.predictMs(worker, uncached(routed, decision, worker.id, blockSize)) > budgetMs) {

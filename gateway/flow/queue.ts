@@ -48,11 +48,11 @@ export class FlowQueue<T extends QueueItem> {
   }
 
   sizeOf(rank: number): number {
-    return this.#classes[rank].size;
+    return this.#classes[rank]!.size;
   }
 
   push(item: T): void {
-    const c = this.#classes[item.rank];
+    const c = this.#classes[item.rank]!;
     let t = c.tenants.get(item.tenant);
     if (!t) {
       t = { name: item.tenant, items: [], weight: item.weight, deficit: 0 };
@@ -64,7 +64,7 @@ export class FlowQueue<T extends QueueItem> {
     let hi = items.length;
     while (lo < hi) {
       const mid = (lo + hi) >>> 1;
-      if (before(items[mid], item)) lo = mid + 1;
+      if (before(items[mid]!, item)) lo = mid + 1;
       else hi = mid;
     }
     items.splice(lo, 0, item);
@@ -74,7 +74,7 @@ export class FlowQueue<T extends QueueItem> {
 
   /** Takes a queued item out (shed, expired, client gone); false if it was not queued. */
   remove(item: T): boolean {
-    const c = this.#classes[item.rank];
+    const c = this.#classes[item.rank]!;
     const t = c.tenants.get(item.tenant);
     const i = t ? t.items.indexOf(item) : -1;
     if (!t || i === -1) return false;
@@ -98,7 +98,7 @@ export class FlowQueue<T extends QueueItem> {
       let budget = c.ring.reduce((n, t) => n + Math.ceil(1 / Math.min(1, t.weight)) + 1, 0);
       while (blocked.size < c.ring.length && budget-- > 0) {
         if (c.cursor >= c.ring.length) c.cursor = 0;
-        const t = c.ring[c.cursor];
+        const t = c.ring[c.cursor]!;
         if (blocked.has(t)) {
           c.cursor++;
           continue;
@@ -110,7 +110,7 @@ export class FlowQueue<T extends QueueItem> {
             continue;
           }
         }
-        const head = t.items[0];
+        const head = t.items[0]!;
         if (!canGo(head)) {
           blocked.add(t);
           c.cursor++;
@@ -132,7 +132,7 @@ export class FlowQueue<T extends QueueItem> {
   oldestSheddableBelow(rank: number): T | undefined {
     let oldest: T | undefined;
     for (let r = rank + 1; r < this.#classes.length; r++) {
-      for (const t of this.#classes[r].ring) {
+      for (const t of this.#classes[r]!.ring) {
         for (const item of t.items) {
           if (item.sheddable && (!oldest || item.seq < oldest.seq)) oldest = item;
         }
@@ -143,7 +143,7 @@ export class FlowQueue<T extends QueueItem> {
 
   /** Every queued item of a class, tenant by tenant (for the debug view). */
   *itemsOf(rank: number): Iterable<[string, readonly T[]]> {
-    for (const t of this.#classes[rank].ring) yield [t.name, t.items];
+    for (const t of this.#classes[rank]!.ring) yield [t.name, t.items];
   }
 
   #drop(c: ClassQueue<T>, t: TenantQueue<T>): void {

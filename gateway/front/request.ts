@@ -214,7 +214,7 @@ function promptTokens(prompt: unknown): number {
  * behaviour whether or not kvgate is in front, and no worker gets a `text/plain` body.
  */
 export function requireJsonContentType(contentType: string | undefined): void {
-  const mediaType = (contentType ?? '').split(';', 1)[0].trim().toLowerCase();
+  const mediaType = (contentType ?? '').split(';', 1)[0]!.trim().toLowerCase();
   if (mediaType !== 'application/json')
     throw badRequest("Unsupported Media Type: Only 'application/json' is allowed", null, 'unsupported_media_type');
 }

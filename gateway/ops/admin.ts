@@ -82,7 +82,7 @@ export function createAdminHandler(d: AdminDeps): (req: IncomingMessage, res: Se
       );
       return;
     }
-    const path = (req.url ?? '/').split('?')[0];
+    const path = (req.url ?? '/').split('?')[0]!;
     if (path === '/debug/workers' && req.method === 'GET') return json(res, 200, workers(d));
     if (path.startsWith('/lora') && d.lora?.(req, res, path)) return;
     if (path === '/debug/experiments' && req.method === 'GET') return json(res, 200, d.pipeline.summary());

@@ -135,7 +135,7 @@ function resolveTargets(d: LoraAdminDeps, body: Record<string, unknown>): Worker
       throw badRequest(`unknown pool '${pool}' (pools: ${Object.keys(pools).join(', ') || 'none'})`, 'pool');
     let resolved;
     try {
-      resolved = resolvePools({ [pool]: pools[pool] }, members).get(pool)!;
+      resolved = resolvePools({ [pool]: pools[pool]! }, members).get(pool)!;
     } catch (err) {
       throw badRequest(`pool '${pool}' has no usable members: ${(err as Error).message}`, 'pool');
     }

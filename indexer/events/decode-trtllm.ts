@@ -101,7 +101,7 @@ export interface TrtllmDecodeOptions {
   /** Largest attention window seen so far; events for smaller (sliding) windows are skipped. */
   maxWindowSize?: number | undefined;
   /** ms clock for the batch ts (the JSON carries none), default Date.now. */
-  now?: () => number;
+  now?: (() => number) | undefined;
 }
 
 export interface TrtllmDecoded {

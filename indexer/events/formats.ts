@@ -21,8 +21,8 @@ export interface PayloadDecoder {
 
 export interface DecoderOptions {
   /** Tokens per KV block when the format does not say (TRT-LLM JSON). */
-  blockSize?: number;
-  now?: () => number;
+  blockSize?: number | undefined;
+  now?: (() => number) | undefined;
 }
 
 function text(payload: Uint8Array | string): string {

@@ -22,13 +22,13 @@ export interface Replayer {
 export interface SequencerOptions {
   workerId: string;
   /** Data-parallel rank this sequence belongs to, for the reset (null: the whole worker). */
-  rank?: number | null;
-  replayer?: Replayer;
+  rank?: number | null | undefined;
+  replayer?: Replayer | undefined;
   /** How long a replay may take before we give up; default 2000 ms. */
-  replayTimeoutMs?: number;
+  replayTimeoutMs?: number | undefined;
   deliver(item: SequencedItem, replayed: boolean): void;
   reset(reason: string): void;
-  log?: Logger;
+  log?: Logger | undefined;
 }
 
 export interface SequencerStats {
@@ -189,7 +189,7 @@ export class Sequencer {
     this.last = item.seq;
     this.lastPayload = item.payload ?? null;
     // Only batches we never received live count as replayed; the replay also resends the held ones.
-    if (replayed && !(this.held.length > 0 && item.seq >= this.held[0].seq)) {
+    if (replayed && !(this.held.length > 0 && item.seq >= this.held[0]!.seq)) {
       if (this.session) this.session.recovered++;
       if (item.batch) this.counters.batchesReplayed++;
     }
@@ -294,8 +294,8 @@ export class Sequencer {
           break;
         }
         const last = this.last;
-        if (last !== null && held[i].seq <= last) continue; // came in through the replay already
-        this.push(held[i]);
+        if (last !== null && held[i]!.seq <= last) continue; // came in through the replay already
+        this.push(held[i]!);
       }
     } finally {
       this.suppressed = false;

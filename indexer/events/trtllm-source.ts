@@ -12,16 +12,16 @@ export interface TrtllmPollSourceOptions {
   /** trtllm-serve base URL, e.g. http://worker:8000; we POST {url}/kv_cache_events. */
   url: string;
   /** Poll period while healthy; default 100 ms. */
-  intervalMs?: number;
+  intervalMs?: number | undefined;
   /** Ceiling of the exponential backoff after failed polls; default 5000 ms. */
-  maxBackoffMs?: number;
-  requestTimeoutMs?: number;
+  maxBackoffMs?: number | undefined;
+  requestTimeoutMs?: number | undefined;
   /** Tokens per KV block (trtllm `tokens_per_block`); when unset, inferred per event from its first block. */
-  blockSize?: number;
+  blockSize?: number | undefined;
   /** Payload format of the response body; default trtllm-json. */
-  format?: PayloadFormat;
-  log?: Logger;
-  now?: () => number;
+  format?: PayloadFormat | undefined;
+  log?: Logger | undefined;
+  now?: (() => number) | undefined;
 }
 
 export interface TrtllmPollSourceStats extends EventSourceStats {

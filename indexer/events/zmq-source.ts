@@ -12,24 +12,24 @@ export interface ZmqEventSourceOptions {
   /** The engine's ROUTER replay endpoint; without it a gap clears the worker's index. */
   replayEndpoint?: string | undefined;
   /** Subscription prefix on frame 0; default '' (everything). */
-  topic?: string;
+  topic?: string | undefined;
   /** connect (default): we connect to a binding engine. bind: the engine connects to us. */
-  mode?: 'connect' | 'bind';
+  mode?: 'connect' | 'bind' | undefined;
   /** Data-parallel rank this stream belongs to (one subscription per rank); its batches are that rank's. */
-  rank?: number;
+  rank?: number | undefined;
   /** Payload format of frame 3; default msgpack. */
-  format?: PayloadFormat;
+  format?: PayloadFormat | undefined;
   /** How long a replay may take before we give up and reset; default 2000 ms. */
-  replayTimeoutMs?: number;
+  replayTimeoutMs?: number | undefined;
   /**
    * Period of the replay probe while connected (0: off); default 5000 ms. It
    * bounds how long a batch lost at the end of a quiet period, or a restart
    * that left the sequence above ours, stays unnoticed: one period plus one
    * replay round trip.
    */
-  probeIntervalMs?: number;
-  log?: Logger;
-  now?: () => number;
+  probeIntervalMs?: number | undefined;
+  log?: Logger | undefined;
+  now?: (() => number) | undefined;
 }
 
 export type ZmqEventSourceStats = EventSourceStats;
@@ -183,14 +183,14 @@ export class ZmqEventSource implements EventSource {
         this.counters.decodeErrors++;
         continue;
       }
-      const seq = frames[1].readBigUInt64BE();
+      const seq = frames[1]!.readBigUInt64BE();
       if (seq > MAX_PLAUSIBLE_SEQ) {
         // Taking it would make every later batch look like a restart.
         this.diag.skip('bad-seq');
         this.diag.warn({ seq: seq.toString() }, 'kv event batch with an impossible sequence number skipped');
         continue;
       }
-      const item = this.decode(seq, frames[2]);
+      const item = this.decode(seq, frames[2]!);
       if (item.batch) {
         this.counters.lastBatchAt = this.now();
         const lag = this.diag.lagMs(this.counters.lastBatchAt, item.batch.ts);
@@ -254,10 +254,10 @@ export class ZmqEventSource implements EventSource {
           while (!signal.aborted) {
             const frames = await dealer.receive();
             if (signal.aborted || frames.length < 2) continue;
-            const seqFrame = frames[frames.length - 2];
+            const seqFrame = frames[frames.length - 2]!;
             if (seqFrame.length !== 8) continue;
             if (seqFrame.equals(END_SEQ)) return;
-            onItem(this.decode(seqFrame.readBigUInt64BE(), frames[frames.length - 1]));
+            onItem(this.decode(seqFrame.readBigUInt64BE(), frames[frames.length - 1]!));
           }
         } catch (err) {
           if (!signal.aborted) throw err;

@@ -360,7 +360,7 @@ export class RadixIndex {
 
   /** Adds tiers `flags` of holder `id` to an existing `node`. */
   addToNode(node: number, id: number, flags: number): void {
-    if (this.addHolder(node, id, flags)) this.blocks[id]++;
+    if (this.addHolder(node, id, flags)) this.blocks[id]!++;
   }
 
   /**

@@ -91,9 +91,9 @@ export function boundIds(ids: readonly number[], limit: number): void {
 function cutBefore(text: string, end: number): number {
   const floor = Math.max(1, end - 1024);
   let i = end;
-  while (i > floor && !/\s/.test(text[i])) i--;
+  while (i > floor && !/\s/.test(text[i]!)) i--;
   if (i > floor) {
-    while (i > floor && /\s/.test(text[i - 1])) i--;
+    while (i > floor && /\s/.test(text[i - 1]!)) i--;
     return i;
   }
   const code = text.charCodeAt(end - 1);

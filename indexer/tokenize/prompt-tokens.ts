@@ -124,8 +124,8 @@ export interface PromptBlocksOptions {
   /** Token id of MEDIA_START in the tokenizer; without it a prompt with media parts is not hashed at all. */
   mediaStartId?: number;
   /** Called after each tokenization that produced ids (for the tokenization-time metric). */
-  observe?: (seconds: number, tokens: number, kind: PromptKind) => void;
-  now?: () => number;
+  observe?: ((seconds: number, tokens: number, kind: PromptKind) => void) | undefined;
+  now?: (() => number) | undefined;
 }
 
 export type PromptBlocksFn = (

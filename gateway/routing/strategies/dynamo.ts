@@ -124,11 +124,11 @@ export function createDynamoStrategy(
         const outside = (i: number) => logits[i] !== min;
         const trees = new Float64Array(n);
         for (let i = 0; treeSize && i < n; i++) {
-          if (!outside(i)) trees[i] = treeSize(matches?.get(candidates[i].id)?.target ?? candidates[i].id);
+          if (!outside(i)) trees[i] = treeSize(matches?.get(candidates[i]!.id)?.target ?? candidates[i]!.id);
         }
-        ({ index: best, ties: tied } = argminRandomTie(n, (i, b) => trees[i] - trees[b], ctx.random, outside));
+        ({ index: best, ties: tied } = argminRandomTie(n, (i, b) => trees[i]! - trees[b]!, ctx.random, outside));
       }
-      return matchDecision(candidates[best], matches, scores, () => ({
+      return matchDecision(candidates[best]!, matches, scores, () => ({
         rule: p.temperature > 0 ? `softmax(T=${p.temperature}) over ${RULE}` : RULE,
         index: overlapSource(ctx, matcher, 'kv events index'),
         overlapScoreWeight: p.overlapScoreWeight,

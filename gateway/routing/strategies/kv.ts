@@ -125,14 +125,15 @@ export function chooseByKvCost(
       ? { index: softmaxSample(costs, params.temperature, ctx.random), ties: 1 }
       : argminRandomTie(
           n,
-          (i, b) => (sameCost(costs[i], costs[b]) ? compareLoad(candidates[i], candidates[b]) : costs[i] - costs[b]),
+          (i, b) =>
+            sameCost(costs[i]!, costs[b]!) ? compareLoad(candidates[i]!, candidates[b]!) : costs[i]! - costs[b]!,
           ctx.random,
         );
-  return matchDecision(candidates[best], matches, scores, (m) => ({
+  return matchDecision(candidates[best]!, matches, scores, (m) => ({
     rule: params.temperature > 0 ? `softmax(T=${params.temperature}) over ${RULE}` : RULE,
     index: overlapSource(ctx, matcher, indexName),
     prefillWeight: params.prefillWeight,
-    ...scores[best].terms,
+    ...scores[best]!.terms,
     ...(m && m.blocks !== m.gpuBlocks ? { cpuTierBlocks: m.blocks - m.gpuBlocks } : {}),
     ties,
   }));

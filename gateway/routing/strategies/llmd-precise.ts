@@ -109,10 +109,10 @@ export function createLlmdPreciseStrategy(
       // Highest score wins: the argmin of the score's negation.
       const { index: best, ties } = argminRandomTie(
         n,
-        (i, b) => (sameCost(totals[i], totals[b]) ? 0 : totals[b] - totals[i]),
+        (i, b) => (sameCost(totals[i]!, totals[b]!) ? 0 : totals[b]! - totals[i]!),
         ctx.random,
       );
-      return matchDecision(candidates[best], matches, scores, () => ({
+      return matchDecision(candidates[best]!, matches, scores, () => ({
         rule: 'highest prefixWeight*prefix + kvUtilizationWeight*(1-kvUsage) + queueWeight*queue (llm-d)',
         index: overlapSource(ctx, matcher, 'kv events index'),
         weights: { prefix: p.prefixWeight, kvUtilization: p.kvUtilizationWeight, queue: p.queueWeight },

@@ -50,20 +50,20 @@ export function leastLoaded(
 ): { worker: WorkerView; ties: number } {
   const { index, ties } = argminRandomTie(
     candidates.length,
-    (i, b) => compareLoad(candidates[i], candidates[b]),
+    (i, b) => compareLoad(candidates[i]!, candidates[b]!),
     ctx.random,
   );
-  return { worker: candidates[index], ties };
+  return { worker: candidates[index]!, ties };
 }
 
 /** Least in-flight requests, ties at random (prefill tokens are not looked at: SGLang's load is a request count). */
 export function leastInflight(ctx: RouteContext, candidates: readonly WorkerView[]): WorkerView {
   const { index } = argminRandomTie(
     candidates.length,
-    (i, b) => candidates[i].load.inflightRequests - candidates[b].load.inflightRequests,
+    (i, b) => candidates[i]!.load.inflightRequests - candidates[b]!.load.inflightRequests,
     ctx.random,
   );
-  return candidates[index];
+  return candidates[index]!;
 }
 
 /**
@@ -76,17 +76,17 @@ export function softmaxSample(costs: ArrayLike<number>, temperature: number, ran
   let min = Infinity;
   let max = -Infinity;
   for (let i = 0; i < n; i++) {
-    const c = costs[i];
+    const c = costs[i]!;
     if (c < min) min = c;
     if (c > max) max = c;
   }
   if (!(max > min)) return Math.min(n - 1, Math.floor(random() * n));
   const scale = 1 / ((max - min) * temperature);
   let sum = 0;
-  for (let i = 0; i < n; i++) sum += Math.exp(-(costs[i] - min) * scale);
+  for (let i = 0; i < n; i++) sum += Math.exp(-(costs[i]! - min) * scale);
   let r = random() * sum;
   for (let i = 0; i < n; i++) {
-    r -= Math.exp(-(costs[i] - min) * scale);
+    r -= Math.exp(-(costs[i]! - min) * scale);
     if (r < 0) return i;
   }
   return n - 1;

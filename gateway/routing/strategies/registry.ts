@@ -34,7 +34,6 @@ const entries = new Map<string, StrategyEntry>([
   ['sglang-cache-aware', entry(sglangCacheAwareParamsSchema, (p, d) => createSglangCacheAwareStrategy(p, d))],
   ['llmd-precise', entry(llmdPreciseParamsSchema, (p, d) => createLlmdPreciseStrategy(p, d))],
 ]);
-/* eslint-enable @typescript-eslint/no-explicit-any, @typescript-eslint/no-unsafe-argument */
 
 /**
  * Adds a strategy by name (= its file name = its metric label) at run time, for

@@ -93,7 +93,7 @@ void t.test("an adapter's blocks hash apart from the base model's, and its event
   const events: StoredEvent[] = [];
   const loop = (async () => {
     try {
-      for await (const frames of sub) events.push(...(unpackr.unpack(frames[2]) as [number, StoredEvent[]])[1]);
+      for await (const frames of sub) events.push(...(unpackr.unpack(frames[2]!) as [number, StoredEvent[]])[1]);
     } catch {
       /* closed */
     }

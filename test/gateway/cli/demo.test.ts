@@ -30,7 +30,7 @@ t.test('kvgate demo serves the openai client through kv routing, and stops clean
   t.equal(model.object, 'model');
 
   // A second demo on the same port: one line naming the flag, exit 2, and its workers stopped.
-  const port = new URL(ready.url as string).port;
+  const port = new URL(ready!.url as string).port;
   const second = spawnSync(process.execPath, [CLI, 'demo', '--workers', '1', '--port', port, '--admin-port', '0'], {
     encoding: 'utf8',
     timeout: 60_000,

@@ -15,9 +15,9 @@ const BENCH = join(DIST, 'bench') + '/';
 /** Relative specifiers a compiled module imports: static `import ... from`, re-exports, and `import(...)` if asked. */
 function importsOf(file: string, dynamic: boolean): string[] {
   const src = readFileSync(file, 'utf8');
-  const found = [...src.matchAll(/^\s*(?:import|export)\s[^'";]*?from\s*'(\.{1,2}\/[^']+)'/gm)].map((m) => m[1]);
-  found.push(...[...src.matchAll(/^\s*import\s*'(\.{1,2}\/[^']+)'/gm)].map((m) => m[1]));
-  if (dynamic) found.push(...[...src.matchAll(/\bimport\(\s*'(\.{1,2}\/[^']+)'\s*\)/g)].map((m) => m[1]));
+  const found = [...src.matchAll(/^\s*(?:import|export)\s[^'";]*?from\s*'(\.{1,2}\/[^']+)'/gm)].map((m) => m[1]!);
+  found.push(...[...src.matchAll(/^\s*import\s*'(\.{1,2}\/[^']+)'/gm)].map((m) => m[1]!));
+  if (dynamic) found.push(...[...src.matchAll(/\bimport\(\s*'(\.{1,2}\/[^']+)'\s*\)/g)].map((m) => m[1]!));
   return found.map((s) => resolve(dirname(file), s));
 }
 

@@ -43,7 +43,7 @@ void t.test('approx-prefix predicts overlap on the second turn of a P/D conversa
 
   const second = [
     ...first,
-    { role: 'assistant' as const, content: one.data.choices[0].message.content ?? '' },
+    { role: 'assistant' as const, content: one.data.choices[0]!.message.content ?? '' },
     { role: 'user' as const, content: 'Go on, please.' },
   ];
   const dry = await dryRoute(second);

@@ -26,7 +26,7 @@ void t.test('a prefill worker killed under load: its breaker opens, no request f
     { routing: { strategy: 'least-load' } },
   ) as { fleet: { health: unknown; workers: { id: string; role?: string }[] } };
   config.fleet.health = { intervalMs: 60_000, timeoutMs: 500 };
-  for (const w of config.fleet.workers) w.role = roles[w.id];
+  for (const w of config.fleet.workers) w.role = roles[w.id]!;
   const { url, adminUrl } = await startGateway(teardown, { ...config, disaggregation: { minUncachedTokens: 128 } });
   const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: 'unused', maxRetries: 0, timeout: 30_000 });
 
@@ -76,7 +76,7 @@ void t.test('a prefill worker killed under load: its breaker opens, no request f
   await p1.kill();
   const victim = await eventually(async () => {
     const v = await debugWorker(adminUrl, 'p1');
-    return v.breaker.transitions.open >= 1 ? v : undefined;
+    return (v.breaker.transitions.open ?? 0) >= 1 ? v : undefined;
   }, 20_000);
   t.pass(`p1's breaker opened: ${JSON.stringify(victim.breaker)}`);
   t.ok(victim.healthy, 'the health check has not noticed: the prefill legs opened the breaker');

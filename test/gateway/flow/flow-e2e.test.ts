@@ -72,23 +72,23 @@ t.test(
     );
     await eventually(async () => (await debugFlow(adminUrl)).queued >= 4, 10_000, 20);
     const queuedView = await debugFlow(adminUrl);
-    t.equal(queuedView.classes[2].name, 'sheddable');
-    t.equal(queuedView.classes[2].queued, 4, 'two in prefill on the two workers, four held in the gateway');
+    t.equal(queuedView.classes[2]!.name, 'sheddable');
+    t.equal(queuedView.classes[2]!.queued, 4, 'two in prefill on the two workers, four held in the gateway');
 
     const aborter = new AbortController();
     const gone = stream(url, 'gone', { 'x-kvgate-priority': 'sheddable' }, 2000, aborter.signal).catch(() => 'aborted');
-    await eventually(async () => (await debugFlow(adminUrl)).classes[2].tenants.anonymous === 1, 10_000, 20);
+    await eventually(async () => (await debugFlow(adminUrl)).classes[2]!.tenants.anonymous === 1, 10_000, 20);
     aborter.abort();
     t.equal(await gone, 'aborted');
     let last: unknown;
     const afterAbort = await eventually(async () => {
       const f = await debugFlow(adminUrl);
       last = f.classes[2];
-      return (f.classes[2].shed.disconnected ?? 0) === 1 && f.classes[2].tenants.anonymous === undefined && f;
+      return (f.classes[2]!.shed.disconnected ?? 0) === 1 && f.classes[2]!.tenants.anonymous === undefined && f;
     }).catch((err: Error) => {
       throw new Error(`${err.message}: ${JSON.stringify(last)}`);
     });
-    t.equal(afterAbort.classes[2].shed.disconnected, 1, 'the disconnected request left the queue at once');
+    t.equal(afterAbort.classes[2]!.shed.disconnected, 1, 'the disconnected request left the queue at once');
 
     const critical = Array.from({ length: 3 }, (_, i) =>
       stream(url, `crit-${i}`, { 'x-kvgate-priority': 'critical', 'x-kvgate-tenant': 'interactive' }),
@@ -103,8 +103,8 @@ t.test(
 
     const final = await debugFlow(adminUrl);
     t.equal(final.queued, 0);
-    t.ok(final.classes[2].admitted.queued >= 4, 'held sheddable requests were released');
-    t.ok(final.classes[0].admitted.queued >= 1, 'critical requests were held too, and released first');
+    t.ok(final.classes[2]!.admitted.queued >= 4, 'held sheddable requests were released');
+    t.ok(final.classes[0]!.admitted.queued >= 1, 'critical requests were held too, and released first');
     const metrics = await (await request(`${url}/metrics`)).body.text();
     t.ok(
       (metricValue(metrics, 'kvgate_flow_admitted_total', { class: 'critical', tenant: 'interactive' }) ?? 0) >= 3,
@@ -136,7 +136,7 @@ t.test(
       if (i >= 2) errors.push(Math.abs(predicted - observed) / observed);
     }
     errors.sort((a, b) => a - b);
-    const median = errors[Math.floor(errors.length / 2)];
+    const median = errors[Math.floor(errors.length / 2)]!;
     const mean = errors.reduce((s, e) => s + e, 0) / errors.length;
     t.comment(rows.join('\n'));
     t.comment(

@@ -23,7 +23,7 @@ function strategy(cached: Record<string, number> = {}, pick?: string): Strategy 
   return {
     name: 'test',
     choose(_ctx, candidates: readonly WorkerView[]): Decision {
-      let best = candidates[0];
+      let best = candidates[0]!;
       for (const c of candidates) if (c.load.prefillTokens < best.load.prefillTokens) best = c;
       if (pick) best = candidates.find((c) => c.id === pick) ?? best;
       return {
@@ -149,11 +149,11 @@ async function releaseOrder(
     return Promise.resolve(out).then((p) => {
       if (p) order.push(name);
       // The released request takes the room it found, as fleet.start would.
-      saturate(workers[0]);
+      saturate(workers[0]!);
     });
   });
   for (let i = 0; i < requests.length; i++) {
-    saturate(workers[0], 0);
+    saturate(workers[0]!, 0);
     f.kick();
     await new Promise((r) => setTimeout(r, 15));
   }
@@ -204,8 +204,8 @@ t.test('TTL: a request that waited too long gets 429 with retry-after and the re
   t.equal(res.error.type, 'rate_limit_error');
   t.match(res.error.message, /waited 60 ms .*priority class 'standard'/);
   const summary = f.summary([a]) as { classes: { shed: Record<string, number>; queued: number }[] };
-  t.equal(summary.classes[0].shed.ttl_expired, 1);
-  t.equal(summary.classes[0].queued, 0);
+  t.equal(summary.classes[0]!.shed.ttl_expired, 1);
+  t.equal(summary.classes[0]!.queued, 0);
 });
 
 t.test('a client that disconnects while queued is removed at once', async (t) => {
@@ -215,13 +215,13 @@ t.test('a client that disconnects while queued is removed at once', async (t) =>
   const { res, out } = call(f, routed([a], strategy()), { 'x-kvgate-tenant': 'gone' });
   const before = f.summary([a]) as { queued: number; classes: { tenants: Record<string, number> }[] };
   t.equal(before.queued, 1);
-  t.same(before.classes[1].tenants, { gone: 1 }, 'queue depth per class and tenant');
+  t.same(before.classes[1]!.tenants, { gone: 1 }, 'queue depth per class and tenant');
   res.emit('close');
   t.equal(await out, null);
   t.equal(res.status, 0, 'nothing written to a gone client');
   const after = f.summary([a]) as { queued: number; classes: { shed: Record<string, number> }[] };
   t.equal(after.queued, 0);
-  t.equal(after.classes[1].shed.disconnected, 1);
+  t.equal(after.classes[1]!.shed.disconnected, 1);
 });
 
 t.test('bounds: a full class queue sheds the arrival; a full gateway sheds the oldest lower sheddable', async (t) => {

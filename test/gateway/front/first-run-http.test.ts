@@ -14,7 +14,7 @@ type ErrorBody = { error: { message: string; type: string; param: string | null;
 t.test('first run over HTTP', async (t) => {
   const { workers } = await startSim(t.teardown.bind(t), 1);
   const config = fleetConfig(workers, { strategy: 'kv' });
-  (config.models as Record<string, Record<string, unknown>>)[MODEL].maxModelLen = MAX_MODEL_LEN;
+  (config.models as Record<string, Record<string, unknown>>)[MODEL]!.maxModelLen = MAX_MODEL_LEN;
   const { url, adminUrl } = await startGateway(t.teardown.bind(t), config);
   await eventually(async () => (await (await request(`${url}/ready`)).body.json()) as { ready: boolean } | undefined);
   const get = (path: string) => request(`${url}${path}`);
@@ -123,7 +123,7 @@ t.test('first run over HTTP', async (t) => {
     // Tokenized whole, the count is exact and the answer is the engine's word for word.
     const exact = JSON.stringify({ model: MODEL, max_tokens: 1, prompt: words(MAX_MODEL_LEN * 4 - 100) });
     const viaGateway = await post('/v1/completions', exact);
-    const direct = await request(`${workers[0].url}/v1/completions`, {
+    const direct = await request(`${workers[0]!.url}/v1/completions`, {
       method: 'POST',
       body: exact,
       headers: { 'content-type': 'application/json' },
@@ -142,14 +142,14 @@ t.test('first run over HTTP', async (t) => {
       '/v1/completions',
       JSON.stringify({ model: MODEL, max_tokens: 1, truncate_prompt_tokens: 100, prompt: words(200_000) }),
     );
-    t.equal(truncated.headers['x-kvgate-worker'], workers[0].worker, 'forwarded to the engine');
+    t.equal(truncated.headers['x-kvgate-worker']!, workers[0]!.worker, 'forwarded to the engine');
     await truncated.body.dump();
   });
 
   t.test("the engine's own errors pass through as it wrote them, with the worker named", async (t) => {
     const res = await post('/v1/no-such-route', '{}');
     t.equal(res.statusCode, 404);
-    t.equal(res.headers['x-kvgate-worker'], workers[0].worker);
+    t.equal(res.headers['x-kvgate-worker']!, workers[0]!.worker);
     t.same(await res.body.json(), { detail: 'Not Found' });
   });
 

@@ -42,7 +42,7 @@ const call = async (url: string, method: string, body?: unknown, token?: string)
   const res = await request(url, {
     method: method as 'GET' | 'POST',
     headers: { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}) },
-    body: body === undefined ? undefined : JSON.stringify(body),
+    ...(body === undefined ? {} : { body: JSON.stringify(body) }),
   });
   const text = await res.body.text();
   let json: Body = {};
@@ -110,7 +110,7 @@ void t.test('LoRA load/unload across a pool; adapter traffic follows the adapter
   const chat = async (model = ADAPTER) => {
     messages = [...messages, { role: 'user', content: `Question ${++turn}: how many orders shipped late?` }];
     const r = await call(`${url}/v1/chat/completions`, 'POST', { model, messages, max_tokens: 8 });
-    const reply = r.json.choices?.[0].message.content;
+    const reply = r.json.choices?.[0]!.message.content;
     if (reply !== undefined) messages = [...messages, { role: 'assistant', content: reply }];
     return r;
   };
@@ -131,10 +131,10 @@ void t.test('LoRA load/unload across a pool; adapter traffic follows the adapter
         ],
       );
       t.same(loaded.json.loadedOn, [ids[0], ids[1]]);
-      t.same(await simAdapters(workers[2].url), [], 'the worker outside the pool has no adapter');
+      t.same(await simAdapters(workers[2]!.url), [], 'the worker outside the pool has no adapter');
       const again = await admin('/lora/load', { lora_name: ADAPTER, lora_path: '/adapters/sql', workers: [ids[0]] });
       t.equal(again.status, 200);
-      t.equal(again.json.results?.[0].outcome, 'already_loaded');
+      t.equal(again.json.results?.[0]!.outcome, 'already_loaded');
 
       const models = (await call(`${url}/v1/models`, 'GET')).json.data ?? [];
       t.ok(
@@ -184,7 +184,7 @@ void t.test('LoRA load/unload across a pool; adapter traffic follows the adapter
       t.equal(r.headers['x-kvgate-worker'], other, `turn ${turn} goes to ${other}, the only worker with the adapter`);
     }
     const snapshot = await admin('/lora');
-    t.same(snapshot.json.workers?.[other], [ADAPTER]);
+    t.same(snapshot.json.workers?.[other!], [ADAPTER]);
     t.same(snapshot.json.workers?.[home.id], []);
   });
 

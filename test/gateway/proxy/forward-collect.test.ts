@@ -52,13 +52,13 @@ function rig(t: { teardown(fn: () => unknown): void }, urls: string[], breaker =
   // Always the first remaining worker, pinned to rank 3 + its index.
   const strategy: Strategy = {
     name: 'first',
-    choose: (_ctx, c): Decision => ({ worker: c[0], explain: {}, dataParallelRank: 3 + Number(c[0].id.slice(1)) }),
+    choose: (_ctx, c): Decision => ({ worker: c[0]!, explain: {}, dataParallelRank: 3 + Number(c[0]!.id.slice(1)) }),
   };
   const ctx = { requestId: 'r' } as RouteContext;
   const run = (check: (status: number, body: Buffer) => { kind: 'no_params'; message: string } | undefined) =>
     new Promise<Collected>((resolve) => {
       const res = Object.assign(new EventEmitter(), { destroyed: false }) as unknown as ServerResponse;
-      const first = fleet.workers[0];
+      const first = fleet.workers[0]!;
       forward(
         { fleet, metrics, transport, random: () => 0.5 },
         {
@@ -101,10 +101,10 @@ void t.test(
     t.equal(r.worker.id, 'w2');
     t.same(JSON.parse(r.body.toString()), { kv_transfer_params: { remote_block_ids: [1] } });
     t.same(
-      [a, b, c].map((w) => w.seen[0]['x-data-parallel-rank']),
+      [a, b, c].map((w) => w.seen[0]!['x-data-parallel-rank']),
       ['3', '4', '5'],
     );
-    t.equal(c.seen[0]['content-length'], '14');
+    t.equal(c.seen[0]!['content-length'], '14');
     t.equal(fleet.get('w0')!.breaker.state, 'closed', 'a 200 without params is no fault of the worker');
     t.equal(fleet.get('w1')!.breaker.state, 'open', 'a 503 is');
     t.equal(fleet.get('w2')!.load.inflightRequests, 0, 'load released');

@@ -71,13 +71,13 @@ t.test('stored, removed, created, updated', async (t) => {
     'stored flattens tokens and stops at the partial block',
   );
   t.strictSame(
-    d.batches[2].events,
+    d.batches[2]!.events,
     [{ kind: 'removed', engineHashes: [18446744073709551615n, 9007199254740993n], tier: 'gpu', allTiers: true }],
     '2^53+1 exact; a removal leaves every tier',
   );
-  t.strictSame(d.batches[0].events, [], 'created ignored');
+  t.strictSame(d.batches[0]!.events, [], 'created ignored');
   t.strictSame(
-    d.batches[3].events,
+    d.batches[3]!.events,
     [{ kind: 'moved', engineHashes: [101n], tier: 'cpu' }],
     'updated cache level applied',
   );

@@ -12,10 +12,10 @@ t.test('warnings are rate-limited per source; the next one says how many were su
   now = 1000;
   d.warn({ i: 'next' }, 'undecodable');
   t.equal(lines.length, 4);
-  t.equal(lines[3].obj.suppressed, 11_997);
-  t.equal(lines[3].obj.worker, 'w1');
+  t.equal(lines[3]!.obj.suppressed, 11_997);
+  t.equal(lines[3]!.obj.worker, 'w1');
   d.warn({}, 'again');
-  t.equal(lines[4].obj.suppressed, undefined, 'counted once');
+  t.equal(lines[4]!.obj.suppressed, undefined, 'counted once');
 });
 
 t.test('an absurd engine timestamp gives no lag and is counted', async (t) => {

@@ -29,7 +29,7 @@ async function setup(t: Test) {
     const body = (await (await request(`${adminUrl}/debug/workers`)).body.json()) as {
       index: { workers: Record<string, { index?: { blocks: number }; events: Events }> };
     };
-    const w = body.index.workers.w0;
+    const w = body.index.workers.w0!;
     return { blocks: w.index?.blocks ?? 0, events: w.events };
   };
   /** Blocks of `prompt` the gateway predicts w0 holds. */

@@ -13,7 +13,7 @@ t.test('dropped KV events are replayed from the engine', async (t) => {
     { routing: { strategy: 'kv' } },
   ) as { fleet: { workers: { kvEvents: Record<string, unknown> }[] } };
   // The periodic replay probe would also find the dropped batches; this test is about the gap path.
-  config.fleet.workers[0].kvEvents.probeIntervalMs = 0;
+  config.fleet.workers[0]!.kvEvents.probeIntervalMs = 0;
   const { url, adminUrl } = await startGateway(teardown, config);
   const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: 'unused', maxRetries: 0 });
   const events = async () => (await debugWorkers(adminUrl)).index?.workers?.w0?.events;

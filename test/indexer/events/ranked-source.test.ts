@@ -27,7 +27,7 @@ t.test('one subscription per data-parallel rank, each with its own replay; a gap
   );
   const source = createEventSource(
     {
-      endpoint: pubs[0].p.endpoint,
+      endpoint: pubs[0]!.p.endpoint,
       ranks: pubs.map(({ p }) => ({ endpoint: p.endpoint, replayEndpoint: p.replayEndpoint })),
       probeIntervalMs: 0,
     },
@@ -43,14 +43,14 @@ t.test('one subscription per data-parallel rank, each with its own replay; a gap
     .until(() => new Set(sink.batches.map((b) => b.dataParallelRank)).size === 2, 'both ranks')
     .finally(() => clearInterval(timer));
   // Rank 1 loses two batches: replayed from rank 1's own replay socket, nothing reset.
-  pubs[1].p.dropNext(2);
-  for (let i = 0; i < 4; i++) pubs[1].p.publish([storedEvent(10_000 + i)]);
-  const last1 = pubs[1].p.nextSeq - 1n;
+  pubs[1]!.p.dropNext(2);
+  for (let i = 0; i < 4; i++) pubs[1]!.p.publish([storedEvent(10_000 + i)]);
+  const last1 = pubs[1]!.p.nextSeq - 1n;
   await sink.until(() => sink.batches.some((b) => b.dataParallelRank === 1 && b.seq === last1), 'rank 1 caught up');
   const s = (source as RankedEventSource).stats();
   t.equal(s.ranks.length, 2);
-  t.equal(s.ranks[1].gaps, 1);
-  t.ok(s.ranks[1].batchesReplayed >= 2);
+  t.equal(s.ranks[1]!.gaps, 1);
+  t.ok(s.ranks[1]!.batchesReplayed >= 2);
   t.equal(s.gaps, 1, 'summed over ranks');
   t.strictSame(sink.resets, []);
   const rank1 = sink.batches.filter((b) => b.dataParallelRank === 1).map((b) => b.seq);

@@ -6,11 +6,14 @@ import type { KvEventBatch } from '../../../indexer/events/types.js';
 class FakeEngine implements Replayer {
   buffer: SequencedItem[] = [];
   requests: bigint[] = [];
-  constructor(private readonly tag: string) {}
+  readonly #tag: string;
+  constructor(tag: string) {
+    this.#tag = tag;
+  }
 
   publish(seq: bigint): SequencedItem {
     const batch: KvEventBatch = { seq, ts: 0, dataParallelRank: null, events: [] };
-    const item = { seq, batch, payload: Buffer.from(`${this.tag}:${seq}`) };
+    const item = { seq, batch, payload: Buffer.from(`${this.#tag}:${seq}`) };
     this.buffer.push(item);
     return item;
   }

@@ -244,7 +244,7 @@ t.test('newer replay framing with a topic frame is accepted', async (t) => {
   await send();
   await sink.until(() => sink.batches.length === Number(next), 'the replayed batches');
   t.strictSame(seqs(sink), inOrder(Number(next)));
-  t.equal(sink.batches[0].dataParallelRank, 3);
+  t.equal(sink.batches[0]!.dataParallelRank, 3);
   // From our last seq, not the first missing one: the engine must send our last batch back to prove it did not restart.
   t.equal(requests.at(-1), next - 4n, 'replay asked from our last seq');
   t.strictSame(sink.resets, [], 'the same bytes came back: no restart');
@@ -271,7 +271,7 @@ t.test(
     let next = 0n;
     const timer = setInterval(() => void pub.send(['kv', seq8(next++), good(Number(next))]), 20);
     await sink.until(() => sink.batches.length > 0, 'first batch').finally(() => clearInterval(timer));
-    await sink.until(() => sink.batches.length === Number(next) - Number(sink.batches[0].seq), 'warm-up');
+    await sink.until(() => sink.batches.length === Number(next) - Number(sink.batches[0]!.seq), 'warm-up');
     const lagBefore = source.stats().lagMs;
     await pub.send(['kv', seq8((1n << 64n) - 1n), good(1)]);
     await pub.send(['kv', seq8(next++), good(2, 1e300)]);

@@ -83,7 +83,7 @@ t.test('whole-chain hashing equals one xxh64 per block, for any block size, seed
     let prev = parent;
     for (let b = 0; b + 1 <= tokens.length / blockSize; b++) {
       view.setBigUint64(0, prev, true);
-      for (let j = 0; j < blockSize; j++) view.setUint32(8 + 4 * j, tokens[b * blockSize + j], true);
+      for (let j = 0; j < blockSize; j++) view.setUint32(8 + 4 * j, tokens[b * blockSize + j]!, true);
       prev = x.h64Raw(bytes, seed);
       out.push(prev);
     }

@@ -234,6 +234,6 @@ t.test('TensorRT-LLM cache levels: a removal without a tier leaves every tier; `
   w.apply(batch([{ kind: 'removed', engineHashes: [2n], tier: 'gpu', allTiers: true }]));
   t.same(ix.match(p).get('trt'), { blocks: 1, gpuBlocks: 1 }, 'a block held at cache level 1 is removed');
   w.apply(batch([{ kind: 'moved', engineHashes: [99n], tier: 'cpu' }]));
-  t.equal(ix.stats().perWorker.trt.unknownRemoved, 1, 'an unknown block counts, nothing breaks');
+  t.equal(ix.stats().perWorker.trt!.unknownRemoved, 1, 'an unknown block counts, nothing breaks');
   t.equal(ix.blocksOf('trt'), 1);
 });

@@ -37,7 +37,7 @@ t.test('in between: growing prefixes, cut before whitespace, until one is past t
     atLeast: true,
   });
   t.equal(dense.asked.length, 1);
-  t.ok(dense.asked[0] <= 400 && text[dense.asked[0]] === ' ', 'cut before a space');
+  t.ok(dense.asked[0]! <= 400 && text[dense.asked[0]!] === ' ', 'cut before a space');
   const sparse = counter(8); // 113 tokens in all, but each prefix stays under 102: the text goes on to be tokenized whole
   await boundText(text, 100, lengths, sparse.count);
   t.same(sparse.asked.length, 2, 'prefixes of 400 and 800 characters; 1600 would be the whole text: no more probes');

@@ -2,7 +2,7 @@ import t from 'tap';
 import { argminRandomTie, leastInflight, leastLoaded } from '../../../../gateway/routing/strategies/pick.js';
 import { ctx, seeded, shares, worker } from '../../../fixtures/strategy-fleet.js';
 
-const byValue = (values: number[]) => (i: number, b: number) => values[i] - values[b];
+const byValue = (values: number[]) => (i: number, b: number) => values[i]! - values[b]!;
 
 void t.test('argminRandomTie: the least wins, with the size of its tied set', (t) => {
   t.same(argminRandomTie(4, byValue([3, 1, 2, 5]), seeded(1)), { index: 1, ties: 1 });
@@ -18,7 +18,7 @@ void t.test('argminRandomTie: exact ties are broken uniformly', (t) => {
   const values = [2, 0, 0, 1, 0];
   const s = shares(30_000, () => String(argminRandomTie(values.length, byValue(values), random).index));
   t.same(Object.keys(s).sort(), ['1', '2', '4']);
-  for (const k of ['1', '2', '4']) t.ok(Math.abs(s[k] - 1 / 3) < 0.02, `${k}: ${s[k]}`);
+  for (const k of ['1', '2', '4']) t.ok(Math.abs(s[k]! - 1 / 3) < 0.02, `${k}: ${s[k]!}`);
   t.end();
 });
 
