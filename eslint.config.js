@@ -41,11 +41,6 @@ export default tseslint.config(
     },
   },
   {
-    // TODO(issue 14): convert to #private once the indexer work in flight has merged (kept out to spare merges).
-    files: ['indexer/**/*.ts'],
-    rules: { 'no-restricted-syntax': 'off' },
-  },
-  {
     files: ['test/**/*.ts'],
     rules: {
       // Tests assert on parsed JSON (`any` from JSON.parse and body.json()); the assertion is the check.

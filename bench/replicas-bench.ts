@@ -152,7 +152,7 @@ async function runReplicas(
     const first = trace[0]!.timestamp;
     const ways = idle ? 1 : n;
     // Fault row: the last replica is killed when the trace is half way; its later requests go round-robin to the others.
-    const half = trace[Math.floor(trace.length / 2)].timestamp;
+    const half = trace[Math.floor(trace.length / 2)]!.timestamp;
     const victim = kill ? n - 1 : -1;
     const schedules: { g: number; reqs: { r: TraceRequest; i: number }[] }[] = [];
     const dealt = trace.map((r, i) => ({ r, i }));
@@ -165,12 +165,12 @@ async function runReplicas(
         for (let j = 0; j < n - 1; j++) schedules.push({ g: j, reqs: moved.filter((_, x) => x % (n - 1) === j) });
       }
     }
-    if (kill) setTimeout(() => gateways[victim].child.kill('SIGKILL'), (half - first) / fleet.speedup - 1).unref();
+    if (kill) setTimeout(() => gateways[victim]!.child.kill('SIGKILL'), (half - first) / fleet.speedup - 1).unref();
     const parts = schedules.map(({ g, reqs }) => {
-      const delay = reqs.length ? (reqs[0].r.timestamp - first) / fleet.speedup : 0;
+      const delay = reqs.length ? (reqs[0]!.r.timestamp - first) / fleet.speedup : 0;
       return new Promise((r) => setTimeout(r, delay)).then(() =>
         replay({
-          url: gateways[g].ready.url as string,
+          url: gateways[g]!.ready.url as string,
           model: MODEL,
           trace: reqs.map((x) => x.r),
           speedup: fleet.speedup,
@@ -179,7 +179,7 @@ async function runReplicas(
     });
     const perPart = await Promise.all(parts);
     const results: RequestResult[] = [];
-    perPart.forEach((rs, p) => rs.forEach((r, j) => results.push({ ...r, index: schedules[p].reqs[j].i })));
+    perPart.forEach((rs, p) => rs.forEach((r, j) => results.push({ ...r, index: schedules[p]!.reqs[j]!.i })));
     const messages = nats ? await natsPublished(nats.monitor) : undefined;
     const workers: WorkerStats[] = await Promise.all(
       sim.workers.map(async (w) => {
@@ -198,9 +198,9 @@ async function runReplicas(
       sim: procCpuS(sim.child.pid),
       gateways: gateways.reduce((a, g) => a + (procCpuS(g.child.pid) || 0), 0),
     };
-    const late = results.filter((r) => trace[r.index].timestamp >= half && r.ok);
+    const late = results.filter((r) => trace[r.index]!.timestamp >= half && r.ok);
     const perGateway = new Array<number>(n).fill(0);
-    schedules.forEach(({ g, reqs }) => (perGateway[g] += reqs.length));
+    schedules.forEach(({ g, reqs }) => (perGateway[g]! += reqs.length));
     return {
       replicas: n,
       secondHalfTtft: (late.reduce((a, r) => a + r.ttftMs, 0) / Math.max(1, late.length) / 1000) * fleet.speedup,

@@ -48,7 +48,7 @@ async function main(): Promise<void> {
   const computed = async () => {
     let n = 0;
     for (const w of sim.workers)
-      n += ((await (await request(`${w.url}/sim/stats`)).body.json()) as Record<string, number>).prefillTokensComputed;
+      n += ((await (await request(`${w.url}/sim/stats`)).body.json()) as Record<string, number>).prefillTokensComputed!;
     return n;
   };
   const url = gateway.ready.url as string;
@@ -73,7 +73,7 @@ async function main(): Promise<void> {
           for (let r = 0; r < rounds; r++) {
             const out = await post(url, { model: MODEL, messages, max_tokens: 64 });
             messages.push(
-              { role: 'assistant', content: out.choices[0].message.content },
+              { role: 'assistant', content: out.choices[0]!.message.content },
               { role: 'user', content: PROMPT },
             );
           }

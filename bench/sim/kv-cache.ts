@@ -99,7 +99,7 @@ export class KvCache {
   hashBlocks(seq: CacheSeq, count: number): void {
     const bs = this.blockSize;
     for (let b = seq.blockHashes.length; b < count; b++) {
-      const parent = b === 0 ? null : seq.blockHashes[b - 1];
+      const parent = b === 0 ? null : seq.blockHashes[b - 1]!;
       // vLLM's extra keys: the salt on the first block, the content hash of any media the block covers.
       const keys = mediaKeysOf(seq.mediaSpans ?? [], b * bs, (b + 1) * bs);
       if (b === 0 && seq.cacheSalt) keys.unshift(seq.cacheSalt);

@@ -23,7 +23,7 @@ export async function mediaSpans(tokens: readonly number[], media: readonly stri
   const spans: MediaSpan[] = [];
   for (let i = 0, k = 0; i < tokens.length && k < media.length; i++) {
     // The placeholder is three special tokens: start, pad, end.
-    if (tokens[i] === startId) spans.push({ start: i, end: i + 3, key: media[k++] });
+    if (tokens[i] === startId) spans.push({ start: i, end: i + 3, key: media[k++]! });
   }
   return spans;
 }

@@ -19,7 +19,7 @@ function texts(value: unknown, param: string): string[] {
 /** A small deterministic vector per text, so equal inputs embed equally. */
 function vector(ids: readonly number[]): number[] {
   const v = new Array<number>(8).fill(0);
-  ids.forEach((id, i) => (v[i % 8] += ((id * 2654435761) % 1000) / 1000));
+  ids.forEach((id, i) => (v[i % 8]! += ((id * 2654435761) % 1000) / 1000));
   const norm = Math.hypot(...v) || 1;
   return v.map((x) => x / norm);
 }
@@ -29,7 +29,7 @@ function encode(v: number[], format: unknown): number[] | string {
   return format === 'base64' ? Buffer.from(new Float32Array(v).buffer).toString('base64') : v;
 }
 
-const dot = (a: number[], b: number[]) => a.reduce((s, x, i) => s + x * b[i], 0);
+const dot = (a: number[], b: number[]) => a.reduce((s, x, i) => s + x * b[i]!, 0);
 
 /**
  * vLLM's pooling routes (`/v1/embeddings`, `/pooling`, `/score`, `/rerank`):
@@ -80,7 +80,7 @@ export function poolingHandler(route: PoolingRoute) {
           const n1 = route === 'score' ? texts(body.text_1, 'text_1').length : 1;
           const left = vecs.slice(0, n1);
           const right = vecs.slice(n1);
-          const scores = right.map((v, i) => dot(left[Math.min(i, left.length - 1)], v));
+          const scores = right.map((v, i) => dot(left[Math.min(i, left.length - 1)]!, v));
           answer =
             route === 'score'
               ? {

@@ -49,6 +49,7 @@ async function promptOf(shape: () => ChatShape, ctx: OpenAiContext): Promise<{ i
       tools: chat.tools,
       addGenerationPrompt: true,
       templateKwargs: undefined,
+      media: [],
     },
     ctx,
   );
@@ -148,7 +149,7 @@ export async function createResponse(d: SimServerDeps, req: IncomingMessage, res
         if (store.size > MAX_STORED) store.delete(store.keys().next().value as string);
       }
       if (!stream) return sendJson(res, 200, final, h);
-      const output = (final.output as Obj[])[0];
+      const output = (final.output as Obj[])[0]!;
       const part = (output.content as Obj[])[0];
       event('response.output_text.done', { item_id: msgId, output_index: 0, content_index: 0, text });
       event('response.content_part.done', { item_id: msgId, output_index: 0, content_index: 0, part });
@@ -180,7 +181,7 @@ export const storedResponse = (d: SimServerDeps, req: IncomingMessage, res: Serv
 
 /** `GET|DELETE /v1/responses/{id}` and `POST /v1/responses/{id}/cancel`; other paths under it are 404. */
 function storedResponseSync(d: SimServerDeps, req: IncomingMessage, res: ServerResponse, h: Headers) {
-  const path = (req.url ?? '/').split('?')[0];
+  const path = (req.url ?? '/').split('?')[0]!;
   const m = /^\/v1\/responses\/([^/]+)(\/cancel)?$/.exec(path);
   const method = req.method ?? 'GET';
   if (!m) return sendJson(res, 404, { detail: 'Not Found' }, h);
@@ -188,11 +189,11 @@ function storedResponseSync(d: SimServerDeps, req: IncomingMessage, res: ServerR
   if (cancel ? method !== 'POST' : method !== 'GET' && method !== 'DELETE')
     return sendJson(res, 405, { detail: 'Method Not Allowed' }, h);
   const store = storeOf(d.ctx);
-  const entry = store.get(m[1]);
+  const entry = store.get(m[1]!);
   if (!entry) throw new SimHttpError(404, `Response with id '${m[1]}' not found.`, 'invalid_request_error');
   if (cancel) throw bad('Cannot cancel a synchronous response.');
   if (method === 'DELETE') {
-    store.delete(m[1]);
+    store.delete(m[1]!);
     return sendJson(res, 200, { id: m[1], object: 'response', deleted: true }, h);
   }
   sendJson(res, 200, entry.response, h);

@@ -5,7 +5,7 @@ import type { SimServerDeps } from './server.js';
 
 export interface RunHooks {
   /** Text of tokens `from..index` at the stream interval, as chat streaming groups them. */
-  piece?(text: string, index: number, last: boolean): void;
+  piece?: ((text: string, index: number, last: boolean) => void) | undefined;
   /** `text` is the whole output; `req` carries prompt, cached and output token counts. */
   done(req: SimRequest, reason: 'length' | 'stop', text: string): void;
   /** The engine failed the request (e.g. it could never fit). */

@@ -22,7 +22,7 @@ export function natsTransport(config: LoadSharingConfig, log: Logger, name: stri
     );
   };
   const ready = (async () => {
-    const { connect } = await import('nats');
+    const { connect, Events } = await import('nats');
     let warned = false;
     while (!closed) {
       try {
@@ -53,8 +53,8 @@ export function natsTransport(config: LoadSharingConfig, log: Logger, name: stri
     onUp?.();
     void (async () => {
       for await (const s of nc.status()) {
-        if (s.type === 'disconnect') down(String(s.data));
-        else if (s.type === 'reconnect' && !up) {
+        if (s.type === Events.Disconnect) down(String(s.data));
+        else if (s.type === Events.Reconnect && !up) {
           up = true;
           log.info({ server: String(s.data) }, 'load sharing: reconnected to NATS');
           onUp?.();

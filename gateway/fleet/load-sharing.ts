@@ -267,8 +267,8 @@ export class LoadSharing {
       if (!Array.isArray(e) || typeof e[0] !== 'string') continue;
       let c = peer.loads.get(e[0]);
       if (!c) peer.loads.set(e[0], (c = [0, 0, 0, 0, 0]));
-      for (let i = 0; i < 5; i++) c[i] += finite(e[i + 1]);
-      if (c[0] <= 0) peer.loads.delete(e[0]);
+      for (let i = 0; i < 5; i++) c[i]! += finite(e[i + 1]);
+      if (c[0]! <= 0) peer.loads.delete(e[0]);
       touched.add(e[0]);
     }
     for (const id of touched) this.#sum(id);
@@ -281,11 +281,11 @@ export class LoadSharing {
       const c = p.loads.get(id);
       if (!c) continue;
       sum ??= { inflightRequests: 0, prefillRequests: 0, prefillTokens: 0, decodeRequests: 0, decodeBlocks: 0 };
-      sum.inflightRequests += Math.max(0, c[0]);
-      sum.prefillRequests += Math.max(0, c[1]);
-      sum.prefillTokens += Math.max(0, c[2]);
-      sum.decodeRequests += Math.max(0, c[3]);
-      sum.decodeBlocks += Math.max(0, c[4]);
+      sum.inflightRequests += Math.max(0, c[0]!);
+      sum.prefillRequests += Math.max(0, c[1]!);
+      sum.prefillTokens += Math.max(0, c[2]!);
+      sum.decodeRequests += Math.max(0, c[3]!);
+      sum.decodeBlocks += Math.max(0, c[4]!);
     }
     this.#d.fleet.setRemoteLoad(id, sum);
   }

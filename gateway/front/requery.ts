@@ -127,7 +127,7 @@ export async function runRequery(d: RequeryDeps, job: RequeryJob, res: ServerRes
       else delete body.stream_options;
       const text = JSON.stringify(body);
       const prompt = perRound.length
-        ? perRound[perRound.length - 1].total_tokens + Math.ceil(ask.prompt.length / 4)
+        ? perRound[perRound.length - 1]!.total_tokens + Math.ceil(ask.prompt.length / 4)
         : job.promptTokens;
       const ticket = d.fleet.start(worker, prompt, Math.ceil(prompt / job.blockSize));
       try {
@@ -213,7 +213,7 @@ async function relayStream(
     const line = event.startsWith('data: ') ? event.slice(6) : undefined;
     if (line !== undefined && line !== '[DONE]') {
       try {
-        const chunk = JSON.parse(line) as { usage?: Usage | null; choices?: unknown[] };
+        const chunk = JSON.parse(line) as { usage?: Usage | null | undefined; choices?: unknown[] };
         if (chunk.usage) {
           if (!wantsUsage && (chunk.choices?.length ?? 0) === 0) return;
           if (!wantsUsage) delete chunk.usage;

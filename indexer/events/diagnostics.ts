@@ -28,20 +28,22 @@ export class SourceDiagnostics {
   readonly skipped: SkipCountsAll = {};
   suppressedWarnings = 0;
   ignoredTimestamps = 0;
-  private pendingSuppressed = 0;
-  private windowStart = -Infinity;
-  private inWindow = 0;
-  private readonly burst: number;
-  private readonly windowMs: number;
+  #pendingSuppressed = 0;
+  #windowStart = -Infinity;
+  #inWindow = 0;
+  readonly #burst: number;
+  readonly #windowMs: number;
 
-  constructor(
-    private readonly workerId: string,
-    private readonly log: Logger | undefined,
-    private readonly now: () => number,
-    limit: WarnLimit = {},
-  ) {
-    this.burst = limit.burst ?? 5;
-    this.windowMs = limit.windowMs ?? 60_000;
+  readonly #workerId: string;
+  readonly #log: Logger | undefined;
+  readonly #now: () => number;
+
+  constructor(workerId: string, log: Logger | undefined, now: () => number, limit: WarnLimit = {}) {
+    this.#workerId = workerId;
+    this.#log = log;
+    this.#now = now;
+    this.#burst = limit.burst ?? 5;
+    this.#windowMs = limit.windowMs ?? 60_000;
   }
 
   addSkips(counts: SkipCountsAll): void {
@@ -68,19 +70,19 @@ export class SourceDiagnostics {
   }
 
   warn(fields: Record<string, unknown>, msg: string): void {
-    const t = this.now();
-    if (t - this.windowStart >= this.windowMs) {
-      this.windowStart = t;
-      this.inWindow = 0;
+    const t = this.#now();
+    if (t - this.#windowStart >= this.#windowMs) {
+      this.#windowStart = t;
+      this.#inWindow = 0;
     }
-    if (this.inWindow >= this.burst) {
+    if (this.#inWindow >= this.#burst) {
       this.suppressedWarnings++;
-      this.pendingSuppressed++;
+      this.#pendingSuppressed++;
       return;
     }
-    this.inWindow++;
-    const suppressed = this.pendingSuppressed;
-    this.pendingSuppressed = 0;
-    this.log?.warn({ worker: this.workerId, ...fields, ...(suppressed > 0 ? { suppressed } : {}) }, msg);
+    this.#inWindow++;
+    const suppressed = this.#pendingSuppressed;
+    this.#pendingSuppressed = 0;
+    this.#log?.warn({ worker: this.#workerId, ...fields, ...(suppressed > 0 ? { suppressed } : {}) }, msg);
   }
 }

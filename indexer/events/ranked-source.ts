@@ -6,25 +6,29 @@ import type { EventSink, EventSource, EventSourceStats } from './source.js';
  * rank, seen from outside as one source. Each rank resets only its own target.
  */
 export class RankedEventSource implements EventSource {
+  readonly #ranks: readonly EventSource[];
+
   constructor(
     readonly workerId: string,
-    private readonly ranks: readonly EventSource[],
-  ) {}
+    ranks: readonly EventSource[],
+  ) {
+    this.#ranks = ranks;
+  }
 
   async start(sink: EventSink): Promise<void> {
-    for (const r of this.ranks) await r.start(sink);
+    for (const r of this.#ranks) await r.start(sink);
   }
 
   async stop(): Promise<void> {
-    await Promise.all(this.ranks.map((r) => r.stop()));
+    await Promise.all(this.#ranks.map((r) => r.stop()));
   }
 
   probe(): void {
-    for (const r of this.ranks) r.probe();
+    for (const r of this.#ranks) r.probe();
   }
 
   stats(): EventSourceStats & { ranks: EventSourceStats[] } {
-    const all = this.ranks.map((r) => r.stats());
+    const all = this.#ranks.map((r) => r.stats());
     const sum = (k: keyof EventSourceStats) => all.reduce((n, s) => n + ((s[k] as number | null) ?? 0), 0);
     const max = (k: 'lastBatchAt' | 'lastCatchUpAt' | 'lagMs') =>
       all.reduce<number | null>((m, s) => (s[k] === null ? m : m === null ? s[k] : Math.max(m, s[k])), null);

@@ -82,16 +82,16 @@ const bySeq = (a: SequencedItem, b: SequencedItem) => (a.seq < b.seq ? -1 : a.se
  * finds a batch lost at the end of a quiet period).
  */
 export class Sequencer {
-  private readonly opts: SequencerOptions;
-  private readonly replayTimeoutMs: number;
-  private last: bigint | null = null;
-  private lastPayload: Uint8Array | null = null;
-  private session: Session | null = null;
-  private held: SequencedItem[] = [];
+  readonly #opts: SequencerOptions;
+  readonly #replayTimeoutMs: number;
+  #last: bigint | null = null;
+  #lastPayload: Uint8Array | null = null;
+  #session: Session | null = null;
+  #held: SequencedItem[] = [];
   /** Set while draining after a failed replay, so a new baseline does not immediately ask again. */
-  private suppressed = false;
-  private stopped = false;
-  private readonly counters: SequencerStats = {
+  #suppressed = false;
+  #stopped = false;
+  readonly #counters: SequencerStats = {
     lastSeq: null,
     gaps: 0,
     resets: 0,
@@ -103,64 +103,64 @@ export class Sequencer {
   };
 
   constructor(options: SequencerOptions) {
-    this.opts = options;
-    this.replayTimeoutMs = options.replayTimeoutMs ?? 2000;
+    this.#opts = options;
+    this.#replayTimeoutMs = options.replayTimeoutMs ?? 2000;
   }
 
   get lastSeq(): bigint | null {
-    return this.last;
+    return this.#last;
   }
 
   get replaying(): boolean {
-    return this.session !== null;
+    return this.#session !== null;
   }
 
   stats(): SequencerStats {
-    return { ...this.counters, lastSeq: this.last };
+    return { ...this.#counters, lastSeq: this.#last };
   }
 
   stop(): void {
-    this.stopped = true;
-    if (this.session) this.endSession(this.session);
-    this.session = null;
-    this.held = [];
+    this.#stopped = true;
+    if (this.#session) this.#endSession(this.#session);
+    this.#session = null;
+    this.#held = [];
   }
 
   /** Drops our position without resetting the index: the next batch is a new baseline (another sequence reset the index). */
   forget(): void {
-    this.last = null;
-    this.lastPayload = null;
+    this.#last = null;
+    this.#lastPayload = null;
   }
 
   /** A batch received live. */
   push(item: SequencedItem): void {
-    if (this.stopped) return;
-    if (this.session) {
-      this.held.push(item);
-      if (this.held.length > MAX_HELD) this.finish(this.session, 'too many batches arrived while replaying');
+    if (this.#stopped) return;
+    if (this.#session) {
+      this.#held.push(item);
+      if (this.#held.length > MAX_HELD) this.#finish(this.#session, 'too many batches arrived while replaying');
       return;
     }
-    const last = this.last;
-    if (last === null) return this.baseline(item);
-    if (item.seq === last + 1n) return this.deliver(item, false);
+    const last = this.#last;
+    if (last === null) return this.#baseline(item);
+    if (item.seq === last + 1n) return this.#deliver(item, false);
     if (item.seq <= last) {
-      this.counters.restarts++;
-      this.doReset(`sequence went backwards from ${last} to ${item.seq} (publisher restarted)`);
-      return this.baseline(item);
+      this.#counters.restarts++;
+      this.#doReset(`sequence went backwards from ${last} to ${item.seq} (publisher restarted)`);
+      return this.#baseline(item);
     }
-    this.counters.gaps++;
-    if (this.opts.replayer !== undefined && !this.suppressed) {
-      this.opts.log?.warn(
-        { worker: this.opts.workerId, from: (last + 1n).toString(), to: item.seq.toString() },
+    this.#counters.gaps++;
+    if (this.#opts.replayer !== undefined && !this.#suppressed) {
+      this.#opts.log?.warn(
+        { worker: this.#opts.workerId, from: (last + 1n).toString(), to: item.seq.toString() },
         'kv event gap, requesting replay',
       );
-      this.held.push(item);
+      this.#held.push(item);
       // From `last`, not last+1: the gap may be a restart whose first batches we missed.
-      this.start(last, 'gap');
+      this.#start(last, 'gap');
       return;
     }
-    this.doReset(`kv event gap: seq jumped from ${last} to ${item.seq}, batches lost and no replay available`);
-    this.baseline(item);
+    this.#doReset(`kv event gap: seq jumped from ${last} to ${item.seq}, batches lost and no replay available`);
+    this.#baseline(item);
   }
 
   /**
@@ -169,67 +169,67 @@ export class Sequencer {
    * replay runs. Before the first batch it is a catch-up from 0.
    */
   probe(): void {
-    if (this.stopped || this.session || this.opts.replayer === undefined) return;
-    this.counters.probes++;
-    if (this.last === null) this.start(0n, 'catchup');
-    else this.start(this.last, 'probe');
+    if (this.#stopped || this.#session || this.#opts.replayer === undefined) return;
+    this.#counters.probes++;
+    if (this.#last === null) this.#start(0n, 'catchup');
+    else this.#start(this.#last, 'probe');
   }
 
-  private baseline(item: SequencedItem): void {
-    if (item.seq > 0n && this.opts.replayer !== undefined && !this.suppressed) {
-      this.held.push(item);
-      this.start(0n, 'catchup');
+  #baseline(item: SequencedItem): void {
+    if (item.seq > 0n && this.#opts.replayer !== undefined && !this.#suppressed) {
+      this.#held.push(item);
+      this.#start(0n, 'catchup');
       return;
     }
-    this.deliver(item, false);
+    this.#deliver(item, false);
   }
 
-  private deliver(item: SequencedItem, replayed: boolean): void {
-    if (this.stopped) return;
-    this.last = item.seq;
-    this.lastPayload = item.payload ?? null;
+  #deliver(item: SequencedItem, replayed: boolean): void {
+    if (this.#stopped) return;
+    this.#last = item.seq;
+    this.#lastPayload = item.payload ?? null;
     // Only batches we never received live count as replayed; the replay also resends the held ones.
-    if (replayed && !(this.held.length > 0 && item.seq >= this.held[0]!.seq)) {
-      if (this.session) this.session.recovered++;
-      if (item.batch) this.counters.batchesReplayed++;
+    if (replayed && !(this.#held.length > 0 && item.seq >= this.#held[0]!.seq)) {
+      if (this.#session) this.#session.recovered++;
+      if (item.batch) this.#counters.batchesReplayed++;
     }
-    this.opts.deliver(item, replayed);
+    this.#opts.deliver(item, replayed);
   }
 
-  private doReset(reason: string): void {
-    this.counters.resets++;
-    this.last = null;
-    this.lastPayload = null;
-    this.opts.log?.warn({ worker: this.opts.workerId, rank: this.opts.rank, reason }, 'kv index reset for worker');
-    this.opts.reset(reason);
+  #doReset(reason: string): void {
+    this.#counters.resets++;
+    this.#last = null;
+    this.#lastPayload = null;
+    this.#opts.log?.warn({ worker: this.#opts.workerId, rank: this.#opts.rank, reason }, 'kv index reset for worker');
+    this.#opts.reset(reason);
   }
 
-  private start(from: bigint, mode: Session['mode']): void {
-    const verify = from === this.last && this.last !== null ? this.lastPayload : null;
+  #start(from: bigint, mode: Session['mode']): void {
+    const verify = from === this.#last && this.#last !== null ? this.#lastPayload : null;
     const session: Session = {
       from,
       mode,
       abort: new AbortController(),
       timer: setTimeout(
-        () => this.finish(session, `replay timed out after ${this.replayTimeoutMs} ms`),
-        this.replayTimeoutMs,
+        () => this.#finish(session, `replay timed out after ${this.#replayTimeoutMs} ms`),
+        this.#replayTimeoutMs,
       ),
       verify,
       verified: false,
       recovered: 0,
     };
-    this.session = session;
-    this.opts
-      .replayer!.replay(from, (item) => this.onReplayed(session, item), session.abort.signal)
+    this.#session = session;
+    this.#opts
+      .replayer!.replay(from, (item) => this.#onReplayed(session, item), session.abort.signal)
       .then(
-        () => this.finish(session, null),
-        (err: unknown) => this.finish(session, `replay failed: ${(err as Error).message}`),
+        () => this.#finish(session, null),
+        (err: unknown) => this.#finish(session, `replay failed: ${(err as Error).message}`),
       );
   }
 
-  private onReplayed(session: Session, item: SequencedItem): void {
-    if (this.session !== session || this.stopped) return;
-    const last = this.last;
+  #onReplayed(session: Session, item: SequencedItem): void {
+    if (this.#session !== session || this.#stopped) return;
+    const last = this.#last;
     const checking = session.mode !== 'catchup' && !session.verified;
     if (checking && item.seq === last) {
       // Our last batch again: the same bytes prove the same process (when we kept them).
@@ -237,16 +237,18 @@ export class Sequencer {
         session.verified = true;
         return;
       }
-      return this.restarted(session, `replayed batch ${last} differs from ours`);
+      return this.#restarted(session, `replayed batch ${last} differs from ours`);
     }
     if (checking && last !== null && item.seq > last) {
-      return this.restarted(session, `replay from ${last} started at ${item.seq}`, item);
+      return this.#restarted(session, `replay from ${last} started at ${item.seq}`, item);
     }
-    if (last === null) return this.deliver(item, true);
+    if (last === null) return this.#deliver(item, true);
     if (item.seq <= last) return; // already applied (or the held live copy will be skipped later)
-    if (item.seq === last + 1n) return this.deliver(item, true);
-    this.doReset(`replay from ${session.from} started at ${item.seq}: batches ${last + 1n}..${item.seq - 1n} are gone`);
-    this.deliver(item, true);
+    if (item.seq === last + 1n) return this.#deliver(item, true);
+    this.#doReset(
+      `replay from ${session.from} started at ${item.seq}: batches ${last + 1n}..${item.seq - 1n} are gone`,
+    );
+    this.#deliver(item, true);
   }
 
   /**
@@ -254,55 +256,55 @@ export class Sequencer {
    * buffer no longer reaches back to our last batch. Both mean the index may
    * hold blocks the engine does not; clear it and learn the new history from 0.
    */
-  private restarted(session: Session, why: string, first?: SequencedItem): void {
-    this.counters.restarts++;
-    this.doReset(`engine history does not continue ours (${why}): restarted or replay buffer overrun`);
-    this.endSession(session);
-    this.session = null;
-    if (first) this.held.push(first);
-    this.start(0n, 'catchup');
+  #restarted(session: Session, why: string, first?: SequencedItem): void {
+    this.#counters.restarts++;
+    this.#doReset(`engine history does not continue ours (${why}): restarted or replay buffer overrun`);
+    this.#endSession(session);
+    this.#session = null;
+    if (first) this.#held.push(first);
+    this.#start(0n, 'catchup');
   }
 
   /** Ends the session; `failure` null means the end marker arrived. Then the held live batches are processed. */
-  private finish(session: Session, failure: string | null): void {
-    if (this.session !== session) return;
-    this.session = null;
-    this.endSession(session);
+  #finish(session: Session, failure: string | null): void {
+    if (this.#session !== session) return;
+    this.#session = null;
+    this.#endSession(session);
     if (failure !== null) {
-      this.opts.log?.warn(
-        { worker: this.opts.workerId, rank: this.opts.rank, mode: session.mode, reason: failure },
+      this.#opts.log?.warn(
+        { worker: this.#opts.workerId, rank: this.#opts.rank, mode: session.mode, reason: failure },
         'kv event replay failed',
       );
       // A late joiner or a probe has lost nothing it knows of; a gap means the index is missing batches.
-      if (session.mode === 'gap') this.doReset(failure);
-      this.suppressed = true;
+      if (session.mode === 'gap') this.#doReset(failure);
+      this.#suppressed = true;
     } else if (session.mode !== 'catchup' && !session.verified) {
       // The engine answered without our last batch and with nothing newer: a fresh process.
-      return this.restarted(session, `replay from ${session.from} returned nothing`);
+      return this.#restarted(session, `replay from ${session.from} returned nothing`);
     } else if (session.recovered > 0) {
-      this.counters.catchUps++;
-      this.counters.lastCatchUpAt = Date.now();
+      this.#counters.catchUps++;
+      this.#counters.lastCatchUpAt = Date.now();
     }
-    const held = this.held.sort(bySeq);
-    this.held = [];
+    const held = this.#held.sort(bySeq);
+    this.#held = [];
     // Whatever the drain finds missing now, the engine could not give us: no second replay for it.
-    this.suppressed = true;
+    this.#suppressed = true;
     try {
       for (let i = 0; i < held.length; i++) {
-        if (this.session) {
-          this.held.push(...held.slice(i));
+        if (this.#session) {
+          this.#held.push(...held.slice(i));
           break;
         }
-        const last = this.last;
+        const last = this.#last;
         if (last !== null && held[i]!.seq <= last) continue; // came in through the replay already
         this.push(held[i]!);
       }
     } finally {
-      this.suppressed = false;
+      this.#suppressed = false;
     }
   }
 
-  private endSession(session: Session): void {
+  #endSession(session: Session): void {
     clearTimeout(session.timer);
     session.abort.abort();
   }

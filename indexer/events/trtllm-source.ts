@@ -38,30 +38,30 @@ export interface TrtllmPollSourceStats extends EventSourceStats {
  */
 export class TrtllmPollSource implements EventSource {
   readonly workerId: string;
-  private readonly opts: TrtllmPollSourceOptions;
-  private readonly url: string;
-  private readonly now: () => number;
-  private readonly intervalMs: number;
-  private sink: EventSink | undefined;
-  private loop: Promise<void> | undefined;
-  private stopped = false;
-  private abort = new AbortController();
-  private wake: (() => void) | undefined;
-  private readonly decoder: PayloadDecoder;
-  private readonly sequencers = new Map<number, Sequencer>();
-  private readonly diag: SourceDiagnostics;
-  private readonly counters: TrtllmPollSourceStats;
+  readonly #opts: TrtllmPollSourceOptions;
+  readonly #url: string;
+  readonly #now: () => number;
+  readonly #intervalMs: number;
+  #sink: EventSink | undefined;
+  #loop: Promise<void> | undefined;
+  #stopped = false;
+  #abort = new AbortController();
+  #wake: (() => void) | undefined;
+  readonly #decoder: PayloadDecoder;
+  readonly #sequencers = new Map<number, Sequencer>();
+  readonly #diag: SourceDiagnostics;
+  readonly #counters: TrtllmPollSourceStats;
 
   constructor(options: TrtllmPollSourceOptions) {
     this.workerId = options.workerId;
-    this.opts = options;
-    this.url = `${options.url.replace(/\/+$/, '')}/kv_cache_events`;
-    this.now = options.now ?? Date.now;
-    this.intervalMs = options.intervalMs ?? 100;
-    this.diag = new SourceDiagnostics(options.workerId, options.log, this.now);
-    this.decoder = createDecoder(options.format ?? 'trtllm-json', { blockSize: options.blockSize, now: this.now });
-    this.counters = {
-      endpoint: this.url,
+    this.#opts = options;
+    this.#url = `${options.url.replace(/\/+$/, '')}/kv_cache_events`;
+    this.#now = options.now ?? Date.now;
+    this.#intervalMs = options.intervalMs ?? 100;
+    this.#diag = new SourceDiagnostics(options.workerId, options.log, this.#now);
+    this.#decoder = createDecoder(options.format ?? 'trtllm-json', { blockSize: options.blockSize, now: this.#now });
+    this.#counters = {
+      endpoint: this.#url,
       connected: false,
       lastSeq: null,
       batchesApplied: 0,
@@ -84,30 +84,30 @@ export class TrtllmPollSource implements EventSource {
   }
 
   async start(sink: EventSink): Promise<void> {
-    if (this.loop) throw new Error(`event source for ${this.workerId} already started`);
-    this.sink = sink;
-    this.loop = this.run();
+    if (this.#loop) throw new Error(`event source for ${this.workerId} already started`);
+    this.#sink = sink;
+    this.#loop = this.#run();
   }
 
   async stop(): Promise<void> {
-    this.stopped = true;
-    this.abort.abort();
-    this.wake?.();
-    await this.loop;
-    this.counters.connected = false;
+    this.#stopped = true;
+    this.#abort.abort();
+    this.#wake?.();
+    await this.#loop;
+    this.#counters.connected = false;
   }
 
   stats(): TrtllmPollSourceStats {
     let gaps = 0;
     let restarts = 0;
-    for (const s of this.sequencers.values()) {
+    for (const s of this.#sequencers.values()) {
       const q = s.stats();
       gaps += q.gaps;
       restarts += q.restarts;
     }
-    const d = this.diag;
+    const d = this.#diag;
     return {
-      ...this.counters,
+      ...this.#counters,
       gaps,
       restarts,
       skippedByReason: { ...d.skipped },
@@ -118,46 +118,46 @@ export class TrtllmPollSource implements EventSource {
 
   /** Nothing to replay from: trtllm-serve's queue is drained by each poll. */
   probe(): void {
-    this.wake?.();
+    this.#wake?.();
   }
 
-  private async run(): Promise<void> {
-    while (!this.stopped) {
-      let delay = this.intervalMs;
+  async #run(): Promise<void> {
+    while (!this.#stopped) {
+      let delay = this.#intervalMs;
       try {
-        await this.pollOnce();
-        this.counters.failures = 0;
-        this.counters.connected = true;
+        await this.#pollOnce();
+        this.#counters.failures = 0;
+        this.#counters.connected = true;
       } catch (err) {
-        if (this.stopped) return;
-        this.counters.connected = false;
-        const failures = ++this.counters.failures;
-        delay = Math.min(this.intervalMs * 2 ** Math.min(failures, 16), this.opts.maxBackoffMs ?? 5000);
+        if (this.#stopped) return;
+        this.#counters.connected = false;
+        const failures = ++this.#counters.failures;
+        delay = Math.min(this.#intervalMs * 2 ** Math.min(failures, 16), this.#opts.maxBackoffMs ?? 5000);
         // First failure, then every 20th: a worker that is down must not flood the log.
         if (failures === 1 || failures % 20 === 0) {
-          this.opts.log?.warn(
-            { worker: this.workerId, url: this.url, failures, err: (err as Error).message },
+          this.#opts.log?.warn(
+            { worker: this.workerId, url: this.#url, failures, err: (err as Error).message },
             'kv_cache_events poll failed',
           );
         }
       }
-      if (this.stopped) return;
+      if (this.#stopped) return;
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, delay);
-        this.wake = () => {
+        this.#wake = () => {
           clearTimeout(timer);
           resolve();
         };
       });
-      this.wake = undefined;
+      this.#wake = undefined;
     }
   }
 
-  private async pollOnce(): Promise<void> {
-    const timeout = this.opts.requestTimeoutMs ?? 2000;
-    const res = await request(this.url, {
+  async #pollOnce(): Promise<void> {
+    const timeout = this.#opts.requestTimeoutMs ?? 2000;
+    const res = await request(this.#url, {
       method: 'POST',
-      signal: this.abort.signal,
+      signal: this.#abort.signal,
       headersTimeout: timeout,
       bodyTimeout: timeout,
     });
@@ -165,60 +165,60 @@ export class TrtllmPollSource implements EventSource {
     if (res.statusCode !== 200) throw new Error(`HTTP ${res.statusCode}: ${text.slice(0, 200)}`);
     let decoded;
     try {
-      decoded = this.decoder.decode(text, null);
+      decoded = this.#decoder.decode(text, null);
     } catch (err) {
       if (!(err instanceof KvDecodeError)) throw err;
-      this.counters.decodeErrors++;
-      this.diag.warn({ err: err.message }, 'undecodable kv_cache_events response skipped');
+      this.#counters.decodeErrors++;
+      this.#diag.warn({ err: err.message }, 'undecodable kv_cache_events response skipped');
       return;
     }
-    this.diag.addSkips(decoded.skipped);
+    this.#diag.addSkips(decoded.skipped);
     for (const batch of decoded.batches) {
-      if (this.stopped) return;
-      this.sequencerFor(batch.dataParallelRank).push({ seq: batch.seq, batch });
-      this.counters.lastSeq = batch.seq;
-      this.counters.lastBatchAt = this.now();
+      if (this.#stopped) return;
+      this.#sequencerFor(batch.dataParallelRank).push({ seq: batch.seq, batch });
+      this.#counters.lastSeq = batch.seq;
+      this.#counters.lastBatchAt = this.#now();
     }
   }
 
   /** Each attention-DP rank numbers its own events. */
-  private sequencerFor(rank: number | null): Sequencer {
+  #sequencerFor(rank: number | null): Sequencer {
     const key = rank ?? -1;
-    let s = this.sequencers.get(key);
+    let s = this.#sequencers.get(key);
     if (!s) {
       s = new Sequencer({
         workerId: this.workerId,
         rank,
-        log: this.opts.log,
-        deliver: (item) => this.deliver(item.batch),
+        log: this.#opts.log,
+        deliver: (item) => this.#deliver(item.batch),
         reset: (reason) => {
-          this.counters.resets++;
+          this.#counters.resets++;
           // A gap is the engine's bounded queue overflowing; a restart resets every rank's numbering anyway.
-          for (const other of this.sequencers.values()) if (other !== s) other.forget();
-          this.resetSink(reason);
+          for (const other of this.#sequencers.values()) if (other !== s) other.forget();
+          this.#resetSink(reason);
         },
       });
-      this.sequencers.set(key, s);
+      this.#sequencers.set(key, s);
     }
     return s;
   }
 
-  private deliver(batch: KvEventBatch | null): void {
+  #deliver(batch: KvEventBatch | null): void {
     // Empty batches stand for created/updated events: they only keep the ids contiguous.
-    if (this.stopped || batch === null || batch.events.length === 0) return;
-    this.counters.batchesApplied++;
+    if (this.#stopped || batch === null || batch.events.length === 0) return;
+    this.#counters.batchesApplied++;
     try {
-      this.sink?.apply(batch);
+      this.#sink?.apply(batch);
     } catch (err) {
-      this.opts.log?.error({ worker: this.workerId, err }, 'kv event sink failed to apply a batch');
+      this.#opts.log?.error({ worker: this.workerId, err }, 'kv event sink failed to apply a batch');
     }
   }
 
-  private resetSink(reason: string): void {
+  #resetSink(reason: string): void {
     try {
-      this.sink?.reset(reason);
+      this.#sink?.reset(reason);
     } catch (err) {
-      this.opts.log?.error({ worker: this.workerId, err }, 'kv event sink failed to reset');
+      this.#opts.log?.error({ worker: this.workerId, err }, 'kv event sink failed to reset');
     }
   }
 }

@@ -51,35 +51,37 @@ function seq8(seq: bigint): Buffer {
  */
 export class ZmqEventSource implements EventSource {
   readonly workerId: string;
-  private readonly opts: ZmqEventSourceOptions;
-  private readonly now: () => number;
-  private readonly decoder: PayloadDecoder;
-  private readonly sequencer: Sequencer;
-  private readonly diag: SourceDiagnostics;
-  private probeTimer: NodeJS.Timeout | undefined;
+  readonly #opts: ZmqEventSourceOptions;
+  readonly #now: () => number;
+  readonly #decoder: PayloadDecoder;
+  readonly #sequencer: Sequencer;
+  readonly #diag: SourceDiagnostics;
+  #probeTimer: NodeJS.Timeout | undefined;
+  // TS-private, not #private: test/indexer/events/zmq-source.test.ts reads the socket's endpoint.
+  // eslint-disable-next-line no-restricted-syntax
   private sub: Subscriber | undefined;
-  private sink: EventSink | undefined;
-  private loop: Promise<void> | undefined;
-  private stopped = false;
-  private readonly counters: ZmqEventSourceStats;
+  #sink: EventSink | undefined;
+  #loop: Promise<void> | undefined;
+  #stopped = false;
+  readonly #counters: ZmqEventSourceStats;
 
   constructor(options: ZmqEventSourceOptions) {
     this.workerId = options.workerId;
-    this.opts = options;
-    this.now = options.now ?? Date.now;
-    this.decoder = createDecoder(options.format ?? 'msgpack');
-    this.diag = new SourceDiagnostics(options.workerId, options.log, this.now);
-    const replayer = options.replayEndpoint === undefined ? undefined : this.replayer(options.replayEndpoint);
-    this.sequencer = new Sequencer({
+    this.#opts = options;
+    this.#now = options.now ?? Date.now;
+    this.#decoder = createDecoder(options.format ?? 'msgpack');
+    this.#diag = new SourceDiagnostics(options.workerId, options.log, this.#now);
+    const replayer = options.replayEndpoint === undefined ? undefined : this.#replayer(options.replayEndpoint);
+    this.#sequencer = new Sequencer({
       workerId: options.workerId,
       rank: options.rank ?? null,
       replayer,
       replayTimeoutMs: options.replayTimeoutMs,
       log: options.log,
-      deliver: (item) => this.deliver(item),
-      reset: (reason) => this.resetSink(reason),
+      deliver: (item) => this.#deliver(item),
+      reset: (reason) => this.#resetSink(reason),
     });
-    this.counters = {
+    this.#counters = {
       endpoint: options.endpoint,
       connected: false,
       lastSeq: null,
@@ -104,57 +106,57 @@ export class ZmqEventSource implements EventSource {
   /** Never waits for the engine: ZMQ connects (and reconnects) in the background. Bind errors do throw. */
   async start(sink: EventSink): Promise<void> {
     if (this.sub) throw new Error(`event source for ${this.workerId} already started`);
-    this.sink = sink;
+    this.#sink = sink;
     const sub = new Subscriber({ linger: 0, receiveHighWaterMark: 100_000 });
     this.sub = sub;
     sub.events.on('connect', () => {
-      this.counters.connected = true;
+      this.#counters.connected = true;
       // A (re)connect is where batches get lost and where a restarted engine shows up: check at once.
-      this.sequencer.probe();
+      this.#sequencer.probe();
     });
     sub.events.on('accept', () => {
-      this.counters.connected = true;
+      this.#counters.connected = true;
     });
     sub.events.on('disconnect', () => {
-      this.counters.connected = false;
+      this.#counters.connected = false;
     });
-    sub.subscribe(this.opts.topic ?? '');
+    sub.subscribe(this.#opts.topic ?? '');
     try {
-      if (this.opts.mode === 'bind') await sub.bind(this.opts.endpoint);
-      else sub.connect(this.opts.endpoint);
+      if (this.#opts.mode === 'bind') await sub.bind(this.#opts.endpoint);
+      else sub.connect(this.#opts.endpoint);
     } catch (err) {
       sub.close();
       throw err;
     }
-    this.loop = this.receiveLoop(sub);
-    const every = this.opts.probeIntervalMs ?? 5000;
-    if (every > 0 && this.opts.replayEndpoint !== undefined) {
-      this.probeTimer = setInterval(() => {
-        if (this.counters.connected) this.sequencer.probe();
+    this.#loop = this.#receiveLoop(sub);
+    const every = this.#opts.probeIntervalMs ?? 5000;
+    if (every > 0 && this.#opts.replayEndpoint !== undefined) {
+      this.#probeTimer = setInterval(() => {
+        if (this.#counters.connected) this.#sequencer.probe();
       }, every);
-      this.probeTimer.unref();
+      this.#probeTimer.unref();
     }
   }
 
   async stop(): Promise<void> {
-    this.stopped = true;
-    clearInterval(this.probeTimer);
-    this.sequencer.stop();
+    this.#stopped = true;
+    clearInterval(this.#probeTimer);
+    this.#sequencer.stop();
     if (this.sub && !this.sub.closed) this.sub.close();
-    this.counters.connected = false;
-    await this.loop;
+    this.#counters.connected = false;
+    await this.#loop;
   }
 
   /** Asks the engine for anything after our last batch, and whether it is still the same process. */
   probe(): void {
-    this.sequencer.probe();
+    this.#sequencer.probe();
   }
 
   stats(): ZmqEventSourceStats {
-    const s = this.sequencer.stats();
-    const d = this.diag;
+    const s = this.#sequencer.stats();
+    const d = this.#diag;
     return {
-      ...this.counters,
+      ...this.#counters,
       lastSeq: s.lastSeq,
       gaps: s.gaps,
       resets: s.resets,
@@ -170,66 +172,66 @@ export class ZmqEventSource implements EventSource {
     };
   }
 
-  private async receiveLoop(sub: Subscriber): Promise<void> {
-    while (!this.stopped) {
+  async #receiveLoop(sub: Subscriber): Promise<void> {
+    while (!this.#stopped) {
       let frames: Buffer[];
       try {
         frames = await sub.receive();
       } catch (err) {
-        if (!this.stopped) this.opts.log?.error({ worker: this.workerId, err }, 'kv event subscriber failed');
+        if (!this.#stopped) this.#opts.log?.error({ worker: this.workerId, err }, 'kv event subscriber failed');
         return;
       }
       if (frames.length !== 3 || frames[1]!.length !== 8) {
-        this.counters.decodeErrors++;
+        this.#counters.decodeErrors++;
         continue;
       }
       const seq = frames[1]!.readBigUInt64BE();
       if (seq > MAX_PLAUSIBLE_SEQ) {
         // Taking it would make every later batch look like a restart.
-        this.diag.skip('bad-seq');
-        this.diag.warn({ seq: seq.toString() }, 'kv event batch with an impossible sequence number skipped');
+        this.#diag.skip('bad-seq');
+        this.#diag.warn({ seq: seq.toString() }, 'kv event batch with an impossible sequence number skipped');
         continue;
       }
-      const item = this.decode(seq, frames[2]!);
+      const item = this.#decode(seq, frames[2]!);
       if (item.batch) {
-        this.counters.lastBatchAt = this.now();
-        const lag = this.diag.lagMs(this.counters.lastBatchAt, item.batch.ts);
-        if (lag !== null) this.counters.lagMs = lag;
+        this.#counters.lastBatchAt = this.#now();
+        const lag = this.#diag.lagMs(this.#counters.lastBatchAt, item.batch.ts);
+        if (lag !== null) this.#counters.lagMs = lag;
       }
-      this.sequencer.push(item);
+      this.#sequencer.push(item);
     }
   }
 
-  private decode(seq: bigint, payload: Buffer): SequencedItem {
+  #decode(seq: bigint, payload: Buffer): SequencedItem {
     try {
-      const d = this.decoder.decode(payload, seq);
-      this.diag.addSkips(d.skipped);
+      const d = this.#decoder.decode(payload, seq);
+      this.#diag.addSkips(d.skipped);
       const batch = d.batches[0] ?? null;
-      const rank = this.opts.rank;
+      const rank = this.#opts.rank;
       return { seq, batch: batch && rank !== undefined ? { ...batch, dataParallelRank: rank } : batch, payload };
     } catch (err) {
-      this.counters.decodeErrors++;
-      this.diag.warn({ seq: seq.toString(), err: (err as Error).message }, 'undecodable kv event batch skipped');
+      this.#counters.decodeErrors++;
+      this.#diag.warn({ seq: seq.toString(), err: (err as Error).message }, 'undecodable kv event batch skipped');
       return { seq, batch: null, payload };
     }
   }
 
-  private deliver(item: SequencedItem): void {
-    if (this.stopped || !item.batch) return;
-    this.counters.batchesApplied++;
+  #deliver(item: SequencedItem): void {
+    if (this.#stopped || !item.batch) return;
+    this.#counters.batchesApplied++;
     try {
-      this.sink?.apply(item.batch);
+      this.#sink?.apply(item.batch);
     } catch (err) {
-      this.opts.log?.error({ worker: this.workerId, err }, 'kv event sink failed to apply a batch');
+      this.#opts.log?.error({ worker: this.workerId, err }, 'kv event sink failed to apply a batch');
     }
   }
 
-  private resetSink(reason: string): void {
+  #resetSink(reason: string): void {
     try {
-      if (this.opts.rank === undefined) this.sink?.reset(reason);
-      else this.sink?.reset(reason, this.opts.rank);
+      if (this.#opts.rank === undefined) this.#sink?.reset(reason);
+      else this.#sink?.reset(reason, this.#opts.rank);
     } catch (err) {
-      this.opts.log?.error({ worker: this.workerId, err }, 'kv event sink failed to reset');
+      this.#opts.log?.error({ worker: this.workerId, err }, 'kv event sink failed to reset');
     }
   }
 
@@ -238,8 +240,8 @@ export class ZmqEventSource implements EventSource {
    * [delimiter, topic, seq8, payload] (newer vLLM, TRT-LLM): the last two
    * frames are always seq and payload; seq ff*8 with an empty payload ends it.
    */
-  private replayer(endpoint: string): Replayer {
-    const sendTimeout = this.opts.replayTimeoutMs ?? 2000;
+  #replayer(endpoint: string): Replayer {
+    const sendTimeout = this.#opts.replayTimeoutMs ?? 2000;
     return {
       replay: async (from, onItem, signal) => {
         const dealer = new Dealer({ linger: 0, sendTimeout });
@@ -257,7 +259,7 @@ export class ZmqEventSource implements EventSource {
             const seqFrame = frames[frames.length - 2]!;
             if (seqFrame.length !== 8) continue;
             if (seqFrame.equals(END_SEQ)) return;
-            onItem(this.decode(seqFrame.readBigUInt64BE(), frames[frames.length - 1]!));
+            onItem(this.#decode(seqFrame.readBigUInt64BE(), frames[frames.length - 1]!));
           }
         } catch (err) {
           if (!signal.aborted) throw err;

@@ -66,7 +66,7 @@ export async function createBlockHasher(): Promise<BlockHasher> {
       if (!salt || parent !== undefined || blocks === 0) return chain(tokens, blockSize, blocks, seed, parent ?? 0n);
       const first = chain(tokens, blockSize, 1, x.h64(`salt\u0000${salt}`, seed), 0n);
       const rest = Array.from(tokens).slice(blockSize);
-      return first.concat(chain(rest, blockSize, blocks - 1, seed, first[0]));
+      return first.concat(chain(rest, blockSize, blocks - 1, seed, first[0]!));
     },
   };
 }

@@ -17,10 +17,10 @@ const CHECK_SPAN = CHECK_MASK + 1;
  * go to a plain Map, the node and check packed into one number.
  */
 export class EngineHashMap {
-  private readonly table = new U64Table(64);
-  private other: Map<EngineBlockHash, number> | null = null;
-  private readonly b64 = new BigUint64Array(1);
-  private readonly w32 = new Uint32Array(this.b64.buffer);
+  readonly #table = new U64Table(64);
+  #other: Map<EngineBlockHash, number> | null = null;
+  readonly #b64 = new BigUint64Array(1);
+  readonly #w32 = new Uint32Array(this.#b64.buffer);
   /** Check word of the last successful `get`. */
   lastCheck = 0;
 
@@ -29,18 +29,18 @@ export class EngineHashMap {
   }
 
   get size(): number {
-    return this.table.size + (this.other?.size ?? 0);
+    return this.#table.size + (this.#other?.size ?? 0);
   }
 
   /** Node for `h`, or -1; sets `lastCheck`. */
   get(h: EngineBlockHash): number {
-    if (this.split(h)) {
-      const slot = this.table.find(this.w32[0]!, this.w32[1]!);
+    if (this.#split(h)) {
+      const slot = this.#table.find(this.#w32[0]!, this.#w32[1]!);
       if (slot < 0) return -1;
-      this.lastCheck = this.table.checkAt(slot);
-      return this.table.valueAt(slot);
+      this.lastCheck = this.#table.checkAt(slot);
+      return this.#table.valueAt(slot);
     }
-    const packed = this.other?.get(h);
+    const packed = this.#other?.get(h);
     if (packed === undefined) return -1;
     this.lastCheck = packed % CHECK_SPAN;
     return Math.floor(packed / CHECK_SPAN);
@@ -48,19 +48,19 @@ export class EngineHashMap {
 
   /** Maps `h` to (node, check) and returns the node it mapped to before, or -1 (`lastCheck` = its check). One probe. */
   put(h: EngineBlockHash, node: number, check: number): number {
-    if (this.split(h)) {
-      const lo = this.w32[0]!;
-      const hi = this.w32[1]!;
-      const slot = this.table.probe(lo, hi);
+    if (this.#split(h)) {
+      const lo = this.#w32[0]!;
+      const hi = this.#w32[1]!;
+      const slot = this.#table.probe(lo, hi);
       let prev = -1;
       if (slot >= 0) {
-        prev = this.table.valueAt(slot);
-        this.lastCheck = this.table.checkAt(slot);
+        prev = this.#table.valueAt(slot);
+        this.lastCheck = this.#table.checkAt(slot);
       }
-      this.table.fill(slot < 0 ? ~slot : slot, lo, hi, node, check);
+      this.#table.fill(slot < 0 ? ~slot : slot, lo, hi, node, check);
       return prev;
     }
-    const other = (this.other ??= new Map<EngineBlockHash, number>());
+    const other = (this.#other ??= new Map<EngineBlockHash, number>());
     const packed = other.get(h);
     other.set(h, node * CHECK_SPAN + check);
     if (packed === undefined) return -1;
@@ -69,29 +69,30 @@ export class EngineHashMap {
   }
 
   set(h: EngineBlockHash, node: number, check: number): void {
-    if (this.split(h)) this.table.set(this.w32[0]!, this.w32[1]!, node, check);
-    else (this.other ??= new Map()).set(h, node * CHECK_SPAN + check);
+    if (this.#split(h)) this.#table.set(this.#w32[0]!, this.#w32[1]!, node, check);
+    else (this.#other ??= new Map()).set(h, node * CHECK_SPAN + check);
   }
 
   delete(h: EngineBlockHash): void {
-    if (this.split(h)) this.table.delete(this.w32[0]!, this.w32[1]!);
-    else this.other?.delete(h);
+    if (this.#split(h)) this.#table.delete(this.#w32[0]!, this.#w32[1]!);
+    else this.#other?.delete(h);
   }
 
   forEachNode(fn: (node: number, check: number) => void): void {
-    this.table.forEach((node, check) => fn(node, check));
-    if (this.other) for (const packed of this.other.values()) fn(Math.floor(packed / CHECK_SPAN), packed % CHECK_SPAN);
+    this.#table.forEach((node, check) => fn(node, check));
+    if (this.#other)
+      for (const packed of this.#other.values()) fn(Math.floor(packed / CHECK_SPAN), packed % CHECK_SPAN);
   }
 
   clear(): void {
-    this.table.clear();
-    this.other = null;
+    this.#table.clear();
+    this.#other = null;
   }
 
   /** Loads a 64-bit integer hash into w32; false for strings and wider integers. */
-  private split(h: EngineBlockHash): boolean {
+  #split(h: EngineBlockHash): boolean {
     if (typeof h !== 'bigint' || h < MIN_I64 || h >= TWO_64) return false;
-    this.b64[0] = h;
+    this.#b64[0] = h;
     return true;
   }
 }

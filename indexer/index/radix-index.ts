@@ -1,86 +1,11 @@
 import type { KvTier } from '../events/types.js';
 import { SCRATCH32, SCRATCH64, U64Table, joinU64, splitU64 } from './u64-table.js';
+import { ALL_TIERS, DEFAULT_MAX_NODES, SHARED_PREFIX_CHILDREN, TIER_GPU, tierFlag } from './radix-types.js';
+import type { MatchCounts, RadixIndexOptions, RadixIndexStats, TargetKey } from './radix-types.js';
+import { FREE, F_CHILDREN, F_EXTRA, F_HI, F_HINT, F_LO, F_PARENT, F_T0, F_T1, STRIDE } from './radix-holders.js';
+import { addHolder, dropHolder } from './radix-holders.js';
 
-/** A routing target: `workerId`, or `workerId#rank` for data-parallel rank `rank`. */
-export type TargetKey = string;
-
-export function targetKey(workerId: string, dpRank: number | null): TargetKey {
-  return dpRank === null || dpRank === undefined ? workerId : `${workerId}#${dpRank}`;
-}
-
-/** Inverse of `targetKey`: only a trailing `#<digits>` is read as a rank. */
-export function parseTargetKey(key: TargetKey): { workerId: string; dpRank: number | null } {
-  const i = key.lastIndexOf('#');
-  if (i > 0 && i < key.length - 1 && /^\d+$/.test(key.slice(i + 1))) {
-    return { workerId: key.slice(0, i), dpRank: Number(key.slice(i + 1)) };
-  }
-  return { workerId: key, dpRank: null };
-}
-
-/** Leading blocks of a prompt a target holds (any tier); of those, how many on GPU. */
-export interface MatchCounts {
-  blocks: number;
-  gpuBlocks: number;
-  /**
-   * Of `blocks`, the leading ones up to the deepest block from which at least
-   * `SHARED_PREFIX_CHILDREN` different continuations are cached (by any target):
-   * a prefix several request streams share, such as a system prompt. Absent = 0.
-   */
-  sharedBlocks?: number;
-}
-
-/**
- * Continuations that make a block a shared prefix. A conversation's turn boundary
- * has up to two (the engine's own output and the next turn's prompt, which can
- * differ when a chat template re-renders the answer), a retried or regenerated
- * turn adds one, a document asked a few questions a few more: keeping those on
- * one worker saves cache capacity. A system prompt that many users share soon has
- * far more. On the whole Mooncake replay a lower threshold traded a little hit
- * rate for a little mean TTFT and no threshold changed little (that comparison is
- * not kept in bench/results/; `npm run bench:replay` reruns it); at 8 a restarted
- * worker still gets its share back at once (bench/results/fault-run.md).
- */
-export const SHARED_PREFIX_CHILDREN = 8;
-
-export interface RadixIndexOptions {
-  /** Node cap; when full, new nodes are refused and counted in `rejectedInserts`. */
-  maxNodes?: number | undefined;
-}
-
-export interface RadixIndexStats {
-  nodes: number;
-  maxNodes: number;
-  /** Blocks not indexed because the node cap was reached. */
-  rejectedInserts: number;
-  /** Inserts whose parent block was not in the index (nothing inserted). */
-  unknownParents: number;
-  targets: number;
-  blocksPerTarget: Record<TargetKey, number>;
-  /** Bytes held by the node store and the hash table (excluding small JS objects). */
-  approxBytes: number;
-}
-
-export const TIER_GPU = 1;
-export const TIER_CPU = 2;
-export const ALL_TIERS = 3;
-
-export function tierFlag(tier: KvTier): number {
-  return tier === 'cpu' ? TIER_CPU : TIER_GPU;
-}
-
-export const DEFAULT_MAX_NODES = 4_000_000;
-
-// Node store: one Int32Array, 8 ints (32 bytes, half a cache line) per node.
-const STRIDE = 8;
-const F_LO = 0; // our hash, low u32
-const F_HI = 1; // our hash, high u32
-const F_PARENT = 2; // parent node, -1 at the root, FREE when the node is free
-const F_CHILDREN = 3; // number of live children
-const F_T0 = 4; // first holder entry (id << 2 | tier flags), -1 when none
-const F_T1 = 5; // second holder entry, -1 when none (holders are packed: T0, T1, then extras)
-const F_HINT = 6; // most recently inserted child, -1: lets `match` follow a chain without a table lookup
-const F_EXTRA = 7; // number of further holders, kept in `extra`
-const FREE = -2;
+export * from './radix-types.js';
 
 /**
  * Prefix tree of KV blocks keyed by our chained block hash (see block-hash.ts).
@@ -98,57 +23,57 @@ const FREE = -2;
  * evicting keeps the per-target engine-hash maps of `KvIndexer` exact.
  */
 export class RadixIndex {
-  private nd: Int32Array;
-  private nodeCap: number;
-  private bump = 0;
-  private count = 0;
-  private readonly freeList: number[] = [];
-  private readonly table = new U64Table(1024);
-  private readonly extra = new Map<number, number[]>();
-  private readonly maxNodes: number;
-  private rejected = 0;
-  private unknownParents = 0;
+  #nd: Int32Array;
+  #nodeCap: number;
+  #bump = 0;
+  #count = 0;
+  readonly #freeList: number[] = [];
+  readonly #table = new U64Table(1024);
+  readonly #extra = new Map<number, number[]>();
+  readonly #maxNodes: number;
+  #rejected = 0;
+  #unknownParents = 0;
 
-  private readonly ids = new Map<TargetKey, number>();
-  private names: TargetKey[] = [];
-  private blocks: number[] = [];
-  private readonly freeIds: number[] = [];
+  readonly #ids = new Map<TargetKey, number>();
+  #names: TargetKey[] = [];
+  #blocks: number[] = [];
+  readonly #freeIds: number[] = [];
 
   // Scratch for `match`, sized to the number of target ids.
-  private actId = new Int32Array(16);
-  private actGpu = new Int32Array(16);
-  private stamp = new Int32Array(16);
-  private stampFlags = new Uint8Array(16);
-  private epoch = 0;
-  private readonly hl = new Uint32Array(2);
+  #actId = new Int32Array(16);
+  #actGpu = new Int32Array(16);
+  #stamp = new Int32Array(16);
+  #stampFlags = new Uint8Array(16);
+  #epoch = 0;
+  readonly #hl = new Uint32Array(2);
 
   constructor(options: RadixIndexOptions = {}) {
     const max = options.maxNodes ?? DEFAULT_MAX_NODES;
     if (!Number.isInteger(max) || max <= 0) throw new RangeError(`maxNodes must be a positive integer, got ${max}`);
-    this.maxNodes = max;
-    this.nodeCap = Math.min(max, 1024);
-    this.nd = new Int32Array(this.nodeCap * STRIDE);
+    this.#maxNodes = max;
+    this.#nodeCap = Math.min(max, 1024);
+    this.#nd = new Int32Array(this.#nodeCap * STRIDE);
   }
 
   get size(): number {
-    return this.count;
+    return this.#count;
   }
 
   /** Blocks (nodes) `target` holds on any tier. */
   blocksOf(target: TargetKey): number {
-    const id = this.ids.get(target);
-    return id === undefined ? 0 : this.blocks[id]!;
+    const id = this.#ids.get(target);
+    return id === undefined ? 0 : this.#blocks[id]!;
   }
 
   /** Inserts a chain of our block hashes under `parent` (our hash, undefined = root) for `target`, on `tier`. Returns the blocks indexed. */
   insert(target: TargetKey, parent: bigint | undefined, hashes: readonly bigint[], tier: KvTier): number {
     let p = -1;
-    const hl = this.hl;
+    const hl = this.#hl;
     if (parent !== undefined) {
       splitU64(parent, hl);
-      p = this.table.get(hl[0]!, hl[1]!);
+      p = this.#table.get(hl[0]!, hl[1]!);
       if (p < 0) {
-        this.unknownParents++;
+        this.#unknownParents++;
         return 0;
       }
     }
@@ -166,14 +91,14 @@ export class RadixIndex {
 
   /** Drops `target`'s hold on these blocks (one tier, or all). Returns the blocks it no longer holds. */
   remove(target: TargetKey, hashes: readonly bigint[], tier?: KvTier): number {
-    const id = this.ids.get(target);
+    const id = this.#ids.get(target);
     if (id === undefined) return 0;
     const mask = tier === undefined ? ALL_TIERS : tierFlag(tier);
-    const hl = this.hl;
+    const hl = this.#hl;
     let removed = 0;
     for (const h of hashes) {
       splitU64(h, hl);
-      const n = this.table.get(hl[0]!, hl[1]!);
+      const n = this.#table.get(hl[0]!, hl[1]!);
       if (n >= 0 && this.dropFromNode(n, id, mask) === 0) removed++;
     }
     return removed;
@@ -181,18 +106,18 @@ export class RadixIndex {
 
   /** Drops everything `target` holds. Scans all nodes unless it holds none (rare: engine reset/restart). */
   clearTarget(target: TargetKey): void {
-    const id = this.ids.get(target);
+    const id = this.#ids.get(target);
     if (id === undefined) return;
-    if (this.blocks[id]! > 0) {
-      const nd = this.nd;
-      for (let n = 0; n < this.bump; n++) {
+    if (this.#blocks[id]! > 0) {
+      const nd = this.#nd;
+      for (let n = 0; n < this.#bump; n++) {
         if (nd[n * STRIDE + F_PARENT] !== FREE) this.dropFromNode(n, id, ALL_TIERS);
       }
     }
-    this.ids.delete(target);
-    this.names[id] = '';
-    this.blocks[id] = 0;
-    this.freeIds.push(id);
+    this.#ids.delete(target);
+    this.#names[id] = '';
+    this.#blocks[id] = 0;
+    this.#freeIds.push(id);
   }
 
   /**
@@ -204,15 +129,15 @@ export class RadixIndex {
   match(hashes: readonly bigint[]): Map<TargetKey, MatchCounts> {
     const out = new Map<TargetKey, MatchCounts>();
     const n = hashes.length;
-    if (n === 0 || this.count === 0) return out;
-    const nd = this.nd;
-    const hl = this.hl;
+    if (n === 0 || this.#count === 0) return out;
+    const nd = this.#nd;
+    const hl = this.#hl;
     splitU64(hashes[0]!, hl);
-    let cur = this.table.get(hl[0]!, hl[1]!);
+    let cur = this.#table.get(hl[0]!, hl[1]!);
     if (cur < 0 || nd[cur * STRIDE + F_PARENT] !== -1) return out;
     let shared = nd[cur * STRIDE + F_CHILDREN]! >= SHARED_PREFIX_CHILDREN ? 1 : 0;
-    const actId = this.actId;
-    const actGpu = this.actGpu;
+    const actId = this.#actId;
+    const actGpu = this.#actGpu;
     let na = 0;
     for (let f = F_T0; f <= F_T1; f++) {
       const e = nd[cur * STRIDE + f]!;
@@ -221,7 +146,7 @@ export class RadixIndex {
       actGpu[na++] = e & TIER_GPU;
     }
     if (nd[cur * STRIDE + F_EXTRA]! > 0) {
-      for (const e of this.extra.get(cur)!) {
+      for (const e of this.#extra.get(cur)!) {
         actId[na] = e >>> 2;
         actGpu[na++] = e & TIER_GPU;
       }
@@ -233,7 +158,7 @@ export class RadixIndex {
       const hi = SCRATCH32[1]! | 0;
       let next = nd[cur * STRIDE + F_HINT]!;
       if (next < 0 || nd[next * STRIDE + F_LO] !== lo || nd[next * STRIDE + F_HI] !== hi) {
-        next = this.table.get(lo, hi);
+        next = this.#table.get(lo, hi);
         if (next < 0 || nd[next * STRIDE + F_PARENT] !== cur) break;
       }
       const b = next * STRIDE;
@@ -252,17 +177,17 @@ export class RadixIndex {
           } else if (id === id1) {
             actId[k] = id;
             actGpu[k++] = actGpu[a]! + (h1 & TIER_GPU);
-          } else this.finish(out, id, i, actGpu[a]!, shared);
+          } else this.#finish(out, id, i, actGpu[a]!, shared);
         }
       } else {
-        const ep = this.nextEpoch();
-        const stamp = this.stamp;
-        const sf = this.stampFlags;
+        const ep = this.#nextEpoch();
+        const stamp = this.#stamp;
+        const sf = this.#stampFlags;
         stamp[h0 >>> 2] = ep;
         sf[h0 >>> 2] = h0 & 3;
         stamp[h1 >>> 2] = ep;
         sf[h1 >>> 2] = h1 & 3;
-        for (const e of this.extra.get(next)!) {
+        for (const e of this.#extra.get(next)!) {
           stamp[e >>> 2] = ep;
           sf[e >>> 2] = e & 3;
         }
@@ -271,28 +196,28 @@ export class RadixIndex {
           if (stamp[id] === ep) {
             actId[k] = id;
             actGpu[k++] = actGpu[a]! + (sf[id]! & TIER_GPU);
-          } else this.finish(out, id, i, actGpu[a]!, shared);
+          } else this.#finish(out, id, i, actGpu[a]!, shared);
         }
       }
       na = k;
       cur = next;
       if (nd[b + F_CHILDREN]! >= SHARED_PREFIX_CHILDREN) shared = i + 1;
     }
-    for (let a = 0; a < na; a++) this.finish(out, actId[a]!, i, actGpu[a]!, shared);
+    for (let a = 0; a < na; a++) this.#finish(out, actId[a]!, i, actGpu[a]!, shared);
     return out;
   }
 
   stats(): RadixIndexStats {
     const blocksPerTarget: Record<TargetKey, number> = {};
-    for (const [key, id] of this.ids) blocksPerTarget[key] = this.blocks[id]!;
+    for (const [key, id] of this.#ids) blocksPerTarget[key] = this.#blocks[id]!;
     return {
-      nodes: this.count,
-      maxNodes: this.maxNodes,
-      rejectedInserts: this.rejected,
-      unknownParents: this.unknownParents,
-      targets: this.ids.size,
+      nodes: this.#count,
+      maxNodes: this.#maxNodes,
+      rejectedInserts: this.#rejected,
+      unknownParents: this.#unknownParents,
+      targets: this.#ids.size,
       blocksPerTarget,
-      approxBytes: this.nd.byteLength + this.table.capacity * 16,
+      approxBytes: this.#nd.byteLength + this.#table.capacity * 16,
     };
   }
 
@@ -300,67 +225,67 @@ export class RadixIndex {
 
   /** Small integer id of a target; -1 if unknown and `create` is false. */
   idOf(target: TargetKey, create: boolean): number {
-    const known = this.ids.get(target);
+    const known = this.#ids.get(target);
     if (known !== undefined || !create) return known ?? -1;
-    const id = this.freeIds.pop() ?? this.names.length;
-    this.names[id] = target;
-    this.blocks[id] = 0;
-    this.ids.set(target, id);
-    if (id >= this.actId.length) {
-      const len = this.actId.length * 2;
-      this.actId = new Int32Array(len);
-      this.actGpu = new Int32Array(len);
+    const id = this.#freeIds.pop() ?? this.#names.length;
+    this.#names[id] = target;
+    this.#blocks[id] = 0;
+    this.#ids.set(target, id);
+    if (id >= this.#actId.length) {
+      const len = this.#actId.length * 2;
+      this.#actId = new Int32Array(len);
+      this.#actGpu = new Int32Array(len);
       const st = new Int32Array(len);
-      st.set(this.stamp);
-      this.stamp = st;
-      this.stampFlags = new Uint8Array(len);
+      st.set(this.#stamp);
+      this.#stamp = st;
+      this.#stampFlags = new Uint8Array(len);
     }
     return id;
   }
 
   /** Node holding our hash (lo, hi), or -1. */
   lookup(lo: number, hi: number): number {
-    return this.table.get(lo, hi);
+    return this.#table.get(lo, hi);
   }
 
   /** Low half of a node's hash as int32 (a cheap check that a node index still means the same block). */
   nodeLo(node: number): number {
-    return this.nd[node * STRIDE + F_LO]!;
+    return this.#nd[node * STRIDE + F_LO]!;
   }
 
   isLive(node: number): boolean {
-    return node >= 0 && node < this.bump && this.nd[node * STRIDE + F_PARENT] !== FREE;
+    return node >= 0 && node < this.#bump && this.#nd[node * STRIDE + F_PARENT] !== FREE;
   }
 
   nodeHash(node: number): bigint {
-    return joinU64(this.nd[node * STRIDE + F_LO]!, this.nd[node * STRIDE + F_HI]!);
+    return joinU64(this.#nd[node * STRIDE + F_LO]!, this.#nd[node * STRIDE + F_HI]!);
   }
 
   /** Adds holder `id` with `flags` to the block (lo, hi) under `parentNode` (-1 root). Returns the node, or -1 when the cap refused it. One table probe. */
   insertOne(id: number, parentNode: number, lo: number, hi: number, flags: number): number {
-    const table = this.table;
+    const table = this.#table;
     const slot = table.probe(lo, hi);
     let n: number;
     if (slot < 0) {
-      if (this.count >= this.maxNodes) {
-        this.rejected++;
+      if (this.#count >= this.#maxNodes) {
+        this.#rejected++;
         return -1;
       }
-      n = this.allocNode(lo, hi, parentNode);
+      n = this.#allocNode(lo, hi, parentNode);
       table.fill(~slot, lo, hi, n);
     } else if ((n = table.valueAt(slot)) < 0) {
       return -1; // unreachable: stored values are node indices
-    } else if (parentNode >= 0 && this.nd[n * STRIDE + F_PARENT] === parentNode) {
+    } else if (parentNode >= 0 && this.#nd[n * STRIDE + F_PARENT] === parentNode) {
       // Point the parent's hint at the most recently stored path.
-      this.nd[parentNode * STRIDE + F_HINT] = n;
+      this.#nd[parentNode * STRIDE + F_HINT] = n;
     }
-    if (this.addHolder(n, id, flags)) this.blocks[id]!++;
+    if (addHolder(this.#nd, this.#extra, n, id, flags)) this.#blocks[id]!++;
     return n;
   }
 
   /** Adds tiers `flags` of holder `id` to an existing `node`. */
   addToNode(node: number, id: number, flags: number): void {
-    if (this.addHolder(node, id, flags)) this.blocks[id]!++;
+    if (addHolder(this.#nd, this.#extra, node, id, flags)) this.#blocks[id]!++;
   }
 
   /**
@@ -368,105 +293,36 @@ export class RadixIndex {
    * holds there, 0 if it no longer holds the block, -1 if it never did.
    */
   dropFromNode(node: number, id: number, mask: number): number {
-    const nd = this.nd;
+    const rest = dropHolder(this.#nd, this.#extra, node, id, mask);
+    if (rest !== 0) return rest;
+    this.#blocks[id]!--;
     const b = node * STRIDE;
-    let at: number; // F_T0, F_T1, or -1 for the extras
-    if (nd[b + F_T0] !== -1 && nd[b + F_T0]! >>> 2 === id) at = F_T0;
-    else if (nd[b + F_T1] !== -1 && nd[b + F_T1]! >>> 2 === id) at = F_T1;
-    else at = -1;
-    if (at >= 0) {
-      const rest = nd[b + at]! & 3 & ~mask;
-      if (rest !== 0) {
-        nd[b + at] = (id << 2) | rest;
-        return rest;
-      }
-      if (at === F_T0) nd[b + F_T0] = nd[b + F_T1]!;
-      nd[b + F_T1] = this.takeExtra(node);
-    } else {
-      if (nd[b + F_EXTRA] === 0) return -1;
-      const list = this.extra.get(node)!;
-      const k = list.findIndex((e) => e >>> 2 === id);
-      if (k < 0) return -1;
-      const rest = list[k]! & 3 & ~mask;
-      if (rest !== 0) {
-        list[k] = (id << 2) | rest;
-        return rest;
-      }
-      list[k] = list[list.length - 1]!;
-      list.pop();
-      if (--nd[b + F_EXTRA]! === 0) this.extra.delete(node);
-    }
-    this.blocks[id]!--;
-    if (nd[b + F_T0] === -1 && nd[b + F_CHILDREN] === 0) this.freeNode(node);
+    if (this.#nd[b + F_T0] === -1 && this.#nd[b + F_CHILDREN] === 0) this.#freeNode(node);
     return 0;
   }
 
   // ---- internals ----
 
-  private finish(
-    out: Map<TargetKey, MatchCounts>,
-    id: number,
-    blocks: number,
-    gpuBlocks: number,
-    sharedBlocks: number,
-  ): void {
+  #finish(out: Map<TargetKey, MatchCounts>, id: number, blocks: number, gpuBlocks: number, sharedBlocks: number): void {
     if (blocks > 0)
-      out.set(this.names[id]!, sharedBlocks > 0 ? { blocks, gpuBlocks, sharedBlocks } : { blocks, gpuBlocks });
+      out.set(this.#names[id]!, sharedBlocks > 0 ? { blocks, gpuBlocks, sharedBlocks } : { blocks, gpuBlocks });
   }
 
-  private nextEpoch(): number {
-    if (this.epoch === 0x7fffffff) {
-      this.stamp.fill(0);
-      this.epoch = 0;
+  #nextEpoch(): number {
+    if (this.#epoch === 0x7fffffff) {
+      this.#stamp.fill(0);
+      this.#epoch = 0;
     }
-    return ++this.epoch;
+    return ++this.#epoch;
   }
 
-  /** Removes and returns one extra holder of `n`, or -1 when it has none. */
-  private takeExtra(n: number): number {
-    const b = n * STRIDE;
-    if (this.nd[b + F_EXTRA] === 0) return -1;
-    const list = this.extra.get(n)!;
-    const e = list.pop()!;
-    if (--this.nd[b + F_EXTRA]! === 0) this.extra.delete(n);
-    return e;
-  }
-
-  private addHolder(n: number, id: number, flags: number): boolean {
-    const nd = this.nd;
-    const b = n * STRIDE;
-    for (let f = F_T0; f <= F_T1; f++) {
-      const e = nd[b + f]!;
-      if (e === -1) {
-        nd[b + f] = (id << 2) | flags;
-        return true;
-      }
-      if (e >>> 2 === id) {
-        nd[b + f] = e | flags;
-        return false;
-      }
-    }
-    if (nd[b + F_EXTRA]! > 0) {
-      const list = this.extra.get(n)!;
-      for (let k = 0; k < list.length; k++) {
-        if (list[k]! >>> 2 === id) {
-          list[k] = list[k]! | flags;
-          return false;
-        }
-      }
-      list.push((id << 2) | flags);
-    } else this.extra.set(n, [(id << 2) | flags]);
-    nd[b + F_EXTRA]!++;
-    return true;
-  }
-
-  private allocNode(lo: number, hi: number, parent: number): number {
-    let n = this.freeList.pop();
+  #allocNode(lo: number, hi: number, parent: number): number {
+    let n = this.#freeList.pop();
     if (n === undefined) {
-      if (this.bump === this.nodeCap) this.growNodes();
-      n = this.bump++;
+      if (this.#bump === this.#nodeCap) this.#growNodes();
+      n = this.#bump++;
     }
-    const nd = this.nd;
+    const nd = this.#nd;
     const b = n * STRIDE;
     nd[b + F_LO] = lo;
     nd[b + F_HI] = hi;
@@ -476,7 +332,7 @@ export class RadixIndex {
     nd[b + F_T1] = -1;
     nd[b + F_HINT] = -1;
     nd[b + F_EXTRA] = 0;
-    this.count++;
+    this.#count++;
     if (parent >= 0) {
       nd[parent * STRIDE + F_CHILDREN]!++;
       nd[parent * STRIDE + F_HINT] = n;
@@ -485,15 +341,15 @@ export class RadixIndex {
   }
 
   /** Frees `n` and every ancestor left with no holders and no children. */
-  private freeNode(n: number): void {
-    const nd = this.nd;
+  #freeNode(n: number): void {
+    const nd = this.#nd;
     for (;;) {
       const b = n * STRIDE;
-      this.table.delete(nd[b + F_LO]!, nd[b + F_HI]!);
+      this.#table.delete(nd[b + F_LO]!, nd[b + F_HI]!);
       const p = nd[b + F_PARENT]!;
       nd[b + F_PARENT] = FREE;
-      this.freeList.push(n);
-      this.count--;
+      this.#freeList.push(n);
+      this.#count--;
       if (p < 0) return;
       const pb = p * STRIDE;
       nd[pb + F_CHILDREN]!--;
@@ -503,11 +359,11 @@ export class RadixIndex {
     }
   }
 
-  private growNodes(): void {
-    const cap = Math.min(this.maxNodes, this.nodeCap * 2);
+  #growNodes(): void {
+    const cap = Math.min(this.#maxNodes, this.#nodeCap * 2);
     const nd = new Int32Array(cap * STRIDE);
-    nd.set(this.nd);
-    this.nd = nd;
-    this.nodeCap = cap;
+    nd.set(this.#nd);
+    this.#nd = nd;
+    this.#nodeCap = cap;
   }
 }

@@ -50,44 +50,44 @@ export function joinU64(lo: number, hi: number): bigint {
 
 export class U64Table {
   /** Stride 4: key lo, key hi, value + 1 (0 = empty slot), check word. */
-  private slots: Int32Array;
-  private bits: number;
-  private mask: number;
-  private readonly minBits: number;
-  private count = 0;
+  #slots: Int32Array;
+  #bits: number;
+  #mask: number;
+  readonly #minBits: number;
+  #count = 0;
 
   constructor(initialCapacity = 16) {
     let bits = MIN_BITS;
     while (1 << bits < initialCapacity) bits++;
-    this.minBits = bits;
-    this.bits = bits;
-    this.mask = (1 << bits) - 1;
-    this.slots = U64Table.emptySlots(1 << bits);
+    this.#minBits = bits;
+    this.#bits = bits;
+    this.#mask = (1 << bits) - 1;
+    this.#slots = U64Table.#emptySlots(1 << bits);
   }
 
   get size(): number {
-    return this.count;
+    return this.#count;
   }
 
   /** Slots allocated (for memory accounting). */
   get capacity(): number {
-    return this.mask + 1;
+    return this.#mask + 1;
   }
 
-  private static emptySlots(n: number): Int32Array {
+  static #emptySlots(n: number): Int32Array {
     return new Int32Array(n * 4);
   }
 
-  private home(lo: number, hi: number): number {
+  #home(lo: number, hi: number): number {
     // Keys may be sequential small ints (tests, some engines): mix both halves.
-    return Math.imul(lo ^ Math.imul(hi, 0x85ebca6b), 0x9e3779b1) >>> (32 - this.bits);
+    return Math.imul(lo ^ Math.imul(hi, 0x85ebca6b), 0x9e3779b1) >>> (32 - this.#bits);
   }
 
   /** Slot index holding the key, or -1. */
   find(lo: number, hi: number): number {
-    const s = this.slots;
-    const mask = this.mask;
-    let p = this.home(lo, hi);
+    const s = this.#slots;
+    const mask = this.#mask;
+    let p = this.#home(lo, hi);
     for (;;) {
       const b = p << 2;
       if (s[b + 2] === EMPTY) return -1;
@@ -99,11 +99,11 @@ export class U64Table {
   /** Value stored for the key, or -1. */
   get(lo: number, hi: number): number {
     const p = this.find(lo, hi);
-    return p < 0 ? -1 : this.slots[(p << 2) + 2]! - 1;
+    return p < 0 ? -1 : this.#slots[(p << 2) + 2]! - 1;
   }
 
   valueAt(slot: number): number {
-    return this.slots[(slot << 2) + 2]! - 1;
+    return this.#slots[(slot << 2) + 2]! - 1;
   }
 
   /**
@@ -112,10 +112,10 @@ export class U64Table {
    * first, so the returned empty slot stays valid until the next mutation.
    */
   probe(lo: number, hi: number): number {
-    if ((this.count + 1) * 5 > (this.mask + 1) * 3) this.resize(this.bits + 1);
-    const s = this.slots;
-    const mask = this.mask;
-    let p = this.home(lo, hi);
+    if ((this.#count + 1) * 5 > (this.#mask + 1) * 3) this.#resize(this.#bits + 1);
+    const s = this.#slots;
+    const mask = this.#mask;
+    let p = this.#home(lo, hi);
     for (;;) {
       const b = p << 2;
       if (s[b + 2] === EMPTY) return ~p;
@@ -127,15 +127,15 @@ export class U64Table {
   /** Writes an entry into a slot from `probe` (an empty one: pass `~result`). */
   fill(slot: number, lo: number, hi: number, value: number, check = 0): void {
     const b = slot << 2;
-    if (this.slots[b + 2] === EMPTY) this.count++;
-    this.slots[b] = lo;
-    this.slots[b + 1] = hi;
-    this.slots[b + 2] = value + 1;
-    this.slots[b + 3] = check;
+    if (this.#slots[b + 2] === EMPTY) this.#count++;
+    this.#slots[b] = lo;
+    this.#slots[b + 1] = hi;
+    this.#slots[b + 2] = value + 1;
+    this.#slots[b + 3] = check;
   }
 
   checkAt(slot: number): number {
-    return this.slots[(slot << 2) + 3]!;
+    return this.#slots[(slot << 2) + 3]!;
   }
 
   /** Inserts or overwrites. `value` must be >= 0. */
@@ -153,15 +153,15 @@ export class U64Table {
 
   /** Removes the entry in `slot` (from `find`), shifting later probes back. */
   deleteSlot(slot: number): void {
-    const s = this.slots;
-    const mask = this.mask;
+    const s = this.#slots;
+    const mask = this.#mask;
     let hole = slot;
     let j = slot;
     for (;;) {
       j = (j + 1) & mask;
       const b = j << 2;
       if (s[b + 2] === EMPTY) break;
-      const h = this.home(s[b]!, s[b + 1]!);
+      const h = this.#home(s[b]!, s[b + 1]!);
       // Move j into the hole unless its home lies cyclically in (hole, j].
       const inRange = hole <= j ? h > hole && h <= j : h > hole || h <= j;
       if (inRange) continue;
@@ -173,36 +173,36 @@ export class U64Table {
       hole = j;
     }
     s[(hole << 2) + 2] = EMPTY;
-    this.count--;
-    if (this.bits > this.minBits && this.count * 8 < this.mask + 1) this.resize(this.bits - 1);
+    this.#count--;
+    if (this.#bits > this.#minBits && this.#count * 8 < this.#mask + 1) this.#resize(this.#bits - 1);
   }
 
   /** Calls `fn(value, check, lo, hi)` for every entry; do not mutate meanwhile. */
   forEach(fn: (value: number, check: number, lo: number, hi: number) => void): void {
-    const s = this.slots;
+    const s = this.#slots;
     for (let b = 0; b < s.length; b += 4) {
       if (s[b + 2] !== EMPTY) fn(s[b + 2]! - 1, s[b + 3]!, s[b]! >>> 0, s[b + 1]! >>> 0);
     }
   }
 
   clear(): void {
-    this.bits = this.minBits;
-    this.mask = (1 << this.bits) - 1;
-    this.slots = U64Table.emptySlots(1 << this.bits);
-    this.count = 0;
+    this.#bits = this.#minBits;
+    this.#mask = (1 << this.#bits) - 1;
+    this.#slots = U64Table.#emptySlots(1 << this.#bits);
+    this.#count = 0;
   }
 
-  private resize(bits: number): void {
-    const old = this.slots;
-    const count = this.count;
-    this.bits = bits;
-    this.mask = (1 << bits) - 1;
-    this.slots = U64Table.emptySlots(1 << bits);
-    const s = this.slots;
-    const mask = this.mask;
+  #resize(bits: number): void {
+    const old = this.#slots;
+    const count = this.#count;
+    this.#bits = bits;
+    this.#mask = (1 << bits) - 1;
+    this.#slots = U64Table.#emptySlots(1 << bits);
+    const s = this.#slots;
+    const mask = this.#mask;
     for (let b = 0; b < old.length; b += 4) {
       if (old[b + 2] === EMPTY) continue;
-      let p = this.home(old[b]!, old[b + 1]!);
+      let p = this.#home(old[b]!, old[b + 1]!);
       while (s[(p << 2) + 2] !== EMPTY) p = (p + 1) & mask;
       const d = p << 2;
       s[d] = old[b]!;
@@ -210,6 +210,6 @@ export class U64Table {
       s[d + 2] = old[b + 2]!;
       s[d + 3] = old[b + 3]!;
     }
-    this.count = count;
+    this.#count = count;
   }
 }

@@ -122,7 +122,7 @@ export interface PromptBlocksOptions {
   /** Maps a request's model name to its LoRA adapter name, or null for a base model. */
   loraOf?: (model: string) => string | null;
   /** Token id of MEDIA_START in the tokenizer; without it a prompt with media parts is not hashed at all. */
-  mediaStartId?: number;
+  mediaStartId?: number | undefined;
   /** Called after each tokenization that produced ids (for the tokenization-time metric). */
   observe?: ((seconds: number, tokens: number, kind: PromptKind) => void) | undefined;
   now?: (() => number) | undefined;

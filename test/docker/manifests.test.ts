@@ -85,7 +85,15 @@ function portNumber(container: Obj, port: number | string): number {
 }
 
 t.test('every manifest parses; kinds, apiVersions, names and namespaces are set', async (t) => {
-  t.same(files, ['epp.yaml', 'gateway.yaml', 'namespace.yaml', 'nats.yaml', 'sidecar.yaml', 'vllm-disagg.yaml', 'vllm.yaml']);
+  t.same(files, [
+    'epp.yaml',
+    'gateway.yaml',
+    'namespace.yaml',
+    'nats.yaml',
+    'sidecar.yaml',
+    'vllm-disagg.yaml',
+    'vllm.yaml',
+  ]);
   for (const [file, docs] of all) {
     t.ok(docs.length > 0, `${file} has documents`);
     for (const d of docs) {
@@ -391,7 +399,7 @@ t.test('epp.yaml: the InferencePool is valid v1 and points at the kvgate EPP', a
   t.equal(
     d.labelSelector,
     Object.entries(pool.spec.selector.matchLabels)
-      .map(([k, v]) => `${k}=${v}`)
+      .map(([k, v]) => `${k}=${String(v)}`)
       .join(','),
   );
   // RBAC: read-only, and bound to the EPP's ServiceAccount.
@@ -452,8 +460,8 @@ t.test('vllm-disagg.yaml: KEDA scales each role from the metric the planner expo
   }
   const [p, d] = ['prefill', 'decode'].map((r) => deployments.get(`vllm-${r}`) ?? {});
   t.same(
-    p.spec?.template.metadata.labels['kvgate.io/pool'],
-    d.spec?.template.metadata.labels['kvgate.io/pool'],
+    p!.spec?.template.metadata.labels['kvgate.io/pool'],
+    d!.spec?.template.metadata.labels['kvgate.io/pool'],
     'both roles in one pool',
   );
 });
@@ -461,12 +469,12 @@ t.test('vllm-disagg.yaml: KEDA scales each role from the metric the planner expo
 t.test('load sharing: NATS is started wherever the config turns loadSharing on', async (t) => {
   // Kubernetes: the gateway's config points at nats.yaml's Service.
   const { config } = gatewayConfig(find('gateway.yaml', 'ConfigMap', 'kvgate-config'), 'gateway.yaml');
-  const url = new URL(config.loadSharing!.nats.servers[0]);
+  const url = new URL(config.loadSharing!.nats.servers[0]!);
   const svc = find('nats.yaml', 'Service', 'nats');
   const dep = find('nats.yaml', 'Deployment', 'nats');
   t.equal(url.hostname, `${svc.metadata.name}.${svc.metadata.namespace}.svc.cluster.local`);
   t.equal(Number(url.port), svc.spec.ports[0].port, 'the Service port the config names');
-  const nats = podContainers(dep)[0];
+  const nats = podContainers(dep)[0]!;
   t.equal(portNumber(nats, svc.spec.ports[0].targetPort), 4222);
   t.ok(nats.args.includes('4222'), 'nats-server listens on the client port');
   for (const [k, v] of Object.entries(svc.spec.selector))
@@ -480,7 +488,7 @@ t.test('load sharing: NATS is started wherever the config turns loadSharing on',
   t.equal(sharing.length, 2, 'two load-sharing gateway replicas');
   const file = join(ROOT, 'docker/kvgate.compose-replicas.yaml');
   const cfg = parseConfig(parseYaml(readFileSync(file, 'utf8')), file, {});
-  const host = new URL(cfg.loadSharing!.nats.servers[0]).hostname;
+  const host = new URL(cfg.loadSharing!.nats.servers[0]!).hostname;
   t.ok(compose.services[host], `the NATS server (${host}) is a compose service`);
   for (const [name, s] of sharing) {
     t.same(s.profiles, compose.services[host].profiles, `${name} runs in the same profile as NATS`);

@@ -117,7 +117,7 @@ export function serveStoredResponse(
 ): boolean {
   const m = RESPONSE_BY_ID.exec(path);
   if (!m) return false;
-  const id = decodeURIComponent(m[1]);
+  const id = decodeURIComponent(m[1]!);
   const stored = store.get(id);
   if (!stored) {
     passthrough.handle(req, res);

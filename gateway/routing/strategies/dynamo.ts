@@ -136,7 +136,7 @@ export function createDynamoStrategy(
         ...(allBusy && n > 0
           ? { routerQueue: 'Dynamo would hold this request: every worker is over the threshold' }
           : {}),
-        ...scores[best].terms,
+        ...scores[best]!.terms,
         ...(p.temperature > 0 ? {} : { tied, tieBreak }),
       }));
     },

@@ -121,7 +121,7 @@ export function createLlmdPreciseStrategy(
           p.kvCapacityBlocks === null
             ? 'held blocks relative to the busiest candidate'
             : `held blocks / ${p.kvCapacityBlocks} (absolute)`,
-        ...scores[best].terms,
+        ...scores[best]!.terms,
         ties,
       }));
     },

@@ -81,8 +81,8 @@ export function createSglangCacheAwareStrategy(
       const matches = matchWorkers(ctx, matcher, 1);
       const index = overlapSource(ctx, matcher, indexName);
       // Deepest match first, then the last tenant routed to, then random; workers matching nothing take no part.
-      const blocksAt = (i: number) => matches?.get(candidates[i].id)?.blocks ?? 0;
-      const lastAt = (i: number) => lastRouted.get(candidates[i].id) ?? -1;
+      const blocksAt = (i: number) => matches?.get(candidates[i]!.id)?.blocks ?? 0;
+      const lastAt = (i: number) => lastRouted.get(candidates[i]!.id) ?? -1;
       const { index: deepestAt } = argminRandomTie(
         candidates.length,
         (i, b) => blocksAt(b) - blocksAt(i) || lastAt(b) - lastAt(i),

@@ -41,7 +41,7 @@ void t.test('a conversation routes the same through the EPP and the proxy', asyn
   ]);
   teardown(() => epp.stop());
   const [ready] = await epp.waitFor('epp ready', 1, 60_000);
-  const envoy = new EnvoyStandIn(ready.grpcAddress as string);
+  const envoy = new EnvoyStandIn(ready!.grpcAddress as string);
   teardown(() => envoy.close());
   const client = new OpenAI({ baseURL: `${proxy.url}/v1`, apiKey: 'unused', maxRetries: 0 });
 
@@ -52,7 +52,7 @@ void t.test('a conversation routes the same through the EPP and the proxy', asyn
     const body = Buffer.from(JSON.stringify({ model: MODEL, messages, max_tokens: 8 }));
     // Both indexes have seen every event of the previous turns before either decides.
     const blocks = await eventually(async () => {
-      const [a, b] = await Promise.all([indexedBlocks(proxy.adminUrl), indexedBlocks(ready.adminUrl as string)]);
+      const [a, b] = await Promise.all([indexedBlocks(proxy.adminUrl), indexedBlocks(ready!.adminUrl as string)]);
       return a === b ? { a } : undefined;
     });
     // The cold first turn is a tie between idle workers, broken at random by each process: not compared.
@@ -60,7 +60,7 @@ void t.test('a conversation routes the same through the EPP and the proxy', asyn
     const served = await client.chat.completions.create({ model: MODEL, messages, max_tokens: 8 }).withResponse();
     const worker = served.response.headers.get('x-kvgate-worker');
     home ??= worker ?? undefined;
-    messages.push({ role: 'assistant', content: served.data.choices[0].message.content ?? '' });
+    messages.push({ role: 'assistant', content: served.data.choices[0]!.message.content ?? '' });
     if (!picked) continue;
     t.equal(picked.setHeaders['x-kvgate-worker'], worker, `turn ${turn}: same worker (${worker})`);
     t.equal(

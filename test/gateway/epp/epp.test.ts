@@ -27,9 +27,9 @@ async function startEpp(teardown: Teardown, config: unknown) {
   ]);
   teardown(() => epp.stop());
   const [ready] = await epp.waitFor('epp ready', 1, 60_000);
-  const envoy = new EnvoyStandIn(ready.grpcAddress as string);
+  const envoy = new EnvoyStandIn(ready!.grpcAddress as string);
   teardown(() => envoy.close());
-  return { epp, envoy, url: ready.url as string };
+  return { epp, envoy, url: ready!.url as string };
 }
 
 const endpoint = (w: SimWorkerLine) => new URL(w.url).host;
@@ -60,7 +60,7 @@ void t.test('the ext_proc protocol: headers, chunked bodies, subset hints, respo
     const r = await envoy.process({ path: '/v1/chat/completions', chunks });
     t.notOk(r.immediate, 'routed');
     const picked = r.header!.split(',');
-    t.ok(all.has(picked[0]), `picked ${picked[0]}`);
+    t.ok(all.has(picked[0]!), `picked ${picked[0]}`);
     t.equal(picked.length, 3, 'two ordered fallbacks from the ranking');
     t.equal(new Set(picked).size, 3, 'distinct endpoints');
     t.equal(r.metadata, r.header);
@@ -81,7 +81,7 @@ void t.test('the ext_proc protocol: headers, chunked bodies, subset hints, respo
   });
 
   await t.test('subset hints narrow the choice; an empty eligible set answers 503', async (t) => {
-    const only = endpoint(workers[2]);
+    const only = endpoint(workers[2]!);
     for (let i = 0; i < 3; i++) {
       const r = await envoy.process({ path: '/v1/chat/completions', chunks: [chat(`hint ${i}`)], subset: [only] });
       t.equal(r.header, only, 'only the hinted endpoint');
@@ -120,7 +120,7 @@ void t.test('the ext_proc protocol: headers, chunked bodies, subset hints, respo
     );
     t.ok((metricValue(metrics, 'kvgate_time_to_first_token_seconds_count') ?? 0) >= 1, 'TTFT observed');
     t.equal(
-      metricValue(metrics, 'kvgate_inflight_requests', { worker: r.setHeaders['x-kvgate-worker'] }) ?? 0,
+      metricValue(metrics, 'kvgate_inflight_requests', { worker: r.setHeaders['x-kvgate-worker']! }) ?? 0,
       0,
       'load released',
     );
@@ -135,7 +135,7 @@ void t.test('the ext_proc protocol: headers, chunked bodies, subset hints, respo
       cancelAfterChunks: 2,
     });
     t.equal(r.upstreamStatus, 200);
-    const worker = r.setHeaders['x-kvgate-worker'];
+    const worker = r.setHeaders['x-kvgate-worker']!;
     let inflight = -1;
     for (let i = 0; i < 100 && inflight !== 0; i++) {
       await new Promise((res) => setTimeout(res, 100));

@@ -192,7 +192,15 @@ t.test('FleetSync: adds, removes, changes; hooks; drains before closing the pool
   );
   t.same(
     fleet.get('pod-1')!.kvEvents,
-    { type: 'zmq', endpoint: 'tcp://10.0.0.1:5557', topic: '', mode: 'connect', replayTimeoutMs: 2000 },
+    {
+      type: 'zmq',
+      endpoint: 'tcp://10.0.0.1:5557',
+      topic: '',
+      mode: 'connect',
+      replayTimeoutMs: 2000,
+      format: 'msgpack',
+      probeIntervalMs: 5000,
+    },
     'parsed with the fleet schema',
   );
   t.equal(sync.discoveredCount, 2);

@@ -81,7 +81,7 @@ t.test('deltas: each routing decision, first token and end reaches the others wi
   // Heartbeat snapshots may come in between on a slow machine; the deltas are one message.
   const batches = bus.sent.filter((m) => m.includes('"d":'));
   t.equal(batches.length, 1, 'batched per event-loop tick');
-  t.match(JSON.parse(batches[0]), { r: 'a', d: [['w1', 1, 1, 100, 0, 0, t1.id], ['w1'], ['w2']] });
+  t.match(JSON.parse(batches[0]!), { r: 'a', d: [['w1', 1, 1, 100, 0, 0, t1.id], ['w1'], ['w2']] });
   t.same(b.w1.load, {
     inflightRequests: 2,
     prefillRequests: 2,

@@ -12,7 +12,7 @@ const worker = (id: string): WorkerConfig => ({
 
 t.test('a load ticket records the uncached prompt and the block hashes, and gives both back', async (t) => {
   const fleet = new Fleet([worker('a')]);
-  const w = fleet.workers[0];
+  const w = fleet.workers[0]!;
   const shared = [1n, 2n, 3n, 4n];
   // 80-token prompts (5 blocks), 4 of them predicted cached on the first, none on the second; 3 output blocks each.
   const one = fleet.start(w, 80, 8, { uncachedTokens: 16, hashes: [...shared, 10n], promptBlocks: 5 });
@@ -37,7 +37,7 @@ t.test('a load ticket records the uncached prompt and the block hashes, and give
 
 t.test('without prompt details a ticket counts the whole prompt as uncached and holds no blocks', async (t) => {
   const fleet = new Fleet([worker('a')]);
-  const w = fleet.workers[0];
+  const w = fleet.workers[0]!;
   const ticket = fleet.start(w, 100, 9);
   t.equal(ticket.uncachedTokens, 100);
   t.equal(w.active.prefillUncachedTokens, 100);

@@ -84,18 +84,18 @@ t.test('kvgate_requery: rounds on one worker, growing cache, summed usage; refus
       usage: Usage;
       kvgate_requery: { rounds: number; usage: Usage[] };
     };
-    t.equal(typeof body.choices[0].message.content, 'string');
+    t.equal(typeof body.choices[0]!.message.content, 'string');
     const rounds = body.kvgate_requery.usage;
     t.equal(rounds.length, 3);
     for (let i = 1; i < rounds.length; i++) {
-      t.ok(rounds[i].prompt_tokens > rounds[i - 1].prompt_tokens, `round ${i + 1}'s prompt extends round ${i}'s`);
-      const cached = rounds[i].prompt_tokens_details?.cached_tokens ?? 0;
+      t.ok(rounds[i]!.prompt_tokens > rounds[i - 1]!.prompt_tokens, `round ${i + 1}'s prompt extends round ${i}'s`);
+      const cached = rounds[i]!.prompt_tokens_details?.cached_tokens ?? 0;
       t.ok(
-        cached > (rounds[i - 1].prompt_tokens_details?.cached_tokens ?? 0),
+        cached > (rounds[i - 1]!.prompt_tokens_details?.cached_tokens ?? 0),
         `round ${i + 1} finds more cached (${cached})`,
       );
       // Everything of the previous round's prompt, block-aligned, is still on the worker.
-      t.ok(cached >= rounds[i - 1].prompt_tokens - 16, `round ${i + 1} reuses round ${i}'s prompt`);
+      t.ok(cached >= rounds[i - 1]!.prompt_tokens - 16, `round ${i + 1} reuses round ${i}'s prompt`);
     }
     for (const k of ['prompt_tokens', 'completion_tokens', 'total_tokens'] as const)
       t.equal(

@@ -15,7 +15,7 @@ t.test('an image stops the prediction at its first block', async (t) => {
   const teardown = t.teardown.bind(t);
   const { workers } = await startSim(teardown, 1, ['--speedup', '20', ...EVENTS]);
   const { url, adminUrl } = await startGateway(teardown, fleetConfig(workers, { strategy: 'kv' }));
-  const worker = workers[0].worker;
+  const worker = workers[0]!.worker;
   const indexed = async () => {
     const body = (await (await request(`${adminUrl}/debug/workers`)).body.json()) as {
       index?: { workers?: Record<string, { index?: { blocks: number } }> };

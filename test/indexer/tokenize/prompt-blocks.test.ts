@@ -143,7 +143,11 @@ t.test('cache_salt and media parts: salted chains, hashing stops at the first me
   const hasher = await createBlockHasher();
   const [mediaStartId] = await tokenizer.encode('<|vision_start|>', false);
   const options = { source: localTokenSource(tokenizer), hasher, blockSize: 16 };
-  const provider = createPromptBlocksProvider({ ...options, mediaStartId, seedFor: () => hasher.seedFor(MODEL) });
+  const provider = createPromptBlocksProvider({
+    ...options,
+    mediaStartId: mediaStartId!,
+    seedFor: () => hasher.seedFor(MODEL),
+  });
   const system = { role: 'system', content: longText(400, 3) };
   const text = [system, { role: 'user', content: 'describe it' }];
   const plain = await provider({ model: MODEL, messages: text }, MODEL, 'chat');

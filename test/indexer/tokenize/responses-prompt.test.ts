@@ -36,7 +36,7 @@ void t.test('Responses: instructions, stored conversation, input items and tools
   t.same(responsesToChat({ input: 'x' }).messages, [{ role: 'user', content: 'x' }], 'a string input is one user turn');
   t.throws(
     () => responsesToChat({ input: [{ type: 'input_image', image_url: 'u' }] }),
-    { param: /./ },
+    { message: /./, param: /./ },
     'throws UnconvertiblePromptError naming the field',
   );
   t.end();
@@ -63,7 +63,11 @@ void t.test('Messages: system blocks, tool use and results, tools as vLLM conver
     { role: 'tool', tool_call_id: 't1', content: 'done' },
   ]);
   t.same(chat.tools, [{ type: 'function', function: { name: 'f', parameters: { type: 'object' }, description: 'd' } }]);
-  t.throws(() => anthropicToChat({ messages: [] }), { param: /./ }, 'throws UnconvertiblePromptError naming the field');
+  t.throws(
+    () => anthropicToChat({ messages: [] }),
+    { message: /./, param: /./ },
+    'throws UnconvertiblePromptError naming the field',
+  );
   t.throws(() => anthropicToChat({ messages: [{ role: 'user', content: [{ type: 'image' }] }] }));
   t.end();
 });

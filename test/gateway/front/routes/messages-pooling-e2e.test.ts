@@ -100,7 +100,7 @@ void t.test('an embeddings burst spreads by load; score and rerank are routed wi
   const counts = new Map<string, number>();
   for (const a of answers) {
     t.equal(a.response.headers.get('x-kvgate-strategy'), 'least-load');
-    t.equal(a.data.data[0].embedding.length, 8);
+    t.equal(a.data.data[0]!.embedding.length, 8);
     const w = a.response.headers.get('x-kvgate-worker')!;
     counts.set(w, (counts.get(w) ?? 0) + 1);
   }

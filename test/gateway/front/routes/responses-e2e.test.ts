@@ -101,8 +101,8 @@ void t.test('a previous_response_id whose worker is gone gets a clear 4xx', asyn
   const a = await startSim(teardown, 1, ['--speedup', '20']);
   const b = await startSim(teardown, 1, ['--speedup', '20']);
   const workers = [
-    { ...a.workers[0], worker: 'a' },
-    { ...b.workers[0], worker: 'b' },
+    { ...a.workers[0]!, worker: 'a' },
+    { ...b.workers[0]!, worker: 'b' },
   ];
   const { url } = await startGateway(teardown, fleetConfig(workers, { strategy: 'round-robin' }));
   const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: 'unused', maxRetries: 0 });

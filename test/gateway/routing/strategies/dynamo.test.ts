@@ -107,13 +107,13 @@ t.test('decode term: unique active block hashes, shared prefixes once, no output
   const req = () => ctx({ promptTokens: 96, hashes: [...shared, 201n, 202n] });
   const d = dynamo(fakeMatcher({}), { overlapScoreWeight: 0 }).choose(req(), [w1, w2]);
   const terms = Object.fromEntries(d.candidates!.map((c) => [c.worker, c.terms]));
-  t.same([terms['w1']['activeBlocks'], terms['w1']['newBlocks'], terms['w1']['potentialDecodeBlocks']], [6, 2, 8]);
-  t.same([terms['w2']['activeBlocks'], terms['w2']['newBlocks'], terms['w2']['potentialDecodeBlocks']], [8, 6, 14]);
+  t.same([terms['w1']!['activeBlocks'], terms['w1']!['newBlocks'], terms['w1']!['potentialDecodeBlocks']], [6, 2, 8]);
+  t.same([terms['w2']!['activeBlocks'], terms['w2']!['newBlocks'], terms['w2']!['potentialDecodeBlocks']], [8, 6, 14]);
   t.equal(d.worker.id, 'w1');
   // Output-block tracking (off by default upstream) adds w1's 8 expected output blocks: 16 vs 14.
   const out = dynamo(fakeMatcher({}), { overlapScoreWeight: 0, trackOutputBlocks: true }).choose(req(), [w1, w2]);
   t.equal(out.worker.id, 'w2');
-  t.equal(out.candidates![0].terms['activeBlocks'], 14);
+  t.equal(out.candidates![0]!.terms['activeBlocks'], 14);
 });
 
 t.test('host-tier blocks earn 0.75 of a GPU block of prefill credit', async (t) => {

@@ -104,7 +104,7 @@ t.test('usage counts the blocks in-flight requests hold, shared prefixes once, a
   active.start(640, 50, { hashes: shared, promptBlocks: 40 });
   const w1 = { ...worker('w1', { decodeBlocks: 100 }), active };
   const d = llmd(fakeMatcher({}), { kvCapacityBlocks: 200 }).choose(ctx({ hashes: hashes(10) }), [w1, worker('w2')]);
-  t.equal(d.candidates![0].terms['kvUsage'], 0.3);
+  t.equal(d.candidates![0]!.terms['kvUsage'], 0.3);
 });
 
 t.test("llm-d's min-max quirk: the shortest holder scores like a non-holder; a sole holder scores 1", async (t) => {

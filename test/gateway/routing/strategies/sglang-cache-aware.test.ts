@@ -73,8 +73,8 @@ t.test('balanced: follow the cache only above the match-rate threshold', async (
 t.test('equally deep matches go to the last tenant routed to, not the less loaded one', async (t) => {
   const workers = [worker('a', { inflightRequests: 2 }), worker('b', { inflightRequests: 1 }), worker('c')];
   const last = events(fakeMatcher({ a: 6, b: 6 }));
-  last.onRouted!(ctx({ hashes: hashes(10) }), { worker: workers[1], explain: {} });
-  last.onRouted!(ctx({ hashes: hashes(10) }), { worker: workers[0], explain: {} });
+  last.onRouted!(ctx({ hashes: hashes(10) }), { worker: workers[1]!, explain: {} });
+  last.onRouted!(ctx({ hashes: hashes(10) }), { worker: workers[0]!, explain: {} });
   // `a` was routed to last: it takes the tie although `b` is less loaded.
   t.equal(last.choose(ctx({ hashes: hashes(10) }), workers).worker.id, 'a');
   // A deeper match still beats recency.
@@ -84,7 +84,7 @@ t.test('equally deep matches go to the last tenant routed to, not the less loade
     'c and d hold nothing, so they take no part',
   );
   const deeper = events(fakeMatcher({ a: 6, b: 7 }));
-  deeper.onRouted!(ctx({ hashes: hashes(10) }), { worker: workers[0], explain: {} });
+  deeper.onRouted!(ctx({ hashes: hashes(10) }), { worker: workers[0]!, explain: {} });
   t.equal(deeper.choose(ctx({ hashes: hashes(10) }), workers).worker.id, 'b');
 });
 
