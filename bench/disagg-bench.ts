@@ -30,6 +30,7 @@ const HELP = `Usage: node dist/bench/disagg-bench.js [options]   (npm run bench:
 
 Replays the Mooncake conversation trace on simulated workers: aggregated, fixed P/D split, conditional
 disaggregation. Writes bench/results/disagg.md.
+The trace defaults to ../shared/traces/mooncake/conversation_trace.jsonl from the repository root.
   --trace FILE         JSONL trace (default: ${DEFAULT_TRACE})
   --limit N            first N requests (default 1000)
   --workers N          simulated workers (default 8)
