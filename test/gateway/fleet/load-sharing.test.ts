@@ -179,6 +179,11 @@ async function holdingWorker(t: Teardown): Promise<{ url: string; held: () => nu
   const pending: ServerResponse[] = [];
   const server = createServer((req, res) => {
     if (req.url === '/health') return void res.writeHead(200).end();
+    // The gateway reads each worker's model cards (LoRA adapters, gateway/fleet/adapters.ts): answer them as vLLM does.
+    if (req.method === 'GET' && req.url === '/v1/models')
+      return void res
+        .writeHead(200, { 'content-type': 'application/json' })
+        .end(JSON.stringify({ object: 'list', data: [{ id: 'm', object: 'model' }] }));
     req.resume();
     req.on('end', () => pending.push(res));
   });
