@@ -147,10 +147,16 @@ t.test('first run over HTTP', async (t) => {
   });
 
   t.test("the engine's own errors pass through as it wrote them, with the worker named", async (t) => {
-    const res = await post('/v1/no-such-route', '{}');
+    // A per-request engine route the simulator does not serve: the pass-through forwards it, the engine answers.
+    const res = await post('/v1/audio/transcriptions', '{}');
     t.equal(res.statusCode, 404);
     t.equal(res.headers['x-kvgate-worker']!, workers[0]!.worker);
     t.same(await res.body.json(), { detail: 'Not Found' });
+    // A path no engine route matches is the gateway's own 404 (issue 23's allow-list), without a worker named.
+    const unknown = await post('/v1/no-such-route', '{}');
+    t.equal(unknown.statusCode, 404);
+    t.equal(unknown.headers['x-kvgate-worker'], undefined);
+    t.match(await unknown.body.json(), { error: { code: 'unknown_url' } });
   });
 
   t.test('the admin 404 lists the admin routes; /debug/route names its block counts apart', async (t) => {
