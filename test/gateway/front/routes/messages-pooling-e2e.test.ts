@@ -76,6 +76,7 @@ void t.test('a Messages conversation stays on its worker with the predicted cach
 
   const bad = await request(`${url}/v1/messages`, {
     method: 'POST',
+    headers: { 'content-type': 'application/json' },
     body: JSON.stringify({ model: MODEL, messages: [first] }),
   });
   t.equal(bad.statusCode, 400);
@@ -109,18 +110,21 @@ void t.test('an embeddings burst spreads by load; score and rerank are routed wi
 
   const score = await request(`${url}/score`, {
     method: 'POST',
+    headers: { 'content-type': 'application/json' },
     body: JSON.stringify({ model: MODEL, text_1: 'kv cache', text_2: ['prefix caching', 'weather'] }),
   });
   t.equal(score.statusCode, 200);
   t.match(await score.body.json(), { object: 'list', data: [{ object: 'score' }, { object: 'score' }] });
   const rerank = await request(`${url}/v1/rerank`, {
     method: 'POST',
+    headers: { 'content-type': 'application/json' },
     body: JSON.stringify({ model: MODEL, query: 'kv cache', documents: ['prefix caching', 'weather'] }),
   });
   t.equal(rerank.statusCode, 200);
   t.match(await rerank.body.json(), { results: [{ relevance_score: Number }, { relevance_score: Number }] });
   const unknown = await request(`${url}/v1/embeddings`, {
     method: 'POST',
+    headers: { 'content-type': 'application/json' },
     body: JSON.stringify({ model: 'nope', input: 'x' }),
   });
   t.equal(unknown.statusCode, 404);

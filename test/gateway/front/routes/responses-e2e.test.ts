@@ -91,7 +91,11 @@ void t.test('a Responses conversation stays on its worker with the predicted cac
   t.equal(got.response.headers.get('x-kvgate-worker'), home);
   t.equal(got.data.id, one.data.id);
 
-  const bad = await request(`${url}/v1/responses`, { method: 'POST', body: JSON.stringify({ model: MODEL }) });
+  const bad = await request(`${url}/v1/responses`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ model: MODEL }),
+  });
   t.equal(bad.statusCode, 400);
   t.match(await bad.body.json(), { error: { param: 'input', code: 'missing_required_parameter' } });
 });
@@ -120,7 +124,11 @@ void t.test('a previous_response_id whose worker is gone gets a clear 4xx', asyn
   await (owner === 'a' ? a.sim : b.sim).stop();
   const body = JSON.stringify({ model: MODEL, previous_response_id: one.data.id, input: 'Still there?' });
   const gone = await eventually(async () => {
-    const r = await request(`${url}/v1/responses`, { method: 'POST', body });
+    const r = await request(`${url}/v1/responses`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body,
+    });
     const json = (await r.body.json()) as { error?: { code?: string } };
     return r.statusCode === 400 && json.error?.code === 'response_worker_unavailable' ? json : undefined;
   });
