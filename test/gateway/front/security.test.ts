@@ -285,7 +285,7 @@ t.test(
       const routed = keep(await send(`${url}/v1/completions`, 'POST', auth, completion('ma', { reset_me: true })));
       t.equal(routed.status, 502);
       t.match(JSON.parse(routed.body), { error: { type: 'upstream_error' } });
-      const pass = keep(await send(`${url}/v1/embeddings`, 'POST', auth, '{"reset_me":true}'));
+      const pass = keep(await send(`${url}/v1/audio/transcriptions`, 'POST', auth, '{"reset_me":true}'));
       t.equal(pass.status, 502);
       const admin = await request(`${adminUrl}/debug/workers`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
       const adminText = await admin.body.text();
