@@ -181,7 +181,7 @@ t.test('front: errors, passthrough and headers', async (t) => {
   });
 
   t.test('per-request engine routes pass through; the upstream is aborted when the client leaves', async (t) => {
-    const r = await post(`${url}/v1/audio/transcriptions`, JSON.stringify({ model: 'm', input: 'x' }));
+    const r = await post(`${url}/v1/audio/translations`, JSON.stringify({ model: 'm', input: 'x' }));
     t.equal(r.statusCode, 200);
     t.equal(r.headers['x-kvgate-strategy'], 'passthrough');
     await r.body.dump();
