@@ -22,6 +22,9 @@ t.test('kill a worker under load, then bring it back', async (t) => {
     teardown,
     faultConfig(
       sims.map((s) => ({ id: s.line.worker, url: s.line.url, kvEvents: s.line.kvEvents, kvReplay: s.line.kvReplay })),
+      // Health checks slow enough that the breaker, fed by the failing requests, is what takes the victim out:
+      // with the fixture's 200 ms checks a loaded machine let health win the race and the breaker never opened.
+      { health: { intervalMs: 10_000 } },
     ),
   );
   const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: 'unused', maxRetries: 0 });
