@@ -9,7 +9,7 @@ import { jsonObject } from './body.js';
 export const tokenizeConfigSchema = z.strictObject({
   /**
    * `gateway`: the gateway answers itself when it holds the model's tokenizer
-   * (and chat template, for the chat form) and knows its context length;
+   * (and chat template, for the chat form) and its `maxModelLen` is configured;
    * otherwise a worker serving the model does. `worker`: always a worker.
    */
   answeredBy: z.enum(['gateway', 'worker']).default('gateway'),
@@ -33,9 +33,9 @@ export const ANSWERED_BY = 'x-kvgate-answered-by';
 
 /**
  * The configured models whose tokenizer is local (not `remote`) and whose
- * context length is known: the configured `maxModelLen`, else the tokenizer's
- * `model_max_length`. Without one the gateway could not fill `max_model_len`,
- * so a worker answers for that model.
+ * `maxModelLen` is configured. The tokenizer's own `model_max_length` is not
+ * the engine's `max_model_len` (Qwen3-0.6B: 131072 against 40960), so without
+ * the configured one a worker answers for that model.
  */
 export function localTokenizers(
   tokenizers: ReadonlyMap<string, unknown>,
@@ -44,7 +44,7 @@ export function localTokenizers(
   const own = new Map<string, LocalTokenizer>();
   for (const [model, tokenizer] of tokenizers) {
     if (!(tokenizer instanceof PromptTokenizer)) continue;
-    const maxModelLen = models[model]?.maxModelLen ?? tokenizer.lengths.modelMaxLength;
+    const maxModelLen = models[model]?.maxModelLen;
     if (maxModelLen !== undefined) own.set(model, { tokenizer, maxModelLen });
   }
   const names = Object.keys(models);
