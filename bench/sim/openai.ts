@@ -182,8 +182,7 @@ export interface ChatInput {
   tools: unknown[] | undefined;
   addGenerationPrompt: boolean;
   /** vLLM's chat `continue_final_message` and `add_special_tokens` (both false by default). */
-  continueFinalMessage?: boolean;
-  addSpecialTokens?: boolean;
+  flags?: { continueFinalMessage: boolean; addSpecialTokens: boolean };
   templateKwargs: Record<string, unknown> | undefined;
   /** Media parts (now placeholders in `messages`), by identity, in prompt order. */
   media: string[];
@@ -212,8 +211,7 @@ export function chatInput(body: Body): ChatInput {
     media: mm.media,
     tools: (body.tools as unknown[] | null | undefined) ?? undefined,
     addGenerationPrompt,
-    continueFinalMessage,
-    addSpecialTokens: optBool(body, 'add_special_tokens') ?? false,
+    flags: { continueFinalMessage, addSpecialTokens: optBool(body, 'add_special_tokens') ?? false },
     templateKwargs: (kwargs as Record<string, unknown> | null | undefined) ?? undefined,
   };
 }
@@ -223,8 +221,7 @@ export async function tokenizeChatInput(input: ChatInput, ctx: OpenAiContext): P
     return await ctx.tokenizer.prompt.tokenizeChat(input.messages, {
       tools: input.tools,
       addGenerationPrompt: input.addGenerationPrompt,
-      continueFinalMessage: input.continueFinalMessage,
-      addSpecialTokens: input.addSpecialTokens,
+      ...input.flags,
       templateKwargs: input.templateKwargs,
     });
   } catch (err) {

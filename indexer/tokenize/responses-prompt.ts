@@ -146,9 +146,9 @@ export function responsesToChat(body: Obj, previous?: readonly Obj[]): ChatShape
     if (continuesFinal(input))
       throw unconvertible(`the last input item is in progress: its continuation is not reproduced`, 'input');
     const items: Obj[] = [];
-    input.forEach((item, i) => {
+    (input as unknown[]).forEach((item, i) => {
       const message = responsesItem(item, i, items[items.length - 1]);
-      if (message) items.push(message === item ? { ...item } : message);
+      if (message) items.push(message === item ? { ...message } : message);
     });
     messages.push(...items);
   } else throw unconvertible(`'input' must be a string or a list of items`, 'input');

@@ -55,6 +55,7 @@ void t.test('tokenize and detokenize in vLLM shapes and defaults (serving_tokeni
   t.equal(await template.answer!(), undefined, 'a request chat template is the engine’s to judge');
 
   await t.rejects(answer('detokenize', { model: MODEL, tokens: [tokenizer.vocabSize] }), {
+    name: 'GatewayError',
     status: 400,
     param: 'tokens',
   });
