@@ -10,6 +10,7 @@ import { GatewayMetrics } from './ops/metrics.js';
 import { registerKvMetrics, registerTokenizeMetric } from './ops/kv-metrics.js';
 import { Passthrough } from './proxy/passthrough.js';
 import { createFrontHandler } from './front/server.js';
+import { localTokenizers } from './front/routes/tokenize.js';
 import { answerClientError, answerExpectation, frontServerOptions, requireHost } from './front/client-limits.js';
 import { configureUpstreamAuth } from './proxy/upstream-auth.js';
 import {
@@ -234,6 +235,7 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
       blockSize,
       disagg,
       flow,
+      tokenizers: localTokenizers(kv.tokenizers, config.models),
     }),
   );
   const frontServer = createServer(frontServerOptions(config.server), requireHost(front.handler));

@@ -181,6 +181,8 @@ export interface ChatInput {
   messages: ChatMessage[];
   tools: unknown[] | undefined;
   addGenerationPrompt: boolean;
+  /** vLLM's chat `continue_final_message` and `add_special_tokens` (both false by default). */
+  flags?: { continueFinalMessage: boolean; addSpecialTokens: boolean };
   templateKwargs: Record<string, unknown> | undefined;
   /** Media parts (now placeholders in `messages`), by identity, in prompt order. */
   media: string[];
@@ -199,7 +201,8 @@ export function chatInput(body: Body): ChatInput {
   if (kwargs !== undefined && kwargs !== null && (typeof kwargs !== 'object' || Array.isArray(kwargs)))
     throw bad('chat_template_kwargs must be an object', 'chat_template_kwargs');
   const addGenerationPrompt = optBool(body, 'add_generation_prompt') ?? true;
-  if (addGenerationPrompt && optBool(body, 'continue_final_message')) {
+  const continueFinalMessage = optBool(body, 'continue_final_message') ?? false;
+  if (addGenerationPrompt && continueFinalMessage) {
     throw bad('Cannot set both `continue_final_message` and `add_generation_prompt` to True.');
   }
   const mm = mediaMessages(messages);
@@ -208,6 +211,7 @@ export function chatInput(body: Body): ChatInput {
     media: mm.media,
     tools: (body.tools as unknown[] | null | undefined) ?? undefined,
     addGenerationPrompt,
+    flags: { continueFinalMessage, addSpecialTokens: optBool(body, 'add_special_tokens') ?? false },
     templateKwargs: (kwargs as Record<string, unknown> | null | undefined) ?? undefined,
   };
 }
@@ -217,6 +221,7 @@ export async function tokenizeChatInput(input: ChatInput, ctx: OpenAiContext): P
     return await ctx.tokenizer.prompt.tokenizeChat(input.messages, {
       tools: input.tools,
       addGenerationPrompt: input.addGenerationPrompt,
+      ...input.flags,
       templateKwargs: input.templateKwargs,
     });
   } catch (err) {

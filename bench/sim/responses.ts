@@ -1,6 +1,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { anthropicToChat } from '../../indexer/tokenize/anthropic-prompt.js';
 import {
-  anthropicToChat,
+  previousOutputMessages,
   responsesToChat,
   UnconvertiblePromptError,
   type ChatShape,
@@ -48,7 +49,7 @@ async function promptOf(shape: () => ChatShape, ctx: OpenAiContext): Promise<{ i
       messages: chat.messages as unknown as ChatMessage[],
       tools: chat.tools,
       addGenerationPrompt: true,
-      templateKwargs: undefined,
+      templateKwargs: chat.templateKwargs,
       media: [],
     },
     ctx,
@@ -76,7 +77,7 @@ export async function createResponse(d: SimServerDeps, req: IncomingMessage, res
         `Response with id '${body.previous_response_id}' not found.`,
         'invalid_request_error',
       );
-    previous = [...prev.messages, { role: 'assistant', content: outputText(prev.response) }];
+    previous = [...prev.messages, ...previousOutputMessages(prev.response)];
   }
   const { ids, messages } = await promptOf(() => responsesToChat(body, previous), d.ctx);
   const explicit = maxTokensOf(body, 'max_output_tokens', false);
@@ -164,15 +165,6 @@ export async function createResponse(d: SimServerDeps, req: IncomingMessage, res
       res.end();
     },
   });
-}
-
-function outputText(response: Obj): string {
-  const out = (response.output as Obj[] | undefined) ?? [];
-  return out
-    .flatMap((item) =>
-      ((item.content as Obj[] | undefined) ?? []).map((c) => (typeof c.text === 'string' ? c.text : '')),
-    )
-    .join('');
 }
 
 /** Throws stay inside the promise, where the router answers them. */

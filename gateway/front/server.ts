@@ -19,6 +19,7 @@ import { readBody, requireJsonContentType } from './request.js';
 import { passthroughConfigSchema } from '../proxy/passthrough-routes.js';
 import { responsesConfigSchema, ResponseStore } from './routes/responses.js';
 import { ownerOf, routedRoute, serveStoredResponse, steer, type Prepared } from './routes/routed.js';
+import { ANSWERED_BY, tokenizeConfigSchema, type LocalTokenizers } from './routes/tokenize.js';
 import { rerouter } from '../proxy/retry.js';
 import type { DisaggHook } from '../disagg/two-leg.js';
 import type { FlowControl, FlowPass } from '../flow/flow.js';
@@ -56,6 +57,8 @@ export const serverConfigSchema = z.strictObject({
   responses: responsesConfigSchema.prefault({}),
   /** `kvgate_requery` rounds run by the gateway (gateway/front/requery.ts); refused unless enabled. */
   requery: requeryConfigSchema.prefault({}),
+  /** Who answers `/tokenize` and `/detokenize` (gateway/front/routes/tokenize.ts). */
+  tokenize: tokenizeConfigSchema.prefault({}),
 });
 export type ServerConfig = z.infer<typeof serverConfigSchema>;
 
@@ -72,6 +75,8 @@ export interface FrontDeps {
   readonly disagg?: DisaggHook | undefined;
   /** Flow control (gateway/flow/): priorities, tenant fairness, SLO-aware admission; absent when `flow.enabled` is off. */
   readonly flow?: FlowControl | undefined;
+  /** Local tokenizers, for answering `/tokenize` and `/detokenize` without a worker. */
+  readonly tokenizers?: LocalTokenizers | undefined;
 }
 
 /** `GET /v1/models/{id}`: answered from the fleet's model cards, never passed through. */
@@ -85,6 +90,7 @@ const MODEL_PREFIX = '/v1/models/';
 export function createFrontHandler(d: FrontDeps): (req: IncomingMessage, res: ServerResponse) => void {
   const admission = new Admission(d.config.overload, d.metrics.registry);
   const store = new ResponseStore(d.config.responses);
+  const routeDeps = { store, tokenizers: d.tokenizers, tokenize: d.config.tokenize, fleetModels: () => d.fleet.models };
   const inference = async (
     req: IncomingMessage,
     res: ServerResponse,
@@ -105,6 +111,13 @@ export function createFrontHandler(d: FrontDeps): (req: IncomingMessage, res: Se
       requireJsonContentType(req.headers['content-type']);
       const prepared = parse(raw);
       const { request } = prepared;
+      if (prepared.answer) {
+        const own = await prepared.answer();
+        if (own) {
+          d.metrics.request(route, 'gateway', strategy, 200);
+          return json(res, 200, own, { [ANSWERED_BY]: 'gateway', 'x-request-id': requestId });
+        }
+      }
       const ask = requeryAsk(request.body, request.kind, d.config.requery);
       const owner = ownerOf(d.fleet, prepared);
       let piped = d.pipeline.route(request, path, req.headers, requestId, req.socket.remoteAddress);
@@ -141,6 +154,7 @@ export function createFrontHandler(d: FrontDeps): (req: IncomingMessage, res: Se
       routed.strategy.onRouted?.(ctx, decision);
       const { arm, armStats } = routed.selection;
       const responseHeaders: Record<string, string> = {
+        ...prepared.headers,
         'x-kvgate-worker': worker.id,
         'x-kvgate-strategy': strategy,
         'x-kvgate-arm': arm,
@@ -154,7 +168,7 @@ export function createFrontHandler(d: FrontDeps): (req: IncomingMessage, res: Se
         ctx.blocks ? (decision.predictedCachedBlocks ?? 0) * ctx.blocks.blockSize : undefined,
         arm,
       );
-      const upstreamHeaders = upstreamRequestHeaders(req.headers, requestId, raw.length, {
+      const upstreamHeaders = upstreamRequestHeaders(req.headers, requestId, request.raw.length, {
         clientAddress: req.socket.remoteAddress,
         passAuthorization: d.transport.config.passClientAuthorization,
       });
@@ -169,7 +183,7 @@ export function createFrontHandler(d: FrontDeps): (req: IncomingMessage, res: Se
           route,
           path,
           headers: req.headers,
-          body: raw,
+          body: request.raw,
           requestId,
           ticket,
           responseHeaders,
@@ -206,7 +220,7 @@ export function createFrontHandler(d: FrontDeps): (req: IncomingMessage, res: Se
     const q = url.indexOf('?');
     const path = q === -1 ? url : url.slice(0, q);
     const method = req.method;
-    const routedPath = routedRoute(path, store);
+    const routedPath = routedRoute(path, routeDeps);
     if (routedPath) {
       if (method !== 'POST') return methodNotAllowed(res, 'POST');
       void inference(req, res, routedPath.parse, routedPath.route, url);
@@ -256,9 +270,9 @@ export function createFrontHandler(d: FrontDeps): (req: IncomingMessage, res: Se
 /** With flow control, the response also reports its latencies back to it (TTFT learning, SLO attainment). */
 const flowObserved = (pass: FlowPass | undefined, observer: RequestOutcome) => pass?.observe(observer) ?? observer;
 
-function json(res: ServerResponse, status: number, body: unknown): void {
+function json(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
   const text = JSON.stringify(body);
-  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
+  res.writeHead(status, { ...headers, 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
   res.end(text);
 }
 

@@ -90,14 +90,14 @@ export class GatewayMetrics {
     });
     this.#actualCached = new Histogram({
       name: 'kvgate_actual_cached_tokens',
-      help: 'Prompt tokens the engine served from its prefix cache (usage.prompt_tokens_details.cached_tokens), for responses that report it',
+      help: 'Prompt tokens the engine served from its prefix cache (usage cached_tokens, or cache_read_input_tokens on Messages), for responses that report it',
       labelNames: ['strategy', 'arm'],
       buckets: TOKEN_BUCKETS,
       registers,
     });
     this.#usagePrompt = new Histogram({
       name: 'kvgate_usage_prompt_tokens',
-      help: 'Prompt tokens the engine reported (usage.prompt_tokens) for responses that report cached tokens: the denominator of the cache-hit ratio',
+      help: 'Prompt tokens the engine reported (usage prompt_tokens, or input_tokens on Responses and Messages) for responses that report cached tokens: the denominator of the cache-hit ratio',
       labelNames: ['strategy', 'arm'],
       buckets: TOKEN_BUCKETS,
       registers,

@@ -9,7 +9,27 @@ export interface ResponseObserver {
 }
 
 const CACHED = Buffer.from('"cached_tokens"');
+const CACHE_READ = Buffer.from('"cache_read_input_tokens"');
 const PROMPT = Buffer.from('"prompt_tokens"');
+const INPUT = Buffer.from('"input_tokens"');
+/**
+ * The usage fields read, by API: chat and completions `prompt_tokens` and
+ * `prompt_tokens_details.cached_tokens`; Responses `input_tokens` and
+ * `input_tokens_details.cached_tokens`; Messages `input_tokens` (vLLM fills it
+ * with the whole prompt) and `cache_read_input_tokens`.
+ */
+const NAMES = [CACHED, CACHE_READ, PROMPT, INPUT];
+const isCached = (name: Buffer) => name === CACHED || name === CACHE_READ;
+
+/** The name that shares `name`'s first `at` bytes and continues with `b`, if any. */
+function switchName(name: Buffer, at: number, b: number): Buffer | undefined {
+  outer: for (const other of NAMES) {
+    if (other === name || other.length <= at || other[at] !== b) continue;
+    for (let k = 1; k < at; k++) if (other[k] !== name[k]) continue outer;
+    return other;
+  }
+  return undefined;
+}
 const QUOTE = 0x22;
 /** Remaining bytes above which an idle scan hands over to the native quote search. */
 const LONG_RUN = 256;
@@ -22,7 +42,7 @@ const Idle = 0,
   Digits = 4;
 
 /**
- * Finds the engine's `usage.prompt_tokens` and `usage.prompt_tokens_details.cached_tokens`
+ * Finds the engine's prompt and cached token counts (the fields of `NAMES`)
  * in a JSON body or an SSE stream without buffering it: a byte-level state
  * machine whose state survives chunk boundaries, so a field split across two
  * chunks is still read and nothing is copied. The last value of each field wins
@@ -56,20 +76,17 @@ export class UsageSniffer {
           }
           continue;
         case Name:
-          if (this.#matched === 1) {
-            this.#name = b === 0x63 ? CACHED : PROMPT; // 'c' or 'p'
-            if (b !== 0x63 && b !== 0x70) {
+          if (b !== this.#name[this.#matched]) {
+            const other = switchName(this.#name, this.#matched, b);
+            if (!other) {
+              // The names hold no quote but their ends, so a quote is the only place a new match can start.
               state = b === QUOTE ? Name : Idle;
+              this.#matched = 1;
               continue;
             }
+            this.#name = other;
           }
-          if (b === this.#name[this.#matched]) {
-            if (++this.#matched === this.#name.length) state = Colon;
-          } else {
-            // The names hold no quote but their ends, so a quote is the only place a new match can start.
-            state = b === QUOTE ? Name : Idle;
-            this.#matched = 1;
-          }
+          if (++this.#matched === this.#name.length) state = Colon;
           continue;
         case Colon:
           if (b === 0x3a) state = Value;
@@ -86,7 +103,7 @@ export class UsageSniffer {
             this.#value = this.#value * 10 + (b - 0x30);
             continue;
           }
-          if (this.#name === CACHED) this.cachedTokens = this.#value;
+          if (isCached(this.#name)) this.cachedTokens = this.#value;
           else this.promptTokens = this.#value;
           state = b === QUOTE ? this.#restart() : Idle;
           continue;

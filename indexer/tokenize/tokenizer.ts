@@ -138,6 +138,21 @@ export class PromptTokenizer {
     return encoding.getIds();
   }
 
+  /** Ids in 0..vocabSize-1 exist (the model's vocabulary plus its added tokens). */
+  get vocabSize(): number {
+    return this.#tokenizer.getVocabSize(true);
+  }
+
+  /** Text of token ids, special tokens kept: vLLM's `/detokenize` (`tokenizer.decode(ids)`). */
+  async decode(ids: readonly number[]): Promise<string> {
+    return this.#tokenizer.decode([...ids], false);
+  }
+
+  /** Vocabulary strings of token ids: vLLM's `token_strs` (`convert_ids_to_tokens`). */
+  tokenStrs(ids: readonly number[]): string[] {
+    return ids.map((id) => this.#tokenizer.idToToken(id) ?? '');
+  }
+
   /**
    * Encodes text segment by segment, reusing cached segments; equal to
    * `encode(text, addSpecialTokens)` (the test corpus checks it). Special tokens

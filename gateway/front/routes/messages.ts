@@ -1,4 +1,4 @@
-import { anthropicToChat } from '../../../indexer/tokenize/responses-prompt.js';
+import { anthropicToChat } from '../../../indexer/tokenize/anthropic-prompt.js';
 import { badRequest } from '../errors.js';
 import { MAX_ACCOUNTED_OUTPUT_TOKENS, type InferenceRequest } from '../request.js';
 import { jsonObject, optionalType } from './body.js';
@@ -25,6 +25,7 @@ export function parseMessages(raw: Buffer): InferenceRequest {
   if (chat) {
     body.messages = chat.messages;
     if (chat.tools) body.tools = chat.tools;
+    if (chat.templateKwargs) body.chat_template_kwargs = chat.templateKwargs;
   }
   return {
     kind: 'chat',

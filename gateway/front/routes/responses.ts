@@ -1,6 +1,7 @@
 import { LRUCache } from 'lru-cache';
 import { z } from 'zod';
 import {
+  previousOutputMessages,
   responsesToChat,
   UnconvertiblePromptError,
   type ChatShape,
@@ -177,7 +178,7 @@ export class ResponseRecorder implements ResponseObserver {
     if (status !== 200 || this.#size > this.#store.config.maxCapturedBytes || !this.worker) return;
     const response = finalResponse(Buffer.concat(this.#chunks).toString('utf8'));
     if (!response || typeof response.id !== 'string' || response.store === false) return;
-    const messages = this.#messages && [...this.#messages, { role: 'assistant', content: outputText(response) }];
+    const messages = this.#messages && [...this.#messages, ...previousOutputMessages(response)];
     this.#store.set(response.id, { worker: this.worker, messages });
   }
 }
@@ -198,15 +199,4 @@ function finalResponse(text: string): Obj | undefined {
   } catch {
     return undefined;
   }
-}
-
-/** The assistant's text as vLLM appends it to the stored conversation (output messages' text parts). */
-function outputText(response: Obj): string {
-  const out = Array.isArray(response.output) ? (response.output as Obj[]) : [];
-  const texts: string[] = [];
-  for (const item of out) {
-    if (item.type !== 'message' || !Array.isArray(item.content)) continue;
-    for (const c of item.content as Obj[]) if (typeof c.text === 'string') texts.push(c.text);
-  }
-  return texts.join('');
 }

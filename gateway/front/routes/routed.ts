@@ -9,6 +9,7 @@ import { sendError } from '../errors.js';
 import { parseMessages } from './messages.js';
 import { parsePooling } from './pooling.js';
 import { parseResponses, ResponseRecorder, workerGone, type ResponseStore } from './responses.js';
+import { ANSWERED_BY, parseTokenize, type LocalTokenizers, type TokenizeConfig } from './tokenize.js';
 
 /** What a routed route hands the front: the request, and how its choice of worker is steered. */
 export interface Prepared {
@@ -21,6 +22,19 @@ export interface Prepared {
   readonly disagg?: boolean;
   /** Wraps the request's observer (the Responses route learns the stored response id from the answer). */
   readonly observe?: (inner: ResponseObserver) => ResponseObserver & { worker: string };
+  /** The gateway's own answer (a JSON body), or undefined when a worker must answer after all. */
+  readonly answer?: (() => Promise<Record<string, unknown> | undefined>) | undefined;
+  /** Extra response headers when a worker answers. */
+  readonly headers?: Record<string, string>;
+}
+
+/** What the routes need beyond the body: the stored responses, and the tokenizers the gateway answers with. */
+export interface RouteDeps {
+  readonly store: ResponseStore;
+  readonly tokenizers?: LocalTokenizers | undefined;
+  readonly tokenize: TokenizeConfig;
+  /** The models the fleet serves: a body without `model` means the only one. */
+  readonly fleetModels: () => ReadonlySet<string>;
 }
 
 export interface RoutedRoute {
@@ -41,7 +55,8 @@ const POOLING: Record<string, string> = {
 };
 
 /** The POST routes the gateway routes itself; every other path is the pass-through's. */
-export function routedRoute(path: string, store: ResponseStore): RoutedRoute | undefined {
+export function routedRoute(path: string, deps: RouteDeps): RoutedRoute | undefined {
+  const { store } = deps;
   switch (path) {
     case '/v1/chat/completions':
       return { route: 'chat', parse: (raw) => ({ request: parseInference(raw, 'chat'), disagg: true }) };
@@ -61,6 +76,17 @@ export function routedRoute(path: string, store: ResponseStore): RoutedRoute | u
       };
     case '/v1/messages':
       return { route: 'messages', parse: (raw) => ({ request: parseMessages(raw) }) };
+    case '/tokenize':
+    case '/detokenize': {
+      const route = path === '/tokenize' ? 'tokenize' : 'detokenize';
+      return {
+        route,
+        parse: (raw) => {
+          const t = parseTokenize(raw, route, deps.tokenizers, deps.tokenize, deps.fleetModels);
+          return { request: t.request, byLoad: true, answer: t.answer, headers: { [ANSWERED_BY]: 'worker' } };
+        },
+      };
+    }
   }
   const pooling = POOLING[path];
   if (pooling) return { route: pooling, parse: (raw) => ({ request: parsePooling(raw, pooling), byLoad: true }) };

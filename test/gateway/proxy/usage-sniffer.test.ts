@@ -96,3 +96,59 @@ t.test('long generated text (the native skip path) split at every position', asy
   }
   t.equal(bad, 0);
 });
+
+// Shapes of vLLM's Responses usage (responses/protocol.py ResponseUsage) and of its Anthropic
+// Messages usage (anthropic/protocol.py AnthropicUsage), JSON and streamed.
+const responsesJson = JSON.stringify({
+  id: 'resp_1',
+  object: 'response',
+  output: [{ type: 'message', content: [{ type: 'output_text', text: '"input_tokens": 9 "cached_tokens": 9' }] }],
+  usage: {
+    input_tokens: 2048,
+    input_tokens_details: { cached_tokens: 1536, input_tokens_per_turn: [], cached_tokens_per_turn: [] },
+    output_tokens: 10,
+    output_tokens_details: { reasoning_tokens: 0 },
+    total_tokens: 2058,
+  },
+});
+const responsesSse = [
+  `event: response.created\ndata: ${JSON.stringify({ type: 'response.created', response: { id: 'r', usage: null } })}\n\n`,
+  `event: response.output_text.delta\ndata: ${JSON.stringify({ type: 'response.output_text.delta', delta: 'hi' })}\n\n`,
+  `event: response.completed\ndata: ${JSON.stringify({ type: 'response.completed', response: { id: 'r', usage: { input_tokens: 300, input_tokens_details: { cached_tokens: 256 }, output_tokens: 4, total_tokens: 304 } } })}\n\n`,
+].join('');
+const messagesJson = JSON.stringify({
+  id: 'msg_1',
+  type: 'message',
+  content: [{ type: 'text', text: 'x' }],
+  usage: { input_tokens: 700, output_tokens: 3, cache_creation_input_tokens: 0, cache_read_input_tokens: 512 },
+});
+const messagesSse = [
+  `event: message_start\ndata: ${JSON.stringify({ type: 'message_start', message: { id: 'm', content: [], usage: { input_tokens: 700, output_tokens: 0 } } })}\n\n`,
+  `event: content_block_delta\ndata: ${JSON.stringify({ type: 'content_block_delta', index: 0, delta: { type: 'text_delta', text: 'x' } })}\n\n`,
+  `event: message_delta\ndata: ${JSON.stringify({ type: 'message_delta', delta: { stop_reason: 'end_turn' }, usage: { input_tokens: 700, output_tokens: 3, cache_read_input_tokens: 512 } })}\n\n`,
+  `event: message_stop\ndata: {"type":"message_stop"}\n\n`,
+].join('');
+
+t.test('Responses and Messages usage, JSON and streamed, split at every byte', async (t) => {
+  const cases: [string, string, number, number][] = [
+    ['responses JSON', responsesJson, 2048, 1536],
+    ['responses stream (response.completed)', responsesSse, 300, 256],
+    ['messages JSON', messagesJson, 700, 512],
+    ['messages stream (message_start, message_delta)', messagesSse, 700, 512],
+  ];
+  for (const [name, text, prompt, cached] of cases) {
+    t.same([scanIn(text, []).promptTokens, scanIn(text, []).cachedTokens], [prompt, cached], name);
+    let bad = 0;
+    for (let cut = 1; cut < Buffer.byteLength(text); cut++) {
+      const s = scanIn(text, [cut]);
+      if (s.promptTokens !== prompt || s.cachedTokens !== cached) bad++;
+    }
+    t.equal(bad, 0, `${name}: every split reads ${prompt} / ${cached}`);
+  }
+  const start = messagesSse.slice(0, messagesSse.indexOf('event: content_block_delta'));
+  t.same(
+    [scanIn(start, []).promptTokens, scanIn(start, []).cachedTokens],
+    [700, undefined],
+    'message_start alone: no cached count yet',
+  );
+});

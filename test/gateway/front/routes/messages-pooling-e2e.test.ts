@@ -73,6 +73,13 @@ void t.test('a Messages conversation stays on its worker with the predicted cach
   t.ok(text.length > 0);
   t.ok(predicted > 30, `predicted ${predicted} blocks`);
   t.equal(cached, predicted * 16, `engine cached ${cached} tokens = the prediction`);
+  // Messages usage (input_tokens, cache_read_input_tokens; JSON and message_delta) feeds the actual-cached metrics.
+  const seen = await eventually(async () => {
+    const text = await (await request(`${url}/metrics`)).body.text();
+    const sum = metricValue(text, 'kvgate_actual_cached_tokens_sum', { strategy: 'kv' });
+    return sum === cached && metricValue(text, 'kvgate_usage_prompt_tokens_count', { strategy: 'kv' }) === 2;
+  }).catch(() => false);
+  t.ok(seen, `kvgate_actual_cached_tokens_sum = ${cached} over 2 messages`);
 
   const bad = await request(`${url}/v1/messages`, {
     method: 'POST',

@@ -1,7 +1,7 @@
 import t from 'tap';
 import OpenAI from 'openai';
 import { request } from 'undici';
-import { eventually, fleetConfig, MODEL, startGateway, startSim } from '../../../fixtures/gateway.js';
+import { eventually, fleetConfig, metricValue, MODEL, startGateway, startSim } from '../../../fixtures/gateway.js';
 
 /**
  * The Responses API end to end: the gateway builds the prompt the way vLLM
@@ -85,6 +85,14 @@ void t.test('a Responses conversation stays on its worker with the predicted cac
   const predicted3 = Number(three.response.headers.get('x-kvgate-cached-blocks'));
   t.ok(predicted3 > predicted2, `predicted ${predicted3} blocks, more than turn two`);
   t.equal(three.data.usage!.input_tokens_details.cached_tokens, predicted3 * 16, 'engine cached = the prediction');
+  // The Responses usage shape (JSON and the streamed response.completed) feeds the actual-cached metrics.
+  const actual = (predicted2 + predicted3) * 16;
+  const seen = await eventually(async () => {
+    const text = await (await request(`${url}/metrics`)).body.text();
+    const sum = metricValue(text, 'kvgate_actual_cached_tokens_sum', { strategy: 'kv' });
+    return sum === actual && metricValue(text, 'kvgate_usage_prompt_tokens_count', { strategy: 'kv' }) === 3;
+  }).catch(() => false);
+  t.ok(seen, `kvgate_actual_cached_tokens_sum = ${actual} over 3 responses`);
 
   // The stored response is read back from its own worker.
   const got = await client.responses.retrieve(one.data.id).withResponse();
