@@ -6,23 +6,25 @@ import type { SimMetrics } from './metrics.js';
 import type { KvTransferParams, NixlAgent } from './nixl.js';
 import {
   asObject,
-  chatBody,
-  chatChunk,
   chatInput,
   checkModel,
-  completionBody,
-  completionChunk,
-  modelCard,
   parseChat,
   parseCompletion,
   randomHex,
   SimHttpError,
   tokenizeChatInput,
+  type OpenAiContext,
+} from './openai.js';
+import {
+  chatBody,
+  chatChunk,
+  completionBody,
+  completionChunk,
+  modelCard,
   usage,
   usageChunk,
-  type OpenAiContext,
   type ResponseHead,
-} from './openai.js';
+} from './openai-bodies.js';
 import type { FinishReason, Scheduler } from './scheduler.js';
 import { poolingHandler } from './pooling.js';
 import { createMessage, createResponse, storedResponse } from './responses.js';
