@@ -142,7 +142,8 @@ export async function simCommand(argv: string[]): Promise<void> {
       throw new UsageError(
         'kvgate sim: --kv-events-format trtllm serves POST /kv_cache_events on the HTTP port; drop --kv-events',
       );
-    if (dpSize > 1) throw new UsageError('kvgate sim: --kv-events-format trtllm runs one rank; drop --data-parallel-size');
+    if (dpSize > 1)
+      throw new UsageError('kvgate sim: --kv-events-format trtllm runs one rank; drop --data-parallel-size');
   } else if (secondaryBlocks > 0) {
     throw new UsageError('kvgate sim: --kv-secondary-blocks needs --kv-events-format trtllm');
   }

@@ -25,7 +25,8 @@ export async function openRankPublishers(o: SimKvEventsOptions, size: number): P
   const open = (endpoint: string, replayEndpoint: string | undefined, rank: number) =>
     KvEventPublisher.open({ endpoint, replayEndpoint, format: o.format, topic: o.topic, dataParallelRank: rank });
   if (size === 1) return [await open(o.endpoint, o.replayEndpoint, 0)];
-  const retry = WILDCARD_PORT.test(o.endpoint) || (o.replayEndpoint !== undefined && WILDCARD_PORT.test(o.replayEndpoint));
+  const retry =
+    WILDCARD_PORT.test(o.endpoint) || (o.replayEndpoint !== undefined && WILDCARD_PORT.test(o.replayEndpoint));
   for (let attempt = 1; ; attempt++) {
     const opened: KvEventPublisher[] = [];
     try {
