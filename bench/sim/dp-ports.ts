@@ -22,8 +22,10 @@ function rankEndpoint(configured: string, rank0: string, rank: number): string {
  * trying again elsewhere when one of them is taken or the two ranges would meet.
  */
 export async function openRankPublishers(o: SimKvEventsOptions, size: number): Promise<KvEventPublisher[]> {
+  // A rank of a wildcard-port endpoint has a concrete port, but binds like rank 0 did.
+  const bind = WILDCARD_PORT.test(o.endpoint);
   const open = (endpoint: string, replayEndpoint: string | undefined, rank: number) =>
-    KvEventPublisher.open({ endpoint, replayEndpoint, format: o.format, topic: o.topic, dataParallelRank: rank });
+    KvEventPublisher.open({ endpoint, replayEndpoint, format: o.format, topic: o.topic, dataParallelRank: rank, bind });
   if (size === 1) return [await open(o.endpoint, o.replayEndpoint, 0)];
   const retry =
     WILDCARD_PORT.test(o.endpoint) || (o.replayEndpoint !== undefined && WILDCARD_PORT.test(o.replayEndpoint));
