@@ -1,5 +1,5 @@
 import { intFlag, numberFlag, parseFlags, UsageError } from '../../gateway/cli/cli-args.js';
-import { NIXL_DEFAULTS, SIM_DEFAULTS } from './defaults.js';
+import { NIXL_DEFAULTS, offsetEndpoint, SIM_DEFAULTS } from './defaults.js';
 import { DEFAULT_TIMING } from './timing.js';
 import type { SimWorker } from './worker.js';
 
@@ -29,6 +29,10 @@ engine
   --kv-blocks N               KV cache capacity in blocks (default ${SIM_DEFAULTS.kvBlocks})
   --max-num-batched-tokens N  token budget per scheduler step (default ${SIM_DEFAULTS.maxNumBatchedTokens})
   --max-num-seqs N            running sequences at most (default ${SIM_DEFAULTS.maxNumSeqs})
+  --data-parallel-size N      vLLM's data parallelism: N ranks in each worker, each with its own KV cache,
+                              scheduler and KV event publisher (publish/replay ports + rank, batches stamped
+                              with the rank); a request runs on the rank its X-data-parallel-rank header names,
+                              else on the least loaded one (vLLM's waiting*4 + running) (default 1)
   --seed N                    fixed block-hash root seed (like PYTHONHASHSEED: workers then agree);
                               default random per worker
 timing: step_ms = (T>0 ? a*T^2 + b*T + c : 0) + (decoding ? d0 + d1*kv_usage : 0), divided by speedup,
@@ -50,9 +54,14 @@ prefill/decode disaggregation (vLLM NixlConnector through a proxy; always on, as
   remote_host/remote_port); the decode worker calls it when its simulated transfer ends.
 KV events (vLLM's ZeroMQ publisher; off by default)
   --kv-events ENDPOINT        PUB endpoint, e.g. tcp://*:5557 (binds; without * it connects);
-                              worker i uses port+i; tcp://127.0.0.1:* = a free port
+                              worker i uses port+i (port+i*N with N data-parallel ranks, rank r +r);
+                              tcp://127.0.0.1:* = a free port (consecutive free ports for the ranks)
   --kv-events-replay ENDPOINT ROUTER replay endpoint, e.g. tcp://*:5558 (worker i: port+i)
-  --kv-events-format F        current (vLLM >= 0.24, tagged maps, default) or legacy (<= 0.23, arrays)
+  --kv-events-format F        current (vLLM >= 0.24, tagged maps, default) or legacy (<= 0.23, arrays);
+                              trtllm: no ZeroMQ; trtllm-serve's POST /kv_cache_events on the HTTP port
+                              (a JSON array of created/stored/removed/updated events, drained per call)
+  --kv-secondary-blocks N     trtllm only: a secondary (host) cache level of N blocks; GPU evictions move
+                              there (updated, cache_level 0 -> 1) and leave it when it is full (removed)
   --kv-events-topic T         topic frame (default empty)
 
 Logs are JSON lines on stdout (KVGATE_LOG_LEVEL, default info); one "sim worker ready" line per worker.
@@ -88,6 +97,8 @@ const spec = {
     'kv-events-replay': { type: 'string' },
     'kv-events-format': { type: 'string' },
     'kv-events-topic': { type: 'string' },
+    'kv-secondary-blocks': { type: 'string' },
+    'data-parallel-size': { type: 'string' },
     role: { type: 'string' },
     'kv-transfer-gbps': { type: 'string' },
     'kv-bytes-per-token': { type: 'string' },
@@ -95,17 +106,7 @@ const spec = {
   },
 } as const;
 
-/**
- * Endpoint of worker `rank`, as vLLM offsets a DP rank's endpoints: TCP port
- * + rank (a wildcard port stays a wildcard), inproc/ipc names get a suffix.
- */
-export function offsetEndpoint(endpoint: string, rank: number): string {
-  if (rank === 0) return endpoint;
-  const tcp = /^(tcp:\/\/.+):(\d+)$/.exec(endpoint);
-  if (tcp) return `${tcp[1]}:${Number(tcp[2]) + rank}`;
-  if (endpoint.startsWith('tcp://')) return endpoint;
-  return `${endpoint}_dp${rank}`;
-}
+export { offsetEndpoint };
 
 function checkEndpoint(flag: string, value: string | undefined): string | undefined {
   if (value === undefined) return undefined;
@@ -129,11 +130,24 @@ export async function simCommand(argv: string[]): Promise<void> {
   if (basePort > 0 && basePort + workers - 1 > 65535)
     throw new UsageError(`kvgate sim: ports ${basePort}..${basePort + workers - 1} exceed 65535`);
   const format = f['kv-events-format'] ?? 'current';
-  if (format !== 'current' && format !== 'legacy')
-    throw new UsageError(`kvgate sim: --kv-events-format must be current or legacy, got '${format}'`);
+  if (format !== 'current' && format !== 'legacy' && format !== 'trtllm')
+    throw new UsageError(`kvgate sim: --kv-events-format must be current, legacy or trtllm, got '${format}'`);
   const kvEndpoint = checkEndpoint('kv-events', f['kv-events']);
   const replayEndpoint = checkEndpoint('kv-events-replay', f['kv-events-replay']);
   if (replayEndpoint && !kvEndpoint) throw new UsageError('kvgate sim: --kv-events-replay needs --kv-events');
+  const dpSize = int('data-parallel-size', 1, 1);
+  const secondaryBlocks = int('kv-secondary-blocks', 0, 0);
+  if (format === 'trtllm') {
+    if (kvEndpoint)
+      throw new UsageError(
+        'kvgate sim: --kv-events-format trtllm serves POST /kv_cache_events on the HTTP port; drop --kv-events',
+      );
+    if (dpSize > 1)
+      throw new UsageError('kvgate sim: --kv-events-format trtllm runs one rank; drop --data-parallel-size');
+  } else if (secondaryBlocks > 0) {
+    throw new UsageError('kvgate sim: --kv-secondary-blocks needs --kv-events-format trtllm');
+  }
+  const trtllmEvents = format === 'trtllm' ? { secondaryBlocks } : undefined;
   const speedup = num('speedup', 1, 0);
   if (speedup === 0) throw new UsageError('kvgate sim: --speedup must be > 0');
   const seed = f.seed === undefined ? undefined : BigInt(int('seed', 0, 0));
@@ -149,6 +163,8 @@ export async function simCommand(argv: string[]): Promise<void> {
     defaultChatTokens: int('default-output-tokens', SIM_DEFAULTS.defaultChatTokens, 1),
     streamInterval: int('stream-interval', SIM_DEFAULTS.streamInterval, 1),
     hashSeed: seed,
+    dataParallelSize: dpSize,
+    trtllmEvents,
     timing: {
       speedup,
       prefillA: num('prefill-a', DEFAULT_TIMING.prefillA, 0),
@@ -199,9 +215,10 @@ export async function simCommand(argv: string[]): Promise<void> {
         nixl,
         kvEvents: kvEndpoint
           ? {
-              endpoint: offsetEndpoint(kvEndpoint, i),
-              replayEndpoint: replayEndpoint && offsetEndpoint(replayEndpoint, i),
-              format,
+              // Each worker's ranks take the next dpSize ports.
+              endpoint: offsetEndpoint(kvEndpoint, i * dpSize),
+              replayEndpoint: replayEndpoint && offsetEndpoint(replayEndpoint, i * dpSize),
+              format: format as 'current' | 'legacy',
               topic: f['kv-events-topic'],
             }
           : undefined,
@@ -213,6 +230,8 @@ export async function simCommand(argv: string[]): Promise<void> {
           url: worker.url,
           kvEvents: worker.kvEvents ?? null,
           kvReplay: worker.kvReplay ?? null,
+          kvEventsFormat: worker.kvEventsFormat,
+          dataParallelSize: worker.dataParallelSize,
           blockSize: worker.blockSize,
           kvBlocks: worker.kvBlocks,
           model: worker.model,

@@ -17,3 +17,15 @@ export const SIM_DEFAULTS = {
 
 /** The simulated NixlConnector's KV transfer model (see nixl.ts): 100 Gbit/s, Qwen3-0.6B's bf16 KV (2 × 28 layers × 8 heads × 128 × 2 bytes), vLLM's 480 s abort timeout. */
 export const NIXL_DEFAULTS = { gbps: 100, bytesPerToken: 114_688, abortTimeoutS: 480 } as const;
+
+/**
+ * Endpoint of rank (or worker) `rank`, as vLLM offsets a DP rank's endpoints:
+ * TCP port + rank (a wildcard port stays a wildcard), inproc/ipc names get a suffix.
+ */
+export function offsetEndpoint(endpoint: string, rank: number): string {
+  if (rank === 0) return endpoint;
+  const tcp = /^(tcp:\/\/.+):(\d+)$/.exec(endpoint);
+  if (tcp) return `${tcp[1]}:${Number(tcp[2]) + rank}`;
+  if (endpoint.startsWith('tcp://')) return endpoint;
+  return `${endpoint}_dp${rank}`;
+}

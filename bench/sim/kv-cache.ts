@@ -25,6 +25,15 @@ export interface KvCacheOptions {
   blockSize: number;
   numBlocks: number;
   hasher: BlockHasher;
+  /**
+   * TensorRT-LLM's secondary (host) cache level, in blocks; 0 = none. A cached
+   * block the GPU pool evicts moves there (a `moved` event to `cpu`) instead of
+   * being dropped, and the level's own least recently offloaded block leaves it
+   * (`removed`) when it is full, as TRT-LLM's offload to secondary memory does.
+   */
+  secondaryBlocks?: number | undefined;
+  /** How a prefix-cache reset is announced: `cleared` (vLLM) or `removed` listing every cached block (TRT-LLM has no clear-all event). */
+  resetAs?: 'cleared' | 'removed' | undefined;
 }
 
 export interface KvCacheStats {
@@ -36,6 +45,10 @@ export interface KvCacheStats {
   /** Free blocks that still hold a cached prefix (evictable, LRU). */
   freeCachedBlocks: number;
   evictions: number;
+  /** Blocks held in the secondary cache level, offloads into it and blocks it dropped. */
+  secondaryCachedBlocks: number;
+  offloads: number;
+  secondaryEvictions: number;
 }
 
 /**
@@ -64,6 +77,11 @@ export class KvCache {
   readonly #lru: LRUCache<number, number>;
   #events: KvEvent[] = [];
   #evictions = 0;
+  /** Hashes in the secondary level, least recently offloaded first (popped when full). */
+  readonly #secondary: LRUCache<bigint, bigint> | undefined;
+  readonly #resetAs: 'cleared' | 'removed';
+  #offloads = 0;
+  #secondaryEvictions = 0;
 
   constructor(options: KvCacheOptions) {
     if (!(options.blockSize >= 1) || !(options.numBlocks >= 1))
@@ -75,6 +93,13 @@ export class KvCache {
     this.#hashOf = new Array<bigint | undefined>(options.numBlocks).fill(undefined);
     this.#lru = new LRUCache<number, number>({ max: options.numBlocks });
     for (let b = options.numBlocks - 1; b >= 0; b--) this.#freeEmpty.push(b);
+    const secondary = options.secondaryBlocks ?? 0;
+    if (secondary > 0) this.#secondary = new LRUCache<bigint, bigint>({ max: secondary });
+    this.#resetAs = options.resetAs ?? 'cleared';
+  }
+
+  get secondaryBlocks(): number {
+    return this.#secondary?.max ?? 0;
   }
 
   get freeBlocks(): number {
@@ -92,6 +117,9 @@ export class KvCache {
       cachedBlocks: this.#byHash.size,
       freeCachedBlocks: this.#lru.size,
       evictions: this.#evictions,
+      secondaryCachedBlocks: this.#secondary?.size ?? 0,
+      offloads: this.#offloads,
+      secondaryEvictions: this.#secondaryEvictions,
     };
   }
 
@@ -180,6 +208,12 @@ export class KvCache {
       }
       this.#hashOf[block] = hash;
       this.#byHash.set(hash, block);
+      if (this.#secondary?.delete(hash)) {
+        // The block was in the secondary level: TRT-LLM onboards it (cache_level 1 -> 0) rather than storing it anew.
+        flush(b);
+        this.#push('moved', hash, 'gpu');
+        continue;
+      }
       if (runStart < 0) runStart = b;
     }
     flush(full);
@@ -203,11 +237,15 @@ export class KvCache {
 
   /** Forgets every cached prefix (vLLM's reset_prefix_cache); blocks in use stay allocated, now anonymous. */
   reset(): void {
+    if (this.#resetAs === 'removed') {
+      const all = [...this.#byHash.keys(), ...(this.#secondary?.keys() ?? [])];
+      if (all.length > 0) this.#events.push({ kind: 'removed', engineHashes: all, tier: 'gpu' });
+    } else this.#events.push({ kind: 'cleared' });
     this.#byHash.clear();
     this.#hashOf.fill(undefined);
+    this.#secondary?.clear();
     for (const b of this.#lru.keys()) this.#freeEmpty.push(b);
     this.#lru.clear();
-    this.#events.push({ kind: 'cleared' });
   }
 
   /** Events since the last drain, in the order they happened: one scheduler step's batch. */
@@ -229,11 +267,28 @@ export class KvCache {
     this.#hashOf[victim] = undefined;
     this.#byHash.delete(hash);
     this.#evictions++;
-    // Evictions of one step coalesce into one event, as vLLM's BlockRemoved lists.
-    const last = this.#events[this.#events.length - 1];
-    if (last?.kind === 'removed') (last.engineHashes as bigint[]).push(hash);
-    else this.#events.push({ kind: 'removed', engineHashes: [hash], tier: 'gpu' });
     this.#refs[victim] = 1;
+    const secondary = this.#secondary;
+    if (!secondary) {
+      this.#push('removed', hash, 'gpu');
+      return victim;
+    }
+    // TRT-LLM's order: the offload is announced first, then the secondary block it displaced.
+    this.#offloads++;
+    this.#push('moved', hash, 'cpu');
+    if (secondary.size >= secondary.max) {
+      const dropped = secondary.pop()!;
+      this.#secondaryEvictions++;
+      this.#push('removed', dropped, 'cpu');
+    }
+    secondary.set(hash, hash);
     return victim;
+  }
+
+  /** Consecutive events of one kind and tier coalesce into one, as vLLM's BlockRemoved lists its evictions. */
+  #push(kind: 'removed' | 'moved', hash: bigint, tier: 'gpu' | 'cpu'): void {
+    const last = this.#events[this.#events.length - 1];
+    if (last?.kind === kind && last.tier === tier) (last.engineHashes as bigint[]).push(hash);
+    else this.#events.push({ kind, engineHashes: [hash], tier });
   }
 }

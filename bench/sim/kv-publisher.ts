@@ -7,6 +7,8 @@ export { encodeVllmBatch } from './kv-encode.js';
 export interface KvPublisherOptions {
   /** vLLM semantics: PUB binds if the endpoint contains '*' or '::' or starts with ipc:// or inproc://, else connects. */
   endpoint: string;
+  /** Binds even without vLLM's marks: a rank of a wildcard-port endpoint, given its port. */
+  bind?: boolean | undefined;
   /** ROUTER for replay requests; always binds. */
   replayEndpoint?: string | undefined;
   /** Frame 0 of every message; default ''. */
@@ -143,7 +145,7 @@ export class KvEventPublisher {
     let router: Router | undefined;
     try {
       let endpoint = options.endpoint;
-      if (pubBinds(options.endpoint)) {
+      if (options.bind === true || pubBinds(options.endpoint)) {
         await pub.bind(options.endpoint);
         endpoint = connectable(pub.lastEndpoint ?? options.endpoint);
       } else {

@@ -38,7 +38,7 @@ export function runGeneration(
     finishReason,
     outputToken: (i) => tok.outputToken(i),
     onToken(_token, index) {
-      if (index === 0) d.metrics.observeFirstToken((performance.now() - started) / 1000);
+      if (index === 0) d.metrics.observeFirstToken((performance.now() - started) / 1000, d.rank);
       const text = tok.outputText(index);
       all.push(text);
       if (!hooks.piece || res.destroyed) return;
@@ -53,7 +53,7 @@ export function runGeneration(
         if (!res.writableEnded) res.destroy();
         return;
       }
-      d.metrics.observeFinished((performance.now() - started) / 1000, reason);
+      d.metrics.observeFinished((performance.now() - started) / 1000, reason, d.rank);
       if (reason === 'error') return hooks.failed(message ?? 'request failed');
       hooks.done(simReq, reason, all.join(''));
     },

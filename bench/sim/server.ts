@@ -28,6 +28,8 @@ import {
 import type { FinishReason, Scheduler } from './scheduler.js';
 import { poolingHandler } from './pooling.js';
 import { createMessage, createResponse, storedResponse } from './responses.js';
+import type { TrtllmEventQueue } from './trtllm-events.js';
+import { ENGINE_ROUTES, pickRank } from './dp-rank.js';
 
 export interface SimStats {
   id: string;
@@ -56,17 +58,32 @@ export interface SimStats {
   nixlHeld: number;
   nixlPulled: number;
   nixlExpired: number;
+  /** TRT-LLM event mode: blocks in the secondary cache level, offloads into it and blocks it dropped. */
+  kvSecondaryBlocksCached: number;
+  kvOffloads: number;
+  kvSecondaryEvictions: number;
+  /** With data parallelism: each rank's own figures (the top level sums them). */
+  dataParallelRanks?: SimStats[];
 }
 
-export interface SimServerDeps {
+/** One data-parallel rank: its own KV cache, scheduler and KV event publisher. */
+export interface SimRankDeps {
+  readonly rank: number;
+  readonly scheduler: Scheduler;
+  readonly cache: KvCache;
+  readonly publisher: KvEventPublisher | undefined;
+}
+
+export interface SimServerDeps extends SimRankDeps {
   ctx: OpenAiContext;
-  scheduler: Scheduler;
-  cache: KvCache;
   metrics: SimMetrics;
-  publisher: KvEventPublisher | undefined;
   logger: Logger;
   nixl: NixlAgent;
   stats(): SimStats;
+  /** Every rank of this server, by rank; the top-level rank fields are the one a request runs on. */
+  ranks: readonly SimRankDeps[];
+  /** TensorRT-LLM event mode: the queue `POST /kv_cache_events` drains. */
+  trtllm: TrtllmEventQueue | undefined;
 }
 
 const MAX_BODY_BYTES = 64 * 1024 * 1024;
@@ -113,6 +130,16 @@ const routes: Record<string, Record<string, Handler>> = {
       res.writeHead(200, { ...h, 'content-type': d.metrics.contentType }).end(text);
     },
   },
+  // trtllm-serve's pull API (TRT-LLM event mode only): the queued events as a JSON array, queue drained.
+  '/kv_cache_events': {
+    POST: async (d, _q, res, h) => {
+      if (!d.trtllm) return sendJson(res, 404, { detail: 'Not Found' }, h);
+      const body = d.trtllm.drain();
+      res
+        .writeHead(200, { ...h, 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) })
+        .end(body);
+    },
+  },
   '/sim/stats': { GET: async (d, _q, res, h) => sendJson(res, 200, d.stats(), h) },
   '/sim/drop-kv-events': { POST: dropKvEvents },
   // The simulated NIXL side channel: a decode worker that pulled a remote prefill's blocks frees them here.
@@ -155,7 +182,14 @@ export function createSimHandler(deps: SimServerDeps): (req: IncomingMessage, re
     const handler = route?.[req.method ?? 'GET'];
     if (!route) return sendJson(res, 404, { detail: 'Not Found' }, headers);
     if (!handler) return sendJson(res, 405, { detail: 'Method Not Allowed' }, headers);
-    handler(deps, req, res, headers).catch((err: unknown) => {
+    let d = deps;
+    try {
+      const rank = pickRank(deps.ranks, req.headers['x-data-parallel-rank'], ENGINE_ROUTES.has(path));
+      if (rank !== deps.rank) d = { ...deps, ...deps.ranks[rank]! };
+    } catch (err) {
+      return sendJson(res, 400, (err as SimHttpError).body(), headers);
+    }
+    handler(d, req, res, headers).catch((err: unknown) => {
       if (err instanceof SimHttpError) return sendJson(res, err.status, err.body(), headers);
       deps.logger.error({ err, path }, 'sim request failed');
       sendJson(
@@ -246,7 +280,7 @@ async function generate(
       transfer.kind === 'decode-from-remote' ? d.nixl.remote(transfer.params, parsed.promptTokens.length) : undefined,
     outputToken: (i) => tok.outputToken(i),
     onToken(_token, index) {
-      if (index === 0) d.metrics.observeFirstToken((performance.now() - started) / 1000);
+      if (index === 0) d.metrics.observeFirstToken((performance.now() - started) / 1000, d.rank);
       pieces.push(tok.outputText(index));
       if (!parsed.stream) return;
       if (res.destroyed) return; // the abort follows on 'close'
@@ -265,7 +299,7 @@ async function generate(
         return;
       }
       const seconds = (performance.now() - started) / 1000;
-      d.metrics.observeFinished(seconds, reason);
+      d.metrics.observeFinished(seconds, reason, d.rank);
       d.logger.debug(
         {
           id: head.id,
@@ -360,13 +394,17 @@ async function dropKvEvents(
   const count = body.count;
   if (typeof count !== 'number' || !Number.isInteger(count) || count < 0)
     throw new SimHttpError(400, 'count must be an integer >= 0', 'BadRequestError', 'count');
-  if (!d.publisher) throw new SimHttpError(400, 'KV events are not enabled on this worker (start it with --kv-events)');
+  if (!d.publisher)
+    throw new SimHttpError(400, 'ZeroMQ KV events are not enabled on this worker (start it with --kv-events)');
   d.publisher.dropNext(count);
   sendJson(res, 200, { dropping: count, nextSeq: String(d.publisher.nextSeq) }, headers);
 }
 
+/** vLLM resets every data-parallel rank's cache. */
 function resetPrefixCache(d: SimServerDeps): void {
-  d.cache.reset();
-  d.scheduler.flushEvents();
+  for (const r of d.ranks) {
+    r.cache.reset();
+    r.scheduler.flushEvents();
+  }
   d.logger.info('prefix cache reset');
 }

@@ -4,12 +4,13 @@ import type { Logger } from 'pino';
 import { createLogger } from '../../gateway/ops/log.js';
 import { createBlockHasher } from './block-hash.js';
 import { KvCache } from './kv-cache.js';
-import { KvEventPublisher } from './kv-publisher.js';
 import { SimMetrics } from './metrics.js';
 import { NixlAgent, type NixlOptions } from './nixl.js';
 import { Scheduler } from './scheduler.js';
 import { SimLoras } from './lora.js';
-import { createSimHandler, type SimStats } from './server.js';
+import { createSimHandler, type SimRankDeps, type SimStats } from './server.js';
+import { openRankPublishers } from './dp-ports.js';
+import { TrtllmEventQueue } from './trtllm-events.js';
 import { SimTokenizer, defaultTokenizerDir } from './text.js';
 import { NIXL_DEFAULTS, SIM_DEFAULTS } from './defaults.js';
 import { DEFAULT_TIMING, type TimingModel } from './timing.js';
@@ -20,6 +21,13 @@ export interface SimKvEventsOptions {
   replayEndpoint?: string | undefined;
   format?: 'current' | 'legacy' | undefined;
   topic?: string | undefined;
+}
+
+export interface SimTrtllmEventsOptions {
+  /** Blocks of the secondary cache level (TRT-LLM's host cache); 0 = none. */
+  secondaryBlocks?: number | undefined;
+  /** `event_buffer_max_size` (default 10_000). */
+  maxEvents?: number | undefined;
 }
 
 export interface SimWorkerOptions {
@@ -42,6 +50,16 @@ export interface SimWorkerOptions {
   streamInterval?: number | undefined;
   timing?: Partial<TimingModel> | undefined;
   kvEvents?: SimKvEventsOptions | undefined;
+  /**
+   * TensorRT-LLM event mode instead of vLLM's ZeroMQ publisher: trtllm-serve's
+   * `POST /kv_cache_events` JSON, with an optional secondary (host) cache level.
+   */
+  trtllmEvents?: SimTrtllmEventsOptions | undefined;
+  /**
+   * vLLM's --data-parallel-size: ranks in this server, each with its own KV
+   * cache, scheduler and KV event publisher (publish and replay ports + rank).
+   */
+  dataParallelSize?: number | undefined;
   /** Fixes the block-hash root seed (default random per worker, as vLLM without PYTHONHASHSEED). */
   hashSeed?: bigint | undefined;
   logger?: Logger | undefined;
@@ -60,17 +78,24 @@ export interface SimWorker {
   readonly id: string;
   /** `http://host:port`, the real port. */
   readonly url: string;
-  /** Connectable PUB endpoint, or undefined without KV events. */
+  /** Connectable PUB endpoint (rank 0's), or undefined without ZeroMQ KV events. */
   readonly kvEvents: string | undefined;
   readonly kvReplay: string | undefined;
+  /** Every rank's endpoints, by rank (rank r's ports are rank 0's + r). */
+  readonly kvEventsRanks: readonly { endpoint: string; replayEndpoint: string | undefined }[];
+  readonly dataParallelSize: number;
+  /** `trtllm` when the worker serves trtllm-serve's `/kv_cache_events` instead of vLLM's ZeroMQ events. */
+  readonly kvEventsFormat: 'current' | 'legacy' | 'trtllm' | null;
   readonly blockSize: number;
   readonly kvBlocks: number;
   readonly model: string;
   readonly role: SimRole;
   /** The NIXL engine id this worker puts in `kv_transfer_params.remote_engine_id`. */
   readonly engineId: string;
+  /** Rank 0's scheduler and cache; `ranks` has every rank's. */
   readonly scheduler: Scheduler;
   readonly cache: KvCache;
+  readonly ranks: readonly SimRankDeps[];
   /** LoRA adapters loaded at runtime (`POST /v1/load_lora_adapter`). */
   readonly loras: SimLoras;
   stats(): SimStats;
@@ -90,27 +115,44 @@ export async function startSimWorker(options: SimWorkerOptions = {}): Promise<Si
   const logger = (options.logger ?? createLogger('kvgate-sim')).child({ worker: id });
   const tokenizer = options.tokenizer ?? (await SimTokenizer.load(options.tokenizerDir ?? defaultTokenizerDir()));
 
-  const cache = new KvCache({ blockSize, numBlocks: kvBlocks, hasher: await createBlockHasher(options.hashSeed) });
-  let publisher: KvEventPublisher | undefined;
-  if (options.kvEvents) {
-    publisher = await KvEventPublisher.open({
-      endpoint: options.kvEvents.endpoint,
-      replayEndpoint: options.kvEvents.replayEndpoint,
-      format: options.kvEvents.format,
-      topic: options.kvEvents.topic,
-    });
-  }
+  const dpSize = options.dataParallelSize ?? 1;
+  if (!Number.isInteger(dpSize) || dpSize < 1) throw new RangeError('dataParallelSize must be an integer >= 1');
+  if (options.trtllmEvents && options.kvEvents) throw new Error('give kvEvents (vLLM) or trtllmEvents, not both');
+  if (options.trtllmEvents && dpSize > 1) throw new Error('TRT-LLM event mode runs one rank (no attention DP)');
+  const secondaryBlocks = options.trtllmEvents?.secondaryBlocks ?? 0;
+  const trtllm = options.trtllmEvents
+    ? new TrtllmEventQueue({
+        windowSize: maxModelLen,
+        blocksPerCacheLevel: [kvBlocks, secondaryBlocks],
+        maxEvents: options.trtllmEvents.maxEvents,
+      })
+    : undefined;
+  const publishers = options.kvEvents ? await openRankPublishers(options.kvEvents, dpSize) : [];
   const timing = { ...DEFAULT_TIMING, ...options.timing };
   const nixl = new NixlAgent({ ...NIXL_DEFAULTS, ...options.nixl, speedup: timing.speedup }, logger);
-  const scheduler = new Scheduler({
-    cache,
-    timing,
-    maxNumBatchedTokens: options.maxNumBatchedTokens ?? SIM_DEFAULTS.maxNumBatchedTokens,
-    maxNumSeqs: options.maxNumSeqs ?? SIM_DEFAULTS.maxNumSeqs,
-    publish: (events) => publisher?.publish(events),
+  // One hasher for all ranks: vLLM's ranks share the process-wide NONE_HASH seed.
+  const hasher = await createBlockHasher(options.hashSeed);
+  const ranks: SimRankDeps[] = Array.from({ length: dpSize }, (_, rank) => {
+    const cache = new KvCache({
+      blockSize,
+      numBlocks: kvBlocks,
+      hasher,
+      secondaryBlocks,
+      resetAs: trtllm ? 'removed' : 'cleared',
+    });
+    const publisher = publishers[rank];
+    const scheduler = new Scheduler({
+      cache,
+      timing,
+      maxNumBatchedTokens: options.maxNumBatchedTokens ?? SIM_DEFAULTS.maxNumBatchedTokens,
+      maxNumSeqs: options.maxNumSeqs ?? SIM_DEFAULTS.maxNumSeqs,
+      publish: (events) => (trtllm ? trtllm.publish(events) : publisher?.publish(events)),
+    });
+    return { rank, cache, scheduler, publisher };
   });
-  const metrics = new SimMetrics(model, scheduler, cache);
-  const stats = (): SimStats => {
+  const { cache, scheduler } = ranks[0]!;
+  const metrics = new SimMetrics(model, ranks);
+  const rankStats = ({ cache, scheduler, publisher }: SimRankDeps): SimStats => {
     const k = cache.stats();
     const c = scheduler.counters;
     return {
@@ -130,15 +172,19 @@ export async function startSimWorker(options: SimWorkerOptions = {}): Promise<Si
       steps: c.steps,
       lostMs: Math.round(c.lostMs),
       preemptions: c.preemptions,
-      kvEventsNextSeq: publisher ? String(publisher.nextSeq) : null,
+      kvEventsNextSeq: publisher ? String(publisher.nextSeq) : trtllm ? String(trtllm.nextEventId) : null,
       kvLoads: c.kvLoads,
       kvLoadTokens: c.kvLoadTokens,
       kvLoadFailures: c.kvLoadFailures,
       nixlHeld: nixl.heldRequests,
       nixlPulled: nixl.counters.pulled,
       nixlExpired: nixl.counters.expired,
+      kvSecondaryBlocksCached: k.secondaryCachedBlocks,
+      kvOffloads: k.offloads,
+      kvSecondaryEvictions: k.secondaryEvictions,
     };
   };
+  const stats = (): SimStats => (ranks.length === 1 ? rankStats(ranks[0]!) : sumStats(ranks.map(rankStats)));
   const ctx = {
     model,
     maxModelLen,
@@ -150,14 +196,14 @@ export async function startSimWorker(options: SimWorkerOptions = {}): Promise<Si
   };
   const server = createServer(
     { keepAliveTimeout: 65_000 },
-    createSimHandler({ ctx, scheduler, cache, metrics, publisher, logger, nixl, stats }),
+    createSimHandler({ ...ranks[0]!, ctx, metrics, logger, nixl, stats, ranks, trtllm }),
   );
   try {
     await listen(server, options.port ?? 0, host);
   } catch (err) {
-    scheduler.close();
+    for (const r of ranks) r.scheduler.close();
     nixl.close();
-    await publisher?.close();
+    await Promise.all(publishers.map((p) => p.close()));
     throw err;
   }
   const { port } = server.address() as AddressInfo;
@@ -171,8 +217,11 @@ export async function startSimWorker(options: SimWorkerOptions = {}): Promise<Si
   return {
     id,
     url,
-    kvEvents: publisher?.endpoint,
-    kvReplay: publisher?.replayEndpoint,
+    kvEvents: publishers[0]?.endpoint,
+    kvReplay: publishers[0]?.replayEndpoint,
+    kvEventsRanks: publishers.map((p) => ({ endpoint: p.endpoint, replayEndpoint: p.replayEndpoint })),
+    dataParallelSize: dpSize,
+    kvEventsFormat: trtllm ? 'trtllm' : options.kvEvents ? (options.kvEvents.format ?? 'current') : null,
     blockSize,
     kvBlocks,
     model,
@@ -180,19 +229,34 @@ export async function startSimWorker(options: SimWorkerOptions = {}): Promise<Si
     engineId: nixl.engineId,
     scheduler,
     cache,
+    ranks,
     loras: ctx.loras,
     stats,
     close() {
       closing ??= (async () => {
-        scheduler.close();
+        for (const r of ranks) r.scheduler.close();
         nixl.close();
         server.closeAllConnections();
         await new Promise<void>((resolve) => server.close(() => resolve()));
-        await publisher?.close();
+        await Promise.all(publishers.map((p) => p.close()));
       })();
       return closing;
     },
   };
+}
+
+/** The process's figures with data parallelism: counts summed over ranks, usage averaged, each rank's own kept. */
+function sumStats(all: SimStats[]): SimStats {
+  const total = { ...all[0]! } as unknown as Record<string, unknown>;
+  for (const s of all.slice(1))
+    for (const [k, v] of Object.entries(s)) if (typeof v === 'number') total[k] = (total[k] as number) + v;
+  const out = total as unknown as SimStats;
+  out.kvUsage = all.reduce((n, s) => n + s.kvUsage, 0) / all.length;
+  out.kvEventsNextSeq = null;
+  // The NIXL agent is the server's, not a rank's.
+  for (const k of ['nixlHeld', 'nixlPulled', 'nixlExpired'] as const) out[k] = all[0]![k];
+  out.dataParallelRanks = all;
+  return out;
 }
 
 function listen(server: Server, port: number, host: string): Promise<void> {
