@@ -6,13 +6,10 @@ import type { SimMetrics } from './metrics.js';
 import type { KvTransferParams, NixlAgent } from './nixl.js';
 import {
   asObject,
-  chatInput,
-  checkModel,
   parseChat,
   parseCompletion,
   randomHex,
   SimHttpError,
-  tokenizeChatInput,
   type OpenAiContext,
 } from './openai.js';
 import {
@@ -30,6 +27,7 @@ import { poolingHandler } from './pooling.js';
 import { createMessage, createResponse, storedResponse } from './responses.js';
 import type { TrtllmEventQueue } from './trtllm-events.js';
 import { ENGINE_ROUTES, pickRank } from './dp-rank.js';
+import { detokenize, tokenize } from './tokenization.js';
 
 export interface SimStats {
   id: string;
@@ -341,47 +339,6 @@ async function generate(
   res.on('close', () => {
     if (!res.writableFinished) d.scheduler.abort(simReq);
   });
-}
-
-async function tokenize(
-  d: SimServerDeps,
-  req: IncomingMessage,
-  res: ServerResponse,
-  headers: Record<string, string>,
-): Promise<void> {
-  const body = asObject(await readJson(req));
-  checkModel(body, d.ctx);
-  const tok = d.ctx.tokenizer;
-  let tokens: number[];
-  if (body.messages !== undefined) {
-    tokens = await tokenizeChatInput(chatInput(body), d.ctx);
-  } else if (typeof body.prompt === 'string') {
-    const special = body.add_special_tokens === undefined ? true : body.add_special_tokens === true;
-    tokens = special ? await tok.prompt.tokenizeCompletion(body.prompt) : await tok.prompt.encode(body.prompt, false);
-  } else {
-    throw new SimHttpError(400, 'either prompt (a string) or messages is required', 'BadRequestError', 'prompt');
-  }
-  const strs = body.return_token_strs === true ? await tok.tokenStrs(tokens) : null;
-  sendJson(res, 200, { count: tokens.length, max_model_len: d.ctx.maxModelLen, tokens, token_strs: strs }, headers);
-}
-
-async function detokenize(
-  d: SimServerDeps,
-  req: IncomingMessage,
-  res: ServerResponse,
-  headers: Record<string, string>,
-): Promise<void> {
-  const body = asObject(await readJson(req));
-  checkModel(body, d.ctx);
-  const tokens = body.tokens;
-  const vocab = d.ctx.tokenizer.vocabSize;
-  if (
-    !Array.isArray(tokens) ||
-    tokens.some((t) => typeof t !== 'number' || !Number.isInteger(t) || t < 0 || t >= vocab)
-  ) {
-    throw new SimHttpError(400, `tokens must be a list of token ids in 0..${vocab - 1}`, 'BadRequestError', 'tokens');
-  }
-  sendJson(res, 200, { prompt: await d.ctx.tokenizer.decode(tokens as number[]) }, headers);
 }
 
 async function dropKvEvents(
