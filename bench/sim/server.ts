@@ -26,8 +26,13 @@ import {
 import type { FinishReason, Scheduler } from './scheduler.js';
 import { poolingHandler } from './pooling.js';
 import { createMessage, createResponse, storedResponse } from './responses.js';
+import type { CpuTier, CpuTierStats } from './cpu-tier.js';
+import { offloadApi } from './offload-api.js';
+import { asToolCallBody, forcedTool, toolCallDelta } from './tool-calls.js';
 
-export interface SimStats {
+export interface SimStats extends Partial<CpuTierStats> {
+  /** Prompt tokens loaded back from the CPU tier (with --cpu-kv-blocks). */
+  cpuLoadTokens?: number;
   id: string;
   running: number;
   waiting: number;
@@ -64,6 +69,8 @@ export interface SimServerDeps {
   publisher: KvEventPublisher | undefined;
   logger: Logger;
   nixl: NixlAgent;
+  cpu?: CpuTier | undefined;
+  speedup: number;
   stats(): SimStats;
 }
 
@@ -111,6 +118,9 @@ const routes: Record<string, Record<string, Handler>> = {
       res.writeHead(200, { ...h, 'content-type': d.metrics.contentType }).end(text);
     },
   },
+  // LMCache controller-style pin and lookup of the host tier (offload-api.ts).
+  '/pin': { POST: async (d, q, res, h) => offloadApi('/pin', await readJson(q), simOffload(d), res, h) },
+  '/lookup': { POST: async (d, q, res, h) => offloadApi('/lookup', await readJson(q), simOffload(d), res, h) },
   '/sim/stats': { GET: async (d, _q, res, h) => sendJson(res, 200, d.stats(), h) },
   '/sim/drop-kv-events': { POST: dropKvEvents },
   // The simulated NIXL side channel: a decode worker that pulled a remote prefill's blocks frees them here.
@@ -214,6 +224,7 @@ async function generate(
   const parsed = kind === 'chat' ? await parseChat(body, d.ctx) : await parseCompletion(body, d.ctx);
   if (res.destroyed) return; // client left while we tokenized
   const transfer = d.nixl.classify(body);
+  const tool = kind === 'chat' ? forcedTool(asObject(body)) : null;
   // A streamed prefill could not report kv_transfer_params, so nothing would ever pull its blocks.
   const keepBlocks = transfer.kind === 'prefill-for-remote' && !parsed.stream;
   const head: ResponseHead = {
@@ -255,7 +266,8 @@ async function generate(
       const finish = index === last ? parsed.finishReason : null;
       if (kind === 'completion') return void sse(completionChunk(head, text, finish));
       if (index === 0) sse(chatChunk(head, { role: 'assistant', content: '' }, null));
-      sse(chatChunk(head, { content: text }, finish));
+      if (tool && index === last) return void sse(chatChunk(head, toolCallDelta(tool), 'tool_calls'));
+      if (!tool) sse(chatChunk(head, { content: text }, finish));
     },
     onFinish(reason: FinishReason, message?: string) {
       if (reason === 'abort') {
@@ -290,12 +302,9 @@ async function generate(
           const promptBlocks = simReq.blockIds.slice(0, Math.ceil(simReq.promptLength / d.cache.blockSize));
           kv = d.nixl.hold(head.id, promptBlocks, simReq.promptLength, () => d.scheduler.release(simReq));
         }
-        return sendJson(
-          res,
-          200,
-          kind === 'chat' ? chatBody(head, text, reason, u, kv) : completionBody(head, text, reason, u, kv),
-          headers,
-        );
+        const answer =
+          kind === 'chat' ? chatBody(head, text, reason, u, kv) : completionBody(head, text, reason, u, kv);
+        return sendJson(res, 200, tool ? asToolCallBody(answer, tool) : answer, headers);
       }
       if (parsed.includeUsage) sse(usageChunk(kind, head, u));
       res.end('data: [DONE]\n\n');
@@ -368,3 +377,5 @@ function resetPrefixCache(d: SimServerDeps): void {
   d.scheduler.flushEvents();
   d.logger.info('prefix cache reset');
 }
+
+const simOffload = (d: SimServerDeps) => ({ cache: d.cache, cpu: d.cpu, instanceId: d.stats().id, speedup: d.speedup });

@@ -4,6 +4,7 @@ import type { Logger } from 'pino';
 import { createLogger } from '../../gateway/ops/log.js';
 import { createBlockHasher } from './block-hash.js';
 import { KvCache } from './kv-cache.js';
+import { CPU_TIER_DEFAULTS, CpuTier } from './cpu-tier.js';
 import { KvEventPublisher } from './kv-publisher.js';
 import { SimMetrics } from './metrics.js';
 import { NixlAgent, type NixlOptions } from './nixl.js';
@@ -52,6 +53,10 @@ export interface SimWorkerOptions {
   role?: SimRole | undefined;
   /** KV transfer model of the NixlConnector simulation (see nixl.ts). */
   nixl?: Partial<Omit<NixlOptions, 'speedup'>> | undefined;
+  /** vLLM's OffloadingConnector `num_cpu_blocks`: host-memory KV tier in blocks (default 0: none). */
+  cpuKvBlocks?: number | undefined;
+  /** Host-to-device bandwidth of block load-back, GB/s (default 25, PCIe 4.0 x16). */
+  pcieGBps?: number | undefined;
 }
 
 export type SimRole = 'both' | 'prefill' | 'decode';
@@ -102,8 +107,18 @@ export async function startSimWorker(options: SimWorkerOptions = {}): Promise<Si
   }
   const timing = { ...DEFAULT_TIMING, ...options.timing };
   const nixl = new NixlAgent({ ...NIXL_DEFAULTS, ...options.nixl, speedup: timing.speedup }, logger);
+  const cpu = options.cpuKvBlocks
+    ? new CpuTier({
+        numBlocks: options.cpuKvBlocks,
+        pcieGBps: options.pcieGBps ?? CPU_TIER_DEFAULTS.pcieGBps,
+        bytesPerToken: options.nixl?.bytesPerToken ?? NIXL_DEFAULTS.bytesPerToken,
+        blockSize,
+        speedup: timing.speedup,
+      })
+    : undefined;
   const scheduler = new Scheduler({
     cache,
+    cpu,
     timing,
     maxNumBatchedTokens: options.maxNumBatchedTokens ?? SIM_DEFAULTS.maxNumBatchedTokens,
     maxNumSeqs: options.maxNumSeqs ?? SIM_DEFAULTS.maxNumSeqs,
@@ -137,6 +152,7 @@ export async function startSimWorker(options: SimWorkerOptions = {}): Promise<Si
       nixlHeld: nixl.heldRequests,
       nixlPulled: nixl.counters.pulled,
       nixlExpired: nixl.counters.expired,
+      ...(cpu ? { ...cpu.stats, cpuLoadTokens: c.cpuLoadTokens } : {}),
     };
   };
   const ctx = {
@@ -150,7 +166,7 @@ export async function startSimWorker(options: SimWorkerOptions = {}): Promise<Si
   };
   const server = createServer(
     { keepAliveTimeout: 65_000 },
-    createSimHandler({ ctx, scheduler, cache, metrics, publisher, logger, nixl, stats }),
+    createSimHandler({ ctx, scheduler, cache, metrics, publisher, logger, nixl, stats, cpu, speedup: timing.speedup }),
   );
   try {
     await listen(server, options.port ?? 0, host);
