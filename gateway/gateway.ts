@@ -10,6 +10,7 @@ import { GatewayMetrics } from './ops/metrics.js';
 import { registerKvMetrics, registerTokenizeMetric } from './ops/kv-metrics.js';
 import { Passthrough } from './proxy/passthrough.js';
 import { createFrontHandler } from './front/server.js';
+import { createToolSessions } from './fleet/tools/tool-sessions.js';
 import { answerClientError, answerExpectation, frontServerOptions, requireHost } from './front/client-limits.js';
 import { configureUpstreamAuth } from './proxy/upstream-auth.js';
 import {
@@ -221,6 +222,9 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
     : undefined;
   // --- end flow control ---
 
+  // Tool-call retention (gateway/fleet/tools/): undefined unless `toolRetention.enabled`.
+  const tools = createToolSessions(config.toolRetention, metrics.registry, log);
+
   // --- servers and discovery ---
   const front = new FrontTracker(
     createFrontHandler({
@@ -234,6 +238,7 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
       blockSize,
       disagg,
       flow,
+      tools,
     }),
   );
   const frontServer = createServer(frontServerOptions(config.server), requireHost(front.handler));
@@ -246,6 +251,7 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
       indexStats: () => kv.stats(),
       disagg,
       flow,
+      tools,
       lora: createLoraAdmin({
         fleet,
         transport,

@@ -23,15 +23,15 @@ function hashesOf(cache: KvCache, tokens: number[]): bigint[] {
  * The LMCache controller's `pin` and `lookup`, as the simulator offers them
  * for its host tier (the engine and its controller in one process, so one
  * URL). `POST /pin {tokens, instance_id?, location?, ttl_s?}` keeps the
- * prefix's host-held blocks out of the LRU for ttl_s (default 60) simulated
- * seconds; `POST /lookup {tokens}` says how many leading tokens this instance
+ * prefix's host-held blocks out of the LRU for ttl_s (default 60) wall-clock
+ * seconds (the caller measured the delay it predicts on its own clock); `POST /lookup {tokens}` says how many leading tokens this instance
  * holds on host memory. Answers `{event_id, num_tokens}` and
  * `{event_id, <instance_id>: ["LocalCPUBackend", num_tokens]}` as LMCache does.
  */
 export async function offloadApi(
   path: string,
   body: unknown,
-  o: { cache: KvCache; cpu: CpuTier | undefined; instanceId: string; speedup: number },
+  o: { cache: KvCache; cpu: CpuTier | undefined; instanceId: string },
   res: ServerResponse,
   headers: Record<string, string>,
 ): Promise<void> {
@@ -43,7 +43,7 @@ export async function offloadApi(
   if (path === '/pin') {
     const ttl = b.ttl_s ?? 60;
     if (typeof ttl !== 'number' || !(ttl > 0)) throw bad('ttl_s must be a number > 0', 'ttl_s');
-    answer = { num_tokens: o.cpu.pin(hashes, (ttl * 1000) / o.speedup) * bs };
+    answer = { num_tokens: o.cpu.pin(hashes, ttl * 1000) * bs };
   } else {
     answer = { [o.instanceId]: ['LocalCPUBackend', o.cpu.lookup(hashes, 0, hashes.length) * bs] };
   }

@@ -70,7 +70,6 @@ export interface SimServerDeps {
   logger: Logger;
   nixl: NixlAgent;
   cpu?: CpuTier | undefined;
-  speedup: number;
   stats(): SimStats;
 }
 
@@ -378,4 +377,4 @@ function resetPrefixCache(d: SimServerDeps): void {
   d.logger.info('prefix cache reset');
 }
 
-const simOffload = (d: SimServerDeps) => ({ cache: d.cache, cpu: d.cpu, instanceId: d.stats().id, speedup: d.speedup });
+const simOffload = (d: SimServerDeps) => ({ cache: d.cache, cpu: d.cpu, instanceId: d.stats().id });

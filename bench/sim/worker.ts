@@ -166,7 +166,7 @@ export async function startSimWorker(options: SimWorkerOptions = {}): Promise<Si
   };
   const server = createServer(
     { keepAliveTimeout: 65_000 },
-    createSimHandler({ ctx, scheduler, cache, metrics, publisher, logger, nixl, stats, cpu, speedup: timing.speedup }),
+    createSimHandler({ ctx, scheduler, cache, metrics, publisher, logger, nixl, stats, cpu }),
   );
   try {
     await listen(server, options.port ?? 0, host);
