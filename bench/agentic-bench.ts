@@ -20,13 +20,19 @@ writes bench/results/agentic.json, agentic.md and agentic.svg. Tool delays are c
 --background-rps is per worker.
 `;
 
-const SIM_ARGS = ['--kv-events', 'tcp://127.0.0.1:*', '--kv-blocks', '320', '--cpu-kv-blocks', '1200'];
+const SIM_ARGS = ['--kv-events', 'tcp://127.0.0.1:*', '--kv-blocks', '320', '--cpu-kv-blocks', '1600'];
 const SIM_TIMING = ['--prefill-b', '0.05', '--max-num-batched-tokens', '4096'];
 const TOOLS = [{ type: 'function', function: { name: 'search', parameters: { type: 'object', properties: {} } } }];
 
 function rng(seed: number): () => number {
   let s = seed >>> 0 || 1;
   return () => ((s = (s * 1664525 + 1013904223) >>> 0) + 0.5) / 2 ** 32;
+}
+
+interface ToolCall {
+  id: string;
+  type: string;
+  function: { name: string; arguments: string };
 }
 
 interface Mode {
@@ -37,7 +43,7 @@ interface Mode {
 }
 
 /** Streams one chat turn; resolves with TTFT (first SSE chunk) and the tool call, if any. */
-async function turn(url: string, body: Record<string, unknown>): Promise<{ ttft: number; call?: Record<string, any> }> {
+async function turn(url: string, body: Record<string, unknown>): Promise<{ ttft: number; call?: ToolCall }> {
   const t0 = performance.now();
   const res = await request(`${url}/v1/chat/completions`, {
     method: 'POST',
@@ -52,10 +58,10 @@ async function turn(url: string, body: Record<string, unknown>): Promise<{ ttft:
     text += (chunk as Buffer).toString();
   }
   const m = /"tool_calls":\[(\{.*?\}\})\]/.exec(text);
-  return { ttft, ...(m ? { call: JSON.parse(m[1]!) as Record<string, any> } : {}) };
+  return { ttft, ...(m ? { call: JSON.parse(m[1]!) as ToolCall } : {}) };
 }
 
-const doc = (tag: string) => Array.from({ length: 500 }, (_, i) => `item ${i} of ${tag}.`).join(' ');
+const doc = (tag: string) => Array.from({ length: 300 }, (_, i) => `item ${i} of ${tag}.`).join(' ');
 const pct = (v: number[], q: number) => [...v].sort((a, b) => a - b)[Math.min(v.length - 1, Math.floor(q * v.length))]!;
 const mean = (v: number[]) => v.reduce((a, b) => a + b, 0) / v.length;
 
@@ -119,7 +125,8 @@ interface Opts {
 async function prefillTokens(workers: readonly SimWorkerInfo[]): Promise<number> {
   let n = 0;
   for (const w of workers)
-    n += ((await (await request(`${w.url}/sim/stats`)).body.json()) as any).prefillTokensComputed;
+    n += ((await (await request(`${w.url}/sim/stats`)).body.json()) as { prefillTokensComputed: number })
+      .prefillTokensComputed;
   return n;
 }
 
@@ -145,7 +152,7 @@ async function main(): Promise<void> {
       turns: { type: 'string', default: '4' },
       'median-tool-s': { type: 'string', default: '2' },
       sigma: { type: 'string', default: '1' },
-      'background-rps': { type: 'string', default: '3' },
+      'background-rps': { type: 'string', default: '5' },
       seed: { type: 'string', default: '1' },
     },
   });
@@ -214,7 +221,7 @@ Command: \`${command}\` — ${result.date}, ${result.wallS.toFixed(0)} s wall.
 
 ${o.sessions} sessions per mode × ${o.turns} turns (all but the last end in a forced tool call), lognormal tool delay
 (median ${o.medianToolS} s, sigma ${o.sigma}, cap 20 s), ~2.5k-token session contexts. Each mode has its own gateway and 2 simulated
-workers (GPU 320 blocks, CPU tier 1200 blocks, prefill 0.05 ms/token); ${o.backgroundRps} one-off 2k-token prompts/s go straight to
+workers (GPU 320 blocks, CPU tier 1600 blocks, prefill 0.05 ms/token); ${o.backgroundRps} one-off 2k-token prompts/s go straight to
 every worker, so a waiting session's prefix leaves GPU and then host memory. Prefill tokens include the background traffic (same in both modes).
 
 ${markdownTable(
