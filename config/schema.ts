@@ -9,6 +9,7 @@ import { disaggConfigSchema } from '../gateway/disagg/config.js';
 import { loadSharingConfigSchema } from '../gateway/fleet/load-sharing.js';
 import { loraConfigSchema } from '../gateway/fleet/adapters.js';
 import { flowConfigSchema } from '../gateway/flow/config.js';
+import { toolRetentionConfigSchema } from '../gateway/fleet/tools/config.js';
 
 /**
  * The whole gateway config, assembled from the sections that live beside the
@@ -29,6 +30,8 @@ export const gatewayConfigSchema = z.strictObject({
   loadSharing: loadSharingConfigSchema.optional(),
   /** Off by default: priority classes, tenant fairness and SLO-aware admission (gateway/flow/). */
   flow: flowConfigSchema.prefault({}),
+  /** Off by default: keep an agent's KV through its tool calls (gateway/fleet/tools/). */
+  toolRetention: toolRetentionConfigSchema.prefault({}),
 });
 
 export type GatewayConfig = z.infer<typeof gatewayConfigSchema>;

@@ -11,6 +11,7 @@ import { registerKvMetrics, registerTokenizeMetric } from './ops/kv-metrics.js';
 import { Passthrough } from './proxy/passthrough.js';
 import { createFrontHandler } from './front/server.js';
 import { localTokenizers } from './front/routes/tokenize.js';
+import { createToolSessions } from './fleet/tools/tool-sessions.js';
 import { answerClientError, answerExpectation, frontServerOptions, requireHost } from './front/client-limits.js';
 import { configureUpstreamAuth } from './proxy/upstream-auth.js';
 import {
@@ -222,6 +223,9 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
     : undefined;
   // --- end flow control ---
 
+  // Tool-call retention (gateway/fleet/tools/): undefined unless `toolRetention.enabled`.
+  const tools = createToolSessions(config.toolRetention, metrics.registry, log);
+
   // --- servers and discovery ---
   const front = new FrontTracker(
     createFrontHandler({
@@ -236,6 +240,7 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
       disagg,
       flow,
       tokenizers: localTokenizers(kv.tokenizers, config.models),
+      tools,
     }),
   );
   const frontServer = createServer(frontServerOptions(config.server), requireHost(front.handler));
@@ -248,6 +253,7 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
       indexStats: () => kv.stats(),
       disagg,
       flow,
+      tools,
       lora: createLoraAdmin({
         fleet,
         transport,

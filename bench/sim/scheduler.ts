@@ -1,4 +1,5 @@
 import type { KvEvent } from '../../indexer/events/types.js';
+import type { CpuTier } from './cpu-tier.js';
 import type { KvCache } from './kv-cache.js';
 import { SimRequest, type FinishReason, type SimRequestInit } from './sim-request.js';
 import { stepMs, type TimingModel } from './timing.js';
@@ -8,6 +9,8 @@ export { SimRequest, type FinishReason, type RemotePrefill, type SimRequestInit 
 export interface SchedulerOptions {
   cache: KvCache;
   timing: TimingModel;
+  /** Host-memory tier (vLLM's OffloadingConnector): offloads committed blocks, loads them back on a GPU miss. */
+  cpu?: CpuTier | undefined;
   maxNumBatchedTokens: number;
   maxNumSeqs: number;
   /** One call per step with that step's KV events (possibly empty). */
@@ -28,6 +31,8 @@ export interface SchedulerCounters {
   kvLoads: number;
   kvLoadTokens: number;
   kvLoadFailures: number;
+  /** Prompt tokens loaded back from the CPU tier instead of prefilled. */
+  cpuLoadTokens: number;
   /**
    * Real milliseconds the engine fell behind its own clock beyond what it can
    * catch up (the process was too busy to step on time). Non-zero means the
@@ -70,6 +75,7 @@ export class Scheduler {
     kvLoads: 0,
     kvLoadTokens: 0,
     kvLoadFailures: 0,
+    cpuLoadTokens: 0,
     lostMs: 0,
   };
   readonly #o: SchedulerOptions;
@@ -121,7 +127,7 @@ export class Scheduler {
 
   /** Publishes events produced outside a step (a prefix-cache reset) right away, as vLLM does on its next step. */
   flushEvents(): void {
-    if (!this.#busy) this.#o.publish(this.#o.cache.drainEvents());
+    if (!this.#busy) this.#o.publish(this.#drain());
   }
 
   #kick(): void {
@@ -150,7 +156,7 @@ export class Scheduler {
     const plan = this.#schedule();
     if (plan.length === 0) {
       this.#busy = false;
-      this.#o.publish(this.#o.cache.drainEvents());
+      this.#o.publish(this.#drain());
       return;
     }
     let prefill = 0;
@@ -233,7 +239,8 @@ export class Scheduler {
    */
   #startLoad(req: SimRequest, prefix: number[], cached: number): 'started' | 'local' | 'blocked' {
     const remote = req.init.remote;
-    if (!remote || req.cachedTokens >= 0) return 'local';
+    if (!remote) return this.#startCpuLoad(req, prefix, cached);
+    if (req.cachedTokens >= 0) return 'local';
     const target = Math.min(remote.tokens, req.tokens.length - 1);
     if (target <= cached) return 'local';
     if (!this.#o.cache.allocate(req, target, prefix)) {
@@ -254,12 +261,45 @@ export class Scheduler {
     return 'started';
   }
 
-  #loaded(req: SimRequest, numComputed: number): void {
+  /**
+   * The OffloadingConnector's side of admission: blocks past the GPU prefix
+   * that host memory holds are allocated and copied back (PCIe time, outside
+   * the step loop, as the connector loads asynchronously) instead of prefilled.
+   */
+  #startCpuLoad(req: SimRequest, prefix: number[], cached: number): 'started' | 'local' | 'blocked' {
+    const { cpu, cache } = this.#o;
+    if (!cpu?.enabled) return 'local';
+    const maxBlocks = Math.floor((req.tokens.length - 1) / cache.blockSize);
+    cache.hashBlocks(req, maxBlocks);
+    const hits = cpu.lookup(req.blockHashes, prefix.length, maxBlocks);
+    if (hits === 0) return 'local';
+    const target = (prefix.length + hits) * cache.blockSize;
+    if (!cache.allocate(req, target, prefix)) {
+      if (this.running.length === 0 && this.loading.length === 0)
+        this.#fail(req, 'request does not fit in the KV cache');
+      return 'blocked';
+    }
+    this.waiting.shift();
+    this.loading.push(req);
+    req.state = 'loading';
+    req.numComputed = cached;
+    if (req.cachedTokens < 0) {
+      // vLLM's usage counts connector hits as cached tokens.
+      req.cachedTokens = target;
+      this.counters.prefixQueryTokens += req.tokens.length;
+      this.counters.prefixHitTokens += cached;
+    }
+    void cpu.load(hits).then(() => this.#loaded(req, target, 'cpu'));
+    return 'started';
+  }
+
+  #loaded(req: SimRequest, numComputed: number, from: 'remote' | 'cpu' = 'remote'): void {
     const i = this.loading.indexOf(req);
     if (i < 0 || this.#closed) return; // aborted meanwhile
     this.loading.splice(i, 1);
     if (numComputed > req.numComputed) {
-      this.counters.kvLoadTokens += numComputed - req.numComputed;
+      if (from === 'cpu') this.counters.cpuLoadTokens += numComputed - req.numComputed;
+      else this.counters.kvLoadTokens += numComputed - req.numComputed;
       req.numComputed = numComputed;
       // Pulled blocks become this engine's cached blocks: BlockStored, as vLLM emits after a NIXL load.
       this.#o.cache.commit(req, numComputed);
@@ -292,8 +332,14 @@ export class Scheduler {
       req.init.onToken(token, index);
       if (req.outputCount >= req.init.maxTokens && req.state === 'running') this.#complete(req, req.init.finishReason);
     }
-    this.#o.publish(cache.drainEvents());
+    this.#o.publish(this.#drain());
     this.#step();
+  }
+
+  /** The step's GPU events, with the CPU tier's offload events spliced in. */
+  #drain(): KvEvent[] {
+    const events = this.#o.cache.drainEvents();
+    return this.#o.cpu ? this.#o.cpu.withOffloads(events) : events;
   }
 
   #preempt(req: SimRequest): void {

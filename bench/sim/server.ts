@@ -4,14 +4,7 @@ import type { KvCache } from './kv-cache.js';
 import type { KvEventPublisher } from './kv-publisher.js';
 import type { SimMetrics } from './metrics.js';
 import type { KvTransferParams, NixlAgent } from './nixl.js';
-import {
-  asObject,
-  parseChat,
-  parseCompletion,
-  randomHex,
-  SimHttpError,
-  type OpenAiContext,
-} from './openai.js';
+import { asObject, parseChat, parseCompletion, randomHex, SimHttpError, type OpenAiContext } from './openai.js';
 import {
   chatBody,
   chatChunk,
@@ -28,8 +21,13 @@ import { createMessage, createResponse, storedResponse } from './responses.js';
 import type { TrtllmEventQueue } from './trtllm-events.js';
 import { ENGINE_ROUTES, pickRank } from './dp-rank.js';
 import { detokenize, tokenize } from './tokenization.js';
+import type { CpuTier, CpuTierStats } from './cpu-tier.js';
+import { offloadApi } from './offload-api.js';
+import { asToolCallBody, forcedTool, toolCallDelta } from './tool-calls.js';
 
-export interface SimStats {
+export interface SimStats extends Partial<CpuTierStats> {
+  /** Prompt tokens loaded back from the CPU tier (with --cpu-kv-blocks). */
+  cpuLoadTokens?: number;
   id: string;
   running: number;
   waiting: number;
@@ -70,6 +68,8 @@ export interface SimRankDeps {
   readonly scheduler: Scheduler;
   readonly cache: KvCache;
   readonly publisher: KvEventPublisher | undefined;
+  /** The host-memory KV tier (with --cpu-kv-blocks). */
+  readonly cpu?: CpuTier | undefined;
 }
 
 export interface SimServerDeps extends SimRankDeps {
@@ -138,6 +138,9 @@ const routes: Record<string, Record<string, Handler>> = {
         .end(body);
     },
   },
+  // LMCache controller-style pin and lookup of the host tier (offload-api.ts).
+  '/pin': { POST: async (d, q, res, h) => offloadApi('/pin', await readJson(q), simOffload(d), res, h) },
+  '/lookup': { POST: async (d, q, res, h) => offloadApi('/lookup', await readJson(q), simOffload(d), res, h) },
   '/sim/stats': { GET: async (d, _q, res, h) => sendJson(res, 200, d.stats(), h) },
   '/sim/drop-kv-events': { POST: dropKvEvents },
   // The simulated NIXL side channel: a decode worker that pulled a remote prefill's blocks frees them here.
@@ -248,6 +251,7 @@ async function generate(
   const parsed = kind === 'chat' ? await parseChat(body, d.ctx) : await parseCompletion(body, d.ctx);
   if (res.destroyed) return; // client left while we tokenized
   const transfer = d.nixl.classify(body);
+  const tool = kind === 'chat' ? forcedTool(asObject(body)) : null;
   // A streamed prefill could not report kv_transfer_params, so nothing would ever pull its blocks.
   const keepBlocks = transfer.kind === 'prefill-for-remote' && !parsed.stream;
   const head: ResponseHead = {
@@ -289,7 +293,8 @@ async function generate(
       const finish = index === last ? parsed.finishReason : null;
       if (kind === 'completion') return void sse(completionChunk(head, text, finish));
       if (index === 0) sse(chatChunk(head, { role: 'assistant', content: '' }, null));
-      sse(chatChunk(head, { content: text }, finish));
+      if (tool && index === last) return void sse(chatChunk(head, toolCallDelta(tool), 'tool_calls'));
+      if (!tool) sse(chatChunk(head, { content: text }, finish));
     },
     onFinish(reason: FinishReason, message?: string) {
       if (reason === 'abort') {
@@ -324,12 +329,9 @@ async function generate(
           const promptBlocks = simReq.blockIds.slice(0, Math.ceil(simReq.promptLength / d.cache.blockSize));
           kv = d.nixl.hold(head.id, promptBlocks, simReq.promptLength, () => d.scheduler.release(simReq));
         }
-        return sendJson(
-          res,
-          200,
-          kind === 'chat' ? chatBody(head, text, reason, u, kv) : completionBody(head, text, reason, u, kv),
-          headers,
-        );
+        const answer =
+          kind === 'chat' ? chatBody(head, text, reason, u, kv) : completionBody(head, text, reason, u, kv);
+        return sendJson(res, 200, tool ? asToolCallBody(answer, tool) : answer, headers);
       }
       if (parsed.includeUsage) sse(usageChunk(kind, head, u));
       res.end('data: [DONE]\n\n');
@@ -365,3 +367,5 @@ function resetPrefixCache(d: SimServerDeps): void {
   }
   d.logger.info('prefix cache reset');
 }
+
+const simOffload = (d: SimServerDeps) => ({ cache: d.cache, cpu: d.cpu, instanceId: d.stats().id });

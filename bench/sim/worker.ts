@@ -4,6 +4,7 @@ import type { Logger } from 'pino';
 import { createLogger } from '../../gateway/ops/log.js';
 import { createBlockHasher } from './block-hash.js';
 import { KvCache } from './kv-cache.js';
+import { CPU_TIER_DEFAULTS, CpuTier } from './cpu-tier.js';
 import { SimMetrics } from './metrics.js';
 import { NixlAgent, type NixlOptions } from './nixl.js';
 import { Scheduler } from './scheduler.js';
@@ -70,6 +71,10 @@ export interface SimWorkerOptions {
   role?: SimRole | undefined;
   /** KV transfer model of the NixlConnector simulation (see nixl.ts). */
   nixl?: Partial<Omit<NixlOptions, 'speedup'>> | undefined;
+  /** vLLM's OffloadingConnector `num_cpu_blocks`: host-memory KV tier in blocks (default 0: none). */
+  cpuKvBlocks?: number | undefined;
+  /** Host-to-device bandwidth of block load-back, GB/s (default 25, PCIe 4.0 x16). */
+  pcieGBps?: number | undefined;
 }
 
 export type SimRole = 'both' | 'prefill' | 'decode';
@@ -141,18 +146,29 @@ export async function startSimWorker(options: SimWorkerOptions = {}): Promise<Si
       resetAs: trtllm ? 'removed' : 'cleared',
     });
     const publisher = publishers[rank];
+    // Each rank is its own engine core with its own host-memory pool, as vLLM's offloading connector has per engine.
+    const cpu = options.cpuKvBlocks
+      ? new CpuTier({
+          numBlocks: options.cpuKvBlocks,
+          pcieGBps: options.pcieGBps ?? CPU_TIER_DEFAULTS.pcieGBps,
+          bytesPerToken: options.nixl?.bytesPerToken ?? NIXL_DEFAULTS.bytesPerToken,
+          blockSize,
+          speedup: timing.speedup,
+        })
+      : undefined;
     const scheduler = new Scheduler({
       cache,
+      cpu,
       timing,
       maxNumBatchedTokens: options.maxNumBatchedTokens ?? SIM_DEFAULTS.maxNumBatchedTokens,
       maxNumSeqs: options.maxNumSeqs ?? SIM_DEFAULTS.maxNumSeqs,
       publish: (events) => (trtllm ? trtllm.publish(events) : publisher?.publish(events)),
     });
-    return { rank, cache, scheduler, publisher };
+    return { rank, cache, scheduler, publisher, cpu };
   });
   const { cache, scheduler } = ranks[0]!;
   const metrics = new SimMetrics(model, ranks);
-  const rankStats = ({ cache, scheduler, publisher }: SimRankDeps): SimStats => {
+  const rankStats = ({ cache, scheduler, publisher, cpu }: SimRankDeps): SimStats => {
     const k = cache.stats();
     const c = scheduler.counters;
     return {
@@ -182,6 +198,7 @@ export async function startSimWorker(options: SimWorkerOptions = {}): Promise<Si
       kvSecondaryBlocksCached: k.secondaryCachedBlocks,
       kvOffloads: k.offloads,
       kvSecondaryEvictions: k.secondaryEvictions,
+      ...(cpu ? { ...cpu.stats, cpuLoadTokens: c.cpuLoadTokens } : {}),
     };
   };
   const stats = (): SimStats => (ranks.length === 1 ? rankStats(ranks[0]!) : sumStats(ranks.map(rankStats)));

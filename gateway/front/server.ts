@@ -18,8 +18,9 @@ import { RequestOutcome } from '../proxy/usage-sniffer.js';
 import { readBody, requireJsonContentType } from './request.js';
 import { passthroughConfigSchema } from '../proxy/passthrough-routes.js';
 import { responsesConfigSchema, ResponseStore } from './routes/responses.js';
-import { ownerOf, routedRoute, serveStoredResponse, steer, type Prepared } from './routes/routed.js';
+import { ownerOf, routedRoute, serveStoredResponse, steer, steerToHolder, type Prepared } from './routes/routed.js';
 import { ANSWERED_BY, tokenizeConfigSchema, type LocalTokenizers } from './routes/tokenize.js';
+import { isToolFollowUp, sessionKeyOf, type ToolSessions } from '../fleet/tools/tool-sessions.js';
 import { rerouter } from '../proxy/retry.js';
 import type { DisaggHook } from '../disagg/two-leg.js';
 import type { FlowControl, FlowPass } from '../flow/flow.js';
@@ -77,6 +78,8 @@ export interface FrontDeps {
   readonly flow?: FlowControl | undefined;
   /** Local tokenizers, for answering `/tokenize` and `/detokenize` without a worker. */
   readonly tokenizers?: LocalTokenizers | undefined;
+  /** Tool-call aware KV retention (gateway/fleet/tools/); absent when `toolRetention.enabled` is off. */
+  readonly tools?: ToolSessions | undefined;
 }
 
 /** `GET /v1/models/{id}`: answered from the fleet's model cards, never passed through. */
@@ -123,6 +126,20 @@ export function createFrontHandler(d: FrontDeps): (req: IncomingMessage, res: Se
       let piped = d.pipeline.route(request, path, req.headers, requestId, req.socket.remoteAddress);
       if (piped instanceof Promise) piped = await piped;
       let routed = steer(d.fleet, piped, prepared, owner);
+      // --- tool-call retention hook (gateway/fleet/tools/): a tool result goes back to the prefix ---
+      const session =
+        d.tools && request.kind === 'chat'
+          ? sessionKeyOf(routed.ctx.sessionKey, request.model, request.body)
+          : undefined;
+      if (session !== undefined && !owner && isToolFollowUp(request.body)) {
+        const held = d.tools!.affinity(session);
+        if (held) {
+          const steered = steerToHolder(d.fleet, routed, held);
+          routed = steered.routed;
+          d.tools!.returned(session, steered.outcome);
+        } else d.tools!.unknown();
+      }
+      // --- end tool-call retention hook ---
       strategy = routed.strategy.name;
       if (res.destroyed) return;
       // --- re-query hook (gateway/front/requery.ts): every round on the routed worker, aggregated ---
@@ -173,7 +190,9 @@ export function createFrontHandler(d: FrontDeps): (req: IncomingMessage, res: Se
         passAuthorization: d.transport.config.passClientAuthorization,
       });
       delete upstreamHeaders[ADMIN_TOKEN_HEADER];
-      const outcome = flowObserved(pass, new RequestOutcome(d.metrics, strategy, arm, armStats, started));
+      const measured = flowObserved(pass, new RequestOutcome(d.metrics, strategy, arm, armStats, started));
+      const outcome =
+        session !== undefined ? d.tools!.observe(measured, session, worker, request.model, request.body) : measured;
       const observer = prepared.observe?.(outcome);
       forward(
         d,

@@ -7,6 +7,8 @@ import type { RoutingPipeline } from '../routing/pipeline.js';
 import type { DisaggAdmin } from '../disagg/two-leg.js';
 import { parseInference, readBody } from '../front/request.js';
 import type { FlowControl } from '../flow/flow.js';
+import { isToolFollowUp, sessionKeyOf, type ToolSessions } from '../fleet/tools/tool-sessions.js';
+import { steerToHolder } from '../front/routes/routed.js';
 
 /** The admin listener: loopback only by default; with a token, anyone holding it. */
 export const adminConfigSchema = z.strictObject({
@@ -29,6 +31,8 @@ export interface AdminDeps {
   readonly lora?: ((req: IncomingMessage, res: ServerResponse, path: string) => boolean) | undefined;
   /** Flow control: `/debug/flow`, and predicted TTFT per candidate in `/debug/route`. */
   readonly flow?: FlowControl | undefined;
+  /** Tool-call retention: the affinity and predicted return in `/debug/route`, and `/debug/tools`. */
+  readonly tools?: ToolSessions | undefined;
 }
 
 /** True for 127.0.0.0/8 and ::1, in plain or IPv4-mapped form. */
@@ -51,6 +55,7 @@ export const ADMIN_ROUTES = [
   'GET /debug/workers',
   'GET /debug/experiments',
   'GET /debug/planner',
+  'GET /debug/tools',
   'POST /debug/route',
 ] as const;
 
@@ -88,6 +93,8 @@ export function createAdminHandler(d: AdminDeps): (req: IncomingMessage, res: Se
     if (path === '/debug/experiments' && req.method === 'GET') return json(res, 200, d.pipeline.summary());
     if (path === '/debug/flow' && req.method === 'GET')
       return json(res, 200, d.flow?.summary(d.fleet.workers) ?? { enabled: false });
+    if (path === '/debug/tools' && req.method === 'GET')
+      return json(res, 200, d.tools?.summary() ?? { enabled: false });
     if (path === '/debug/planner' && req.method === 'GET')
       return json(res, 200, d.disagg?.plannerReport() ?? { pools: [] });
     if (path === '/debug/route' && req.method === 'POST') {
@@ -159,7 +166,13 @@ async function debugRoute(d: AdminDeps, req: IncomingMessage): Promise<unknown> 
   const path = wrapped && typeof w.path === 'string' ? w.path : isChat ? '/v1/chat/completions' : '/v1/completions';
   const request = parseInference(Buffer.from(JSON.stringify(body)), path.includes('chat') ? 'chat' : 'completion');
   const requestId = (headers['x-request-id'] as string | undefined) ?? randomUUID();
-  const routed = await d.pipeline.route(request, path, headers, requestId);
+  let routed = await d.pipeline.route(request, path, headers, requestId);
+  // What the front would do with a tool result: show the held session and, if it applies, the holder.
+  const session =
+    d.tools && request.kind === 'chat' ? sessionKeyOf(routed.ctx.sessionKey, request.model, request.body) : undefined;
+  const held = session !== undefined ? d.tools!.affinity(session) : undefined;
+  const followUp = isToolFollowUp(request.body);
+  if (held && followUp) routed = steerToHolder(d.fleet, routed, held).routed;
   const { decision, ctx } = routed;
   return {
     worker: decision.worker.id,
@@ -190,6 +203,14 @@ async function debugRoute(d: AdminDeps, req: IncomingMessage): Promise<unknown> 
     },
     disaggregation: d.disagg?.handles(routed) ? await d.disagg.explain(routed) : undefined,
     flow: d.flow?.explain(routed, headers),
+    toolSession: d.tools
+      ? {
+          session: session ?? null,
+          followUp,
+          affinity: held ? (followUp ? held.worker : null) : null,
+          ...(held ? { pending: held } : {}),
+        }
+      : undefined,
   };
 }
 

@@ -138,6 +138,9 @@ function buildStored(f: Fields): KvEvent | SkipReason {
   const loraName = loraNameOf(f);
   if (tier === null) return 'other-medium';
   if (isForeign(f)) return 'foreign';
+  // vLLM's OffloadingConnector: a tier copy of blocks already announced with their tokens.
+  if (blockSize === 0 && tokenIds.length === 0 && parentEngineHash === null && engineHashes.length > 0)
+    return { kind: 'moved', engineHashes, tier, copy: true };
   if (blockSize <= 0 || engineHashes.length === 0 || tokenIds.length !== engineHashes.length * blockSize)
     return 'inconsistent';
   const cacheSalt = cacheSaltOf(f, parentEngineHash, loraName);

@@ -46,6 +46,12 @@ export interface BlocksMoved {
   readonly kind: 'moved';
   readonly engineHashes: readonly EngineBlockHash[];
   readonly tier: KvTier;
+  /**
+   * Copied, not moved: the blocks stay on their other tiers too. vLLM's
+   * OffloadingConnector announces a CPU copy as a BlockStored with no tokens
+   * (`token_ids=[]`, `block_size=0`, no parent), naming blocks it stored on GPU before.
+   */
+  readonly copy?: boolean;
 }
 
 export interface AllBlocksCleared {

@@ -281,7 +281,7 @@ export class KvIndexer implements KvIndex<KvEventBatch> {
       }
       // Add the new tier before dropping the others, so the node is never briefly unheld (and freed).
       this.#index.addToNode(node, t.id, flag);
-      this.#index.dropFromNode(node, t.id, ALL_TIERS & ~flag);
+      if (!ev.copy) this.#index.dropFromNode(node, t.id, ALL_TIERS & ~flag);
     }
   }
 

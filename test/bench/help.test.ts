@@ -4,6 +4,7 @@ import t from 'tap';
 
 // Every bench script answers --help before it starts anything, and says where its trace comes from.
 const SCRIPTS = [
+  'agentic-bench',
   'disagg-bench',
   'fault-bench',
   'index-bench',

@@ -8,6 +8,7 @@ import { parseInference, type InferenceRequest } from '../request.js';
 import { sendError } from '../errors.js';
 import { parseMessages } from './messages.js';
 import { parsePooling } from './pooling.js';
+import type { ToolAffinity } from '../../fleet/tools/tool-sessions.js';
 import { parseResponses, ResponseRecorder, workerGone, type ResponseStore } from './responses.js';
 import { ANSWERED_BY, parseTokenize, type LocalTokenizers, type TokenizeConfig } from './tokenize.js';
 
@@ -123,6 +124,46 @@ export function steer(fleet: Fleet, routed: Routed, prepared: Prepared, owner: W
   const decision = byLoadStrategy.choose(routed.ctx, routed.candidates);
   const worker = fleet.get(decision.worker.id) ?? routed.worker;
   return { ...routed, worker, decision, strategy: byLoadStrategy };
+}
+
+/**
+ * A tool-result turn goes back to the worker that served the turn ending in
+ * the tool call, where its prefix is (on GPU, or in host memory the engine
+ * loads it back from), when that worker is among the candidates; otherwise the
+ * strategy's choice stands. The strategy's explain is kept under `strategy`.
+ */
+export function steerToHolder(
+  fleet: Fleet,
+  routed: Routed,
+  affinity: ToolAffinity,
+): { routed: Routed; outcome: 'kept' | 'moved' | 'lost' } {
+  const explain = { rule: 'tool-call follow-up: back to the worker holding the session prefix', toolSession: affinity };
+  if (routed.worker.id === affinity.worker)
+    return {
+      routed: {
+        ...routed,
+        decision: { ...routed.decision, explain: { ...explain, strategy: routed.decision.explain } },
+      },
+      outcome: 'kept',
+    };
+  const holder = fleet.get(affinity.worker);
+  if (!holder || !holder.healthy || !routed.candidates.some((c) => c.id === holder.id))
+    return { routed, outcome: 'lost' };
+  const score = routed.decision.candidates?.find((c) => c.worker === holder.id);
+  const cached = score?.terms.overlapBlocks;
+  return {
+    routed: {
+      ...routed,
+      worker: holder,
+      decision: {
+        worker: holder,
+        explain: { ...explain, strategyChose: routed.worker.id, strategy: routed.decision.explain },
+        ...(cached !== undefined ? { predictedCachedBlocks: Math.floor(cached) } : {}),
+        ...(routed.decision.candidates ? { candidates: routed.decision.candidates } : {}),
+      },
+    },
+    outcome: 'moved',
+  };
 }
 
 const RESPONSE_BY_ID = /^\/v1\/responses\/([^/]+)(?:\/cancel)?$/;
