@@ -1,7 +1,5 @@
-import { readFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
-import { dirname, join } from 'node:path';
-import { Tokenizer } from 'tokenizers';
+import { dirname } from 'node:path';
 import { PromptTokenizer } from '../../indexer/tokenize/tokenizer.js';
 
 /**
@@ -14,24 +12,15 @@ const FILLER =
 
 /**
  * The simulator's view of a model's tokenizer: the gateway's PromptTokenizer
- * for prompts (so both sides agree on token ids) plus decoding, which that
- * class does not offer. The decoder parses tokenizer.json a second time, which
- * costs as much as the first load, so it is only loaded when /detokenize or
- * token_strs first need it.
+ * (so both sides agree on token ids, and decode the way vLLM does) plus the
+ * filler words generated text is made of.
  */
 export class SimTokenizer {
-  #decoder: Promise<Tokenizer> | undefined;
-  readonly #dir: string;
-
   private constructor(
     readonly prompt: PromptTokenizer,
-    dir: string,
-    readonly vocabSize: number,
     readonly fillerIds: readonly number[],
     readonly fillerTexts: readonly string[],
-  ) {
-    this.#dir = dir;
-  }
+  ) {}
 
   static async load(dir: string): Promise<SimTokenizer> {
     const prompt = await PromptTokenizer.load(dir);
@@ -45,14 +34,12 @@ export class SimTokenizer {
       fillerTexts.push(word);
     }
     if (fillerIds.length === 0) throw new Error(`tokenizer in ${dir} encodes no filler word as a single token`);
-    const vocab = JSON.parse(await readFile(join(dir, 'tokenizer.json'), 'utf8').catch(() => '{}')) as {
-      model?: { vocab?: Record<string, number> };
-      added_tokens?: { id: number }[];
-    };
-    let maxId = -1;
-    for (const id of Object.values(vocab.model?.vocab ?? {})) if (id > maxId) maxId = id;
-    for (const t of vocab.added_tokens ?? []) if (t.id > maxId) maxId = t.id;
-    return new SimTokenizer(prompt, dir, maxId + 1, fillerIds, fillerTexts);
+    return new SimTokenizer(prompt, fillerIds, fillerTexts);
+  }
+
+  /** Ids in 0..vocabSize-1 exist (the vocabulary plus added tokens). */
+  get vocabSize(): number {
+    return this.prompt.vocabSize;
   }
 
   /** The k-th generated token: the filler sentence, over and over. */
@@ -64,19 +51,13 @@ export class SimTokenizer {
     return this.fillerTexts[index % this.fillerTexts.length]!;
   }
 
-  async decode(ids: number[]): Promise<string> {
-    return (await this.#loadDecoder()).decode(ids, false);
+  decode(ids: number[]): Promise<string> {
+    return this.prompt.decode(ids);
   }
 
   /** Vocabulary strings as vLLM's `token_strs` (`convert_ids_to_tokens`). */
-  async tokenStrs(ids: readonly number[]): Promise<string[]> {
-    const decoder = await this.#loadDecoder();
-    return ids.map((id) => decoder.idToToken(id) ?? '');
-  }
-
-  #loadDecoder(): Promise<Tokenizer> {
-    this.#decoder ??= readFile(join(this.#dir, 'tokenizer.json'), 'utf8').then((json) => Tokenizer.fromString(json));
-    return this.#decoder;
+  tokenStrs(ids: readonly number[]): string[] {
+    return this.prompt.tokenStrs(ids);
   }
 }
 
