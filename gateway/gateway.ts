@@ -9,7 +9,8 @@ import { HealthChecker, type HealthProbe } from './fleet/health.js';
 import { GatewayMetrics } from './ops/metrics.js';
 import { registerKvMetrics, registerTokenizeMetric } from './ops/kv-metrics.js';
 import { Passthrough } from './proxy/passthrough.js';
-import { createFrontHandler } from './front/server.js';
+import { createFrontHandler, opsOnly } from './front/server.js';
+import { Admission } from './front/overload.js';
 import { answerClientError, answerExpectation, frontServerOptions, requireHost } from './front/client-limits.js';
 import { configureUpstreamAuth } from './proxy/upstream-auth.js';
 import {
@@ -40,6 +41,8 @@ export interface GatewayOptions {
   defaultMetrics?: boolean;
   /** Tests: a stub DNS resolver or in-cluster Kubernetes paths for `fleet.discovery`. */
   discovery?: Pick<DiscoveryDeps, 'resolver' | 'kubeEnv' | 'random'>;
+  /** `ops`: the HTTP port answers only /health, /ready and /metrics (the EPP mode, unless asked for the proxy too). */
+  front?: 'proxy' | 'ops';
 }
 
 /** What a reload changed, for its log line. */
@@ -61,6 +64,9 @@ export interface Gateway {
   readonly adapters: FleetAdapters;
   /** The routing core (request -> policy -> strategy), for fronts other than the HTTP proxy (the EPP, gateway/epp/). */
   readonly pipeline: RoutingPipeline;
+  /** Flow control, when `flow.enabled`; and the gateway-wide concurrency bound (`server.overload`). */
+  readonly flow: FlowControl | undefined;
+  readonly admission: Admission;
   /** KV block size of the models, for load accounting. */
   readonly blockSize: number;
   /** The config in force (the last one `reload` accepted). */
@@ -220,6 +226,8 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
     ? new FlowControl({ config: config.flow, registry: metrics.registry, log, blockSize })
     : undefined;
   // --- end flow control ---
+  // One bound for every front (the proxy routes and the EPP) of this process.
+  const admission = new Admission(config.server.overload, metrics.registry);
 
   // --- servers and discovery ---
   const front = new FrontTracker(
@@ -234,9 +242,11 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
       blockSize,
       disagg,
       flow,
+      admission,
     }),
   );
-  const frontServer = createServer(frontServerOptions(config.server), requireHost(front.handler));
+  const frontHandler = options.front === 'ops' ? opsOnly(front.handler) : front.handler;
+  const frontServer = createServer(frontServerOptions(config.server), requireHost(frontHandler));
   frontServer.on('clientError', answerClientError).on('checkExpectation', answerExpectation);
   const admin = createServer(
     createAdminHandler({
@@ -330,6 +340,8 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
     metrics,
     adapters,
     pipeline,
+    flow,
+    admission,
     blockSize,
     get config() {
       return config;
