@@ -1,6 +1,6 @@
 import t from 'tap';
 import { request } from 'undici';
-import { eventually, MODEL, startSim, writeConfig, type SimWorkerLine } from '../../fixtures/gateway.js';
+import { eventually, MODEL, startSim, writeConfig } from '../../fixtures/gateway.js';
 import { QWEN3_TOKENIZER_DIR, startCli } from '../../fixtures/processes.js';
 import { FakeKubeApi, slice } from '../../fixtures/fake-kube-api.js';
 import { EnvoyStandIn } from '../../fixtures/envoy.js';
@@ -20,7 +20,7 @@ void t.test('one endpoint per pod IP and target port, each answered as its own i
   const apiPort = await api.listen();
   teardown(() => api.close());
   const { workers } = await startSim(teardown, 2, ['--speedup', '20']);
-  const ports = (workers as SimWorkerLine[]).map((w) => Number(new URL(w.url).port));
+  const ports = workers.map((w) => Number(new URL(w.url).port));
   api.pods.set('vllm-0', { name: 'vllm-0', uid: 'uid-vllm-0', labels: { 'kvgate.io/pool': 'qwen' } });
   // The Service's slice names its own port; the pool's target ports are what count.
   api.setQuietly(
