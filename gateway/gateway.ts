@@ -1,4 +1,3 @@
-import { randomUUID } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
 import type { Logger } from 'pino';
 import type { GatewayConfig } from '../config/schema.js';
@@ -9,7 +8,8 @@ import { HealthChecker, type HealthProbe } from './fleet/health.js';
 import { GatewayMetrics } from './ops/metrics.js';
 import { registerKvMetrics, registerTokenizeMetric } from './ops/kv-metrics.js';
 import { Passthrough } from './proxy/passthrough.js';
-import { createFrontHandler } from './front/server.js';
+import { createFrontHandler, opsOnly } from './front/server.js';
+import { Admission } from './front/overload.js';
 import { localTokenizers } from './front/routes/tokenize.js';
 import { createToolSessions } from './fleet/tools/tool-sessions.js';
 import { answerClientError, answerExpectation, frontServerOptions, requireHost } from './front/client-limits.js';
@@ -26,7 +26,7 @@ import type { RoutingPipeline } from './routing/pipeline.js';
 import { buildRouting, LivePipeline, poolSignature, restartOnlyChanges, type RoutingDeps } from './routing/reload.js';
 import { Disaggregation } from './disagg/two-leg.js';
 import { PdSplit } from './disagg/split.js';
-import { LoadSharing, natsTransport } from './fleet/load-sharing.js';
+import { createLoadSharing } from './fleet/load-sharing-nats.js';
 import { buildKvServices } from './kv-services.js';
 import { FleetAdapters } from './fleet/adapters.js';
 import { createLoraAdmin } from './ops/lora-admin.js';
@@ -42,6 +42,8 @@ export interface GatewayOptions {
   defaultMetrics?: boolean;
   /** Tests: a stub DNS resolver or in-cluster Kubernetes paths for `fleet.discovery`. */
   discovery?: Pick<DiscoveryDeps, 'resolver' | 'kubeEnv' | 'random'>;
+  /** `ops`: the HTTP port answers only /health, /ready and /metrics (the EPP mode, unless asked for the proxy too). */
+  front?: 'proxy' | 'ops';
 }
 
 /** What a reload changed, for its log line. */
@@ -63,6 +65,9 @@ export interface Gateway {
   readonly adapters: FleetAdapters;
   /** The routing core (request -> policy -> strategy), for fronts other than the HTTP proxy (the EPP, gateway/epp/). */
   readonly pipeline: RoutingPipeline;
+  /** Flow control, when `flow.enabled`; and the gateway-wide concurrency bound (`server.overload`). */
+  readonly flow: FlowControl | undefined;
+  readonly admission: Admission;
   /** KV block size of the models, for load accounting. */
   readonly blockSize: number;
   /** The config in force (the last one `reload` accepted). */
@@ -198,30 +203,14 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
     now,
     random,
   });
-  let sharing: LoadSharing | undefined;
-  if (config.loadSharing) {
-    // Not from the injected `random`: two replicas seeded alike would take each other's snapshots for their own.
-    const replicaId = randomUUID().slice(0, 13);
-    sharing = new LoadSharing({
-      fleet,
-      transport: natsTransport(config.loadSharing, log, `kvgate-${replicaId}`),
-      config: config.loadSharing,
-      log,
-      replicaId,
-      now,
-      registry: metrics.registry,
-      // Bench-only decision trace (bench/replicas-bench.ts --trace-decisions).
-      tracePath: process.env.KVGATE_LOAD_TRACE && `${process.env.KVGATE_LOAD_TRACE}-${replicaId}.jsonl`,
-    });
-  } else {
-    log.info('load sharing off (no loadSharing): with several replicas, each routes on its own in-flight load');
-  }
+  const sharing = createLoadSharing(config.loadSharing, { fleet, log, now, registry: metrics.registry });
 
   // --- flow control (gateway/flow/): off unless `flow.enabled` ---
   const flow = config.flow.enabled
     ? new FlowControl({ config: config.flow, registry: metrics.registry, log, blockSize })
     : undefined;
-  // --- end flow control ---
+  // One bound for every front (the proxy routes and the EPP) of this process.
+  const admission = new Admission(config.server.overload, metrics.registry);
 
   // Tool-call retention (gateway/fleet/tools/): undefined unless `toolRetention.enabled`.
   const tools = createToolSessions(config.toolRetention, metrics.registry, log);
@@ -241,9 +230,11 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
       flow,
       tokenizers: localTokenizers(kv.tokenizers, config.models),
       tools,
+      admission,
     }),
   );
-  const frontServer = createServer(frontServerOptions(config.server), requireHost(front.handler));
+  const frontHandler = options.front === 'ops' ? opsOnly(front.handler) : front.handler;
+  const frontServer = createServer(frontServerOptions(config.server), requireHost(frontHandler));
   frontServer.on('clientError', answerClientError).on('checkExpectation', answerExpectation);
   const admin = createServer(
     createAdminHandler({
@@ -338,6 +329,8 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
     metrics,
     adapters,
     pipeline,
+    flow,
+    admission,
     blockSize,
     get config() {
       return config;

@@ -16,7 +16,9 @@ Runs the gateway's routing core as an Endpoint Picker (EPP) for the Kubernetes
 Gateway API Inference Extension: Envoy's ExternalProcessor (ext_proc) in
 FULL_DUPLEX_STREAMED mode and grpc.health.v1 on the gRPC port. The proxy in
 front forwards; kvgate picks the endpoint (x-gateway-destination-endpoint).
-The HTTP port still serves /metrics, /health and /ready (and the proxy routes).
+The HTTP port serves only /metrics, /health and /ready (404 for anything else):
+inference reaches the engines through the Gateway, never through kvgate, unless
+--proxy also opens the OpenAI proxy routes there (as kvgate serve does).
 
 flags:
   --config FILE       config file (or KVGATE_CONFIG)
@@ -26,6 +28,7 @@ flags:
   --port PORT         HTTP (metrics) port, 0 = any free port (KVGATE_PORT; default 8080)
   --admin-port PORT   admin listener port on 127.0.0.1 (KVGATE_ADMIN_PORT; default 8081)
   --strategy NAME     routing strategy (KVGATE_STRATEGY), e.g. least-load, kv
+  --proxy             also serve the OpenAI proxy routes on the HTTP port
   -h, --help          this help
 
 Logs are JSON lines on stdout ("epp ready" with grpcAddress once serving).`,
@@ -37,6 +40,7 @@ Logs are JSON lines on stdout ("epp ready" with grpcAddress once serving).`,
     port: { type: 'string' },
     'admin-port': { type: 'string' },
     strategy: { type: 'string' },
+    proxy: { type: 'boolean' },
   },
 } as const;
 
@@ -56,7 +60,7 @@ export async function eppCommand(argv: string[]): Promise<void> {
   const log = createLogger('kvgate');
   let gateway;
   try {
-    gateway = await startGateway(config, { log });
+    gateway = await startGateway(config, { log, front: flags.proxy ? 'proxy' : 'ops' });
   } catch (err) {
     if (err instanceof RoutingSetupError)
       throw new RoutingSetupError(err.message.replace(/^kvgate: /, `kvgate: ${file}: `));

@@ -30,6 +30,8 @@ export async function startEpp(gateway: Gateway, host: string, port: number, log
     log,
     blockSize: gateway.blockSize,
     maxBodyBytes: gateway.config.server.maxBodyBytes,
+    flow: gateway.flow,
+    admission: gateway.admission,
   });
   const server = new grpc.Server({
     // A 1 MB prompt arrives in many chunks, but a single message may still be large.

@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import type { IncomingHttpHeaders } from 'node:http';
 import type * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
@@ -10,7 +11,8 @@ import {
   type Struct,
   type StructValue,
 } from './protos.js';
-import { DESTINATION, LB_NAMESPACE, SERVED, SUBSET, type Pick, type Picker } from './picker.js';
+import { StreamAnswer } from './answer.js';
+import { DESTINATION, LB_NAMESPACE, SERVED, SUBSET, SUBSET_NAMESPACE, type Pick, type Picker } from './picker.js';
 
 /**
  * Envoy refuses a streamed body chunk over its buffer limit; the reference picker
@@ -34,6 +36,11 @@ export class EppStream {
   #path = '/';
   #headers: IncomingHttpHeaders = {};
   #subset: Set<string> | undefined;
+  #requestId = '';
+  /** Admission's answer for an inference request, taken when its headers arrive (before the body, as in proxy mode). */
+  #admitted: boolean | Promise<boolean> = true;
+  readonly #answer: StreamAnswer;
+  #routing = false;
   #chunks: Buffer[] = [];
   #size = 0;
   #pick: Pick | undefined;
@@ -45,6 +52,10 @@ export class EppStream {
     this.#call = call;
     this.#picker = picker;
     this.#log = log;
+    this.#answer = new StreamAnswer(
+      (status, headers, body) => this.#sendImmediate(status, headers, body),
+      () => this.#ended || call.cancelled || call.destroyed,
+    );
     call.on('data', (m: ProcessingRequest) => this.#onMessage(m));
     call.on('end', () => this.#close(200));
     call.on('error', () => this.#close(499));
@@ -76,7 +87,7 @@ export class EppStream {
     }
     if (m.request_trailers) {
       // Trailers end the body when it did not say so itself.
-      if (!this.#pick) void this.#route(true);
+      void this.#route(true);
       return this.#send({ request_trailers: {} });
     }
     if (m.response_headers) return this.#responseHeaders(m.response_headers, m);
@@ -94,19 +105,28 @@ export class EppStream {
       if (key === ':path') this.#path = value;
       else if (!key.startsWith(':')) this.#headers[key] = value;
     }
-    this.#subset = subsetHint(m.metadata_context?.filter_metadata?.[LB_NAMESPACE]);
+    const metadata = m.metadata_context?.filter_metadata;
+    this.#subset = subsetHint(metadata?.[SUBSET_NAMESPACE]) ?? subsetHint(metadata?.[LB_NAMESPACE]);
+    const id = this.#headers['x-request-id'];
+    this.#requestId = typeof id === 'string' && id !== '' ? id : randomUUID();
+    if (this.#picker.isInference(this.#path)) this.#admitted = this.#picker.admit(this.#answer, this.#requestId);
     if (h.end_of_stream) void this.#route(false);
   }
 
   async #route(withBody: boolean): Promise<void> {
-    if (this.#pick || this.#ended) return;
+    if (this.#routing || this.#ended) return;
+    this.#routing = true;
     const raw = withBody ? Buffer.concat(this.#chunks, this.#size) : undefined;
     this.#chunks = [];
-    let pick: Pick;
+    let admitted = this.#admitted;
+    if (admitted instanceof Promise) admitted = await admitted;
+    // Refused: admission answered the 429 itself, or the stream went while it waited.
+    if (!admitted || this.#ended) return;
+    let pick: Pick | null;
     try {
       // A body-less request to an inference path is parsed as an empty body: a 400, as in proxy mode.
       const body = raw ?? (this.#picker.isInference(this.#path) ? Buffer.alloc(0) : undefined);
-      pick = await this.#picker.pick(this.#path, this.#headers, body, this.#subset);
+      pick = await this.#picker.pick(this.#path, this.#headers, body, this.#subset, this.#answer, this.#requestId);
     } catch (err) {
       if (!(err instanceof GatewayError)) this.#log.error({ err }, 'epp: routing failed');
       return this.#immediate(
@@ -115,6 +135,8 @@ export class EppStream {
           : new GatewayError(500, 'internal gateway error', 'upstream_error', 'internal_error'),
       );
     }
+    // Null: flow control shed it (answered) or the stream went while it was held.
+    if (pick === null) return;
     if (this.#ended) return this.#picker.finish(pick, 499);
     this.#pick = pick;
     const value = pick.endpoints.join(',');
@@ -157,11 +179,7 @@ export class EppStream {
       if (hv.key === ':status') this.#status = Number(headerText(hv)) || 200;
     }
     const served = stringField(m.metadata_context?.filter_metadata?.[LB_NAMESPACE], SERVED);
-    if (served && this.#pick && served !== this.#pick.endpoints[0])
-      this.#log.info(
-        { requestId: this.#pick.requestId, picked: this.#pick.endpoints[0], served },
-        'epp: the proxy served another endpoint',
-      );
+    if (served && this.#pick) this.#picker.served(this.#pick, served.trim());
     this.#send({ response_headers: { response: {} } });
     if (h.end_of_stream) this.#finish(this.#status);
   }
@@ -179,17 +197,23 @@ export class EppStream {
   }
 
   #immediate(err: GatewayError): void {
-    const body = Buffer.from(JSON.stringify(err.toJSON()));
+    const headers = { 'content-type': 'application/json', 'x-request-id': this.#requestId };
+    this.#sendImmediate(err.status, headers, Buffer.from(JSON.stringify(err.toJSON())));
+  }
+
+  /** Answers the client in Envoy's place and ends the stream (and the request's hold on admission). */
+  #sendImmediate(status: number, headers: Record<string, string>, body: Buffer): void {
     this.#send({
       immediate_response: {
-        status: { code: err.status },
-        headers: { set_headers: [header('content-type', 'application/json')] },
+        status: { code: status },
+        headers: { set_headers: Object.entries(headers).map(([k, v]) => header(k, v)) },
         body,
-        details: err.code ?? err.type,
+        details: errorCode(body) ?? `kvgate_${status}`,
       },
     });
     this.#ended = true;
     this.#call.end();
+    this.#answer.close();
   }
 
   #send(r: ProcessingResponse): void {
@@ -199,6 +223,7 @@ export class EppStream {
 
   #finish(status: number): void {
     if (this.#pick) this.#picker.finish(this.#pick, status);
+    this.#answer.close();
   }
 
   #close(status: number): void {
@@ -208,11 +233,22 @@ export class EppStream {
       this.#ended = true;
       if (!this.#call.destroyed) this.#call.end();
     }
+    this.#answer.close();
   }
 }
 
 function header(key: string, value: string) {
   return { header: { key, raw_value: Buffer.from(value) }, append_action: 'OVERWRITE_IF_EXISTS_OR_ADD' };
+}
+
+/** The OpenAI error code of a JSON error body, for the ImmediateResponse's `details`. */
+function errorCode(body: Buffer): string | undefined {
+  try {
+    const code = (JSON.parse(body.toString('utf8')) as { error?: { code?: unknown } }).error?.code;
+    return typeof code === 'string' ? code : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 function stringField(s: Struct | undefined, key: string): string | undefined {

@@ -1,5 +1,8 @@
+import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
-import type { LoadSharingConfig, LoadTransport } from './load-sharing.js';
+import type { Registry } from 'prom-client';
+import type { Fleet } from './fleet.js';
+import { LoadSharing, type LoadSharingConfig, type LoadTransport } from './load-sharing.js';
 
 /**
  * Load messages over NATS core pub/sub. A server that cannot be reached is logged
@@ -78,4 +81,25 @@ export function natsTransport(config: LoadSharingConfig, log: Logger, name: stri
       if (nc && !nc.isClosed()) await nc.drain().catch(() => nc?.close());
     },
   };
+}
+
+/** The gateway's load sharing over NATS when `loadSharing` is configured; undefined (and said once) otherwise. */
+export function createLoadSharing(
+  config: LoadSharingConfig | undefined,
+  deps: { fleet: Fleet; log: Logger; now: () => number; registry: Registry },
+): LoadSharing | undefined {
+  if (!config) {
+    deps.log.info('load sharing off (no loadSharing): with several replicas, each routes on its own in-flight load');
+    return undefined;
+  }
+  // Not from an injected `random`: two replicas seeded alike would take each other's snapshots for their own.
+  const replicaId = randomUUID().slice(0, 13);
+  return new LoadSharing({
+    ...deps,
+    transport: natsTransport(config, deps.log, `kvgate-${replicaId}`),
+    config,
+    replicaId,
+    // Bench-only decision trace (bench/replicas-bench.ts --trace-decisions).
+    tracePath: process.env.KVGATE_LOAD_TRACE && `${process.env.KVGATE_LOAD_TRACE}-${replicaId}.jsonl`,
+  });
 }

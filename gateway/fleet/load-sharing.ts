@@ -5,8 +5,6 @@ import { z } from 'zod';
 import type { Fleet, LoadTicket } from './fleet.js';
 import type { WorkerLoad } from '../routing/strategies/strategy.js';
 
-export { natsTransport } from './load-sharing-nats.js';
-
 /**
  * Several gateway replicas agree on the KV index (each subscribes to every
  * worker's events) but each sees only its own in-flight requests. With

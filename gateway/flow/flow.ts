@@ -1,8 +1,9 @@
-import type { IncomingHttpHeaders, ServerResponse } from 'node:http';
+import type { IncomingHttpHeaders } from 'node:http';
 import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
 import type { Routed } from '../routing/pipeline.js';
 import type { ResponseObserver } from '../proxy/usage-sniffer.js';
+import type { ClientAnswer } from './answer.js';
 import { Classifier, type FlowIdentity } from './classify.js';
 import type { FlowConfig } from './config.js';
 import { FlowMetrics, type ShedReason } from './metrics.js';
@@ -15,7 +16,11 @@ import { FlowStats } from './stats.js';
 /** A request flow control let through: where it goes, and the observer that reports its latencies back. */
 export interface FlowPass {
   readonly routed: Routed;
-  observe(inner: ResponseObserver): ResponseObserver;
+  /**
+   * `elsewhere` says (at the first byte) whether another worker than the placed one served
+   * the request (the EPP's fallbacks): its TTFT then teaches nothing about the placed worker.
+   */
+  observe(inner: ResponseObserver, elsewhere?: () => boolean): ResponseObserver;
 }
 
 export interface FlowDeps {
@@ -30,7 +35,7 @@ export interface FlowDeps {
 interface Held extends QueueItem {
   readonly id: FlowIdentity;
   readonly routed: Routed;
-  readonly res: ServerResponse;
+  readonly res: ClientAnswer;
   readonly requestId: string;
   readonly resolve: (pass: FlowPass | null) => void;
   timer: NodeJS.Timeout | undefined;
@@ -80,7 +85,7 @@ export class FlowControl {
   gate(
     routed: Routed,
     headers: IncomingHttpHeaders,
-    res: ServerResponse,
+    res: ClientAnswer,
     requestId: string,
   ): FlowPass | null | Promise<FlowPass | null> {
     const q = routed.ctx.path.indexOf('?');
@@ -188,7 +193,7 @@ export class FlowControl {
   }
 
   /** Checks the class bound and the gateway bound; a full gateway evicts the oldest lower sheddable request. */
-  #makeRoom(id: FlowIdentity, res: ServerResponse, requestId: string, routed: Routed): boolean {
+  #makeRoom(id: FlowIdentity, res: ClientAnswer, requestId: string, routed: Routed): boolean {
     if (this.#queue.sizeOf(id.rank) >= id.cls.maxQueued) {
       this.#shed(res, requestId, id, 'queue_full', routed);
       return false;
@@ -259,14 +264,14 @@ export class FlowControl {
     let firstAt: number | undefined;
     return {
       routed: p.routed,
-      observe: (inner) =>
+      observe: (inner, elsewhere) =>
         new FlowObserver(
           inner,
           {
             firstByte: (at) => {
               firstAt = at;
               // A non-streamed body's first byte is its last: it measures the whole generation, not the prefill.
-              if (stream) this.model.observe(worker, p.prefillTokens, (at - dispatched) / 1000);
+              if (stream && !elsewhere?.()) this.model.observe(worker, p.prefillTokens, (at - dispatched) / 1000);
               this.#metrics.ttft(cls, id.label, (at - arrival) / 1000);
               if (id.ttftMs !== undefined) this.#slo(id, 'ttft', at - arrival <= id.ttftMs);
               this.kick();
@@ -294,7 +299,7 @@ export class FlowControl {
   }
 
   #shed(
-    res: ServerResponse,
+    res: ClientAnswer,
     requestId: string,
     id: FlowIdentity,
     reason: ShedReason,

@@ -1,6 +1,6 @@
-import type { ServerResponse } from 'node:http';
 import { Counter, Gauge, type Registry } from 'prom-client';
 import { z } from 'zod';
+import type { ClientAnswer } from '../flow/answer.js';
 
 /**
  * Overload protection (`server.overload`): at most `maxInflight` inference
@@ -19,7 +19,7 @@ export const overloadConfigSchema = z.strictObject({
 export type OverloadConfig = z.infer<typeof overloadConfigSchema>;
 
 interface Waiter {
-  res: ServerResponse;
+  res: ClientAnswer;
   resolve: (admitted: boolean) => void;
   timer: NodeJS.Timeout;
   headers: Record<string, string>;
@@ -78,7 +78,7 @@ export class Admission {
    * it (false, or a promise of false) having answered 429 itself. An admitted
    * request's slot is released when `res` closes, whatever the outcome.
    */
-  acquire(res: ServerResponse, headers: Record<string, string>): boolean | Promise<boolean> {
+  acquire(res: ClientAnswer, headers: Record<string, string>): boolean | Promise<boolean> {
     if (this.#inflight < this.#config.maxInflight && this.#queue.length === 0) return this.#admit(res);
     if (this.#queue.length >= this.#config.maxQueued) return this.#refuse(res, headers, 'queue_full');
     return new Promise<boolean>((resolve) => {
@@ -98,7 +98,7 @@ export class Admission {
     });
   }
 
-  #admit(res: ServerResponse): true {
+  #admit(res: ClientAnswer): true {
     this.#inflight++;
     res.once('close', () => {
       this.#inflight--;
@@ -123,7 +123,7 @@ export class Admission {
     return true;
   }
 
-  #refuse(res: ServerResponse, headers: Record<string, string>, reason: 'queue_full' | 'queue_timeout'): false {
+  #refuse(res: ClientAnswer, headers: Record<string, string>, reason: 'queue_full' | 'queue_timeout'): false {
     this.#rejected.inc({ reason });
     if (res.headersSent || res.destroyed) return false;
     const body = JSON.stringify({

@@ -80,6 +80,8 @@ export interface FrontDeps {
   readonly tokenizers?: LocalTokenizers | undefined;
   /** Tool-call aware KV retention (gateway/fleet/tools/); absent when `toolRetention.enabled` is off. */
   readonly tools?: ToolSessions | undefined;
+  /** The gateway-wide concurrency bound, shared with the EPP front; built from `config.overload` when absent. */
+  readonly admission?: Admission | undefined;
 }
 
 /** `GET /v1/models/{id}`: answered from the fleet's model cards, never passed through. */
@@ -91,7 +93,7 @@ const MODEL_PREFIX = '/v1/models/';
  * through (gateway/proxy/passthrough-routes.ts).
  */
 export function createFrontHandler(d: FrontDeps): (req: IncomingMessage, res: ServerResponse) => void {
-  const admission = new Admission(d.config.overload, d.metrics.registry);
+  const admission = d.admission ?? new Admission(d.config.overload, d.metrics.registry);
   const store = new ResponseStore(d.config.responses);
   const routeDeps = { store, tokenizers: d.tokenizers, tokenize: d.config.tokenize, fleetModels: () => d.fleet.models };
   const inference = async (
@@ -283,6 +285,30 @@ export function createFrontHandler(d: FrontDeps): (req: IncomingMessage, res: Se
     }
     // The pass-through decides: per-request engine routes go through, admin ones get 403, others 404.
     d.passthrough.handle(req, res);
+  };
+}
+
+/** What the HTTP port of `kvgate epp` answers: the operational routes; inference goes through the Gateway in front. */
+const OPS_PATHS = new Set(['/health', '/ready', '/metrics']);
+
+/** The HTTP handler of `kvgate epp` (without `--proxy`): `handler` for the operational routes, 404 for the rest. */
+export function opsOnly(
+  handler: (req: IncomingMessage, res: ServerResponse) => void,
+): (req: IncomingMessage, res: ServerResponse) => void {
+  return (req, res) => {
+    const url = req.url ?? '/';
+    const q = url.indexOf('?');
+    if (OPS_PATHS.has(q === -1 ? url : url.slice(0, q))) return handler(req, res);
+    req.resume();
+    sendError(
+      res,
+      new GatewayError(
+        404,
+        `kvgate runs as an Endpoint Picker: this port serves only ${[...OPS_PATHS].join(', ')}; send inference requests to the Gateway in front (or start kvgate epp with --proxy)`,
+        'not_found_error',
+        'epp_mode',
+      ),
+    );
   };
 }
 

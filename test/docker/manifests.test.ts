@@ -396,6 +396,8 @@ t.test('epp.yaml: the InferencePool is valid v1 and points at the kvgate EPP', a
   const { config } = gatewayConfig(find('epp.yaml', 'ConfigMap', 'kvgate-epp-config'), 'epp.yaml ConfigMap');
   const d = config.fleet.discovery as Obj;
   t.equal(d.type, 'kubernetes');
+  t.same(d.targetPorts, pool.spec.targetPorts, "discovery takes the pool's targetPorts list");
+  t.equal(d.port, undefined);
   t.equal(
     d.labelSelector,
     Object.entries(pool.spec.selector.matchLabels)

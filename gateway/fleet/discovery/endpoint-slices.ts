@@ -42,6 +42,11 @@ export const PORT_NAMES = { http: 'http', kvEvents: 'kv-events', kvReplay: 'kv-r
 
 export interface SliceDefaults {
   port?: number | string | undefined;
+  /**
+   * InferencePool `targetPorts`: every port of every Pod is its own worker (`<pod>-<port>` when
+   * there are several), as the Inference Extension's EPP treats each `podIP:port` as an endpoint.
+   */
+  targetPorts?: readonly number[] | undefined;
   scheme: 'http' | 'https';
   models: string[];
   role: DiscoveredWorker['role'];
@@ -50,10 +55,11 @@ export interface SliceDefaults {
 }
 
 /**
- * Ready endpoints of every slice, one worker each. Workers are keyed by Pod
- * name (stable across the IPv4 and IPv6 slices of a dual-stack Service); an
- * endpoint without a Pod behind it is keyed by its address. `problems` are
- * settings that were ignored, for the caller to log.
+ * Ready endpoints of every slice, one worker each (one per target port with
+ * `targetPorts`). Workers are keyed by Pod name (stable across the IPv4 and
+ * IPv6 slices of a dual-stack Service); an endpoint without a Pod behind it is
+ * keyed by its address. `problems` are settings that were ignored, for the
+ * caller to log.
  */
 export function workersFromSlices(
   slices: Iterable<EndpointSlice>,
@@ -74,19 +80,21 @@ export function workersFromSlices(
       const address = ep.addresses[0]!;
       const pod =
         ep.targetRef?.kind === 'Pod' && ep.targetRef.name !== undefined ? pods.get(ep.targetRef.name) : undefined;
-      const id =
+      const base =
         ep.targetRef?.kind === 'Pod' && ep.targetRef.name !== undefined
           ? workerId(ep.targetRef.name)
           : workerId(slice.metadata.name, address);
-      if (byId.has(id)) continue;
+      const multi = d.targetPorts !== undefined && d.targetPorts.length > 1;
+      // The Pod seen already (the other address family of a dual-stack Service).
+      if (byId.has(multi ? workerId(base, String(d.targetPorts![0])) : base)) continue;
       const setting = (key: string): string | undefined =>
         pod?.annotations?.[key] ??
         pod?.labels?.[key] ??
         slice.metadata.annotations?.[key] ??
         slice.metadata.labels?.[key];
-      const where = `${slice.metadata.name}/${id}`;
+      const where = `${slice.metadata.name}/${base}`;
 
-      const port = httpPort(slice, d.port);
+      const port = d.targetPorts?.[0] ?? httpPort(slice, d.port);
       if (port === undefined) {
         problems.push(
           `${where}: no port ${d.port === undefined ? `named '${PORT_NAMES.http}' (and more than one port)` : `'${d.port}'`} in the EndpointSlice; skipped`,
@@ -112,16 +120,25 @@ export function workersFromSlices(
         d.kvEvents?.replayPort;
       const topic = setting(ANNOTATIONS.kvEventsTopic) ?? d.kvEvents?.topic;
 
-      const worker: DiscoveredWorker = {
-        id,
-        url: `${d.scheme}://${hostPort(address, port)}`,
-        models: models.length > 0 ? models : [...d.models],
-        role: validRole ? role : d.role,
-        labels: { ...d.labels, ...(pod?.labels ?? {}) },
-      };
-      const kv = kvEventsAt(address, { port: kvPort, replayPort, topic });
-      if (kv !== undefined) worker.kvEvents = kv;
-      byId.set(id, worker);
+      const ports = d.targetPorts ?? [port];
+      for (const [rank, p] of ports.entries()) {
+        const id = multi ? workerId(base, String(p)) : base;
+        const worker: DiscoveredWorker = {
+          id,
+          url: `${d.scheme}://${hostPort(address, p)}`,
+          models: models.length > 0 ? models : [...d.models],
+          role: validRole ? role : d.role,
+          labels: { ...d.labels, ...(pod?.labels ?? {}) },
+        };
+        // Data-parallel ranks publish KV events on the base ports plus their rank, as vLLM offsets them.
+        const kv = kvEventsAt(address, {
+          port: kvPort === undefined ? undefined : kvPort + rank,
+          replayPort: replayPort === undefined ? undefined : replayPort + rank,
+          topic,
+        });
+        if (kv !== undefined) worker.kvEvents = kv;
+        byId.set(id, worker);
+      }
     }
   }
   return { workers: [...byId.values()], problems };

@@ -25,6 +25,16 @@ export const kubernetesDiscoveryConfigSchema = z
     labelSelector: z.string().min(1).optional(),
     /** The engines' HTTP port: a number, or the name of a Service port. Default: the port named `http`, or the only one. */
     port: z.union([z.number().int().min(1).max(65535), z.string().min(1)]).optional(),
+    /**
+     * Instead of `port`, an InferencePool's `targetPorts` (1 to 8, unique numbers): one worker per
+     * Pod IP and port, so data-parallel ranks serving on their own ports are separate endpoints.
+     */
+    targetPorts: z
+      .array(z.strictObject({ number: z.number().int().min(1).max(65535) }))
+      .min(1)
+      .max(8)
+      .refine((ps) => new Set(ps.map((p) => p.number)).size === ps.length, 'port numbers must be unique')
+      .optional(),
     /** A kubeconfig file; default: in-cluster credentials, else `$KUBECONFIG` / `~/.kube/config`. */
     kubeconfig: z.string().min(1).optional(),
     context: z.string().min(1).optional(),
@@ -43,6 +53,10 @@ export const kubernetesDiscoveryConfigSchema = z
   .refine((c) => c.service !== undefined || c.labelSelector !== undefined, {
     message: 'kubernetes discovery needs `service` or `labelSelector`',
     path: ['service'],
+  })
+  .refine((c) => c.port === undefined || c.targetPorts === undefined, {
+    message: 'kubernetes discovery takes `port` or `targetPorts`, not both',
+    path: ['targetPorts'],
   });
 export type KubernetesDiscoveryConfig = z.infer<typeof kubernetesDiscoveryConfigSchema>;
 
@@ -228,6 +242,7 @@ export class KubernetesDiscovery implements Discovery {
     if (this.#readPods) await this.#fetchPods(conn, signal);
     const { workers, problems } = workersFromSlices(this.#slices.values(), this.#pods, {
       port: this.#c.port,
+      targetPorts: this.#c.targetPorts?.map((p) => p.number),
       scheme: this.#c.scheme,
       models: this.#c.models,
       role: this.#c.role,

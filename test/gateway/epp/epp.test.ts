@@ -1,6 +1,14 @@
 import t from 'tap';
 import { request } from 'undici';
-import { fleetConfig, metricValue, MODEL, startSim, writeConfig, type SimWorkerLine } from '../../fixtures/gateway.js';
+import {
+  eventually,
+  fleetConfig,
+  metricValue,
+  MODEL,
+  startSim,
+  writeConfig,
+  type SimWorkerLine,
+} from '../../fixtures/gateway.js';
 import { startCli } from '../../fixtures/processes.js';
 import { EnvoyStandIn, splitInto } from '../../fixtures/envoy.js';
 
@@ -93,6 +101,13 @@ void t.test('the ext_proc protocol: headers, chunked bodies, subset hints, respo
     t.equal(stranger.immediate?.status, 503, 'a hint naming no known endpoint');
     const headerOnly = await envoy.process({ path: '/v1/models', subset: [] });
     t.equal(headerOnly.immediate?.status, 503, 'header-only too');
+    const legacy = await envoy.process({
+      path: '/v1/chat/completions',
+      chunks: [chat('old namespace')],
+      subset: [only],
+      subsetNamespace: 'envoy.lb',
+    });
+    t.equal(legacy.header, only, 'a hint under the older envoy.lb namespace is honoured too');
   });
 
   await t.test('bad bodies get a 4xx immediate response with an OpenAI error', async (t) => {
@@ -124,6 +139,80 @@ void t.test('the ext_proc protocol: headers, chunked bodies, subset hints, respo
       0,
       'load released',
     );
+  });
+
+  await t.test('the served-endpoint feedback moves the load to the endpoint that served', async (t) => {
+    const idOf = (ep: string) => workers.find((w) => endpoint(w) === ep)!.worker;
+    const inflight = async (ep: string) =>
+      metricValue(await (await request(`${url}/metrics`)).body.text(), 'kvgate_inflight_requests', {
+        worker: idOf(ep),
+      }) ?? 0;
+    const served = (ep: string) => ({
+      filter_metadata: { 'envoy.lb': { fields: { 'x-gateway-destination-endpoint-served': { stringValue: ep } } } },
+    });
+    const s = envoy.open({ path: '/v1/chat/completions', chunks: [chat('served elsewhere')], keepOpen: true });
+    await eventually(async () => s.out.requestBody.length > 0 || undefined);
+    const offered = s.out.header!.split(',');
+    const picked = offered[0]!;
+    // Envoy's retry went to the first fallback, which answered (a worker that flapped unhealthy
+    // under a loaded machine may be missing from the offer: then another known worker).
+    const fallback = offered[1] ?? [...all].find((e) => e !== picked)!;
+    const kind = offered.includes(fallback) ? 'fallback' : 'other_worker';
+    const count = (text: string, name: string, labels: Record<string, string>) =>
+      metricValue(text, name, { worker: idOf(fallback), ...labels }) ?? 0;
+    const before = await (await request(`${url}/metrics`)).body.text();
+    t.equal(await inflight(picked), 1, 'the load is taken on the picked endpoint');
+    s.call.write({
+      response_headers: { headers: { headers: [{ key: ':status', raw_value: Buffer.from('200') }] } },
+      metadata_context: served(fallback),
+    });
+    await eventually(async () => {
+      const [a, b] = [await inflight(picked), await inflight(fallback)];
+      if (a === 0 && b === 1) return true;
+      throw new Error(`in flight: picked ${a}, fallback ${b}`);
+    });
+    t.pass('the load moved to the fallback that served');
+    s.call.write({ response_body: { body: Buffer.from('{"choices": []}'), end_of_stream: true } });
+    await s.done;
+    const metrics = await (await request(`${url}/metrics`)).body.text();
+    t.equal(metricValue(metrics, 'kvgate_epp_served_elsewhere_total', { kind }), 1, `counted (${kind})`);
+    t.equal(metricValue(metrics, 'kvgate_inflight_requests', { worker: idOf(fallback) }), 0, 'released there');
+    const ttft = 'kvgate_time_to_first_token_seconds_count';
+    t.equal(count(metrics, ttft, {}), count(before, ttft, {}) + 1, 'TTFT observed on the endpoint that served');
+    const served200 = { route: 'epp', status: '200' };
+    t.equal(
+      count(metrics, 'kvgate_requests_total', served200),
+      count(before, 'kvgate_requests_total', served200) + 1,
+      'the request counted on the endpoint that served',
+    );
+
+    const u = envoy.open({ path: '/v1/chat/completions', chunks: [chat('served by a stranger')], keepOpen: true });
+    await eventually(async () => u.out.requestBody.length > 0 || undefined);
+    const mine = u.out.header!.split(',')[0]!;
+    u.call.write({
+      response_headers: { headers: { headers: [{ key: ':status', raw_value: Buffer.from('200') }] } },
+      metadata_context: served('10.9.9.9:8000'),
+    });
+    u.call.write({ response_body: { body: Buffer.from('{}'), end_of_stream: true } });
+    await u.done;
+    const after = await (await request(`${url}/metrics`)).body.text();
+    t.equal(metricValue(after, 'kvgate_epp_served_elsewhere_total', { kind: 'unknown' }), 1, 'an unknown one counted');
+    t.equal(metricValue(after, 'kvgate_inflight_requests', { worker: idOf(mine) }), 0, 'its load released');
+  });
+
+  await t.test('the HTTP port serves only /metrics, /health and /ready (no --proxy)', async (t) => {
+    for (const path of ['/health', '/ready', '/metrics'])
+      t.equal((await request(`${url}${path}`)).statusCode, 200, `${path} answers`);
+    const post = await request(`${url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: chat('through the metrics port?'),
+    });
+    t.equal(post.statusCode, 404, 'no inference through the EPP');
+    t.match(await post.body.json(), { error: { code: 'epp_mode', type: 'not_found_error' } });
+    const models = await request(`${url}/v1/models`);
+    t.equal(models.statusCode, 404, 'nor any other proxy route');
+    await models.body.dump();
   });
 
   await t.test('a client cancel mid-stream releases the load', async (t) => {
