@@ -1,37 +1,13 @@
 import t from 'tap';
 import { request } from 'undici';
-import { eventually, fleetConfig, metricValue, MODEL, startSim, writeConfig } from '../../fixtures/gateway.js';
-import { startCli } from '../../fixtures/processes.js';
-import { EnvoyStandIn } from '../../fixtures/envoy.js';
+import { eventually, fleetConfig, metricValue, MODEL, startSim } from '../../fixtures/gateway.js';
+import { startEpp } from '../../fixtures/epp.js';
 
 /**
  * Flow control and admission in EPP mode: a shed request gets the proxy mode's 429
  * as an ImmediateResponse; a held one keeps its ext_proc stream open until it is
  * picked; a stream cancelled while held leaves the queue.
  */
-type Teardown = (fn: () => unknown) => void;
-
-async function startEpp(teardown: Teardown, config: unknown, name: string) {
-  const file = writeConfig(teardown, config, name);
-  const epp = startCli([
-    'epp',
-    '--config',
-    file,
-    '--grpc-host',
-    '127.0.0.1',
-    '--grpc-port',
-    '0',
-    '--port',
-    '0',
-    '--admin-port',
-    '0',
-  ]);
-  teardown(() => epp.stop());
-  const [ready] = await epp.waitFor('epp ready', 1, 60_000);
-  const envoy = new EnvoyStandIn(ready!.grpcAddress as string);
-  teardown(() => envoy.close());
-  return { envoy, url: ready!.url as string, adminUrl: ready!.adminUrl as string };
-}
 
 const chat = (content: string) =>
   Buffer.from(JSON.stringify({ model: MODEL, messages: [{ role: 'user', content }], max_tokens: 4 }));
@@ -53,14 +29,14 @@ void t.test('flow control and admission answer as in proxy mode', async (t) => {
     saturation: { default: { prefillTokens: 1 } },
   };
   const [f, a] = await Promise.all([
-    startEpp(teardown, fleetConfig(workers, { strategy: 'least-load' }, { flow }), 'flow.yaml'),
+    startEpp(teardown, fleetConfig(workers, { strategy: 'least-load' }, { flow }), { name: 'flow.yaml' }),
     startEpp(
       teardown,
       {
         ...fleetConfig(workers, { strategy: 'least-load' }),
         server: { host: '127.0.0.1', overload: { maxInflight: 1, maxQueued: 0, retryAfterSeconds: 3 } },
       },
-      'overload.yaml',
+      { name: 'overload.yaml' },
     ),
   ]);
   const queued = async () =>

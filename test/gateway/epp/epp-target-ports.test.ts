@@ -1,9 +1,9 @@
 import t from 'tap';
 import { request } from 'undici';
 import { eventually, MODEL, startSim, writeConfig } from '../../fixtures/gateway.js';
-import { QWEN3_TOKENIZER_DIR, startCli } from '../../fixtures/processes.js';
+import { QWEN3_TOKENIZER_DIR } from '../../fixtures/processes.js';
 import { FakeKubeApi, slice } from '../../fixtures/fake-kube-api.js';
-import { EnvoyStandIn } from '../../fixtures/envoy.js';
+import { startEpp } from '../../fixtures/epp.js';
 
 /**
  * An InferencePool with two `targetPorts`: the pool's one Pod (127.0.0.1 behind the
@@ -39,10 +39,10 @@ users: [{ name: epp, user: { token: ${TOKEN} } }]
 `,
     'kubeconfig',
   );
-  const file = writeConfig(teardown, {
+  const config = {
     server: { host: '127.0.0.1' },
     fleet: {
-      health: { intervalMs: 200, timeoutMs: 500 },
+      health: { intervalMs: 200, timeoutMs: 2000 },
       discovery: {
         type: 'kubernetes',
         labelSelector: 'kvgate.io/pool=qwen',
@@ -54,26 +54,8 @@ users: [{ name: epp, user: { token: ${TOKEN} } }]
     },
     models: { [MODEL]: { tokenizer: { type: 'local', dir: QWEN3_TOKENIZER_DIR }, blockSize: workers[0]!.blockSize } },
     routing: { strategy: 'least-load' },
-  });
-  const epp = startCli([
-    'epp',
-    '--config',
-    file,
-    '--grpc-host',
-    '127.0.0.1',
-    '--grpc-port',
-    '0',
-    '--port',
-    '0',
-    '--admin-port',
-    '0',
-    '--proxy',
-  ]);
-  teardown(() => epp.stop());
-  const [ready] = await epp.waitFor('epp ready', 1, 60_000);
-  const url = ready!.url as string;
-  const envoy = new EnvoyStandIn(ready!.grpcAddress as string);
-  teardown(() => envoy.close());
+  };
+  const { envoy, url } = await startEpp(teardown, config, { args: ['--proxy'] });
   await eventually(async () => {
     const r = (await (await request(`${url}/ready`)).body.json()) as { healthyWorkers: number };
     return r.healthyWorkers === 2 || undefined;

@@ -1,9 +1,8 @@
 import t from 'tap';
 import OpenAI from 'openai';
 import { request } from 'undici';
-import { eventually, fleetConfig, MODEL, startGateway, startSim, writeConfig } from '../../fixtures/gateway.js';
-import { startCli } from '../../fixtures/processes.js';
-import { EnvoyStandIn } from '../../fixtures/envoy.js';
+import { eventually, fleetConfig, MODEL, startGateway, startSim } from '../../fixtures/gateway.js';
+import { startEpp } from '../../fixtures/epp.js';
 
 /**
  * The EPP is another front over the same routing core: over one simulated
@@ -25,24 +24,7 @@ void t.test('a conversation routes the same through the EPP and the proxy', asyn
   const { workers } = await startSim(teardown, 4, ['--speedup', '20', ...EVENTS]);
   const config = fleetConfig(workers, { strategy: 'kv' });
   const proxy = await startGateway(teardown, config);
-  const file = writeConfig(teardown, config, 'epp.yaml');
-  const epp = startCli([
-    'epp',
-    '--config',
-    file,
-    '--grpc-host',
-    '127.0.0.1',
-    '--grpc-port',
-    '0',
-    '--port',
-    '0',
-    '--admin-port',
-    '0',
-  ]);
-  teardown(() => epp.stop());
-  const [ready] = await epp.waitFor('epp ready', 1, 60_000);
-  const envoy = new EnvoyStandIn(ready!.grpcAddress as string);
-  teardown(() => envoy.close());
+  const { envoy, adminUrl: eppAdminUrl } = await startEpp(teardown, config, { name: 'epp.yaml' });
   const client = new OpenAI({ baseURL: `${proxy.url}/v1`, apiKey: 'unused', maxRetries: 0 });
 
   const messages: { role: 'system' | 'user' | 'assistant'; content: string }[] = [{ role: 'system', content: SYSTEM }];
@@ -52,7 +34,7 @@ void t.test('a conversation routes the same through the EPP and the proxy', asyn
     const body = Buffer.from(JSON.stringify({ model: MODEL, messages, max_tokens: 8 }));
     // Both indexes have seen every event of the previous turns before either decides.
     const blocks = await eventually(async () => {
-      const [a, b] = await Promise.all([indexedBlocks(proxy.adminUrl), indexedBlocks(ready!.adminUrl as string)]);
+      const [a, b] = await Promise.all([indexedBlocks(proxy.adminUrl), indexedBlocks(eppAdminUrl)]);
       return a === b ? { a } : undefined;
     });
     // The cold first turn is a tie between idle workers, broken at random by each process: not compared.

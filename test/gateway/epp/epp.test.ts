@@ -1,44 +1,13 @@
 import t from 'tap';
 import { request } from 'undici';
-import {
-  eventually,
-  fleetConfig,
-  metricValue,
-  MODEL,
-  startSim,
-  writeConfig,
-  type SimWorkerLine,
-} from '../../fixtures/gateway.js';
-import { startCli } from '../../fixtures/processes.js';
-import { EnvoyStandIn, splitInto } from '../../fixtures/envoy.js';
+import { eventually, fleetConfig, metricValue, MODEL, startSim, type SimWorkerLine } from '../../fixtures/gateway.js';
+import { splitInto } from '../../fixtures/envoy.js';
+import { startEpp } from '../../fixtures/epp.js';
 
 /**
  * `kvgate epp` end to end: the simulator as the model servers, and the test
  * as Envoy (tests/fixtures/envoy.ts) speaking ext_proc over real gRPC.
  */
-type Teardown = (fn: () => unknown) => void;
-
-async function startEpp(teardown: Teardown, config: unknown) {
-  const file = writeConfig(teardown, config);
-  const epp = startCli([
-    'epp',
-    '--config',
-    file,
-    '--grpc-host',
-    '127.0.0.1',
-    '--grpc-port',
-    '0',
-    '--port',
-    '0',
-    '--admin-port',
-    '0',
-  ]);
-  teardown(() => epp.stop());
-  const [ready] = await epp.waitFor('epp ready', 1, 60_000);
-  const envoy = new EnvoyStandIn(ready!.grpcAddress as string);
-  teardown(() => envoy.close());
-  return { epp, envoy, url: ready!.url as string };
-}
 
 const endpoint = (w: SimWorkerLine) => new URL(w.url).host;
 const chat = (content: string, extra: Record<string, unknown> = {}) =>
