@@ -18,6 +18,12 @@ void t.test('the ext_proc protocol: headers, chunked bodies, subset hints, respo
   const { workers } = await startSim(teardown, 3, ['--speedup', '20']);
   const { envoy, url } = await startEpp(teardown, fleetConfig(workers, { strategy: 'least-load' }));
   const all = new Set(workers.map(endpoint));
+  // Fallbacks are drawn from available workers: a start-up probe that a loaded machine answered late leaves a
+  // worker out until the next 200 ms round, so the subtests start once all three are in.
+  await eventually(async () => {
+    const r = (await (await request(`${url}/ready`)).body.json()) as { healthyWorkers: number };
+    return r.healthyWorkers === 3 || undefined;
+  }, 20_000);
 
   t.equal(await envoy.check(''), 'SERVING', 'liveness');
   t.equal(await envoy.check('readiness'), 'SERVING', 'readiness');
