@@ -49,6 +49,30 @@ export interface EventSourceStats {
   probes: number;
 }
 
+/** A source's counters before its first batch. */
+export function initialStats(endpoint: string): EventSourceStats {
+  return {
+    endpoint,
+    connected: false,
+    lastSeq: null,
+    batchesApplied: 0,
+    batchesReplayed: 0,
+    gaps: 0,
+    resets: 0,
+    decodeErrors: 0,
+    lastBatchAt: null,
+    lagMs: null,
+    skippedByReason: {},
+    eventsSkipped: 0,
+    suppressedWarnings: 0,
+    ignoredTimestamps: 0,
+    restarts: 0,
+    catchUps: 0,
+    lastCatchUpAt: null,
+    probes: 0,
+  };
+}
+
 /**
  * One engine's KV event stream, as an adapter: ZeroMQ (vLLM, SGLang, TRT-LLM's
  * publisher) or HTTP polling (trtllm-serve `/kv_cache_events`). One instance per worker.

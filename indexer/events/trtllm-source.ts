@@ -4,7 +4,7 @@ import { KvDecodeError } from './decode-msgpack.js';
 import { SourceDiagnostics } from './diagnostics.js';
 import { createDecoder, type PayloadDecoder, type PayloadFormat } from './formats.js';
 import { Sequencer } from './sequencer.js';
-import type { EventSink, EventSource, EventSourceStats } from './source.js';
+import { initialStats, type EventSink, type EventSource, type EventSourceStats } from './source.js';
 import type { KvEventBatch } from './types.js';
 
 export interface TrtllmPollSourceOptions {
@@ -60,27 +60,7 @@ export class TrtllmPollSource implements EventSource {
     this.#intervalMs = options.intervalMs ?? 100;
     this.#diag = new SourceDiagnostics(options.workerId, options.log, this.#now);
     this.#decoder = createDecoder(options.format ?? 'trtllm-json', { blockSize: options.blockSize, now: this.#now });
-    this.#counters = {
-      endpoint: this.#url,
-      connected: false,
-      lastSeq: null,
-      batchesApplied: 0,
-      batchesReplayed: 0,
-      gaps: 0,
-      resets: 0,
-      decodeErrors: 0,
-      lastBatchAt: null,
-      lagMs: null,
-      skippedByReason: {},
-      eventsSkipped: 0,
-      suppressedWarnings: 0,
-      ignoredTimestamps: 0,
-      restarts: 0,
-      catchUps: 0,
-      lastCatchUpAt: null,
-      probes: 0,
-      failures: 0,
-    };
+    this.#counters = { ...initialStats(this.#url), failures: 0 };
   }
 
   async start(sink: EventSink): Promise<void> {

@@ -3,7 +3,7 @@ import { Dealer, Subscriber } from 'zeromq';
 import { MAX_PLAUSIBLE_SEQ, SourceDiagnostics } from './diagnostics.js';
 import { createDecoder, type PayloadDecoder, type PayloadFormat } from './formats.js';
 import { Sequencer, type Replayer, type SequencedItem } from './sequencer.js';
-import type { EventSink, EventSource, EventSourceStats } from './source.js';
+import { initialStats, type EventSink, type EventSource, type EventSourceStats } from './source.js';
 
 export interface ZmqEventSourceOptions {
   workerId: string;
@@ -81,26 +81,7 @@ export class ZmqEventSource implements EventSource {
       deliver: (item) => this.#deliver(item),
       reset: (reason) => this.#resetSink(reason),
     });
-    this.#counters = {
-      endpoint: options.endpoint,
-      connected: false,
-      lastSeq: null,
-      batchesApplied: 0,
-      batchesReplayed: 0,
-      gaps: 0,
-      resets: 0,
-      decodeErrors: 0,
-      lastBatchAt: null,
-      lagMs: null,
-      skippedByReason: {},
-      eventsSkipped: 0,
-      suppressedWarnings: 0,
-      ignoredTimestamps: 0,
-      restarts: 0,
-      catchUps: 0,
-      lastCatchUpAt: null,
-      probes: 0,
-    };
+    this.#counters = initialStats(options.endpoint);
   }
 
   /** Never waits for the engine: ZMQ connects (and reconnects) in the background. Bind errors do throw. */
