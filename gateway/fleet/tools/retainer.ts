@@ -29,6 +29,8 @@ export interface KvRetainer {
   readonly name: string;
   /** Resolves to the tokens the engine now protects (0: none); rejects on an engine error. */
   retain(worker: RetainTarget, req: RetainRequest, keepMs: number): Promise<number>;
+  /** Lets go of what `retain` protects (the follow-up came, or the session ended). Absent: the keep time runs out. */
+  release?(worker: RetainTarget, req: RetainRequest): Promise<void>;
   /** Brings the turn's prefix back into GPU memory; rejects on an engine error. Absent: no prefetch. */
   prefetch?(worker: RetainTarget, req: RetainRequest, config: PrefetchConfig): Promise<PrefetchResult>;
 }
@@ -104,29 +106,36 @@ async function postJson(url: string, body: unknown, timeoutMs: number): Promise<
 export function lmcacheRetainer(
   config: Pick<ToolRetentionConfig, 'controllerUrl' | 'location' | 'timeoutMs'>,
 ): KvRetainer {
+  const pin = async (worker: RetainTarget, req: RetainRequest, ttlS: number): Promise<number> => {
+    const b = req.body;
+    const tok = await postJson(
+      `${worker.url}/tokenize`,
+      { model: req.model, messages: b.messages, ...(b.tools ? { tools: b.tools } : {}) },
+      config.timeoutMs,
+    );
+    const tokens = tok.tokens;
+    if (!Array.isArray(tokens)) throw new Error(`${worker.url}/tokenize gave no tokens`);
+    const base = (config.controllerUrl ?? worker.url).replace(/\/$/, '');
+    const pinned = await postJson(
+      `${base}/pin`,
+      { tokens, instance_id: worker.id, location: config.location, ttl_s: ttlS },
+      config.timeoutMs,
+    );
+    return typeof pinned.num_tokens === 'number' ? pinned.num_tokens : 0;
+  };
   return {
     name: 'lmcache',
     // LMCache's controller moves nothing into GPU memory; its engine loads a hit on the next request, the warm-up.
     prefetch: warmUp,
-    async retain(worker, req, keepMs) {
-      const b = req.body;
-      const tok = await postJson(
-        `${worker.url}/tokenize`,
-        { model: req.model, messages: b.messages, ...(b.tools ? { tools: b.tools } : {}) },
-        config.timeoutMs,
-      );
-      const tokens = tok.tokens;
-      if (!Array.isArray(tokens)) throw new Error(`${worker.url}/tokenize gave no tokens`);
-      const base = (config.controllerUrl ?? worker.url).replace(/\/$/, '');
-      const pinned = await postJson(
-        `${base}/pin`,
-        { tokens, instance_id: worker.id, location: config.location, ttl_s: keepMs / 1000 },
-        config.timeoutMs,
-      );
-      return typeof pinned.num_tokens === 'number' ? pinned.num_tokens : 0;
-    },
+    retain: (worker, req, keepMs) => pin(worker, req, keepMs / 1000),
+    // A pin held past the follow-up only crowds the host pool (pinned chunks are not evictable): LMCache's pin
+    // sets the TTL, and its unpin is not implemented yet, so a pin that expires at once lets go.
+    release: async (worker, req) => void (await pin(worker, req, RELEASE_TTL_S)),
   };
 }
+
+/** The TTL a release sets: expired on the engine's next look. */
+const RELEASE_TTL_S = 0.001;
 
 export function createRetainer(config: ToolRetentionConfig): KvRetainer {
   return config.engine === 'lmcache' ? lmcacheRetainer(config) : noRetainer;

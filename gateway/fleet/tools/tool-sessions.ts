@@ -6,7 +6,7 @@ import type { ResponseObserver } from '../../proxy/usage-sniffer.js';
 import type { ToolRetentionConfig } from './config.js';
 import { ToolLatency } from './latency.js';
 import { type PrefetchPlan, type PrefetchView, Prefetcher, type Timers } from './prefetch.js';
-import { createRetainer, type KvRetainer, type RetainTarget } from './retainer.js';
+import { createRetainer, type KvRetainer, type RetainRequest, type RetainTarget } from './retainer.js';
 import { ToolCallSniffer } from './sniffer.js';
 
 /** A turn that ended in tool calls and whose follow-up has not arrived yet. */
@@ -19,6 +19,8 @@ interface Pending {
   readonly predictedMs: number | undefined;
   pinnedTokens: number;
   prefetch?: PrefetchPlan | undefined;
+  /** What was pinned where, kept while the retainer can release it. */
+  pin?: { readonly target: RetainTarget; readonly req: RetainRequest } | undefined;
 }
 
 /** What `/debug/route` and the front learn about a request's tool-call session. */
@@ -141,7 +143,7 @@ export class ToolSessions {
     });
     this.#retains = new Counter({
       name: 'kvgate_tool_retain_requests_total',
-      help: 'Engine calls to keep a session prefix during a tool call, by engine API and result',
+      help: 'Engine calls to keep a session prefix during a tool call (result ok, error) and to let go of it when the follow-up came (released, release_error), by engine API',
       labelNames: ['engine', 'result'],
       registers,
     });
@@ -211,6 +213,18 @@ export class ToolSessions {
     this.#latency(tool).observe(ms);
     this.#returns.labels(tool).observe(ms / 1000);
     this.#followUps.labels(outcome).inc();
+    if (p.pin && p.pinnedTokens > 0) this.#release(p.pin.target, p.pin.req);
+  }
+
+  /** The follow-up came: the pin has done its work (the next tool call, if any, pins the longer prefix). */
+  #release(target: RetainTarget, req: RetainRequest): void {
+    this.#retainer.release!(target, req).then(
+      () => this.#retains.labels(this.#retainer.name, 'released').inc(),
+      (err: unknown) => {
+        this.#retains.labels(this.#retainer.name, 'release_error').inc();
+        this.#log.warn({ err, worker: target.id, engine: this.#retainer.name }, 'tool retention: release failed');
+      },
+    );
   }
 
   /** A tool-result turn for which no pending call is known (expired, evicted, or another replica's). */
@@ -257,6 +271,7 @@ export class ToolSessions {
       () => this.#pending.peek(session) === pending,
     );
     if (this.#retainer.name === 'none') return;
+    if (this.#retainer.release) pending.pin = { target: worker, req: { model, body } };
     this.#retainer.retain(worker, { model, body }, keepMs).then(
       (tokens) => {
         pending.pinnedTokens = tokens;
