@@ -20,7 +20,7 @@ front of its own 2 workers:
   on   toolRetention: follow-ups steered to the holder, the LMCache-style pin, and the warm-up prefetch
        (--prefetch false leaves the prefetch out of "on", to see what it adds)
 Reports TTFT of post-tool turns (mean/p50/p90), their cached-token share and fleet prefill tokens per
-mode, writes bench/results/agentic.json, agentic.md and agentic.svg. Tool delays are capped at 20 s;
+mode, writes bench/results/agentic.json, agentic.md and agentic.svg (agentic-no-prefetch.* with --prefetch false). Tool delays are capped at 20 s;
 --background-rps is per worker.
 `;
 
@@ -316,9 +316,11 @@ Post-tool-turn mean TTFT, off / on: ${ratio.toFixed(2)}×.
 `;
     const out = fileURLToPath(new URL('../../bench/results', import.meta.url));
     mkdirSync(out, { recursive: true });
-    writeFileSync(join(out, 'agentic.json'), JSON.stringify({ ...result, meanTtftRatio: ratio }, null, 2) + '\n');
-    writeFileSync(join(out, 'agentic.md'), md);
-    writeFileSync(join(out, 'agentic.svg'), svg(rows));
+    // A run without the prefetch is a comparison, not the result: it keeps agentic.* as the default run wrote it.
+    const stem = o.prefetch ? 'agentic' : 'agentic-no-prefetch';
+    writeFileSync(join(out, `${stem}.json`), JSON.stringify({ ...result, meanTtftRatio: ratio }, null, 2) + '\n');
+    writeFileSync(join(out, `${stem}.md`), md);
+    writeFileSync(join(out, `${stem}.svg`), svg(rows));
     process.stdout.write(md);
   } finally {
     stop.done = true;
