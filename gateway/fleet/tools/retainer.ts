@@ -4,6 +4,8 @@ import type { PrefetchConfig, ToolRetentionConfig } from './config.js';
 export interface RetainTarget {
   readonly id: string;
   readonly url: string;
+  /** The data-parallel rank that served the turn: its prefix cache is that rank's. */
+  readonly dataParallelRank?: number | undefined;
 }
 
 /** The tool-call turn whose prefix should survive the tool call. */
@@ -64,7 +66,11 @@ export async function warmUp(
   if (config.priority !== undefined) body.priority = config.priority;
   const res = await fetch(`${worker.url}/v1/chat/completions`, {
     method: 'POST',
-    headers: { 'content-type': 'application/json', 'x-kvgate-prefetch': '1' },
+    headers: {
+      'content-type': 'application/json',
+      'x-kvgate-prefetch': '1',
+      ...(worker.dataParallelRank !== undefined ? { 'x-data-parallel-rank': String(worker.dataParallelRank) } : {}),
+    },
     body: JSON.stringify(body),
     signal: AbortSignal.timeout(config.timeoutMs),
   });

@@ -187,8 +187,10 @@ t.test('the warm-up is the same prompt, non-streamed, one token; an engine error
   t.same(r, { promptTokens: 40, cachedTokens: 32 });
   t.same(seen[0]!.body, { model: 'm', max_tokens: 1, messages: body.messages, tools });
   t.equal(seen[0]!.headers['x-kvgate-prefetch'], '1');
-  await warmUp({ id: 'w', url }, { model: 'm', body }, { timeoutMs: 2000, priority: 10 });
+  t.equal(seen[0]!.headers['x-data-parallel-rank'], undefined);
+  await warmUp({ id: 'w', url, dataParallelRank: 3 }, { model: 'm', body }, { timeoutMs: 2000, priority: 10 });
   t.equal(seen[1]!.body.priority, 10);
+  t.equal(seen[1]!.headers['x-data-parallel-rank'], '3', 'to the rank that served the turn');
   status = 503;
   await t.rejects(warmUp({ id: 'w', url }, { model: 'm', body }, { timeoutMs: 2000 }), /503/);
 });
