@@ -142,7 +142,9 @@ export class CpuTier {
   /**
    * Pins the host-held blocks among `hashes` until `ttlMs` from now, as far as
    * half the host pool allows (the rest must stay evictable, or offloading
-   * stalls). Returns how many blocks are pinned now.
+   * stalls). Returns how many blocks are pinned now. As LMCache's `pin` sets
+   * a chunk's TTL, an already pinned block takes the new TTL, shorter or
+   * longer: a short one is how a caller lets go (LMCache has no unpin yet).
    */
   pin(hashes: readonly bigint[], ttlMs: number): number {
     this.#expirePins();
@@ -150,7 +152,7 @@ export class CpuTier {
     let pinned = 0;
     for (const h of hashes) {
       if (this.#pinned.has(h)) {
-        this.#pinned.set(h, Math.max(this.#pinned.get(h)!, until));
+        this.#pinned.set(h, until);
         pinned++;
         continue;
       }

@@ -194,7 +194,15 @@ export function createFrontHandler(d: FrontDeps): (req: IncomingMessage, res: Se
       delete upstreamHeaders[ADMIN_TOKEN_HEADER];
       const measured = flowObserved(pass, new RequestOutcome(d.metrics, strategy, arm, armStats, started));
       const outcome =
-        session !== undefined ? d.tools!.observe(measured, session, worker, request.model, request.body) : measured;
+        session !== undefined
+          ? d.tools!.observe(
+              measured,
+              session,
+              { id: worker.id, url: worker.url, dataParallelRank: decision.dataParallelRank },
+              request.model,
+              request.body,
+            )
+          : measured;
       const observer = prepared.observe?.(outcome);
       forward(
         d,

@@ -5,7 +5,8 @@ import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import type { ResponseObserver } from '../../proxy/usage-sniffer.js';
 import type { ToolRetentionConfig } from './config.js';
 import { ToolLatency } from './latency.js';
-import { createRetainer, type KvRetainer, type RetainTarget } from './retainer.js';
+import { type PrefetchPlan, type PrefetchView, Prefetcher, type Timers } from './prefetch.js';
+import { createRetainer, type KvRetainer, type RetainRequest, type RetainTarget } from './retainer.js';
 import { ToolCallSniffer } from './sniffer.js';
 
 /** A turn that ended in tool calls and whose follow-up has not arrived yet. */
@@ -17,6 +18,9 @@ interface Pending {
   readonly keepMs: number;
   readonly predictedMs: number | undefined;
   pinnedTokens: number;
+  prefetch?: PrefetchPlan | undefined;
+  /** What was pinned where, kept while the retainer can release it. */
+  pin?: { readonly target: RetainTarget; readonly req: RetainRequest } | undefined;
 }
 
 /** What `/debug/route` and the front learn about a request's tool-call session. */
@@ -29,6 +33,8 @@ export interface ToolAffinity {
   readonly predictedReturnMs: number | undefined;
   readonly keepMs: number;
   readonly pinnedTokens: number;
+  /** The warm-up planned before the predicted return (null: prefetch off, or the tool's delays not learned yet). */
+  readonly prefetch: PrefetchView | null;
 }
 
 export interface ToolSessionsDeps {
@@ -37,6 +43,7 @@ export interface ToolSessionsDeps {
   readonly registry: Registry;
   readonly log: Logger;
   readonly now?: () => number;
+  readonly timers?: Timers;
 }
 
 const RETURN_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800];
@@ -91,15 +98,30 @@ export class ToolSessions {
   readonly #followUps: Counter<'outcome'>;
   readonly #returns: Histogram<'tool'>;
   readonly #retains: Counter<'engine' | 'result'>;
+  readonly #prefetcher: Prefetcher;
 
   constructor(d: ToolSessionsDeps) {
     this.#c = d.config;
     this.#retainer = d.retainer;
     this.#log = d.log;
     this.#now = d.now ?? (() => performance.now());
-    this.#pending = new LRUCache({ max: d.config.maxSessions, ttl: d.config.sessionTtlMs, ttlAutopurge: false });
+    this.#pending = new LRUCache<string, Pending>({
+      max: d.config.maxSessions,
+      ttl: d.config.sessionTtlMs,
+      ttlAutopurge: false,
+      // Only `returned` deletes: the follow-up came before the warm-up. Evicted, expired or replaced: forgotten.
+      dispose: (p, _k, reason) => p.prefetch?.cancel(reason === 'delete' ? 'cancelled' : 'forgotten'),
+    });
     this.#tools = new LRUCache({ max: d.config.maxTools });
     const registers = [d.registry];
+    this.#prefetcher = new Prefetcher({
+      config: d.config.prefetch,
+      retainer: d.retainer,
+      registry: d.registry,
+      log: d.log,
+      now: this.#now,
+      ...(d.timers ? { timers: d.timers } : {}),
+    });
     this.#calls = new Counter({
       name: 'kvgate_tool_calls_total',
       help: 'Responses that ended in tool calls, by (first) tool name',
@@ -121,7 +143,7 @@ export class ToolSessions {
     });
     this.#retains = new Counter({
       name: 'kvgate_tool_retain_requests_total',
-      help: 'Engine calls to keep a session prefix during a tool call, by engine API and result',
+      help: 'Engine calls to keep a session prefix during a tool call (result ok, error) and to let go of it when the follow-up came (released, release_error), by engine API',
       labelNames: ['engine', 'result'],
       registers,
     });
@@ -174,6 +196,7 @@ export class ToolSessions {
       predictedReturnMs: this.#median(p.tools[0]!),
       keepMs: Math.round(p.keepMs),
       pinnedTokens: p.pinnedTokens,
+      prefetch: p.prefetch?.view() ?? null,
     };
   }
 
@@ -190,6 +213,18 @@ export class ToolSessions {
     this.#latency(tool).observe(ms);
     this.#returns.labels(tool).observe(ms / 1000);
     this.#followUps.labels(outcome).inc();
+    if (p.pin && p.pinnedTokens > 0) this.#release(p.pin.target, p.pin.req);
+  }
+
+  /** The follow-up came: the pin has done its work (the next tool call, if any, pins the longer prefix). */
+  #release(target: RetainTarget, req: RetainRequest): void {
+    this.#retainer.release!(target, req).then(
+      () => this.#retains.labels(this.#retainer.name, 'released').inc(),
+      (err: unknown) => {
+        this.#retains.labels(this.#retainer.name, 'release_error').inc();
+        this.#log.warn({ err, worker: target.id, engine: this.#retainer.name }, 'tool retention: release failed');
+      },
+    );
   }
 
   /** A tool-result turn for which no pending call is known (expired, evicted, or another replica's). */
@@ -200,8 +235,19 @@ export class ToolSessions {
   summary(): Record<string, unknown> {
     const tools: Record<string, unknown> = {};
     for (const [name, l] of this.#tools.entries())
-      tools[name] = { samples: l.samples, p50Ms: l.quantile(0.5), keepMs: this.#keepMs(name) };
-    return { enabled: true, engine: this.#retainer.name, pendingSessions: this.#pending.size, tools };
+      tools[name] = {
+        samples: l.samples,
+        p50Ms: l.quantile(0.5),
+        keepMs: this.#keepMs(name),
+        prefetchAtMs: this.#prefetcher.enabled ? this.#prefetchAt(name) : undefined,
+      };
+    return {
+      enabled: true,
+      engine: this.#retainer.name,
+      pendingSessions: this.#pending.size,
+      prefetch: this.#prefetcher.summary(),
+      tools,
+    };
   }
 
   #toolCall(session: string, worker: RetainTarget, model: string, body: Record<string, unknown>, names: string[]) {
@@ -217,7 +263,15 @@ export class ToolSessions {
     };
     this.#pending.set(session, pending);
     this.#calls.labels(tools[0]!).inc();
+    pending.prefetch = this.#prefetcher.plan(
+      worker,
+      { model, body },
+      pending.at,
+      this.#learned(tools[0]!, this.#c.prefetch.quantile),
+      () => this.#pending.peek(session) === pending,
+    );
     if (this.#retainer.name === 'none') return;
+    if (this.#retainer.release) pending.pin = { target: worker, req: { model, body } };
     this.#retainer.retain(worker, { model, body }, keepMs).then(
       (tokens) => {
         pending.pinnedTokens = tokens;
@@ -237,8 +291,17 @@ export class ToolSessions {
   }
 
   #median(tool: string): number | undefined {
+    return this.#learned(tool, 0.5);
+  }
+
+  #learned(tool: string, q: number): number | undefined {
     const l = this.#tools.peek(tool);
-    return l && l.samples >= this.#c.minSamples ? l.quantile(0.5) : undefined;
+    return l && l.samples >= this.#c.minSamples ? l.quantile(q) : undefined;
+  }
+
+  #prefetchAt(tool: string): number | undefined {
+    const q = this.#learned(tool, this.#c.prefetch.quantile);
+    return q === undefined ? undefined : Math.round(Math.max(0, q - this.#c.prefetch.leadMs));
   }
 
   /** How long to keep a prefix for this tool: its learned quantile, capped; the default until it has samples. */

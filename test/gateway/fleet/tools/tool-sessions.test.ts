@@ -118,3 +118,51 @@ t.test('session keys and follow-ups', async (t) => {
   t.equal(isToolFollowUp(follow), true);
   t.equal(isToolFollowUp(body), false);
 });
+
+t.test('the pin is let go of when the follow-up comes, and a failing release costs a metric', async (t) => {
+  const released: unknown[] = [];
+  let fail = false;
+  let pins = 64;
+  const registry = new Registry();
+  const retainer: KvRetainer = {
+    name: 'lmcache',
+    retain: () => Promise.resolve(pins),
+    release: (w, r) => (released.push([w.id, r.body]), fail ? Promise.reject(new Error('down')) : Promise.resolve()),
+  };
+  const s = new ToolSessions({
+    config: toolRetentionConfigSchema.parse({ enabled: true }),
+    retainer,
+    registry,
+    log,
+  });
+  const metric = async (result: string) =>
+    (await registry.getSingleMetric('kvgate_tool_retain_requests_total')!.get()).values.find(
+      (v) => v.labels.result === result,
+    )?.value ?? 0;
+  const o = s.observe(sink, 'h:a', worker, 'm', body);
+  o.data(TOOL_SSE);
+  o.end(200);
+  await new Promise((r) => setImmediate(r));
+  t.same(released, [], 'held while the tool runs');
+  s.returned('h:a', 'kept');
+  await new Promise((r) => setImmediate(r));
+  t.same(released, [['w1', body]]);
+  t.equal(await metric('released'), 1);
+  const turn = async (session: string) => {
+    const o = s.observe(sink, session, worker, 'm', body);
+    o.data(TOOL_SSE);
+    o.end(200);
+    await new Promise((r) => setImmediate(r));
+    s.returned(session, 'kept');
+    await new Promise((r) => setImmediate(r));
+  };
+  pins = 0;
+  await turn('h:b');
+  t.equal(released.length, 1, 'nothing pinned, nothing to release');
+  pins = 64;
+  fail = true;
+  await turn('h:c');
+  t.equal(released.length, 2);
+  t.equal(await metric('release_error'), 1, 'a failing release: a metric');
+  t.equal(s.affinity('h:c'), undefined);
+});
