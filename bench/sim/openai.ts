@@ -133,10 +133,11 @@ function checkLength(promptLen: number, maxTokens: number, ctx: OpenAiContext): 
 }
 
 function tokenIds(value: unknown[], ctx: OpenAiContext, param: string): number[] {
+  const vocabSize = ctx.tokenizer.vocabSize;
   for (const id of value) {
-    if (typeof id !== 'number' || !Number.isInteger(id) || id < 0 || id >= ctx.tokenizer.vocabSize) {
+    if (typeof id !== 'number' || !Number.isInteger(id) || id < 0 || id >= vocabSize) {
       throw bad(
-        `${param}: token id ${JSON.stringify(id)} is out of vocabulary (0..${ctx.tokenizer.vocabSize - 1})`,
+        `${param}: token id ${JSON.stringify(id)} is out of vocabulary (0..${vocabSize - 1})`,
         param,
       );
     }

@@ -49,6 +49,7 @@ export class PromptTokenizer {
   readonly #inflight = new Map<string, Promise<Uint32Array>>();
   readonly #affixes: { prefix: number[]; suffix: number[] } | undefined;
   #lengths: TokenLengths = { maxCharsPerToken: 1, modelMaxLength: undefined };
+  #vocabSize: number | undefined;
   #hits = 0;
   #misses = 0;
   #batches = 0;
@@ -140,7 +141,8 @@ export class PromptTokenizer {
 
   /** Ids in 0..vocabSize-1 exist (the model's vocabulary plus its added tokens). */
   get vocabSize(): number {
-    return this.#tokenizer.getVocabSize(true);
+    // Read once: each native call costs a crossing, and prompts of token ids check every id against it.
+    return (this.#vocabSize ??= this.#tokenizer.getVocabSize(true));
   }
 
   /** Text of token ids, special tokens kept: vLLM's `/detokenize` (`tokenizer.decode(ids)`). */
