@@ -61,6 +61,7 @@ export const FLEET_DEFAULTS: FleetShape = {
   maxNumSeqs: 256,
   speedup: 25,
   streamInterval: 16,
+  simProcesses: 2,
   timing: { 'prefill-a': 3.4e-6, 'prefill-b': 0.15, 'prefill-c': 30, 'decode-base-ms': 20, 'decode-kv-ms': 20 },
 };
 
@@ -98,6 +99,7 @@ export function parseReplayFlags(argv: string[]): {
       'max-num-batched-tokens': { type: 'string' },
       'max-num-seqs': { type: 'string' },
       'stream-interval': { type: 'string' },
+      'sim-processes': { type: 'string' },
       ...Object.fromEntries(TIMING_FLAGS.map((f) => [f, { type: 'string' as const }])),
       params: { type: 'string' },
       out: { type: 'string' },
@@ -128,6 +130,7 @@ export function parseReplayFlags(argv: string[]): {
     maxNumSeqs: num(values, 'max-num-seqs', d.maxNumSeqs, 1, true),
     speedup: num(values, 'speedup', d.speedup, 0.001),
     streamInterval: num(values, 'stream-interval', d.streamInterval ?? 1, 1, true),
+    simProcesses: num(values, 'sim-processes', d.simProcesses ?? 1, 1, true),
     timing,
   };
   const limit = num(values, 'limit', Infinity, 1, values.limit !== undefined);

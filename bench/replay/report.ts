@@ -65,7 +65,8 @@ export function describeFleet(f: FleetShape): string {
     .join(' ');
   return `${f.workers} simulated vLLM workers (\`kvgate sim\`), ${f.kvBlocks} KV blocks × ${f.blockSize} tokens each
 (${((f.kvBlocks * f.blockSize) / 1e6).toFixed(2)}M tokens per worker), max-num-batched-tokens ${f.maxNumBatchedTokens}, max-num-seqs ${f.maxNumSeqs},
-stream interval ${f.streamInterval ?? 1}, timing \`${timing}\`, speed-up ${f.speedup} (arrivals and engine steps both run ${f.speedup}× faster).`;
+stream interval ${f.streamInterval ?? 1}, timing \`${timing}\`, speed-up ${f.speedup} (arrivals and engine steps both run ${f.speedup}× faster),
+simulated by ${f.simProcesses ?? 1} process${(f.simProcesses ?? 1) === 1 ? '' : 'es'}.`;
 }
 
 export function renderMarkdown(r: ReplayReport, svgFile: string): string {

@@ -25,6 +25,8 @@ export interface FleetShape {
   speedup: number;
   /** vLLM's --stream-interval on every worker (tokens per SSE chunk after the first); 1 when absent. */
   streamInterval?: number;
+  /** Simulator processes the workers are spread over (one per core keeps the engines on their clocks); 1 when absent. */
+  simProcesses?: number;
   /** Timing knobs, passed through as `--prefill-a` etc. when set. */
   timing: Partial<Record<'prefill-a' | 'prefill-b' | 'prefill-c' | 'decode-base-ms' | 'decode-kv-ms', number>>;
 }
@@ -127,6 +129,7 @@ export async function runStrategy(
   const started = performance.now();
   const sim = await spawnSimFleet(fleet.workers, simArgs(fleet, EVENT_STRATEGIES.has(strategy)), {
     timeoutMs: 180_000,
+    processes: fleet.simProcesses ?? 1,
   });
   const clientCpu = process.cpuUsage();
   const tmp = mkdtempSync(join(tmpdir(), 'kvgate-replay-'));
@@ -167,7 +170,7 @@ export async function runStrategy(
     const c = process.cpuUsage(clientCpu);
     const cpuS = {
       client: (c.user + c.system) / 1e6,
-      sim: procCpuS(sim.child.pid),
+      sim: sim.children.reduce((a, c) => a + (procCpuS(c.pid) || 0), 0),
       gateway: procCpuS(gateway.child.pid),
       gatewayReplay: gatewayCpuAtEnd - gatewayCpuAtStart,
     };

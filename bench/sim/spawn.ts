@@ -16,7 +16,9 @@ export interface SimWorkerInfo {
 
 export interface SimFleet {
   readonly workers: readonly SimWorkerInfo[];
+  /** The first simulator process; `children` lists them all (one unless `processes` asked for more). */
   readonly child: ChildProcess;
+  readonly children: readonly ChildProcess[];
   /** SIGTERM, then SIGKILL after `graceMs`. */
   stop(graceMs?: number): Promise<void>;
 }
@@ -28,10 +30,44 @@ const CLI = fileURLToPath(new URL('../../gateway/cli/cli.js', import.meta.url));
  * real engine would be) and resolves once every worker has announced itself.
  * The demo and the benchmarks share this, so they drive the same program the tests do.
  */
-export function spawnSimFleet(
+export async function spawnSimFleet(
   workers: number,
   args: readonly string[] = [],
-  options: { timeoutMs?: number; onLog?: (line: string) => void } = {},
+  options: { timeoutMs?: number; onLog?: (line: string) => void; processes?: number } = {},
+): Promise<SimFleet> {
+  const processes = Math.max(1, Math.min(options.processes ?? 1, workers));
+  if (processes === 1) return spawnSimProcess(workers, args, options);
+  // Several processes spread the simulated engines over the machine's cores: one Node thread simulating a
+  // whole fleet at 25x speed falls seconds behind its clock on a trace's busy stretches.
+  const at = args.indexOf('--id-prefix');
+  const prefix = at >= 0 ? args[at + 1]! : 'sim-';
+  const rest = at >= 0 ? [...args.slice(0, at), ...args.slice(at + 2)] : [...args];
+  if (rest.includes('--base-port') || (rest.includes('--port') && rest[rest.indexOf('--port') + 1] !== '0'))
+    throw new Error('spawnSimFleet: several processes need free ports (--port 0)');
+  const shares = Array.from({ length: processes }, (_, k) => Math.floor((workers + k) / processes)).reverse();
+  const started = await Promise.allSettled(
+    shares.map((n, k) => spawnSimProcess(n, [...rest, '--id-prefix', `${prefix}${k}-`], options)),
+  );
+  const fleets = started.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
+  const failed = started.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) {
+    await Promise.all(fleets.map((f) => f.stop()));
+    throw failed.reason;
+  }
+  return {
+    workers: fleets.flatMap((f) => f.workers),
+    child: fleets[0]!.child,
+    children: fleets.map((f) => f.child),
+    stop: async (graceMs?: number) => {
+      await Promise.all(fleets.map((f) => f.stop(graceMs)));
+    },
+  };
+}
+
+function spawnSimProcess(
+  workers: number,
+  args: readonly string[],
+  options: { timeoutMs?: number; onLog?: (line: string) => void },
 ): Promise<SimFleet> {
   const child = spawn(process.execPath, [...benchNodeArgs(), CLI, 'sim', '--workers', String(workers), ...args], {
     stdio: ['pipe', 'pipe', 'pipe'],
@@ -64,6 +100,7 @@ export function spawnSimFleet(
         resolve({
           workers: ready.sort((a, b) => a.worker.localeCompare(b.worker, 'en', { numeric: true })),
           child,
+          children: [child],
           stop,
         });
       }
