@@ -61,7 +61,7 @@ export const FLEET_DEFAULTS: FleetShape = {
   maxNumSeqs: 256,
   speedup: 25,
   streamInterval: 16,
-  simProcesses: 2,
+  simProcesses: 1,
   timing: { 'prefill-a': 3.4e-6, 'prefill-b': 0.15, 'prefill-c': 30, 'decode-base-ms': 20, 'decode-kv-ms': 20 },
 };
 
