@@ -136,10 +136,7 @@ function tokenIds(value: unknown[], ctx: OpenAiContext, param: string): number[]
   const vocabSize = ctx.tokenizer.vocabSize;
   for (const id of value) {
     if (typeof id !== 'number' || !Number.isInteger(id) || id < 0 || id >= vocabSize) {
-      throw bad(
-        `${param}: token id ${JSON.stringify(id)} is out of vocabulary (0..${vocabSize - 1})`,
-        param,
-      );
+      throw bad(`${param}: token id ${JSON.stringify(id)} is out of vocabulary (0..${vocabSize - 1})`, param);
     }
   }
   return value as number[];

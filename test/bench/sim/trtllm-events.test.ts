@@ -98,7 +98,7 @@ t.test('a sim in TRT-LLM mode serves POST /kv_cache_events; evictions go to leve
   const poll = async () => {
     const res = await fetch(`${w.url}/kv_cache_events`, { method: 'POST' });
     t.equal(res.headers.get('content-type'), 'application/json');
-    return (await res.text());
+    return await res.text();
   };
   const first = await poll();
   t.equal(first, '[{"event_id":0,"data":{"type":"created","num_blocks_per_cache_level":[8,2]},"window_size":1024}]');
