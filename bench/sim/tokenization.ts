@@ -23,7 +23,7 @@ export async function tokenize(
   } else {
     throw new SimHttpError(400, 'either prompt (a string) or messages is required', 'BadRequestError', 'prompt');
   }
-  const strs = body.return_token_strs === true ? await tok.tokenStrs(tokens) : null;
+  const strs = body.return_token_strs === true ? tok.tokenStrs(tokens) : null;
   sendJson(res, 200, { count: tokens.length, max_model_len: d.ctx.maxModelLen, tokens, token_strs: strs }, headers);
 }
 

@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events';
-import type { IncomingHttpHeaders, ServerResponse } from 'node:http';
+import type { IncomingHttpHeaders } from 'node:http';
 import pino from 'pino';
 import { Registry } from 'prom-client';
 import t from 'tap';
@@ -103,7 +103,7 @@ const saturate = (w: Worker, tokens = 1000) => (w.localLoad.prefillTokens = toke
 type Gate = FlowPass | null | Promise<FlowPass | null>;
 const call = (f: FlowControl, r: Routed, headers: IncomingHttpHeaders = {}) => {
   const res = new FakeRes();
-  const out: Gate = f.gate(r, headers, res as unknown as ServerResponse, 'req');
+  const out: Gate = f.gate(r, headers, res, 'req');
   return { res, out };
 };
 
