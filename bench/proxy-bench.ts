@@ -11,6 +11,8 @@ import { spawnSimFleet } from './sim/spawn.js';
 import { parseBenchFlags } from './lib/flags.js';
 const HELP = `Proxy overhead: the same load against a simulated worker directly, through kvgate (round-robin),
 and through a bare undici pass-through, interleaved round by round; writes bench/results/proxy-overhead.*.
+--baseline-cli adds another kvgate build (its dist/gateway/cli/cli.js) to the rotation, so a change is judged
+against the build before it in one run.
 Usage: npm run bench:proxy -- [flags]`;
 
 /**
@@ -28,6 +30,7 @@ const { values } = parseBenchFlags(HELP, {
     rounds: { type: 'string', default: '3' },
     connections: { type: 'string', default: '32' },
     speedup: { type: 'string', default: '1000' },
+    'baseline-cli': { type: 'string', default: '' },
     out: { type: 'string', default: fileURLToPath(new URL('../../bench/results', import.meta.url)) },
   },
 });
@@ -70,10 +73,15 @@ async function main(): Promise<void> {
   const gateway = await spawnUntilReady([dist('../gateway/cli/cli.js'), 'serve', '--config', config], 'gateway ready', {
     KVGATE_LOG_LEVEL: 'info',
   });
+  const baseline = values['baseline-cli']
+    ? await spawnUntilReady([values['baseline-cli'], 'serve', '--config', config], 'gateway ready', {
+        KVGATE_LOG_LEVEL: 'info',
+      })
+    : undefined;
   const floor = await spawnUntilReady([dist('./proxy-floor.js'), worker.url], 'floor ready');
   const { peers, missing } = await startPeerProxies(tmp, worker.url, (line) => process.stderr.write(`${line}\n`)).catch(
     async (err: unknown) => {
-      await Promise.all([gateway.stop(), floor.stop(), sim.stop()]);
+      await Promise.all([gateway.stop(), baseline?.stop(), floor.stop(), sim.stop()]);
       throw err;
     },
   );
@@ -82,6 +90,7 @@ async function main(): Promise<void> {
     kvgate: gateway.ready.url as string,
     floor: floor.ready.url as string,
   };
+  if (baseline) targets.baseline = baseline.ready.url as string;
   for (const p of peers) targets[p.name] = p.url;
   const results: Record<string, Record<string, Result[]>> = {};
   try {
@@ -108,7 +117,7 @@ async function main(): Promise<void> {
       }
     }
   } finally {
-    await Promise.all([gateway.stop(), floor.stop(), sim.stop(), ...peers.map((p) => p.stop())]);
+    await Promise.all([gateway.stop(), baseline?.stop(), floor.stop(), sim.stop(), ...peers.map((p) => p.stop())]);
     rmSync(tmp, { recursive: true, force: true });
   }
   report(results, missing);
@@ -120,6 +129,7 @@ const LABELS: Record<string, string> = {
   floor: '(c) bare undici proxy',
   nginx: '(d) nginx round-robin',
   haproxy: '(e) HAProxy round-robin',
+  baseline: '(f) kvgate, baseline build',
 };
 
 function report(results: Record<string, Record<string, Result[]>>, missing: string[]): void {
@@ -156,7 +166,7 @@ function report(results: Record<string, Record<string, Result[]>>, missing: stri
       `b−a ${(b.p99 - a.p99).toFixed(1)}`,
       `b−a ${(perRequest(b) - perRequest(a)).toFixed(3)}, b−c ${(perRequest(b) - perRequest(c)).toFixed(3)}`,
     ]);
-    for (const peer of ['nginx', 'haproxy'].filter((p) => stats[p])) {
+    for (const peer of ['nginx', 'haproxy', 'baseline'].filter((p) => stats[p])) {
       const d = stats[peer]!;
       rows.push([
         scenario,
@@ -174,7 +184,7 @@ function report(results: Record<string, Record<string, Result[]>>, missing: stri
   );
   const text = `# Proxy overhead
 
-Command: \`npm run bench:proxy -- --duration ${duration} --rounds ${rounds} --connections ${connections} --speedup ${values.speedup}\`
+Command: \`npm run bench:proxy -- --duration ${duration} --rounds ${rounds} --connections ${connections} --speedup ${values.speedup}${values['baseline-cli'] ? ` --baseline-cli ${values['baseline-cli']}` : ''}\`
 Date: ${new Date().toISOString()}; machine: ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, Node ${process.version}.
 Load: autocannon, ${connections} connections (the latency scenario: 1), ${duration} s per target per round, ${rounds} rounds interleaved (a, b, c, ..., a, b, c, ...); medians over rounds.
 One simulated worker (\`kvgate sim --speedup ${values.speedup}\`), the gateway and the floor proxy each in their own process; nginx (\`worker_processes 1\`, upstream keepalive, \`proxy_buffering off\`) and HAProxy (\`nbthread 1\`, \`http-reuse always\`) as round-robin reverse proxies to the same worker, each limited to one core like kvgate's one Node thread. All share the machine's cores with autocannon and with other work, so absolute numbers are low and noisy; only the ratios measured side by side mean anything.
