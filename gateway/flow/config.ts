@@ -100,8 +100,10 @@ export const flowConfigSchema = z
       })
       .prefault({}),
     /**
-     * A held request whose re-chosen worker is still saturated waits this long for it (its cached
-     * prefix) before going to whichever worker has room.
+     * A held request whose re-chosen worker is saturated while another candidate has room waits for
+     * it (its cached prefix) at most this long, counted from when room appeared elsewhere, and no
+     * longer than recomputing the cached blocks it would give up is predicted to take; then it goes
+     * to the strategy's pick among the workers with room. A move that gives up nothing is made at once.
      */
     affinityWaitMs: z.number().int().min(0).default(500),
     /** How often held requests are re-checked when no request finishing wakes them. */

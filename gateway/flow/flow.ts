@@ -40,6 +40,8 @@ interface Held extends QueueItem {
   readonly resolve: (pass: FlowPass | null) => void;
   timer: NodeJS.Timeout | undefined;
   placement?: Placement & { kind: 'go' };
+  /** When a release first found room elsewhere while the strategy's pick was saturated (the affinity wait starts). */
+  roomSince?: number;
 }
 
 /**
@@ -98,9 +100,17 @@ export class FlowControl {
     const arrival = this.#now();
     // Waiting requests of this class or a higher one go first: a newcomer joins the queue behind them.
     const waiting = this.#queue.size > 0 && this.#anyWaitingAtOrAbove(id.rank);
+    let roomSince: number | undefined;
     if (!waiting) {
-      const p = place(routed, this.model, this.#blockSize, id.ttftMs, id.cls.onSloMiss, true);
+      const rule = this.#queue.size === 0 ? 'keep' : 'room';
+      const p = place(routed, this.model, this.#blockSize, id.ttftMs, id.cls.onSloMiss, rule, {
+        waitedMs: 0,
+        maxMs: this.#c.affinityWaitMs,
+        idle: false,
+      });
       if (p.kind === 'go') return this.#pass(id, p, arrival, 'direct');
+      // Its cached worker is full while others have room: the wait for it starts now.
+      if (p.kind === 'affinity') roomSince = arrival;
       if (p.kind === 'slo_miss' && id.cls.onSloMiss === 'shed') {
         this.#shed(res, requestId, id, 'slo_unattainable', routed, p.bestMs);
         return null;
@@ -122,6 +132,7 @@ export class FlowControl {
         requestId,
         resolve,
         timer: undefined,
+        ...(roomSince === undefined ? {} : { roomSince }),
       };
       held.timer = setTimeout(() => this.#drop(held, 'ttl_expired'), id.cls.ttlMs);
       this.#queue.push(held);
@@ -228,21 +239,50 @@ export class FlowControl {
     if (this.#poll) clearTimeout(this.#poll);
     this.#poll = undefined;
     const now = this.#now();
-    const hopeless: Held[] = [];
-    const next = this.#queue.next((h) => {
+    const hopeless = new Set<Held>();
+    let roomElsewhere = false;
+    // One placement per held request and pass: the preferred scan and the plain one ask the same question.
+    let placed = new Map<Held, Placement>();
+    const placeHeld = (h: Held, idle: boolean): Placement => {
+      let p = placed.get(h);
+      if (p) return p;
       const budget = h.id.ttftMs === undefined ? undefined : h.id.ttftMs - (now - h.arrival);
       if (budget !== undefined && budget <= 0 && h.id.cls.onSloMiss !== 'route') {
-        hopeless.push(h);
-        return false;
+        hopeless.add(h);
+        p = { kind: 'saturated' };
+      } else {
+        p = place(h.routed, this.model, this.#blockSize, budget, h.id.cls.onSloMiss, 'rechoose', {
+          waitedMs: h.roomSince === undefined ? 0 : now - h.roomSince,
+          maxMs: this.#c.affinityWaitMs,
+          idle,
+        });
       }
-      const p = place(h.routed, this.model, this.#blockSize, budget, h.id.cls.onSloMiss, false, {
-        waitedMs: now - h.arrival,
-        waitMs: this.#c.affinityWaitMs,
-      });
+      if (p.kind === 'affinity') {
+        h.roomSince ??= now;
+        roomElsewhere = true;
+      }
+      placed.set(h, p);
+      return p;
+    };
+    const go = (idle: boolean) => (h: Held) => {
+      const p = placeHeld(h, idle);
       if (p.kind !== 'go') return false;
       h.placement = p;
       return true;
-    });
+    };
+    // Room on a worker goes first to a held request whose cache is there (within its class, charged
+    // to its tenant's turn): else a request that could go anywhere takes it, and the one waiting
+    // for it there ends up moving and recomputing its prefix.
+    const own = (h: Held) => {
+      const p = placeHeld(h, false);
+      return p.kind === 'go' && !p.moved && p.ownBlocks > 0 && go(false)(h);
+    };
+    let next = this.#queue.next(go(false), own);
+    // Room none of them takes would stay idle while they wait for their cached workers.
+    if (!next && roomElsewhere) {
+      placed = new Map();
+      next = this.#queue.next(go(true));
+    }
     for (const h of hopeless) this.#drop(h, 'slo_unattainable');
     if (next) {
       clearTimeout(next.timer);
@@ -256,7 +296,7 @@ export class FlowControl {
 
   #pass(id: FlowIdentity, p: Placement & { kind: 'go' }, arrival: number, path: 'direct' | 'queued'): FlowPass {
     this.#metrics.admitted(id.cls.name, id.label, path);
-    this.#stats.admitted(id, path);
+    this.#stats.admitted(id, path, p.moved?.lostBlocks);
     const worker = p.routed.worker.id;
     const dispatched = this.#now();
     const stream = p.routed.request.stream;

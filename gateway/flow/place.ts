@@ -11,8 +11,14 @@ export type Placement =
       readonly routed: Routed;
       /** Prefill tokens queued on the chosen worker ahead of this request, plus its own uncached part. */
       readonly prefillTokens: number;
+      /** Set when the request left the strategy's saturated pick for a worker with room: the cached blocks it gave up. */
+      readonly moved?: { readonly from: string; readonly lostBlocks: number };
+      /** Cached blocks the chosen worker holds beyond any other candidate: what makes it this request's worker. */
+      readonly ownBlocks: number;
     }
   | { readonly kind: 'saturated' }
+  /** The pick is saturated, another candidate has room, and moving there would give up cached blocks worth waiting for. */
+  | { readonly kind: 'affinity' }
   | { readonly kind: 'slo_miss'; readonly bestMs: number };
 
 /**
@@ -31,12 +37,35 @@ function uncached(routed: Routed, decision: Decision, id: string, blockSize: num
   return Math.max(0, routed.ctx.promptTokens - cachedBlocksOf(decision, id) * blockSize);
 }
 
+/** How long a held request has waited for its saturated pick while another candidate had room, and the bounds on it. */
+export interface AffinityWait {
+  /** Since the request could first have gone elsewhere; 0 when it never could. */
+  readonly waitedMs: number;
+  /** `affinityWaitMs`: the longest wait for the pick. */
+  readonly maxMs: number;
+  /**
+   * No other held request takes the room there is: the worker would idle while this one waits.
+   * The wait then ends once it is as long as recomputing the cached blocks given up would take.
+   */
+  readonly idle: boolean;
+}
+
 /**
- * Chooses the worker for a request about to leave the gateway. A new request (`fresh`) keeps
- * the strategy's pick while any candidate has room; a held one is re-chosen by the strategy
- * at release time, so cache affinity still counts.
- * With a TTFT budget, a pick predicted to miss it gives way to the best-cached candidate
- * predicted to meet it; with none, `onSloMiss` decides.
+ * How the strategy's pick is treated:
+ * - `keep`: a new request while the gateway holds none; the pick stands while any candidate has
+ *   room, saturated or not, as without flow control (the strategy weighed its queue against its cache).
+ * - `room`: a new request while others are held (overload); the pick only if it has room.
+ * - `rechoose`: a held request; the strategy picks again over the loads and cache of this moment,
+ *   and the pick only if it has room.
+ * A pick without room gives way to the strategy's pick among the candidates with room: at once
+ * if that gives up no cached block, else once the wait for the pick is over (see `AffinityWait`).
+ */
+export type PickRule = 'keep' | 'room' | 'rechoose';
+
+/**
+ * Chooses the worker for a request about to leave the gateway (see `PickRule`). With a TTFT
+ * budget, a pick predicted to miss it gives way to the best-cached candidate predicted to
+ * meet it; with none, `onSloMiss` decides.
  */
 export function place(
   routed: Routed,
@@ -44,29 +73,36 @@ export function place(
   blockSize: number,
   budgetMs: number | undefined,
   onSloMiss: FlowClassConfig['onSloMiss'],
-  fresh: boolean,
-  affinity: { waitedMs: number; waitMs: number } = { waitedMs: 0, waitMs: 0 },
+  rule: PickRule,
+  affinity: AffinityWait = { waitedMs: 0, maxMs: 0, idle: false },
 ): Placement {
   const all = routed.candidates.filter((w) => w.available);
   // Nothing to wait for: the proxy answers no-healthy-worker as it would without flow control.
-  if (all.length === 0) return { kind: 'go', routed, prefillTokens: routed.ctx.promptTokens };
+  if (all.length === 0) return { kind: 'go', routed, prefillTokens: routed.ctx.promptTokens, ownBlocks: 0 };
   const open = all.filter((w) => !model.saturated(w));
   if (open.length === 0) return { kind: 'saturated' };
-  let decision = routed.decision;
-  let worker: Worker = routed.worker;
-  // A new request keeps the strategy's pick while any candidate has room, as without flow control:
-  // moving it off a saturated favourite would trade its cache hits for a shorter queue the strategy
-  // already weighed. A held request is released into the room that opened, so it is re-chosen there.
-  if (!fresh) {
-    // Released: the strategy picks again over every candidate; a pick without room is waited for
-    // up to `affinityWaitMs` (its cache is worth a short wait), then the strategy picks among those with room.
-    decision = routed.strategy.choose(routed.ctx, all);
-    worker = all.find((w) => w.id === decision.worker.id) ?? all[0]!;
-    if (!open.includes(worker)) {
-      if (affinity.waitedMs < affinity.waitMs) return { kind: 'saturated' };
-      decision = routed.strategy.choose(routed.ctx, open);
-      worker = open.find((w) => w.id === decision.worker.id) ?? open[0]!;
-    }
+  let decision = rule === 'rechoose' ? routed.strategy.choose(routed.ctx, all) : routed.decision;
+  let worker: Worker = all.find((w) => w.id === decision.worker.id) ?? all[0]!;
+  let moved: { from: string; lostBlocks: number } | undefined;
+  // Under overload a saturated pick is not joined, even while other workers have room: its engine
+  // would queue the request first come, first served behind the work already there, where
+  // priority no longer applies.
+  if (rule !== 'keep' && !open.includes(worker)) {
+    const alt = routed.strategy.choose(routed.ctx, open);
+    const altWorker = open.find((w) => w.id === alt.worker.id) ?? open[0]!;
+    const lostBlocks = cachedBlocksOf(decision, worker.id) - cachedBlocksOf(alt, altWorker.id);
+    // Nor is "wherever there is room" taken: under overload room is taken the moment it opens, so
+    // conversations would scatter from their cache, and each move recomputes a prefix the fleet
+    // had, capacity taken from everyone queued. The pick is waited for, up to `affinityWaitMs`;
+    // a move that loses nothing is made at once, and room no one else takes is worth a move once
+    // the wait is as long as recomputing the lost blocks would take.
+    const waitMs = affinity.idle
+      ? Math.min(affinity.maxMs, model.prefillMs(altWorker.id, lostBlocks * blockSize))
+      : affinity.maxMs;
+    if (lostBlocks > 0 && affinity.waitedMs < waitMs) return { kind: 'affinity' };
+    moved = { from: worker.id, lostBlocks: Math.max(0, lostBlocks) };
+    decision = alt;
+    worker = altWorker;
   }
   if (budgetMs !== undefined && model.predictMs(worker, uncached(routed, decision, worker.id, blockSize)) > budgetMs) {
     let best: Worker | undefined;
@@ -104,7 +140,15 @@ export function place(
     kind: 'go',
     routed: out,
     prefillTokens: worker.load.prefillTokens + uncached(routed, decision, worker.id, blockSize),
+    ...(moved ? { moved } : {}),
+    ownBlocks: ownBlocks(routed, decision, worker.id),
   };
+}
+
+function ownBlocks(routed: Routed, decision: Decision, id: string): number {
+  let others = 0;
+  for (const w of routed.candidates) if (w.id !== id) others = Math.max(others, cachedBlocksOf(decision, w.id));
+  return Math.max(0, cachedBlocksOf(decision, id) - others);
 }
 
 /** Predicted TTFT for every candidate of a routed request (`/debug/route`). */

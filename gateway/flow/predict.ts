@@ -89,6 +89,11 @@ export class TtftModel {
     return this.#fit(w.id).predict(w.load.prefillTokens + uncachedTokens) * 1000;
   }
 
+  /** Predicted time to prefill `tokens` on worker `id`, without the fixed overhead. */
+  prefillMs(id: string, tokens: number): number {
+    return tokens * this.#fit(id).secondsPerToken * 1000;
+  }
+
   tokensPerSecond(id: string): number {
     return 1 / this.#fit(id).secondsPerToken;
   }

@@ -89,41 +89,72 @@ export class FlowQueue<T extends QueueItem> {
    * The next request to release among those `canGo` accepts, removed from the queue:
    * the highest class first, tenants in deficit round robin, deadline order inside a tenant.
    * A tenant whose head cannot go (its workers are full) is passed over without losing its credit.
+   * With `prefer`, a class first offers the turn to the tenants whose head it accepts (a request
+   * whose cached worker just got room), then to the others: the turn is still charged to the
+   * tenant that takes it, so the shares hold over time.
    */
-  next(canGo: (item: T) => boolean): T | undefined {
+  next(canGo: (item: T) => boolean, prefer?: (item: T) => boolean): T | undefined {
     for (const c of this.#classes) {
       if (c.size === 0) continue;
-      const blocked = new Set<TenantQueue<T>>();
-      // Each tenant gains at least its weight per visit, so this many visits serve someone unless all are blocked.
-      let budget = c.ring.reduce((n, t) => n + Math.ceil(1 / Math.min(1, t.weight)) + 1, 0);
-      while (blocked.size < c.ring.length && budget-- > 0) {
-        if (c.cursor >= c.ring.length) c.cursor = 0;
-        const t = c.ring[c.cursor]!;
-        if (blocked.has(t)) {
-          c.cursor++;
-          continue;
-        }
-        if (t.deficit < 1) {
-          t.deficit += t.weight;
-          if (t.deficit < 1) {
-            c.cursor++;
-            continue;
-          }
-        }
-        const head = t.items[0]!;
-        if (!canGo(head)) {
-          blocked.add(t);
-          c.cursor++;
-          continue;
-        }
-        t.items.shift();
-        t.deficit -= 1;
-        c.size--;
-        this.#size--;
-        if (t.items.length === 0) this.#drop(c, t);
-        else if (t.deficit < 1) c.cursor++;
-        return head;
+      const preferred = prefer && this.#outOfTurn(c, prefer);
+      if (preferred) return preferred;
+      const found = this.#scan(c, canGo);
+      if (found) return found;
+    }
+    return undefined;
+  }
+
+  /**
+   * A preferred head served before its turn comes: its tenant pays with the turn (its credit goes
+   * below zero, and the next visit only brings it back), and may not go out of turn again while it owes.
+   * The round robin carries on from where it was for everyone else.
+   */
+  #outOfTurn(c: ClassQueue<T>, prefer: (item: T) => boolean): T | undefined {
+    for (let k = 0; k < c.ring.length; k++) {
+      const t = c.ring[(c.cursor + k) % c.ring.length]!;
+      if (t.deficit < 0 || !prefer(t.items[0]!)) continue;
+      const head = t.items.shift()!;
+      t.deficit -= 1;
+      c.size--;
+      this.#size--;
+      if (t.items.length === 0) this.#drop(c, t);
+      return head;
+    }
+    return undefined;
+  }
+
+  #scan(c: ClassQueue<T>, canGo: (item: T) => boolean): T | undefined {
+    const blocked = new Set<TenantQueue<T>>();
+    // Each tenant gains at least its weight per visit, from at worst one turn owed (see #outOfTurn),
+    // so this many visits serve someone unless all are blocked.
+    let budget = c.ring.reduce((n, t) => n + Math.ceil(2 / Math.min(1, t.weight)) + 1, 0);
+    while (blocked.size < c.ring.length && budget-- > 0) {
+      if (c.cursor >= c.ring.length) c.cursor = 0;
+      const t = c.ring[c.cursor]!;
+      if (blocked.has(t)) {
+        c.cursor++;
+        continue;
       }
+      if (t.deficit < 1) {
+        t.deficit += t.weight;
+        if (t.deficit < 1) {
+          c.cursor++;
+          continue;
+        }
+      }
+      const head = t.items[0]!;
+      if (!canGo(head)) {
+        blocked.add(t);
+        c.cursor++;
+        continue;
+      }
+      t.items.shift();
+      t.deficit -= 1;
+      c.size--;
+      this.#size--;
+      if (t.items.length === 0) this.#drop(c, t);
+      else if (t.deficit < 1) c.cursor++;
+      return head;
     }
     return undefined;
   }

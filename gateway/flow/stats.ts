@@ -5,6 +5,8 @@ import type { FlowQueue, QueueItem } from './queue.js';
 
 interface ClassStats {
   admitted: { direct: number; queued: number };
+  /** Held requests released to another worker than the strategy's saturated pick, and the cached blocks they gave up. */
+  moved: { requests: number; lostBlocks: number };
   queuedEver: number;
   shed: Partial<Record<ShedReason, number>>;
   slo: { ttft: { met: number; missed: number }; tpot: { met: number; missed: number } };
@@ -20,6 +22,7 @@ export class FlowStats {
     for (const c of config.classes)
       this.#byClass.set(c.name, {
         admitted: { direct: 0, queued: 0 },
+        moved: { requests: 0, lostBlocks: 0 },
         queuedEver: 0,
         shed: {},
         slo: { ttft: { met: 0, missed: 0 }, tpot: { met: 0, missed: 0 } },
@@ -30,8 +33,12 @@ export class FlowStats {
     this.#byClass.get(id.cls.name)!.queuedEver++;
   }
 
-  admitted(id: FlowIdentity, path: 'direct' | 'queued'): void {
-    this.#byClass.get(id.cls.name)!.admitted[path]++;
+  admitted(id: FlowIdentity, path: 'direct' | 'queued', movedLosing?: number): void {
+    const s = this.#byClass.get(id.cls.name)!;
+    s.admitted[path]++;
+    if (movedLosing === undefined) return;
+    s.moved.requests++;
+    s.moved.lostBlocks += Math.round(movedLosing);
   }
 
   shed(id: FlowIdentity, reason: ShedReason): void {
@@ -65,6 +72,7 @@ export class FlowStats {
         oldestWaitMs: oldest === undefined ? 0 : now - oldest,
         tenants,
         admitted: s.admitted,
+        moved: s.moved,
         queuedTotal: s.queuedEver,
         shed: s.shed,
         slo: {

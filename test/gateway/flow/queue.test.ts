@@ -108,3 +108,19 @@ t.test('remove, and the oldest sheddable request below a class', async (t) => {
   t.equal(q.size, 2);
   t.same(drain(q), ['std', 's2']);
 });
+
+t.test('prefer: within a class a preferred head goes out of turn, charged to its tenant', async (t) => {
+  const q = new FlowQueue<Item>(2);
+  q.push(item('crit', 0, 'c'));
+  q.push(item('a-1', 1, 'a'));
+  q.push(item('b-1', 1, 'b'));
+  q.push(item('a-2', 1, 'a'));
+  q.push(item('b-2', 1, 'b'));
+  const cached = new Set(['b-1']);
+  const prefer = (i: Item) => cached.has(i.name);
+  t.equal(q.next(() => true, prefer)?.name, 'crit', 'a higher class still goes first');
+  t.equal(q.next(() => true, prefer)?.name, 'b-1', "b's head is preferred over a's turn");
+  t.equal(q.next(() => true, prefer)?.name, 'a-1', 'a keeps its place in the round robin');
+  t.equal(q.next(() => true, prefer)?.name, 'a-2', 'b spent its turn on the preferred request');
+  t.equal(q.next(() => true, prefer)?.name, 'b-2');
+});
