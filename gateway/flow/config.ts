@@ -100,12 +100,13 @@ export const flowConfigSchema = z
       })
       .prefault({}),
     /**
-     * A held request whose re-chosen worker is saturated while another candidate has room waits for
-     * it (its cached prefix) at most this long, counted from when room appeared elsewhere, and no
-     * longer than recomputing the cached blocks it would give up is predicted to take; then it goes
-     * to the strategy's pick among the workers with room. A move that gives up nothing is made at once.
+     * A request whose worker (the strategy's pick, where its prefix is cached) is saturated while
+     * another candidate has room waits in the gateway for it as long as recomputing the cached
+     * blocks it would give up is predicted to take elsewhere, counted from when room appeared
+     * elsewhere, and at most this long; then it goes to the strategy's pick among the workers
+     * with room. A move that gives up nothing is made at once.
      */
-    affinityWaitMs: z.number().int().min(0).default(500),
+    affinityWaitMs: z.number().int().min(0).default(10_000),
     /** How often held requests are re-checked when no request finishing wakes them. */
     pollMs: z.number().int().min(1).max(1000).default(20),
   })

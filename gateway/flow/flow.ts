@@ -106,7 +106,6 @@ export class FlowControl {
       const p = place(routed, this.model, this.#blockSize, id.ttftMs, id.cls.onSloMiss, rule, {
         waitedMs: 0,
         maxMs: this.#c.affinityWaitMs,
-        idle: false,
       });
       if (p.kind === 'go') return this.#pass(id, p, arrival, 'direct');
       // Its cached worker is full while others have room: the wait for it starts now.
@@ -240,10 +239,9 @@ export class FlowControl {
     this.#poll = undefined;
     const now = this.#now();
     const hopeless = new Set<Held>();
-    let roomElsewhere = false;
-    // One placement per held request and pass: the preferred scan and the plain one ask the same question.
-    let placed = new Map<Held, Placement>();
-    const placeHeld = (h: Held, idle: boolean): Placement => {
+    // One placement per held request: the preferred scan and the plain one ask the same question.
+    const placed = new Map<Held, Placement>();
+    const placeHeld = (h: Held): Placement => {
       let p = placed.get(h);
       if (p) return p;
       const budget = h.id.ttftMs === undefined ? undefined : h.id.ttftMs - (now - h.arrival);
@@ -254,18 +252,14 @@ export class FlowControl {
         p = place(h.routed, this.model, this.#blockSize, budget, h.id.cls.onSloMiss, 'rechoose', {
           waitedMs: h.roomSince === undefined ? 0 : now - h.roomSince,
           maxMs: this.#c.affinityWaitMs,
-          idle,
         });
       }
-      if (p.kind === 'affinity') {
-        h.roomSince ??= now;
-        roomElsewhere = true;
-      }
+      if (p.kind === 'affinity') h.roomSince ??= now;
       placed.set(h, p);
       return p;
     };
-    const go = (idle: boolean) => (h: Held) => {
-      const p = placeHeld(h, idle);
+    const go = (h: Held) => {
+      const p = placeHeld(h);
       if (p.kind !== 'go') return false;
       h.placement = p;
       return true;
@@ -274,15 +268,10 @@ export class FlowControl {
     // to its tenant's turn): else a request that could go anywhere takes it, and the one waiting
     // for it there ends up moving and recomputing its prefix.
     const own = (h: Held) => {
-      const p = placeHeld(h, false);
-      return p.kind === 'go' && !p.moved && p.ownBlocks > 0 && go(false)(h);
+      const p = placeHeld(h);
+      return p.kind === 'go' && !p.moved && p.ownBlocks > 0 && go(h);
     };
-    let next = this.#queue.next(go(false), own);
-    // Room none of them takes would stay idle while they wait for their cached workers.
-    if (!next && roomElsewhere) {
-      placed = new Map();
-      next = this.#queue.next(go(true));
-    }
+    const next = this.#queue.next(go, own);
     for (const h of hopeless) this.#drop(h, 'slo_unattainable');
     if (next) {
       clearTimeout(next.timer);

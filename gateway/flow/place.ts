@@ -37,17 +37,12 @@ function uncached(routed: Routed, decision: Decision, id: string, blockSize: num
   return Math.max(0, routed.ctx.promptTokens - cachedBlocksOf(decision, id) * blockSize);
 }
 
-/** How long a held request has waited for its saturated pick while another candidate had room, and the bounds on it. */
+/** How long a held request has waited for its saturated pick while another candidate had room, and the cap on it. */
 export interface AffinityWait {
   /** Since the request could first have gone elsewhere; 0 when it never could. */
   readonly waitedMs: number;
-  /** `affinityWaitMs`: the longest wait for the pick. */
+  /** `affinityWaitMs`: the longest wait for the pick, whatever the prediction says. */
   readonly maxMs: number;
-  /**
-   * No other held request takes the room there is: the worker would idle while this one waits.
-   * The wait then ends once it is as long as recomputing the cached blocks given up would take.
-   */
-  readonly idle: boolean;
 }
 
 /**
@@ -74,7 +69,7 @@ export function place(
   budgetMs: number | undefined,
   onSloMiss: FlowClassConfig['onSloMiss'],
   rule: PickRule,
-  affinity: AffinityWait = { waitedMs: 0, maxMs: 0, idle: false },
+  affinity: AffinityWait = { waitedMs: 0, maxMs: 0 },
 ): Placement {
   const all = routed.candidates.filter((w) => w.available);
   // Nothing to wait for: the proxy answers no-healthy-worker as it would without flow control.
@@ -93,12 +88,11 @@ export function place(
     const lostBlocks = cachedBlocksOf(decision, worker.id) - cachedBlocksOf(alt, altWorker.id);
     // Nor is "wherever there is room" taken: under overload room is taken the moment it opens, so
     // conversations would scatter from their cache, and each move recomputes a prefix the fleet
-    // had, capacity taken from everyone queued. The pick is waited for, up to `affinityWaitMs`;
-    // a move that loses nothing is made at once, and room no one else takes is worth a move once
-    // the wait is as long as recomputing the lost blocks would take.
-    const waitMs = affinity.idle
-      ? Math.min(affinity.maxMs, model.prefillMs(altWorker.id, lostBlocks * blockSize))
-      : affinity.maxMs;
+    // had, capacity taken from everyone queued. The pick is waited for as long as recomputing
+    // what would be lost is predicted to take (the request then pays at most twice what the
+    // better choice would have cost it, and the fleet recomputes only for a pick that stayed
+    // full that long), up to `affinityWaitMs`. A move that loses nothing is made at once.
+    const waitMs = Math.min(affinity.maxMs, model.prefillMs(altWorker.id, lostBlocks * blockSize));
     if (lostBlocks > 0 && affinity.waitedMs < waitMs) return { kind: 'affinity' };
     moved = { from: worker.id, lostBlocks: Math.max(0, lostBlocks) };
     decision = alt;

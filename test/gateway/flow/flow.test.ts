@@ -393,7 +393,7 @@ t.test('the affinity wait starts when room appears elsewhere, not at arrival', a
   t.ok(Date.now() - roomAt < 140, 'released when the pick opened');
 });
 
-t.test('room no other held request takes: the wait for the pick ends after the recomputation it saves', async (t) => {
+t.test('the wait for the cached worker ends once it is as long as the recomputation it saves', async (t) => {
   const { flow: f } = flow(t, { saturation: { default: { prefillTokens: 1000 } }, affinityWaitMs: 10_000 });
   const [a, b, c] = [worker('a'), worker('b'), worker('c')];
   for (const w of [a, b, c]) saturate(w);
@@ -418,28 +418,32 @@ t.test('room no other held request takes: the wait for the pick ends after the r
   t.same(moved.moved, { requests: 2, lostBlocks: 30 });
 });
 
-t.test('room another held request takes: the wait for the pick lasts up to affinityWaitMs', async (t) => {
-  const { flow: f } = flow(t, { saturation: { default: { prefillTokens: 1000 } }, affinityWaitMs: 10_000 });
-  const [a, b] = [worker('a'), worker('b')];
-  saturate(a);
-  saturate(b);
-  const sticky = call(f, routed([a, b], strategy({ a: 30 }, 'a'), 2000)).out;
-  const loose: Gate[] = [];
-  for (let i = 0; i < 4; i++)
-    loose.push(call(f, routed([a, b], strategy({}, 'a'), 2000), { 'x-kvgate-tenant': `t${i}` }).out);
-  let stickyAt = '';
-  void (sticky as Promise<FlowPass | null>).then((p) => (stickyAt = p?.routed.worker.id ?? ''));
-  // b gets room four times, 30 ms apart (far longer than recomputing 30 blocks): each time a
-  // request with nothing cached takes it, and the one with its prefix on a keeps waiting.
-  for (const l of loose) {
-    saturate(b, 0);
-    f.kick();
-    t.equal((await l)?.routed.worker.id, 'b');
+t.test(
+  'while others take the room, a request waits for its cached worker as long as recomputing would take',
+  async (t) => {
+    const { flow: f } = flow(t, { saturation: { default: { prefillTokens: 1000 } }, affinityWaitMs: 10_000 });
+    const [a, b] = [worker('a'), worker('b')];
+    saturate(a);
     saturate(b);
-    await new Promise((r) => setTimeout(r, 30));
-  }
-  t.equal(stickyAt, '', 'still waiting for a');
-  saturate(a, 0);
-  f.kick();
-  t.equal((await sticky)?.routed.worker.id, 'a', 'and a gets it, cache and all');
-});
+    // 16k of its 20k prompt cached on a: ~1.6 s to recompute at the initial 10k tokens/s.
+    const sticky = call(f, routed([a, b], strategy({ a: 1000 }, 'a'), 20_000)).out;
+    const loose: Gate[] = [];
+    for (let i = 0; i < 4; i++)
+      loose.push(call(f, routed([a, b], strategy({}, 'a'), 2000), { 'x-kvgate-tenant': `t${i}` }).out);
+    let stickyAt = '';
+    void (sticky as Promise<FlowPass | null>).then((p) => (stickyAt = p?.routed.worker.id ?? ''));
+    // b gets room four times, 30 ms apart: each time a request with nothing cached takes it,
+    // and the one with its prefix on a keeps waiting.
+    for (const l of loose) {
+      saturate(b, 0);
+      f.kick();
+      t.equal((await l)?.routed.worker.id, 'b');
+      saturate(b);
+      await new Promise((r) => setTimeout(r, 30));
+    }
+    t.equal(stickyAt, '', 'still waiting for a');
+    saturate(a, 0);
+    f.kick();
+    t.equal((await sticky)?.routed.worker.id, 'a', 'and a gets it, cache and all');
+  },
+);
