@@ -66,6 +66,8 @@ export interface RunResult {
    * `gatewayReplay` counts only the replay itself, without start-up (config, tokenizer load).
    */
   cpuS: { client: number; sim: number; gateway: number; gatewayReplay: number };
+  /** The gateway's `/debug/flow` at the end of the replay, when the run had flow control on. */
+  flow?: unknown;
 }
 
 /**
@@ -153,6 +155,9 @@ export async function runStrategy(
       headers: more.headers,
     });
     const gatewayCpuAtEnd = procCpuS(gateway.child.pid);
+    const flow = more.extra?.flow
+      ? await (await request(`${gateway.ready.adminUrl as string}/debug/flow`)).body.json()
+      : undefined;
     const workers = await Promise.all(
       sim.workers.map(async (w) => {
         const s = (await (await request(`${w.url}/sim/stats`)).body.json()) as WorkerStats;
@@ -164,6 +169,7 @@ export async function runStrategy(
           preemptions: s.preemptions,
           evictions: s.evictions,
           lostMs: s.lostMs,
+          prefillBusyMs: s.prefillBusyMs,
         };
       }),
     );
@@ -174,7 +180,7 @@ export async function runStrategy(
       gateway: procCpuS(gateway.child.pid),
       gatewayReplay: gatewayCpuAtEnd - gatewayCpuAtStart,
     };
-    return { results, workers, wallMs: performance.now() - started, cpuS };
+    return { results, workers, wallMs: performance.now() - started, cpuS, ...(flow ? { flow } : {}) };
   } finally {
     await Promise.all([gateway?.stop(), sim.stop()]);
     rmSync(tmp, { recursive: true, force: true });

@@ -11,6 +11,8 @@ export interface WorkerStats {
   evictions: number;
   /** Real ms the engine fell behind its own clock (absent from older workers: 0). */
   lostMs?: number | undefined;
+  /** Real ms of steps that computed prefill (absent from older workers). */
+  prefillBusyMs?: number | undefined;
 }
 
 export interface Dist {

@@ -39,6 +39,8 @@ export interface SchedulerCounters {
    * machine, not the simulated GPU, set part of the timing.
    */
   lostMs: number;
+  /** Real ms of the steps that computed prefill: prefill tokens over it is the engine's prefill rate while busy. */
+  prefillBusyMs: number;
 }
 
 interface Scheduled {
@@ -77,6 +79,7 @@ export class Scheduler {
     kvLoadFailures: 0,
     cpuLoadTokens: 0,
     lostMs: 0,
+    prefillBusyMs: 0,
   };
   readonly #o: SchedulerOptions;
   readonly #now: () => number;
@@ -169,6 +172,7 @@ export class Scheduler {
     if (now - MAX_LAG_MS > this.#clock) this.counters.lostMs += now - MAX_LAG_MS - this.#clock;
     const start = Math.max(this.#clock, now - MAX_LAG_MS);
     const end = start + stepMs(this.#o.timing, prefill, decodes, usage);
+    if (prefill > 0) this.counters.prefillBusyMs += end - start;
     this.#clock = end;
     const delay = end - now;
     const finish = () => this.#finishStep(plan, prefill, decodes);

@@ -45,6 +45,8 @@ export interface SimStats extends Partial<CpuTierStats> {
   preemptions: number;
   /** Real ms the engine loop fell behind its clock (see SchedulerCounters.lostMs). */
   lostMs: number;
+  /** Real ms of steps that computed prefill (see SchedulerCounters.prefillBusyMs). */
+  prefillBusyMs: number;
   /** Next KV event batch sequence number (string: it is a u64); null without --kv-events. */
   kvEventsNextSeq: string | null;
   /** P/D: remote prefills pulled here, their tokens, failed pulls; prefills held here for a remote decode. */

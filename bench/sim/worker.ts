@@ -187,6 +187,7 @@ export async function startSimWorker(options: SimWorkerOptions = {}): Promise<Si
       generatedTokens: c.generatedTokens,
       steps: c.steps,
       lostMs: Math.round(c.lostMs),
+      prefillBusyMs: Math.round(c.prefillBusyMs),
       preemptions: c.preemptions,
       kvEventsNextSeq: publisher ? String(publisher.nextSeq) : trtllm ? String(trtllm.nextEventId) : null,
       kvLoads: c.kvLoads,

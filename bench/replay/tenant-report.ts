@@ -1,0 +1,138 @@
+import type { FleetShape } from './run.js';
+import { renderLoad, type LoadArithmetic } from './tenant-load.js';
+
+/** TTFTs in simulated seconds; goodput per simulated second. */
+export interface Group {
+  requests: number;
+  ok: number;
+  shed: number;
+  failed: number;
+  p50: number;
+  p90: number;
+  p99: number;
+  goodput: number;
+}
+
+export interface RunSummary {
+  name: string;
+  wallS: number;
+  hitRate: number;
+  /** Hit rate an infinite shared cache would reach over the requests this run served (shed turns never warm it). */
+  servedBound: number;
+  byTenant: Record<string, Group>;
+  byClass: Record<string, Group>;
+  wellBehavedByClass: Record<string, Group>;
+  wellBehaved: Group;
+  all: Group;
+  /** The most real ms any simulated engine fell behind its clock, and the client's p99 lateness: the machine kept up when both are small. */
+  simLagMs: number;
+  lateP99Ms: number;
+  /** Flow on: held requests released off the strategy's saturated pick, and the cached blocks they gave up, per class. */
+  moved?: Record<string, { requests: number; lostBlocks: number }>;
+  /** The gateway's `/debug/flow` at the end (flow on only). */
+  flow?: unknown;
+}
+
+export interface TenantReport {
+  command: string;
+  date: string;
+  trace: string;
+  requests: number;
+  traceSeconds: number;
+  fleet: FleetShape;
+  flow: Record<string, unknown>;
+  targetsS: Record<string, number>;
+  wellBehaved: readonly string[];
+  load: LoadArithmetic;
+  runs: RunSummary[];
+}
+
+/** The issue's three targets, each on the same requests in both runs it compares. */
+export function targets(r: TenantReport): Record<string, number> {
+  const [off, on, quiet] = r.runs as [RunSummary, RunSummary, RunSummary];
+  const wc = (x: RunSummary) => x.wellBehavedByClass.critical!;
+  return {
+    wellBehavedP99Ratio: on.wellBehaved.p99 / quiet.wellBehaved.p99,
+    wellBehavedP99RatioOff: off.wellBehaved.p99 / quiet.wellBehaved.p99,
+    wellBehavedP90Ratio: on.wellBehaved.p90 / quiet.wellBehaved.p90,
+    // The critical requests present in both runs: the well-behaved tenants'.
+    criticalP99Ratio: wc(on).p99 / wc(quiet).p99,
+    criticalP99RatioOff: wc(off).p99 / wc(quiet).p99,
+    criticalP90Ratio: wc(on).p90 / wc(quiet).p90,
+    // Every critical request under overload against the well-behaved ones at normal load: not the same requests.
+    criticalAllP99Ratio: on.byClass.critical!.p99 / quiet.byClass.critical!.p99,
+    criticalAllP99RatioOff: off.byClass.critical!.p99 / quiet.byClass.critical!.p99,
+    hitRateDeltaPoints: (on.hitRate - off.hitRate) * 100,
+    servedBoundDeltaPoints: (on.servedBound - off.servedBound) * 100,
+  };
+}
+
+export function renderTenants(r: TenantReport): { text: string; targets: Record<string, number> } {
+  const f = (x: number | undefined, d = 2) => (x !== undefined && Number.isFinite(x) ? x.toFixed(d) : '-');
+  const row = (run: string, key: string, g: Group) =>
+    `| ${run} | ${key} | ${g.requests} | ${g.ok} | ${g.shed} | ${g.failed} | ${f(g.p50)} | ${f(g.p90)} | ${f(g.p99)} | ${f(g.goodput)} |`;
+  const flow = r.flow.flow as { saturation: { prefillQueueMs: number; default?: unknown }; affinityWaitMs: number };
+  const simS = (ms: number) => f((ms * r.fleet.speedup) / 1000, 1);
+  const lines = [
+    '# Multi-tenant replay: flow control off vs on',
+    '',
+    `Command: \`${r.command}\``,
+    `Date: ${r.date}. ${r.requests} requests of the conversation trace (${f(r.traceSeconds, 0)} s), ${r.fleet.workers} simulated workers, speed-up ${r.fleet.speedup}, strategy kv.`,
+    'Tenants per conversation (first prompt block): noisy 3/6 of conversations, alpha, beta, gamma 1/6 each; classes per conversation: 15% critical, 55% standard, 30% sheddable.',
+    `Flow control: a worker is saturated at ${flow.saturation.default ? JSON.stringify(flow.saturation.default) : `${simS(flow.saturation.prefillQueueMs)} s of queued prefill at its learned speed`}; affinityWaitMs ${simS(flow.affinityWaitMs)} s; TTLs critical 120 s, standard 60 s, sheddable 30 s.`,
+    `Latencies in simulated seconds; goodput = requests per simulated second meeting their class's TTFT target (critical ${r.targetsS.critical} s, standard ${r.targetsS.standard} s, sheddable ${r.targetsS.sheddable} s). p99 of fewer than 100 requests is their maximum.`,
+    '',
+    ...renderLoad(r.load, r.wellBehaved),
+    '## Runs',
+    '',
+    '"served bound": the hit rate an infinite shared cache would reach on the requests the run served. "sim lag": the most real ms any simulated engine fell behind its clock; "late p99": how far behind schedule the client sent (real ms).',
+    '',
+    '| run | hit rate | served bound | well-behaved p50 | p90 | p99 | all goodput | shed | sim lag ms | late p99 ms | wall s |',
+    '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
+    ...r.runs.map(
+      (x) =>
+        `| ${x.name} | ${f(x.hitRate * 100, 1)}% | ${f(x.servedBound * 100, 1)}% | ${f(x.wellBehaved.p50)} | ${f(x.wellBehaved.p90)} | ${f(x.wellBehaved.p99)} | ${f(x.all.goodput)} | ${x.all.shed} | ${f(x.simLagMs, 0)} | ${f(x.lateP99Ms, 0)} | ${f(x.wallS, 0)} |`,
+    ),
+    '',
+    'Well-behaved tenants by class:',
+    '',
+    '| run | class | requests | ok | shed (429) | failed | TTFT p50 s | p90 s | p99 s | goodput/s |',
+    '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
+  ];
+  for (const x of r.runs) for (const [k, g] of Object.entries(x.wellBehavedByClass)) lines.push(row(x.name, k, g));
+  lines.push(
+    '',
+    'Every tenant and class:',
+    '',
+    '| run | tenant / class | requests | ok | shed (429) | failed | TTFT p50 s | p90 s | p99 s | goodput/s |',
+    '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
+  );
+  for (const x of r.runs) {
+    for (const [k, g] of Object.entries(x.byTenant)) lines.push(row(x.name, k, g));
+    for (const [k, g] of Object.entries(x.byClass)) lines.push(row(x.name, k, g));
+  }
+  const moved = r.runs.filter((x) => x.moved);
+  if (moved.length > 0)
+    lines.push(
+      '',
+      `Held requests released to another worker than the strategy's saturated pick (cached blocks given up): ${moved
+        .map(
+          (x) =>
+            `${x.name}: ${Object.entries(x.moved!)
+              .map(([c, m]) => `${c} ${m.requests} (${m.lostBlocks})`)
+              .join(', ')}`,
+        )
+        .join('; ')}.`,
+    );
+  const t = targets(r);
+  lines.push(
+    '',
+    '## Against the issue targets',
+    '',
+    `- Well-behaved tenants' p99 TTFT, flow on / noisy removed: ${f(t.wellBehavedP99Ratio)} (target <= 1.2; flow off: ${f(t.wellBehavedP99RatioOff)}; p90: ${f(t.wellBehavedP90Ratio)})`,
+    `- Critical p99 TTFT under overload / at normal load (noisy removed), the well-behaved tenants' critical requests, present in both: ${f(t.criticalP99Ratio)} (target <= 1.2; flow off: ${f(t.criticalP99RatioOff)}; p90: ${f(t.criticalP90Ratio)}). Every critical request under overload (the noisy tenant's too) against those at normal load: ${f(t.criticalAllP99Ratio)} (flow off: ${f(t.criticalAllP99RatioOff)})`,
+    `- Hit rate, flow on minus off: ${f(t.hitRateDeltaPoints, 1)} points (target within 2; of which the served requests' bound: ${f(t.servedBoundDeltaPoints, 1)})`,
+    '',
+  );
+  return { text: lines.join('\n'), targets: t };
+}
