@@ -67,7 +67,11 @@ export interface LoadArithmetic {
   offeredNoCache: number;
   byTenant: Record<string, number>;
   classes: ClassShare[];
+  /** The same per `WINDOW_S` of arrivals: the trace comes in bursts, and a backlog builds in them. */
+  windows: { fromS: number; load: number; classes: ClassShare[] }[];
 }
+
+const WINDOW_S = 30;
 
 /**
  * Offered prefill per tenant and class against the fleet's capacity, and the max-min fair
@@ -82,33 +86,38 @@ export function loadArithmetic(
 ): LoadArithmetic {
   const seconds = Math.max(1e-9, (trace.at(-1)!.timestamp - trace[0]!.timestamp) / 1000);
   const uncached = uncachedTokens(trace);
-  const demand = new Map<string, Map<string, number>>(classOrder.map((c) => [c, new Map()]));
-  const byTenant: Record<string, number> = {};
-  let offered = 0;
-  let noCache = 0;
-  trace.forEach((r, i) => {
-    const { tenant, cls } = labels[i]!;
-    const rate = uncached[i]! / seconds;
-    const d = demand.get(cls)!;
-    d.set(tenant, (d.get(tenant) ?? 0) + rate);
-    byTenant[tenant] = (byTenant[tenant] ?? 0) + rate;
-    offered += rate;
-    noCache += r.inputLength / seconds;
-  });
   const boundPerWorker = prefillRatePerWorker(fleet);
   const perWorker = measured?.perWorker ?? boundPerWorker;
   const capacitySource = measured?.source ?? 'a full chunk per step in bench/sim/timing.ts, an upper bound';
   const capacity = perWorker * fleet.workers;
-  let left = capacity;
-  const classes = classOrder.map((cls) => {
-    const d = demand.get(cls)!;
-    const level = waterLevel([...d.values()], Math.max(0, left));
-    const tenants: ClassShare['tenants'] = {};
-    for (const [t, v] of [...d].sort()) tenants[t] = { demand: v, share: Math.min(v, level) };
-    const out = { cls, left: Math.max(0, left), level, tenants };
-    left -= [...d.values()].reduce((a, b) => a + b, 0);
-    return out;
-  });
+  const demandOf = (keep: (i: number) => boolean, span: number) => {
+    const demand = new Map<string, Map<string, number>>(classOrder.map((c) => [c, new Map()]));
+    let total = 0;
+    trace.forEach((_, i) => {
+      if (!keep(i)) return;
+      const { tenant, cls } = labels[i]!;
+      const d = demand.get(cls)!;
+      d.set(tenant, (d.get(tenant) ?? 0) + uncached[i]! / span);
+      total += uncached[i]! / span;
+    });
+    return { shares: shares(demand, classOrder, capacity), total };
+  };
+  const whole = demandOf(() => true, seconds);
+  const byTenant: Record<string, number> = {};
+  for (const c of whole.shares)
+    for (const [t, v] of Object.entries(c.tenants)) byTenant[t] = (byTenant[t] ?? 0) + v.demand;
+  const t0 = trace[0]!.timestamp;
+  const windows: LoadArithmetic['windows'] = [];
+  for (let from = 0; from < seconds; from += WINDOW_S) {
+    const w = demandOf((i) => {
+      const at = (trace[i]!.timestamp - t0) / 1000;
+      return at >= from && at < from + WINDOW_S;
+    }, WINDOW_S);
+    windows.push({ fromS: from, load: w.total / capacity, classes: w.shares });
+  }
+  const offered = whole.total;
+  const noCache = trace.reduce((n, r) => n + r.inputLength, 0) / seconds;
+  const classes = whole.shares;
   return {
     seconds,
     capacity,
@@ -119,7 +128,26 @@ export function loadArithmetic(
     offeredNoCache: noCache,
     byTenant,
     classes,
+    windows,
   };
+}
+
+/** Strict class order, max-min fair sharing inside each class (fluid limit, equal weights). */
+function shares(
+  demand: ReadonlyMap<string, ReadonlyMap<string, number>>,
+  classOrder: readonly string[],
+  capacity: number,
+): ClassShare[] {
+  let left = capacity;
+  return classOrder.map((cls) => {
+    const d = demand.get(cls)!;
+    const level = waterLevel([...d.values()], Math.max(0, left));
+    const tenants: ClassShare['tenants'] = {};
+    for (const [t, v] of [...d].sort()) tenants[t] = { demand: v, share: Math.min(v, level) };
+    const out = { cls, left: Math.max(0, left), level, tenants };
+    left -= [...d.values()].reduce((a, b) => a + b, 0);
+    return out;
+  });
 }
 
 /** The level L with sum(min(demand, L)) = capacity; Infinity when every demand fits. */
@@ -164,6 +192,21 @@ export function renderLoad(a: LoadArithmetic, wellBehaved: readonly string[]): s
       `| ${c.cls} | ${k(c.left)} (${pc(c.left)}) | ${Number.isFinite(c.level) ? k(c.level) : 'no limit'} | ${wellBehaved.map(ratio).join(' | ')} |`,
     );
   }
-  lines.push('');
+  const worst = (c: ClassShare) => {
+    if (!Number.isFinite(c.level)) return 'fits';
+    const r = Math.max(...wellBehaved.map((t) => (c.tenants[t]?.demand ?? 0) / c.level));
+    return r >= 1 ? `**${r.toFixed(2)}**` : r.toFixed(2);
+  };
+  lines.push(
+    '',
+    `The same per ${WINDOW_S} s of arrivals (the trace comes in bursts; a backlog built in one window carries into the next). Per class, the largest well-behaved tenant demand over the fair level, bold where it cannot all be served:`,
+    '',
+    `| arrivals | offered / capacity | ${a.classes.map((c) => c.cls).join(' | ')} |`,
+    `| --- | --- | ${a.classes.map(() => '---').join(' | ')} |`,
+    ...a.windows.map(
+      (w) => `| ${w.fromS}-${w.fromS + WINDOW_S} s | ${w.load.toFixed(2)} | ${w.classes.map(worst).join(' | ')} |`,
+    ),
+    '',
+  );
   return lines;
 }

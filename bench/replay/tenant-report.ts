@@ -55,6 +55,12 @@ export function targets(r: TenantReport): Record<string, number> {
     wellBehavedP99Ratio: on.wellBehaved.p99 / quiet.wellBehaved.p99,
     wellBehavedP99RatioOff: off.wellBehaved.p99 / quiet.wellBehaved.p99,
     wellBehavedP90Ratio: on.wellBehaved.p90 / quiet.wellBehaved.p90,
+    ...Object.fromEntries(
+      Object.keys(quiet.wellBehavedByClass).map((c) => [
+        `wellBehaved.${c}.p99Ratio`,
+        on.wellBehavedByClass[c]!.p99 / quiet.wellBehavedByClass[c]!.p99,
+      ]),
+    ),
     // The critical requests present in both runs: the well-behaved tenants'.
     criticalP99Ratio: wc(on).p99 / wc(quiet).p99,
     criticalP99RatioOff: wc(off).p99 / wc(quiet).p99,
@@ -129,7 +135,11 @@ export function renderTenants(r: TenantReport): { text: string; targets: Record<
     '',
     '## Against the issue targets',
     '',
-    `- Well-behaved tenants' p99 TTFT, flow on / noisy removed: ${f(t.wellBehavedP99Ratio)} (target <= 1.2; flow off: ${f(t.wellBehavedP99RatioOff)}; p90: ${f(t.wellBehavedP90Ratio)})`,
+    `- Well-behaved tenants' p99 TTFT, flow on / noisy removed: ${f(t.wellBehavedP99Ratio)} (target <= 1.2; flow off: ${f(t.wellBehavedP99RatioOff)}; p90: ${f(t.wellBehavedP90Ratio)}). By class: ${Object.keys(
+      r.runs[2]!.wellBehavedByClass,
+    )
+      .map((c) => `${c} ${f(t[`wellBehaved.${c}.p99Ratio`])}`)
+      .join(', ')}`,
     `- Critical p99 TTFT under overload / at normal load (noisy removed), the well-behaved tenants' critical requests, present in both: ${f(t.criticalP99Ratio)} (target <= 1.2; flow off: ${f(t.criticalP99RatioOff)}; p90: ${f(t.criticalP90Ratio)}). Every critical request under overload (the noisy tenant's too) against those at normal load: ${f(t.criticalAllP99Ratio)} (flow off: ${f(t.criticalAllP99RatioOff)})`,
     `- Hit rate, flow on minus off: ${f(t.hitRateDeltaPoints, 1)} points (target within 2; of which the served requests' bound: ${f(t.servedBoundDeltaPoints, 1)})`,
     '',

@@ -17,18 +17,23 @@ import { readTrace, upperBound, type TraceRequest } from './trace.js';
  * Three runs in one: flow control off, flow control on, and the same flow control with
  * the noisy tenant's requests removed (the reference for the targets, and the "normal load").
  *
- *   npm run bench:tenants -- [--limit N] [--workers N] [--speedup X] [--queue-s S] [--prefill-tokens N]
+ *   npm run bench:tenants -- [--limit 500] [--workers 6] [--speedup 5] [--queue-s 1] [--prefill-tokens N]
  *
- * The load level decides whether the targets can be met at all, and the report prints
- * it (tenant-load.ts): offered prefill against the fleet's capacity, and per class the
- * fair level each tenant gets when classes go strictly in order and tenants share a
- * class fairly. Total demand must exceed capacity (the issue's overload), and each
- * well-behaved tenant's demand must stay below the fair level in every class; else no
- * scheduler that honours the classes can give it the latency it has without the noisy
- * tenant. Sheddable traffic is 30% of conversations but 38% of prompt tokens here, so
- * that class binds first: at --limit 300 on 6 workers (1.16x capacity by the bound
- * below) a well-behaved tenant's sheddable demand is 1.45x its fair level; at
- * --limit 500 (1.09x) it is 0.69x. The targets compare the same requests in both runs.
+ * The load level decides whether the targets can be met at all, so the report prints the
+ * arithmetic (tenant-load.ts): offered prefill (what an infinite shared prefix cache would
+ * leave to compute) against the fleet's capacity (measured in the flow-off run), and per
+ * class the fair level each tenant gets when classes go strictly in order and tenants share
+ * a class fairly, over the whole run and per 30 s of arrivals. The issue asks for total
+ * demand above capacity; a well-behaved tenant can keep its normal latency only where its
+ * demand stays below the fair level in every class. The defaults are the issue's run: the
+ * first 500 requests on 6 workers offer 1.10x capacity (7 workers: 0.94x, no overload);
+ * critical and standard fit for every tenant in every window, but sheddable traffic (30% of
+ * conversations, 38% of prompt tokens) is left 30% of capacity, and in the bursts at
+ * 0-30 s and 60-90 s a well-behaved tenant's sheddable demand is 1.2x and 4x its fair level
+ * there. None of the trace prefixes checked (300 to 1,500 requests on 5 to 7 workers) is
+ * overloaded on average without such a burst, so the report gives the well-behaved ratio
+ * per class beside the issue's all-classes figure.
+ * Every target compares the same requests in both runs.
  */
 const TENANTS = ['noisy', 'noisy', 'noisy', 'alpha', 'beta', 'gamma'];
 const WELL_BEHAVED = ['alpha', 'beta', 'gamma'];
@@ -174,8 +179,8 @@ async function main(argv: string[]): Promise<void> {
     if (!Number.isFinite(v) || v < min) throw new UsageError(`--${name} must be a number >= ${min}, got ${raw}`);
     return v;
   };
-  const limit = num('limit', 3000, 1);
-  const fleet: FleetShape = { ...FLEET_DEFAULTS, workers: num('workers', 4, 1), speedup: num('speedup', 25, 1) };
+  const limit = num('limit', 500, 1);
+  const fleet: FleetShape = { ...FLEET_DEFAULTS, workers: num('workers', 6, 1), speedup: num('speedup', 5, 1) };
   const prefillTokens = values['prefill-tokens'] === undefined ? undefined : num('prefill-tokens', 0, 1);
   const queueS = num('queue-s', 1, 0.001);
   const trace = readTrace(values.trace ?? DEFAULT_TRACE, limit);

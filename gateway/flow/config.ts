@@ -101,10 +101,11 @@ export const flowConfigSchema = z
       .prefault({}),
     /**
      * A request whose worker (the strategy's pick, where its prefix is cached) is saturated while
-     * another candidate has room waits in the gateway for it as long as recomputing the cached
-     * blocks it would give up is predicted to take elsewhere, counted from when room appeared
-     * elsewhere, and at most this long; then it goes to the strategy's pick among the workers
-     * with room. A move that gives up nothing is made at once.
+     * another candidate has room waits in the gateway for it while requests of its class or a
+     * higher one take that room: moving would recompute its prefix, capacity taken from everyone
+     * queued. Room that would go to a lower class, or stay idle, it takes once it has waited as
+     * long as recomputing the blocks it gives up is predicted to take (counted from when room
+     * appeared elsewhere). This caps every such wait. A move that gives up nothing is made at once.
      */
     affinityWaitMs: z.number().int().min(0).default(10_000),
     /** How often held requests are re-checked when no request finishing wakes them. */

@@ -106,6 +106,7 @@ export class FlowControl {
       const p = place(routed, this.model, this.#blockSize, id.ttftMs, id.cls.onSloMiss, rule, {
         waitedMs: 0,
         maxMs: this.#c.affinityWaitMs,
+        uncontested: false,
       });
       if (p.kind === 'go') return this.#pass(id, p, arrival, 'direct');
       // Its cached worker is full while others have room: the wait for it starts now.
@@ -239,10 +240,11 @@ export class FlowControl {
     this.#poll = undefined;
     const now = this.#now();
     const hopeless = new Set<Held>();
-    // One placement per held request: the preferred scan and the plain one ask the same question.
-    const placed = new Map<Held, Placement>();
-    const placeHeld = (h: Held): Placement => {
-      let p = placed.get(h);
+    // One placement per held request and question: the preferred scan and the plain one ask the same.
+    const placed = [new Map<Held, Placement>(), new Map<Held, Placement>()] as const;
+    const placeHeld = (h: Held, uncontested: boolean): Placement => {
+      const memo = placed[uncontested ? 1 : 0];
+      let p = memo.get(h);
       if (p) return p;
       const budget = h.id.ttftMs === undefined ? undefined : h.id.ttftMs - (now - h.arrival);
       if (budget !== undefined && budget <= 0 && h.id.cls.onSloMiss !== 'route') {
@@ -252,26 +254,29 @@ export class FlowControl {
         p = place(h.routed, this.model, this.#blockSize, budget, h.id.cls.onSloMiss, 'rechoose', {
           waitedMs: h.roomSince === undefined ? 0 : now - h.roomSince,
           maxMs: this.#c.affinityWaitMs,
+          uncontested,
         });
       }
       if (p.kind === 'affinity') h.roomSince ??= now;
-      placed.set(h, p);
+      memo.set(h, p);
       return p;
     };
-    const go = (h: Held) => {
-      const p = placeHeld(h);
+    const go = (uncontested: boolean) => (h: Held) => {
+      const p = placeHeld(h, uncontested);
       if (p.kind !== 'go') return false;
       h.placement = p;
       return true;
     };
-    // Room on a worker goes first to a held request whose cache is there (within its class, charged
-    // to its tenant's turn): else a request that could go anywhere takes it, and the one waiting
-    // for it there ends up moving and recomputing its prefix.
+    // Per class: first a held request whose cache is on the worker that got room (charged to its
+    // tenant's turn; else a request that could go anywhere takes the room, and the one waiting for
+    // it there ends up moving and recomputing its prefix); then one that goes to its pick or loses
+    // nothing by moving; then, before the room goes to a lower class, one that waited for its
+    // cached worker as long as the recomputation would take (see place).
     const own = (h: Held) => {
-      const p = placeHeld(h);
-      return p.kind === 'go' && !p.moved && p.ownBlocks > 0 && go(h);
+      const p = placeHeld(h, false);
+      return p.kind === 'go' && !p.moved && p.ownBlocks > 0 && go(false)(h);
     };
-    const next = this.#queue.next(go, own);
+    const next = this.#queue.next(go(false), own, go(true));
     for (const h of hopeless) this.#drop(h, 'slo_unattainable');
     if (next) {
       clearTimeout(next.timer);

@@ -37,12 +37,17 @@ function uncached(routed: Routed, decision: Decision, id: string, blockSize: num
   return Math.max(0, routed.ctx.promptTokens - cachedBlocksOf(decision, id) * blockSize);
 }
 
-/** How long a held request has waited for its saturated pick while another candidate had room, and the cap on it. */
+/** How long a held request has waited for its saturated pick while another candidate had room, and the bounds on it. */
 export interface AffinityWait {
   /** Since the request could first have gone elsewhere; 0 when it never could. */
   readonly waitedMs: number;
-  /** `affinityWaitMs`: the longest wait for the pick, whatever the prediction says. */
+  /** `affinityWaitMs`: the longest wait for the pick, whatever else holds. */
   readonly maxMs: number;
+  /**
+   * No held request of its class or a higher one takes the room there is: waiting on would hand
+   * it to a lower class, or leave it idle.
+   */
+  readonly uncontested: boolean;
 }
 
 /**
@@ -69,7 +74,7 @@ export function place(
   budgetMs: number | undefined,
   onSloMiss: FlowClassConfig['onSloMiss'],
   rule: PickRule,
-  affinity: AffinityWait = { waitedMs: 0, maxMs: 0 },
+  affinity: AffinityWait = { waitedMs: 0, maxMs: 0, uncontested: false },
 ): Placement {
   const all = routed.candidates.filter((w) => w.available);
   // Nothing to wait for: the proxy answers no-healthy-worker as it would without flow control.
@@ -88,11 +93,14 @@ export function place(
     const lostBlocks = cachedBlocksOf(decision, worker.id) - cachedBlocksOf(alt, altWorker.id);
     // Nor is "wherever there is room" taken: under overload room is taken the moment it opens, so
     // conversations would scatter from their cache, and each move recomputes a prefix the fleet
-    // had, capacity taken from everyone queued. The pick is waited for as long as recomputing
-    // what would be lost is predicted to take (the request then pays at most twice what the
-    // better choice would have cost it, and the fleet recomputes only for a pick that stayed
-    // full that long), up to `affinityWaitMs`. A move that loses nothing is made at once.
-    const waitMs = Math.min(affinity.maxMs, model.prefillMs(altWorker.id, lostBlocks * blockSize));
+    // had, capacity taken from everyone queued. So the pick is waited for while requests of the
+    // same class or a higher one use the room elsewhere. Room that would go to a lower class (or
+    // stay idle) is taken once the wait is as long as recomputing what would be lost is predicted
+    // to take: the request then pays at most twice what the better choice would have cost it, and
+    // priority holds. `affinityWaitMs` caps every wait; a move that loses nothing is made at once.
+    const waitMs = affinity.uncontested
+      ? Math.min(affinity.maxMs, model.prefillMs(altWorker.id, lostBlocks * blockSize))
+      : affinity.maxMs;
     if (lostBlocks > 0 && affinity.waitedMs < waitMs) return { kind: 'affinity' };
     moved = { from: worker.id, lostBlocks: Math.max(0, lostBlocks) };
     decision = alt;

@@ -91,14 +91,14 @@ export class FlowQueue<T extends QueueItem> {
    * A tenant whose head cannot go (its workers are full) is passed over without losing its credit.
    * With `prefer`, a class first offers the turn to the tenants whose head it accepts (a request
    * whose cached worker just got room), then to the others: the turn is still charged to the
-   * tenant that takes it, so the shares hold over time.
+   * tenant that takes it, so the shares hold over time. With `fallback`, a class none of whose
+   * heads `canGo` accepts is asked again with it before the next class gets the turn.
    */
-  next(canGo: (item: T) => boolean, prefer?: (item: T) => boolean): T | undefined {
+  next(canGo: (item: T) => boolean, prefer?: (item: T) => boolean, fallback?: (item: T) => boolean): T | undefined {
     for (const c of this.#classes) {
       if (c.size === 0) continue;
-      const preferred = prefer && this.#outOfTurn(c, prefer);
-      if (preferred) return preferred;
-      const found = this.#scan(c, canGo);
+      const found =
+        (prefer && this.#outOfTurn(c, prefer)) || this.#scan(c, canGo) || (fallback && this.#scan(c, fallback));
       if (found) return found;
     }
     return undefined;

@@ -418,32 +418,64 @@ t.test('the wait for the cached worker ends once it is as long as the recomputat
   t.same(moved.moved, { requests: 2, lostBlocks: 30 });
 });
 
-t.test(
-  'while others take the room, a request waits for its cached worker as long as recomputing would take',
-  async (t) => {
-    const { flow: f } = flow(t, { saturation: { default: { prefillTokens: 1000 } }, affinityWaitMs: 10_000 });
-    const [a, b] = [worker('a'), worker('b')];
-    saturate(a);
-    saturate(b);
-    // 16k of its 20k prompt cached on a: ~1.6 s to recompute at the initial 10k tokens/s.
-    const sticky = call(f, routed([a, b], strategy({ a: 1000 }, 'a'), 20_000)).out;
-    const loose: Gate[] = [];
-    for (let i = 0; i < 4; i++)
-      loose.push(call(f, routed([a, b], strategy({}, 'a'), 2000), { 'x-kvgate-tenant': `t${i}` }).out);
-    let stickyAt = '';
-    void (sticky as Promise<FlowPass | null>).then((p) => (stickyAt = p?.routed.worker.id ?? ''));
-    // b gets room four times, 30 ms apart: each time a request with nothing cached takes it,
-    // and the one with its prefix on a keeps waiting.
-    for (const l of loose) {
-      saturate(b, 0);
-      f.kick();
-      t.equal((await l)?.routed.worker.id, 'b');
-      saturate(b);
-      await new Promise((r) => setTimeout(r, 30));
-    }
-    t.equal(stickyAt, '', 'still waiting for a');
-    saturate(a, 0);
+t.test('while its own class takes the room, a request waits for its cached worker', async (t) => {
+  const { flow: f } = flow(t, { saturation: { default: { prefillTokens: 1000 } }, affinityWaitMs: 10_000 });
+  const [a, b] = [worker('a'), worker('b')];
+  saturate(a);
+  saturate(b);
+  // 30 blocks (480 tokens) cached on a: ~48 ms to recompute, far less than it will wait.
+  const sticky = call(f, routed([a, b], strategy({ a: 30 }, 'a'), 2000)).out;
+  const loose: Gate[] = [];
+  for (let i = 0; i < 4; i++)
+    loose.push(call(f, routed([a, b], strategy({}, 'a'), 2000), { 'x-kvgate-tenant': `t${i}` }).out);
+  let stickyAt = '';
+  void (sticky as Promise<FlowPass | null>).then((p) => (stickyAt = p?.routed.worker.id ?? ''));
+  // b gets room four times, 30 ms apart: each time a request with nothing cached takes it,
+  // and the one with its prefix on a keeps waiting.
+  for (const l of loose) {
+    saturate(b, 0);
     f.kick();
-    t.equal((await sticky)?.routed.worker.id, 'a', 'and a gets it, cache and all');
-  },
-);
+    t.equal((await l)?.routed.worker.id, 'b');
+    saturate(b);
+    await new Promise((r) => setTimeout(r, 30));
+  }
+  t.equal(stickyAt, '', 'still waiting for a');
+  saturate(a, 0);
+  f.kick();
+  t.equal((await sticky)?.routed.worker.id, 'a', 'and a gets it, cache and all');
+});
+
+t.test('room a lower class would get: the wait for the cached worker ends after the recomputation', async (t) => {
+  const { flow: f } = flow(t, { saturation: { default: { prefillTokens: 1000 } }, affinityWaitMs: 10_000 });
+  const [a, b] = [worker('a'), worker('b')];
+  saturate(a);
+  saturate(b);
+  // 30 blocks (480 tokens) cached on a: ~48 ms to recompute at the initial 10k tokens/s.
+  const critical = call(f, routed([a, b], strategy({ a: 30 }, 'a'), 2000), { 'x-kvgate-priority': 'critical' }).out;
+  const batch: Gate[] = [];
+  for (let i = 0; i < 8; i++)
+    batch.push(call(f, routed([a, b], strategy({}, 'a'), 2000), { 'x-kvgate-priority': 'sheddable' }).out);
+  let released = 0;
+  for (const l of batch)
+    void Promise.resolve(l).then(() => {
+      released++;
+      saturate(b); // the released request takes the room, as fleet.start would
+    });
+  const started = Date.now();
+  let movedAt = 0;
+  let releasedBefore = 0;
+  void (critical as Promise<FlowPass | null>).then((p) => {
+    if (p?.routed.worker.id !== 'b') return;
+    movedAt = Date.now();
+    releasedBefore = released;
+    saturate(b);
+  });
+  for (let i = 0; i < 8 && !movedAt; i++) {
+    saturate(b, 0);
+    f.kick();
+    await new Promise((r) => setTimeout(r, 30));
+  }
+  t.ok(movedAt > 0, 'the critical request took room on b');
+  t.ok(releasedBefore < 8, `while sheddable requests still wanted it (${releasedBefore} of 8 released)`);
+  t.ok(movedAt - started >= 40, `after ${movedAt - started} ms: about the recomputation`);
+});

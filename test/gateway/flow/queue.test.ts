@@ -124,3 +124,12 @@ t.test('prefer: within a class a preferred head goes out of turn, charged to its
   t.equal(q.next(() => true, prefer)?.name, 'a-2', 'b spent its turn on the preferred request');
   t.equal(q.next(() => true, prefer)?.name, 'b-2');
 });
+
+t.test('fallback: a class is asked again before the turn goes to a lower one', async (t) => {
+  const q = new FlowQueue<Item>(2);
+  q.push(item('high-waiting', 0, 'a'));
+  q.push(item('low-ready', 1, 'b'));
+  const ready = (i: Item) => i.name === 'low-ready';
+  t.equal(q.next(ready, undefined, () => true)?.name, 'high-waiting');
+  t.equal(q.next(ready, undefined, () => true)?.name, 'low-ready');
+});
