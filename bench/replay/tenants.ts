@@ -17,7 +17,7 @@ import { readTrace, upperBound, type TraceRequest } from './trace.js';
  * Three runs in one: flow control off, flow control on, and the same flow control with
  * the noisy tenant's requests removed (the reference for the targets, and the "normal load").
  *
- *   npm run bench:tenants -- [--limit 500] [--workers 6] [--speedup 5] [--queue-s 1] [--prefill-tokens N]
+ *   npm run bench:tenants -- [--limit 500] [--workers 6] [--speedup 5] [--queue-s 1] [--affinity-s 50] [--prefill-tokens N] [--name X]
  *
  * The load level decides whether the targets can be met at all, so the report prints the
  * arithmetic (tenant-load.ts): offered prefill (what an infinite shared prefix cache would
@@ -59,7 +59,12 @@ export function assign(req: TraceRequest): { tenant: string; cls: FlowClass } {
 }
 type Label = ReturnType<typeof assign>;
 
-function flowConfig(queueS: number, prefillTokens: number | undefined, speedup: number): Record<string, unknown> {
+function flowConfig(
+  queueS: number,
+  prefillTokens: number | undefined,
+  affinityS: number,
+  speedup: number,
+): Record<string, unknown> {
   // Times in the config are real milliseconds: simulated seconds / speed-up.
   const ms = (simS: number) => Math.round((simS * 1000) / speedup);
   return {
@@ -77,8 +82,8 @@ function flowConfig(queueS: number, prefillTokens: number | undefined, speedup: 
         prefillTokens === undefined
           ? { prefillQueueMs: ms(queueS) }
           : { default: { prefillTokens }, prefillQueueMs: ms(queueS) },
-      // The config default (10 real s) at speed-up 5, in simulated time for every speed-up.
-      affinityWaitMs: ms(50),
+      // Default 50 s: the config's 10 real s at speed-up 5, in simulated time for every speed-up.
+      affinityWaitMs: ms(affinityS),
       pollMs: 10,
     },
   };
@@ -168,7 +173,9 @@ async function main(argv: string[]): Promise<void> {
       speedup: { type: 'string' },
       'prefill-tokens': { type: 'string' },
       'queue-s': { type: 'string' },
+      'affinity-s': { type: 'string' },
       out: { type: 'string' },
+      name: { type: 'string' },
     },
     strict: true,
   });
@@ -183,6 +190,7 @@ async function main(argv: string[]): Promise<void> {
   const fleet: FleetShape = { ...FLEET_DEFAULTS, workers: num('workers', 6, 1), speedup: num('speedup', 5, 1) };
   const prefillTokens = values['prefill-tokens'] === undefined ? undefined : num('prefill-tokens', 0, 1);
   const queueS = num('queue-s', 1, 0.001);
+  const affinityS = num('affinity-s', 50, 0);
   const trace = readTrace(values.trace ?? DEFAULT_TRACE, limit);
   const labels = trace.map(assign);
   const durS = (trace[trace.length - 1]!.timestamp - trace[0]!.timestamp) / 1000;
@@ -192,7 +200,7 @@ async function main(argv: string[]): Promise<void> {
     process.stderr.write(progressLine(label, p));
 
   const off = await runStrategy('kv', kvParams, trace, fleet, progress('flow off'), { headers });
-  const extra = flowConfig(queueS, prefillTokens, fleet.speedup);
+  const extra = flowConfig(queueS, prefillTokens, affinityS, fleet.speedup);
   const on = await runStrategy('kv', kvParams, trace, fleet, progress('flow on'), { headers, extra });
   // The reference: the same flow control without the noisy tenant (also the "normal load" run).
   const keep = trace.map((_, i) => i).filter((i) => labels[i]!.tenant !== 'noisy');
@@ -248,8 +256,10 @@ async function main(argv: string[]): Promise<void> {
   const out = values.out ?? fileURLToPath(new URL('../../../bench/results', import.meta.url));
   mkdirSync(out, { recursive: true });
   const md = renderTenants(report);
-  writeFileSync(join(out, 'replay-tenants.json'), `${JSON.stringify({ ...report, targets: md.targets }, null, 2)}\n`);
-  writeFileSync(join(out, 'replay-tenants.md'), md.text);
+  // --name keeps a variant's results beside the main ones (replay-tenants-<name>.*).
+  const base = join(out, `replay-tenants${values.name ? `-${values.name}` : ''}`);
+  writeFileSync(`${base}.json`, `${JSON.stringify({ ...report, targets: md.targets }, null, 2)}\n`);
+  writeFileSync(`${base}.md`, md.text);
   process.stdout.write(md.text);
 }
 
