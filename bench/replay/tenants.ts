@@ -156,7 +156,7 @@ function summarise(
       run.results.map((r) => r.lateMs),
       99,
     ),
-    ...(flow?.classes
+    ...(flow?.classes?.some((c) => c.moved)
       ? { moved: Object.fromEntries(flow.classes.map((c) => [c.name, c.moved ?? { requests: 0, lostBlocks: 0 }])) }
       : {}),
     ...(run.flow ? { flow: run.flow } : {}),
