@@ -1,0 +1,162 @@
+import t from 'tap';
+import type { FlowPass } from '../../../gateway/flow/flow.js';
+import { call, flow, routed, saturate, strategy, worker, type Gate } from '../../fixtures/flow.js';
+
+/**
+ * Where a request goes when the worker holding its cache is saturated and another has room
+ * (gateway/flow/place.ts): it waits for its worker while its own class uses the room, moves
+ * when moving loses nothing, and otherwise after the recomputation it would cause.
+ */
+
+t.test('under overload a new request does not join its saturated pick', async (t) => {
+  const { flow: f } = flow(t, { saturation: { default: { prefillTokens: 1000 } }, affinityWaitMs: 10_000 });
+  const [a, b] = [worker('a'), worker('b')];
+  saturate(a);
+  saturate(b);
+  // Held, and waiting for a (its cache) even once b has room: the gateway is holding requests.
+  const batch = call(f, routed([a, b], strategy({ a: 1000 }, 'a'), 20_000), { 'x-kvgate-priority': 'sheddable' }).out;
+  t.ok(batch instanceof Promise);
+  saturate(b, 0);
+  // Joining a would queue the request inside its engine, first come, first served, where priority
+  // no longer applies (issue 17: critical requests waited there behind standard ones).
+  const critical = { 'x-kvgate-priority': 'critical' };
+  const moved = call(f, routed([a, b], strategy({}, 'a')), critical).out as FlowPass;
+  t.equal(moved.routed.worker.id, 'b', 'with nothing cached on a, it goes to the room on b at once');
+  const held = call(f, routed([a, b], strategy({ a: 1000 }, 'a'), 20_000), critical).out;
+  t.ok(
+    held instanceof Promise,
+    'one with most of its prompt cached on a waits in the gateway for a, b has room or not',
+  );
+  let batchDone = false;
+  void (batch as Promise<FlowPass | null>).then(() => (batchDone = true));
+  saturate(a, 0);
+  f.kick();
+  t.equal((await held)?.routed.worker.id, 'a', 'and goes there when it has room, before the sheddable one');
+  t.notOk(batchDone, 'the sheddable request still waits');
+  saturate(a, 0);
+  f.kick();
+  t.equal((await batch)?.routed.worker.id, 'a');
+});
+
+t.test("a held request waits a little for the strategy's favourite, then takes any room", async (t) => {
+  const { flow: f } = flow(t, { saturation: { default: { prefillTokens: 1000 } }, affinityWaitMs: 150 });
+  const [a, b] = [worker('a'), worker('b')];
+  saturate(a);
+  saturate(b);
+  const started = Date.now();
+  // 16k of the 20k prompt cached on a: a's queue (1000 tokens) costs far less than recomputing them on b.
+  const { out } = call(f, routed([a, b], strategy({ a: 1000 }, 'a'), 20_000));
+  saturate(b, 0);
+  f.kick();
+  const pass = await out;
+  t.equal(pass?.routed.worker.id, 'b', 'released to the worker with room once the wait for the favourite ran out');
+  t.ok(Date.now() - started >= 140, 'not before affinityWaitMs');
+  const moved = (f.summary([a, b]) as { classes: { moved: { requests: number; lostBlocks: number } }[] }).classes[1]!;
+  t.same(moved.moved, { requests: 1, lostBlocks: 1000 }, 'the move and the cache it gave up are counted');
+});
+
+t.test('the affinity wait starts when room appears elsewhere, not at arrival', async (t) => {
+  const { flow: f } = flow(t, { saturation: { default: { prefillTokens: 1000 } }, affinityWaitMs: 150 });
+  const [a, b] = [worker('a'), worker('b')];
+  saturate(a);
+  saturate(b);
+  const { out } = call(f, routed([a, b], strategy({ a: 1000 }, 'a'), 20_000));
+  // Longer than affinityWaitMs with every worker saturated: under overload this is every held request.
+  await new Promise((r) => setTimeout(r, 200));
+  saturate(b, 0);
+  const roomAt = Date.now();
+  f.kick();
+  await new Promise((r) => setTimeout(r, 60));
+  saturate(a, 0);
+  f.kick();
+  const pass = await out;
+  t.equal(pass?.routed.worker.id, 'a', 'its pick opened within the wait, so it kept its cache');
+  t.ok(Date.now() - roomAt < 140, 'released when the pick opened');
+});
+
+t.test('the wait for the cached worker ends once it is as long as the recomputation it saves', async (t) => {
+  const { flow: f } = flow(t, { saturation: { default: { prefillTokens: 1000 } }, affinityWaitMs: 10_000 });
+  const [a, b, c] = [worker('a'), worker('b'), worker('c')];
+  for (const w of [a, b, c]) saturate(w);
+  // Only the shared prefix: b holds as much of it as a, so moving loses nothing and happens at once.
+  const shared = call(f, routed([a, b, c], strategy({ a: 4, b: 4 }, 'a'), 2000));
+  // 30 blocks (480 tokens) cached on a only: ~48 ms to recompute at the initial 10k tokens/s.
+  const own = call(f, routed([a, b, c], strategy({ a: 30 }, 'a'), 2000));
+  const started = Date.now();
+  saturate(b, 0);
+  f.kick();
+  const first = await shared.out;
+  t.equal(first?.routed.worker.id, 'b', 'a move that loses no cached block is made at once');
+  saturate(b);
+  saturate(c, 0);
+  f.kick();
+  const second = await own.out;
+  t.equal(second?.routed.worker.id, 'c', 'the prefix is recomputed where there is room');
+  const waited = Date.now() - started;
+  t.ok(waited >= 40 && waited < 1000, `waited ${waited} ms: about the recomputation, far below affinityWaitMs`);
+  const moved = (f.summary([a, b, c]) as { classes: { moved: { requests: number; lostBlocks: number } }[] })
+    .classes[1]!;
+  t.same(moved.moved, { requests: 2, lostBlocks: 30 });
+});
+
+t.test('while its own class takes the room, a request waits for its cached worker', async (t) => {
+  const { flow: f } = flow(t, { saturation: { default: { prefillTokens: 1000 } }, affinityWaitMs: 10_000 });
+  const [a, b] = [worker('a'), worker('b')];
+  saturate(a);
+  saturate(b);
+  // 30 blocks (480 tokens) cached on a: ~48 ms to recompute, far less than it will wait.
+  const sticky = call(f, routed([a, b], strategy({ a: 30 }, 'a'), 2000)).out;
+  const loose: Gate[] = [];
+  for (let i = 0; i < 4; i++)
+    loose.push(call(f, routed([a, b], strategy({}, 'a'), 2000), { 'x-kvgate-tenant': `t${i}` }).out);
+  let stickyAt = '';
+  void (sticky as Promise<FlowPass | null>).then((p) => (stickyAt = p?.routed.worker.id ?? ''));
+  // b gets room four times, 30 ms apart: each time a request with nothing cached takes it,
+  // and the one with its prefix on a keeps waiting.
+  for (const l of loose) {
+    saturate(b, 0);
+    f.kick();
+    t.equal((await l)?.routed.worker.id, 'b');
+    saturate(b);
+    await new Promise((r) => setTimeout(r, 30));
+  }
+  t.equal(stickyAt, '', 'still waiting for a');
+  saturate(a, 0);
+  f.kick();
+  t.equal((await sticky)?.routed.worker.id, 'a', 'and a gets it, cache and all');
+});
+
+t.test('room a lower class would get: the wait for the cached worker ends after the recomputation', async (t) => {
+  const { flow: f } = flow(t, { saturation: { default: { prefillTokens: 1000 } }, affinityWaitMs: 10_000 });
+  const [a, b] = [worker('a'), worker('b')];
+  saturate(a);
+  saturate(b);
+  // 30 blocks (480 tokens) cached on a: ~48 ms to recompute at the initial 10k tokens/s.
+  const critical = call(f, routed([a, b], strategy({ a: 30 }, 'a'), 2000), { 'x-kvgate-priority': 'critical' }).out;
+  const batch: Gate[] = [];
+  for (let i = 0; i < 8; i++)
+    batch.push(call(f, routed([a, b], strategy({}, 'a'), 2000), { 'x-kvgate-priority': 'sheddable' }).out);
+  let released = 0;
+  for (const l of batch)
+    void Promise.resolve(l).then(() => {
+      released++;
+      saturate(b); // the released request takes the room, as fleet.start would
+    });
+  const started = Date.now();
+  let movedAt = 0;
+  let releasedBefore = 0;
+  void (critical as Promise<FlowPass | null>).then((p) => {
+    if (p?.routed.worker.id !== 'b') return;
+    movedAt = Date.now();
+    releasedBefore = released;
+    saturate(b);
+  });
+  for (let i = 0; i < 8 && !movedAt; i++) {
+    saturate(b, 0);
+    f.kick();
+    await new Promise((r) => setTimeout(r, 30));
+  }
+  t.ok(movedAt > 0, 'the critical request took room on b');
+  t.ok(releasedBefore < 8, `while sheddable requests still wanted it (${releasedBefore} of 8 released)`);
+  t.ok(movedAt - started >= 40, `after ${movedAt - started} ms: about the recomputation`);
+});
