@@ -5,6 +5,7 @@ import { fileURLToPath } from 'node:url';
 import { request } from 'undici';
 import { stringify } from 'yaml';
 import { markdownTable } from './lib/child.js';
+import { parseBenchFlags } from './lib/flags.js';
 import { FLEET_DEFAULTS } from './replay/replay.js';
 import { benchGatewayConfig, MODEL, simArgs, startBenchGateway } from './replay/run.js';
 import { spawnSimFleet } from './sim/spawn.js';
@@ -15,10 +16,29 @@ import { spawnSimFleet } from './sim/spawn.js';
  * on 4 simulated workers behind `kv` routing. Reports wall time and prefill
  * tokens the fleet computed. Writes bench/results/requery.md.
  *
- *   node dist/bench/requery-bench.js [rounds=4] [repeats=3]
+ *   node dist/bench/requery-bench.js [--rounds 4] [--repeats 3]
  */
-const rounds = Number(process.argv[2] ?? 4);
-const repeats = Number(process.argv[3] ?? 3);
+const { values } = parseBenchFlags(
+  `k "reconsider" rounds run by the gateway (kvgate_requery) against the same k rounds run by the client,
+on 4 simulated workers behind kv routing: wall time and prefill tokens; writes bench/results/requery.md.
+Usage: npm run bench:requery -- [flags]`,
+  {
+    options: {
+      rounds: { type: 'string', default: '4' },
+      repeats: { type: 'string', default: '3' },
+    },
+  },
+);
+const rounds = Number(values.rounds);
+const repeats = Number(values.repeats);
+if (!Number.isInteger(rounds) || rounds < 1 || rounds > 16) {
+  process.stderr.write(`--rounds must be an integer from 1 to 16, got '${values.rounds}'\n`);
+  process.exit(2);
+}
+if (!Number.isInteger(repeats) || repeats < 1) {
+  process.stderr.write(`--repeats must be a positive integer, got '${values.repeats}'\n`);
+  process.exit(2);
+}
 const PROMPT = 'Reconsider your answer. Check it step by step and give your final answer.';
 const speedup = 1;
 

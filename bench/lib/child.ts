@@ -1,5 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { appendFileSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 
 export interface ReadyChild {
@@ -39,6 +40,9 @@ export function spawnUntilReady(
     env: { ...process.env, KVGATE_EXIT_WITH_PARENT: '1', ...env },
   });
   const tail: string[] = [];
+  // KVGATE_BENCH_LOG_DIR keeps every child's output, to find out afterwards why a run went as it did.
+  const logDir = process.env.KVGATE_BENCH_LOG_DIR;
+  const logFile = logDir ? join(logDir, `${args[1] ?? 'child'}-${child.pid ?? 'x'}.log`) : undefined;
   const exited = new Promise<void>((r) => child.once('exit', () => r()));
   const stop = async () => {
     if (child.exitCode !== null || child.signalCode !== null) return;
@@ -53,6 +57,7 @@ export function spawnUntilReady(
       reject(new Error(`${args.join(' ')}: not ready after ${timeoutMs} ms\n${tail.join('\n')}`));
     }, timeoutMs);
     const onLine = (line: string) => {
+      if (logFile) appendFileSync(logFile, line + '\n');
       tail.push(line);
       if (tail.length > 20) tail.shift();
       if (!line.startsWith('{')) return;

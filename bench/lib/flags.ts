@@ -60,5 +60,13 @@ export function parseBenchFlags<T extends ParseArgsConfig>(
     process.stdout.write(`${summary.trim()}\n\nFlags:\n${flags.join('\n')}\n  --help  this text\n`);
     process.exit(0);
   }
-  return parseArgs(config);
+  try {
+    return parseArgs(config);
+  } catch (err) {
+    // An unknown or malformed flag: one line naming it, not a stack trace.
+    const code = (err as NodeJS.ErrnoException).code;
+    if (typeof code !== 'string' || !code.startsWith('ERR_PARSE_ARGS_')) throw err;
+    process.stderr.write(`${(err as Error).message} (--help lists the flags)\n`);
+    process.exit(2);
+  }
 }

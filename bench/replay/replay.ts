@@ -187,9 +187,15 @@ async function main(argv: string[]): Promise<void> {
     summaries.push(s);
     const firstError = run.results.find((r) => !r.ok)?.error;
     s.cpuS = run.cpuS;
+    s.gatewayCounters = run.gatewayCounters;
     s.wallS = run.wallMs / 1000;
     process.stderr.write(
       `[${label}] cpu s: client ${run.cpuS.client.toFixed(0)}, sim ${run.cpuS.sim.toFixed(0)}, gateway ${run.cpuS.gateway.toFixed(0)} (${gatewayCpuMsPerRequest(s).toFixed(2)} ms per request while replaying)\n`,
+    );
+    process.stderr.write(
+      `[${label}] gateway: ${Object.entries(run.gatewayCounters)
+        .map(([k, v]) => `${k.replace(/^kvgate_/, '')} ${Math.round(v)}`)
+        .join(', ')}\n`,
     );
     process.stderr.write(
       `[${label}] TTFT mean ${s.ttft.mean.toFixed(2)} s, hit ${(s.hitRate * 100).toFixed(1)}% (${(s.ofUpperBound * 100).toFixed(0)}% of bound), imbalance ${s.prefillImbalance.toFixed(2)}, failed ${s.failed}${firstError ? ` (${firstError})` : ''}, late p99 ${s.lateness.p99.toFixed(0)} ms, ${(run.wallMs / 1000).toFixed(0)} s\n`,

@@ -68,6 +68,45 @@ export interface RunResult {
   cpuS: { client: number; sim: number; gateway: number; gatewayReplay: number };
   /** The gateway's `/debug/flow` at the end of the replay, when the run had flow control on. */
   flow?: unknown;
+  /** The gateway's index and event-stream counters at the end (summed over labels): did the index keep up? */
+  gatewayCounters: Record<string, number>;
+}
+
+/**
+ * Counters that show whether the index told the truth during a run: predicted against
+ * actual cached tokens, and every event-stream irregularity that clears or skips index state.
+ */
+const INDEX_COUNTERS = [
+  'kvgate_predicted_cached_tokens_sum',
+  'kvgate_actual_cached_tokens_sum',
+  'kvgate_kv_blocks_stored_total',
+  'kvgate_kv_blocks_removed_total',
+  'kvgate_kv_blocks_rejected_total',
+  'kvgate_kv_event_gaps_total',
+  'kvgate_kv_event_batches_replayed_total',
+  'kvgate_kv_event_catchups_total',
+  'kvgate_kv_event_live_duplicates_total',
+  'kvgate_kv_event_resets_total',
+  'kvgate_kv_event_restarts_total',
+  'kvgate_kv_event_decode_errors_total',
+  'kvgate_kv_events_unknown_parent_total',
+  'kvgate_kv_events_skipped_total',
+  'kvgate_kv_indexed_blocks',
+  'kvgate_worker_breaker_transitions_total',
+  'kvgate_upstream_retries_total',
+];
+
+/** Sums each of `names` over its label sets in a Prometheus text exposition. */
+export function sumCounters(text: string, names: readonly string[]): Record<string, number> {
+  const wanted = new Set(names);
+  const sums: Record<string, number> = {};
+  for (const line of text.split('\n')) {
+    if (line.startsWith('#') || line === '') continue;
+    const name = line.slice(0, line.search(/[{ ]/));
+    if (!wanted.has(name)) continue;
+    sums[name] = (sums[name] ?? 0) + Number(line.slice(line.lastIndexOf(' ') + 1));
+  }
+  return sums;
 }
 
 /**
@@ -158,6 +197,8 @@ export async function runStrategy(
     const flow = more.extra?.flow
       ? await (await request(`${gateway.ready.adminUrl as string}/debug/flow`)).body.json()
       : undefined;
+    const metrics = await (await request(`${gateway.ready.url as string}/metrics`)).body.text();
+    const gatewayCounters = sumCounters(metrics, INDEX_COUNTERS);
     const workers = await Promise.all(
       sim.workers.map(async (w) => {
         const s = (await (await request(`${w.url}/sim/stats`)).body.json()) as WorkerStats;
@@ -180,7 +221,7 @@ export async function runStrategy(
       gateway: procCpuS(gateway.child.pid),
       gatewayReplay: gatewayCpuAtEnd - gatewayCpuAtStart,
     };
-    return { results, workers, wallMs: performance.now() - started, cpuS, ...(flow ? { flow } : {}) };
+    return { results, workers, wallMs: performance.now() - started, cpuS, gatewayCounters, ...(flow ? { flow } : {}) };
   } finally {
     await Promise.all([gateway?.stop(), sim.stop()]);
     rmSync(tmp, { recursive: true, force: true });

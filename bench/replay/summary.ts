@@ -49,6 +49,8 @@ export interface StrategySummary {
   perWorker: Record<string, number>;
   /** Filled in by the runner: CPU seconds per process and wall time of the run. */
   cpuS?: { client: number; sim: number; gateway: number; gatewayReplay?: number };
+  /** The gateway's index counters at the end of the run (bench/replay/run.ts `INDEX_COUNTERS`). */
+  gatewayCounters?: Record<string, number>;
   wallS?: number;
 }
 

@@ -93,6 +93,11 @@ export function registerKvMetrics(registry: Registry, kv: Pick<KvServices, 'inde
     ['kvgate_kv_event_catchups_total', 'Replays that recovered KV event batches the gateway had missed', 'catchUps'],
     ['kvgate_kv_event_probes_total', 'Replay probes sent (reconnect, health recovery, periodic)', 'probes'],
     [
+      'kvgate_kv_event_live_duplicates_total',
+      'Live KV event batches skipped because a replay had already delivered them',
+      'liveDuplicates',
+    ],
+    [
       'kvgate_kv_event_warnings_suppressed_total',
       'KV event warnings not logged because of the per-worker rate limit',
       'suppressedWarnings',

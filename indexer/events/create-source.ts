@@ -22,6 +22,7 @@ export const zmqEventSourceConfigSchema = z
     mode: z.enum(['connect', 'bind']).default('connect'),
     /** Payload format of frame 3 (see formats.ts). */
     format: z.enum(PAYLOAD_FORMAT_NAMES).default('msgpack'),
+    /** How long a replay may go without sending a batch before it is abandoned. */
     replayTimeoutMs: z.number().int().min(10).default(2000),
     /** Replay probe period while connected (0: off); bounds how long a quiet loss or a hidden restart goes unnoticed. */
     probeIntervalMs: z.number().int().min(0).default(5000),

@@ -54,6 +54,7 @@ export class RankedEventSource implements EventSource {
       catchUps: sum('catchUps'),
       lastCatchUpAt: max('lastCatchUpAt'),
       probes: sum('probes'),
+      liveDuplicates: sum('liveDuplicates'),
       ranks: all,
     };
   }

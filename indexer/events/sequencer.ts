@@ -24,7 +24,7 @@ export interface SequencerOptions {
   /** Data-parallel rank this sequence belongs to, for the reset (null: the whole worker). */
   rank?: number | null | undefined;
   replayer?: Replayer | undefined;
-  /** How long a replay may take before we give up; default 2000 ms. */
+  /** How long a replay may go without sending a batch before we give up; default 2000 ms. */
   replayTimeoutMs?: number | undefined;
   deliver(item: SequencedItem, replayed: boolean): void;
   reset(reason: string): void;
@@ -44,6 +44,8 @@ export interface SequencerStats {
   probes: number;
   /** `Date.now()` of the last confirmed catch-up, null before the first. */
   lastCatchUpAt: number | null;
+  /** Live batches skipped because a replay had already delivered them (the replay socket outran the live one). */
+  liveDuplicates: number;
 }
 
 interface Session {
@@ -100,7 +102,10 @@ export class Sequencer {
     catchUps: 0,
     probes: 0,
     lastCatchUpAt: null,
+    liveDuplicates: 0,
   };
+  /** Seq of the last batch received live (not through a replay), null before the first. */
+  #lastLive: bigint | null = null;
 
   constructor(options: SequencerOptions) {
     this.#opts = options;
@@ -134,6 +139,16 @@ export class Sequencer {
 
   /** A batch received live. */
   push(item: SequencedItem): void {
+    const previousLive = this.#lastLive;
+    this.#lastLive = item.seq;
+    this.#accept(item, previousLive);
+  }
+
+  /**
+   * `previousLive`: the live stream's seq before this batch (null: none yet);
+   * undefined for held batches drained after a replay, which were checked on arrival.
+   */
+  #accept(item: SequencedItem, previousLive?: bigint | null): void {
     if (this.#stopped) return;
     if (this.#session) {
       this.#held.push(item);
@@ -144,6 +159,13 @@ export class Sequencer {
     if (last === null) return this.#baseline(item);
     if (item.seq === last + 1n) return this.#deliver(item, false);
     if (item.seq <= last) {
+      // A replay (a probe, or a gap's) can deliver batches before the live socket does, so the
+      // live stream then moves forward over seqs we already applied: those are duplicates. A
+      // restarted engine counts from 0 again, i.e. below what the live stream last showed.
+      if (previousLive !== undefined && (previousLive === null || item.seq > previousLive)) {
+        this.#counters.liveDuplicates++;
+        return;
+      }
       this.#counters.restarts++;
       this.#doReset(`sequence went backwards from ${last} to ${item.seq} (publisher restarted)`);
       return this.#baseline(item);
@@ -211,7 +233,7 @@ export class Sequencer {
       mode,
       abort: new AbortController(),
       timer: setTimeout(
-        () => this.#finish(session, `replay timed out after ${this.#replayTimeoutMs} ms`),
+        () => this.#finish(session, `replay sent nothing for ${this.#replayTimeoutMs} ms`),
         this.#replayTimeoutMs,
       ),
       verify,
@@ -229,6 +251,9 @@ export class Sequencer {
 
   #onReplayed(session: Session, item: SequencedItem): void {
     if (this.#session !== session || this.#stopped) return;
+    // A catch-up from 0 resends the engine's whole buffer (vLLM keeps 10,000 batches), which on a
+    // busy gateway takes longer than the timeout: give up on silence, not on the total time.
+    session.timer.refresh();
     const last = this.#last;
     const checking = session.mode !== 'catchup' && !session.verified;
     if (checking && item.seq === last) {
@@ -297,7 +322,7 @@ export class Sequencer {
         }
         const last = this.#last;
         if (last !== null && held[i]!.seq <= last) continue; // came in through the replay already
-        this.push(held[i]!);
+        this.#accept(held[i]!);
       }
     } finally {
       this.#suppressed = false;

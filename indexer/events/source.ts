@@ -47,6 +47,8 @@ export interface EventSourceStats {
   lastCatchUpAt: number | null;
   /** Replay probes sent (reconnect, health recovery, periodic). */
   probes: number;
+  /** Live batches skipped because a replay had delivered them first. */
+  liveDuplicates: number;
 }
 
 /** A source's counters before its first batch. */
@@ -70,6 +72,7 @@ export function initialStats(endpoint: string): EventSourceStats {
     catchUps: 0,
     lastCatchUpAt: null,
     probes: 0,
+    liveDuplicates: 0,
   };
 }
 

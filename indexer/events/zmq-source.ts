@@ -146,6 +146,7 @@ export class ZmqEventSource implements EventSource {
       catchUps: s.catchUps,
       lastCatchUpAt: s.lastCatchUpAt,
       probes: s.probes,
+      liveDuplicates: s.liveDuplicates,
       skippedByReason: { ...d.skipped },
       eventsSkipped: d.skippedTotal,
       suppressedWarnings: d.suppressedWarnings,

@@ -15,6 +15,7 @@ const SCRIPTS = [
   'tokenize-bench',
   'replay/replay',
   'replay/sweep',
+  'requery-bench',
 ];
 const TAKES_TRACE = new Set(['disagg-bench', 'index-bench', 'replicas-bench', 'replay/replay', 'replay/sweep']);
 
@@ -26,6 +27,18 @@ for (const script of SCRIPTS) {
     if (TAKES_TRACE.has(script)) t.match(r.stdout, /\.\.\/shared\/traces\/.* from the repository root/);
   });
 }
+
+t.test('an unknown flag is one line naming it, exit 2, before anything starts', (t) => {
+  for (const script of SCRIPTS.filter((s) => s !== 'proxy-floor')) {
+    const r = spawnSync(process.execPath, [`dist/bench/${script}.js`, '--no-such-flag'], {
+      encoding: 'utf8',
+      timeout: 30_000,
+    });
+    t.equal(r.status, 2, `${script}: ${r.stderr}`);
+    t.match(r.stderr.trim(), /^Unknown option '--no-such-flag' \(--help lists the flags\)$/, script);
+  }
+  t.end();
+});
 
 t.test('the default trace is resolved beside the repository, not at a machine path', async (t) => {
   const { DEFAULT_TRACE } = await import('../../bench/replay/replay.js');

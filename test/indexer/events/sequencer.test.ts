@@ -78,6 +78,30 @@ t.test('a probe finds a batch lost at the end of a quiet period', async (t) => {
   t.strictSame(resets, []);
 });
 
+t.test('live batches a probe already replayed are duplicates, not a restart', async (t) => {
+  const e = new FakeEngine('e');
+  const { seq, delivered, resets } = setup({ current: e });
+  seq.push(e.publish(0n));
+  seq.push(e.publish(1n));
+  // Published, but still queued on the live socket when the probe's replay answers.
+  const late = [e.publish(2n), e.publish(3n)];
+  seq.probe();
+  await settle();
+  t.strictSame(delivered, [0n, 1n, 2n, 3n], 'the replay brought 2 and 3 first');
+  for (const item of late) seq.push(item);
+  seq.push(e.publish(4n));
+  t.strictSame(delivered, [0n, 1n, 2n, 3n, 4n], 'their live copies are skipped, the stream goes on');
+  t.strictSame(resets, []);
+  t.equal(seq.stats().restarts, 0);
+  t.equal(seq.stats().liveDuplicates, 2);
+  // A real restart after that is still one: the new process counts from 0, below the live stream.
+  const fresh = new FakeEngine('new');
+  seq.push(fresh.publish(0n));
+  await settle();
+  t.equal(seq.stats().restarts, 1);
+  t.equal(resets.length, 1);
+});
+
 t.test('a probe to a restarted engine that has published nothing yet clears the index', async (t) => {
   const old = new FakeEngine('old');
   const engine = { current: old as Replayer };
@@ -121,4 +145,42 @@ t.test('without a replayer: a jump resets, a step back resets, probe is a no-op'
   t.match(resets[0], /jumped from 0 to 3/);
   t.match(resets[1], /backwards/);
   t.equal(seq.stats().probes, 0);
+});
+
+t.test('a long replay that keeps sending is not cut off by the timeout; a silent one is', async (t) => {
+  const delivered: bigint[] = [];
+  const resets: string[] = [];
+  const slow: Replayer = {
+    async replay(from, onItem) {
+      for (let s = from; s < 6n; s++) {
+        await new Promise((r) => setTimeout(r, 30));
+        onItem({ seq: s, batch: { seq: s, ts: 0, dataParallelRank: null, events: [] } });
+      }
+    },
+  };
+  const seq = new Sequencer({
+    workerId: 'w',
+    replayer: slow,
+    replayTimeoutMs: 80,
+    deliver: (item) => delivered.push(item.seq),
+    reset: (reason) => resets.push(reason),
+  });
+  t.teardown(() => seq.stop());
+  seq.probe(); // a catch-up from 0: six batches over ~180 ms, never more than 30 ms apart
+  await new Promise((r) => setTimeout(r, 400));
+  t.strictSame(delivered, [0n, 1n, 2n, 3n, 4n, 5n]);
+  t.strictSame(resets, []);
+
+  const silent = new Sequencer({
+    workerId: 'w',
+    replayer: { replay: () => new Promise(() => {}) },
+    replayTimeoutMs: 80,
+    deliver: () => {},
+    reset: (reason) => resets.push(reason),
+  });
+  t.teardown(() => silent.stop());
+  silent.push({ seq: 0n, batch: { seq: 0n, ts: 0, dataParallelRank: null, events: [] } });
+  silent.push({ seq: 5n, batch: { seq: 5n, ts: 0, dataParallelRank: null, events: [] } }); // a gap
+  await new Promise((r) => setTimeout(r, 200));
+  t.match(resets, [/replay sent nothing for 80 ms/]);
 });
