@@ -1,8 +1,7 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
-import { UsageError } from '../lib/flags.js';
+import { parseBenchFlags, UsageError } from '../lib/flags.js';
 import type { RequestResult } from './client.js';
 import { DEFAULT_TRACE, FLEET_DEFAULTS, progressLine } from './replay.js';
 import { runStrategy, type FleetShape, type RunResult } from './run.js';
@@ -35,6 +34,13 @@ import { readTrace, upperBound, type TraceRequest } from './trace.js';
  * per class beside the issue's all-classes figure.
  * Every target compares the same requests in both runs.
  */
+const HELP = `Multi-tenant replay: flow control off, on, and on with the noisy tenant removed, on the Mooncake
+conversation trace (tenants per conversation, one sending 3x the others' share; critical, standard and sheddable
+classes); prints the load arithmetic and the issue's targets; writes bench/results/replay-tenants[-NAME].{md,json}.
+Defaults: --limit 500 --workers 6 --speedup 5 --queue-s 1 --affinity-s 50.
+The trace defaults to ../shared/traces/mooncake/conversation_trace.jsonl from the repository root.
+Usage: npm run bench:tenants -- [flags]`;
+
 const TENANTS = ['noisy', 'noisy', 'noisy', 'alpha', 'beta', 'gamma'];
 const WELL_BEHAVED = ['alpha', 'beta', 'gamma'];
 const CLASSES = ['critical', 'standard', 'sheddable'] as const;
@@ -164,7 +170,7 @@ function summarise(
 }
 
 async function main(argv: string[]): Promise<void> {
-  const { values } = parseArgs({
+  const { values } = parseBenchFlags(HELP, {
     args: argv,
     options: {
       trace: { type: 'string' },

@@ -16,8 +16,16 @@ const SCRIPTS = [
   'replay/replay',
   'replay/sweep',
   'requery-bench',
+  'replay/tenants',
 ];
-const TAKES_TRACE = new Set(['disagg-bench', 'index-bench', 'replicas-bench', 'replay/replay', 'replay/sweep']);
+const TAKES_TRACE = new Set([
+  'disagg-bench',
+  'index-bench',
+  'replicas-bench',
+  'replay/replay',
+  'replay/sweep',
+  'replay/tenants',
+]);
 
 for (const script of SCRIPTS) {
   t.test(`${script} --help`, async (t) => {
