@@ -18,7 +18,6 @@ export interface TokenizerStats {
   cacheBytes: number;
   cacheEntries: number;
 }
-
 export interface ChatTokenizeOptions extends ChatRenderOptions {
   /** vLLM's chat `add_special_tokens` (default false: the template already wrote them). */
   addSpecialTokens?: boolean | undefined;
