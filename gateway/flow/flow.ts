@@ -8,7 +8,7 @@ import { Classifier, type FlowIdentity } from './classify.js';
 import type { FlowConfig } from './config.js';
 import { FlowMetrics, type ShedReason } from './metrics.js';
 import { FlowObserver } from './observe.js';
-import { place, predictions, type Placement } from './place.js';
+import { ownBlocks, place, predictions, type Placement } from './place.js';
 import { TtftModel } from './predict.js';
 import { FlowQueue, type QueueItem } from './queue.js';
 import { FlowStats } from './stats.js';
@@ -274,7 +274,7 @@ export class FlowControl {
     // cached worker as long as the recomputation would take (see place).
     const own = (h: Held) => {
       const p = placeHeld(h, false);
-      return p.kind === 'go' && !p.moved && p.ownBlocks > 0 && go(false)(h);
+      return p.kind === 'go' && !p.moved && ownBlocks(p.routed) > 0 && go(false)(h);
     };
     const next = this.#queue.next(go(false), own, go(true));
     for (const h of hopeless) this.#drop(h, 'slo_unattainable');

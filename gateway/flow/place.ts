@@ -13,8 +13,6 @@ export type Placement =
       readonly prefillTokens: number;
       /** Set when the request left the strategy's saturated pick for a worker with room: the cached blocks it gave up. */
       readonly moved?: { readonly from: string; readonly lostBlocks: number };
-      /** Cached blocks the chosen worker holds beyond any other candidate: what makes it this request's worker. */
-      readonly ownBlocks: number;
     }
   | { readonly kind: 'saturated' }
   /** The pick is saturated, another candidate has room, and moving there would give up cached blocks worth waiting for. */
@@ -78,7 +76,7 @@ export function place(
 ): Placement {
   const all = routed.candidates.filter((w) => w.available);
   // Nothing to wait for: the proxy answers no-healthy-worker as it would without flow control.
-  if (all.length === 0) return { kind: 'go', routed, prefillTokens: routed.ctx.promptTokens, ownBlocks: 0 };
+  if (all.length === 0) return { kind: 'go', routed, prefillTokens: routed.ctx.promptTokens };
   const open = all.filter((w) => !model.saturated(w));
   if (open.length === 0) return { kind: 'saturated' };
   let decision = rule === 'rechoose' ? routed.strategy.choose(routed.ctx, all) : routed.decision;
@@ -143,14 +141,18 @@ export function place(
     routed: out,
     prefillTokens: worker.load.prefillTokens + uncached(routed, decision, worker.id, blockSize),
     ...(moved ? { moved } : {}),
-    ownBlocks: ownBlocks(routed, decision, worker.id),
   };
 }
 
-function ownBlocks(routed: Routed, decision: Decision, id: string): number {
+/**
+ * Cached blocks the routed worker holds beyond any other candidate: what makes it this request's
+ * worker. Asked only when a release looks for a request whose cache is where room opened.
+ */
+export function ownBlocks(routed: Routed): number {
+  const { decision, worker } = routed;
   let others = 0;
-  for (const w of routed.candidates) if (w.id !== id) others = Math.max(others, cachedBlocksOf(decision, w.id));
-  return Math.max(0, cachedBlocksOf(decision, id) - others);
+  for (const w of routed.candidates) if (w.id !== worker.id) others = Math.max(others, cachedBlocksOf(decision, w.id));
+  return Math.max(0, cachedBlocksOf(decision, worker.id) - others);
 }
 
 /** Predicted TTFT for every candidate of a routed request (`/debug/route`). */
