@@ -1,4 +1,4 @@
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -321,6 +321,7 @@ Upstream errors: ${metric('kvgate_upstream_errors_total')}.
 Breaker transitions: ${metric('kvgate_worker_breaker_transitions_total')}.
 KV batches replayed: ${metric('kvgate_kv_event_batches_replayed_total')}; gaps: ${metric('kvgate_kv_event_gaps_total')}; resets: ${metric('kvgate_kv_event_resets_total')}.
 `;
+  mkdirSync(values.out, { recursive: true });
   writeFileSync(join(values.out, 'fault-run.md'), text);
   process.stdout.write(text);
 }

@@ -96,7 +96,7 @@ Trace: ${tracePath} (${requests} requests), 512-token chunks split into ${BS}-to
 
 - Applying events = \`KvIndexer\` sink \`apply\` of pre-built batches: re-hashing every stored block (xxh64), the radix insert, the per-target engine-hash map, and removals. "M stored blocks/s" divides stored blocks by the whole apply time (removals included).
 - Match = \`KvIndexer.match\` of the prompt's precomputed block hashes after the whole replay (prompts whose blocks were evicted match short): one warm-up call, then ${MATCH_REPS} timed calls per prompt; p50/p99 over prompts of the per-prompt median, "single" = p99 of the first timed call. 2,000-block column: the first 2,000 blocks of every prompt that long; "matched" = mean best-target match length.
-- Memory = heapUsed + arrayBuffers after GC, minus before the index was built, divided by target-blocks held at the end (typed arrays grow by doubling, so this includes slack).
+- Memory = heapUsed + arrayBuffers after GC, minus before the index was built, divided by target-blocks held at the end (the node store grows by a quarter and the hash tables by doubling, so this includes their slack).
 - RadixIndex alone (pre-hashed chains, 8 targets, no engine maps): ${fmt(raw.perSec / 1e6, 2)} M block inserts/s over ${fmt(raw.blocks, 0)} blocks.
 - Hashing (\`hashBlocks\`, ${BS}-token blocks): see the last column (the trace's prompts, timed around \`hashBlocks\` only: whole chains per call in WebAssembly), next to one \`xxhash-wasm\` \`h64Raw\` call per block as before, on the same prompts in the same run (the results are checked equal).
 

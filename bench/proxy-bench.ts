@@ -1,10 +1,10 @@
 import autocannon, { type Result } from 'autocannon';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { stringify } from 'yaml';
-import { markdownTable, median, spawnUntilReady } from './lib/child.js';
+import { markdownTable, median, spawnUntilReady, treeCpuS } from './lib/child.js';
 import { startPeerProxies } from './lib/peer-proxies.js';
 import { spawnSimFleet } from './sim/spawn.js';
 
@@ -90,15 +90,28 @@ async function main(): Promise<void> {
     kvgate: gateway.ready.url as string,
     floor: floor.ready.url as string,
   };
-  if (baseline) targets.baseline = baseline.ready.url as string;
-  for (const p of peers) targets[p.name] = p.url;
-  const results: Record<string, Record<string, Result[]>> = {};
+  // Whose CPU a target's requests cost: the worker itself for "direct", else the proxy (nginx: master and worker).
+  const pids: Record<string, number | undefined> = {
+    direct: sim.child.pid,
+    kvgate: gateway.child.pid,
+    floor: floor.child.pid,
+  };
+  if (baseline) {
+    targets.baseline = baseline.ready.url as string;
+    pids.baseline = baseline.child.pid;
+  }
+  for (const p of peers) {
+    targets[p.name] = p.url;
+    pids[p.name] = p.child.pid;
+  }
+  const results: Record<string, Record<string, Measured[]>> = {};
   try {
     for (const s of scenarios) {
       results[s.name] = Object.fromEntries(Object.keys(targets).map((k) => [k, []]));
       for (let r = 0; r < rounds; r++) {
         for (const [target, base] of Object.entries(targets)) {
           process.stderr.write(`[${s.name}] round ${r + 1}/${rounds}: ${target} ...`);
+          const cpuBefore = treeCpuS(pids[target]);
           const res = await autocannon({
             url: `${base}/v1/completions`,
             method: 'POST',
@@ -109,9 +122,10 @@ async function main(): Promise<void> {
           });
           if (res.errors > 0 || res.non2xx > 0)
             throw new Error(`${target}: ${res.errors} errors, ${res.non2xx} non-2xx`);
-          results[s.name]![target]!.push(res);
+          const cpuUs = ((treeCpuS(pids[target]) - cpuBefore) * 1e6) / res.requests.total;
+          results[s.name]![target]!.push({ ...res, cpuUs });
           process.stderr.write(
-            ` ${Math.round(res.requests.average)} req/s, p50 ${res.latency.p50} ms, mean ${res.latency.average} ms\n`,
+            ` ${Math.round(res.requests.average)} req/s, p50 ${res.latency.p50} ms, mean ${res.latency.average} ms, ${cpuUs.toFixed(0)} µs CPU/request\n`,
           );
         }
       }
@@ -132,7 +146,10 @@ const LABELS: Record<string, string> = {
   baseline: '(f) kvgate, baseline build',
 };
 
-function report(results: Record<string, Record<string, Result[]>>, missing: string[]): void {
+/** One autocannon run, and the CPU the target's processes spent per request meanwhile (µs; NaN off Linux). */
+type Measured = Result & { cpuUs: number };
+
+function report(results: Record<string, Record<string, Measured[]>>, missing: string[]): void {
   const rows: (string | number)[][] = [];
   const summary: Record<string, unknown> = {};
   for (const [scenario, byTarget] of Object.entries(results)) {
@@ -141,6 +158,7 @@ function report(results: Record<string, Record<string, Result[]>>, missing: stri
       p50: median(byTarget[target]!.map((r) => r.latency.p50)),
       p99: median(byTarget[target]!.map((r) => r.latency.p99)),
       mean: median(byTarget[target]!.map((r) => r.latency.average)),
+      cpuUs: median(byTarget[target]!.map((r) => r.cpuUs)),
     });
     // autocannon's latencies are whole milliseconds; with one connection, 1/throughput is the exact time per request.
     const connectionsUsed = scenarios.find((x) => x.name === scenario)!.connections;
@@ -155,6 +173,7 @@ function report(results: Record<string, Record<string, Result[]>>, missing: stri
         s.p50.toFixed(1),
         s.p99.toFixed(1),
         perRequest(s).toFixed(3),
+        s.cpuUs.toFixed(0),
       ]);
     }
     const [a, b, c] = [stats.direct!, stats.kvgate!, stats.floor!];
@@ -165,6 +184,7 @@ function report(results: Record<string, Record<string, Result[]>>, missing: stri
       `b−a ${(b.p50 - a.p50).toFixed(1)}`,
       `b−a ${(b.p99 - a.p99).toFixed(1)}`,
       `b−a ${(perRequest(b) - perRequest(a)).toFixed(3)}, b−c ${(perRequest(b) - perRequest(c)).toFixed(3)}`,
+      `b/c ${(b.cpuUs / c.cpuUs).toFixed(2)}`,
     ]);
     for (const peer of ['nginx', 'haproxy', 'baseline'].filter((p) => stats[p])) {
       const d = stats[peer]!;
@@ -175,11 +195,12 @@ function report(results: Record<string, Record<string, Result[]>>, missing: stri
         `b−${peer} ${(b.p50 - d.p50).toFixed(1)}`,
         `b−${peer} ${(b.p99 - d.p99).toFixed(1)}`,
         `b−${peer} ${(perRequest(b) - perRequest(d)).toFixed(3)}`,
+        `b/${peer} ${(b.cpuUs / d.cpuUs).toFixed(2)}`,
       ]);
     }
   }
   const table = markdownTable(
-    ['scenario', 'target', 'req/s (median)', 'p50 ms', 'p99 ms', 'ms per request per connection'],
+    ['scenario', 'target', 'req/s (median)', 'p50 ms', 'p99 ms', 'ms per request per connection', 'CPU µs per request'],
     rows,
   );
   const text = `# Proxy overhead
@@ -188,9 +209,11 @@ Command: \`npm run bench:proxy -- --duration ${duration} --rounds ${rounds} --co
 Date: ${new Date().toISOString()}; machine: ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, Node ${process.version}.
 Load: autocannon, ${connections} connections (the latency scenario: 1), ${duration} s per target per round, ${rounds} rounds interleaved (a, b, c, ..., a, b, c, ...); medians over rounds.
 One simulated worker (\`kvgate sim --speedup ${values.speedup}\`), the gateway and the floor proxy each in their own process; nginx (\`worker_processes 1\`, upstream keepalive, \`proxy_buffering off\`) and HAProxy (\`nbthread 1\`, \`http-reuse always\`) as round-robin reverse proxies to the same worker, each limited to one core like kvgate's one Node thread. All share the machine's cores with autocannon and with other work, so absolute numbers are low and noisy; only the ratios measured side by side mean anything.
+"CPU µs per request": user + system CPU of the target's own processes (for (a) the simulated worker itself; for nginx its master and worker) over the requests of the run, from /proc (10 ms ticks): what the proxy costs whatever the machine's contention.
 ${missing.length ? `\nNot installed, so not measured: ${missing.join(', ')} (\`sudo apt-get install -y ${missing.join(' ')}\`).\n` : ''}
 ${table}
 `;
+  mkdirSync(values.out, { recursive: true });
   writeFileSync(join(values.out, 'proxy-overhead.md'), text);
   writeFileSync(
     join(values.out, 'proxy-overhead.json'),

@@ -31,7 +31,7 @@ The trace defaults to ../shared/traces/mooncake/conversation_trace.jsonl from th
  * With `--share-load` a `nats-server` (on PATH) is started per run and the
  * replicas share their in-flight load through it (gateway/fleet/load-sharing.ts).
  *
- *   node dist/bench/replicas-bench.js [--trace FILE] [--limit 1000] [--replicas 1,2,4] [--idle 4] [--workers 4] [--strategy kv] [--speedup 25] [--share-load [--share-interval 100]] [--params '{"reuseCredit":3}']
+ *   node dist/bench/replicas-bench.js [--trace FILE] [--limit 1000] [--replicas 1,2,4] [--idle 4] [--workers 4] [--strategy kv] [--speedup 25] [--share-load [--share-interval 100] [--order-decisions]] [--params '{"reuseCredit":3}']
  */
 
 interface Row {
@@ -49,6 +49,8 @@ interface Row {
 /** How a row shares load: not at all, deltas as they happen (+ heartbeat snapshots), or snapshots only. */
 interface Sharing {
   publishIntervalMs: number;
+  /** `loadSharing.orderDecisions`. */
+  ordered: boolean;
   deltas: boolean;
 }
 
@@ -138,6 +140,7 @@ async function runReplicas(
                 loadSharing: {
                   nats: { servers: [nats.url] },
                   publishIntervalMs: shareLoad.publishIntervalMs,
+                  orderDecisions: shareLoad.ordered,
                   staleAfterMs: Math.max(2000, 4 * shareLoad.publishIntervalMs),
                   deltas: shareLoad.deltas,
                 },
@@ -205,7 +208,7 @@ async function runReplicas(
       replicas: n,
       secondHalfTtft: (late.reduce((a, r) => a + r.ttftMs, 0) / Math.max(1, late.length) / 1000) * fleet.speedup,
       messagesPerRequest: messages === undefined ? undefined : messages / trace.length,
-      label: `${idle ? `${n}, all via one (control)` : String(n)}${kill ? ', one killed half way' : ''}${shareLoad ? (shareLoad.deltas ? ', shared load (deltas)' : `, shared load (snapshots ${shareLoad.publishIntervalMs} ms)`) : ''}`,
+      label: `${idle ? `${n}, all via one (control)` : String(n)}${kill ? ', one killed half way' : ''}${shareLoad ? (shareLoad.deltas ? `, shared load (deltas${shareLoad.ordered ? ', ordered decisions' : ''})` : `, shared load (snapshots ${shareLoad.publishIntervalMs} ms)`) : ''}`,
       cpuS,
       summary: summarise(strategy, results, workers, upperBound(trace, fleet.blockSize), fleet.speedup),
       perReplica: idle ? [trace.length] : perGateway,
@@ -234,6 +237,7 @@ async function main(argv: string[]): Promise<void> {
       'share-interval': { type: 'string' },
       params: { type: 'string' },
       'share-mode': { type: 'string' },
+      'order-decisions': { type: 'boolean' },
       'compare-sharing': { type: 'boolean' },
       kill: { type: 'boolean' },
       'trace-decisions': { type: 'string' },
@@ -265,7 +269,11 @@ async function main(argv: string[]): Promise<void> {
   if (!(shareInterval >= 10)) throw new Error('bad flag: --share-interval MS (>= 10)');
   const mode = values['share-mode'] ?? 'deltas';
   if (mode !== 'deltas' && mode !== 'snapshots') throw new Error('bad flag: --share-mode deltas|snapshots');
-  const sharing: Sharing = { publishIntervalMs: shareInterval, deltas: mode === 'deltas' };
+  const sharing: Sharing = {
+    publishIntervalMs: shareInterval,
+    deltas: mode === 'deltas',
+    ordered: values['order-decisions'] === true,
+  };
   const shareLoad = values['share-load'] === true ? sharing : undefined;
   const idle = values.idle === undefined ? [] : values.idle.split(',').map(Number);
   type Plan = { n: number; control: boolean; share: Sharing | undefined; kill: boolean };

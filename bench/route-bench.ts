@@ -1,4 +1,4 @@
-import { writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -13,6 +13,7 @@ import { createDefaultPolicy } from '../gateway/routing/policy.js';
 import { parseInference } from '../gateway/front/request.js';
 import { createStrategy } from '../gateway/routing/strategies/registry.js';
 import { ChatTemplate } from '../indexer/tokenize/chat-template.js';
+import { PrefixMemo } from '../indexer/tokenize/prefix-memo.js';
 import { markdownTable } from './lib/child.js';
 
 import { parseBenchFlags } from './lib/flags.js';
@@ -85,6 +86,13 @@ ChatTemplate.prototype.render = function (this: ChatTemplate, messages, options)
   return wholeRender ? this.renderWhole(messages, options) : incrementalRender.call(this, messages, options);
 };
 
+// Bench-only switch: the same warm decision without the prompt-prefix memo (indexer/tokenize/prefix-memo.ts).
+let noPrefixMemo = false;
+const memoFind = PrefixMemo.prototype.find; // eslint-disable-line @typescript-eslint/unbound-method
+PrefixMemo.prototype.find = function (this: PrefixMemo, text: string) {
+  return noPrefixMemo ? undefined : memoFind.call(this, text);
+};
+
 interface Sample {
   ms: number;
   stallMs: number;
@@ -109,7 +117,15 @@ async function main(): Promise<void> {
           kvEvents: { endpoint: `tcp://127.0.0.1:${20_000 + i}` },
         })),
       },
-      models: { [MODEL]: { tokenizer: { type: 'local', dir: TOKENIZER }, blockSize: 16 } },
+      // The conversations grow until their last turn reaches the size asked for, so the largest one ends a turn
+      // past it: the context length must leave room, or that turn is refused (as the engine would) and never ends.
+      models: {
+        [MODEL]: {
+          tokenizer: { type: 'local', dir: TOKENIZER },
+          blockSize: 16,
+          maxModelLen: Math.max(...sizes) * 2,
+        },
+      },
       routing: { strategy: 'kv' },
     },
     'route-bench',
@@ -201,6 +217,7 @@ async function main(): Promise<void> {
     const samples: Record<string, Sample[]> = {
       'warm, incremental': [],
       'warm, whole': [],
+      'warm, incremental, no prefix memo': [],
       'cold, incremental': [],
       'cold, whole': [],
     };
@@ -232,6 +249,9 @@ async function main(): Promise<void> {
           if (w.routed.worker.id === `w${home}`) correct++;
         }
       }
+      noPrefixMemo = true;
+      samples['warm, incremental, no prefix memo']!.push(await decide(messages));
+      noPrefixMemo = false;
       for (const whole of order) {
         wholeRender = whole;
         tokenizer.clearCache();
@@ -268,10 +288,12 @@ Command: \`npm run bench:route -- --conversations ${values.conversations} --toke
 Date: ${new Date().toISOString()}; ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, Node ${process.version}, load average ${loadavg()[0]!.toFixed(1)} at the end (a shared machine: figures are noisy).
 Index: ${workers} workers, every earlier turn of each conversation cached on its home worker (${Object.values(indexer.stats().perWorker).reduce((s, w) => s + w.blocks, 0)} blocks in all). Strategy \`kv\`; ${summary.join('; ')}.
 "incremental" renders the chat template pass by pass from its cache (indexer/tokenize/incremental-render.ts); "whole" renders it whole for every request, as before, in the same run on the same conversations.
+"no prefix memo": the same warm decision without the memo of earlier prompts' token ids (indexer/tokenize/prefix-memo.ts), so only the segment cache serves it.
 "warm": earlier turns rendered and in the segment cache; "cold": every cache emptied first. "loop stall": the longest event-loop delay during one decision (a chain of 1 ms timers; the largest gap between two, less 1 ms).
 
 ${table}
 `;
+  mkdirSync(values.out, { recursive: true });
   writeFileSync(join(values.out, 'route-bench.md'), text);
   process.stdout.write(text);
   await kv.stop();

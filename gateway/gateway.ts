@@ -137,6 +137,8 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
   const blockSize = Object.values(config.models)[0]?.blockSize ?? 16;
   const lenientPools = config.fleet.discovery !== undefined && config.fleet.discovery.type !== 'static';
   const pdSplit = new PdSplit(config.disaggregation, fleet);
+  // Replicas share their in-flight load (and may order their decisions) over NATS; undefined without `loadSharing`.
+  const sharing = createLoadSharing(config.loadSharing, { fleet, log, now, registry: metrics.registry });
   const routingDeps: RoutingDeps = {
     fleet,
     metrics,
@@ -149,6 +151,7 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
     adminToken: config.admin.token,
     split: pdSplit.split,
     adapters,
+    decisionTurn: sharing && ((arrivedAt) => sharing.decisionTurn(arrivedAt)),
   };
   const first = buildRouting(config, routingDeps, fleet.workers, lenientPools);
   const pipeline = new LivePipeline(first.pipeline, routingDeps, first.strategy);
@@ -203,7 +206,6 @@ export async function startGateway(initialConfig: GatewayConfig, options: Gatewa
     now,
     random,
   });
-  const sharing = createLoadSharing(config.loadSharing, { fleet, log, now, registry: metrics.registry });
 
   // --- flow control (gateway/flow/): off unless `flow.enabled` ---
   const flow = config.flow.enabled

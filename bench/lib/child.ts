@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { appendFileSync, readFileSync } from 'node:fs';
+import { appendFileSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 
@@ -18,6 +18,23 @@ export function procCpuS(pid: number | undefined): number {
   } catch {
     return NaN;
   }
+}
+
+/** CPU seconds of a process and its direct children (nginx's worker under its master), from /proc; NaN elsewhere. */
+export function treeCpuS(pid: number | undefined): number {
+  let total = procCpuS(pid);
+  if (pid === undefined || Number.isNaN(total)) return total;
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      // Fields after the command: state, ppid, ...
+      const fields = readFileSync(`/proc/${entry}/stat`, 'utf8').split(') ')[1]!.split(' ');
+      if (Number(fields[1]) === pid) total += procCpuS(Number(entry));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return total;
 }
 
 /**

@@ -1,9 +1,13 @@
 import { createWriteStream, type WriteStream } from 'node:fs';
 import type { Logger } from 'pino';
-import { Counter, Gauge, type Registry } from 'prom-client';
+import type { Registry } from 'prom-client';
 import { z } from 'zod';
 import type { Fleet, LoadTicket } from './fleet.js';
 import type { WorkerLoad } from '../routing/strategies/strategy.js';
+import { DecisionOrder, type DecisionTurn } from './decision-order.js';
+import { registerLoadSharingMetrics } from './load-sharing-metrics.js';
+
+const NO_TURN: DecisionTurn = { wait: () => undefined, done: () => {} };
 
 /**
  * Several gateway replicas agree on the KV index (each subscribes to every
@@ -35,6 +39,15 @@ export const loadSharingConfigSchema = z
     staleAfterMs: z.number().int().min(50).default(2000),
     /** Publish each load change as it happens; false = snapshots only (the pre-delta behaviour, kept for comparison). */
     deltas: z.boolean().default(true),
+    /**
+     * Take simultaneous decisions of different replicas one after another, in arrival order, each seeing the
+     * previous ones' load (decision-order.ts): requests that arrive together at several replicas otherwise all
+     * pick the same least-loaded worker. Costs two entries per request in messages already sent, and a wait only
+     * while another replica holds an earlier, undecided request. Figures: bench/results/replicas.md.
+     */
+    orderDecisions: z.boolean().default(false),
+    /** The longest a decision waits for other replicas' earlier ones. */
+    orderMaxWaitMs: z.number().int().min(1).max(1000).default(25),
   })
   .refine((c) => c.staleAfterMs > 2 * c.publishIntervalMs, {
     message: 'staleAfterMs must exceed twice publishIntervalMs',
@@ -53,13 +66,26 @@ export interface LoadTransport {
   close(): Promise<void>;
 }
 
+export interface LoadSharingCounts {
+  deltaAgeCount: number;
+  deltaAgeSumMs: number;
+  deltaAgeMaxMs: number;
+  snapshotsSent: number;
+  snapshotsReceived: number;
+  deltaBatchesSent: number;
+  deltasSent: number;
+  deltasReceived: number;
+  order: DecisionOrder['counts'] | undefined;
+}
+
 /** Per worker: inflight, prefillRequests, prefillTokens, decodeRequests, decodeBlocks. */
 type Counts = number[];
 /**
  * On the wire (JSON), always `r` (replica id) and one of:
  * - snapshot `{ s, w: { workerId: Counts } }` (idle workers left out), `s` the sequence of the last delta batch in it;
  * - delta batch `{ s, d: [[workerId, ...Counts, requestId], ...] }`, `s` one more than the previous batch;
- * - snapshot request `{ q: 1 }`.
+ * - snapshot request `{ q: 1 }`;
+ * and, with `orderDecisions`, `p` and/or `c` (on a delta batch or alone).
  * Ages are taken from the receiver's clock, never the sender's.
  */
 interface Message {
@@ -68,6 +94,11 @@ interface Message {
   w?: Record<string, Counts>;
   d?: unknown[][];
   q?: number;
+  /** Decision order (decision-order.ts): requests announced on arrival `[[slot, arrivedAt], ...]`, and decided `[slot, ...]`. */
+  p?: unknown[];
+  c?: unknown[];
+  /** Sender's wall clock (ms) on delta batches: their age on receipt is measured, never trusted for anything else. */
+  t?: number;
 }
 interface Peer {
   at: number;
@@ -100,22 +131,53 @@ export class LoadSharing {
   #snapshotDue = false;
   #flushScheduled = false;
   #seq = 0;
-  readonly #count = { snapshotsSent: 0, snapshotsReceived: 0, deltaBatchesSent: 0, deltasSent: 0, deltasReceived: 0 };
+  readonly #count = {
+    snapshotsSent: 0,
+    snapshotsReceived: 0,
+    deltaBatchesSent: 0,
+    deltasSent: 0,
+    deltasReceived: 0,
+    /** Age of delta batches on receipt (the sender's wall clock: meaningful on one host or with synced clocks). */
+    deltaAgeCount: 0,
+    deltaAgeSumMs: 0,
+    deltaAgeMaxMs: 0,
+  };
   readonly #encoder = new TextEncoder();
   readonly #decoder = new TextDecoder();
   readonly #trace: WriteStream | undefined;
+  readonly #order: DecisionOrder | undefined;
 
   constructor(deps: LoadSharingDeps) {
     this.#d = deps;
     this.replicaId = deps.replicaId;
     this.#now = deps.now ?? Date.now;
-    if (deps.registry) this.#registerMetrics(deps.registry);
+    if (deps.config.orderDecisions)
+      this.#order = new DecisionOrder({
+        replicaId: deps.replicaId,
+        maxWaitMs: deps.config.orderMaxWaitMs,
+        now: this.#now,
+        schedule: () => this.#schedule(false),
+      });
+    if (deps.registry) registerLoadSharingMetrics(deps.registry, this);
     if (deps.tracePath) this.#trace = createWriteStream(deps.tracePath, { flags: 'a' });
+  }
+
+  /** Message counts, and the decision order's waits (undefined without `orderDecisions`), for the metrics. */
+  get counts(): Readonly<LoadSharingCounts> {
+    return { ...this.#count, order: this.#order?.counts };
   }
 
   /** Replicas heard from within `staleAfterMs`. */
   get peers(): number {
     return this.#peers.size;
+  }
+
+  /**
+   * Call when a request arrives; `wait()` before its routing decision, `done()` once the load it adds is counted.
+   * A no-op turn without `orderDecisions` or peers.
+   */
+  decisionTurn(arrivedAt: number): DecisionTurn {
+    return this.#order?.turn(arrivedAt, this.#peers.size) ?? NO_TURN;
   }
 
   start(): void {
@@ -150,12 +212,18 @@ export class LoadSharing {
   /** Sends what this tick gathered: one delta batch, and a snapshot if a peer asked for one. */
   flush(): void {
     this.#flushScheduled = false;
-    if (this.#pending.length > 0) {
-      const d = this.#pending;
-      this.#pending = [];
-      this.#send({ r: this.replicaId, s: ++this.#seq, d });
-      this.#count.deltaBatchesSent++;
-      this.#count.deltasSent += d.length;
+    const order = this.#order?.takeOutgoing() ?? {};
+    if (this.#pending.length > 0 || order.p || order.c) {
+      const m: Message = { r: this.replicaId, ...order };
+      if (this.#pending.length > 0) {
+        m.t = Date.now();
+        m.s = ++this.#seq;
+        m.d = this.#pending;
+        this.#pending = [];
+        this.#count.deltaBatchesSent++;
+        this.#count.deltasSent += m.d.length;
+      }
+      this.#send(m);
     }
     if (this.#snapshotDue) this.publish();
   }
@@ -176,6 +244,12 @@ export class LoadSharing {
     }
     if (m.r === this.replicaId) return;
     const now = this.#now();
+    if (Array.isArray(m.d) && typeof m.t === 'number' && Number.isFinite(m.t)) {
+      const age = Math.max(0, Date.now() - m.t);
+      this.#count.deltaAgeCount++;
+      this.#count.deltaAgeSumMs += age;
+      this.#count.deltaAgeMaxMs = Math.max(this.#count.deltaAgeMaxMs, age);
+    }
     let peer = this.#peers.get(m.r);
     if (!peer) {
       this.#d.log.info({ replica: m.r }, 'load sharing: replica joined');
@@ -184,7 +258,11 @@ export class LoadSharing {
     peer.at = now;
     if (m.q === 1) return this.#schedule(true);
     if (typeof m.w === 'object' && m.w !== null) return this.#snapshot(peer, m.w, num(m.s));
-    if (Array.isArray(m.d)) return this.#deltas(peer, m.d, num(m.s));
+    // Load first: a decision's end travels with the load it added, and must not release a wait before it counts.
+    // Announcements before ends: a request decided in the tick it arrived sends both in one message.
+    if (Array.isArray(m.d)) this.#deltas(peer, m.d, num(m.s));
+    if (Array.isArray(m.p)) this.#order?.announced(m.r, m.p);
+    if (Array.isArray(m.c)) this.#order?.ended(m.r, m.c);
   }
 
   /** Forgets replicas not heard from within `staleAfterMs`; their load stops counting. */
@@ -194,12 +272,14 @@ export class LoadSharing {
       if (p.at >= cutoff) continue;
       this.#peers.delete(id);
       this.#d.log.info({ replica: id }, 'load sharing: replica gone quiet, its load no longer counts');
+      this.#order?.forget(id);
       for (const w of p.loads.keys()) this.#sum(w);
     }
   }
 
   async close(): Promise<void> {
     clearInterval(this.#timer);
+    this.#order?.close();
     const fleet = this.#d.fleet;
     fleet.onLocalLoad = undefined;
     const touched = new Set<string>();
@@ -305,51 +385,10 @@ export class LoadSharing {
         tok: t.promptTokens,
         local: ws.map((w) => view(w.localLoad)),
         seen: ws.map((w) => view(w.load)),
+        ...(this.#order ? { waits: [this.#order.counts.waited, this.#order.counts.timedOut] } : {}),
+        age: [this.#count.deltaAgeCount, this.#count.deltaAgeSumMs, this.#count.deltaAgeMaxMs],
       })}\n`,
     );
-  }
-
-  #registerMetrics(registry: Registry): void {
-    const self = this;
-    new Gauge({
-      name: 'kvgate_load_sharing_peers',
-      help: 'Other gateway replicas heard from within staleAfterMs',
-      registers: [registry],
-      collect() {
-        this.set(self.peers);
-      },
-    });
-    new Counter({
-      name: 'kvgate_load_sharing_snapshots_total',
-      help: 'Full load snapshots published by this replica (sent) and taken from other replicas (received)',
-      labelNames: ['direction'],
-      registers: [registry],
-      collect() {
-        this.reset();
-        this.inc({ direction: 'sent' }, self.#count.snapshotsSent);
-        this.inc({ direction: 'received' }, self.#count.snapshotsReceived);
-      },
-    });
-    new Counter({
-      name: 'kvgate_load_sharing_deltas_total',
-      help: 'Load deltas (one per routed request, first token and end) published by this replica and received from others',
-      labelNames: ['direction'],
-      registers: [registry],
-      collect() {
-        this.reset();
-        this.inc({ direction: 'sent' }, self.#count.deltasSent);
-        this.inc({ direction: 'received' }, self.#count.deltasReceived);
-      },
-    });
-    new Counter({
-      name: 'kvgate_load_sharing_delta_batches_total',
-      help: 'NATS messages carrying deltas published by this replica (one per event-loop tick with changes)',
-      registers: [registry],
-      collect() {
-        this.reset();
-        this.inc(self.#count.deltaBatchesSent);
-      },
-    });
   }
 }
 

@@ -26,7 +26,7 @@ export const modelConfigSchema = z.strictObject({
    * the work: such a prompt is routed without prompt blocks and the engine answers.
    */
   maxModelLen: z.number().int().min(2).optional(),
-  /** Upper bound on the segment cache of the local tokenizer, in MiB. */
+  /** Upper bound on the segment cache of the local tokenizer, in MiB, and again on its prompt-prefix memo. */
   tokenCacheMiB: z.number().min(1).default(64),
 });
 export type ModelConfig = z.infer<typeof modelConfigSchema>;

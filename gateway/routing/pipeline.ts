@@ -4,6 +4,7 @@ import type { Logger } from 'pino';
 import { GatewayError } from '../front/errors.js';
 import type { Fleet, LoadTicket, Worker } from '../fleet/fleet.js';
 import type { AdapterRouting } from '../fleet/adapters.js';
+import type { DecisionTurn } from '../fleet/decision-order.js';
 import type { GatewayMetrics } from '../ops/metrics.js';
 import type { Policy, PolicyInput, Selection } from './policy.js';
 import type { Pool } from './policies/pools.js';
@@ -63,6 +64,8 @@ export interface PipelineDeps {
   adapters?: AdapterRouting | undefined;
   random: () => number;
   now: () => number;
+  /** Gateway replicas taking their decisions in arrival order (load sharing's `orderDecisions`). */
+  decisionTurn?: ((arrivedAt: number) => DecisionTurn) | undefined;
 }
 
 const first = (v: string | string[] | undefined) => (Array.isArray(v) ? v[0] : v);
@@ -161,24 +164,42 @@ export class RoutingPipeline {
     eligible?: (worker: Worker) => boolean,
   ): Routed | Promise<Routed> {
     const selection = this.#d.policy.select(input);
+    // Announced at once, so other replicas hold their later arrivals while this one tokenizes.
+    const turn = this.#d.decisionTurn?.(this.#d.now());
     try {
       const all = this.#candidates(input.model, selection, eligible);
       const split = this.#d.split?.(input.model, selection.pool, all);
       const candidates = split ? split.decode : all;
       // The split decides on uncached prefill tokens, so it needs the prompt's blocks whatever the strategy.
-      if ((selection.strategy.needsPromptBlocks || split) && !blocks) {
-        const pending = this.#blocks(input.request, requestId, split ? 'disaggregation' : selection.strategy.name);
-        if (pending) {
-          return pending
-            .then((b) => this.#choose(selection, input, path, requestId, candidates, split?.prefill, b, started))
-            .catch((err: unknown) => {
-              selection.armStats?.end(err instanceof GatewayError ? err.status : 500);
-              throw err;
-            });
+      const tokenizing =
+        (selection.strategy.needsPromptBlocks || split) && !blocks
+          ? this.#blocks(input.request, requestId, split ? 'disaggregation' : selection.strategy.name)
+          : undefined;
+      const decide = (b: PromptBlocks | undefined, from: number) => {
+        try {
+          return this.#choose(selection, input, path, requestId, candidates, split?.prefill, b, from);
+        } finally {
+          turn?.done();
         }
-      }
-      return this.#choose(selection, input, path, requestId, candidates, split?.prefill, blocks, started);
+      };
+      const waiting = tokenizing ? undefined : turn?.wait();
+      if (!tokenizing && !waiting) return decide(blocks, started);
+      return (tokenizing ?? Promise.resolve(blocks))
+        .then(async (b) => {
+          const wait = tokenizing ? turn?.wait() : waiting;
+          if (!wait) return decide(b, started);
+          const t0 = performance.now();
+          await wait;
+          // The decision-time metric is the routing work's, not the wait for other replicas.
+          return decide(b, started + (performance.now() - t0));
+        })
+        .catch((err: unknown) => {
+          turn?.done();
+          selection.armStats?.end(err instanceof GatewayError ? err.status : 500);
+          throw err;
+        });
     } catch (err) {
+      turn?.done();
       selection.armStats?.end(err instanceof GatewayError ? err.status : 500);
       throw err;
     }

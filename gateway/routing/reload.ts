@@ -1,4 +1,5 @@
 import type { AdapterRouting } from '../fleet/adapters.js';
+import type { DecisionTurn } from '../fleet/decision-order.js';
 import type { IncomingHttpHeaders } from 'node:http';
 import type { Logger } from 'pino';
 import type { GatewayConfig } from '../../config/schema.js';
@@ -28,6 +29,8 @@ export interface RoutingDeps {
   /** P/D disaggregation's narrowing of split pools (gateway/disagg/split.ts). */
   readonly split?: CandidateSplit | undefined;
   readonly adapters?: AdapterRouting | undefined;
+  /** Gateway replicas taking their decisions in arrival order (load sharing's `orderDecisions`). */
+  readonly decisionTurn?: ((arrivedAt: number) => DecisionTurn) | undefined;
 }
 
 /** A worker as pools see it: id and labels are all `resolvePools` reads. */
@@ -131,6 +134,7 @@ export function buildRouting(
       adapters: deps.adapters,
       random: deps.random,
       now: deps.now,
+      decisionTurn: deps.decisionTurn,
     });
   if (lenientPools) {
     try {

@@ -4,9 +4,13 @@ import { LRUCache } from 'lru-cache';
 import { Tokenizer } from 'tokenizers';
 import { ChatTemplate, type ChatRenderOptions } from './chat-template.js';
 import { tokenLengths, type TokenLengths } from './context-bound.js';
+import { PrefixMemo, type PrefixHit } from './prefix-memo.js';
+import { addedTokenSplitter, type AddedTokenSpec, type SegmentSplitter } from './segment-splitter.js';
+
+export { addedTokenSplitter, type AddedTokenSpec } from './segment-splitter.js';
 
 export interface TokenizerOptions {
-  /** Upper bound on the segment cache, in bytes (token ids plus keys). Default 64 MiB. */
+  /** Upper bound on the segment cache, in bytes (token ids plus keys), and again on the prefix memo. Default 64 MiB. */
   cacheBytes?: number;
 }
 
@@ -17,6 +21,9 @@ export interface TokenizerStats {
   encodeBatches: number;
   cacheBytes: number;
   cacheEntries: number;
+  /** Prompts that started with a remembered earlier prompt (prefix-memo.ts), and those that did not. */
+  prefixHits: number;
+  prefixMisses: number;
 }
 export interface ChatTokenizeOptions extends ChatRenderOptions {
   /** vLLM's chat `add_special_tokens` (default false: the template already wrote them). */
@@ -45,6 +52,7 @@ export class PromptTokenizer {
   readonly #templates: { plain: ChatTemplate | undefined; tools: ChatTemplate | undefined };
   readonly #splitter: SegmentSplitter;
   readonly #segments: LRUCache<string, Uint32Array>;
+  readonly #prefixes: PrefixMemo;
   readonly #inflight = new Map<string, Promise<Uint32Array>>();
   readonly #affixes: { prefix: number[]; suffix: number[] } | undefined;
   #lengths: TokenLengths = { maxCharsPerToken: 1, modelMaxLength: undefined };
@@ -68,6 +76,7 @@ export class PromptTokenizer {
       maxSize: options.cacheBytes ?? DEFAULT_CACHE_BYTES,
       sizeCalculation: (ids, key) => ids.byteLength + key.length * 2 + ENTRY_OVERHEAD,
     });
+    this.#prefixes = new PrefixMemo(options.cacheBytes ?? DEFAULT_CACHE_BYTES);
   }
 
   /** Loads `tokenizer.json` and `tokenizer_config.json` (chat template, special tokens) from a model directory. */
@@ -162,7 +171,8 @@ export class PromptTokenizer {
    */
   async encodeCached(text: string, addSpecialTokens = false): Promise<number[]> {
     if (addSpecialTokens && !this.#affixes) return this.encode(text, true);
-    const pieces = this.#splitter.split(text);
+    const known = this.#prefixes.find(text);
+    const pieces = this.#splitter.split(known ? text.slice(known.length) : text);
     const parts = new Array<Uint32Array | number | undefined>(pieces.length);
     const misses = new Map<string, number[]>();
     for (let i = 0; i < pieces.length; i++) {
@@ -182,12 +192,46 @@ export class PromptTokenizer {
       }
     }
     if (misses.size > 0) await this.#fill(misses, parts);
-    return this.#join(parts, addSpecialTokens);
+    const ids = this.#join(known?.ids, parts, addSpecialTokens);
+    this.#rememberPrefix(text, known, pieces, parts, ids, addSpecialTokens);
+    return ids;
+  }
+
+  /** Remembers `text` up to its last marker (see prefix-memo.ts): the next turn of this conversation starts there. */
+  #rememberPrefix(
+    text: string,
+    known: PrefixHit | undefined,
+    pieces: readonly (string | number)[],
+    parts: readonly (Uint32Array | number | undefined)[],
+    ids: readonly number[],
+    addSpecialTokens: boolean,
+  ): void {
+    // The marker: the most frequent split token (each message opens with it), first seen on a tie.
+    const counts = new Map<number, number>();
+    let marker = -1;
+    for (const p of pieces) {
+      if (typeof p !== 'number') continue;
+      const n = (counts.get(p) ?? 0) + 1;
+      counts.set(p, n);
+      if (marker < 0 || n > counts.get(marker)!) marker = p;
+    }
+    if (marker < 0) return;
+    const last = pieces.lastIndexOf(marker);
+    let chars = known?.length ?? 0;
+    let count = known?.ids.length ?? 0;
+    for (let i = 0; i < last; i++) {
+      const p = pieces[i]!;
+      chars += typeof p === 'number' ? this.#splitter.textOf(p).length : p.length;
+      count += typeof p === 'number' ? 1 : (parts[i] as Uint32Array).length;
+    }
+    const from = addSpecialTokens ? this.#affixes!.prefix.length : 0;
+    this.#prefixes.remember(text, chars, this.#splitter.textOf(marker), ids, from, count, known?.key);
   }
 
   /** Empties the segment cache and the templates' render caches (counters stay). */
   clearCache(): void {
     this.#segments.clear();
+    this.#prefixes.clear();
     this.#templates.plain?.clearCache();
     this.#templates.tools?.clearCache();
   }
@@ -199,6 +243,8 @@ export class PromptTokenizer {
       encodeBatches: this.#batches,
       cacheBytes: this.#segments.calculatedSize,
       cacheEntries: this.#segments.size,
+      prefixHits: this.#prefixes.stats.hits,
+      prefixMisses: this.#prefixes.stats.misses,
     };
   }
 
@@ -238,15 +284,20 @@ export class PromptTokenizer {
     await Promise.all(waits);
   }
 
-  #join(parts: readonly (Uint32Array | number | undefined)[], addSpecialTokens: boolean): number[] {
+  #join(
+    known: Uint32Array | undefined,
+    parts: readonly (Uint32Array | number | undefined)[],
+    addSpecialTokens: boolean,
+  ): number[] {
     const prefix = addSpecialTokens ? this.#affixes!.prefix : [];
     const suffix = addSpecialTokens ? this.#affixes!.suffix : [];
     // Sized once: pushing 100k+ ids one by one into a growing array was most of a warm long prompt's cost.
-    let total = prefix.length + suffix.length;
+    let total = prefix.length + suffix.length + (known?.length ?? 0);
     for (const part of parts) total += typeof part === 'number' ? 1 : (part?.length ?? 0);
     const out = new Array<number>(total);
     let k = 0;
     for (const id of prefix) out[k++] = id;
+    if (known) for (let i = 0; i < known.length; i++) out[k++] = known[i]!;
     for (const part of parts) {
       if (typeof part === 'number') out[k++] = part;
       else if (part) for (let i = 0; i < part.length; i++) out[k++] = part[i]!;
@@ -328,73 +379,4 @@ function tokenString(value: unknown): string | undefined {
   if (value && typeof value === 'object' && typeof (value as { content?: unknown }).content === 'string')
     return (value as { content: string }).content;
   return undefined;
-}
-
-/** One entry of tokenizer.json `added_tokens`. */
-export interface AddedTokenSpec {
-  id: number;
-  content: string;
-  special?: boolean;
-  normalized?: boolean;
-  lstrip?: boolean;
-  rstrip?: boolean;
-  single_word?: boolean;
-}
-
-interface SegmentSplitter {
-  readonly tokens: readonly string[];
-  /** Text pieces between split tokens (non-empty strings) and the split tokens' ids, in order. */
-  split(text: string): (string | number)[];
-}
-
-/**
- * Chooses the added tokens that are exact segment boundaries. The native
- * tokenizer first cuts the raw text at added tokens whose `normalized` is false
- * (leftmost-longest, the same as a longest-first regex alternation), then
- * normalises and pre-tokenises each piece alone; so splitting there changes
- * nothing. Not safe, hence left inside segments for the native encoder:
- * `normalized: true` tokens (matched only after normalisation), `lstrip`/`rstrip`
- * tokens (they eat neighbouring whitespace), `single_word` tokens (matched only
- * at word edges). A safe token whose text overlaps an unsafe one, or that starts
- * or ends with whitespace a stripping token could eat, is dropped too.
- */
-export function addedTokenSplitter(added: readonly AddedTokenSpec[]): SegmentSplitter {
-  const unsafe = added.filter((t) => t.normalized !== false || t.lstrip || t.rstrip || t.single_word);
-  const stripping = unsafe.some((t) => t.lstrip || t.rstrip);
-  const ids = new Map<string, number>();
-  for (const t of added) {
-    if (unsafe.includes(t) || t.content.length === 0) continue;
-    if (unsafe.some((u) => overlaps(u.content, t.content))) continue;
-    if (stripping && /^\s|\s$/u.test(t.content)) continue;
-    ids.set(t.content, t.id);
-  }
-  const tokens = [...ids.keys()].sort((a, b) => b.length - a.length);
-  if (tokens.length === 0) return { tokens, split: (text) => (text.length > 0 ? [text] : []) };
-  const pattern = new RegExp(`(${tokens.map(escapeRegExp).join('|')})`);
-  return {
-    tokens,
-    split(text) {
-      const raw = text.split(pattern);
-      const out: (string | number)[] = [];
-      for (let i = 0; i < raw.length; i++) {
-        const piece = raw[i]!;
-        if (i % 2 === 1) out.push(ids.get(piece)!);
-        else if (piece.length > 0) out.push(piece);
-      }
-      return out;
-    },
-  };
-}
-
-/** True when one string contains the other or a suffix of one is a prefix of the other. */
-function overlaps(a: string, b: string): boolean {
-  if (a.includes(b) || b.includes(a)) return true;
-  for (let k = 1; k < Math.min(a.length, b.length); k++) {
-    if (a.endsWith(b.slice(0, k)) || b.endsWith(a.slice(0, k))) return true;
-  }
-  return false;
-}
-
-function escapeRegExp(s: string): string {
-  return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 }

@@ -11,6 +11,7 @@ const SCRIPTS = [
   'proxy-bench',
   'proxy-floor',
   'replicas-bench',
+  'replicas-decisions',
   'route-bench',
   'tokenize-bench',
   'replay/replay',

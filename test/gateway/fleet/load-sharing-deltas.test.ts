@@ -177,3 +177,119 @@ t.test('a message from an unknown replica with a malformed body changes nothing'
   t.equal(a.w1.load.inflightRequests, 0);
   t.equal(a.w1.load.prefillRequests, 0);
 });
+
+t.test('orderDecisions: replicas decide simultaneous requests in arrival order, each seeing the last', async (t) => {
+  const bus = fakeBus();
+  const ordered = loadSharingConfigSchema.parse({ ...config, orderDecisions: true, orderMaxWaitMs: 1000 });
+  const make = (id: string) => {
+    const fleet = new Fleet(workers, { sharedLoad: true });
+    const transport = bus.transport();
+    const sharing = new LoadSharing({ fleet, transport, config: ordered, log, replicaId: id, now: () => 1000 });
+    sharing.start();
+    t.teardown(() => {
+      fleet.close();
+      return sharing.close();
+    });
+    return { fleet, sharing, transport, w1: fleet.get('w1')! };
+  };
+  const a = make('a');
+  const alone = a.sharing.decisionTurn(50);
+  t.equal(alone.wait(), undefined, 'alone: nothing to wait for, not even a turn of the event loop');
+  alone.done();
+  const b = make('b');
+  await settle();
+  const sentBefore = bus.sent.length;
+  alone.done();
+  await settle();
+  t.equal(bus.sent.length, sentBefore, 'a no-op turn sends nothing');
+
+  // a's request arrived first but is still tokenizing; b's arrived 1 ms later and is ready.
+  const ta = a.sharing.decisionTurn(100);
+  await settle();
+  const tb = b.sharing.decisionTurn(101);
+  await settle();
+  await ta.wait();
+  t.equal(a.sharing.counts.order!.waited, 0, 'a waits for nobody: b arrived later');
+  let released = false;
+  void tb.wait()!.then(() => (released = true));
+  await settle();
+  t.notOk(released, 'b waits while a, holding an earlier request, decides');
+  t.equal(b.sharing.counts.order!.waited, 1);
+  a.fleet.start(a.w1, 100, 7); // a's decision: its load, then the end of its turn, in the same tick
+  ta.done();
+  await settle();
+  t.ok(released, "b goes once a's decision is in");
+  t.equal(b.w1.load.inflightRequests, 1, "and sees a's request on w1 when it goes");
+  tb.done();
+
+  // Same arrival time: the lower replica id first.
+  const ta2 = a.sharing.decisionTurn(200);
+  const tb2 = b.sharing.decisionTurn(200);
+  await settle();
+  await ta2.wait();
+  const wb2 = tb2.wait();
+  await settle();
+  ta2.done();
+  await wb2;
+  tb2.done();
+  t.equal(a.sharing.counts.order!.waited, 0);
+  t.same(b.sharing.counts.order, { waited: 2, timedOut: 0, waitedMs: 0 });
+});
+
+t.test('orderDecisions: a wait is bounded, and a dead replica blocks nobody', async (t) => {
+  let clock = 1000;
+  const bus = fakeBus();
+  const ordered = loadSharingConfigSchema.parse({ ...config, orderDecisions: true, orderMaxWaitMs: 30 });
+  const make = (id: string) => {
+    const fleet = new Fleet(workers, { sharedLoad: true });
+    const transport = bus.transport();
+    const sharing = new LoadSharing({ fleet, transport, config: ordered, log, replicaId: id, now: () => clock });
+    sharing.start();
+    t.teardown(() => {
+      fleet.close();
+      return sharing.close();
+    });
+    return { sharing, transport };
+  };
+  const a = make('a');
+  const b = make('b');
+  await settle();
+  a.sharing.decisionTurn(100); // never decided: a hangs
+  await settle();
+  const started = Date.now();
+  await b.sharing.decisionTurn(101).wait();
+  t.ok(Date.now() - started >= 25, 'waited about orderMaxWaitMs');
+  t.equal(b.sharing.counts.order!.timedOut, 1);
+
+  a.transport.cut(); // a dies with its request announced
+  const wait = b.sharing.decisionTurn(102).wait();
+  await settle();
+  t.equal(b.sharing.counts.order!.waited, 2, 'still blocked while a counts as alive');
+  clock += 600;
+  b.sharing.tick(); // a expires
+  await wait;
+  t.equal(b.sharing.counts.order!.timedOut, 1, "released by a's expiry, not by the timeout");
+  t.equal(b.sharing.decisionTurn(103).wait(), undefined, 'no peers left');
+  t.equal(config.orderDecisions, false, 'off by default');
+});
+
+t.test('orderDecisions: a request announced and decided in one tick blocks nobody afterwards', async (t) => {
+  const bus = fakeBus();
+  const ordered = loadSharingConfigSchema.parse({ ...config, orderDecisions: true, orderMaxWaitMs: 1000 });
+  const [a, b] = ['a', 'b'].map((id) => {
+    const fleet = new Fleet(workers, { sharedLoad: true });
+    const sharing = new LoadSharing({ fleet, transport: bus.transport(), config: ordered, log, replicaId: id });
+    sharing.start();
+    t.teardown(() => {
+      fleet.close();
+      return sharing.close();
+    });
+    return sharing;
+  });
+  await settle();
+  const quick = a!.decisionTurn(100);
+  quick.done(); // no tokenizing: announced and ended in the same flush
+  await settle();
+  await b!.decisionTurn(101).wait();
+  t.equal(b!.counts.order!.waited, 0);
+});

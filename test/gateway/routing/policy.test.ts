@@ -272,3 +272,37 @@ t.test('experiments: policies carve out traffic first, then the experiment split
   t.equal(other.selection.rule, 'default', 'a request the experiment does not match falls through to the default');
   t.equal(other.selection.arm, 'none');
 });
+
+t.test(
+  'a decision turn (replicas deciding in arrival order) holds the choice, then decides on the load then',
+  async (t) => {
+    let release = () => {};
+    let blocked = true;
+    const done: string[] = [];
+    const s = setup(
+      t.teardown,
+      { strategy: 'least-load' },
+      {
+        decisionTurn: (arrivedAt) => ({
+          wait: () => (blocked ? new Promise<void>((r) => (release = r)) : undefined),
+          done: () => void done.push(String(arrivedAt)),
+        }),
+      },
+    );
+    const pending = route(s, chat());
+    // Meanwhile another replica's earlier request lands on w0 and w1: the held decision must see it.
+    s.fleet.start(s.fleet.get('w0')!, 10, 1);
+    s.fleet.start(s.fleet.get('w1')!, 10, 1);
+    t.same(done, [], 'the turn is not over before the decision');
+    release();
+    const routed = await pending;
+    t.equal(routed.worker.id, 'w2', 'chose on the load as it was after the wait');
+    t.equal(done.length, 1, 'the turn ended with the decision');
+    blocked = false;
+    const sync = s.pipeline.route(chat(), '/v1/chat/completions', {}, 'now');
+    t.notOk(sync instanceof Promise, 'nobody to wait for: the common path stays synchronous');
+    t.equal(done.length, 2);
+    t.throws(() => s.pipeline.route(chat(10, 'no-such-model'), '/v1/chat/completions', {}, 'bad'), /does not exist/);
+    t.equal(done.length, 3, 'a refused request ends its turn too');
+  },
+);
