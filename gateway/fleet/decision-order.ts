@@ -50,7 +50,8 @@ interface Waiter {
   timer: NodeJS.Timeout;
 }
 
-const NO_WAIT: DecisionTurn = { wait: () => undefined, done: () => {} };
+/** The turn of a replica with nobody to wait for (no peers, or ordering off). */
+export const NO_WAIT: DecisionTurn = { wait: () => undefined, done: () => {} };
 
 export class DecisionOrder {
   readonly #o: DecisionOrderOptions;

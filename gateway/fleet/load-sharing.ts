@@ -4,10 +4,8 @@ import type { Registry } from 'prom-client';
 import { z } from 'zod';
 import type { Fleet, LoadTicket } from './fleet.js';
 import type { WorkerLoad } from '../routing/strategies/strategy.js';
-import { DecisionOrder, type DecisionTurn } from './decision-order.js';
+import { DecisionOrder, NO_WAIT, type DecisionTurn } from './decision-order.js';
 import { registerLoadSharingMetrics } from './load-sharing-metrics.js';
-
-const NO_TURN: DecisionTurn = { wait: () => undefined, done: () => {} };
 
 /**
  * Several gateway replicas agree on the KV index (each subscribes to every
@@ -177,7 +175,7 @@ export class LoadSharing {
    * A no-op turn without `orderDecisions` or peers.
    */
   decisionTurn(arrivedAt: number): DecisionTurn {
-    return this.#order?.turn(arrivedAt, this.#peers.size) ?? NO_TURN;
+    return this.#order?.turn(arrivedAt, this.#peers.size) ?? NO_WAIT;
   }
 
   start(): void {

@@ -219,6 +219,8 @@ t.test('orderDecisions: replicas decide simultaneous requests in arrival order, 
   ta.done();
   await settle();
   t.ok(released, "b goes once a's decision is in");
+  const c = b.sharing.counts;
+  t.ok(c.deltaAgeCount >= 1 && c.deltaAgeSumMs >= 0, "the age of a's delta batches on receipt is counted");
   t.equal(b.w1.load.inflightRequests, 1, "and sees a's request on w1 when it goes");
   tb.done();
 
