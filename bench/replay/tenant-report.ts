@@ -31,6 +31,8 @@ export interface RunSummary {
   moved?: Record<string, { requests: number; lostBlocks: number }>;
   /** The gateway's `/debug/flow` at the end (flow on only). */
   flow?: unknown;
+  /** A flow-on run with the noisy tenant: the name of its reference run (same flow config, noisy tenant removed). */
+  reference?: string;
 }
 
 export interface TenantReport {
@@ -47,9 +49,18 @@ export interface TenantReport {
   runs: RunSummary[];
 }
 
-/** The issue's three targets, each on the same requests in both runs it compares. */
-export function targets(r: TenantReport): Record<string, number> {
-  const [off, on, quiet] = r.runs as [RunSummary, RunSummary, RunSummary];
+/** The issue's three targets for each flow-on run, each on the same requests in both runs it compares. */
+export function targets(r: TenantReport): Record<string, Record<string, number>> {
+  const off = r.runs[0]!;
+  const out: Record<string, Record<string, number>> = {};
+  for (const on of r.runs) {
+    const quiet = r.runs.find((x) => x.name === on.reference);
+    if (quiet) out[on.name] = runTargets(off, on, quiet);
+  }
+  return out;
+}
+
+function runTargets(off: RunSummary, on: RunSummary, quiet: RunSummary): Record<string, number> {
   const wc = (x: RunSummary) => x.wellBehavedByClass.critical!;
   return {
     wellBehavedP99Ratio: on.wellBehaved.p99 / quiet.wellBehaved.p99,
@@ -73,7 +84,7 @@ export function targets(r: TenantReport): Record<string, number> {
   };
 }
 
-export function renderTenants(r: TenantReport): { text: string; targets: Record<string, number> } {
+export function renderTenants(r: TenantReport): { text: string; targets: Record<string, Record<string, number>> } {
   const f = (x: number | undefined, d = 2) => (x !== undefined && Number.isFinite(x) ? x.toFixed(d) : '-');
   const row = (run: string, key: string, g: Group) =>
     `| ${run} | ${key} | ${g.requests} | ${g.ok} | ${g.shed} | ${g.failed} | ${f(g.p50)} | ${f(g.p90)} | ${f(g.p99)} | ${f(g.goodput)} |`;
@@ -85,7 +96,7 @@ export function renderTenants(r: TenantReport): { text: string; targets: Record<
     `Command: \`${r.command}\``,
     `Date: ${r.date}. ${r.requests} requests of the conversation trace (${f(r.traceSeconds, 0)} s), ${r.fleet.workers} simulated workers, speed-up ${r.fleet.speedup}, strategy kv.`,
     'Tenants per conversation (first prompt block): noisy 3/6 of conversations, alpha, beta, gamma 1/6 each; classes per conversation: 15% critical, 55% standard, 30% sheddable.',
-    `Flow control: a worker is saturated at ${flow.saturation.default ? JSON.stringify(flow.saturation.default) : `${simS(flow.saturation.prefillQueueMs)} s of queued prefill at its learned speed`}; affinityWaitMs ${simS(flow.affinityWaitMs)} s; TTLs critical 120 s, standard 60 s, sheddable 30 s.`,
+    `Flow control: a worker is saturated at ${flow.saturation.default ? JSON.stringify(flow.saturation.default) : `${simS(flow.saturation.prefillQueueMs)} s of queued prefill at its learned speed`}; affinityWaitMs ${simS(flow.affinityWaitMs)} s; TTLs critical 120 s, standard 60 s, sheddable 30 s. Tenant fairness \`class\`: tenants share each class fairly, classes strictly in order; \`fleet\`: the same, except that a tenant over 1.25x its fair share of recently dispatched prompt tokens (half-life ${simS((flow as { tenants?: { fleetShare?: { halfLifeMs?: number } } }).tenants?.fleetShare?.halfLifeMs ?? 0)} s) goes after every other tenant, whatever the class.`,
     `Latencies in simulated seconds; goodput = requests per simulated second meeting their class's TTFT target (critical ${r.targetsS.critical} s, standard ${r.targetsS.standard} s, sheddable ${r.targetsS.sheddable} s). p99 of fewer than 100 requests is their maximum.`,
     '',
     ...renderLoad(r.load, r.wellBehaved),
@@ -130,19 +141,23 @@ export function renderTenants(r: TenantReport): { text: string; targets: Record<
         )
         .join('; ')}.`,
     );
-  const t = targets(r);
-  lines.push(
-    '',
-    '## Against the issue targets',
-    '',
-    `- Well-behaved tenants' p99 TTFT, flow on / noisy removed: ${f(t.wellBehavedP99Ratio)} (target <= 1.2; flow off: ${f(t.wellBehavedP99RatioOff)}; p90: ${f(t.wellBehavedP90Ratio)}). By class: ${Object.keys(
-      r.runs[2]!.wellBehavedByClass,
-    )
-      .map((c) => `${c} ${f(t[`wellBehaved.${c}.p99Ratio`])}`)
-      .join(', ')}`,
-    `- Critical p99 TTFT under overload / at normal load (noisy removed), the well-behaved tenants' critical requests, present in both: ${f(t.criticalP99Ratio)} (target <= 1.2; flow off: ${f(t.criticalP99RatioOff)}; p90: ${f(t.criticalP90Ratio)}). Every critical request under overload (the noisy tenant's too) against those at normal load: ${f(t.criticalAllP99Ratio)} (flow off: ${f(t.criticalAllP99RatioOff)})`,
-    `- Hit rate, flow on minus off: ${f(t.hitRateDeltaPoints, 1)} points (target within 2; of which the served requests' bound: ${f(t.servedBoundDeltaPoints, 1)})`,
-    '',
-  );
-  return { text: lines.join('\n'), targets: t };
+  const all = targets(r);
+  lines.push('', '## Against the issue targets');
+  for (const [name, t] of Object.entries(all)) {
+    const quiet = r.runs.find((x) => x.name === r.runs.find((y) => y.name === name)!.reference)!;
+    lines.push(
+      '',
+      `### ${name} (reference: ${quiet.name})`,
+      '',
+      `- Well-behaved tenants' p99 TTFT, flow on / noisy removed: ${f(t.wellBehavedP99Ratio)} (target <= 1.2; flow off: ${f(t.wellBehavedP99RatioOff)}; p90: ${f(t.wellBehavedP90Ratio)}). By class: ${Object.keys(
+        quiet.wellBehavedByClass,
+      )
+        .map((c) => `${c} ${f(t[`wellBehaved.${c}.p99Ratio`])}`)
+        .join(', ')}`,
+      `- Critical p99 TTFT under overload / at normal load (noisy removed), the well-behaved tenants' critical requests, present in both: ${f(t.criticalP99Ratio)} (target <= 1.2; flow off: ${f(t.criticalP99RatioOff)}; p90: ${f(t.criticalP90Ratio)}). Every critical request under overload (the noisy tenant's too) against those at normal load: ${f(t.criticalAllP99Ratio)} (flow off: ${f(t.criticalAllP99RatioOff)})`,
+      `- Hit rate, flow on minus off: ${f(t.hitRateDeltaPoints, 1)} points (target within 2; of which the served requests' bound: ${f(t.servedBoundDeltaPoints, 1)})`,
+    );
+  }
+  lines.push('');
+  return { text: lines.join('\n'), targets: all };
 }

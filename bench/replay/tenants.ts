@@ -16,7 +16,12 @@ import { readTrace, upperBound, type TraceRequest } from './trace.js';
  * Three runs in one: flow control off, flow control on, and the same flow control with
  * the noisy tenant's requests removed (the reference for the targets, and the "normal load").
  *
- *   npm run bench:tenants -- [--limit 500] [--workers 6] [--speedup 5] [--queue-s 1] [--affinity-s 50] [--prefill-tokens N] [--name X]
+ *   npm run bench:tenants -- [--limit 500] [--workers 6] [--speedup 5] [--queue-s 1] [--affinity-s 50] [--prefill-tokens N] [--fairness both] [--name X]
+ *
+ * `--fairness` picks the tenant fairness of the flow-on runs: `class` (tenants share each class,
+ * classes strictly in order), `fleet` (a tenant over its fleet share goes after every other
+ * tenant, whatever the class) or `both` (the default): each flow-on run has its own reference
+ * run with the same config and the noisy tenant removed.
  *
  * The load level decides whether the targets can be met at all, so the report prints the
  * arithmetic (tenant-load.ts): offered prefill (what an infinite shared prefix cache would
@@ -37,7 +42,7 @@ import { readTrace, upperBound, type TraceRequest } from './trace.js';
 const HELP = `Multi-tenant replay: flow control off, on, and on with the noisy tenant removed, on the Mooncake
 conversation trace (tenants per conversation, one sending 3x the others' share; critical, standard and sheddable
 classes); prints the load arithmetic and the issue's targets; writes bench/results/replay-tenants[-NAME].{md,json}.
-Defaults: --limit 500 --workers 6 --speedup 5 --queue-s 1 --affinity-s 50.
+Defaults: --limit 500 --workers 6 --speedup 5 --queue-s 1 --affinity-s 50 --fairness both (class, fleet or both).
 The trace defaults to ../shared/traces/mooncake/conversation_trace.jsonl from the repository root.
 Usage: npm run bench:tenants -- [flags]`;
 
@@ -65,11 +70,14 @@ export function assign(req: TraceRequest): { tenant: string; cls: FlowClass } {
 }
 type Label = ReturnType<typeof assign>;
 
+type Fairness = 'class' | 'fleet';
+
 function flowConfig(
   queueS: number,
   prefillTokens: number | undefined,
   affinityS: number,
   speedup: number,
+  fairness: Fairness,
 ): Record<string, unknown> {
   // Times in the config are real milliseconds: simulated seconds / speed-up.
   const ms = (simS: number) => Math.round((simS * 1000) / speedup);
@@ -91,6 +99,8 @@ function flowConfig(
       // Default 50 s: the config's 10 real s at speed-up 5, in simulated time for every speed-up.
       affinityWaitMs: ms(affinityS),
       pollMs: 10,
+      // The fleet share's half-life: 10 real s by default, 50 simulated s at speed-up 5.
+      tenants: { fairness, fleetShare: { halfLifeMs: ms(50) } },
     },
   };
 }
@@ -180,6 +190,7 @@ async function main(argv: string[]): Promise<void> {
       'prefill-tokens': { type: 'string' },
       'queue-s': { type: 'string' },
       'affinity-s': { type: 'string' },
+      fairness: { type: 'string' },
       out: { type: 'string' },
       name: { type: 'string' },
     },
@@ -197,6 +208,10 @@ async function main(argv: string[]): Promise<void> {
   const prefillTokens = values['prefill-tokens'] === undefined ? undefined : num('prefill-tokens', 0, 1);
   const queueS = num('queue-s', 1, 0.001);
   const affinityS = num('affinity-s', 50, 0);
+  const fairnessFlag = values.fairness ?? 'both';
+  if (!['class', 'fleet', 'both'].includes(fairnessFlag))
+    throw new UsageError(`--fairness must be class, fleet or both, got ${fairnessFlag}`);
+  const modes: Fairness[] = fairnessFlag === 'both' ? ['class', 'fleet'] : [fairnessFlag as Fairness];
   const trace = readTrace(values.trace ?? DEFAULT_TRACE, limit);
   const labels = trace.map(assign);
   const durS = (trace[trace.length - 1]!.timestamp - trace[0]!.timestamp) / 1000;
@@ -206,21 +221,35 @@ async function main(argv: string[]): Promise<void> {
     process.stderr.write(progressLine(label, p));
 
   const off = await runStrategy('kv', kvParams, trace, fleet, progress('flow off'), { headers });
-  const extra = flowConfig(queueS, prefillTokens, affinityS, fleet.speedup);
-  const on = await runStrategy('kv', kvParams, trace, fleet, progress('flow on'), { headers, extra });
   // The reference: the same flow control without the noisy tenant (also the "normal load" run).
   const keep = trace.map((_, i) => i).filter((i) => labels[i]!.tenant !== 'noisy');
   const quietTrace = keep.map((i) => trace[i]!);
   const quietLabels = keep.map((i) => labels[i]!);
-  const quiet = await runStrategy('kv', kvParams, quietTrace, fleet, progress('noisy removed'), {
-    headers: (i) => ({ 'x-kvgate-tenant': quietLabels[i]!.tenant, 'x-kvgate-priority': quietLabels[i]!.cls }),
-    extra,
-  });
-  // Per-request results of all three runs, for diagnosis.
+  const flowRuns: { fairness: Fairness; on: RunResult; quiet: RunResult }[] = [];
+  for (const fairness of modes) {
+    const extra = flowConfig(queueS, prefillTokens, affinityS, fleet.speedup, fairness);
+    const on = await runStrategy('kv', kvParams, trace, fleet, progress(`flow on, ${fairness}`), { headers, extra });
+    const quiet = await runStrategy('kv', kvParams, quietTrace, fleet, progress(`noisy removed, ${fairness}`), {
+      headers: (i) => ({ 'x-kvgate-tenant': quietLabels[i]!.tenant, 'x-kvgate-priority': quietLabels[i]!.cls }),
+      extra,
+    });
+    flowRuns.push({ fairness, on, quiet });
+  }
+  // Per-request results of every run, for diagnosis.
   if (process.env.KVGATE_REPLAY_DUMP)
     writeFileSync(
       process.env.KVGATE_REPLAY_DUMP,
-      JSON.stringify({ labels, quietIndex: keep, off: off.results, on: on.results, quiet: quiet.results }),
+      JSON.stringify({
+        labels,
+        quietIndex: keep,
+        off: off.results,
+        ...Object.fromEntries(
+          flowRuns.flatMap((x) => [
+            [`on-${x.fairness}`, x.on.results],
+            [`quiet-${x.fairness}`, x.quiet.results],
+          ]),
+        ),
+      }),
     );
   // The fleet's capacity as the overloaded run measured it: prefill tokens per simulated second of
   // engine steps that computed prefill (decode steps riding along and partial chunks included).
@@ -241,11 +270,15 @@ async function main(argv: string[]): Promise<void> {
   process.stderr.write(
     `offered ${(load.offered / 1000).toFixed(1)}k prefill tokens/s against ${(load.capacity / 1000).toFixed(1)}k: ${(load.offered / load.capacity).toFixed(2)}x capacity\n`,
   );
-  const runs = [
-    summarise('flow off', off, trace, labels, fleet, durS),
-    summarise('flow on', on, trace, labels, fleet, durS),
-    summarise('flow on, noisy tenant removed', quiet, quietTrace, quietLabels, fleet, durS),
-  ];
+  const runs = [summarise('flow off', off, trace, labels, fleet, durS)];
+  for (const x of flowRuns) {
+    const name = `flow on, ${x.fairness} fairness`;
+    const reference = `${name}, noisy tenant removed`;
+    runs.push(
+      { ...summarise(name, x.on, trace, labels, fleet, durS), reference },
+      summarise(reference, x.quiet, quietTrace, quietLabels, fleet, durS),
+    );
+  }
   const report: TenantReport = {
     command: `npm run bench:tenants${argv.length ? ` -- ${argv.join(' ')}` : ''}`,
     date: new Date().toISOString(),
@@ -253,7 +286,7 @@ async function main(argv: string[]): Promise<void> {
     requests: trace.length,
     traceSeconds: durS,
     fleet,
-    flow: extra,
+    flow: flowConfig(queueS, prefillTokens, affinityS, fleet.speedup, modes[0]!),
     targetsS: TARGET_S,
     wellBehaved: WELL_BEHAVED,
     load,

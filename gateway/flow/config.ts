@@ -65,8 +65,24 @@ export const flowConfigSchema = z
         header: z.string().default('x-kvgate-tenant'),
         /** Without the header, the client's API key (`Authorization: Bearer`) is the fairness key (hashed, never shown). */
         fromApiKey: z.boolean().default(true),
-        /** Relative shares within a class; unlisted tenants weigh 1. */
+        /** Relative shares (within a class; across the fleet with `fairness: fleet`); unlisted tenants weigh 1. */
         weights: z.record(z.string().min(1), z.number().min(0.01).max(1000)).default({}),
+        /**
+         * `class`: tenants share each class fairly and classes go strictly in order, so a tenant's
+         * higher-class traffic goes before everyone's lower-class traffic, however much it sends.
+         * `fleet`: as `class`, except that a tenant using more than its share of the fleet (recent
+         * prompt tokens dispatched, against its weight among the active tenants) has its held
+         * requests released after every other tenant's, whatever their class (see tenant-share.ts).
+         */
+        fairness: z.enum(['class', 'fleet']).default('class'),
+        fleetShare: z
+          .strictObject({
+            /** Half-life of a tenant's recorded use: how far back "recently" reaches. */
+            halfLifeMs: z.number().int().min(100).default(10_000),
+            /** Over its share means above this many times its fair share (room for bursts). */
+            tolerance: z.number().min(1).max(10).default(1.25),
+          })
+          .prefault({}),
         /** Distinct tenant label values in metrics and /debug/flow; later tenants share the label `other`. */
         maxLabels: z.number().int().min(1).max(1000).default(20),
       })

@@ -12,6 +12,7 @@ import { ownBlocks, place, predictions, type Placement } from './place.js';
 import { TtftModel } from './predict.js';
 import { FlowQueue, type QueueItem } from './queue.js';
 import { FlowStats } from './stats.js';
+import { TenantShares } from './tenant-share.js';
 
 /** A request flow control let through: where it goes, and the observer that reports its latencies back. */
 export interface FlowPass {
@@ -61,6 +62,8 @@ export class FlowControl {
   readonly #queue: FlowQueue<Held>;
   readonly #metrics: FlowMetrics;
   readonly #stats: FlowStats;
+  /** Recent use per tenant, with `tenants.fairness: fleet`. */
+  readonly #shares: TenantShares | undefined;
   #seq = 0;
   #pumpScheduled = false;
   #poll: NodeJS.Timeout | undefined;
@@ -75,8 +78,12 @@ export class FlowControl {
     this.model = new TtftModel(d.config);
     this.#queue = new FlowQueue(d.config.classes.length);
     this.#stats = new FlowStats(d.config);
-    this.#metrics = new FlowMetrics(d.registry, () =>
-      this.#c.classes.map((cls, rank) => [cls.name, this.#queue.sizeOf(rank)] as [string, number]),
+    const shares = d.config.tenants.fairness === 'fleet' ? new TenantShares(d.config.tenants.fleetShare) : undefined;
+    this.#shares = shares;
+    this.#metrics = new FlowMetrics(
+      d.registry,
+      () => this.#c.classes.map((cls, rank) => [cls.name, this.#queue.sizeOf(rank)] as [string, number]),
+      shares && (() => shares.snapshot(this.#now())),
     );
   }
 
@@ -99,7 +106,10 @@ export class FlowControl {
     });
     const arrival = this.#now();
     // Waiting requests of this class or a higher one go first: a newcomer joins the queue behind them.
-    const waiting = this.#queue.size > 0 && this.#anyWaitingAtOrAbove(id.rank);
+    // A tenant over its fleet share goes after every other tenant's waiting requests, of any class.
+    const waiting =
+      this.#queue.size > 0 &&
+      (this.#anyWaitingAtOrAbove(id.rank) || (this.#shares?.overShare(arrival).has(id.tenant) ?? false));
     let roomSince: number | undefined;
     if (!waiting) {
       const rule = this.#queue.size === 0 ? 'keep' : 'room';
@@ -136,6 +146,7 @@ export class FlowControl {
       };
       held.timer = setTimeout(() => this.#drop(held, 'ttl_expired'), id.cls.ttlMs);
       this.#queue.push(held);
+      this.#shares?.queued(id.tenant, id.label, id.weight, 1, arrival);
       this.#stats.queued(id);
       // A client that hangs up while waiting frees its place at once.
       res.once('close', () => this.#drop(held, 'disconnected'));
@@ -169,6 +180,8 @@ export class FlowControl {
       queued: this.#queue.size,
       maxQueued: this.#c.maxQueued,
       classes: this.#stats.snapshot(this.#queue, now),
+      fairness: this.#c.tenants.fairness,
+      ...(this.#shares ? { tenants: this.#shares.snapshot(now) } : {}),
       workers: workers.map((w) => ({
         id: w.id,
         saturated: this.model.saturated(w as Parameters<TtftModel['saturated']>[0]),
@@ -192,7 +205,7 @@ export class FlowControl {
     for (;;) {
       const h = this.#queue.next(() => true);
       if (!h) break;
-      clearTimeout(h.timer);
+      this.#left(h);
       this.#shed(h.res, h.requestId, h.id, 'ttl_expired', h.routed);
       h.resolve(null);
     }
@@ -221,7 +234,7 @@ export class FlowControl {
 
   #drop(h: Held, reason: ShedReason): void {
     if (!this.#queue.remove(h)) return;
-    clearTimeout(h.timer);
+    this.#left(h);
     this.#shed(h.res, h.requestId, h.id, reason, h.routed);
     h.resolve(null);
   }
@@ -276,10 +289,10 @@ export class FlowControl {
       const p = placeHeld(h, false);
       return p.kind === 'go' && !p.moved && ownBlocks(p.routed) > 0 && go(false)(h);
     };
-    const next = this.#queue.next(go(false), own, go(true));
+    const next = this.#next(now, go(false), own, go(true));
     for (const h of hopeless) this.#drop(h, 'slo_unattainable');
     if (next) {
-      clearTimeout(next.timer);
+      this.#left(next);
       this.#metrics.waited(next.id.cls.name, (now - next.arrival) / 1000);
       next.resolve(this.#pass(next.id, next.placement!, next.arrival, 'queued'));
       this.#schedule();
@@ -288,8 +301,33 @@ export class FlowControl {
     }
   };
 
+  /**
+   * The queue's next release; with fleet fairness, first among the tenants within their share
+   * (every class), and only then among all. A placement is asked once per pump (memoised), so
+   * the second pass costs little.
+   */
+  #next(now: number, canGo: (h: Held) => boolean, prefer: (h: Held) => boolean, fallback: (h: Held) => boolean) {
+    const over = this.#shares?.overShare(now);
+    if (over && over.size > 0) {
+      const within =
+        (f: (h: Held) => boolean) =>
+        (h: Held): boolean =>
+          !over.has(h.tenant) && f(h);
+      const found = this.#queue.next(within(canGo), within(prefer), within(fallback));
+      if (found) return found;
+    }
+    return this.#queue.next(canGo, prefer, fallback);
+  }
+
+  /** A held request left the queue (released, shed or gone). */
+  #left(h: Held): void {
+    clearTimeout(h.timer);
+    this.#shares?.queued(h.tenant, h.id.label, h.weight, -1, this.#now());
+  }
+
   #pass(id: FlowIdentity, p: Placement & { kind: 'go' }, arrival: number, path: 'direct' | 'queued'): FlowPass {
     this.#metrics.admitted(id.cls.name, id.label, path);
+    this.#shares?.dispatched(id.tenant, id.label, id.weight, p.routed.ctx.promptTokens, this.#now());
     this.#stats.admitted(id, path, p.moved?.lostBlocks);
     const worker = p.routed.worker.id;
     const dispatched = this.#now();

@@ -16,7 +16,11 @@ export class FlowMetrics {
   readonly #slo: Counter<'class' | 'target' | 'result'>;
   readonly #cache = new Map<string, { inc(): void } | { observe(v: number): void }>();
 
-  constructor(registry: Registry, queued: () => Iterable<[string, number]>) {
+  constructor(
+    registry: Registry,
+    queued: () => Iterable<[string, number]>,
+    useShares?: () => Iterable<{ tenant: string; useShare: number; overShare: boolean }>,
+  ) {
     const registers = [registry];
     this.#admitted = new Counter({
       name: 'kvgate_flow_admitted_total',
@@ -57,6 +61,29 @@ export class FlowMetrics {
       registers,
       collect() {
         for (const [cls, n] of queued()) this.set({ class: cls }, n);
+      },
+    });
+    if (!useShares) return;
+    new Gauge({
+      name: 'kvgate_flow_tenant_use_share',
+      help: "Each active tenant's share of recently dispatched prompt tokens (tenants.fairness: fleet)",
+      labelNames: ['tenant'],
+      registers,
+      collect() {
+        this.reset();
+        const byLabel = new Map<string, number>();
+        for (const t of useShares()) byLabel.set(t.tenant, (byLabel.get(t.tenant) ?? 0) + t.useShare);
+        for (const [tenant, share] of byLabel) this.set({ tenant }, share);
+      },
+    });
+    new Gauge({
+      name: 'kvgate_flow_tenants_over_share',
+      help: 'Active tenants over their fleet share, whose held requests go after every other tenant\'s',
+      registers,
+      collect() {
+        let n = 0;
+        for (const t of useShares()) if (t.overShare) n++;
+        this.set(n);
       },
     });
   }

@@ -224,3 +224,72 @@ t.test('bad flow headers are 400s naming the header', async (t) => {
     /x-kvgate-ttft-ms must be a positive whole number of milliseconds/,
   );
 });
+
+t.test('fleet fairness: a tenant over its share goes after every other tenant, whatever the class', async (t) => {
+  const config = { saturation: { default: { prefillTokens: 1000 } } };
+  const use = async (f: FlowControl, w: Worker[]) => {
+    // While the worker has room, the noisy tenant sends 9 large prompts and the quiet one 1 small one.
+    saturate(w[0]!, 0);
+    const send = (tenant: string, tokens: number) =>
+      call(f, routed(w, strategy(), tokens, { 'x-kvgate-tenant': tenant }), { 'x-kvgate-tenant': tenant });
+    for (let i = 0; i < 9; i++) send('noisy', 5000);
+    send('quiet', 500);
+  };
+  const queue = [
+    { name: 'noisy-critical', headers: { 'x-kvgate-tenant': 'noisy', 'x-kvgate-priority': 'critical' } },
+    { name: 'quiet-sheddable', headers: { 'x-kvgate-tenant': 'quiet', 'x-kvgate-priority': 'sheddable' } },
+    { name: 'quiet-standard', headers: { 'x-kvgate-tenant': 'quiet', 'x-kvgate-priority': 'standard' } },
+    { name: 'noisy-standard', headers: { 'x-kvgate-tenant': 'noisy', 'x-kvgate-priority': 'standard' } },
+  ];
+
+  const byClass = flow(t, config).flow;
+  const w1 = [worker('a')];
+  await use(byClass, w1);
+  t.same(
+    await releaseOrder(byClass, w1, queue),
+    ['noisy-critical', 'quiet-standard', 'noisy-standard', 'quiet-sheddable'],
+    'fairness: class (the default): classes strictly in order',
+  );
+
+  const { flow: fleet } = flow(t, { ...config, tenants: { fairness: 'fleet' } });
+  const w2 = [worker('a')];
+  await use(fleet, w2);
+  const summary = fleet.summary(w2) as { fairness: string; tenants: { tenant: string; overShare: boolean }[] };
+  t.equal(summary.fairness, 'fleet');
+  t.match(summary.tenants, [
+    { tenant: 'noisy', overShare: true },
+    { tenant: 'quiet', overShare: false },
+  ]);
+  t.same(
+    await releaseOrder(fleet, w2, queue),
+    ['quiet-standard', 'quiet-sheddable', 'noisy-critical', 'noisy-standard'],
+    'fairness: fleet: the tenant within its share first, each tenant in class order',
+  );
+});
+
+t.test('fleet fairness: an over-share newcomer waits behind a lower class of a tenant within its share', async (t) => {
+  const { flow: f } = flow(t, { saturation: { default: { prefillTokens: 1000 } }, tenants: { fairness: 'fleet' } });
+  const [a, b] = [worker('a'), worker('b')];
+  const send = (tenant: string, tokens: number) =>
+    call(f, routed([a, b], strategy(), tokens, { 'x-kvgate-tenant': tenant }), { 'x-kvgate-tenant': tenant });
+  for (let i = 0; i < 5; i++) send('noisy', 5000);
+  send('quiet', 500);
+  saturate(a);
+  saturate(b);
+  const quietHeaders = { 'x-kvgate-tenant': 'quiet', 'x-kvgate-priority': 'sheddable' };
+  const quiet = call(f, routed([a, b], strategy(), 100, quietHeaders), quietHeaders).out;
+  t.ok(quiet instanceof Promise, 'the quiet sheddable request is held');
+  // Room appears on b; the noisy critical newcomer must not take it ahead of the held quiet request.
+  saturate(b, 0);
+  const noisyHeaders = { 'x-kvgate-tenant': 'noisy', 'x-kvgate-priority': 'critical' };
+  const noisy = call(f, routed([a, b], strategy(), 100, noisyHeaders), noisyHeaders).out;
+  t.ok(noisy instanceof Promise, 'the noisy critical newcomer joins the queue');
+  const first = await Promise.race([
+    Promise.resolve(quiet).then(() => 'quiet'),
+    Promise.resolve(noisy).then(() => 'noisy'),
+  ]);
+  t.equal(first, 'quiet');
+  saturate(b, 0);
+  f.kick();
+  t.ok(await noisy, 'then the noisy one goes');
+});
