@@ -78,7 +78,7 @@ export class FlowMetrics {
     });
     new Gauge({
       name: 'kvgate_flow_tenants_over_share',
-      help: 'Active tenants over their fleet share, whose held requests go after every other tenant\'s',
+      help: "Active tenants over their fleet share, whose held requests go after every other tenant's",
       registers,
       collect() {
         let n = 0;

@@ -34,7 +34,11 @@ const bad: [string, unknown, RegExp][] = [
   ],
   ['no classes', { classes: [] }, /flow\.classes: /],
   ['an unknown fairness scope', { tenants: { fairness: 'tenant' } }, /flow\.tenants\.fairness: /],
-  ['a fleet-share tolerance below 1', { tenants: { fleetShare: { tolerance: 0.5 } } }, /flow\.tenants\.fleetShare\.tolerance: /],
+  [
+    'a fleet-share tolerance below 1',
+    { tenants: { fleetShare: { tolerance: 0.5 } } },
+    /flow\.tenants\.fleetShare\.tolerance: /,
+  ],
   ['a negative TTL', { classes: [{ name: 'standard', ttlMs: -1 }] }, /flow\.classes\[0\]\.ttlMs: /],
   ['an unknown SLO policy', { classes: [{ name: 'standard', onSloMiss: 'panic' }] }, /flow\.classes\[0\]\.onSloMiss: /],
   ['an unknown class key', { classes: [{ name: 'standard', prio: 1 }] }, /flow\.classes\[0\]: unknown key 'prio'/],

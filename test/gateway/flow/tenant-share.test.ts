@@ -10,8 +10,14 @@ t.test('a tenant above tolerance x its fair share is over it; the others are not
   // noisy: 600 / 990 = 61% against a fair 25%; the others 13%.
   t.same([...s.overShare(0)], ['noisy']);
   const snap = s.snapshot(0);
-  t.match(snap.find((x) => x.tenant === 'noisy'), { useShare: 0.606, fairShare: 0.25, overShare: true });
-  t.match(snap.find((x) => x.tenant === 'a'), { useShare: 0.131, overShare: false });
+  t.match(
+    snap.find((x) => x.tenant === 'noisy'),
+    { useShare: 0.606, fairShare: 0.25, overShare: true },
+  );
+  t.match(
+    snap.find((x) => x.tenant === 'a'),
+    { useShare: 0.131, overShare: false },
+  );
 });
 
 t.test('the tolerance leaves room for uneven but modest tenants', async (t) => {
