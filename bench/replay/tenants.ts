@@ -16,7 +16,7 @@ import { readTrace, upperBound, type TraceRequest } from './trace.js';
  * Three runs in one: flow control off, flow control on, and the same flow control with
  * the noisy tenant's requests removed (the reference for the targets, and the "normal load").
  *
- *   npm run bench:tenants -- [--limit 500] [--workers 6] [--speedup 5] [--queue-s 1] [--affinity-s 50] [--prefill-tokens N] [--fairness both] [--name X]
+ *   npm run bench:tenants -- [--limit 500] [--workers 6] [--speedup 5] [--queue-s 1] [--affinity-s 50] [--prefill-tokens N] [--fairness both] [--affinity-overflow 2] [--name X]
  *
  * `--fairness` picks the tenant fairness of the flow-on runs: `class` (tenants share each class,
  * classes strictly in order), `fleet` (a tenant over its fleet share goes after every other
@@ -42,7 +42,8 @@ import { readTrace, upperBound, type TraceRequest } from './trace.js';
 const HELP = `Multi-tenant replay: flow control off, on, and on with the noisy tenant removed, on the Mooncake
 conversation trace (tenants per conversation, one sending 3x the others' share; critical, standard and sheddable
 classes); prints the load arithmetic and the issue's targets; writes bench/results/replay-tenants[-NAME].{md,json}.
-Defaults: --limit 500 --workers 6 --speedup 5 --queue-s 1 --affinity-s 50 --fairness both (class, fleet or both).
+Defaults: --limit 500 --workers 6 --speedup 5 --queue-s 1 --affinity-s 50 --fairness both (class, fleet or both)
+--affinity-overflow 2 (1: a held request never joins its saturated pick).
 The trace defaults to ../shared/traces/mooncake/conversation_trace.jsonl from the repository root.
 Usage: npm run bench:tenants -- [flags]`;
 
@@ -78,6 +79,7 @@ function flowConfig(
   affinityS: number,
   speedup: number,
   fairness: Fairness,
+  affinityOverflow: number,
 ): Record<string, unknown> {
   // Times in the config are real milliseconds: simulated seconds / speed-up.
   const ms = (simS: number) => Math.round((simS * 1000) / speedup);
@@ -94,8 +96,8 @@ function flowConfig(
       // priority no longer applies. A token count (--prefill-tokens) replaces the learned bound.
       saturation:
         prefillTokens === undefined
-          ? { prefillQueueMs: ms(queueS) }
-          : { default: { prefillTokens }, prefillQueueMs: ms(queueS) },
+          ? { prefillQueueMs: ms(queueS), affinityOverflow }
+          : { default: { prefillTokens }, prefillQueueMs: ms(queueS), affinityOverflow },
       // Default 50 s: the config's 10 real s at speed-up 5, in simulated time for every speed-up.
       affinityWaitMs: ms(affinityS),
       pollMs: 10,
@@ -191,6 +193,7 @@ async function main(argv: string[]): Promise<void> {
       'queue-s': { type: 'string' },
       'affinity-s': { type: 'string' },
       fairness: { type: 'string' },
+      'affinity-overflow': { type: 'string' },
       out: { type: 'string' },
       name: { type: 'string' },
     },
@@ -208,6 +211,7 @@ async function main(argv: string[]): Promise<void> {
   const prefillTokens = values['prefill-tokens'] === undefined ? undefined : num('prefill-tokens', 0, 1);
   const queueS = num('queue-s', 1, 0.001);
   const affinityS = num('affinity-s', 50, 0);
+  const overflow = num('affinity-overflow', 2, 1);
   const fairnessFlag = values.fairness ?? 'both';
   if (!['class', 'fleet', 'both'].includes(fairnessFlag))
     throw new UsageError(`--fairness must be class, fleet or both, got ${fairnessFlag}`);
@@ -227,7 +231,7 @@ async function main(argv: string[]): Promise<void> {
   const quietLabels = keep.map((i) => labels[i]!);
   const flowRuns: { fairness: Fairness; on: RunResult; quiet: RunResult }[] = [];
   for (const fairness of modes) {
-    const extra = flowConfig(queueS, prefillTokens, affinityS, fleet.speedup, fairness);
+    const extra = flowConfig(queueS, prefillTokens, affinityS, fleet.speedup, fairness, overflow);
     const on = await runStrategy('kv', kvParams, trace, fleet, progress(`flow on, ${fairness}`), { headers, extra });
     const quiet = await runStrategy('kv', kvParams, quietTrace, fleet, progress(`noisy removed, ${fairness}`), {
       headers: (i) => ({ 'x-kvgate-tenant': quietLabels[i]!.tenant, 'x-kvgate-priority': quietLabels[i]!.cls }),
@@ -286,7 +290,7 @@ async function main(argv: string[]): Promise<void> {
     requests: trace.length,
     traceSeconds: durS,
     fleet,
-    flow: flowConfig(queueS, prefillTokens, affinityS, fleet.speedup, modes[0]!),
+    flow: flowConfig(queueS, prefillTokens, affinityS, fleet.speedup, modes[0]!, overflow),
     targetsS: TARGET_S,
     wellBehaved: WELL_BEHAVED,
     load,

@@ -103,6 +103,14 @@ export const flowConfigSchema = z
          * request would wait at least this long in the engine's queue.
          */
         prefillQueueMs: z.number().int().min(1).default(2000),
+        /**
+         * A held request whose cached pick is saturated on prefill, while another worker has room,
+         * joins its pick anyway when its TTFT is predicted no worse there (queue included) than on
+         * the best worker with room, up to this many times the pick's prefill capacity: the queue
+         * it joins costs less than recomputing its prefix, for it and for everyone queued. 1 turns
+         * it off (the request waits for room on its pick, or moves; see `affinityWaitMs`).
+         */
+        affinityOverflow: z.number().min(1).max(10).default(2),
       })
       .prefault({}),
     prediction: z

@@ -89,6 +89,11 @@ export function place(
     const alt = routed.strategy.choose(routed.ctx, open);
     const altWorker = open.find((w) => w.id === alt.worker.id) ?? open[0]!;
     const lostBlocks = cachedBlocksOf(decision, worker.id) - cachedBlocksOf(alt, altWorker.id);
+    if (
+      lostBlocks > 0 &&
+      joinsPick(routed, model, blockSize, { decision, worker }, { decision: alt, worker: altWorker })
+    )
+      return go(routed, decision, worker, blockSize);
     // Nor is "wherever there is room" taken: under overload room is taken the moment it opens, so
     // conversations would scatter from their cache, and each move recomputes a prefix the fleet
     // had, capacity taken from everyone queued. So the pick is waited for while requests of the
@@ -135,6 +140,16 @@ export function place(
       return { kind: 'slo_miss', bestMs: fastest };
     }
   }
+  return go(routed, decision, worker, blockSize, moved);
+}
+
+function go(
+  routed: Routed,
+  decision: Decision,
+  worker: Worker,
+  blockSize: number,
+  moved?: { from: string; lostBlocks: number },
+): Placement & { kind: 'go' } {
   const out = worker === routed.worker && decision === routed.decision ? routed : { ...routed, worker, decision };
   return {
     kind: 'go',
@@ -142,6 +157,24 @@ export function place(
     prefillTokens: worker.load.prefillTokens + uncached(routed, decision, worker.id, blockSize),
     ...(moved ? { moved } : {}),
   };
+}
+
+/**
+ * Does a request join its saturated, cache-holding pick rather than wait for it or move
+ * (`saturation.affinityOverflow`)? When its TTFT there, behind the queue, is predicted no worse
+ * than on the best worker with room: waiting in the gateway would only add to that, and moving
+ * recomputes a prefix the fleet holds, capacity taken from everyone queued.
+ */
+function joinsPick(
+  routed: Routed,
+  model: TtftModel,
+  blockSize: number,
+  pick: { decision: Decision; worker: Worker },
+  alt: { decision: Decision; worker: Worker },
+): boolean {
+  if (!model.mayOverflow(pick.worker)) return false;
+  const stayMs = model.predictMs(pick.worker, uncached(routed, pick.decision, pick.worker.id, blockSize));
+  return stayMs <= model.predictMs(alt.worker, uncached(routed, alt.decision, alt.worker.id, blockSize));
 }
 
 /**

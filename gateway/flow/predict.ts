@@ -114,6 +114,18 @@ export class TtftModel {
     return blocks !== undefined && w.load.decodeBlocks >= blocks;
   }
 
+  /**
+   * May a request whose cache is on `w` join it although it is saturated? Only on prefill (a full
+   * decode side would preempt), and only below `saturation.affinityOverflow` times its capacity.
+   */
+  mayOverflow(w: WorkerView): boolean {
+    const s = this.#config.saturation;
+    if (s.affinityOverflow <= 1) return false;
+    const blocks = s.workers[w.id]?.decodeBlocks ?? s.default.decodeBlocks;
+    if (blocks !== undefined && w.load.decodeBlocks >= blocks) return false;
+    return w.load.prefillTokens < this.prefillCapacity(w.id) * s.affinityOverflow;
+  }
+
   explain(w: WorkerView, uncachedTokens: number, cachedBlocks: number): TtftPrediction {
     return {
       worker: w.id,

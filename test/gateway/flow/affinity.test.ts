@@ -6,10 +6,12 @@ import { call, flow, routed, saturate, strategy, worker, type Gate } from '../..
  * Where a request goes when the worker holding its cache is saturated and another has room
  * (gateway/flow/place.ts): it waits for its worker while its own class uses the room, moves
  * when moving loses nothing, and otherwise after the recomputation it would cause.
+ * These tests turn off joining a saturated pick (`affinityOverflow`), tested at the end.
  */
+const NO_OVERFLOW = { default: { prefillTokens: 1000 }, affinityOverflow: 1 };
 
 t.test('under overload a new request does not join its saturated pick', async (t) => {
-  const { flow: f } = flow(t, { saturation: { default: { prefillTokens: 1000 } }, affinityWaitMs: 10_000 });
+  const { flow: f } = flow(t, { saturation: NO_OVERFLOW, affinityWaitMs: 10_000 });
   const [a, b] = [worker('a'), worker('b')];
   saturate(a);
   saturate(b);
@@ -39,7 +41,7 @@ t.test('under overload a new request does not join its saturated pick', async (t
 });
 
 t.test("a held request waits a little for the strategy's favourite, then takes any room", async (t) => {
-  const { flow: f } = flow(t, { saturation: { default: { prefillTokens: 1000 } }, affinityWaitMs: 150 });
+  const { flow: f } = flow(t, { saturation: NO_OVERFLOW, affinityWaitMs: 150 });
   const [a, b] = [worker('a'), worker('b')];
   saturate(a);
   saturate(b);
@@ -56,7 +58,7 @@ t.test("a held request waits a little for the strategy's favourite, then takes a
 });
 
 t.test('the affinity wait starts when room appears elsewhere, not at arrival', async (t) => {
-  const { flow: f } = flow(t, { saturation: { default: { prefillTokens: 1000 } }, affinityWaitMs: 150 });
+  const { flow: f } = flow(t, { saturation: NO_OVERFLOW, affinityWaitMs: 150 });
   const [a, b] = [worker('a'), worker('b')];
   saturate(a);
   saturate(b);
@@ -75,7 +77,7 @@ t.test('the affinity wait starts when room appears elsewhere, not at arrival', a
 });
 
 t.test('the wait for the cached worker ends once it is as long as the recomputation it saves', async (t) => {
-  const { flow: f } = flow(t, { saturation: { default: { prefillTokens: 1000 } }, affinityWaitMs: 10_000 });
+  const { flow: f } = flow(t, { saturation: NO_OVERFLOW, affinityWaitMs: 10_000 });
   const [a, b, c] = [worker('a'), worker('b'), worker('c')];
   for (const w of [a, b, c]) saturate(w);
   // Only the shared prefix: b holds as much of it as a, so moving loses nothing and happens at once.
@@ -100,7 +102,7 @@ t.test('the wait for the cached worker ends once it is as long as the recomputat
 });
 
 t.test('while its own class takes the room, a request waits for its cached worker', async (t) => {
-  const { flow: f } = flow(t, { saturation: { default: { prefillTokens: 1000 } }, affinityWaitMs: 10_000 });
+  const { flow: f } = flow(t, { saturation: NO_OVERFLOW, affinityWaitMs: 10_000 });
   const [a, b] = [worker('a'), worker('b')];
   saturate(a);
   saturate(b);
@@ -127,7 +129,7 @@ t.test('while its own class takes the room, a request waits for its cached worke
 });
 
 t.test('room a lower class would get: the wait for the cached worker ends after the recomputation', async (t) => {
-  const { flow: f } = flow(t, { saturation: { default: { prefillTokens: 1000 } }, affinityWaitMs: 10_000 });
+  const { flow: f } = flow(t, { saturation: NO_OVERFLOW, affinityWaitMs: 10_000 });
   const [a, b] = [worker('a'), worker('b')];
   saturate(a);
   saturate(b);
@@ -159,4 +161,39 @@ t.test('room a lower class would get: the wait for the cached worker ends after 
   t.ok(movedAt > 0, 'the critical request took room on b');
   t.ok(releasedBefore < 8, `while sheddable requests still wanted it (${releasedBefore} of 8 released)`);
   t.ok(movedAt - started >= 40, `after ${movedAt - started} ms: about the recomputation`);
+});
+
+t.test('affinityOverflow: a request joins its saturated pick when its TTFT is predicted no worse there', async (t) => {
+  // Default overflow 2: a may be joined up to 2,000 queued prefill tokens. Speed: the initial 10k tokens/s.
+  const { flow: f } = flow(t, {
+    saturation: { default: { prefillTokens: 1000, decodeBlocks: 500 } },
+    affinityWaitMs: 10_000,
+  });
+  const [a, b] = [worker('a'), worker('b')];
+  saturate(a);
+  saturate(b);
+  const sheddable = { 'x-kvgate-priority': 'sheddable' };
+  const queued = call(f, routed([a, b], strategy({}, 'a')), sheddable).out;
+  t.ok(queued instanceof Promise, 'the gateway holds a request: overload');
+  saturate(b, 0);
+  const critical = { 'x-kvgate-priority': 'critical' };
+  // 20,000 tokens, 16,000 of them cached on a: 1,000 queued + 4,000 there against 20,000 on b.
+  const cached = call(f, routed([a, b], strategy({ a: 1000 }, 'a'), 20_000), critical).out;
+  t.notOk(cached instanceof Promise, 'not held');
+  t.equal((cached as FlowPass).routed.worker.id, 'a', 'it joins a, saturated, where its prefix is');
+  // Little cached on a: 1,000 queued + 19,984 there is worse than 20,000 on b, so the wait-or-move rules apply.
+  const little = call(f, routed([a, b], strategy({ a: 1 }, 'a'), 20_000), critical).out;
+  t.ok(little instanceof Promise, 'with one cached block it waits for a as before');
+  saturate(a, 2000);
+  const full = call(f, routed([a, b], strategy({ a: 1000 }, 'a'), 20_000), critical).out;
+  t.ok(full instanceof Promise, 'at twice its capacity a is not joined');
+  saturate(a, 1000);
+  a.localLoad.decodeBlocks = 500;
+  const decodeFull = call(f, routed([a, b], strategy({ a: 1000 }, 'a'), 20_000), critical).out;
+  t.ok(decodeFull instanceof Promise, 'nor with its decode side full (the engine would preempt)');
+  a.localLoad.decodeBlocks = 0;
+  saturate(a, 0);
+  saturate(b, 0);
+  f.kick();
+  for (const p of [little, full, decodeFull, queued]) t.ok(await p, 'the held ones go once there is room');
 });
