@@ -18,6 +18,8 @@ export interface RequestResult {
   worker?: string;
   /** Prompt blocks the gateway expected the worker to hold (`x-kvgate-cached-blocks`), when it said. */
   predictedCachedBlocks?: number;
+  /** What flow control did (`x-kvgate-flow`), when it is on. */
+  flow?: string;
   /** The HTTP status (429: shed by the gateway's flow control). */
   status?: number;
 }
@@ -173,6 +175,8 @@ function one(
           if (typeof worker === 'string') r.worker = worker;
           const predicted = headers['x-kvgate-cached-blocks'];
           if (typeof predicted === 'string') r.predictedCachedBlocks = Number(predicted);
+          const flow = headers['x-kvgate-flow'];
+          if (typeof flow === 'string') r.flow = flow;
         },
         onResponseData(_c, chunk) {
           const text = chunk.toString('utf8');

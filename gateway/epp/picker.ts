@@ -53,6 +53,8 @@ export interface Pick {
   worker: Worker;
   readonly strategy: string;
   readonly cachedBlocks: number | undefined;
+  /** What flow control did (`x-kvgate-flow`), when it is on. */
+  flowNote?: string;
   ticket: LoadTicket;
   /** Another worker than the picked one served it: load, TTFT and duration went to that one. */
   moved: boolean;
@@ -168,7 +170,10 @@ export class Picker {
       arm,
       started,
     };
-    if (pass) p.outcome = pass.observe(outcome, () => p.moved);
+    if (pass) {
+      p.outcome = pass.observe(outcome, () => p.moved);
+      p.flowNote = pass.note;
+    }
     return p;
   }
 

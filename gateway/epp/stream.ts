@@ -147,6 +147,7 @@ export class EppStream {
       header('x-request-id', pick.requestId),
     ];
     if (pick.cachedBlocks !== undefined) setHeaders.push(header('x-kvgate-cached-blocks', String(pick.cachedBlocks)));
+    if (pick.flowNote !== undefined) setHeaders.push(header('x-kvgate-flow', pick.flowNote));
     this.#send({
       request_headers: { response: { header_mutation: { set_headers: setHeaders }, clear_route_cache: true } },
       dynamic_metadata: {

@@ -18,6 +18,12 @@ import { TenantShares } from './tenant-share.js';
 export interface FlowPass {
   readonly routed: Routed;
   /**
+   * What flow control did, for the `x-kvgate-flow` response header: the class, the wait in the
+   * gateway, and a move off the strategy's saturated pick or a join of it
+   * (`class=critical; wait_ms=1234; moved_from=w3; lost_blocks=1760`).
+   */
+  readonly note: string;
+  /**
    * `elsewhere` says (at the first byte) whether another worker than the placed one served
    * the request (the EPP's fallbacks): its TTFT then teaches nothing about the placed worker.
    */
@@ -334,8 +340,16 @@ export class FlowControl {
     const stream = p.routed.request.stream;
     const cls = id.cls.name;
     let firstAt: number | undefined;
+    const note = [
+      `class=${cls}`,
+      `tenant=${id.label}`,
+      `wait_ms=${Math.round(dispatched - arrival)}`,
+      ...(p.moved ? [`moved_from=${p.moved.from}`, `lost_blocks=${Math.round(p.moved.lostBlocks)}`] : []),
+      ...(p.joined ? [`joined_saturated=${worker}`] : []),
+    ].join('; ');
     return {
       routed: p.routed,
+      note,
       observe: (inner, elsewhere) =>
         new FlowObserver(
           inner,

@@ -13,6 +13,8 @@ export type Placement =
       readonly prefillTokens: number;
       /** Set when the request left the strategy's saturated pick for a worker with room: the cached blocks it gave up. */
       readonly moved?: { readonly from: string; readonly lostBlocks: number };
+      /** Set when the request joined its saturated pick (`affinityOverflow`) rather than wait or move. */
+      readonly joined?: true;
     }
   | { readonly kind: 'saturated' }
   /** The pick is saturated, another candidate has room, and moving there would give up cached blocks worth waiting for. */
@@ -93,7 +95,7 @@ export function place(
       lostBlocks > 0 &&
       joinsPick(routed, model, blockSize, { decision, worker }, { decision: alt, worker: altWorker })
     )
-      return go(routed, decision, worker, blockSize);
+      return { ...go(routed, decision, worker, blockSize), joined: true };
     // Nor is "wherever there is room" taken: under overload room is taken the moment it opens, so
     // conversations would scatter from their cache, and each move recomputes a prefix the fleet
     // had, capacity taken from everyone queued. So the pick is waited for while requests of the

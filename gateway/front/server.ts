@@ -181,6 +181,7 @@ export function createFrontHandler(d: FrontDeps): (req: IncomingMessage, res: Se
       };
       if (decision.predictedCachedBlocks !== undefined)
         responseHeaders['x-kvgate-cached-blocks'] = String(decision.predictedCachedBlocks);
+      if (pass) responseHeaders['x-kvgate-flow'] = pass.note;
       d.metrics.routed(
         strategy,
         ctx.promptTokens,

@@ -17,6 +17,7 @@ interface Sent {
   firstByteAt: number;
   ttftMs: number;
   worker: string | undefined;
+  flow: string | undefined;
 }
 
 async function stream(url: string, name: string, headers: Record<string, string>, words = 2000, signal?: AbortSignal) {
@@ -30,7 +31,9 @@ async function stream(url: string, name: string, headers: Record<string, string>
   let firstByteAt = 0;
   for await (const _chunk of r.body) if (firstByteAt === 0) firstByteAt = performance.now();
   const worker = r.headers['x-kvgate-worker'];
+  const flow = r.headers['x-kvgate-flow'];
   return {
+    flow: typeof flow === 'string' ? flow : undefined,
     name,
     status: r.statusCode,
     firstByteAt,
@@ -100,6 +103,11 @@ t.test(
     t.ok(lastCritical <= 5, `the critical requests overtook the held sheddable ones: ${order.join(' ')}`);
     const ttft = (p: string) => results.filter((r) => r.name.startsWith(p)).map((r) => Math.round(r.ttftMs));
     t.comment(`TTFT ms: critical ${ttft('crit').join(', ')}; sheddable ${ttft('shed').join(', ')}`);
+    const waits = results
+      .filter((r) => r.name.startsWith('shed'))
+      .map((r) => Number(/^class=sheddable; tenant=batch; wait_ms=(\d+)/.exec(r.flow ?? '')?.[1] ?? NaN));
+    t.notOk(waits.some(Number.isNaN), `x-kvgate-flow on every response: ${results.map((r) => r.flow).join(' | ')}`);
+    t.ok(waits.filter((w) => w > 0).length >= 4, `the held ones say how long they waited: ${waits.join(', ')}`);
 
     const final = await debugFlow(adminUrl);
     t.equal(final.queued, 0);
