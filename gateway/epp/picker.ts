@@ -143,10 +143,17 @@ export class Picker {
     if (pass === null) return null;
     if (pass) routed = pass.routed;
     const { ctx, decision, worker, strategy } = routed;
+    // As the proxy does: the uncached part is what the worker's prefill still has to compute.
+    const blockSize = ctx.blocks?.blockSize ?? this.#d.blockSize;
     const ticket = this.#d.fleet.start(
       worker,
       ctx.promptTokens,
       requestBlocks(ctx.promptTokens, request.maxTokens, this.#d.blockSize),
+      {
+        uncachedTokens: ctx.promptTokens - (decision.predictedCachedBlocks ?? 0) * blockSize,
+        hashes: ctx.blocks?.hashes,
+        promptBlocks: Math.ceil(ctx.promptTokens / blockSize),
+      },
     );
     strategy.onRouted?.(ctx, decision);
     const { arm, armStats } = routed.selection;

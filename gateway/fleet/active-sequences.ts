@@ -10,6 +10,7 @@ export interface TicketPrompt {
 
 /** The part of a load ticket this tracker takes and gives back. */
 export interface ActiveShare {
+  readonly promptTokens: number;
   /** Prompt tokens not predicted cached on the worker: what its prefill still has to compute. */
   readonly uncachedTokens: number;
   readonly hashes: readonly bigint[];
@@ -26,6 +27,8 @@ export interface ActiveShare {
  */
 export class ActiveSequences implements ActiveBlocksView {
   prefillUncachedTokens = 0;
+  /** The whole prompts of those requests, cached part included (what `WorkerLoad.prefillTokens` counts locally). */
+  prefillPromptTokens = 0;
   /** Expected output blocks of in-flight requests (for Dynamo's optional output-block tracking). */
   outputBlocks = 0;
   readonly #refs = new Map<bigint, number>();
@@ -43,14 +46,17 @@ export class ActiveSequences implements ActiveBlocksView {
     const hashes = prompt.hashes ?? [];
     const outputBlocks = Math.max(0, blocks - (prompt.promptBlocks ?? blocks));
     this.prefillUncachedTokens += uncachedTokens;
+    this.prefillPromptTokens += promptTokens;
     this.outputBlocks += outputBlocks;
     for (const h of hashes) this.#refs.set(h, (this.#refs.get(h) ?? 0) + 1);
-    return { uncachedTokens, hashes, outputBlocks };
+    return { promptTokens, uncachedTokens, hashes, outputBlocks };
   }
 
   /** Call before the ticket leaves prefill. */
   firstToken(t: ActiveShare): void {
-    if (t.phase === 'prefill') this.prefillUncachedTokens -= t.uncachedTokens;
+    if (t.phase !== 'prefill') return;
+    this.prefillUncachedTokens -= t.uncachedTokens;
+    this.prefillPromptTokens -= t.promptTokens;
   }
 
   /** Call once, before the ticket is marked done. */

@@ -228,7 +228,6 @@ export class Fleet {
     const t: LoadTicket = {
       id: ++this.#tickets,
       worker,
-      promptTokens,
       blocks,
       ...worker.active.start(promptTokens, blocks, prompt),
       phase: 'prefill',

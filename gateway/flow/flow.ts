@@ -191,7 +191,9 @@ export class FlowControl {
       workers: workers.map((w) => ({
         id: w.id,
         saturated: this.model.saturated(w as Parameters<TtftModel['saturated']>[0]),
-        prefillTokens: w.load.prefillTokens,
+        // What the saturation test counts: the uncached parts still to prefill.
+        prefillTokens: this.model.queuedPrefill(w as Parameters<TtftModel['queuedPrefill']>[0]),
+        promptTokensInPrefill: w.load.prefillTokens,
         prefillCapacity: Math.round(this.model.prefillCapacity(w.id)),
         decodeBlocks: w.load.decodeBlocks,
         ...(fits[w.id] ?? { tokensPerSecond: this.model.tokensPerSecond(w.id), observations: 0 }),

@@ -95,7 +95,7 @@ export function place(
       lostBlocks > 0 &&
       joinsPick(routed, model, blockSize, { decision, worker }, { decision: alt, worker: altWorker })
     )
-      return { ...go(routed, decision, worker, blockSize), joined: true };
+      return { ...go(routed, model, decision, worker, blockSize), joined: true };
     // Nor is "wherever there is room" taken: under overload room is taken the moment it opens, so
     // conversations would scatter from their cache, and each move recomputes a prefix the fleet
     // had, capacity taken from everyone queued. So the pick is waited for while requests of the
@@ -142,11 +142,12 @@ export function place(
       return { kind: 'slo_miss', bestMs: fastest };
     }
   }
-  return go(routed, decision, worker, blockSize, moved);
+  return go(routed, model, decision, worker, blockSize, moved);
 }
 
 function go(
   routed: Routed,
+  model: TtftModel,
   decision: Decision,
   worker: Worker,
   blockSize: number,
@@ -156,7 +157,7 @@ function go(
   return {
     kind: 'go',
     routed: out,
-    prefillTokens: worker.load.prefillTokens + uncached(routed, decision, worker.id, blockSize),
+    prefillTokens: model.queuedPrefill(worker) + uncached(routed, decision, worker.id, blockSize),
     ...(moved ? { moved } : {}),
   };
 }

@@ -84,9 +84,20 @@ export class TtftModel {
     this.#fit(worker).observe(tokens, seconds, this.#config.prediction.decay);
   }
 
+  /**
+   * Prefill tokens a worker still has to compute for the requests awaiting their first token:
+   * the uncached parts of this replica's (a 28k-token follow-up with 27k cached queues 1k, not 28k),
+   * plus other replicas' share as they publish it (whole prompts: they send no more).
+   */
+  queuedPrefill(w: WorkerView): number {
+    const a = w.active;
+    if (!a) return w.load.prefillTokens;
+    return a.prefillUncachedTokens + Math.max(0, w.load.prefillTokens - a.prefillPromptTokens);
+  }
+
   /** Predicted TTFT in ms on `w` for a prompt with `uncachedTokens` left to prefill. */
   predictMs(w: WorkerView, uncachedTokens: number): number {
-    return this.#fit(w.id).predict(w.load.prefillTokens + uncachedTokens) * 1000;
+    return this.#fit(w.id).predict(this.queuedPrefill(w) + uncachedTokens) * 1000;
   }
 
   /** Predicted time to prefill `tokens` on worker `id`, without the fixed overhead. */
@@ -109,7 +120,7 @@ export class TtftModel {
   /** A worker is saturated when its queued prefill or its decode blocks reached capacity. */
   saturated(w: WorkerView): boolean {
     const s = this.#config.saturation;
-    if (w.load.prefillTokens >= this.prefillCapacity(w.id)) return true;
+    if (this.queuedPrefill(w) >= this.prefillCapacity(w.id)) return true;
     const blocks = s.workers[w.id]?.decodeBlocks ?? s.default.decodeBlocks;
     return blocks !== undefined && w.load.decodeBlocks >= blocks;
   }
@@ -123,14 +134,14 @@ export class TtftModel {
     if (s.affinityOverflow <= 1) return false;
     const blocks = s.workers[w.id]?.decodeBlocks ?? s.default.decodeBlocks;
     if (blocks !== undefined && w.load.decodeBlocks >= blocks) return false;
-    return w.load.prefillTokens < this.prefillCapacity(w.id) * s.affinityOverflow;
+    return this.queuedPrefill(w) < this.prefillCapacity(w.id) * s.affinityOverflow;
   }
 
   explain(w: WorkerView, uncachedTokens: number, cachedBlocks: number): TtftPrediction {
     return {
       worker: w.id,
       predictedTtftMs: Math.round(this.predictMs(w, uncachedTokens)),
-      queuedPrefillTokens: w.load.prefillTokens,
+      queuedPrefillTokens: this.queuedPrefill(w),
       uncachedTokens,
       cachedBlocks,
       tokensPerSecond: Math.round(this.tokensPerSecond(w.id)),

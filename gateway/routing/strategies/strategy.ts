@@ -41,6 +41,8 @@ export interface WorkerView {
 export interface ActiveBlocksView {
   /** Prompt tokens not predicted cached (prompt − predicted cached blocks × block size) of requests awaiting their first token. */
   readonly prefillUncachedTokens: number;
+  /** The whole prompts of those requests (this replica's part of `WorkerLoad.prefillTokens`). */
+  readonly prefillPromptTokens: number;
   /** Distinct prompt block hashes held by in-flight requests: a prefix shared by several counts once. */
   readonly uniqueBlocks: number;
   /** Expected output blocks (`max_tokens`, or the default) of in-flight requests. */

@@ -293,3 +293,21 @@ t.test('fleet fairness: an over-share newcomer waits behind a lower class of a t
   f.kick();
   t.ok(await noisy, 'then the noisy one goes');
 });
+
+t.test('saturation counts what is left to prefill: a cached follow-up queues its uncached part', async (t) => {
+  const { flow: f } = flow(t, { saturation: { default: { prefillTokens: 1000 } } });
+  const [a, b] = [worker('a'), worker('b')];
+  // In prefill on a: a 28,000-token follow-up with all but 700 tokens cached, as fleet.start records it.
+  a.active.start(28_000, 0, { uncachedTokens: 700 });
+  saturate(a, 28_000);
+  saturate(b);
+  const pass = call(f, routed([a, b], strategy({}, 'a'))).out;
+  t.notOk(pass instanceof Promise, 'a has room: 700 queued against 1,000');
+  t.equal((pass as FlowPass).routed.worker.id, 'a');
+  t.ok(f.model.predictMs(a, 0) < f.model.predictMs(b, 0), 'and is predicted faster than b with 1,000 queued');
+  const view = f.summary([a, b]) as { workers: { id: string; prefillTokens: number; promptTokensInPrefill: number }[] };
+  t.match(view.workers[0], { id: 'a', prefillTokens: 700, promptTokensInPrefill: 28_000 });
+  // Another replica's share (in `load` beyond this replica's prompts) counts whole: it publishes no more.
+  a.load.prefillTokens += 500;
+  t.equal(f.model.queuedPrefill(a), 1200, 'local uncached 700 + remote 500');
+});
