@@ -104,11 +104,11 @@ export const flowConfigSchema = z
          */
         prefillQueueMs: z.number().int().min(1).default(2000),
         /**
-         * A held request whose cached pick is saturated on prefill, while another worker has room,
-         * joins its pick anyway when its TTFT is predicted no worse there (queue included) than on
-         * the best worker with room, up to this many times the pick's prefill capacity: the queue
-         * it joins costs less than recomputing its prefix, for it and for everyone queued. 1 turns
-         * it off (the request waits for room on its pick, or moves; see `affinityWaitMs`).
+         * A request whose cached pick is saturated on prefill, while another worker has room, and
+         * for which staying is predicted better than moving (place.ts, `affinityChoice`), joins its
+         * pick at once when the prefill it adds there is at most `affinityOverflow - 1` times the
+         * pick's capacity (the delay it puts ahead of later requests, whatever their class), instead
+         * of waiting in the gateway for room there. 1 turns it off (it waits; see `affinityWaitMs`).
          */
         affinityOverflow: z.number().min(1).max(10).default(2),
       })

@@ -91,11 +91,18 @@ export function place(
     const alt = routed.strategy.choose(routed.ctx, open);
     const altWorker = open.find((w) => w.id === alt.worker.id) ?? open[0]!;
     const lostBlocks = cachedBlocksOf(decision, worker.id) - cachedBlocksOf(alt, altWorker.id);
-    if (
-      lostBlocks > 0 &&
-      joinsPick(routed, model, blockSize, { decision, worker }, { decision: alt, worker: altWorker })
-    )
-      return { ...go(routed, model, decision, worker, blockSize), joined: true };
+    const choice =
+      lostBlocks > 0
+        ? affinityChoice(
+            routed,
+            model,
+            blockSize,
+            lostBlocks,
+            { decision, worker },
+            { decision: alt, worker: altWorker },
+          )
+        : 'move';
+    if (choice === 'join') return { ...go(routed, model, decision, worker, blockSize), joined: true };
     // Nor is "wherever there is room" taken: under overload room is taken the moment it opens, so
     // conversations would scatter from their cache, and each move recomputes a prefix the fleet
     // had, capacity taken from everyone queued. So the pick is waited for while requests of the
@@ -106,7 +113,7 @@ export function place(
     const waitMs = affinity.uncontested
       ? Math.min(affinity.maxMs, model.prefillMs(altWorker.id, lostBlocks * blockSize))
       : affinity.maxMs;
-    if (lostBlocks > 0 && affinity.waitedMs < waitMs) return { kind: 'affinity' };
+    if (choice === 'wait' && affinity.waitedMs < waitMs) return { kind: 'affinity' };
     moved = { from: worker.id, lostBlocks: Math.max(0, lostBlocks) };
     decision = alt;
     worker = altWorker;
@@ -163,21 +170,27 @@ function go(
 }
 
 /**
- * Does a request join its saturated, cache-holding pick rather than wait for it or move
- * (`saturation.affinityOverflow`)? When its TTFT there, behind the queue, is predicted no worse
- * than on the best worker with room: waiting in the gateway would only add to that, and moving
- * recomputes a prefix the fleet holds, capacity taken from everyone queued.
+ * A request whose cache-holding pick is saturated while `alt` has room, moving there giving up
+ * `lostBlocks`: does it move now, join its pick now, or wait in the gateway for room there?
+ * Joining now or waiting for room cost it about the same (the pick's queue drains either way),
+ * `stay`; moving costs it `move` and costs everyone the recomputation of its lost prefix. So it
+ * moves at once when that saves it more than the recomputation costs (a huge prompt ahead of it
+ * on its pick), and otherwise stays: it joins when the work it adds to its pick's engine queue,
+ * where priority no longer applies, stays within `saturation.affinityOverflow`, else it waits.
  */
-function joinsPick(
+function affinityChoice(
   routed: Routed,
   model: TtftModel,
   blockSize: number,
+  lostBlocks: number,
   pick: { decision: Decision; worker: Worker },
   alt: { decision: Decision; worker: Worker },
-): boolean {
-  if (!model.mayOverflow(pick.worker)) return false;
-  const stayMs = model.predictMs(pick.worker, uncached(routed, pick.decision, pick.worker.id, blockSize));
-  return stayMs <= model.predictMs(alt.worker, uncached(routed, alt.decision, alt.worker.id, blockSize));
+): 'move' | 'join' | 'wait' {
+  const own = uncached(routed, pick.decision, pick.worker.id, blockSize);
+  const stayMs = model.predictMs(pick.worker, own);
+  const moveMs = model.predictMs(alt.worker, uncached(routed, alt.decision, alt.worker.id, blockSize));
+  if (stayMs > moveMs + model.prefillMs(alt.worker.id, lostBlocks * blockSize)) return 'move';
+  return model.mayJoin(pick.worker, own) ? 'join' : 'wait';
 }
 
 /**

@@ -126,15 +126,17 @@ export class TtftModel {
   }
 
   /**
-   * May a request whose cache is on `w` join it although it is saturated? Only on prefill (a full
-   * decode side would preempt), and only below `saturation.affinityOverflow` times its capacity.
+   * May a request whose cache is on `w` join it although it is saturated, adding `tokens` to its
+   * prefill queue? Only on prefill (a full decode side would preempt), and only while what it adds
+   * stays within `saturation.affinityOverflow - 1` times the capacity: the delay it puts ahead of
+   * later requests there, whatever their class.
    */
-  mayOverflow(w: WorkerView): boolean {
+  mayJoin(w: WorkerView, tokens: number): boolean {
     const s = this.#config.saturation;
     if (s.affinityOverflow <= 1) return false;
     const blocks = s.workers[w.id]?.decodeBlocks ?? s.default.decodeBlocks;
     if (blocks !== undefined && w.load.decodeBlocks >= blocks) return false;
-    return this.queuedPrefill(w) < this.prefillCapacity(w.id) * s.affinityOverflow;
+    return tokens <= this.prefillCapacity(w.id) * (s.affinityOverflow - 1);
   }
 
   explain(w: WorkerView, uncachedTokens: number, cachedBlocks: number): TtftPrediction {

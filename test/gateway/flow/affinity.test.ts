@@ -82,8 +82,9 @@ t.test('the wait for the cached worker ends once it is as long as the recomputat
   for (const w of [a, b, c]) saturate(w);
   // Only the shared prefix: b holds as much of it as a, so moving loses nothing and happens at once.
   const shared = call(f, routed([a, b, c], strategy({ a: 4, b: 4 }, 'a'), 2000));
-  // 30 blocks (480 tokens) cached on a only: ~48 ms to recompute at the initial 10k tokens/s.
-  const own = call(f, routed([a, b, c], strategy({ a: 30 }, 'a'), 2000));
+  // 100 blocks (1,600 tokens) cached on a only: ~160 ms to recompute at the initial 10k tokens/s; staying
+  // (1,000 queued + 400) is predicted better than moving (2,000 + the recomputation), so it waits.
+  const own = call(f, routed([a, b, c], strategy({ a: 100 }, 'a'), 2000));
   const started = Date.now();
   saturate(b, 0);
   f.kick();
@@ -95,10 +96,10 @@ t.test('the wait for the cached worker ends once it is as long as the recomputat
   const second = await own.out;
   t.equal(second?.routed.worker.id, 'c', 'the prefix is recomputed where there is room');
   const waited = Date.now() - started;
-  t.ok(waited >= 40 && waited < 1000, `waited ${waited} ms: about the recomputation, far below affinityWaitMs`);
+  t.ok(waited >= 140 && waited < 1000, `waited ${waited} ms: about the recomputation, far below affinityWaitMs`);
   const moved = (f.summary([a, b, c]) as { classes: { moved: { requests: number; lostBlocks: number } }[] })
     .classes[1]!;
-  t.same(moved.moved, { requests: 2, lostBlocks: 30 });
+  t.same(moved.moved, { requests: 2, lostBlocks: 100 });
 });
 
 t.test('while its own class takes the room, a request waits for its cached worker', async (t) => {
@@ -106,8 +107,8 @@ t.test('while its own class takes the room, a request waits for its cached worke
   const [a, b] = [worker('a'), worker('b')];
   saturate(a);
   saturate(b);
-  // 30 blocks (480 tokens) cached on a: ~48 ms to recompute, far less than it will wait.
-  const sticky = call(f, routed([a, b], strategy({ a: 30 }, 'a'), 2000)).out;
+  // 100 blocks (1,600 tokens) cached on a: ~160 ms to recompute, less than it will wait.
+  const sticky = call(f, routed([a, b], strategy({ a: 100 }, 'a'), 2000)).out;
   const loose: Gate[] = [];
   for (let i = 0; i < 4; i++)
     loose.push(call(f, routed([a, b], strategy({}, 'a'), 2000), { 'x-kvgate-tenant': `t${i}` }).out);
@@ -133,8 +134,8 @@ t.test('room a lower class would get: the wait for the cached worker ends after 
   const [a, b] = [worker('a'), worker('b')];
   saturate(a);
   saturate(b);
-  // 30 blocks (480 tokens) cached on a: ~48 ms to recompute at the initial 10k tokens/s.
-  const critical = call(f, routed([a, b], strategy({ a: 30 }, 'a'), 2000), { 'x-kvgate-priority': 'critical' }).out;
+  // 100 blocks (1,600 tokens) cached on a: ~160 ms to recompute at the initial 10k tokens/s.
+  const critical = call(f, routed([a, b], strategy({ a: 100 }, 'a'), 2000), { 'x-kvgate-priority': 'critical' }).out;
   const batch: Gate[] = [];
   for (let i = 0; i < 8; i++)
     batch.push(call(f, routed([a, b], strategy({}, 'a'), 2000), { 'x-kvgate-priority': 'sheddable' }).out);
@@ -153,47 +154,62 @@ t.test('room a lower class would get: the wait for the cached worker ends after 
     releasedBefore = released;
     saturate(b);
   });
-  for (let i = 0; i < 8 && !movedAt; i++) {
+  for (let i = 0; i < 12 && !movedAt; i++) {
     saturate(b, 0);
     f.kick();
     await new Promise((r) => setTimeout(r, 30));
   }
   t.ok(movedAt > 0, 'the critical request took room on b');
   t.ok(releasedBefore < 8, `while sheddable requests still wanted it (${releasedBefore} of 8 released)`);
-  t.ok(movedAt - started >= 40, `after ${movedAt - started} ms: about the recomputation`);
+  t.ok(movedAt - started >= 140, `after ${movedAt - started} ms: about the recomputation`);
 });
 
-t.test('affinityOverflow: a request joins its saturated pick when its TTFT is predicted no worse there', async (t) => {
-  // Default overflow 2: a may be joined up to 2,000 queued prefill tokens. Speed: the initial 10k tokens/s.
-  const { flow: f } = flow(t, {
-    saturation: { default: { prefillTokens: 1000, decodeBlocks: 500 } },
-    affinityWaitMs: 10_000,
-  });
-  const [a, b] = [worker('a'), worker('b')];
-  saturate(a);
-  saturate(b);
-  const sheddable = { 'x-kvgate-priority': 'sheddable' };
-  const queued = call(f, routed([a, b], strategy({}, 'a')), sheddable).out;
-  t.ok(queued instanceof Promise, 'the gateway holds a request: overload');
-  saturate(b, 0);
-  const critical = { 'x-kvgate-priority': 'critical' };
-  // 20,000 tokens, 16,000 of them cached on a: 1,000 queued + 4,000 there against 20,000 on b.
-  const cached = call(f, routed([a, b], strategy({ a: 1000 }, 'a'), 20_000), critical).out;
-  t.notOk(cached instanceof Promise, 'not held');
-  t.equal((cached as FlowPass).routed.worker.id, 'a', 'it joins a, saturated, where its prefix is');
-  // Little cached on a: 1,000 queued + 19,984 there is worse than 20,000 on b, so the wait-or-move rules apply.
-  const little = call(f, routed([a, b], strategy({ a: 1 }, 'a'), 20_000), critical).out;
-  t.ok(little instanceof Promise, 'with one cached block it waits for a as before');
-  saturate(a, 2000);
-  const full = call(f, routed([a, b], strategy({ a: 1000 }, 'a'), 20_000), critical).out;
-  t.ok(full instanceof Promise, 'at twice its capacity a is not joined');
-  saturate(a, 1000);
-  a.localLoad.decodeBlocks = 500;
-  const decodeFull = call(f, routed([a, b], strategy({ a: 1000 }, 'a'), 20_000), critical).out;
-  t.ok(decodeFull instanceof Promise, 'nor with its decode side full (the engine would preempt)');
-  a.localLoad.decodeBlocks = 0;
-  saturate(a, 0);
-  saturate(b, 0);
-  f.kick();
-  for (const p of [little, full, decodeFull, queued]) t.ok(await p, 'the held ones go once there is room');
+t.test('a saturated cached pick: join it, move at once, or wait, by predicted TTFT and recomputation', async (t) => {
+  /**
+   * A fresh gateway under overload (a sheddable request held), a saturated at its 1,000-token capacity
+   * (`queuedOnA`), b with room; default affinityOverflow 2: a join may add up to one capacity.
+   * Speed: the initial 10k tokens/s. Sends one critical 20,000-token request with `cachedOnA` blocks on a.
+   */
+  const attempt = (cachedOnA: number, queuedOnA = 1000, decodeOnA = 0) => {
+    const { flow: f } = flow(t, {
+      saturation: { default: { prefillTokens: 1000, decodeBlocks: 500 } },
+      affinityWaitMs: 10_000,
+    });
+    const [a, b] = [worker('a'), worker('b')];
+    saturate(a);
+    saturate(b);
+    const held = call(f, routed([a, b], strategy({}, 'a')), { 'x-kvgate-priority': 'sheddable' }).out;
+    t.ok(held instanceof Promise, 'the gateway holds a request: overload');
+    saturate(a, queuedOnA);
+    a.localLoad.decodeBlocks = decodeOnA;
+    saturate(b, 0);
+    const critical = { 'x-kvgate-priority': 'critical' };
+    const out = call(f, routed([a, b], strategy({ a: cachedOnA }, 'a'), 20_000), critical).out;
+    const moved = () => (f.summary([a, b]) as { classes: { moved: { requests: number } }[] }).classes[0]!.moved;
+    return { out, moved };
+  };
+  // All but 160 tokens cached on a: 1,000 queued + 160 there, against 20,000 on b.
+  const joined = attempt(1240);
+  t.notOk(joined.out instanceof Promise, 'not held');
+  t.equal((joined.out as FlowPass).routed.worker.id, 'a', 'it joins a, saturated, where its prefix is');
+  t.equal(joined.moved().requests, 0);
+
+  const ahead = attempt(1240, 100_000);
+  t.equal(
+    (ahead.out as FlowPass).routed.worker.id,
+    'b',
+    "with 100,000 queued on a it moves at once: staying costs it more than b's recomputation costs everyone",
+  );
+  t.equal(ahead.moved().requests, 1, 'the move is counted');
+
+  const big = attempt(1000);
+  t.ok(big.out instanceof Promise, 'with 4,000 uncached (more than one capacity to add to a) it waits for room on a');
+  const little = attempt(1);
+  t.equal(
+    (little.out as FlowPass).routed.worker.id,
+    'b',
+    'with one cached block it moves at once: 1,000 queued ahead of it on a cost more than recomputing 16 tokens',
+  );
+  const decodeFull = attempt(1240, 1000, 500);
+  t.ok(decodeFull.out instanceof Promise, 'with its decode side full a is not joined (the engine would preempt)');
 });
