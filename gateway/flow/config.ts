@@ -124,12 +124,12 @@ export const flowConfigSchema = z
       })
       .prefault({}),
     /**
-     * A request whose worker (the strategy's pick, where its prefix is cached) is saturated while
-     * another candidate has room waits in the gateway for it while requests of its class or a
-     * higher one take that room: moving would recompute its prefix, capacity taken from everyone
-     * queued. Room that would go to a lower class, or stay idle, it takes once it has waited as
-     * long as recomputing the blocks it gives up is predicted to take (counted from when room
-     * appeared elsewhere). This caps every such wait. A move that gives up nothing is made at once.
+     * The longest a request waits in the gateway for its worker (the strategy's pick, where its
+     * prefix is cached) while that is saturated and another candidate has room (counted from when
+     * room appeared elsewhere). Until then it moves, joins its pick or waits as its predicted TTFTs
+     * say (place.ts, `affinityChoice`): it moves when that saves it more than recomputing its
+     * prefix costs the requests of its class or a higher one that would use the room (nothing, when
+     * only a lower class or nobody would). A move that gives up nothing is made at once.
      */
     affinityWaitMs: z.number().int().min(0).default(10_000),
     /** How often held requests are re-checked when no request finishing wakes them. */

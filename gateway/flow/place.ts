@@ -91,6 +91,11 @@ export function place(
     const alt = routed.strategy.choose(routed.ctx, open);
     const altWorker = open.find((w) => w.id === alt.worker.id) ?? open[0]!;
     const lostBlocks = cachedBlocksOf(decision, worker.id) - cachedBlocksOf(alt, altWorker.id);
+    // Nor is "wherever there is room" taken: under overload room is taken the moment it opens, so
+    // conversations would scatter from their cache, and each move recomputes a prefix the fleet
+    // had, capacity taken from everyone queued. Whether to move, join the pick or wait for room
+    // there is decided on predicted TTFTs (see affinityChoice); `affinityWaitMs` caps every wait
+    // (a pick whose queue does not drain as predicted); a move that loses nothing is made at once.
     const choice =
       lostBlocks > 0
         ? affinityChoice(
@@ -98,22 +103,13 @@ export function place(
             model,
             blockSize,
             lostBlocks,
+            affinity.uncontested,
             { decision, worker },
             { decision: alt, worker: altWorker },
           )
         : 'move';
     if (choice === 'join') return { ...go(routed, model, decision, worker, blockSize), joined: true };
-    // Nor is "wherever there is room" taken: under overload room is taken the moment it opens, so
-    // conversations would scatter from their cache, and each move recomputes a prefix the fleet
-    // had, capacity taken from everyone queued. So the pick is waited for while requests of the
-    // same class or a higher one use the room elsewhere. Room that would go to a lower class (or
-    // stay idle) is taken once the wait is as long as recomputing what would be lost is predicted
-    // to take: the request then pays at most twice what the better choice would have cost it, and
-    // priority holds. `affinityWaitMs` caps every wait; a move that loses nothing is made at once.
-    const waitMs = affinity.uncontested
-      ? Math.min(affinity.maxMs, model.prefillMs(altWorker.id, lostBlocks * blockSize))
-      : affinity.maxMs;
-    if (choice === 'wait' && affinity.waitedMs < waitMs) return { kind: 'affinity' };
+    if (choice === 'wait' && affinity.waitedMs < affinity.maxMs) return { kind: 'affinity' };
     moved = { from: worker.id, lostBlocks: Math.max(0, lostBlocks) };
     decision = alt;
     worker = altWorker;
@@ -173,23 +169,28 @@ function go(
  * A request whose cache-holding pick is saturated while `alt` has room, moving there giving up
  * `lostBlocks`: does it move now, join its pick now, or wait in the gateway for room there?
  * Joining now or waiting for room cost it about the same (the pick's queue drains either way),
- * `stay`; moving costs it `move` and costs everyone the recomputation of its lost prefix. So it
- * moves at once when that saves it more than the recomputation costs (a huge prompt ahead of it
- * on its pick), and otherwise stays: it joins when the work it adds to its pick's engine queue,
- * where priority no longer applies, stays within `saturation.affinityOverflow`, else it waits.
+ * `stay`; moving costs it `move`, and the recomputation of its lost prefix takes capacity from
+ * whoever would use the room on `alt` next: requests of its class or a higher one (contested),
+ * or, `uncontested`, only a lower class or nobody, whose loss does not count against it. So it
+ * moves when that saves it more than the recomputation costs (a long prompt ahead of it on its
+ * pick; uncontested, as soon as moving is faster), and otherwise stays: it joins when the work it
+ * adds to its pick's engine queue, where priority no longer applies, is within
+ * `saturation.affinityOverflow`, else it waits, and the choice is made again at every release.
  */
 function affinityChoice(
   routed: Routed,
   model: TtftModel,
   blockSize: number,
   lostBlocks: number,
+  uncontested: boolean,
   pick: { decision: Decision; worker: Worker },
   alt: { decision: Decision; worker: Worker },
 ): 'move' | 'join' | 'wait' {
   const own = uncached(routed, pick.decision, pick.worker.id, blockSize);
   const stayMs = model.predictMs(pick.worker, own);
   const moveMs = model.predictMs(alt.worker, uncached(routed, alt.decision, alt.worker.id, blockSize));
-  if (stayMs > moveMs + model.prefillMs(alt.worker.id, lostBlocks * blockSize)) return 'move';
+  const recomputeMs = uncontested ? 0 : model.prefillMs(alt.worker.id, lostBlocks * blockSize);
+  if (stayMs > moveMs + recomputeMs) return 'move';
   return model.mayJoin(pick.worker, own) ? 'join' : 'wait';
 }
 
