@@ -11,11 +11,17 @@ export interface TicketPrompt {
 /** The part of a load ticket this tracker takes and gives back. */
 export interface ActiveShare {
   readonly promptTokens: number;
+  /** Its place in the worker's prefill line, until its first token. */
+  readonly inPrefill: PrefillEntry;
   /** Prompt tokens not predicted cached on the worker: what its prefill still has to compute. */
   readonly uncachedTokens: number;
   readonly hashes: readonly bigint[];
   readonly outputBlocks: number;
   readonly phase: 'prefill' | 'decode' | 'done';
+}
+
+export interface PrefillEntry {
+  readonly uncachedTokens: number;
 }
 
 /**
@@ -32,6 +38,11 @@ export class ActiveSequences implements ActiveBlocksView {
   /** Expected output blocks of in-flight requests (for Dynamo's optional output-block tracking). */
   outputBlocks = 0;
   readonly #refs = new Map<bigint, number>();
+  /** Requests awaiting their first token, in dispatch order: the engine prefills them first come, first served. */
+  readonly #line = new Set<PrefillEntry>();
+  /** `performance.now()` when the line last went from empty to busy, and the uncached tokens that left it since. */
+  #busySince = 0;
+  #leftSinceBusy = 0;
 
   get uniqueBlocks(): number {
     return this.#refs.size;
@@ -49,7 +60,26 @@ export class ActiveSequences implements ActiveBlocksView {
     this.prefillPromptTokens += promptTokens;
     this.outputBlocks += outputBlocks;
     for (const h of hashes) this.#refs.set(h, (this.#refs.get(h) ?? 0) + 1);
-    return { promptTokens, uncachedTokens, hashes, outputBlocks };
+    const inPrefill: PrefillEntry = { uncachedTokens };
+    if (this.#line.size === 0) {
+      this.#busySince = performance.now();
+      this.#leftSinceBusy = 0;
+    }
+    this.#line.add(inPrefill);
+    return { promptTokens, uncachedTokens, hashes, outputBlocks, inPrefill };
+  }
+
+  /**
+   * Uncached prefill tokens still to compute, `now` (`performance.now()`), at `tokensPerMs`: the
+   * line's total less the progress on its head, the one request being prefilled (the time the line
+   * has been busy at that speed, less what already left it). The estimate never goes beyond the
+   * head, so a speed learned too high cannot make a busy worker look idle.
+   */
+  prefillRemaining(now: number, tokensPerMs: number): number {
+    const head = this.#line.values().next().value;
+    if (!head) return this.prefillUncachedTokens;
+    const progress = tokensPerMs * (now - this.#busySince) - this.#leftSinceBusy;
+    return this.prefillUncachedTokens - Math.min(head.uncachedTokens, Math.max(0, progress));
   }
 
   /** Call before the ticket leaves prefill. */
@@ -57,6 +87,7 @@ export class ActiveSequences implements ActiveBlocksView {
     if (t.phase !== 'prefill') return;
     this.prefillUncachedTokens -= t.uncachedTokens;
     this.prefillPromptTokens -= t.promptTokens;
+    if (this.#line.delete(t.inPrefill)) this.#leftSinceBusy += t.uncachedTokens;
   }
 
   /** Call once, before the ticket is marked done. */

@@ -3,7 +3,7 @@ import { z } from 'zod';
 import type { BreakerConfig } from '../proxy/breaker.js';
 import type { WorkerLoad } from '../routing/strategies/strategy.js';
 import { discoveryConfigSchema } from './discovery/discovery.js';
-import type { TicketPrompt } from './active-sequences.js';
+import type { PrefillEntry, TicketPrompt } from './active-sequences.js';
 import { Worker, addLoad, workerConfigSchema, type WorkerConfig } from './worker.js';
 
 export { Worker, workerConfigSchema, type WorkerConfig } from './worker.js';
@@ -74,6 +74,7 @@ export interface LoadTicket {
   readonly uncachedTokens: number;
   readonly hashes: readonly bigint[];
   readonly outputBlocks: number;
+  readonly inPrefill: PrefillEntry;
   phase: 'prefill' | 'decode' | 'done';
 }
 

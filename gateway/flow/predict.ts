@@ -86,13 +86,17 @@ export class TtftModel {
 
   /**
    * Prefill tokens a worker still has to compute for the requests awaiting their first token:
-   * the uncached parts of this replica's (a 28k-token follow-up with 27k cached queues 1k, not 28k),
-   * plus other replicas' share as they publish it (whole prompts: they send no more).
+   * the uncached parts of this replica's (a 28k-token follow-up with 27k cached queues 1k, not 28k)
+   * less the estimated progress on the one in prefill (how long the worker has been busy, at its
+   * learned speed), plus other replicas' share as they publish it (whole prompts: they send no more).
    */
-  queuedPrefill(w: WorkerView): number {
+  queuedPrefill(w: WorkerView, progress = true): number {
     const a = w.active;
     if (!a) return w.load.prefillTokens;
-    return a.prefillUncachedTokens + Math.max(0, w.load.prefillTokens - a.prefillPromptTokens);
+    const remaining = progress
+      ? a.prefillRemaining(performance.now(), this.tokensPerSecond(w.id) / 1000)
+      : a.prefillUncachedTokens;
+    return remaining + Math.max(0, w.load.prefillTokens - a.prefillPromptTokens);
   }
 
   /** Predicted TTFT in ms on `w` for a prompt with `uncachedTokens` left to prefill. */
@@ -120,7 +124,9 @@ export class TtftModel {
   /** A worker is saturated when its queued prefill or its decode blocks reached capacity. */
   saturated(w: WorkerView): boolean {
     const s = this.#config.saturation;
-    if (this.queuedPrefill(w) >= this.prefillCapacity(w.id)) return true;
+    // Without the estimated progress: the bound keeps engine queues short, and a speed learned
+    // too high must not let more work in (the progress only sharpens stay-or-move predictions).
+    if (this.queuedPrefill(w, false) >= this.prefillCapacity(w.id)) return true;
     const blocks = s.workers[w.id]?.decodeBlocks ?? s.default.decodeBlocks;
     return blocks !== undefined && w.load.decodeBlocks >= blocks;
   }

@@ -43,6 +43,8 @@ export interface ActiveBlocksView {
   readonly prefillUncachedTokens: number;
   /** The whole prompts of those requests (this replica's part of `WorkerLoad.prefillTokens`). */
   readonly prefillPromptTokens: number;
+  /** `prefillUncachedTokens` less the estimated progress on the one being prefilled (see ActiveSequences). */
+  prefillRemaining(now: number, tokensPerMs: number): number;
   /** Distinct prompt block hashes held by in-flight requests: a prefix shared by several counts once. */
   readonly uniqueBlocks: number;
   /** Expected output blocks (`max_tokens`, or the default) of in-flight requests. */

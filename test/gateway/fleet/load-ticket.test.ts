@@ -45,3 +45,27 @@ t.test('without prompt details a ticket counts the whole prompt as uncached and 
   fleet.finish(ticket);
   t.equal(w.active.prefillUncachedTokens, 0);
 });
+
+t.test('the prefill still to compute: the line less the progress on its head, never beyond it', async (t) => {
+  const fleet = new Fleet([worker('a')]);
+  const w = fleet.workers[0]!;
+  const now = performance.now();
+  const first = fleet.start(w, 12_000, 0, { uncachedTokens: 10_000 });
+  const second = fleet.start(w, 5_000, 0, { uncachedTokens: 5_000 });
+  t.equal(w.active.prefillRemaining(now, 0), 15_000, 'at no speed, the whole line');
+  t.equal(
+    w.active.prefillRemaining(now + 1e6, 10),
+    5_000,
+    'however long it has been busy, only the head is in progress',
+  );
+  const mid = w.active.prefillRemaining(performance.now() + 500, 10);
+  t.ok(mid > 9_000 && mid <= 10_000, `half a second at 10 tokens/ms: about 5,000 done on the head (${mid} left)`);
+  fleet.firstToken(first);
+  t.equal(w.active.prefillRemaining(now + 1e6, 10), 0, 'the head left; the next one is counted as done too');
+  t.equal(w.active.prefillRemaining(performance.now(), 10) <= 5_000, true);
+  fleet.finish(second);
+  t.equal(w.active.prefillRemaining(now + 1e6, 10), 0, 'an empty line');
+  const again = fleet.start(w, 3_000, 0, { uncachedTokens: 3_000 });
+  t.equal(w.active.prefillRemaining(performance.now(), 10) > 2_900, true, 'a new busy period starts from nothing done');
+  fleet.finish(again);
+});

@@ -306,8 +306,11 @@ t.test('saturation counts what is left to prefill: a cached follow-up queues its
   t.equal((pass as FlowPass).routed.worker.id, 'a');
   t.ok(f.model.predictMs(a, 0) < f.model.predictMs(b, 0), 'and is predicted faster than b with 1,000 queued');
   const view = f.summary([a, b]) as { workers: { id: string; prefillTokens: number; promptTokensInPrefill: number }[] };
-  t.match(view.workers[0], { id: 'a', prefillTokens: 700, promptTokensInPrefill: 28_000 });
+  t.match(view.workers[0], { id: 'a', promptTokensInPrefill: 28_000 });
+  // At most 700: the estimated progress on it (busy time x the learned speed) comes off.
+  t.ok(view.workers[0]!.prefillTokens <= 700, `${view.workers[0]!.prefillTokens} left to prefill`);
   // Another replica's share (in `load` beyond this replica's prompts) counts whole: it publishes no more.
   a.load.prefillTokens += 500;
-  t.equal(f.model.queuedPrefill(a), 1200, 'local uncached 700 + remote 500');
+  const queued = f.model.queuedPrefill(a);
+  t.ok(queued >= 500 && queued <= 1200, `local uncached (700 less progress) + remote 500: ${queued}`);
 });
