@@ -235,7 +235,9 @@ function fallbacks(routed: Routed): string[] {
   for (let i = 0; i < FALLBACKS; i++) {
     const rest = routed.candidates.filter((w) => !offered.has(w) && w.available);
     if (rest.length === 0) break;
-    const next = routed.candidates.find((w) => w.id === routed.strategy.choose(routed.ctx, rest).worker.id);
+    // Chosen once: a strategy breaks ties at random, so asking again per candidate could match none.
+    const chosen = routed.strategy.choose(routed.ctx, rest).worker.id;
+    const next = rest.find((w) => w.id === chosen);
     if (!next || offered.has(next)) break;
     offered.add(next);
     out.push(endpointOf(next));
