@@ -2,6 +2,7 @@ import type { IncomingHttpHeaders } from 'node:http';
 import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
 import type { Routed } from '../routing/pipeline.js';
+import type { WorkerView } from '../routing/strategies/strategy.js';
 import type { ResponseObserver } from '../proxy/usage-sniffer.js';
 import type { ClientAnswer } from './answer.js';
 import { Classifier, type FlowIdentity } from './classify.js';
@@ -178,7 +179,7 @@ export class FlowControl {
   }
 
   /** `/debug/flow`. */
-  summary(workers: readonly { id: string; load: { prefillTokens: number; decodeBlocks: number } }[]): unknown {
+  summary(workers: readonly WorkerView[]): unknown {
     const now = this.#now();
     const fits = this.model.summary();
     return {
@@ -190,9 +191,9 @@ export class FlowControl {
       ...(this.#shares ? { tenants: this.#shares.snapshot(now) } : {}),
       workers: workers.map((w) => ({
         id: w.id,
-        saturated: this.model.saturated(w as Parameters<TtftModel['saturated']>[0]),
+        saturated: this.model.saturated(w),
         // What the saturation test counts: the uncached parts still to prefill.
-        prefillTokens: this.model.queuedPrefill(w as Parameters<TtftModel['queuedPrefill']>[0]),
+        prefillTokens: this.model.queuedPrefill(w, false),
         promptTokensInPrefill: w.load.prefillTokens,
         prefillCapacity: Math.round(this.model.prefillCapacity(w.id)),
         decodeBlocks: w.load.decodeBlocks,

@@ -123,10 +123,13 @@ export class TtftModel {
 
   /** A worker is saturated when its queued prefill or its decode blocks reached capacity. */
   saturated(w: WorkerView): boolean {
-    const s = this.#config.saturation;
     // Without the estimated progress: the bound keeps engine queues short, and a speed learned
     // too high must not let more work in (the progress only sharpens stay-or-move predictions).
-    if (this.queuedPrefill(w, false) >= this.prefillCapacity(w.id)) return true;
+    return this.queuedPrefill(w, false) >= this.prefillCapacity(w.id) || this.#decodeFull(w);
+  }
+
+  #decodeFull(w: WorkerView): boolean {
+    const s = this.#config.saturation;
     const blocks = s.workers[w.id]?.decodeBlocks ?? s.default.decodeBlocks;
     return blocks !== undefined && w.load.decodeBlocks >= blocks;
   }
@@ -138,11 +141,9 @@ export class TtftModel {
    * later requests there, whatever their class.
    */
   mayJoin(w: WorkerView, tokens: number): boolean {
-    const s = this.#config.saturation;
-    if (s.affinityOverflow <= 1) return false;
-    const blocks = s.workers[w.id]?.decodeBlocks ?? s.default.decodeBlocks;
-    if (blocks !== undefined && w.load.decodeBlocks >= blocks) return false;
-    return tokens <= this.prefillCapacity(w.id) * (s.affinityOverflow - 1);
+    const overflow = this.#config.saturation.affinityOverflow;
+    if (overflow <= 1 || this.#decodeFull(w)) return false;
+    return tokens <= this.prefillCapacity(w.id) * (overflow - 1);
   }
 
   explain(w: WorkerView, uncachedTokens: number, cachedBlocks: number): TtftPrediction {

@@ -51,42 +51,47 @@ export class TenantShares {
   /** The tenants over their share now; empty when none is (or fewer than two are active). */
   overShare(now: number): Set<string> {
     const over = new Set<string>();
-    const active = this.#active(now);
-    if (active.length < 2) return over;
-    const total = active.reduce((n, [, u]) => n + u.tokens, 0);
-    const weights = active.reduce((n, [, u]) => n + u.weight, 0);
-    if (total <= 0) return over;
-    for (const [tenant, u] of active) {
-      if (u.tokens / total > this.#c.tolerance * (u.weight / weights)) over.add(tenant);
-    }
+    for (const s of this.#measure(now)) if (s.over) over.add(s.tenant);
     return over;
   }
 
   /** `/debug/flow`: each active tenant's share of recent use against its fair share. */
   snapshot(now: number): { tenant: string; useShare: number; fairShare: number; overShare: boolean }[] {
-    const active = this.#active(now);
-    const total = active.reduce((n, [, u]) => n + u.tokens, 0);
-    const weights = active.reduce((n, [, u]) => n + u.weight, 0);
-    const over = this.overShare(now);
     const round = (x: number) => Math.round(x * 1000) / 1000;
-    return active.map(([tenant, u]) => ({
-      tenant: u.label,
-      useShare: total > 0 ? round(u.tokens / total) : 0,
-      fairShare: round(u.weight / weights),
-      overShare: over.has(tenant),
+    return this.#measure(now).map((s) => ({
+      tenant: s.label,
+      useShare: round(s.useShare),
+      fairShare: round(s.fairShare),
+      overShare: s.over,
     }));
   }
 
-  /** Decays every entry to `now`, forgets the gone ones, and returns the active. */
-  #active(now: number): [string, TenantUse][] {
-    let total = 0;
-    for (const u of this.#use.values()) total += this.#decay(u, now);
+  /**
+   * Decays every entry to `now`, forgets the gone ones, and measures the active: each one's share
+   * of their use, its weighted fair share, and whether it is over by more than the tolerance
+   * (nobody is, alone or before any use).
+   */
+  #measure(now: number): { tenant: string; label: string; useShare: number; fairShare: number; over: boolean }[] {
+    let all = 0;
+    for (const u of this.#use.values()) all += this.#decay(u, now);
     const active: [string, TenantUse][] = [];
     for (const [tenant, u] of this.#use) {
-      if (u.queued > 0 || u.tokens > GONE * total) active.push([tenant, u]);
+      if (u.queued > 0 || u.tokens > GONE * all) active.push([tenant, u]);
       else this.#use.delete(tenant);
     }
-    return active;
+    const total = active.reduce((n, [, u]) => n + u.tokens, 0);
+    const weights = active.reduce((n, [, u]) => n + u.weight, 0);
+    return active.map(([tenant, u]) => {
+      const useShare = total > 0 ? u.tokens / total : 0;
+      const fairShare = u.weight / weights;
+      return {
+        tenant,
+        label: u.label,
+        useShare,
+        fairShare,
+        over: active.length >= 2 && useShare > this.#c.tolerance * fairShare,
+      };
+    });
   }
 
   #entry(tenant: string, label: string, weight: number, now: number): TenantUse {

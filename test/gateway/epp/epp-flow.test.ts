@@ -74,6 +74,11 @@ void t.test('flow control and admission answer as in proxy mode', async (t) => {
     first.call.end(); // the first request's stream ends: its worker has room
     await eventually(picked(waiting));
     t.equal(waiting.out.header, new URL(workers[0]!.url).host, 'the held request is picked once there is room');
+    t.match(
+      waiting.out.setHeaders['x-kvgate-flow'],
+      /^class=standard; tenant=anonymous; wait_ms=\d+$/,
+      'the header mutation says what flow control did',
+    );
     t.equal(await queued(), 0);
     waiting.call.end();
     await Promise.all([first.done, waiting.done]);

@@ -251,9 +251,12 @@ t.test('fleet fairness: a tenant over its share goes after every other tenant, w
     'fairness: class (the default): classes strictly in order',
   );
 
-  const { flow: fleet } = flow(t, { ...config, tenants: { fairness: 'fleet' } });
+  const { flow: fleet, registry } = flow(t, { ...config, tenants: { fairness: 'fleet' } });
   const w2 = [worker('a')];
   await use(fleet, w2);
+  const metrics = await registry.metrics();
+  t.match(metrics, /kvgate_flow_tenant_use_share\{tenant="noisy"\} 0\.98/, 'the use share is exported per tenant');
+  t.match(metrics, /kvgate_flow_tenants_over_share 1\b/, 'and how many are over their share');
   const summary = fleet.summary(w2) as { fairness: string; tenants: { tenant: string; overShare: boolean }[] };
   t.equal(summary.fairness, 'fleet');
   t.match(summary.tenants, [
