@@ -27,13 +27,19 @@ export interface RunSummary {
   /** The most real ms any simulated engine fell behind its clock, and the client's p99 lateness: the machine kept up when both are small. */
   simLagMs: number;
   lateP99Ms: number;
-  /** Flow on: held requests released off the strategy's saturated pick, and the cached blocks they gave up, per class. */
-  moved?: Record<string, { requests: number; lostBlocks: number }>;
+  /** Flow on: what flow control did to each tenant's requests (from their `x-kvgate-flow` headers). */
+  moved?: FlowActions;
   /** The gateway's `/debug/flow` at the end (flow on only). */
   flow?: unknown;
   /** A flow-on run with the noisy tenant: the name of its reference run (same flow config, noisy tenant removed). */
   reference?: string;
 }
+
+/** Per tenant: held requests that joined their saturated cached pick, and moves off one by reason (`move=` in the header). */
+export type FlowActions = Record<
+  string,
+  { joined: number; moves: Record<string, { requests: number; lostBlocks: number }> }
+>;
 
 export interface TenantReport {
   command: string;
@@ -47,6 +53,8 @@ export interface TenantReport {
   wellBehaved: readonly string[];
   load: LoadArithmetic;
   runs: RunSummary[];
+  /** With `--repeat N`: every repetition's runs (the first is `runs`), without the gateway's `/debug/flow`. */
+  repetitions?: RunSummary[][];
 }
 
 /** The issue's three targets for each flow-on run, each on the same requests in both runs it compares. */
@@ -129,18 +137,25 @@ export function renderTenants(r: TenantReport): { text: string; targets: Record<
     for (const [k, g] of Object.entries(x.byClass)) lines.push(row(x.name, k, g));
   }
   const moved = r.runs.filter((x) => x.moved);
-  if (moved.length > 0)
+  if (moved.length > 0) {
+    const reasons = [
+      ...new Set(moved.flatMap((x) => Object.values(x.moved!).flatMap((t) => Object.keys(t.moves)))),
+    ].sort();
     lines.push(
       '',
-      `Held requests released to another worker than the strategy's saturated pick (cached blocks given up): ${moved
-        .map(
-          (x) =>
-            `${x.name}: ${Object.entries(x.moved!)
-              .map(([c, m]) => `${c} ${m.requests} (${m.lostBlocks})`)
-              .join(', ')}`,
-        )
-        .join('; ')}.`,
+      "Held requests released to another worker than the strategy's saturated cached pick, by reason (`move=` in `x-kvgate-flow`: requests, cached blocks given up), and those that joined it:",
+      '',
+      `| run | tenant | ${reasons.map((m) => `moved: ${m}`).join(' | ')} | joined |`,
+      `| --- | --- | ${reasons.map(() => '---').join(' | ')} | --- |`,
     );
+    for (const x of moved)
+      for (const [tenant, a] of Object.entries(x.moved!).sort(([p], [q]) => p.localeCompare(q)))
+        lines.push(
+          `| ${x.name} | ${tenant} | ${reasons
+            .map((m) => (a.moves[m] ? `${a.moves[m].requests} (${a.moves[m].lostBlocks})` : '0'))
+            .join(' | ')} | ${a.joined} |`,
+        );
+  }
   const all = targets(r);
   lines.push('', '## Against the issue targets');
   for (const [name, t] of Object.entries(all)) {
@@ -158,6 +173,46 @@ export function renderTenants(r: TenantReport): { text: string; targets: Record<
       `- Hit rate, flow on minus off: ${f(t.hitRateDeltaPoints, 1)} points (target within 2; of which the served requests' bound: ${f(t.servedBoundDeltaPoints, 1)})`,
     );
   }
+  if (r.repetitions) lines.push(...renderRepetitions(r, f));
   lines.push('');
   return { text: lines.join('\n'), targets: all };
+}
+
+/** The three targets in every repetition and their median: each p99 here rests on a few requests. */
+function renderRepetitions(r: TenantReport, f: (x: number | undefined, d?: number) => string): string[] {
+  const per = r.repetitions!.map((runs) => targets({ ...r, runs }));
+  const lines = [
+    '',
+    `## Every repetition (${per.length})`,
+    '',
+    '| flow-on run | repetition | well-behaved p99 ratio (<= 1.2) | critical p99 ratio (<= 1.2) | hit rate points (>= -2) | all three met |',
+    '| --- | --- | --- | --- | --- | --- |',
+  ];
+  const median = (xs: number[]) => {
+    const s = [...xs].sort((a, b) => a - b);
+    const m = s.length >> 1;
+    return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+  };
+  const met = (t: { well: number; critical: number; hit: number }) =>
+    t.well <= 1.2 && t.critical <= 1.2 && t.hit >= -2 ? 'yes' : 'no';
+  for (const name of Object.keys(per[0]!)) {
+    const rows = per.map((t) => ({
+      well: t[name]!.wellBehavedP99Ratio!,
+      critical: t[name]!.criticalP99Ratio!,
+      hit: t[name]!.hitRateDeltaPoints!,
+    }));
+    rows.forEach((t, i) =>
+      lines.push(`| ${name} | ${i + 1} | ${f(t.well)} | ${f(t.critical)} | ${f(t.hit, 1)} | ${met(t)} |`),
+    );
+    const m = {
+      well: median(rows.map((t) => t.well)),
+      critical: median(rows.map((t) => t.critical)),
+      hit: median(rows.map((t) => t.hit)),
+    };
+    const count = rows.filter((t) => met(t) === 'yes').length;
+    lines.push(
+      `| **${name}** | **median** | **${f(m.well)}** | **${f(m.critical)}** | **${f(m.hit, 1)}** | ${met(m)} (${count} of ${rows.length} repetitions) |`,
+    );
+  }
+  return lines;
 }

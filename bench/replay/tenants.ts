@@ -6,7 +6,7 @@ import type { RequestResult } from './client.js';
 import { DEFAULT_TRACE, FLEET_DEFAULTS, progressLine } from './replay.js';
 import { runStrategy, type FleetShape, type RunResult } from './run.js';
 import { loadArithmetic } from './tenant-load.js';
-import { renderTenants, type Group, type RunSummary, type TenantReport } from './tenant-report.js';
+import { renderTenants, type FlowActions, type Group, type RunSummary, type TenantReport } from './tenant-report.js';
 import { readTrace, upperBound, type TraceRequest } from './trace.js';
 
 /**
@@ -43,7 +43,8 @@ const HELP = `Multi-tenant replay: flow control off, on, and on with the noisy t
 conversation trace (tenants per conversation, one sending 3x the others' share; critical, standard and sheddable
 classes); prints the load arithmetic and the issue's targets; writes bench/results/replay-tenants[-NAME].{md,json}.
 Defaults: --limit 500 --workers 6 --speedup 5 --queue-s 1 --affinity-s 50 --fairness both (class, fleet or both)
---affinity-overflow 2 (1: a held request never joins its saturated pick).
+--affinity-overflow 2 (1: a held request never joins its saturated pick) --repeat 1 (N: the whole set N times,
+tables from the first, each repetition's targets and their median at the end: the p99s are a few requests each).
 The trace defaults to ../shared/traces/mooncake/conversation_trace.jsonl from the repository root.
 Usage: npm run bench:tenants -- [flags]`;
 
@@ -158,7 +159,6 @@ function summarise(
     run.results.filter((r) => r.ok).map((r) => trace[r.index]!),
     f.blockSize,
   );
-  const flow = run.flow as { classes?: { name: string; moved?: { requests: number; lostBlocks: number } }[] };
   return {
     name,
     wallS: run.wallMs / 1000,
@@ -174,11 +174,28 @@ function summarise(
       run.results.map((r) => r.lateMs),
       99,
     ),
-    ...(flow?.classes?.some((c) => c.moved)
-      ? { moved: Object.fromEntries(flow.classes.map((c) => [c.name, c.moved ?? { requests: 0, lostBlocks: 0 }])) }
-      : {}),
+    ...(run.flow ? { moved: flowActions(run.results, labels) } : {}),
     ...(run.flow ? { flow: run.flow } : {}),
   };
+}
+
+/**
+ * What flow control did to each tenant's requests, read from their `x-kvgate-flow` headers:
+ * moves off a saturated cached pick by reason (requests and cached blocks given up), and joins of one.
+ */
+function flowActions(results: readonly { index: number; flow?: string }[], labels: readonly Label[]): FlowActions {
+  const out: FlowActions = {};
+  for (const r of results) {
+    if (!r.flow) continue;
+    const fields = Object.fromEntries(r.flow.split('; ').map((kv) => kv.split('=') as [string, string]));
+    const t = (out[labels[r.index]!.tenant] ??= { joined: 0, moves: {} });
+    if (fields.joined_saturated) t.joined++;
+    if (!fields.moved_from) continue;
+    const m = (t.moves[fields.move ?? 'unknown'] ??= { requests: 0, lostBlocks: 0 });
+    m.requests++;
+    m.lostBlocks += Number(fields.lost_blocks ?? 0);
+  }
+  return out;
 }
 
 async function main(argv: string[]): Promise<void> {
@@ -196,6 +213,7 @@ async function main(argv: string[]): Promise<void> {
       'affinity-overflow': { type: 'string' },
       out: { type: 'string' },
       name: { type: 'string' },
+      repeat: { type: 'string' },
     },
     strict: true,
   });
@@ -224,21 +242,45 @@ async function main(argv: string[]): Promise<void> {
   const progress = (label: string) => (p: Parameters<typeof progressLine>[1]) =>
     process.stderr.write(progressLine(label, p));
 
-  const off = await runStrategy('kv', kvParams, trace, fleet, progress('flow off'), { headers });
+  const repeat = num('repeat', 1, 1);
   // The reference: the same flow control without the noisy tenant (also the "normal load" run).
   const keep = trace.map((_, i) => i).filter((i) => labels[i]!.tenant !== 'noisy');
   const quietTrace = keep.map((i) => trace[i]!);
   const quietLabels = keep.map((i) => labels[i]!);
-  const flowRuns: { fairness: Fairness; on: RunResult; quiet: RunResult }[] = [];
-  for (const fairness of modes) {
-    const extra = flowConfig(queueS, prefillTokens, affinityS, fleet.speedup, fairness, overflow);
-    const on = await runStrategy('kv', kvParams, trace, fleet, progress(`flow on, ${fairness}`), { headers, extra });
-    const quiet = await runStrategy('kv', kvParams, quietTrace, fleet, progress(`noisy removed, ${fairness}`), {
-      headers: (i) => ({ 'x-kvgate-tenant': quietLabels[i]!.tenant, 'x-kvgate-priority': quietLabels[i]!.cls }),
-      extra,
-    });
-    flowRuns.push({ fairness, on, quiet });
-  }
+  const measure = async (rep: number) => {
+    const tag = repeat > 1 ? ` [${rep + 1}/${repeat}]` : '';
+    const off = await runStrategy('kv', kvParams, trace, fleet, progress(`flow off${tag}`), { headers });
+    const flowRuns: { fairness: Fairness; on: RunResult; quiet: RunResult }[] = [];
+    for (const fairness of modes) {
+      const extra = flowConfig(queueS, prefillTokens, affinityS, fleet.speedup, fairness, overflow);
+      const on = await runStrategy('kv', kvParams, trace, fleet, progress(`flow on, ${fairness}${tag}`), {
+        headers,
+        extra,
+      });
+      const quiet = await runStrategy('kv', kvParams, quietTrace, fleet, progress(`noisy removed, ${fairness}${tag}`), {
+        headers: (i) => ({ 'x-kvgate-tenant': quietLabels[i]!.tenant, 'x-kvgate-priority': quietLabels[i]!.cls }),
+        extra,
+      });
+      flowRuns.push({ fairness, on, quiet });
+    }
+    return { off, flowRuns };
+  };
+  const summariseAll = (m: Awaited<ReturnType<typeof measure>>): RunSummary[] => {
+    const runs = [summarise('flow off', m.off, trace, labels, fleet, durS)];
+    for (const x of m.flowRuns) {
+      const name = `flow on, ${x.fairness} fairness`;
+      const reference = `${name}, noisy tenant removed`;
+      runs.push(
+        { ...summarise(name, x.on, trace, labels, fleet, durS), reference },
+        summarise(reference, x.quiet, quietTrace, quietLabels, fleet, durS),
+      );
+    }
+    return runs;
+  };
+  const first = await measure(0);
+  const { off, flowRuns } = first;
+  const repetitions = [summariseAll(first)];
+  for (let rep = 1; rep < repeat; rep++) repetitions.push(summariseAll(await measure(rep)));
   // Per-request results of every run, for diagnosis.
   if (process.env.KVGATE_REPLAY_DUMP)
     writeFileSync(
@@ -274,15 +316,7 @@ async function main(argv: string[]): Promise<void> {
   process.stderr.write(
     `offered ${(load.offered / 1000).toFixed(1)}k prefill tokens/s against ${(load.capacity / 1000).toFixed(1)}k: ${(load.offered / load.capacity).toFixed(2)}x capacity\n`,
   );
-  const runs = [summarise('flow off', off, trace, labels, fleet, durS)];
-  for (const x of flowRuns) {
-    const name = `flow on, ${x.fairness} fairness`;
-    const reference = `${name}, noisy tenant removed`;
-    runs.push(
-      { ...summarise(name, x.on, trace, labels, fleet, durS), reference },
-      summarise(reference, x.quiet, quietTrace, quietLabels, fleet, durS),
-    );
-  }
+  const runs = repetitions[0]!;
   const report: TenantReport = {
     command: `npm run bench:tenants${argv.length ? ` -- ${argv.join(' ')}` : ''}`,
     date: new Date().toISOString(),
@@ -295,6 +329,7 @@ async function main(argv: string[]): Promise<void> {
     wellBehaved: WELL_BEHAVED,
     load,
     runs,
+    ...(repeat > 1 ? { repetitions: repetitions.map((reps) => reps.map(({ flow: _flow, ...rest }) => rest)) } : {}),
   };
   const out = values.out ?? fileURLToPath(new URL('../../../bench/results', import.meta.url));
   mkdirSync(out, { recursive: true });

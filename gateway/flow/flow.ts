@@ -21,7 +21,7 @@ export interface FlowPass {
   /**
    * What flow control did, for the `x-kvgate-flow` response header: the class, the wait in the
    * gateway, and a move off the strategy's saturated pick or a join of it
-   * (`class=critical; wait_ms=1234; moved_from=w3; lost_blocks=1760`).
+   * (`class=critical; wait_ms=1234; moved_from=w3; lost_blocks=1760; move=waited`).
    */
   readonly note: string;
   /**
@@ -262,6 +262,7 @@ export class FlowControl {
     this.#poll = undefined;
     const now = this.#now();
     const hopeless = new Set<Held>();
+    const over = this.#shares?.overShare(now);
     // One placement per held request and question: the preferred scan and the plain one ask the same.
     const placed = [new Map<Held, Placement>(), new Map<Held, Placement>()] as const;
     const placeHeld = (h: Held, uncontested: boolean): Placement => {
@@ -277,6 +278,7 @@ export class FlowControl {
           waitedMs: h.roomSince === undefined ? 0 : now - h.roomSince,
           maxMs: this.#c.affinityWaitMs,
           uncontested,
+          overShare: over?.has(h.tenant) ?? false,
         });
       }
       if (p.kind === 'affinity') h.roomSince ??= now;
@@ -298,7 +300,7 @@ export class FlowControl {
       const p = placeHeld(h, false);
       return p.kind === 'go' && !p.moved && ownBlocks(p.routed) > 0 && go(false)(h);
     };
-    const next = this.#next(now, go(false), own, go(true));
+    const next = this.#next(over, go(false), own, go(true));
     for (const h of hopeless) this.#drop(h, 'slo_unattainable');
     if (next) {
       this.#left(next);
@@ -315,8 +317,12 @@ export class FlowControl {
    * (every class), and only then among all. A placement is asked once per pump (memoised), so
    * the second pass costs little.
    */
-  #next(now: number, canGo: (h: Held) => boolean, prefer: (h: Held) => boolean, fallback: (h: Held) => boolean) {
-    const over = this.#shares?.overShare(now);
+  #next(
+    over: ReadonlySet<string> | undefined,
+    canGo: (h: Held) => boolean,
+    prefer: (h: Held) => boolean,
+    fallback: (h: Held) => boolean,
+  ) {
     if (over && over.size > 0) {
       const within =
         (f: (h: Held) => boolean) =>
@@ -347,7 +353,9 @@ export class FlowControl {
       `class=${cls}`,
       `tenant=${id.label}`,
       `wait_ms=${Math.round(dispatched - arrival)}`,
-      ...(p.moved ? [`moved_from=${p.moved.from}`, `lost_blocks=${Math.round(p.moved.lostBlocks)}`] : []),
+      ...(p.moved
+        ? [`moved_from=${p.moved.from}`, `lost_blocks=${Math.round(p.moved.lostBlocks)}`, `move=${p.moved.reason}`]
+        : []),
       ...(p.joined ? [`joined_saturated=${worker}`] : []),
     ].join('; ');
     return {

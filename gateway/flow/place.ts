@@ -11,8 +11,8 @@ export type Placement =
       readonly routed: Routed;
       /** Prefill tokens queued on the chosen worker ahead of this request, plus its own uncached part. */
       readonly prefillTokens: number;
-      /** Set when the request left the strategy's saturated pick for a worker with room: the cached blocks it gave up. */
-      readonly moved?: { readonly from: string; readonly lostBlocks: number };
+      /** Set when the request left the strategy's saturated pick for a worker with room: the cached blocks it gave up, and why. */
+      readonly moved?: Move;
       /** Set when the request joined its saturated pick (`affinityOverflow`) rather than wait or move. */
       readonly joined?: true;
     }
@@ -37,6 +37,19 @@ function uncached(routed: Routed, decision: Decision, id: string, blockSize: num
   return Math.max(0, routed.ctx.promptTokens - cachedBlocksOf(decision, id) * blockSize);
 }
 
+/**
+ * Why a request left its saturated pick: predicted faster even counting the recomputation
+ * (`faster`), faster with nobody of its class or a higher one wanting the room (`uncontested`),
+ * its wait for the pick ran out (`waited`), or it gave up no cached block (`free`).
+ */
+export type MoveReason = 'faster' | 'uncontested' | 'waited' | 'free';
+
+export interface Move {
+  readonly from: string;
+  readonly lostBlocks: number;
+  readonly reason: MoveReason;
+}
+
 /** How long a held request has waited for its saturated pick while another candidate had room, and the bounds on it. */
 export interface AffinityWait {
   /** Since the request could first have gone elsewhere; 0 when it never could. */
@@ -48,6 +61,12 @@ export interface AffinityWait {
    * it to a lower class, or leave it idle.
    */
   readonly uncontested: boolean;
+  /**
+   * Its tenant is over its fleet share (`tenants.fairness: fleet`): it does not move off its cached
+   * pick to be served sooner. The recomputation a move costs comes out of the fleet's capacity,
+   * which under overload is owed to the tenants within their share; it joins or waits instead.
+   */
+  readonly overShare?: boolean;
 }
 
 /**
@@ -83,7 +102,7 @@ export function place(
   if (open.length === 0) return { kind: 'saturated' };
   let decision = rule === 'rechoose' ? routed.strategy.choose(routed.ctx, all) : routed.decision;
   let worker: Worker = all.find((w) => w.id === decision.worker.id) ?? all[0]!;
-  let moved: { from: string; lostBlocks: number } | undefined;
+  let moved: Move | undefined;
   // Under overload a saturated pick is not joined, even while other workers have room: its engine
   // would queue the request first come, first served behind the work already there, where
   // priority no longer applies.
@@ -103,14 +122,16 @@ export function place(
             model,
             blockSize,
             lostBlocks,
-            affinity.uncontested,
+            affinity,
             { decision, worker },
             { decision: alt, worker: altWorker },
           )
         : 'move';
     if (choice === 'join') return { ...go(routed, model, decision, worker, blockSize), joined: true };
     if (choice === 'wait' && affinity.waitedMs < affinity.maxMs) return { kind: 'affinity' };
-    moved = { from: worker.id, lostBlocks: Math.max(0, lostBlocks) };
+    const reason: MoveReason =
+      lostBlocks <= 0 ? 'free' : choice === 'wait' ? 'waited' : affinity.uncontested ? 'uncontested' : 'faster';
+    moved = { from: worker.id, lostBlocks: Math.max(0, lostBlocks), reason };
     decision = alt;
     worker = altWorker;
   }
@@ -154,7 +175,7 @@ function go(
   decision: Decision,
   worker: Worker,
   blockSize: number,
-  moved?: { from: string; lostBlocks: number },
+  moved?: Move,
 ): Placement & { kind: 'go' } {
   const out = worker === routed.worker && decision === routed.decision ? routed : { ...routed, worker, decision };
   return {
@@ -182,15 +203,15 @@ function affinityChoice(
   model: TtftModel,
   blockSize: number,
   lostBlocks: number,
-  uncontested: boolean,
+  affinity: AffinityWait,
   pick: { decision: Decision; worker: Worker },
   alt: { decision: Decision; worker: Worker },
 ): 'move' | 'join' | 'wait' {
   const own = uncached(routed, pick.decision, pick.worker.id, blockSize);
   const stayMs = model.predictMs(pick.worker, own);
   const moveMs = model.predictMs(alt.worker, uncached(routed, alt.decision, alt.worker.id, blockSize));
-  const recomputeMs = uncontested ? 0 : model.prefillMs(alt.worker.id, lostBlocks * blockSize);
-  if (stayMs > moveMs + recomputeMs) return 'move';
+  const recomputeMs = affinity.uncontested ? 0 : model.prefillMs(alt.worker.id, lostBlocks * blockSize);
+  if (!affinity.overShare && stayMs > moveMs + recomputeMs) return 'move';
   return model.mayJoin(pick.worker, own) ? 'join' : 'wait';
 }
 

@@ -135,6 +135,8 @@ function workers(d: AdminDeps): unknown {
       lastCheckAt: w.lastCheckAt,
       lastError: w.lastError,
       load: w.load,
+      // This replica's requests awaiting their first token: the whole prompts, and the part not predicted cached.
+      inPrefill: { promptTokens: w.active.prefillPromptTokens, uncachedTokens: w.active.prefillUncachedTokens },
       available: w.available,
       breaker: w.breaker.snapshot(),
     })),

@@ -53,4 +53,27 @@ void t.test('a conversation routes the same through the EPP and the proxy', asyn
     t.equal(worker, home, `turn ${turn} stays where the conversation is cached`);
     t.ok(Number(picked.setHeaders['x-kvgate-cached-blocks']) > 30, 'predicted a long cached prefix');
   }
+
+  // The EPP charges its pick with the part of the prompt still to prefill, as the proxy does:
+  // while the stream is open (Envoy has not answered yet), the worker's in-prefill line holds it.
+  messages.push({ role: 'user', content: 'One more question.' });
+  const held = envoy.open({
+    path: '/v1/chat/completions',
+    chunks: [Buffer.from(JSON.stringify({ model: MODEL, messages, max_tokens: 8 }))],
+    keepOpen: true,
+  });
+  await eventually(async () => held.out.header !== undefined || undefined);
+  const cached = Number(held.out.setHeaders['x-kvgate-cached-blocks']);
+  const body = (await (await request(`${eppAdminUrl}/debug/workers`)).body.json()) as {
+    workers: { id: string; inPrefill: { promptTokens: number; uncachedTokens: number } }[];
+  };
+  const line = body.workers.find((w) => w.id === held.out.setHeaders['x-kvgate-worker'])!.inPrefill;
+  t.ok(line.promptTokens > 600, `the whole prompt in prefill: ${line.promptTokens} tokens`);
+  t.equal(
+    line.promptTokens - line.uncachedTokens,
+    cached * workers[0]!.blockSize,
+    `and of it, to prefill, all but the ${cached} predicted cached blocks: ${line.uncachedTokens} tokens`,
+  );
+  held.call.end();
+  await held.done;
 });

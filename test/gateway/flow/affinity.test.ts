@@ -90,6 +90,7 @@ t.test('a held request waits for its cached worker while staying is predicted fa
   f.kick();
   const first = await shared.out;
   t.equal(first?.routed.worker.id, 'b', 'a move that loses no cached block is made at once');
+  t.match(first?.note, /moved_from=a; lost_blocks=0; move=free/);
   saturate(b);
   saturate(c, 0);
   f.kick();
@@ -207,6 +208,7 @@ t.test('a saturated cached pick: join it, move at once, or wait, by predicted TT
     "with 100,000 queued on a it moves at once: staying costs it more than b's recomputation costs everyone",
   );
   t.equal(ahead.moved().requests, 1, 'the move is counted');
+  t.match((ahead.out as FlowPass).note, /move=faster/, 'as predicted faster, recomputation counted');
 
   const big = attempt(1000);
   t.ok(big.out instanceof Promise, 'with 4,000 uncached (more than one capacity to add to a) it waits for room on a');
@@ -218,4 +220,34 @@ t.test('a saturated cached pick: join it, move at once, or wait, by predicted TT
   );
   const decodeFull = attempt(1240, 1000, 500);
   t.ok(decodeFull.out instanceof Promise, 'with its decode side full a is not joined (the engine would preempt)');
+});
+
+t.test('fleet fairness: a tenant over its share does not move off its cache to be served sooner', async (t) => {
+  const { flow: f } = flow(t, { saturation: NO_OVERFLOW, affinityWaitMs: 150, tenants: { fairness: 'fleet' } });
+  const [a, b] = [worker('a'), worker('b')];
+  const as = (tenant: string) => ({ 'x-kvgate-tenant': tenant });
+  // Recent use: noisy 45,000 prompt tokens, quiet 500; noisy is over its half.
+  for (let i = 0; i < 9; i++) call(f, routed([a, b], strategy(), 5000, as('noisy')), as('noisy'));
+  call(f, routed([a, b], strategy(), 500, as('quiet')), as('quiet'));
+  // Each with 100 blocks (1,600 tokens) cached on a, 3,000 queued there: staying costs 3,400,
+  // moving to b 2,000, and nobody else wants b's room.
+  const send = (tenant: string) => {
+    saturate(a, 3000);
+    saturate(b);
+    const out = call(f, routed([a, b], strategy({ a: 100 }, 'a'), 2000, as(tenant)), as(tenant)).out;
+    t.ok(out instanceof Promise, `${tenant}: held, every worker saturated`);
+    saturate(b, 0);
+    f.kick();
+    return out as Promise<FlowPass | null>;
+  };
+  const started = Date.now();
+  const quiet = await send('quiet');
+  t.equal(quiet?.routed.worker.id, 'b', 'a tenant within its share moves at once');
+  t.match(quiet?.note, /moved_from=a; lost_blocks=100; move=uncontested/, 'and the header says why');
+  t.ok(Date.now() - started < 140);
+  const noisyAt = Date.now();
+  const noisy = await send('noisy');
+  t.equal(noisy?.routed.worker.id, 'b', 'the over-share tenant waits for its cached worker, then moves');
+  t.ok(Date.now() - noisyAt >= 140, 'not before affinityWaitMs');
+  t.match(noisy?.note, /tenant=noisy; wait_ms=\d+; moved_from=a; lost_blocks=100; move=waited/);
 });
