@@ -39,6 +39,13 @@ export const kvParamsSchema = z.strictObject({
   reuseCredit: z.number().min(0).max(10_000).default(200),
   /** Worth of a CPU-offloaded block relative to a GPU one (it must be copied back first). */
   cpuTierWeight: z.number().min(0).max(1).default(0.75),
+  /**
+   * What counts as a worker's queued prefill: `prompt`, the whole prompts of requests awaiting
+   * their first token (`WorkerLoad.prefillTokens`); `uncached`, only the parts not predicted
+   * cached (this replica's `ActiveBlocksView`, plus other replicas' published load whole), as
+   * `dynamo` and flow control count it.
+   */
+  queuedPrefill: z.enum(['prompt', 'uncached']).default('prompt'),
 });
 export type KvParams = z.infer<typeof kvParamsSchema>;
 
@@ -101,7 +108,7 @@ export function chooseByKvCost(
     // uses it to that worker, and a restarted worker would never get its share back.
     const exclusive = Math.max(0, overlap - Math.max(i === topAt ? second : top, shared[i]!));
     const prefillBlocks = Math.max(0, promptBlocks - overlap);
-    const queuedPrefillBlocks = w.load.prefillTokens / blockSize;
+    const queuedPrefillBlocks = queuedPrefillTokens(w, params.queuedPrefill) / blockSize;
     const decodeBlocks = w.load.decodeBlocks;
     const cost =
       params.prefillWeight * (prefillBlocks + queuedPrefillBlocks - params.reuseCredit * exclusive) + decodeBlocks;
@@ -165,4 +172,11 @@ export function createKvStrategy(
       return chooseByKvCost(ctx, candidates, index, p, deps.blockSize, 'kv events index');
     },
   };
+}
+
+function queuedPrefillTokens(w: WorkerView, counted: KvParams['queuedPrefill']): number {
+  const a = w.active;
+  if (counted === 'prompt' || !a) return w.load.prefillTokens;
+  // Beyond this replica's prompts, `load` holds what other replicas published: whole prompts, all it has.
+  return a.prefillUncachedTokens + Math.max(0, w.load.prefillTokens - a.prefillPromptTokens);
 }

@@ -68,7 +68,15 @@ t.test('without blocks nothing is learned and routing is by load', async (t) => 
   t.throws(() => approxPrefixParamsSchema.parse({ ttlSeconds: 0 }));
   t.same(
     approxPrefixParamsSchema.parse({}),
-    { prefillWeight: 16, temperature: 0, reuseCredit: 200, cpuTierWeight: 0.75, ttlSeconds: 120, maxBlocks: 1_000_000 },
+    {
+      prefillWeight: 16,
+      temperature: 0,
+      reuseCredit: 200,
+      cpuTierWeight: 0.75,
+      queuedPrefill: 'prompt',
+      ttlSeconds: 120,
+      maxBlocks: 1_000_000,
+    },
     'the kv defaults tuned on the replay',
   );
 });

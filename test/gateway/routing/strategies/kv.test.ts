@@ -1,5 +1,6 @@
 import t from 'tap';
 import type { PrefixMatcher } from '../../../../gateway/routing/strategies/strategy.js';
+import { ActiveSequences } from '../../../../gateway/fleet/active-sequences.js';
 import { createKvStrategy, kvParamsSchema } from '../../../../gateway/routing/strategies/kv.js';
 import { BLOCK, ctx, deps, fakeMatcher, hashes, seeded, shares, worker } from '../../../fixtures/strategy-fleet.js';
 
@@ -96,7 +97,13 @@ t.test('CPU-tier blocks count 0.75 by default, never more than 1', async (t) => 
   t.equal(d.worker.id, 'w1');
   t.throws(() => kvParamsSchema.parse({ cpuTierWeight: 1.5 }));
   t.throws(() => kvParamsSchema.parse({ prefillWieght: 1 }), 'strict schema');
-  t.same(kvParamsSchema.parse({}), { prefillWeight: 16, reuseCredit: 200, temperature: 0, cpuTierWeight: 0.75 });
+  t.same(kvParamsSchema.parse({}), {
+    prefillWeight: 16,
+    reuseCredit: 200,
+    temperature: 0,
+    cpuTierWeight: 0.75,
+    queuedPrefill: 'prompt',
+  });
 });
 
 t.test(
@@ -230,4 +237,29 @@ t.test('no reuse credit for a prefix many requests share: a restarted worker get
   // Only the part beyond the shared prefix is credited.
   const partly = defaults({ w1: [20, 20, 12] }).choose(ctx({ hashes: hashes(24) }), busier);
   t.equal(partly.candidates![0]!.terms['exclusiveBlocks'], 8);
+});
+
+t.test('queuedPrefill: uncached counts only what the queued requests still have to prefill', async (t) => {
+  // w1 prefills a 100-block follow-up with 96 blocks cached; w2 a 20-block prompt with nothing cached.
+  // Another replica published 10 more blocks of whole prompts on w1.
+  const inPrefill = (id: string, promptTokens: number, uncachedTokens: number, remote = 0) => {
+    const active = new ActiveSequences();
+    active.start(promptTokens, promptTokens / BLOCK, { uncachedTokens });
+    return { ...worker(id, { prefillTokens: promptTokens + remote, prefillRequests: 1 }), active };
+  };
+  const workers = [inPrefill('w1', 100 * BLOCK, 4 * BLOCK, 10 * BLOCK), inPrefill('w2', 20 * BLOCK, 20 * BLOCK)];
+  const prompt = kv(undefined).choose(ctx({ hashes: hashes(8) }), workers);
+  t.equal(prompt.worker.id, 'w2', 'prompt (the default): 110 blocks queued on w1 against 20 on w2');
+  t.equal(prompt.candidates![0]!.terms['queuedPrefillBlocks'], 110);
+  const uncached = kv(undefined, { queuedPrefill: 'uncached' }).choose(ctx({ hashes: hashes(8) }), workers);
+  t.equal(uncached.worker.id, 'w1', 'uncached: 4 local + 10 remote on w1 against 20 on w2');
+  t.equal(uncached.candidates![0]!.terms['queuedPrefillBlocks'], 14);
+  t.equal(uncached.candidates![1]!.terms['queuedPrefillBlocks'], 20);
+  // A hand-built view without in-flight tracking falls back to the published load.
+  t.equal(
+    kv(undefined, { queuedPrefill: 'uncached' }).choose(ctx({ hashes: hashes(8) }), [
+      worker('w3', { prefillTokens: 5 * BLOCK }),
+    ]).candidates![0]!.terms['queuedPrefillBlocks'],
+    5,
+  );
 });
