@@ -230,6 +230,7 @@ async function main(argv: string[]): Promise<void> {
   const queueS = num('queue-s', 1, 0.001);
   const affinityS = num('affinity-s', 50, 0);
   const overflow = num('affinity-overflow', 2, 1);
+  const repeat = num('repeat', 1, 1);
   const fairnessFlag = values.fairness ?? 'both';
   if (!['class', 'fleet', 'both'].includes(fairnessFlag))
     throw new UsageError(`--fairness must be class, fleet or both, got ${fairnessFlag}`);
@@ -242,7 +243,6 @@ async function main(argv: string[]): Promise<void> {
   const progress = (label: string) => (p: Parameters<typeof progressLine>[1]) =>
     process.stderr.write(progressLine(label, p));
 
-  const repeat = num('repeat', 1, 1);
   // The reference: the same flow control without the noisy tenant (also the "normal load" run).
   const keep = trace.map((_, i) => i).filter((i) => labels[i]!.tenant !== 'noisy');
   const quietTrace = keep.map((i) => trace[i]!);

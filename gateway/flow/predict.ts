@@ -1,4 +1,4 @@
-import type { WorkerView } from '../routing/strategies/strategy.js';
+import { otherReplicasPrefillTokens, type WorkerView } from '../routing/strategies/strategy.js';
 import type { FlowConfig } from './config.js';
 
 /**
@@ -96,7 +96,7 @@ export class TtftModel {
     const remaining = progress
       ? a.prefillRemaining(performance.now(), this.tokensPerSecond(w.id) / 1000)
       : a.prefillUncachedTokens;
-    return remaining + Math.max(0, w.load.prefillTokens - a.prefillPromptTokens);
+    return remaining + otherReplicasPrefillTokens(w, a);
   }
 
   /** Predicted TTFT in ms on `w` for a prompt with `uncachedTokens` left to prefill. */

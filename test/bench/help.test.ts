@@ -49,6 +49,18 @@ t.test('an unknown flag is one line naming it, exit 2, before anything starts', 
   t.end();
 });
 
+t.test('bench:tenants: a bad --repeat is one line naming it, exit 2, before anything starts', (t) => {
+  for (const bad of ['0', 'twice']) {
+    const r = spawnSync(process.execPath, ['dist/bench/replay/tenants.js', '--repeat', bad], {
+      encoding: 'utf8',
+      timeout: 30_000,
+    });
+    t.equal(r.status, 2, r.stderr);
+    t.equal(r.stderr.trim(), `bench:tenants: --repeat must be a number >= 1, got ${bad}`);
+  }
+  t.end();
+});
+
 t.test('the default trace is resolved beside the repository, not at a machine path', async (t) => {
   const { DEFAULT_TRACE } = await import('../../bench/replay/replay.js');
   t.match(DEFAULT_TRACE, /[/\\]shared[/\\]traces[/\\]mooncake[/\\]conversation_trace\.jsonl$/);

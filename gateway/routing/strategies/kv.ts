@@ -1,14 +1,15 @@
 import { z } from 'zod';
 import { matchDecision, matchWorkers, overlapSource } from './overlap.js';
 import { argminRandomTie, compareLoad, round, sameCost, softmaxSample } from './pick.js';
-import type {
-  CandidateScore,
-  Decision,
-  PrefixMatcher,
-  RouteContext,
-  Strategy,
-  StrategyDeps,
-  WorkerView,
+import {
+  otherReplicasPrefillTokens,
+  type CandidateScore,
+  type Decision,
+  type PrefixMatcher,
+  type RouteContext,
+  type Strategy,
+  type StrategyDeps,
+  type WorkerView,
 } from './strategy.js';
 
 export const kvParamsSchema = z.strictObject({
@@ -177,6 +178,5 @@ export function createKvStrategy(
 function queuedPrefillTokens(w: WorkerView, counted: KvParams['queuedPrefill']): number {
   const a = w.active;
   if (counted === 'prompt' || !a) return w.load.prefillTokens;
-  // Beyond this replica's prompts, `load` holds what other replicas published: whole prompts, all it has.
-  return a.prefillUncachedTokens + Math.max(0, w.load.prefillTokens - a.prefillPromptTokens);
+  return a.prefillUncachedTokens + otherReplicasPrefillTokens(w, a);
 }

@@ -52,6 +52,14 @@ export interface ActiveBlocksView {
   has(hash: bigint): boolean;
 }
 
+/**
+ * Prompt tokens awaiting their first token on `w` beyond this replica's own: what other replicas
+ * published (whole prompts, all they send), to add to this replica's uncached part.
+ */
+export function otherReplicasPrefillTokens(w: WorkerView, a: ActiveBlocksView): number {
+  return Math.max(0, w.load.prefillTokens - a.prefillPromptTokens);
+}
+
 /** One request's routing view, built once per request and shared by every strategy that looks at it. */
 export interface RouteContext {
   readonly requestId: string;

@@ -104,6 +104,7 @@ t.test('CPU-tier blocks count 0.75 by default, never more than 1', async (t) => 
     cpuTierWeight: 0.75,
     queuedPrefill: 'prompt',
   });
+  t.throws(() => kvParamsSchema.parse({ queuedPrefill: 'whole' }), 'queuedPrefill is prompt or uncached');
 });
 
 t.test(
